@@ -1,0 +1,17 @@
+//! Fault injection and the local multi-site lab.
+//!
+//! - [`proxy`]: a TCP fault proxy in the model of Toxiproxy (latency, jitter,
+//!   bandwidth, partition, reset, slow close), changed at run time.
+//! - [`process`]: real child processes that can be killed (-9), paused
+//!   (SIGSTOP), resumed and restarted, and that never outlive the test.
+//! - [`etcd`] and [`postgres`]: real etcd members and Postgres 15 clusters on
+//!   free loopback ports in temp dirs.
+//! - [`lab`]: the multi-site lab (`ezone lab up/down`) built from those parts.
+#![forbid(unsafe_code)]
+
+pub mod etcd;
+pub mod lab;
+pub mod ports;
+pub mod postgres;
+pub mod process;
+pub mod proxy;

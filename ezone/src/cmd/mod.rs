@@ -1,0 +1,6 @@
+//! One module per subcommand.
+
+pub mod bench;
+pub mod chaos;
+pub mod lab;
+pub mod topo;

@@ -1,0 +1,62 @@
+//! `ezone`: the one binary. Each subcommand lives in its own module under `cmd/`.
+
+use clap::{Parser, Subcommand};
+
+mod cmd;
+
+/// ezone: multi-data-center routing and replication.
+#[derive(Debug, Parser)]
+#[command(name = "ezone", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Read, write, validate and watch the topology (etcd or a file).
+    #[command(subcommand)]
+    Topo(cmd::topo::TopoCommand),
+    /// The local multi-site lab: real etcd and Postgres on loopback.
+    #[command(subcommand)]
+    Lab(cmd::lab::LabCommand),
+    /// Fault injection: the TCP fault proxy.
+    #[command(subcommand)]
+    Chaos(cmd::chaos::ChaosCommand),
+    /// Benchmarks, each against a baseline run side by side.
+    #[command(subcommand)]
+    Bench(cmd::bench::BenchCommand),
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("EZONE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Topo(c) => cmd::topo::run(c).await,
+            Command::Lab(c) => cmd::lab::run(c).await,
+            Command::Chaos(c) => cmd::chaos::run(c).await,
+            Command::Bench(c) => cmd::bench::run(c).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

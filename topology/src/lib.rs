@@ -1,0 +1,14 @@
+//! The ezone topology: the model (sites, shards, cities, epochs), its
+//! validation, the stable user hash, and its stores (etcd and a file) with
+//! watch, compare-and-swap and an operator lock.
+//!
+//! The model, validation and hash are pure; the stores sit at the edge.
+#![forbid(unsafe_code)]
+
+pub mod doc;
+pub mod hash;
+pub mod model;
+pub mod starter;
+pub mod validate;
+
+pub use model::{Epoch, RoutingTable, Settings, Shard, ShardId, ShardState, Site, Topology};

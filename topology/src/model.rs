@@ -1,0 +1,142 @@
+//! The topology model: sites, shards, the routing table and settings.
+//!
+//! These are plain values with no I/O. A [`Topology`] is what a store loads and
+//! what a watcher publishes, always after [`crate::validate`] accepted it.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// A shard id: a small integer, stable for the life of the deployment.
+pub type ShardId = u32;
+
+/// The fencing token of a shard. It only grows: every change of home or state
+/// bumps it by compare-and-swap.
+pub type Epoch = u64;
+
+/// The first epoch a shard has.
+pub const INITIAL_EPOCH: Epoch = 1;
+
+/// A data center: where a shard can be homed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Site {
+    /// Its name (`beijing`, `shanghai`, ...). In etcd it is also the key.
+    pub name: String,
+    /// `host:port` of this site's edge router, where other sites' routers
+    /// forward requests for shards homed here.
+    pub router: String,
+    /// `host:port` of each instance of the site's upstream service.
+    #[serde(default)]
+    pub upstreams: Vec<String>,
+    /// libpq-style connection string of the site's Postgres.
+    pub postgres: String,
+}
+
+/// Whether a shard takes writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ShardState {
+    /// Reads and writes go to the home site.
+    Active,
+    /// A flip is in progress: writes are held, reads go to the home site.
+    Frozen,
+}
+
+impl std::fmt::Display for ShardState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ShardState::Active => "active",
+            ShardState::Frozen => "frozen",
+        })
+    }
+}
+
+/// One shard: its home site, state and epoch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Shard {
+    pub id: ShardId,
+    pub home: String,
+    pub state: ShardState,
+    pub epoch: Epoch,
+}
+
+/// How keys map to shards.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutingTable {
+    /// City id -> shard. City ids are opaque strings (`"010"`, `"021"`, ...).
+    #[serde(default)]
+    pub cities: BTreeMap<String, ShardId>,
+    /// The shards that user ids hash onto, in order. The position matters: see
+    /// [`crate::hash::user_shard`]. Appending a shard moves only about 1/n of
+    /// the users (jump consistent hash); reordering moves many.
+    #[serde(default)]
+    pub user_shards: Vec<ShardId>,
+}
+
+/// Deployment-wide settings that every part reads.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Where a request with no shard key goes. `None` means "the local site".
+    #[serde(default)]
+    pub default_site: Option<String>,
+    /// How long a router holds a write for a frozen shard before it answers
+    /// 503 with `Retry-After`.
+    #[serde(default = "Settings::default_write_hold_ms")]
+    pub write_hold_ms: u64,
+}
+
+impl Settings {
+    /// The design's default write-hold deadline: 2 s.
+    pub const DEFAULT_WRITE_HOLD_MS: u64 = 2_000;
+
+    fn default_write_hold_ms() -> u64 {
+        Self::DEFAULT_WRITE_HOLD_MS
+    }
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            default_site: None,
+            write_hold_ms: Self::DEFAULT_WRITE_HOLD_MS,
+        }
+    }
+}
+
+/// The whole topology: what a snapshot holds.
+///
+/// Maps are ordered so that serialisation and display are deterministic.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Topology {
+    pub sites: BTreeMap<String, Site>,
+    pub shards: BTreeMap<ShardId, Shard>,
+    #[serde(default)]
+    pub routing: RoutingTable,
+    #[serde(default)]
+    pub settings: Settings,
+}
+
+impl Topology {
+    /// The shard a city maps to, if the routing table knows the city.
+    pub fn city_shard(&self, city: &str) -> Option<&Shard> {
+        self.routing
+            .cities
+            .get(city)
+            .and_then(|id| self.shards.get(id))
+    }
+
+    /// The shard a user id hashes to (`None` only if no shard takes users).
+    pub fn user_shard(&self, user: &str) -> Option<&Shard> {
+        crate::hash::user_shard(user, &self.routing.user_shards).and_then(|id| self.shards.get(&id))
+    }
+
+    /// The home site of a shard.
+    pub fn home_of(&self, shard: &Shard) -> Option<&Site> {
+        self.sites.get(&shard.home)
+    }
+}

@@ -1,0 +1,409 @@
+//! Validation of a topology, alone and as a successor of the previous one.
+//!
+//! Every problem is reported (not just the first), each naming the thing, the
+//! value and what would fix it. A watcher refuses a snapshot with any problem
+//! and keeps serving the last good one.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use crate::model::{Epoch, ShardId, Topology, INITIAL_EPOCH};
+
+/// One thing wrong with a topology.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Problem {
+    #[error("the topology has no sites: add at least one [[sites]] entry")]
+    NoSites,
+    #[error("site name {name:?} is invalid: use 1-64 characters of a-z, 0-9, '-' or '_'")]
+    BadSiteName { name: String },
+    #[error("site {name:?} is defined more than once: site names must be unique")]
+    DuplicateSite { name: String },
+    #[error("site stored under key {key:?} calls itself {name:?}: the key and the name must match")]
+    SiteKeyMismatch { key: String, name: String },
+    #[error("site {site:?} has an empty {field}: set it")]
+    EmptySiteField { site: String, field: &'static str },
+    #[error("shard {id} is defined more than once: shard ids must be unique")]
+    DuplicateShard { id: ShardId },
+    #[error("shard stored under key {key} calls itself {id}: the key and the id must match")]
+    ShardKeyMismatch { key: ShardId, id: ShardId },
+    #[error("shard {id} has home {home:?}, which is not a site (sites: {known}): fix the home or add the site")]
+    UnknownHome {
+        id: ShardId,
+        home: String,
+        known: String,
+    },
+    #[error("shard {id} has epoch 0: epochs start at 1")]
+    ZeroEpoch { id: ShardId },
+    #[error("city {city:?} maps to shard {shard}, which does not exist: add the shard or remap the city")]
+    CityToMissingShard { city: String, shard: ShardId },
+    #[error("city id {city:?} is invalid: use 1-64 printable ASCII characters without spaces")]
+    BadCityId { city: String },
+    #[error("user_shards lists shard {shard}, which does not exist: add the shard or remove it from user_shards")]
+    UserShardMissing { shard: ShardId },
+    #[error("user_shards lists shard {shard} more than once: each shard at most once")]
+    UserShardDuplicate { shard: ShardId },
+    #[error("user_shards is empty but there are shards: list the shards that user ids hash onto")]
+    NoUserShards,
+    #[error("settings.default_site is {site:?}, which is not a site: fix it or remove it")]
+    UnknownDefaultSite { site: String },
+    #[error("settings.write_hold_ms is 0: writes for a frozen shard would fail at once; use at least 1 (default 2000)")]
+    ZeroWriteHold,
+    #[error("shard {id}'s epoch went backwards from {from} to {to}: epochs only grow (a stale writer?)")]
+    EpochBackwards { id: ShardId, from: Epoch, to: Epoch },
+    #[error("shard {id} changed {what} without an epoch bump (still {epoch}): every change of home or state bumps the epoch")]
+    ChangeWithoutEpochBump {
+        id: ShardId,
+        what: &'static str,
+        epoch: Epoch,
+    },
+    #[error("shard {id} was removed: a shard, once created, stays (move it instead)")]
+    ShardRemoved { id: ShardId },
+}
+
+/// All the problems of a topology that failed validation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid(pub Vec<Problem>);
+
+impl fmt::Display for Invalid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid topology ({} problem", self.0.len())?;
+        if self.0.len() != 1 {
+            f.write_str("s")?;
+        }
+        f.write_str(")")?;
+        for p in &self.0 {
+            write!(f, "\n  - {p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Invalid {}
+
+fn valid_site_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+fn valid_city_id(city: &str) -> bool {
+    !city.is_empty() && city.len() <= 64 && city.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// Checks a topology on its own.
+pub fn validate(t: &Topology) -> Result<(), Invalid> {
+    let mut problems = Vec::new();
+    if t.sites.is_empty() {
+        problems.push(Problem::NoSites);
+    }
+    for (key, site) in &t.sites {
+        if key != &site.name {
+            problems.push(Problem::SiteKeyMismatch {
+                key: key.clone(),
+                name: site.name.clone(),
+            });
+        }
+        if !valid_site_name(&site.name) {
+            problems.push(Problem::BadSiteName {
+                name: site.name.clone(),
+            });
+        }
+        if site.router.trim().is_empty() {
+            problems.push(Problem::EmptySiteField {
+                site: site.name.clone(),
+                field: "router",
+            });
+        }
+        if site.postgres.trim().is_empty() {
+            problems.push(Problem::EmptySiteField {
+                site: site.name.clone(),
+                field: "postgres",
+            });
+        }
+    }
+    let known = t.sites.keys().cloned().collect::<Vec<_>>().join(", ");
+    for (key, shard) in &t.shards {
+        if *key != shard.id {
+            problems.push(Problem::ShardKeyMismatch {
+                key: *key,
+                id: shard.id,
+            });
+        }
+        if !t.sites.contains_key(&shard.home) {
+            problems.push(Problem::UnknownHome {
+                id: shard.id,
+                home: shard.home.clone(),
+                known: known.clone(),
+            });
+        }
+        if shard.epoch < INITIAL_EPOCH {
+            problems.push(Problem::ZeroEpoch { id: shard.id });
+        }
+    }
+    for (city, shard) in &t.routing.cities {
+        if !valid_city_id(city) {
+            problems.push(Problem::BadCityId { city: city.clone() });
+        }
+        if !t.shards.contains_key(shard) {
+            problems.push(Problem::CityToMissingShard {
+                city: city.clone(),
+                shard: *shard,
+            });
+        }
+    }
+    let mut seen = BTreeSet::new();
+    for shard in &t.routing.user_shards {
+        if !seen.insert(*shard) {
+            problems.push(Problem::UserShardDuplicate { shard: *shard });
+        }
+        if !t.shards.contains_key(shard) {
+            problems.push(Problem::UserShardMissing { shard: *shard });
+        }
+    }
+    if t.routing.user_shards.is_empty() && !t.shards.is_empty() {
+        problems.push(Problem::NoUserShards);
+    }
+    if let Some(site) = &t.settings.default_site {
+        if !t.sites.contains_key(site) {
+            problems.push(Problem::UnknownDefaultSite { site: site.clone() });
+        }
+    }
+    if t.settings.write_hold_ms == 0 {
+        problems.push(Problem::ZeroWriteHold);
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(Invalid(problems))
+    }
+}
+
+/// Checks `next` on its own and as the successor of `prev`: epochs never go
+/// backwards, a change of home or state bumps the epoch, shards are not removed.
+pub fn validate_transition(prev: &Topology, next: &Topology) -> Result<(), Invalid> {
+    let mut problems = match validate(next) {
+        Ok(()) => Vec::new(),
+        Err(Invalid(p)) => p,
+    };
+    for (id, old) in &prev.shards {
+        let Some(new) = next.shards.get(id) else {
+            problems.push(Problem::ShardRemoved { id: *id });
+            continue;
+        };
+        if new.epoch < old.epoch {
+            problems.push(Problem::EpochBackwards {
+                id: *id,
+                from: old.epoch,
+                to: new.epoch,
+            });
+        } else if new.epoch == old.epoch {
+            let what = if new.home != old.home {
+                Some("home")
+            } else if new.state != old.state {
+                Some("state")
+            } else {
+                None
+            };
+            if let Some(what) = what {
+                problems.push(Problem::ChangeWithoutEpochBump {
+                    id: *id,
+                    what,
+                    epoch: new.epoch,
+                });
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(Invalid(problems))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Shard, ShardState};
+    use crate::starter::starter;
+    use proptest::prelude::*;
+
+    fn two_sites() -> Topology {
+        starter(&["beijing", "shanghai"], 2)
+    }
+
+    #[test]
+    fn starter_is_valid() {
+        validate(&two_sites()).unwrap();
+    }
+
+    #[test]
+    fn unknown_home_is_named() {
+        let mut t = two_sites();
+        t.shards.get_mut(&1).unwrap().home = "guangzhou".into();
+        let err = validate(&t).unwrap_err();
+        assert_eq!(
+            err.0,
+            vec![Problem::UnknownHome {
+                id: 1,
+                home: "guangzhou".into(),
+                known: "beijing, shanghai".into()
+            }]
+        );
+        assert!(err.to_string().contains("guangzhou"));
+    }
+
+    #[test]
+    fn city_to_missing_shard() {
+        let mut t = two_sites();
+        t.routing.cities.insert("0571".into(), 99);
+        assert_eq!(
+            validate(&t).unwrap_err().0,
+            vec![Problem::CityToMissingShard {
+                city: "0571".into(),
+                shard: 99
+            }]
+        );
+    }
+
+    #[test]
+    fn every_problem_is_reported() {
+        let mut t = two_sites();
+        t.routing.cities.insert("bad city".into(), 42);
+        t.routing.user_shards.push(77);
+        t.settings.default_site = Some("nowhere".into());
+        let problems = validate(&t).unwrap_err().0;
+        assert_eq!(problems.len(), 4, "{problems:?}");
+    }
+
+    #[test]
+    fn epoch_backwards_is_refused() {
+        let prev = two_sites();
+        let mut next = prev.clone();
+        next.shards.get_mut(&1).unwrap().epoch = 0;
+        let p = validate_transition(&prev, &next).unwrap_err().0;
+        assert!(p.contains(&Problem::ZeroEpoch { id: 1 }));
+        let mut prev2 = prev.clone();
+        prev2.shards.get_mut(&1).unwrap().epoch = 5;
+        let mut next2 = prev2.clone();
+        next2.shards.get_mut(&1).unwrap().epoch = 4;
+        assert_eq!(
+            validate_transition(&prev2, &next2).unwrap_err().0,
+            vec![Problem::EpochBackwards {
+                id: 1,
+                from: 5,
+                to: 4
+            }]
+        );
+    }
+
+    #[test]
+    fn home_change_needs_epoch_bump() {
+        let prev = two_sites();
+        let mut next = prev.clone();
+        let s = next.shards.get_mut(&1).unwrap();
+        s.home = "shanghai".into();
+        assert!(matches!(
+            validate_transition(&prev, &next).unwrap_err().0[..],
+            [Problem::ChangeWithoutEpochBump { id: 1, what: "home", .. }]
+        ));
+        next.shards.get_mut(&1).unwrap().epoch += 1;
+        validate_transition(&prev, &next).unwrap();
+    }
+
+    #[test]
+    fn removed_shard_is_refused() {
+        let prev = two_sites();
+        let mut next = prev.clone();
+        next.shards.remove(&4);
+        next.routing.cities.retain(|_, s| *s != 4);
+        next.routing.user_shards.retain(|s| *s != 4);
+        assert_eq!(
+            validate_transition(&prev, &next).unwrap_err().0,
+            vec![Problem::ShardRemoved { id: 4 }]
+        );
+    }
+
+    fn arb_topology() -> impl Strategy<Value = Topology> {
+        let site_names = proptest::collection::btree_set("[a-z]{1,6}", 1..4);
+        (site_names, 1usize..8, any::<u64>()).prop_map(|(sites, nshards, seed)| {
+            let names: Vec<&str> = sites.iter().map(String::as_str).collect();
+            let mut t = starter(&names, 1);
+            // Re-home shards pseudo-randomly, still valid.
+            for (i, shard) in t.shards.values_mut().enumerate() {
+                shard.home = names[(seed as usize + i) % names.len()].to_string();
+                shard.epoch = 1 + (seed >> (i % 32)) % 100;
+            }
+            let _ = nshards;
+            t
+        })
+    }
+
+    #[derive(Debug, Clone)]
+    enum Mutation {
+        HomeTo(String),
+        CityTo(ShardId),
+        UserShard(ShardId),
+        DropSite,
+    }
+
+    fn arb_mutation() -> impl Strategy<Value = Mutation> {
+        prop_oneof![
+            "[A-Z]{1,5}".prop_map(Mutation::HomeTo),
+            (1000u32..2000).prop_map(Mutation::CityTo),
+            (1000u32..2000).prop_map(Mutation::UserShard),
+            Just(Mutation::DropSite),
+        ]
+    }
+
+    proptest! {
+        /// Generated valid topologies validate, and survive a JSON round trip.
+        #[test]
+        fn generated_is_valid(t in arb_topology()) {
+            prop_assert!(validate(&t).is_ok());
+            let json = serde_json::to_string(&t).unwrap();
+            let back: Topology = serde_json::from_str(&json).unwrap();
+            prop_assert_eq!(back, t);
+        }
+
+        /// Any dangling reference is caught, never accepted.
+        #[test]
+        fn dangling_reference_is_caught(t in arb_topology(), m in arb_mutation()) {
+            let mut t = t;
+            match m {
+                Mutation::HomeTo(h) => { if let Some(s) = t.shards.values_mut().next() { s.home = h; } }
+                Mutation::CityTo(s) => { t.routing.cities.insert("9999".into(), s); }
+                Mutation::UserShard(s) => t.routing.user_shards.push(s),
+                Mutation::DropSite => {
+                    let first = t.sites.keys().next().cloned().unwrap();
+                    t.sites.remove(&first);
+                    // Only invalid if a shard still lives there (or no site is left).
+                    if t.sites.is_empty() || t.shards.values().any(|s| s.home == first) {
+                        prop_assert!(validate(&t).is_err());
+                    }
+                    return Ok(());
+                }
+            }
+            prop_assert!(validate(&t).is_err());
+        }
+
+        /// A successor whose every shard keeps or grows its epoch, bumping it on
+        /// any change, is accepted; shrinking any epoch is refused.
+        #[test]
+        fn epochs_only_grow(t in arb_topology(), bump in 0u64..3, which in 0usize..8) {
+            let mut next = t.clone();
+            let n = next.shards.len();
+            let shard: &mut Shard = next.shards.values_mut().nth(which % n).unwrap();
+            shard.epoch += bump;
+            if bump > 0 { shard.state = ShardState::Frozen; }
+            prop_assert!(validate_transition(&t, &next).is_ok());
+            let shard = next.shards.values_mut().nth(which % n).unwrap();
+            shard.epoch = shard.epoch.saturating_sub(bump + 1).max(1);
+            let orig = t.shards.values().nth(which % n).unwrap().epoch;
+            if shard.epoch < orig {
+                prop_assert!(validate_transition(&t, &next).is_err());
+            }
+        }
+    }
+}
