@@ -4,6 +4,7 @@
 //! Sites and shards are lists here, so that a duplicate is visible (and
 //! refused) instead of silently collapsed by a map.
 
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
@@ -62,10 +63,13 @@ impl TopologyDoc {
         let mut sites = BTreeMap::new();
         let mut dup_sites = BTreeSet::new();
         for site in self.sites {
-            if sites.contains_key(&site.name) {
-                dup_sites.insert(site.name.clone());
-            } else {
-                sites.insert(site.name.clone(), site);
+            match sites.entry(site.name.clone()) {
+                Entry::Occupied(_) => {
+                    dup_sites.insert(site.name);
+                }
+                Entry::Vacant(slot) => {
+                    slot.insert(site);
+                }
             }
         }
         problems.extend(
@@ -76,13 +80,20 @@ impl TopologyDoc {
         let mut shards = BTreeMap::new();
         let mut dup_shards = BTreeSet::new();
         for shard in self.shards {
-            if shards.contains_key(&shard.id) {
-                dup_shards.insert(shard.id);
-            } else {
-                shards.insert(shard.id, shard);
+            match shards.entry(shard.id) {
+                Entry::Occupied(_) => {
+                    dup_shards.insert(shard.id);
+                }
+                Entry::Vacant(slot) => {
+                    slot.insert(shard);
+                }
             }
         }
-        problems.extend(dup_shards.into_iter().map(|id| Problem::DuplicateShard { id }));
+        problems.extend(
+            dup_shards
+                .into_iter()
+                .map(|id| Problem::DuplicateShard { id }),
+        );
         let t = Topology {
             sites,
             shards,

@@ -12,3 +12,8 @@ pub mod starter;
 pub mod validate;
 
 pub use model::{Epoch, RoutingTable, Settings, Shard, ShardId, ShardState, Site, Topology};
+pub mod store;
+pub mod watch;
+
+pub use store::{AnyStore, EtcdStore, FileStore, Snapshot, StoreError, TopologyStore};
+pub use watch::Watcher;

@@ -18,7 +18,9 @@ pub enum Problem {
     BadSiteName { name: String },
     #[error("site {name:?} is defined more than once: site names must be unique")]
     DuplicateSite { name: String },
-    #[error("site stored under key {key:?} calls itself {name:?}: the key and the name must match")]
+    #[error(
+        "site stored under key {key:?} calls itself {name:?}: the key and the name must match"
+    )]
     SiteKeyMismatch { key: String, name: String },
     #[error("site {site:?} has an empty {field}: set it")]
     EmptySiteField { site: String, field: &'static str },
@@ -48,7 +50,9 @@ pub enum Problem {
     UnknownDefaultSite { site: String },
     #[error("settings.write_hold_ms is 0: writes for a frozen shard would fail at once; use at least 1 (default 2000)")]
     ZeroWriteHold,
-    #[error("shard {id}'s epoch went backwards from {from} to {to}: epochs only grow (a stale writer?)")]
+    #[error(
+        "shard {id}'s epoch went backwards from {from} to {to}: epochs only grow (a stale writer?)"
+    )]
     EpochBackwards { id: ShardId, from: Epoch, to: Epoch },
     #[error("shard {id} changed {what} without an epoch bump (still {epoch}): every change of home or state bumps the epoch")]
     ChangeWithoutEpochBump {
@@ -306,7 +310,11 @@ mod tests {
         s.home = "shanghai".into();
         assert!(matches!(
             validate_transition(&prev, &next).unwrap_err().0[..],
-            [Problem::ChangeWithoutEpochBump { id: 1, what: "home", .. }]
+            [Problem::ChangeWithoutEpochBump {
+                id: 1,
+                what: "home",
+                ..
+            }]
         ));
         next.shards.get_mut(&1).unwrap().epoch += 1;
         validate_transition(&prev, &next).unwrap();

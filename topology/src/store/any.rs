@@ -1,0 +1,50 @@
+//! Either store, chosen at run time (`--etcd` or `--file`).
+
+use std::time::Duration;
+
+use crate::model::{Epoch, Shard, Topology};
+use crate::store::{EtcdStore, FileStore, LockGuard, Snapshot, StoreError, TopologyStore, Version};
+
+/// The store a process was configured with.
+#[derive(Debug, Clone)]
+pub enum AnyStore {
+    Etcd(Box<EtcdStore>),
+    File(FileStore),
+}
+
+impl TopologyStore for AnyStore {
+    fn describe(&self) -> String {
+        match self {
+            AnyStore::Etcd(s) => s.describe(),
+            AnyStore::File(s) => s.describe(),
+        }
+    }
+
+    async fn load(&self) -> Result<Snapshot, StoreError> {
+        match self {
+            AnyStore::Etcd(s) => s.load().await,
+            AnyStore::File(s) => s.load().await,
+        }
+    }
+
+    async fn init(&self, topology: &Topology, force: bool) -> Result<Version, StoreError> {
+        match self {
+            AnyStore::Etcd(s) => s.init(topology, force).await,
+            AnyStore::File(s) => s.init(topology, force).await,
+        }
+    }
+
+    async fn cas_shard(&self, expected_epoch: Epoch, next: &Shard) -> Result<Version, StoreError> {
+        match self {
+            AnyStore::Etcd(s) => s.cas_shard(expected_epoch, next).await,
+            AnyStore::File(s) => s.cas_shard(expected_epoch, next).await,
+        }
+    }
+
+    async fn lock(&self, name: &str, holder: &str, ttl: Duration) -> Result<LockGuard, StoreError> {
+        match self {
+            AnyStore::Etcd(s) => s.lock(name, holder, ttl).await,
+            AnyStore::File(s) => s.lock(name, holder, ttl).await,
+        }
+    }
+}

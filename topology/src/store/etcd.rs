@@ -1,0 +1,355 @@
+//! The etcd store: the topology as JSON keys under a prefix (see
+//! [`crate::store::layout`]), read at one revision, changed by transactions.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, PutOptions, Txn, TxnOp,
+};
+use tokio::sync::watch;
+
+use crate::model::{Epoch, Shard, Topology};
+use crate::store::layout::Layout;
+use crate::store::lock::{EtcdHeld, Held, LockGuard, LockInfo};
+use crate::store::{cas_successor, Snapshot, StoreError, TopologyStore, Version};
+
+/// How long to wait for a TCP connection to an etcd member.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// HTTP/2 keep-alive: how often to ping, and how long without an answer before
+/// the connection is declared dead. This is what notices a paused (SIGSTOP) or
+/// partitioned member under a long-lived watch.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The topology in etcd.
+#[derive(Clone)]
+pub struct EtcdStore {
+    endpoints: Vec<String>,
+    layout: Layout,
+    client: Client,
+}
+
+impl std::fmt::Debug for EtcdStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
+/// Connect options shared by the request client and the watcher: keep-alive so
+/// dead members are noticed, and `require_leader` so a member cut off from the
+/// quorum does not serve a stale view.
+pub(crate) fn connect_options() -> ConnectOptions {
+    ConnectOptions::new()
+        .with_connect_timeout(CONNECT_TIMEOUT)
+        .with_keep_alive(KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT)
+        .with_keep_alive_while_idle(true)
+        .with_require_leader(true)
+}
+
+impl EtcdStore {
+    /// Connects to etcd. The connection is lazy: an unreachable cluster shows
+    /// up as [`StoreError::Unavailable`] on the first call, not here, except
+    /// for malformed endpoints.
+    pub async fn connect(endpoints: &[String], prefix: &str) -> Result<EtcdStore, StoreError> {
+        let layout = Layout::new(prefix);
+        let endpoints: Vec<String> = endpoints
+            .iter()
+            .map(|e| e.trim().to_string())
+            .filter(|e| !e.is_empty())
+            .collect();
+        if endpoints.is_empty() {
+            return Err(StoreError::Unavailable {
+                store: "etcd".into(),
+                detail: "no endpoints given: pass --etcd http://HOST:PORT[,...] or set EZONE_ETCD"
+                    .into(),
+            });
+        }
+        let client = Client::connect(&endpoints, Some(connect_options()))
+            .await
+            .map_err(|e| StoreError::Unavailable {
+                store: format!("etcd {}", endpoints.join(",")),
+                detail: e.to_string(),
+            })?;
+        Ok(EtcdStore {
+            endpoints,
+            layout,
+            client,
+        })
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    pub fn endpoints(&self) -> &[String] {
+        &self.endpoints
+    }
+
+    /// A clone of the underlying client (cheap; shares the connection).
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    pub(crate) fn unavailable(&self, what: &str, e: etcd_client::Error) -> StoreError {
+        StoreError::Unavailable {
+            store: self.describe(),
+            detail: format!("{what}: {e}"),
+        }
+    }
+
+    /// Every key under the prefix, and the revision they were read at.
+    pub(crate) async fn read_raw(
+        &self,
+    ) -> Result<(BTreeMap<String, Vec<u8>>, Version), StoreError> {
+        let mut client = self.client.clone();
+        let resp = tokio::time::timeout(
+            super::DEFAULT_REQUEST_TIMEOUT,
+            client.get(self.layout.dir(), Some(GetOptions::new().with_prefix())),
+        )
+        .await
+        .map_err(|_| StoreError::Unavailable {
+            store: self.describe(),
+            detail: format!(
+                "reading {} timed out after {:?}",
+                self.layout.dir(),
+                super::DEFAULT_REQUEST_TIMEOUT
+            ),
+        })?
+        .map_err(|e| self.unavailable("reading the topology", e))?;
+        let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+        let mut raw = BTreeMap::new();
+        for kv in resp.kvs() {
+            raw.insert(
+                String::from_utf8_lossy(kv.key()).into_owned(),
+                kv.value().to_vec(),
+            );
+        }
+        Ok((raw, revision))
+    }
+
+    async fn load_with_revisions(&self) -> Result<(Snapshot, i64), StoreError> {
+        let (raw, revision) = self.read_raw().await?;
+        match self.layout.assemble(&self.describe(), &raw)? {
+            Some(t) => Ok((
+                Snapshot {
+                    version: revision,
+                    topology: t.into(),
+                },
+                revision,
+            )),
+            None => Err(StoreError::NotInitialized {
+                store: self.describe(),
+            }),
+        }
+    }
+
+    async fn txn(&self, txn: Txn, what: &str) -> Result<(bool, Version), StoreError> {
+        let mut client = self.client.clone();
+        let resp = tokio::time::timeout(super::DEFAULT_REQUEST_TIMEOUT, client.txn(txn))
+            .await
+            .map_err(|_| StoreError::Unavailable {
+                store: self.describe(),
+                detail: format!("{what} timed out"),
+            })?
+            .map_err(|e| self.unavailable(what, e))?;
+        let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+        Ok((resp.succeeded(), revision))
+    }
+
+    /// Writes raw bytes to a key under the prefix, bypassing validation. For
+    /// tests that need to put a bad value where a watcher sees it.
+    pub async fn put_raw(&self, key: &str, value: &[u8]) -> Result<Version, StoreError> {
+        let mut client = self.client.clone();
+        let resp = client
+            .put(key, value.to_vec(), None)
+            .await
+            .map_err(|e| self.unavailable("writing a raw key", e))?;
+        Ok(resp.header().map(|h| h.revision()).unwrap_or(0))
+    }
+}
+
+impl TopologyStore for EtcdStore {
+    fn describe(&self) -> String {
+        format!(
+            "etcd {} prefix {}",
+            self.endpoints.join(","),
+            self.layout.prefix()
+        )
+    }
+
+    async fn load(&self) -> Result<Snapshot, StoreError> {
+        Ok(self.load_with_revisions().await?.0)
+    }
+
+    async fn init(&self, topology: &Topology, force: bool) -> Result<Version, StoreError> {
+        crate::validate::validate(topology).map_err(StoreError::Invalid)?;
+        let settings_key = self.layout.settings();
+        let mut ops: Vec<TxnOp> = Vec::new();
+        let guard = if force {
+            // Replacing must not send epochs backwards: watchers would refuse it.
+            match self.load().await {
+                Ok(current) => {
+                    crate::validate::validate_transition(&current.topology, topology)
+                        .map_err(StoreError::Invalid)?;
+                }
+                Err(StoreError::NotInitialized { .. })
+                | Err(StoreError::Invalid(_))
+                | Err(StoreError::Corrupt { .. })
+                | Err(StoreError::UnknownKey { .. }) => {}
+                Err(e) => return Err(e),
+            }
+            for dir in [self.layout.sites_dir(), self.layout.shards_dir()] {
+                ops.push(TxnOp::delete(dir, Some(DeleteOptions::new().with_prefix())));
+            }
+            Vec::new()
+        } else {
+            vec![Compare::create_revision(
+                settings_key.clone(),
+                CompareOp::Equal,
+                0,
+            )]
+        };
+        for (key, value) in self.layout.encode(topology) {
+            ops.push(TxnOp::put(key, value, None));
+        }
+        let (ok, revision) = self
+            .txn(Txn::new().when(guard).and_then(ops), "writing the topology")
+            .await?;
+        if ok {
+            Ok(revision)
+        } else {
+            Err(StoreError::AlreadyInitialized {
+                store: self.describe(),
+            })
+        }
+    }
+
+    async fn cas_shard(&self, expected_epoch: Epoch, next: &Shard) -> Result<Version, StoreError> {
+        let (raw, _) = self.read_raw().await?;
+        let key = self.layout.shard(next.id);
+        let current = self
+            .layout
+            .assemble(&self.describe(), &raw)?
+            .ok_or_else(|| StoreError::NotInitialized {
+                store: self.describe(),
+            })?;
+        cas_successor(&self.describe(), &current, expected_epoch, next)?;
+        // The epoch we checked is the one in this exact value: compare it, so a
+        // concurrent swap between our read and our write makes us lose.
+        let observed = raw.get(&key).cloned().unwrap_or_default();
+        let value = serde_json::to_vec(next).map_err(|e| StoreError::Corrupt {
+            store: self.describe(),
+            key: key.clone(),
+            what: "shard",
+            detail: e.to_string(),
+        })?;
+        let txn = Txn::new()
+            .when([Compare::value(key.clone(), CompareOp::Equal, observed)])
+            .and_then([TxnOp::put(key.clone(), value, None)]);
+        let (ok, revision) = self.txn(txn, "swapping a shard").await?;
+        if ok {
+            return Ok(revision);
+        }
+        // Lost the race: report what is there now.
+        let now = self.load().await?;
+        match now.topology.shards.get(&next.id) {
+            Some(s) => Err(StoreError::StaleEpoch {
+                shard: next.id,
+                expected: expected_epoch,
+                found: s.epoch,
+                home: s.home.clone(),
+                state: s.state.to_string(),
+            }),
+            None => Err(StoreError::UnknownShard {
+                store: self.describe(),
+                shard: next.id,
+            }),
+        }
+    }
+
+    async fn lock(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: std::time::Duration,
+    ) -> Result<LockGuard, StoreError> {
+        let key = self.layout.lock(name);
+        let ttl_secs = i64::try_from(ttl.as_secs().max(1)).unwrap_or(i64::MAX);
+        let mut client = self.client.clone();
+        let lease = client
+            .lease_grant(ttl_secs, None)
+            .await
+            .map_err(|e| self.unavailable("granting a lock lease", e))?
+            .id();
+        let info = serde_json::to_vec(&LockInfo::now(holder)).unwrap_or_default();
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(
+                key.clone(),
+                info,
+                Some(PutOptions::new().with_lease(lease)),
+            )])
+            .or_else([TxnOp::get(key.clone(), None)]);
+        let resp = client
+            .txn(txn)
+            .await
+            .map_err(|e| self.unavailable("taking a lock", e))?;
+        if !resp.succeeded() {
+            let _ = client.lease_revoke(lease).await;
+            let mut who = "someone (unknown)".to_string();
+            for op in resp.op_responses() {
+                if let etcd_client::TxnOpResponse::Get(get) = op {
+                    if let Some(kv) = get.kvs().first() {
+                        who = match serde_json::from_slice::<LockInfo>(kv.value()) {
+                            Ok(info) => info.to_string(),
+                            Err(_) => String::from_utf8_lossy(kv.value()).into_owned(),
+                        };
+                    }
+                }
+            }
+            return Err(StoreError::Locked {
+                name: name.to_string(),
+                holder: who,
+            });
+        }
+        let (keeper, mut responses) = client
+            .lease_keep_alive(lease)
+            .await
+            .map_err(|e| self.unavailable("keeping a lock lease alive", e))?;
+        let (lost_tx, lost_rx) = watch::channel(false);
+        let period = (ttl / 3).max(Duration::from_millis(200));
+        let lock_name = name.to_string();
+        let keeper_task = tokio::spawn(async move {
+            let mut keeper = keeper;
+            let deadline_after = ttl;
+            let mut last_ok = tokio::time::Instant::now();
+            loop {
+                tokio::time::sleep(period).await;
+                let ok = match keeper.keep_alive().await {
+                    Ok(()) => matches!(
+                        tokio::time::timeout(period, responses.message()).await,
+                        Ok(Ok(Some(r))) if r.ttl() > 0
+                    ),
+                    Err(_) => false,
+                };
+                if ok {
+                    last_ok = tokio::time::Instant::now();
+                } else if last_ok.elapsed() >= deadline_after {
+                    tracing::warn!(lock = %lock_name, "Operator lock lost: its lease could not be kept alive.");
+                    let _ = lost_tx.send(true);
+                    return;
+                }
+            }
+        });
+        Ok(LockGuard::new(
+            name,
+            Held::Etcd(Box::new(EtcdHeld {
+                client,
+                lease,
+                keeper: keeper_task,
+            })),
+            lost_rx,
+        ))
+    }
+}

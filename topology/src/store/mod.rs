@@ -1,0 +1,175 @@
+//! Where the topology lives: etcd (real deployments) or a file (a laptop).
+//!
+//! Both stores implement [`TopologyStore`]: a validated load, an initial write
+//! that refuses to overwrite, compare-and-swap of one shard with an epoch check,
+//! an operator lock, and a [`crate::watch::Watcher`] that publishes whole,
+//! validated, immutable snapshots.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::model::{Epoch, Shard, ShardId, Topology};
+use crate::validate::Invalid;
+
+pub mod any;
+pub mod etcd;
+pub mod file;
+pub mod layout;
+pub mod lock;
+
+pub use any::AnyStore;
+pub use etcd::EtcdStore;
+pub use file::FileStore;
+pub use lock::{LockGuard, LockInfo};
+
+/// The version of a snapshot: the etcd revision it was read at, or, for a
+/// file, its modification time in milliseconds since the Unix epoch.
+pub type Version = i64;
+
+/// A whole, validated, immutable topology, tagged with its version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    pub version: Version,
+    pub topology: Arc<Topology>,
+}
+
+/// What went wrong in a store, classified by what the caller should do.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store could not be reached or did not answer in time. Retry.
+    #[error("topology store {store} is unavailable: {detail} (is it running and reachable? retrying may help)")]
+    Unavailable { store: String, detail: String },
+    /// Nothing has been written under this prefix / to this file yet.
+    #[error("no topology in {store}: write one with `ezone topo init -f FILE`")]
+    NotInitialized { store: String },
+    /// `init` without `force` found a topology already there.
+    #[error("a topology already exists in {store}: refusing to overwrite it; pass --force to replace it")]
+    AlreadyInitialized { store: String },
+    /// What the store holds, or what was about to be written, is not valid.
+    #[error("{0}")]
+    Invalid(Invalid),
+    /// A key holds bytes that are not the JSON it should be.
+    #[error("topology key {key} in {store} is not valid JSON for a {what}: {detail}; fix or rewrite it (`ezone topo init --force`)")]
+    Corrupt {
+        store: String,
+        key: String,
+        what: &'static str,
+        detail: String,
+    },
+    /// A key under the prefix that ezone does not know.
+    #[error(
+        "unknown key {key} under the topology prefix in {store}: remove it, or use another prefix"
+    )]
+    UnknownKey { store: String, key: String },
+    /// Compare-and-swap lost: the shard is not at the epoch the caller read.
+    #[error("shard {shard} is at epoch {found} (home {home}, {state}), not at the expected epoch {expected}: someone else changed it; re-read and decide again")]
+    StaleEpoch {
+        shard: ShardId,
+        expected: Epoch,
+        found: Epoch,
+        home: String,
+        state: String,
+    },
+    /// The shard to swap does not exist.
+    #[error("shard {shard} does not exist in {store}")]
+    UnknownShard { store: String, shard: ShardId },
+    /// An operator lock is held by someone else.
+    #[error("lock {name:?} is held by {holder}: wait for it to finish, or for its lease to expire if it died")]
+    Locked { name: String, holder: String },
+    /// A file-store I/O error.
+    #[error("topology file {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+impl StoreError {
+    /// Whether retrying the same call later may succeed without anyone
+    /// changing anything (the store was down, the lock may be released).
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Unavailable { .. } | StoreError::Locked { .. }
+        )
+    }
+}
+
+/// How long a call to a store may take before it counts as unavailable.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The operations every topology store offers.
+///
+/// Guarantees, for both stores:
+/// - `load` returns only a topology that passed [`crate::validate::validate`].
+/// - `init` is atomic: either the whole topology is written or nothing.
+/// - `cas_shard` changes one shard only, and only if it is still at
+///   `expected_epoch`; the new shard must carry a higher epoch, and the
+///   resulting topology must validate as a successor of the current one.
+/// - `lock` never blocks: it takes the lock or says who holds it. The lock is
+///   released on [`LockGuard::release`], on drop, and when the holder dies (the
+///   etcd lease expires; the file lock is released by the kernel).
+pub trait TopologyStore: Send + Sync {
+    /// A human-readable name for messages: `etcd http://...:2379 prefix /ezone`.
+    fn describe(&self) -> String;
+
+    fn load(&self) -> impl Future<Output = Result<Snapshot, StoreError>> + Send;
+
+    fn init(
+        &self,
+        topology: &Topology,
+        force: bool,
+    ) -> impl Future<Output = Result<Version, StoreError>> + Send;
+
+    fn cas_shard(
+        &self,
+        expected_epoch: Epoch,
+        next: &Shard,
+    ) -> impl Future<Output = Result<Version, StoreError>> + Send;
+
+    fn lock(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<LockGuard, StoreError>> + Send;
+}
+
+/// Checks a CAS request against the current topology and returns the
+/// successor topology, shared by both stores so they refuse the same things.
+pub(crate) fn cas_successor(
+    store: &str,
+    current: &Topology,
+    expected_epoch: Epoch,
+    next: &Shard,
+) -> Result<Topology, StoreError> {
+    let Some(cur) = current.shards.get(&next.id) else {
+        return Err(StoreError::UnknownShard {
+            store: store.to_string(),
+            shard: next.id,
+        });
+    };
+    if cur.epoch != expected_epoch {
+        return Err(StoreError::StaleEpoch {
+            shard: next.id,
+            expected: expected_epoch,
+            found: cur.epoch,
+            home: cur.home.clone(),
+            state: cur.state.to_string(),
+        });
+    }
+    let mut successor = current.clone();
+    successor.shards.insert(next.id, next.clone());
+    if next.epoch <= cur.epoch {
+        return Err(StoreError::Invalid(Invalid(vec![
+            crate::validate::Problem::EpochBackwards {
+                id: next.id,
+                from: cur.epoch,
+                to: next.epoch,
+            },
+        ])));
+    }
+    crate::validate::validate_transition(current, &successor).map_err(StoreError::Invalid)?;
+    Ok(successor)
+}
