@@ -5,6 +5,7 @@
 //! The model, validation and hash are pure; the stores sit at the edge.
 #![forbid(unsafe_code)]
 
+pub mod diff;
 pub mod doc;
 pub mod hash;
 pub mod model;
