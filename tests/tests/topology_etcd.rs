@@ -49,7 +49,10 @@ async fn a_change_reaches_the_watcher_and_invalid_ones_are_refused() {
     s1.state = ShardState::Frozen;
     s1.epoch = 2;
     let v = store.cas_shard(1, &s1).await.expect("cas");
-    let snap = watcher.wait_for_version(v, WAIT).await.expect("change seen");
+    let snap = watcher
+        .wait_for_version(v, WAIT)
+        .await
+        .expect("change seen");
     assert_eq!(snap.version, v);
     assert_eq!(snap.topology.shards[&1], s1);
 
@@ -159,7 +162,10 @@ async fn cas_with_a_stale_epoch_fails_and_says_why() {
 
     // init refuses to overwrite.
     let err = store.init(&t, false).await.expect_err("overwrite");
-    assert!(matches!(err, StoreError::AlreadyInitialized { .. }), "{err}");
+    assert!(
+        matches!(err, StoreError::AlreadyInitialized { .. }),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -188,7 +194,9 @@ async fn the_lock_excludes_a_second_holder_and_dies_with_its_holder() {
 
     // A real holder process killed with -9: the lease expires, the lock frees.
     let mut holder = std::process::Command::new(ezone_bin())
-        .args(["topo", "lock", "shard-7", "--ttl", "2s", "--holder", "carol"])
+        .args([
+            "topo", "lock", "shard-7", "--ttl", "2s", "--holder", "carol",
+        ])
         .arg("--etcd")
         .arg(etcd.client_urls().join(","))
         .args(["--", "sleep", "60"])

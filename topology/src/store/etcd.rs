@@ -4,10 +4,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, PutOptions, Txn, TxnOp,
-};
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp};
 use tokio::sync::watch;
+use tonic::Code as tonic_code;
 
 use crate::model::{Epoch, Shard, Topology};
 use crate::store::layout::Layout;
@@ -91,10 +90,33 @@ impl EtcdStore {
         self.client.clone()
     }
 
+    /// Classifies an etcd error: a request etcd understood and refused is
+    /// definite; anything about reaching etcd is transient.
     pub(crate) fn unavailable(&self, what: &str, e: etcd_client::Error) -> StoreError {
-        StoreError::Unavailable {
-            store: self.describe(),
-            detail: format!("{what}: {e}"),
+        use etcd_client::Error as E;
+        let definite = match &e {
+            E::GRpcStatus(status) => matches!(
+                status.code(),
+                tonic_code::InvalidArgument
+                    | tonic_code::FailedPrecondition
+                    | tonic_code::OutOfRange
+                    | tonic_code::PermissionDenied
+                    | tonic_code::Unauthenticated
+                    | tonic_code::AlreadyExists
+            ),
+            E::InvalidArgs(_) | E::InvalidUri(_) => true,
+            _ => false,
+        };
+        if definite {
+            StoreError::Rejected {
+                store: self.describe(),
+                detail: format!("{what}: {e}"),
+            }
+        } else {
+            StoreError::Unavailable {
+                store: self.describe(),
+                detail: format!("{what}: {e}"),
+            }
         }
     }
 
@@ -199,8 +221,23 @@ impl TopologyStore for EtcdStore {
                 | Err(StoreError::UnknownKey { .. }) => {}
                 Err(e) => return Err(e),
             }
-            for dir in [self.layout.sites_dir(), self.layout.shards_dir()] {
-                ops.push(TxnOp::delete(dir, Some(DeleteOptions::new().with_prefix())));
+            // etcd refuses a transaction that deletes a range and puts keys
+            // inside it, so delete only the keys the new topology drops.
+            let (raw, _) = self.read_raw().await?;
+            let keep: std::collections::BTreeSet<String> = self
+                .layout
+                .encode(topology)
+                .into_iter()
+                .map(|(k, _)| k)
+                .collect();
+            for key in raw.keys() {
+                let topology_key = !matches!(
+                    self.layout.classify(key),
+                    crate::store::layout::KeyKind::Reserved
+                );
+                if topology_key && !keep.contains(key) {
+                    ops.push(TxnOp::delete(key.clone(), None));
+                }
             }
             Vec::new()
         } else {

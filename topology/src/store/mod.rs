@@ -40,6 +40,10 @@ pub enum StoreError {
     /// The store could not be reached or did not answer in time. Retry.
     #[error("topology store {store} is unavailable: {detail} (is it running and reachable? retrying may help)")]
     Unavailable { store: String, detail: String },
+    /// etcd understood the request and refused it (bad argument, permission).
+    /// Retrying the same request will not help.
+    #[error("topology store {store} refused the request: {detail}")]
+    Rejected { store: String, detail: String },
     /// Nothing has been written under this prefix / to this file yet.
     #[error("no topology in {store}: write one with `ezone topo init -f FILE`")]
     NotInitialized { store: String },
