@@ -299,3 +299,61 @@ async fn the_watcher_survives_member_deaths_and_a_full_restart() {
     })
     .await;
 }
+
+/// The watcher is cut off from etcd (a partition through the fault proxy)
+/// while changes are made and the history is compacted past its revision:
+/// on heal it cannot resume, so it reloads the whole prefix and serves the
+/// latest state.
+#[tokio::test]
+async fn the_watcher_reloads_after_compaction() {
+    use ezone_chaos::proxy::{FaultProxy, LinkSpec, Toxics};
+    let etcd = EtcdCluster::start(1).await.expect("etcd");
+    let (direct, _) = seeded(&etcd, "/ezone").await;
+    let upstream = etcd.client_urls()[0]
+        .trim_start_matches("http://")
+        .parse()
+        .expect("etcd address");
+    let proxy = FaultProxy::new();
+    let link = proxy
+        .add_link(LinkSpec {
+            name: "watcher->etcd".into(),
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            upstream,
+            upstream_toxics: Toxics::default(),
+            downstream_toxics: Toxics::default(),
+        })
+        .await
+        .expect("link");
+    let via_proxy = EtcdStore::connect(&[format!("http://{}", link.listen_addr())], "/ezone")
+        .await
+        .expect("connect via proxy");
+    let watcher = Watcher::start(AnyStore::Etcd(Box::new(via_proxy)));
+    watcher.wait_for_version(1, WAIT).await.expect("first");
+    let reloads = watcher.stats().reloads.load(Ordering::Relaxed);
+
+    link.partition();
+    let mut last = 0;
+    for home in ["shanghai", "beijing", "shanghai"] {
+        let cur = direct.load().await.expect("load").topology.shards[&1].clone();
+        last = direct
+            .cas_shard(cur.epoch, &flipped(&cur, home))
+            .await
+            .expect("cas");
+    }
+    direct
+        .client()
+        .compact(last, None)
+        .await
+        .expect("compact");
+    // Make sure the old stream is gone, then heal.
+    link.reset();
+    link.heal();
+
+    let snap = watcher.wait_for_version(last, WAIT).await.expect("latest");
+    assert_eq!(snap.topology.shards[&1].home, "shanghai");
+    assert_eq!(snap.topology.shards[&1].epoch, 4);
+    assert!(
+        watcher.stats().reloads.load(Ordering::Relaxed) > reloads,
+        "a compacted revision must cause a full reload"
+    );
+}
