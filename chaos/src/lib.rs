@@ -7,7 +7,7 @@
 //! - [`etcd`] and [`postgres`]: real etcd members and Postgres 15 clusters on
 //!   free loopback ports in temp dirs.
 //! - [`lab`]: the multi-site lab (`ezone lab up/down`) built from those parts.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 pub mod etcd;
 pub mod lab;

@@ -1,1 +1,533 @@
-//! (being written)
+//! Real Postgres 15 for the lab: one cluster per site, on a free loopback
+//! port, in its own directory, ready for logical replication, that a test
+//! can kill (-9), pause, resume and restart.
+//!
+//! - **Binaries**: `$EZONE_PG_BIN`, else `/usr/lib/postgresql/15/bin`, else
+//!   wherever `dpkg -L postgresql-15` put `initdb`.
+//! - **As root**, Postgres refuses to run, so `initdb` and `postgres` run as
+//!   the `postgres` OS user, in a directory chowned to it (every parent must
+//!   be searchable by it; temp dirs are opened to `0755`).
+//! - **The postmaster is our child** (no `pg_ctl`), so kill -9 hits it. A
+//!   kill takes its backends with it (see [`crate::process`]: Postgres puts
+//!   each backend in its own session, so the tree is walked), which is what a
+//!   crashed server looks like; the restart then runs crash recovery.
+//! - **`fsync=off`** is safe for the chaos suite's purpose: it only loses
+//!   data when the *kernel* crashes. A killed postmaster's writes are already
+//!   in the page cache, so kill -9 loses nothing that was committed.
+//! - Authentication is `trust` on 127.0.0.1 for the `postgres` superuser;
+//!   this is a throwaway test cluster.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+use crate::lab::scratch::ScratchDir;
+use crate::lab::LabError;
+use crate::ports;
+use crate::process::{self, ChildProcess, ProcessRecord, ProcessSpec, Supervision};
+
+/// How long a start (or crash recovery) may take.
+pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// The database every lab cluster gets.
+pub const DEFAULT_DATABASE: &str = "ezone";
+/// The OS user Postgres runs as when we are root, and the superuser name.
+pub const PG_USER: &str = "postgres";
+/// The Debian package that holds the server binaries.
+const PG_PACKAGE: &str = "postgresql-15";
+/// The default bin dir of that package.
+const PG_DEFAULT_BIN: &str = "/usr/lib/postgresql/15/bin";
+/// How long initdb may take (two run at once on a small machine).
+const INITDB_TIMEOUT: Duration = Duration::from_secs(90);
+/// How often readiness is polled.
+const POLL: Duration = Duration::from_millis(50);
+/// Tries on fresh ports when the postmaster loses the port race at start.
+const START_ATTEMPTS: usize = 3;
+/// Longest Unix socket path (sun_path is 108 bytes with the NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// Server settings: logical replication on, small and fast for tests.
+const SETTINGS: &[(&str, &str)] = &[
+    ("listen_addresses", "127.0.0.1"),
+    ("wal_level", "logical"),
+    ("max_wal_senders", "20"),
+    ("max_replication_slots", "20"),
+    ("wal_sender_timeout", "10s"),
+    ("fsync", "off"),
+    ("max_connections", "200"),
+    ("shared_buffers", "64MB"),
+];
+
+/// How to start a [`PgCluster`].
+#[derive(Debug, Clone)]
+pub struct PgOptions {
+    /// The site name, used in directory names and messages.
+    pub name: String,
+    /// Parent directory; `None` uses a fresh temp dir. The cluster lives in
+    /// `<dir>/pg-<name>`, removed when the cluster is dropped.
+    pub dir: Option<PathBuf>,
+    pub supervision: Supervision,
+    pub ready_timeout: Duration,
+    /// Database created after initdb.
+    pub database: String,
+}
+
+impl PgOptions {
+    pub fn new(name: impl Into<String>) -> Self {
+        PgOptions {
+            name: name.into(),
+            dir: None,
+            supervision: Supervision::Tied,
+            ready_timeout: DEFAULT_READY_TIMEOUT,
+            database: DEFAULT_DATABASE.to_string(),
+        }
+    }
+}
+
+/// A running Postgres cluster. Dropping it kills the postmaster and its
+/// backends and removes its directory.
+#[derive(Debug)]
+pub struct PgCluster {
+    name: String,
+    bin: PathBuf,
+    port: u16,
+    data_dir: PathBuf,
+    database: String,
+    ready_timeout: Duration,
+    // Field order matters: the process drops before its directory.
+    process: ChildProcess,
+    dir: ScratchDir,
+}
+
+impl PgCluster {
+    /// initdb and start a cluster for site `name` in a temp dir, create the
+    /// `ezone` database, and wait until it accepts connections.
+    pub async fn start(name: &str) -> Result<Self, LabError> {
+        Self::start_with(PgOptions::new(name)).await
+    }
+
+    /// Start a cluster as `opts` says.
+    pub async fn start_with(opts: PgOptions) -> Result<Self, LabError> {
+        check_name("postgres site name", &opts.name)?;
+        check_name("postgres database", &opts.database)?;
+        let bin = find_pg_bin()?;
+        let os_user = nix::unistd::geteuid()
+            .is_root()
+            .then(|| PG_USER.to_string());
+        let dir = ScratchDir::temp_or_under(opts.dir.as_deref(), &format!("pg-{}", opts.name))?;
+        if let Some(user) = &os_user {
+            hand_over(dir.path(), user)?;
+        }
+        let data_dir = dir.path().join("data");
+        let initdb = ProcessSpec::new(
+            format!("initdb for site {}", opts.name),
+            bin.join("initdb"),
+            dir.path(),
+            "initdb.log",
+        )
+        .arg("-D")
+        .arg(&data_dir)
+        .args([
+            "-A",
+            "trust",
+            "-U",
+            PG_USER,
+            "--no-sync",
+            "-E",
+            "UTF8",
+            "--locale=C",
+        ])
+        .env_remove_prefix("PG")
+        .user(os_user.clone());
+        process::run_to_completion(initdb, INITDB_TIMEOUT).await?;
+
+        let mut attempt = 1;
+        let (port, process) = loop {
+            let port = ports::free_port()?;
+            let spec = postmaster_spec(&opts, &bin, dir.path(), &data_dir, port, os_user.clone());
+            let process = ChildProcess::spawn(spec)?;
+            match wait_postmaster(&bin, port, &process, opts.ready_timeout).await {
+                Ok(()) => break (port, process),
+                Err(e) if e.is_port_clash() && attempt < START_ATTEMPTS => {
+                    tracing::warn!(site = %opts.name, port, attempt, "Postgres lost a port race; retrying on a fresh port.");
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        let cluster = PgCluster {
+            name: opts.name.clone(),
+            bin,
+            port,
+            data_dir,
+            database: opts.database.clone(),
+            ready_timeout: opts.ready_timeout,
+            process,
+            dir,
+        };
+        cluster
+            .psql_db(
+                "postgres",
+                &format!("CREATE DATABASE \"{}\"", opts.database),
+            )
+            .await?;
+        tracing::info!(site = %cluster.name, port = cluster.port, pid = cluster.pid(), "Postgres is ready.");
+        Ok(cluster)
+    }
+
+    /// The site name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))
+    }
+
+    /// libpq DSN: `host=127.0.0.1 port=P user=postgres dbname=DB`.
+    pub fn dsn(&self, db: &str) -> String {
+        dsn(self.addr(), db)
+    }
+
+    /// The database created at start (`ezone`).
+    pub fn database(&self) -> &str {
+        &self.database
+    }
+
+    /// The cluster's directory (`data/`, `postgres.log`, the socket).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    pub fn bin_dir(&self) -> &Path {
+        &self.bin
+    }
+
+    pub fn log_path(&self) -> &Path {
+        self.process.log_path()
+    }
+
+    /// The postmaster's pid.
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.process.is_running()
+    }
+
+    /// The postmaster process, for anything not wrapped here.
+    pub fn process(&self) -> &ChildProcess {
+        &self.process
+    }
+
+    /// Run `sql` in the `ezone` database with `psql -XAtq`; its output with
+    /// the trailing newline removed.
+    pub async fn psql(&self, sql: &str) -> Result<String, LabError> {
+        self.psql_db(&self.database, sql).await
+    }
+
+    /// Run `sql` in database `db`.
+    pub async fn psql_db(&self, db: &str, sql: &str) -> Result<String, LabError> {
+        psql(&self.bin, self.addr(), db, sql).await
+    }
+
+    /// kill -9 the postmaster and its backends: a crash.
+    pub fn kill(&self) -> Result<(), LabError> {
+        self.process.kill()
+    }
+
+    /// SIGSTOP the postmaster and its backends: connections hang.
+    pub fn pause(&self) -> Result<(), LabError> {
+        self.process.pause()
+    }
+
+    /// SIGCONT.
+    pub fn resume(&self) -> Result<(), LabError> {
+        self.process.resume()
+    }
+
+    /// Kill (if running), start again on the same data and port, and wait
+    /// until it accepts connections (after a kill, crash recovery runs first).
+    pub async fn restart(&self) -> Result<(), LabError> {
+        self.process.restart()?;
+        self.wait_ready(self.ready_timeout).await
+    }
+
+    /// Fast shutdown (SIGINT: roll back open transactions, checkpoint, exit),
+    /// SIGKILL after `timeout`.
+    pub async fn stop(&self, timeout: Duration) -> Result<(), LabError> {
+        self.process.terminate(timeout).await
+    }
+
+    /// Poll `pg_isready` until the server accepts connections, the
+    /// postmaster exits, or `timeout`.
+    pub async fn wait_ready(&self, timeout: Duration) -> Result<(), LabError> {
+        wait_postmaster(&self.bin, self.port, &self.process, timeout).await
+    }
+
+    /// kill -9 the cluster and remove its directory, reporting failures
+    /// (dropping it does the same, failures only logged).
+    pub fn teardown(self) -> Result<(), LabError> {
+        let PgCluster { process, dir, .. } = self;
+        process.kill()?;
+        drop(process);
+        dir.remove()
+    }
+
+    /// The postmaster's record, for a lab's state file.
+    pub fn record(&self) -> ProcessRecord {
+        self.process.record()
+    }
+
+    /// Let the postmaster outlive this handle (detached labs); returns its
+    /// record and the directory, which is kept.
+    pub fn disown(self) -> (ProcessRecord, PathBuf) {
+        (self.process.disown(), self.dir.keep())
+    }
+}
+
+/// Poll `pg_isready` until the postmaster accepts connections, exits, or
+/// `timeout` passes.
+async fn wait_postmaster(
+    bin: &Path,
+    port: u16,
+    process: &ChildProcess,
+    timeout: Duration,
+) -> Result<(), LabError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let last = match pg_isready(bin, port).await {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        if let Some(status) = process.exit_status() {
+            return Err(LabError::Exited {
+                name: process.name().to_string(),
+                status: status.to_string(),
+                log: process.log_path().to_path_buf(),
+                tail: process.log_tail(),
+            });
+        }
+        if Instant::now() >= deadline {
+            return Err(LabError::NotReady {
+                name: process.name().to_string(),
+                within: timeout,
+                last,
+                log: process.log_path().to_path_buf(),
+                tail: process.log_tail(),
+            });
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// libpq DSN for the `postgres` superuser at `addr`.
+pub fn dsn(addr: SocketAddr, db: &str) -> String {
+    format!(
+        "host={} port={} user={PG_USER} dbname={db}",
+        addr.ip(),
+        addr.port()
+    )
+}
+
+/// The postmaster's command line.
+fn postmaster_spec(
+    opts: &PgOptions,
+    bin: &Path,
+    dir: &Path,
+    data_dir: &Path,
+    port: u16,
+    os_user: Option<String>,
+) -> ProcessSpec {
+    let socket_dir = dir.display().to_string();
+    // A socket path that is too long fails the start; go TCP-only instead.
+    let socket_dir = if socket_dir.len() + format!("/.s.PGSQL.{port}").len() <= MAX_SOCKET_PATH {
+        socket_dir
+    } else {
+        tracing::warn!(site = %opts.name, dir = %socket_dir, "Directory too long for a Unix socket; Postgres listens on TCP only.");
+        String::new()
+    };
+    let mut spec = ProcessSpec::new(
+        format!("postgres for site {}", opts.name),
+        bin.join("postgres"),
+        dir,
+        "postgres.log",
+    )
+    .arg("-D")
+    .arg(data_dir)
+    .args(["-c", &format!("port={port}")])
+    .args(["-c", &format!("unix_socket_directories={socket_dir}")]);
+    for (k, v) in SETTINGS {
+        spec = spec.args(["-c", &format!("{k}={v}")]);
+    }
+    spec.env_remove_prefix("PG")
+        .user(os_user)
+        .supervision(opts.supervision)
+        .stop_signal(Signal::SIGINT)
+}
+
+/// `pg_isready`: `Ok` when the server accepts connections, else what it said.
+async fn pg_isready(bin: &Path, port: u16) -> Result<(), String> {
+    let mut cmd = tokio::process::Command::new(bin.join("pg_isready"));
+    cmd.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", PG_USER])
+        .args(["-d", "postgres", "-t", "2"]);
+    let out = run_client(cmd)
+        .await
+        .map_err(|e| format!("cannot run pg_isready: {e}"))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let said = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    Err(format!("pg_isready: {said} ({})", out.status))
+}
+
+/// Run `sql` with psql against `addr`/`db`.
+pub async fn psql(bin: &Path, addr: SocketAddr, db: &str, sql: &str) -> Result<String, LabError> {
+    let mut cmd = tokio::process::Command::new(bin.join("psql"));
+    cmd.args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1"])
+        .args(["-h", &addr.ip().to_string(), "-p", &addr.port().to_string()])
+        .args(["-U", PG_USER, "-d", db, "-c", sql]);
+    let target = format!("{addr}/{db}");
+    let out = run_client(cmd).await.map_err(|e| LabError::Psql {
+        target: target.clone(),
+        sql: sql.to_string(),
+        status: "not started".to_string(),
+        stderr: format!("cannot run {}: {e}", bin.join("psql").display()),
+    })?;
+    if !out.status.success() {
+        return Err(LabError::Psql {
+            target,
+            sql: sql.to_string(),
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    let mut s = String::from_utf8_lossy(&out.stdout).into_owned();
+    while s.ends_with('\n') {
+        s.pop();
+    }
+    Ok(s)
+}
+
+/// Run a short-lived client (psql, pg_isready) with a clean `PG*`
+/// environment; killed if the caller stops waiting (e.g. a timeout).
+async fn run_client(mut cmd: tokio::process::Command) -> std::io::Result<std::process::Output> {
+    for (k, _) in std::env::vars_os() {
+        if k.to_str().is_some_and(|k| k.starts_with("PG")) {
+            cmd.env_remove(&k);
+        }
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .output()
+        .await
+}
+
+/// Where the Postgres 15 server binaries are.
+pub fn find_pg_bin() -> Result<PathBuf, LabError> {
+    let mut tried = Vec::new();
+    if let Some(dir) = std::env::var_os("EZONE_PG_BIN") {
+        let dir = PathBuf::from(dir);
+        if dir.join("initdb").is_file() {
+            return Ok(dir);
+        }
+        tried.push(format!("{} (from EZONE_PG_BIN)", dir.display()));
+    }
+    let default = PathBuf::from(PG_DEFAULT_BIN);
+    if default.join("initdb").is_file() {
+        return Ok(default);
+    }
+    tried.push(PG_DEFAULT_BIN.to_string());
+    match std::process::Command::new("dpkg")
+        .args(["-L", PG_PACKAGE])
+        .stderr(Stdio::null())
+        .output()
+    {
+        Ok(out) if out.status.success() => {
+            let listing = String::from_utf8_lossy(&out.stdout);
+            let found = listing
+                .lines()
+                .find(|l| l.ends_with("/bin/initdb"))
+                .and_then(|l| Path::new(l).parent().map(Path::to_path_buf));
+            if let Some(dir) = found.filter(|d| d.join("initdb").is_file()) {
+                return Ok(dir);
+            }
+            tried.push(format!("`dpkg -L {PG_PACKAGE}` (no bin/initdb listed)"));
+        }
+        Ok(_) => tried.push(format!("`dpkg -L {PG_PACKAGE}` (package not installed)")),
+        Err(e) => tried.push(format!("`dpkg -L {PG_PACKAGE}` ({e})")),
+    }
+    Err(LabError::PgNotFound {
+        tried: tried.join(", "),
+    })
+}
+
+/// Make `dir` owned by `user` after checking the user can reach it.
+fn hand_over(dir: &Path, user: &str) -> Result<(), LabError> {
+    let u = process::lookup_user(user)?;
+    check_reachable(dir, user, u.uid.as_raw(), u.gid.as_raw())?;
+    nix::unistd::chown(dir, Some(u.uid), Some(u.gid))
+        .map_err(|e| LabError::io("chown to the postgres user", dir, std::io::Error::from(e)))
+}
+
+/// Every parent of `dir` must be searchable by `uid`/`gid`.
+fn check_reachable(dir: &Path, user: &str, uid: u32, gid: u32) -> Result<(), LabError> {
+    for parent in dir.ancestors().skip(1) {
+        let meta = std::fs::metadata(parent).map_err(|e| LabError::io("stat", parent, e))?;
+        let mode = meta.mode();
+        let searchable = if meta.uid() == uid {
+            mode & 0o100 != 0
+        } else if meta.gid() == gid {
+            mode & 0o010 != 0
+        } else {
+            mode & 0o001 != 0
+        };
+        if !searchable {
+            return Err(LabError::DirNotReachable {
+                user: user.to_string(),
+                path: dir.to_path_buf(),
+                reason: format!(
+                    "{} has mode {:o} and is owned by uid {}",
+                    parent.display(),
+                    mode & 0o7777,
+                    meta.uid()
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Site and database names go into paths and SQL identifiers: keep them
+/// plain.
+fn check_name(field: &'static str, name: &str) -> Result<(), LabError> {
+    let ok = !name.is_empty()
+        && name.len() <= 48
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(LabError::InvalidSpec {
+            field,
+            value: format!("{name:?}"),
+            why: "use 1 to 48 of a-z, 0-9, '_' and '-'".to_string(),
+        })
+    }
+}

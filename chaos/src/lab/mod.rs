@@ -1,0 +1,513 @@
+//! The local multi-site lab: a real etcd cluster, one real Postgres per
+//! site, and a WAN between the sites made of fault-proxy links, all on
+//! loopback, all killable, and all cleaned up.
+//!
+//! ```text
+//!             etcd (1 or 3 members)
+//!   beijing                              shanghai
+//!   postgres :P1 <── link beijing->shanghai ── (what shanghai dials for beijing)
+//!   (what beijing dials for shanghai) ── link shanghai->beijing ──> postgres :P2
+//! ```
+//!
+//! A link `a->b` is site `a`'s Postgres as reached from site `b`: `b`'s
+//! replicator dials it to read `a`'s changes. Each link starts with half the
+//! WAN round trip as latency in each direction.
+//!
+//! Two ways to run it:
+//! - **Tests**: [`Lab::start`] with the default [`LabSpec`]: processes tied
+//!   to the test (see [`crate::process`]), the proxy in process, everything
+//!   in a temp dir. [`Lab::teardown`] (or dropping the lab, also during a
+//!   panic) kills every process and removes the directory.
+//! - **`ezone lab up`**: [`Supervision::Detached`] processes, the proxy as
+//!   an `ezone chaos proxy serve` process, a given directory; then
+//!   [`Lab::disown`] lets them run on and returns the [`LabState`] written to
+//!   `DIR/lab.json`, from which `ezone lab down` stops them.
+//!
+//! Dropping a [`Lab`] drops its parts in field order: the WAN, then the
+//! Postgres clusters, then etcd (each killing its processes and removing its
+//! directory), then the lab's root directory.
+
+mod error;
+mod info;
+pub(crate) mod scratch;
+mod state;
+mod wan;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+pub use error::LabError;
+pub use info::{link_name, LabInfo, SiteInfo};
+pub use state::{LabProcess, LabState, Role, StopReport, STATE_FILE};
+pub use wan::ProxyLaunch;
+
+use crate::etcd::{EtcdCluster, EtcdOptions};
+use crate::postgres::{self, PgCluster, PgOptions};
+use crate::process::{self, Supervision};
+use crate::proxy::{AdminClient, FaultProxy, LinkHandle};
+use scratch::ScratchDir;
+use wan::Wan;
+
+/// The default WAN round-trip time between two sites.
+pub const DEFAULT_WAN_RTT: Duration = Duration::from_millis(30);
+/// The default sites.
+pub const DEFAULT_SITES: &[&str] = &["beijing", "shanghai"];
+/// How long teardown waits for killed processes to vanish.
+const VANISH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What lab to start.
+#[derive(Debug, Clone)]
+pub struct LabSpec {
+    /// Site names (`a-z`, `0-9`, `_`, `-`), at least one, no duplicates.
+    pub sites: Vec<String>,
+    /// 1 or 3.
+    pub etcd_members: usize,
+    /// Round-trip time of every WAN link (half each way).
+    pub wan_rtt: Duration,
+    /// Where the lab lives; `None` is a fresh temp dir. A given directory is
+    /// created if missing; the lab creates `etcd/`, `pg-<site>/` (and
+    /// `proxy/`) in it, which must not exist yet.
+    pub dir: Option<PathBuf>,
+    pub supervision: Supervision,
+    pub proxy: ProxyLaunch,
+}
+
+impl Default for LabSpec {
+    fn default() -> Self {
+        LabSpec {
+            sites: DEFAULT_SITES.iter().map(|s| s.to_string()).collect(),
+            etcd_members: 1,
+            wan_rtt: DEFAULT_WAN_RTT,
+            dir: None,
+            supervision: Supervision::Tied,
+            proxy: ProxyLaunch::InProcess,
+        }
+    }
+}
+
+impl LabSpec {
+    /// The default spec with these sites.
+    pub fn new(sites: &[&str]) -> Self {
+        LabSpec {
+            sites: sites.iter().map(|s| s.to_string()).collect(),
+            ..LabSpec::default()
+        }
+    }
+
+    /// Refuse specs that cannot work, naming the field.
+    pub fn validate(&self) -> Result<(), LabError> {
+        if self.sites.is_empty() {
+            return Err(LabError::InvalidSpec {
+                field: "sites",
+                value: "[]".to_string(),
+                why: "name at least one site, e.g. beijing,shanghai".to_string(),
+            });
+        }
+        for (i, s) in self.sites.iter().enumerate() {
+            let plain = !s.is_empty()
+                && s.len() <= 32
+                && s.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+            if !plain {
+                return Err(LabError::InvalidSpec {
+                    field: "sites",
+                    value: format!("{s:?}"),
+                    why: "a site name is 1 to 32 of a-z, 0-9, '_' and '-'".to_string(),
+                });
+            }
+            if self.sites[..i].contains(s) {
+                return Err(LabError::InvalidSpec {
+                    field: "sites",
+                    value: format!("{s:?}"),
+                    why: "listed twice".to_string(),
+                });
+            }
+        }
+        if self.etcd_members != 1 && self.etcd_members != 3 {
+            return Err(LabError::InvalidSpec {
+                field: "etcd_members",
+                value: self.etcd_members.to_string(),
+                why: "use 1 or 3".to_string(),
+            });
+        }
+        if self.supervision == Supervision::Detached && matches!(self.proxy, ProxyLaunch::InProcess)
+        {
+            return Err(LabError::InvalidSpec {
+                field: "proxy",
+                value: "in process".to_string(),
+                why: "a detached lab outlives this process, so its proxy must be a process of \
+                      its own (ProxyLaunch::Command)"
+                    .to_string(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A running lab; see the module docs.
+#[derive(Debug)]
+pub struct Lab {
+    sites: Vec<String>,
+    wan_rtt: Duration,
+    // Field order is drop order: WAN, Postgres, etcd, then the root dir.
+    wan: Wan,
+    postgres: BTreeMap<String, PgCluster>,
+    etcd: EtcdCluster,
+    root: LabRoot,
+}
+
+impl Lab {
+    /// Start etcd and every site's Postgres (at once), then the WAN.
+    /// On failure, whatever was started is stopped and removed again.
+    pub async fn start(spec: LabSpec) -> Result<Lab, LabError> {
+        spec.validate()?;
+        let began = Instant::now();
+        let root = LabRoot::new(spec.dir.as_deref())?;
+        let etcd = EtcdCluster::start_with(EtcdOptions {
+            members: spec.etcd_members,
+            dir: Some(root.path().to_path_buf()),
+            supervision: spec.supervision,
+            ..EtcdOptions::default()
+        });
+        let pgs = futures::future::try_join_all(spec.sites.iter().map(|site| {
+            PgCluster::start_with(PgOptions {
+                dir: Some(root.path().to_path_buf()),
+                supervision: spec.supervision,
+                ..PgOptions::new(site.clone())
+            })
+        }));
+        let (etcd, pgs) = futures::future::try_join(etcd, pgs).await?;
+        let postgres: BTreeMap<String, PgCluster> =
+            pgs.into_iter().map(|p| (p.name().to_string(), p)).collect();
+        let wan = Wan::start(
+            &spec.proxy,
+            spec.supervision,
+            &postgres,
+            spec.wan_rtt,
+            root.path(),
+        )
+        .await?;
+        tracing::info!(
+            sites = ?spec.sites,
+            etcd_members = spec.etcd_members,
+            dir = %root.path().display(),
+            elapsed = ?began.elapsed(),
+            "Lab is up."
+        );
+        Ok(Lab {
+            sites: spec.sites,
+            wan_rtt: spec.wan_rtt,
+            wan,
+            postgres,
+            etcd,
+            root,
+        })
+    }
+
+    /// The sites, in the order given.
+    pub fn sites(&self) -> &[String] {
+        &self.sites
+    }
+
+    /// The lab's directory.
+    pub fn dir(&self) -> &Path {
+        self.root.path()
+    }
+
+    /// The WAN round trip the links started with.
+    pub fn wan_rtt(&self) -> Duration {
+        self.wan_rtt
+    }
+
+    pub fn etcd(&self) -> &EtcdCluster {
+        &self.etcd
+    }
+
+    /// Site `site`'s Postgres.
+    pub fn postgres(&self, site: &str) -> Result<&PgCluster, LabError> {
+        self.postgres.get(site).ok_or_else(|| LabError::Unknown {
+            what: "site",
+            name: site.to_string(),
+            known: self.sites.join(", "),
+        })
+    }
+
+    /// Every site's Postgres, by site name.
+    pub fn postgres_all(&self) -> &BTreeMap<String, PgCluster> {
+        &self.postgres
+    }
+
+    /// Where `from_site` dials `pg_site`'s Postgres across the WAN.
+    pub fn wan_addr(&self, pg_site: &str, from_site: &str) -> Result<SocketAddr, LabError> {
+        let name = link_name(pg_site, from_site);
+        let addrs = self.wan.addrs();
+        addrs.get(&name).copied().ok_or_else(|| LabError::Unknown {
+            what: "WAN link",
+            name,
+            known: addrs.keys().cloned().collect::<Vec<_>>().join(", "),
+        })
+    }
+
+    /// DSN by which `from_site` reaches `pg_site`'s database `db` across
+    /// the WAN.
+    pub fn wan_dsn(&self, pg_site: &str, from_site: &str, db: &str) -> Result<String, LabError> {
+        Ok(postgres::dsn(self.wan_addr(pg_site, from_site)?, db))
+    }
+
+    /// The in-process proxy's handle for link `name` (`a->b`), to add
+    /// latency, partition, heal or reset it. `None` for an unknown name or
+    /// when the proxy runs as a process (use [`Lab::admin_client`] then).
+    pub fn link(&self, name: &str) -> Option<LinkHandle> {
+        match &self.wan {
+            Wan::InProcess { links, .. } => links.get(name).cloned(),
+            Wan::External { .. } => None,
+        }
+    }
+
+    /// The in-process fault proxy, if it runs in process.
+    pub fn proxy(&self) -> Option<&FaultProxy> {
+        match &self.wan {
+            Wan::InProcess { proxy, .. } => Some(proxy),
+            Wan::External { .. } => None,
+        }
+    }
+
+    /// The fault proxy's admin API address.
+    pub fn proxy_admin(&self) -> SocketAddr {
+        self.wan.admin()
+    }
+
+    /// A client of the fault proxy's admin API (works in both modes).
+    pub fn admin_client(&self) -> AdminClient {
+        AdminClient::new(self.wan.admin())
+    }
+
+    /// The lab's addresses, as `ezone lab up` prints them.
+    pub fn info(&self) -> LabInfo {
+        LabInfo {
+            etcd: self.etcd.client_urls(),
+            sites: self
+                .postgres
+                .iter()
+                .map(|(name, pg)| {
+                    let site = SiteInfo {
+                        postgres: pg.dsn(pg.database()),
+                    };
+                    (name.clone(), site)
+                })
+                .collect(),
+            wan: self.wan.addrs(),
+            proxy_admin: self.wan.admin(),
+        }
+    }
+
+    /// Pids of the lab's own processes (etcd members, postmasters, the proxy
+    /// process), not counting Postgres backends.
+    pub fn pids(&self) -> Vec<u32> {
+        let mut pids: Vec<u32> = self.etcd.members().iter().map(|m| m.pid()).collect();
+        pids.extend(self.postgres.values().map(PgCluster::pid));
+        pids.extend(self.wan.process().map(|p| p.pid()));
+        pids
+    }
+
+    /// What `lab.json` records for this lab (processes stay owned by this
+    /// handle; see [`Lab::disown`]).
+    pub fn state(&self) -> LabState {
+        let mut processes = Vec::new();
+        if let Some(p) = self.wan.process() {
+            processes.push(LabProcess {
+                role: Role::Proxy,
+                site: None,
+                record: p.record(),
+            });
+        }
+        for (site, pg) in &self.postgres {
+            processes.push(LabProcess {
+                role: Role::Postgres,
+                site: Some(site.clone()),
+                record: pg.record(),
+            });
+        }
+        for record in self.etcd.records() {
+            processes.push(LabProcess {
+                role: Role::Etcd,
+                site: None,
+                record,
+            });
+        }
+        LabState::new(
+            self.root.path().to_path_buf(),
+            self.root.created(),
+            self.entries(),
+            processes,
+            self.info(),
+        )
+    }
+
+    /// Names the lab created directly in its directory.
+    fn entries(&self) -> Vec<String> {
+        let mut dirs: Vec<&Path> = vec![self.etcd.dir()];
+        dirs.extend(self.postgres.values().map(PgCluster::dir));
+        if let Some(p) = self.wan.process() {
+            if let Some(d) = p.log_path().parent() {
+                dirs.push(d);
+            }
+        }
+        dirs.iter()
+            .filter_map(|d| d.file_name())
+            .map(|n| n.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    /// Let every process run on after this handle is gone (`ezone lab up`),
+    /// keep the directory, and return what to record in `lab.json`.
+    pub fn disown(self) -> LabState {
+        let state = self.state();
+        let Lab {
+            wan,
+            postgres,
+            etcd,
+            root,
+            ..
+        } = self;
+        let _ = wan.disown();
+        for pg in postgres.into_values() {
+            let _ = pg.disown();
+        }
+        let _ = etcd.disown();
+        root.keep();
+        state
+    }
+
+    /// Stop everything and remove the lab's directory, then check that every
+    /// process (Postgres backends included) is gone. Dropping the lab does
+    /// the same without reporting.
+    pub async fn teardown(self) -> Result<(), LabError> {
+        let mut watched = self.pids();
+        for pg in self.postgres.values() {
+            watched.extend(pg.process().descendants());
+        }
+        let Lab {
+            wan,
+            postgres,
+            etcd,
+            root,
+            ..
+        } = self;
+        let mut first_error: Option<LabError> = None;
+        let mut note = |r: Result<(), LabError>| {
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "Lab teardown step failed.");
+                first_error.get_or_insert(e);
+            }
+        };
+        note(wan.shutdown().await);
+        for pg in postgres.into_values() {
+            note(pg.teardown());
+        }
+        note(etcd.teardown());
+        note(wait_vanished(&watched).await);
+        note(root.remove());
+        match first_error {
+            None => Ok(()),
+            Some(e) => Err(e),
+        }
+    }
+}
+
+/// Wait until none of `pids` is alive.
+async fn wait_vanished(pids: &[u32]) -> Result<(), LabError> {
+    let deadline = Instant::now() + VANISH_TIMEOUT;
+    loop {
+        let Some(pid) = pids.iter().copied().find(|p| process::pid_alive(*p, None)) else {
+            return Ok(());
+        };
+        if Instant::now() >= deadline {
+            return Err(LabError::StillRunning {
+                name: "lab process".to_string(),
+                pid,
+                within: VANISH_TIMEOUT,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The lab's own directory: a temp dir, or a given one (created if missing,
+/// and then removed again when empty).
+#[derive(Debug)]
+struct LabRoot {
+    path: PathBuf,
+    temp: Option<ScratchDir>,
+    created: bool,
+    keep: bool,
+}
+
+impl LabRoot {
+    fn new(dir: Option<&Path>) -> Result<Self, LabError> {
+        match dir {
+            None => {
+                let temp = ScratchDir::temp("lab")?;
+                Ok(LabRoot {
+                    path: temp.path().to_path_buf(),
+                    temp: Some(temp),
+                    created: true,
+                    keep: false,
+                })
+            }
+            Some(dir) => {
+                let path = std::path::absolute(dir)
+                    .map_err(|e| LabError::io("resolve directory", dir, e))?;
+                let created = !path.exists();
+                std::fs::create_dir_all(&path)
+                    .map_err(|e| LabError::io("create directory", &path, e))?;
+                Ok(LabRoot {
+                    path,
+                    temp: None,
+                    created,
+                    keep: false,
+                })
+            }
+        }
+    }
+
+    fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn created(&self) -> bool {
+        self.created
+    }
+
+    fn keep(mut self) {
+        self.keep = true;
+        if let Some(t) = self.temp.take() {
+            t.keep();
+        }
+    }
+
+    /// Remove the directory now (a given one only if we created it and it
+    /// is empty by now), reporting failures.
+    fn remove(mut self) -> Result<(), LabError> {
+        self.keep = true; // drop has nothing left to do
+        match self.temp.take() {
+            Some(t) => t.remove(),
+            None if self.created => match std::fs::remove_dir(&self.path) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                other => other.map_err(|e| LabError::io("remove lab directory", &self.path, e)),
+            },
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for LabRoot {
+    fn drop(&mut self) {
+        // A temp dir removes itself when `temp` drops.
+        if !self.keep && self.temp.is_none() && self.created {
+            let _ = std::fs::remove_dir(&self.path);
+        }
+    }
+}
