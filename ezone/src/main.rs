@@ -14,6 +14,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the edge router.
+    Router(cmd::router::RouterArgs),
     /// Read, write, validate and watch the topology (etcd or a file).
     #[command(subcommand)]
     Topo(cmd::topo::TopoCommand),
@@ -37,7 +39,10 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -46,6 +51,7 @@ fn main() -> std::process::ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
+            Command::Router(c) => cmd::router::run(c).await,
             Command::Topo(c) => cmd::topo::run(c).await,
             Command::Lab(c) => cmd::lab::run(c).await,
             Command::Chaos(c) => cmd::chaos::run(c).await,

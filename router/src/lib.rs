@@ -1,6 +1,21 @@
 //! The ezone edge router: key extraction, shard lookup, forwarding to the home
-//! site and holding writes for frozen shards (see `shared/DESIGN.md`, "Routing").
+//! site, and holding writes for frozen shards (see `shared/DESIGN.md`,
+//! "Routing").
 //!
-//! Not built yet: this crate is a placeholder in the workspace so that the
-//! layout of the design is visible. The router issue builds it.
+//! The decision logic ([`extract`], [`decide`]) is pure and tested without
+//! I/O; sockets, TLS and the topology watcher sit at the edges.
 #![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod body;
+pub mod config;
+pub mod decide;
+pub mod extract;
+pub mod headers;
+pub mod health;
+pub mod hold;
+pub mod metrics;
+pub mod proxy;
+pub mod server;
+pub mod tls;
+pub mod upstream;

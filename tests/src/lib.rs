@@ -40,3 +40,6 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+pub mod router;
+pub mod upstream;

@@ -340,11 +340,7 @@ async fn the_watcher_reloads_after_compaction() {
             .await
             .expect("cas");
     }
-    direct
-        .client()
-        .compact(last, None)
-        .await
-        .expect("compact");
+    direct.client().compact(last, None).await.expect("compact");
     // Make sure the old stream is gone, then heal.
     link.reset();
     link.heal();

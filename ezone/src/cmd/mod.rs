@@ -3,4 +3,5 @@
 pub mod bench;
 pub mod chaos;
 pub mod lab;
+pub mod router;
 pub mod topo;

@@ -14,7 +14,12 @@ use ezone_topology::{AnyStore, EtcdStore, FileStore, Snapshot, Topology, Topolog
 #[derive(Debug, Clone, clap::Args)]
 pub struct StoreArgs {
     /// etcd endpoints, comma-separated (e.g. http://127.0.0.1:2379).
-    #[arg(long, env = "EZONE_ETCD", value_delimiter = ',', conflicts_with = "file")]
+    #[arg(
+        long,
+        env = "EZONE_ETCD",
+        value_delimiter = ',',
+        conflicts_with = "file"
+    )]
     pub etcd: Vec<String>,
     /// Key prefix in etcd.
     #[arg(long, env = "EZONE_PREFIX", default_value = DEFAULT_PREFIX)]
@@ -210,9 +215,7 @@ async fn lock(
     command: &[String],
 ) -> anyhow::Result<()> {
     let mut guard = store.lock(name, holder, ttl).await?;
-    let (program, args) = command
-        .split_first()
-        .context("no command given after --")?;
+    let (program, args) = command.split_first().context("no command given after --")?;
     eprintln!("holding lock {name:?}; running {program}");
     let mut child = tokio::process::Command::new(program)
         .args(args)
@@ -239,7 +242,11 @@ pub fn render_table(store: &str, snap: &Snapshot) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "topology version {} from {store}", snap.version);
     let _ = writeln!(s);
-    let _ = writeln!(s, "{:<12} {:<24} {:<30} POSTGRES", "SITE", "ROUTER", "UPSTREAMS");
+    let _ = writeln!(
+        s,
+        "{:<12} {:<24} {:<30} POSTGRES",
+        "SITE", "ROUTER", "UPSTREAMS"
+    );
     for site in t.sites.values() {
         let _ = writeln!(
             s,
@@ -251,7 +258,11 @@ pub fn render_table(store: &str, snap: &Snapshot) -> String {
         );
     }
     let _ = writeln!(s);
-    let _ = writeln!(s, "{:<6} {:<12} {:<7} {:>6}  CITIES", "SHARD", "HOME", "STATE", "EPOCH");
+    let _ = writeln!(
+        s,
+        "{:<6} {:<12} {:<7} {:>6}  CITIES",
+        "SHARD", "HOME", "STATE", "EPOCH"
+    );
     for shard in t.shards.values() {
         let cities: Vec<&str> = t
             .routing
@@ -271,12 +282,20 @@ pub fn render_table(store: &str, snap: &Snapshot) -> String {
         );
     }
     let _ = writeln!(s);
-    let users: Vec<String> = t.routing.user_shards.iter().map(|i| i.to_string()).collect();
+    let users: Vec<String> = t
+        .routing
+        .user_shards
+        .iter()
+        .map(|i| i.to_string())
+        .collect();
     let _ = writeln!(s, "user shards (jump hash order): {}", users.join(" "));
     let _ = writeln!(
         s,
         "default site for requests without a key: {}",
-        t.settings.default_site.as_deref().unwrap_or("(the local site)")
+        t.settings
+            .default_site
+            .as_deref()
+            .unwrap_or("(the local site)")
     );
     let _ = writeln!(s, "write hold deadline: {} ms", t.settings.write_hold_ms);
     s

@@ -14,10 +14,23 @@ use ezone_topology::store::layout::Layout;
 use ezone_topology::{AnyStore, EtcdStore, ShardState, TopologyStore, Watcher};
 use hdrhistogram::Histogram;
 
+mod cpu;
+mod ezone_router;
+mod nginx;
+mod probe;
+mod router;
+mod upstream;
+mod wrk;
+
 #[derive(Debug, clap::Subcommand)]
 pub enum BenchCommand {
     /// Topology watch propagation: etcd write -> watcher has the new snapshot.
     Topology(TopologyBench),
+    /// Router throughput, latency and CPU: ezone router vs nginx vs direct.
+    Router(router::RouterBench),
+    /// The router bench's upstream server, run standalone (started by `bench router`).
+    #[command(hide = true)]
+    Upstream(upstream::UpstreamArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -39,6 +52,8 @@ pub struct TopologyBench {
 pub async fn run(c: BenchCommand) -> anyhow::Result<()> {
     match c {
         BenchCommand::Topology(b) => topology(b).await,
+        BenchCommand::Router(args) => router::run(args).await,
+        BenchCommand::Upstream(args) => upstream::serve(args).await,
     }
 }
 

@@ -1,0 +1,474 @@
+//! The router's configuration: one TOML file (`ezone router --config
+//! router.toml`), serde structs with named defaults and a `validate()` whose
+//! errors name the field and the fix.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::decide::FallbackAction;
+use crate::extract::{KeyKind, KeySource};
+
+/// Defaults, named so that docs and code agree.
+pub mod defaults {
+    pub const CONNECT_TIMEOUT_MS: u64 = 1_000;
+    pub const REQUEST_TIMEOUT_MS: u64 = 30_000;
+    pub const IDLE_TIMEOUT_MS: u64 = 60_000;
+    pub const HEADER_READ_TIMEOUT_MS: u64 = 10_000;
+    pub const DRAIN_TIMEOUT_MS: u64 = 10_000;
+    pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+    pub const MAX_HEADERS: usize = 100;
+    pub const MAX_BODY_BYTES: u64 = 10 * 1024 * 1024;
+    pub const MAX_HELD: usize = 1_000;
+    pub const HEALTH_PATH: &str = "/healthz";
+    pub const HEALTH_INTERVAL_MS: u64 = 1_000;
+    pub const EJECT_AFTER_FAILURES: u32 = 3;
+    pub const EJECT_MS: u64 = 5_000;
+    pub const RETRY_BUDGET_PERCENT: u32 = 20;
+    pub const MAX_RETRIES: u32 = 1;
+    pub const PREFIX: &str = "/ezone";
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouterConfig {
+    /// This router's site (must be a site in the topology).
+    pub site: String,
+    pub listen: ListenConfig,
+    #[serde(default)]
+    pub admin: Option<AdminConfig>,
+    pub topology: TopologySource,
+    /// Key sources, tried in order.
+    #[serde(default = "default_keys")]
+    pub keys: Vec<KeySource>,
+    #[serde(default)]
+    pub routing: RoutingConfig,
+    #[serde(default)]
+    pub timeouts: Timeouts,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub upstream: UpstreamConfig,
+}
+
+fn default_keys() -> Vec<KeySource> {
+    vec![
+        KeySource::Header {
+            name: "x-city-id".into(),
+            kind: KeyKind::City,
+        },
+        KeySource::Header {
+            name: "x-user-id".into(),
+            kind: KeyKind::User,
+        },
+    ]
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenConfig {
+    /// Plain HTTP listener (HTTP/1.1, and HTTP/2 prior knowledge if `h2c`).
+    #[serde(default)]
+    pub http: Option<SocketAddr>,
+    /// Accept HTTP/2 with prior knowledge (h2c) on the plain listener.
+    #[serde(default = "yes")]
+    pub h2c: bool,
+    /// HTTPS listener (rustls; ALPN h2 and http/1.1).
+    #[serde(default)]
+    pub https: Option<SocketAddr>,
+    /// PEM certificate chain and key for `https`; reloaded when they change.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// `/metrics`, `/healthz`, `/readyz`, `/topology`.
+    pub listen: SocketAddr,
+}
+
+/// Where the topology comes from: etcd endpoints or a file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopologySource {
+    #[serde(default)]
+    pub etcd: Vec<String>,
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+}
+
+fn default_prefix() -> String {
+    defaults::PREFIX.to_string()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutingConfig {
+    #[serde(default = "default_missing")]
+    pub on_missing_key: FallbackAction,
+    #[serde(default = "default_unknown")]
+    pub on_unknown_city: FallbackAction,
+    /// Overrides the topology's `settings.write_hold_ms` for this router.
+    #[serde(default)]
+    pub write_hold_ms: Option<u64>,
+}
+
+fn default_missing() -> FallbackAction {
+    FallbackAction::DefaultSite
+}
+fn default_unknown() -> FallbackAction {
+    FallbackAction::Reject
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        RoutingConfig {
+            on_missing_key: default_missing(),
+            on_unknown_city: default_unknown(),
+            write_hold_ms: None,
+        }
+    }
+}
+
+macro_rules! ms_field {
+    ($name:ident, $default:path) => {
+        fn $name() -> u64 {
+            $default
+        }
+    };
+}
+ms_field!(d_connect, defaults::CONNECT_TIMEOUT_MS);
+ms_field!(d_request, defaults::REQUEST_TIMEOUT_MS);
+ms_field!(d_idle, defaults::IDLE_TIMEOUT_MS);
+ms_field!(d_header, defaults::HEADER_READ_TIMEOUT_MS);
+ms_field!(d_drain, defaults::DRAIN_TIMEOUT_MS);
+ms_field!(d_health_interval, defaults::HEALTH_INTERVAL_MS);
+ms_field!(d_eject, defaults::EJECT_MS);
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Timeouts {
+    /// TCP connect to an upstream or a peer router.
+    #[serde(default = "d_connect")]
+    pub connect_ms: u64,
+    /// From sending the request upstream to its response head.
+    #[serde(default = "d_request")]
+    pub request_ms: u64,
+    /// How long an idle pooled upstream connection is kept.
+    #[serde(default = "d_idle")]
+    pub idle_ms: u64,
+    /// How long a client may take to send its request head (slow clients).
+    #[serde(default = "d_header")]
+    pub header_read_ms: u64,
+    /// On SIGTERM, how long in-flight requests may take to finish.
+    #[serde(default = "d_drain")]
+    pub drain_ms: u64,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect_ms: d_connect(),
+            request_ms: d_request(),
+            idle_ms: d_idle(),
+            header_read_ms: d_header(),
+            drain_ms: d_drain(),
+        }
+    }
+}
+
+impl Timeouts {
+    pub fn connect(&self) -> Duration {
+        Duration::from_millis(self.connect_ms)
+    }
+    pub fn request(&self) -> Duration {
+        Duration::from_millis(self.request_ms)
+    }
+    pub fn idle(&self) -> Duration {
+        Duration::from_millis(self.idle_ms)
+    }
+    pub fn header_read(&self) -> Duration {
+        Duration::from_millis(self.header_read_ms)
+    }
+    pub fn drain(&self) -> Duration {
+        Duration::from_millis(self.drain_ms)
+    }
+}
+
+fn d_max_header_bytes() -> usize {
+    defaults::MAX_HEADER_BYTES
+}
+fn d_max_headers() -> usize {
+    defaults::MAX_HEADERS
+}
+fn d_max_body() -> u64 {
+    defaults::MAX_BODY_BYTES
+}
+fn d_max_held() -> usize {
+    defaults::MAX_HELD
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Largest request head (request line + headers) in bytes.
+    #[serde(default = "d_max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// Most request headers.
+    #[serde(default = "d_max_headers")]
+    pub max_headers: usize,
+    /// Largest request body in bytes (streamed; cut off with 413 when exceeded).
+    #[serde(default = "d_max_body")]
+    pub max_body_bytes: u64,
+    /// Most writes held at once for frozen shards (more get 503).
+    #[serde(default = "d_max_held")]
+    pub max_held: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_header_bytes: d_max_header_bytes(),
+            max_headers: d_max_headers(),
+            max_body_bytes: d_max_body(),
+            max_held: d_max_held(),
+        }
+    }
+}
+
+fn d_health_path() -> String {
+    defaults::HEALTH_PATH.to_string()
+}
+fn d_eject_after() -> u32 {
+    defaults::EJECT_AFTER_FAILURES
+}
+fn d_budget() -> u32 {
+    defaults::RETRY_BUDGET_PERCENT
+}
+fn d_retries() -> u32 {
+    defaults::MAX_RETRIES
+}
+
+/// Upstream protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamProtocol {
+    Http1,
+    /// HTTP/2 with prior knowledge.
+    H2c,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    #[serde(default = "d_protocol")]
+    pub protocol: UpstreamProtocol,
+    /// Active health check: GET this path on each endpoint.
+    #[serde(default = "d_health_path")]
+    pub health_path: String,
+    #[serde(default = "d_health_interval")]
+    pub health_interval_ms: u64,
+    /// Passive ejection: this many consecutive failures eject an endpoint...
+    #[serde(default = "d_eject_after")]
+    pub eject_after_failures: u32,
+    /// ...for this long (then it is tried again).
+    #[serde(default = "d_eject")]
+    pub eject_ms: u64,
+    /// Retries may add at most this percentage to the request rate.
+    #[serde(default = "d_budget")]
+    pub retry_budget_percent: u32,
+    /// At most this many retries per request.
+    #[serde(default = "d_retries")]
+    pub max_retries: u32,
+}
+
+fn d_protocol() -> UpstreamProtocol {
+    UpstreamProtocol::Http1
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            protocol: d_protocol(),
+            health_path: d_health_path(),
+            health_interval_ms: d_health_interval(),
+            eject_after_failures: d_eject_after(),
+            eject_ms: d_eject(),
+            retry_budget_percent: d_budget(),
+            max_retries: d_retries(),
+        }
+    }
+}
+
+/// A config problem, naming the field and the fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("router config: {field}: {problem}")]
+pub struct ConfigError {
+    pub field: String,
+    pub problem: String,
+}
+
+fn err(field: &str, problem: impl Into<String>) -> ConfigError {
+    ConfigError {
+        field: field.to_string(),
+        problem: problem.into(),
+    }
+}
+
+impl RouterConfig {
+    /// Parses and validates a TOML document.
+    pub fn from_toml(text: &str) -> Result<RouterConfig, ConfigError> {
+        let cfg: RouterConfig = toml::from_str(text).map_err(|e| err("(file)", e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.site.trim().is_empty() {
+            return Err(err("site", "empty: set this router's site name"));
+        }
+        if self.listen.http.is_none() && self.listen.https.is_none() {
+            return Err(err(
+                "listen",
+                "no listener: set listen.http and/or listen.https",
+            ));
+        }
+        if self.listen.https.is_some()
+            && (self.listen.tls_cert.is_none() || self.listen.tls_key.is_none())
+        {
+            return Err(err(
+                "listen.tls_cert",
+                "listen.https needs tls_cert and tls_key (PEM files)",
+            ));
+        }
+        let t = &self.topology;
+        match (t.etcd.is_empty(), &t.file) {
+            (true, None) => {
+                return Err(err(
+                    "topology",
+                    "no source: set topology.etcd = [\"http://HOST:PORT\"] or topology.file",
+                ))
+            }
+            (false, Some(_)) => {
+                return Err(err(
+                    "topology",
+                    "set either topology.etcd or topology.file, not both",
+                ))
+            }
+            _ => {}
+        }
+        if self.keys.is_empty() {
+            return Err(err(
+                "keys",
+                "no key sources: add at least one [[keys]] entry",
+            ));
+        }
+        for (i, k) in self.keys.iter().enumerate() {
+            let field = format!("keys[{i}]");
+            match k {
+                KeySource::Header { name, .. } => {
+                    if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                        return Err(err(&field, format!("{name:?} is not a valid header name")));
+                    }
+                }
+                KeySource::Query { name, .. } | KeySource::Cookie { name, .. } => {
+                    if name.is_empty() {
+                        return Err(err(&field, "empty name"));
+                    }
+                }
+                KeySource::Path { segment, after, .. } => {
+                    if segment.is_none() == after.is_none() {
+                        return Err(err(
+                            &field,
+                            "a path source needs exactly one of `segment` or `after`",
+                        ));
+                    }
+                }
+            }
+        }
+        let nonzero = [
+            ("timeouts.connect_ms", self.timeouts.connect_ms),
+            ("timeouts.request_ms", self.timeouts.request_ms),
+            ("timeouts.header_read_ms", self.timeouts.header_read_ms),
+            (
+                "upstream.health_interval_ms",
+                self.upstream.health_interval_ms,
+            ),
+            ("upstream.eject_ms", self.upstream.eject_ms),
+        ];
+        for (field, v) in nonzero {
+            if v == 0 {
+                return Err(err(field, "must be at least 1"));
+            }
+        }
+        if self.routing.write_hold_ms == Some(0) {
+            return Err(err(
+                "routing.write_hold_ms",
+                "must be at least 1 (or remove it to use the topology's)",
+            ));
+        }
+        if self.limits.max_header_bytes < 1024 {
+            return Err(err("limits.max_header_bytes", "must be at least 1024"));
+        }
+        if self.limits.max_headers == 0 {
+            return Err(err("limits.max_headers", "must be at least 1"));
+        }
+        if !self.upstream.health_path.starts_with('/') {
+            return Err(err("upstream.health_path", "must start with '/'"));
+        }
+        if self.upstream.eject_after_failures == 0 {
+            return Err(err("upstream.eject_after_failures", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: &str = r#"
+site = "beijing"
+[listen]
+http = "127.0.0.1:8080"
+[topology]
+etcd = ["http://127.0.0.1:2379"]
+"#;
+
+    #[test]
+    fn minimal_gets_defaults() {
+        let c = RouterConfig::from_toml(MIN).unwrap();
+        assert_eq!(c.keys.len(), 2);
+        assert_eq!(c.limits.max_held, defaults::MAX_HELD);
+        assert_eq!(c.timeouts.connect(), Duration::from_secs(1));
+        assert_eq!(c.routing.on_unknown_city, FallbackAction::Reject);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let e = RouterConfig::from_toml(&MIN.replace("etcd = [\"http://127.0.0.1:2379\"]", ""))
+            .unwrap_err();
+        assert_eq!(e.field, "topology");
+        let e = RouterConfig::from_toml(&format!("{MIN}[timeouts]\nconnect_ms = 0\n")).unwrap_err();
+        assert_eq!(e.field, "timeouts.connect_ms");
+        let e = RouterConfig::from_toml(&format!(
+            "{MIN}[[keys]]\nsource = \"path\"\nkind = \"city\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.field, "keys[0]");
+        let e = RouterConfig::from_toml(&format!("{MIN}[limits]\nmax_body = 5\n")).unwrap_err();
+        assert!(e.problem.contains("max_body"), "{e}");
+    }
+}

@@ -1,0 +1,306 @@
+//! Upstream endpoints: per-site pools with power-of-two-choices least-loaded
+//! balancing, passive ejection of failing endpoints, active health state, and
+//! a retry budget.
+//!
+//! The pools are rebuilt from the topology (a site's `upstreams`, or its
+//! `router` for cross-site forwarding) whenever it changes; an endpoint that
+//! survives a rebuild keeps its counters. Health checks live in
+//! [`crate::health`]; this module only holds the state they write.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::time::Instant;
+
+/// One upstream address and what the router knows about it.
+#[derive(Debug)]
+pub struct Endpoint {
+    pub addr: String,
+    in_flight: AtomicU32,
+    consecutive_failures: AtomicU32,
+    /// Passive ejection: until when (ms since `epoch`), 0 = not ejected.
+    ejected_until_ms: AtomicU64,
+    /// Active health: the last health check's verdict (true until one fails).
+    healthy: AtomicBool,
+    epoch: Instant,
+}
+
+impl Endpoint {
+    pub fn new(addr: &str) -> Endpoint {
+        Endpoint {
+            addr: addr.to_string(),
+            in_flight: AtomicU32::new(0),
+            consecutive_failures: AtomicU32::new(0),
+            ejected_until_ms: AtomicU64::new(0),
+            healthy: AtomicBool::new(true),
+            epoch: Instant::now(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    pub fn is_ejected(&self) -> bool {
+        self.ejected_until_ms.load(Ordering::Relaxed) > self.now_ms()
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Usable: passing health checks and not ejected.
+    pub fn is_available(&self) -> bool {
+        self.is_healthy() && !self.is_ejected()
+    }
+
+    pub fn set_healthy(&self, healthy: bool) {
+        let was = self.healthy.swap(healthy, Ordering::Relaxed);
+        if was != healthy {
+            tracing::info!(endpoint = %self.addr, healthy, "Upstream health changed.");
+        }
+        if healthy {
+            // A passing health check ends a passive ejection early.
+            self.consecutive_failures.store(0, Ordering::Relaxed);
+            self.ejected_until_ms.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// A request to this endpoint succeeded (any response from it).
+    pub fn record_success(&self) {
+        self.consecutive_failures.store(0, Ordering::Relaxed);
+    }
+
+    /// A request failed at the connection level (connect error, reset,
+    /// timeout). After `eject_after` in a row the endpoint is ejected for
+    /// `eject_for`.
+    pub fn record_failure(&self, eject_after: u32, eject_for: Duration) {
+        let n = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if n >= eject_after {
+            let until =
+                self.now_ms() + u64::try_from(eject_for.as_millis()).unwrap_or(u64::MAX / 2);
+            self.ejected_until_ms.store(until, Ordering::Relaxed);
+            self.consecutive_failures.store(0, Ordering::Relaxed);
+            tracing::warn!(endpoint = %self.addr, failures = n, "Upstream ejected after consecutive failures.");
+        }
+    }
+
+    /// Counts a request in flight until the guard is dropped.
+    pub fn start(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+}
+
+/// Decrements the endpoint's in-flight count on drop.
+#[derive(Debug)]
+pub struct InFlight(Arc<Endpoint>);
+
+impl InFlight {
+    pub fn endpoint(&self) -> &Arc<Endpoint> {
+        &self.0
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Power of two choices among `candidates`: two distinct random picks, the
+/// one with fewer requests in flight wins. Pure apart from the RNG.
+pub fn p2c<'a, R: Rng>(candidates: &[&'a Arc<Endpoint>], rng: &mut R) -> Option<&'a Arc<Endpoint>> {
+    match candidates.len() {
+        0 => None,
+        1 => Some(candidates[0]),
+        n => {
+            let a = rng.gen_range(0..n);
+            let mut b = rng.gen_range(0..n - 1);
+            if b >= a {
+                b += 1;
+            }
+            let (x, y) = (candidates[a], candidates[b]);
+            Some(if y.in_flight() < x.in_flight() { y } else { x })
+        }
+    }
+}
+
+/// All endpoints the router may send to, by address, shared across sites.
+#[derive(Debug, Default)]
+pub struct Endpoints {
+    by_addr: Mutex<HashMap<String, Arc<Endpoint>>>,
+}
+
+impl Endpoints {
+    /// The endpoint for `addr`, created on first use.
+    pub fn get(&self, addr: &str) -> Arc<Endpoint> {
+        let mut map = match self.by_addr.lock() {
+            Ok(m) => m,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        map.entry(addr.to_string())
+            .or_insert_with(|| Arc::new(Endpoint::new(addr)))
+            .clone()
+    }
+
+    /// Keeps only the endpoints in `addrs` (called on topology change).
+    pub fn retain(&self, addrs: &[String]) {
+        let mut map = match self.by_addr.lock() {
+            Ok(m) => m,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        map.retain(|a, _| addrs.contains(a));
+    }
+
+    pub fn all(&self) -> Vec<Arc<Endpoint>> {
+        match self.by_addr.lock() {
+            Ok(m) => m.values().cloned().collect(),
+            Err(poisoned) => poisoned.into_inner().values().cloned().collect(),
+        }
+    }
+
+    /// Picks one of `addrs`: p2c among available endpoints; if none is
+    /// available, among all of them (a "panic mode" as in Envoy: better to
+    /// try a suspect endpoint than to fail every request).
+    pub fn pick(&self, addrs: &[String]) -> Option<Arc<Endpoint>> {
+        let eps: Vec<Arc<Endpoint>> = addrs.iter().map(|a| self.get(a)).collect();
+        let available: Vec<&Arc<Endpoint>> = eps.iter().filter(|e| e.is_available()).collect();
+        let mut rng = rand::thread_rng();
+        let chosen = if available.is_empty() {
+            let all: Vec<&Arc<Endpoint>> = eps.iter().collect();
+            p2c(&all, &mut rng)
+        } else {
+            p2c(&available, &mut rng)
+        };
+        chosen.cloned()
+    }
+}
+
+/// A retry budget: retries may add at most `percent`% to the request rate
+/// (Finagle/linkerd style). Each request deposits `percent` credits, each
+/// retry withdraws 100; the balance is capped so a quiet period cannot save
+/// up an unbounded burst of retries.
+#[derive(Debug)]
+pub struct RetryBudget {
+    percent: i64,
+    balance: AtomicI64,
+    cap: i64,
+}
+
+impl RetryBudget {
+    /// A retry costs this many credits.
+    const RETRY_COST: i64 = 100;
+
+    pub fn new(percent: u32) -> RetryBudget {
+        RetryBudget {
+            percent: i64::from(percent),
+            // Start with room for a few retries, and never save more than 10.
+            balance: AtomicI64::new(3 * Self::RETRY_COST),
+            cap: 10 * Self::RETRY_COST,
+        }
+    }
+
+    pub fn deposit(&self) {
+        let _ = self
+            .balance
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                Some((b + self.percent).min(self.cap))
+            });
+    }
+
+    /// Takes a retry from the budget if there is one.
+    pub fn try_withdraw(&self) -> bool {
+        self.balance
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                (b >= Self::RETRY_COST).then_some(b - Self::RETRY_COST)
+            })
+            .is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn p2c_prefers_the_less_loaded() {
+        let a = Arc::new(Endpoint::new("a"));
+        let b = Arc::new(Endpoint::new("b"));
+        let _busy: Vec<InFlight> = (0..5).map(|_| a.start()).collect();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for _ in 0..100 {
+            let c = p2c(&[&a, &b], &mut rng).unwrap();
+            assert_eq!(c.addr, "b");
+        }
+        drop(_busy);
+        assert_eq!(a.in_flight(), 0);
+    }
+
+    #[test]
+    fn p2c_spreads_over_many() {
+        let eps: Vec<Arc<Endpoint>> = (0..4)
+            .map(|i| Arc::new(Endpoint::new(&i.to_string())))
+            .collect();
+        let refs: Vec<&Arc<Endpoint>> = eps.iter().collect();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..200 {
+            seen.insert(p2c(&refs, &mut rng).unwrap().addr.clone());
+        }
+        assert_eq!(seen.len(), 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ejection_and_recovery() {
+        let e = Endpoint::new("x");
+        e.record_failure(3, Duration::from_secs(5));
+        e.record_failure(3, Duration::from_secs(5));
+        assert!(e.is_available());
+        e.record_failure(3, Duration::from_secs(5));
+        assert!(e.is_ejected());
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert!(!e.is_ejected());
+        // A success in between resets the count.
+        e.record_failure(3, Duration::from_secs(5));
+        e.record_success();
+        e.record_failure(3, Duration::from_secs(5));
+        e.record_failure(3, Duration::from_secs(5));
+        assert!(e.is_available());
+    }
+
+    #[test]
+    fn pick_avoids_unavailable_but_never_returns_nothing() {
+        let pool = Endpoints::default();
+        let addrs = vec!["a".to_string(), "b".to_string()];
+        pool.get("a").set_healthy(false);
+        for _ in 0..50 {
+            assert_eq!(pool.pick(&addrs).unwrap().addr, "b");
+        }
+        pool.get("b").set_healthy(false);
+        assert!(pool.pick(&addrs).is_some(), "panic mode still picks");
+        assert!(pool.pick(&[]).is_none());
+    }
+
+    #[test]
+    fn budget_limits_retries() {
+        let b = RetryBudget::new(20);
+        // The initial allowance.
+        assert!(b.try_withdraw() && b.try_withdraw() && b.try_withdraw());
+        assert!(!b.try_withdraw());
+        // 5 requests at 20% earn one retry.
+        for _ in 0..5 {
+            b.deposit();
+        }
+        assert!(b.try_withdraw());
+        assert!(!b.try_withdraw());
+    }
+}

@@ -1,0 +1,136 @@
+//! Running real `ezone router` processes for end-to-end tests, and a small
+//! HTTP client to talk to them.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use crate::ezone_bin;
+
+/// A router process; killed when dropped.
+pub struct RouterProc {
+    pub child: Child,
+    pub http: SocketAddr,
+    pub https: Option<SocketAddr>,
+    pub admin: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for RouterProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl RouterProc {
+    /// Starts `ezone router` with this TOML config (admin is added on a free
+    /// port) and waits for its ready line.
+    pub fn start(config_toml: &str) -> RouterProc {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("router.toml");
+        let full = format!("{config_toml}\n[admin]\nlisten = \"127.0.0.1:0\"\n");
+        std::fs::write(&path, full).expect("write config");
+        let mut child = Command::new(ezone_bin())
+            .arg("router")
+            .arg("--config")
+            .arg(&path)
+            .env("EZONE_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn ezone router");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("ready line");
+        let v: serde_json::Value = match serde_json::from_str(&line) {
+            Ok(v) => v,
+            Err(_) => {
+                let _ = child.kill();
+                let status = child.wait();
+                panic!("router did not start: {line:?} {status:?}");
+            }
+        };
+        let addr = |k: &str| v[k].as_str().and_then(|s| s.parse().ok());
+        RouterProc {
+            http: addr("http").expect("http addr"),
+            https: addr("https"),
+            admin: addr("admin").expect("admin addr"),
+            child,
+            _dir: dir,
+        }
+    }
+
+    /// SIGTERM: graceful stop.
+    pub fn terminate(&self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+}
+
+/// The answer to a request.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Answer {
+    pub fn seen(&self) -> crate::upstream::Seen {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "not an upstream answer ({e}): {} {}",
+                self.status,
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// A plain HTTP/1.1 client.
+pub fn client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// Sends a request and reads the whole answer (30 s limit).
+pub async fn send(
+    c: &Client<HttpConnector, Full<Bytes>>,
+    method: &str,
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Answer {
+    let mut b = http::Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"));
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let req = b.body(Full::new(body.into())).expect("request");
+    let resp = tokio::time::timeout(Duration::from_secs(30), c.request(req))
+        .await
+        .expect("answer within 30 s")
+        .expect("request");
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.expect("body").to_bytes();
+    Answer {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        body,
+    }
+}

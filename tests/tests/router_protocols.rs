@@ -1,0 +1,293 @@
+//! The router's protocol handling, end to end with a real `ezone router`:
+//! TLS from a test CA with HTTP/2 over ALPN, h2c, a streamed large body, a
+//! protocol upgrade, an upstream that dies mid-test, graceful shutdown.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use ezone_chaos::ports::free_port;
+use ezone_tests::eventually;
+use ezone_tests::router::{client, send, RouterProc};
+use ezone_tests::upstream::{Seen, Upstream};
+use ezone_topology::starter::starter;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// One site, `apps` upstreams, a file topology, a router with `extra` config.
+fn router_with(apps: &[&Upstream], dir: &Path, extra: &str) -> RouterProc {
+    let port = free_port().expect("port");
+    let mut t = starter(&["beijing"], 1);
+    let s = t.sites.get_mut("beijing").expect("site");
+    s.router = format!("127.0.0.1:{port}");
+    s.upstreams = apps.iter().map(|a| a.addr.to_string()).collect();
+    let file = dir.join("topology.json");
+    let doc = ezone_topology::doc::TopologyDoc::from(&t);
+    std::fs::write(&file, serde_json::to_string(&doc).expect("json")).expect("write");
+    RouterProc::start(&format!(
+        r#"
+site = "beijing"
+[listen]
+http = "127.0.0.1:{port}"
+{extra}
+[topology]
+file = {:?}
+[upstream]
+health_interval_ms = 100
+eject_after_failures = 1
+"#,
+        file.display().to_string()
+    ))
+}
+
+struct Pki {
+    ca_der: Vec<u8>,
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+}
+
+fn pki(dir: &Path) -> Pki {
+    let ca_key = KeyPair::generate().expect("ca key");
+    let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "ezone test CA");
+    let ca = params.self_signed(&ca_key).expect("ca");
+    let key = KeyPair::generate().expect("key");
+    let leaf = CertificateParams::new(vec!["localhost".to_string()])
+        .expect("params")
+        .signed_by(&key, &ca, &ca_key)
+        .expect("leaf");
+    let (cert, keyp) = (dir.join("tls.crt"), dir.join("tls.key"));
+    std::fs::write(&cert, leaf.pem()).expect("write");
+    std::fs::write(&keyp, key.serialize_pem()).expect("write");
+    Pki {
+        ca_der: ca.der().to_vec(),
+        cert,
+        key: keyp,
+    }
+}
+
+#[tokio::test]
+async fn tls_with_http2_over_alpn() {
+    let app = Upstream::start("app").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = pki(dir.path());
+    let https = free_port().expect("port");
+    let r = router_with(
+        &[&app],
+        dir.path(),
+        &format!(
+            "https = \"127.0.0.1:{https}\"\ntls_cert = {:?}\ntls_key = {:?}",
+            p.cert.display().to_string(),
+            p.key.display().to_string()
+        ),
+    );
+    let addr = r.https.expect("https listener");
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(p.ca_der.clone().into()).expect("root");
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").expect("name"),
+            tcp,
+        )
+        .await
+        .expect("handshake with the test CA");
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .expect("h2 handshake");
+    tokio::spawn(conn);
+    let req = http::Request::get(format!("https://localhost:{}/orders", addr.port()))
+        .header("x-city-id", "010")
+        .body(Full::new(Bytes::new()))
+        .expect("req");
+    let resp = sender.send_request(req).await.expect("h2 request");
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    let seen: Seen = serde_json::from_slice(&body).expect("upstream answer");
+    assert_eq!(seen.upstream, "app");
+    assert_eq!(seen.headers["x-forwarded-proto"], "https");
+    assert_eq!(seen.headers["x-ezone-shard"], "1");
+    assert!(
+        seen.headers["via"].starts_with("2 ezone"),
+        "{:?}",
+        seen.headers
+    );
+}
+
+#[tokio::test]
+async fn h2c_prior_knowledge() {
+    let app = Upstream::start("app").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = router_with(&[&app], dir.path(), "");
+    let c = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Full<Bytes>>();
+    let req = http::Request::get(format!("http://{}/", r.http))
+        .header("x-city-id", "010")
+        .body(Full::new(Bytes::new()))
+        .expect("req");
+    let resp = c.request(req).await.expect("h2c request");
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    assert_eq!(resp.status(), 200);
+}
+
+#[tokio::test]
+async fn a_large_body_streams_through() {
+    let app = Upstream::start("app").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = router_with(&[&app], dir.path(), "[limits]\nmax_body_bytes = 200000000");
+    // 64 MiB in 1 MiB chunks, chunked encoding (no length known up front).
+    let chunks =
+        (0..64).map(|_| Ok::<_, std::io::Error>(Frame::data(Bytes::from(vec![7u8; 1 << 20]))));
+    let body = StreamBody::new(futures::stream::iter(chunks));
+    let c = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .build_http::<StreamBody<_>>();
+    let req = http::Request::post(format!("http://{}/upload", r.http))
+        .header("x-city-id", "010")
+        .body(body)
+        .expect("req");
+    let resp = c.request(req).await.expect("upload");
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    let seen: Seen = serde_json::from_slice(&body).expect("answer");
+    assert_eq!(seen.body_bytes, 64 << 20);
+}
+
+#[tokio::test]
+async fn an_upgrade_passes_through() {
+    let app = Upstream::start("app").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = router_with(&[&app], dir.path(), "");
+    let mut s = tokio::net::TcpStream::connect(r.http)
+        .await
+        .expect("connect");
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nX-City-Id: 010\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+    )
+    .await
+    .expect("write");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(WAIT, s.read(&mut byte))
+            .await
+            .expect("head in time")
+            .expect("read");
+        assert!(
+            n > 0,
+            "closed before the response head: {:?}",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    // Bytes now flow both ways through the router, untouched.
+    s.write_all(b"ping over the upgraded connection")
+        .await
+        .expect("write");
+    let mut buf = vec![0u8; 33];
+    tokio::time::timeout(WAIT, s.read_exact(&mut buf))
+        .await
+        .expect("echo in time")
+        .expect("read");
+    assert_eq!(&buf, b"ping over the upgraded connection");
+}
+
+#[tokio::test]
+async fn a_dead_upstream_is_ejected_and_traffic_continues() {
+    let a = Upstream::start("a").await;
+    let b = Upstream::start("b").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = router_with(&[&a, &b], dir.path(), "");
+    let c = client();
+    // Both serve.
+    eventually("both upstreams to get traffic", WAIT, || async {
+        send(&c, "GET", r.http, "/", &[("x-city-id", "010")], "").await;
+        (a.count() > 0 && b.count() > 0).then_some(())
+    })
+    .await;
+    a.kill();
+    // Once ejected (passively, or by the 100 ms health check), every request
+    // succeeds on b.
+    eventually("a to be ejected", WAIT, || async {
+        let ans = send(&c, "GET", r.http, "/", &[("x-city-id", "010")], "").await;
+        (ans.status == 200).then_some(())
+    })
+    .await;
+    for _ in 0..50 {
+        let ans = send(&c, "GET", r.http, "/", &[("x-city-id", "010")], "").await;
+        assert_eq!(ans.status, 200, "{}", ans.text());
+        assert_eq!(ans.seen().upstream, "b");
+    }
+    let m = send(&c, "GET", r.admin, "/metrics", &[], "").await.text();
+    assert!(m.contains("ezone_router_upstream_healthy"), "{m}");
+}
+
+#[tokio::test]
+async fn sigterm_drains_in_flight_requests() {
+    let app = Upstream::start("app").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = router_with(&[&app], dir.path(), "");
+    // A request whose body is still arriving when SIGTERM lands.
+    let (tx, rx) = futures::channel::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(4);
+    let c = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .build_http::<StreamBody<futures::channel::mpsc::Receiver<_>>>();
+    let req = http::Request::post(format!("http://{}/slow", r.http))
+        .header("x-city-id", "010")
+        .body(StreamBody::new(rx))
+        .expect("req");
+    let in_flight = tokio::spawn(async move { c.request(req).await });
+    let mut tx = tx;
+    use futures::SinkExt;
+    tx.send(Ok(Frame::data(Bytes::from_static(b"part one "))))
+        .await
+        .expect("send");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    r.terminate();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // New connections are refused once the listener is closed...
+    eventually("the listener to close", WAIT, || async {
+        tokio::net::TcpStream::connect(r.http)
+            .await
+            .err()
+            .map(|_| ())
+    })
+    .await;
+    // ...while the in-flight request completes.
+    tx.send(Ok(Frame::data(Bytes::from_static(b"part two"))))
+        .await
+        .expect("send");
+    drop(tx);
+    let resp = tokio::time::timeout(WAIT, in_flight)
+        .await
+        .expect("in time")
+        .expect("join")
+        .expect("the in-flight request completes");
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    let seen: Seen = serde_json::from_slice(&body).expect("answer");
+    assert_eq!(seen.body_bytes, 17);
+}
