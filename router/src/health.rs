@@ -28,6 +28,14 @@ async fn check_all(r: &Arc<Router>) {
     let Some(snap) = r.watcher.current() else {
         return;
     };
+    // Forget endpoints the topology no longer names (bounded state and labels).
+    let known: Vec<String> = snap
+        .topology
+        .sites
+        .values()
+        .flat_map(|s| s.upstreams.iter().cloned().chain(std::iter::once(s.router.clone())))
+        .collect();
+    r.endpoints.retain(&known);
     let Some(site) = snap.topology.sites.get(&r.policy.site) else {
         return;
     };

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use rand::Rng;
@@ -134,18 +134,23 @@ pub fn p2c<'a, R: Rng>(candidates: &[&'a Arc<Endpoint>], rng: &mut R) -> Option<
 }
 
 /// All endpoints the router may send to, by address, shared across sites.
+/// Read-mostly: the request path takes the read lock; an address seen for the
+/// first time takes the write lock once.
 #[derive(Debug, Default)]
 pub struct Endpoints {
-    by_addr: Mutex<HashMap<String, Arc<Endpoint>>>,
+    by_addr: RwLock<HashMap<String, Arc<Endpoint>>>,
 }
 
 impl Endpoints {
     /// The endpoint for `addr`, created on first use.
     pub fn get(&self, addr: &str) -> Arc<Endpoint> {
-        let mut map = match self.by_addr.lock() {
-            Ok(m) => m,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        {
+            let map = self.by_addr.read().unwrap_or_else(|p| p.into_inner());
+            if let Some(e) = map.get(addr) {
+                return e.clone();
+            }
+        }
+        let mut map = self.by_addr.write().unwrap_or_else(|p| p.into_inner());
         map.entry(addr.to_string())
             .or_insert_with(|| Arc::new(Endpoint::new(addr)))
             .clone()
@@ -153,18 +158,13 @@ impl Endpoints {
 
     /// Keeps only the endpoints in `addrs` (called on topology change).
     pub fn retain(&self, addrs: &[String]) {
-        let mut map = match self.by_addr.lock() {
-            Ok(m) => m,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut map = self.by_addr.write().unwrap_or_else(|p| p.into_inner());
         map.retain(|a, _| addrs.contains(a));
     }
 
     pub fn all(&self) -> Vec<Arc<Endpoint>> {
-        match self.by_addr.lock() {
-            Ok(m) => m.values().cloned().collect(),
-            Err(poisoned) => poisoned.into_inner().values().cloned().collect(),
-        }
+        let map = self.by_addr.read().unwrap_or_else(|p| p.into_inner());
+        map.values().cloned().collect()
     }
 
     /// Picks one of `addrs`: p2c among available endpoints; if none is
