@@ -33,7 +33,12 @@ async fn check_all(r: &Arc<Router>) {
         .topology
         .sites
         .values()
-        .flat_map(|s| s.upstreams.iter().cloned().chain(std::iter::once(s.router.clone())))
+        .flat_map(|s| {
+            s.upstreams
+                .iter()
+                .cloned()
+                .chain(std::iter::once(s.router.clone()))
+        })
         .collect();
     r.endpoints.retain(&known);
     let Some(site) = snap.topology.sites.get(&r.policy.site) else {
