@@ -76,6 +76,10 @@ pub struct ListenConfig {
     /// Accept HTTP/2 with prior knowledge (h2c) on the plain listener.
     #[serde(default = "yes")]
     pub h2c: bool,
+    /// Data-plane threads (each with its own runtime, listener socket and
+    /// upstream pools). Default: the number of CPUs.
+    #[serde(default)]
+    pub workers: Option<usize>,
     /// HTTPS listener (rustls; ALPN h2 and http/1.1).
     #[serde(default)]
     pub https: Option<SocketAddr>,

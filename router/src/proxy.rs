@@ -48,8 +48,8 @@ pub struct Router {
     pub(crate) policy: Policy,
     pub(crate) watcher: Watcher,
     pub(crate) metrics: Metrics,
-    upstream_client: Client<HttpConnector, Body>,
-    peer_client: Client<HttpConnector, Body>,
+    /// For health checks (control plane); requests use a worker's [`Clients`].
+    health_client: Client<HttpConnector, Body>,
     pub(crate) endpoints: Endpoints,
     budget: RetryBudget,
     holds: HoldQueue,
@@ -80,6 +80,22 @@ fn client(cfg: &RouterConfig, h2c: bool) -> Client<HttpConnector, Body> {
         b.http2_only(true);
     }
     b.build(connector)
+}
+
+/// One worker's upstream connection pools. Each data-plane thread has its
+/// own, so a pooled connection is only ever used by the thread that drives it.
+pub struct Clients {
+    upstream: Client<HttpConnector, Body>,
+    peer: Client<HttpConnector, Body>,
+}
+
+impl Clients {
+    pub fn new(cfg: &RouterConfig) -> Clients {
+        Clients {
+            upstream: client(cfg, cfg.upstream.protocol == UpstreamProtocol::H2c),
+            peer: client(cfg, false),
+        }
+    }
 }
 
 fn error_response(status: StatusCode, reason: &str) -> Response<Body> {
@@ -125,8 +141,7 @@ impl Router {
             on_unknown_city: cfg.routing.on_unknown_city,
         };
         Router {
-            upstream_client: client(&cfg, cfg.upstream.protocol == UpstreamProtocol::H2c),
-            peer_client: client(&cfg, false),
+            health_client: client(&cfg, cfg.upstream.protocol == UpstreamProtocol::H2c),
             budget: RetryBudget::new(cfg.upstream.retry_budget_percent),
             holds: HoldQueue::new(cfg.limits.max_held),
             endpoints: Endpoints::default(),
@@ -146,7 +161,7 @@ impl Router {
     }
 
     pub(crate) fn health_client(&self) -> &Client<HttpConnector, Body> {
-        &self.upstream_client
+        &self.health_client
     }
 
     fn hold_deadline(&self, snap: &Snapshot) -> Duration {
@@ -169,7 +184,12 @@ impl Router {
     }
 
     /// Handles one request. Never fails: every problem becomes a response.
-    pub async fn handle(self: Arc<Self>, req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        conn: ConnInfo,
+        clients: &Clients,
+    ) -> Response<Body> {
         use tracing::Instrument;
         let started = Instant::now();
         let span = tracing::debug_span!(
@@ -180,7 +200,10 @@ impl Router {
             epoch = tracing::field::Empty,
             to = tracing::field::Empty,
         );
-        let (resp, site, shard) = self.route(req, conn).instrument(span.clone()).await;
+        let (resp, site, shard) = self
+            .route(req, conn, clients)
+            .instrument(span.clone())
+            .await;
         if let Some(s) = shard {
             span.record("shard", s.id);
             span.record("epoch", s.epoch);
@@ -207,6 +230,7 @@ impl Router {
         &self,
         req: Request<Incoming>,
         conn: ConnInfo,
+        clients: &Clients,
     ) -> (Response<Body>, String, Option<ShardRef>) {
         let none = |r| (r, "none".to_string(), None);
         let Some(snap) = self.watcher.current() else {
@@ -365,7 +389,7 @@ impl Router {
         };
         let site = target.site.clone();
         let shard = target.shard;
-        (self.forward(req, conn, target).await, site, shard)
+        (self.forward(req, conn, target, clients).await, site, shard)
     }
 
     async fn forward(
@@ -373,6 +397,7 @@ impl Router {
         req: Request<Incoming>,
         conn: ConnInfo,
         target: Target,
+        clients: &Clients,
     ) -> Response<Body> {
         if target.addrs.is_empty() {
             return self.reject(
@@ -392,7 +417,9 @@ impl Router {
             let on = hyper::upgrade::on(&mut tmp);
             let (p, b) = tmp.into_parts();
             parts = p;
-            return self.forward_upgrade(parts, b, on, conn, target).await;
+            return self
+                .forward_upgrade(parts, b, on, conn, target, clients)
+                .await;
         } else {
             None::<()>
         };
@@ -435,9 +462,9 @@ impl Router {
                 Request::from_parts(parts.clone(), body.take().unwrap_or_else(body::empty));
             *up.uri_mut() = uri;
             let client = if target.remote {
-                &self.peer_client
+                &clients.peer
             } else {
-                &self.upstream_client
+                &clients.upstream
             };
             let in_flight = ep.start();
             let result =
@@ -580,6 +607,7 @@ impl Router {
         client_on: hyper::upgrade::OnUpgrade,
         conn: ConnInfo,
         target: Target,
+        clients: &Clients,
     ) -> Response<Body> {
         self.prepare_head(&mut parts, conn, &target, true);
         let Some(ep) = self.endpoints.pick(&target.addrs) else {
@@ -604,7 +632,7 @@ impl Router {
         let mut up = Request::from_parts(parts, body::boxed(incoming));
         *up.uri_mut() = uri;
         // Upgrades need HTTP/1.1 to the upstream.
-        let client = &self.peer_client;
+        let client = &clients.peer;
         let mut resp =
             match tokio::time::timeout(self.cfg.timeouts.request(), client.request(up)).await {
                 Ok(Ok(r)) => r,

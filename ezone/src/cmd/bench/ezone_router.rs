@@ -9,9 +9,9 @@
 //! decision, the shard headers and the proxying itself. The file source is
 //! used (no etcd), so nothing else runs during the measurement.
 //!
-//! The router's runtime gets `TOKIO_WORKER_THREADS` set to the bench's proxy
-//! worker count (tokio's multi-thread runtime reads it when the count is not
-//! set in code), the same number nginx gets as `worker_processes`.
+//! The router gets `listen.workers` set to the bench's proxy worker count
+//! (its data-plane threads), the same number nginx gets as
+//! `worker_processes`; its control-plane runtime gets one thread.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -57,7 +57,7 @@ pub fn topology_json(
 
 /// The router config TOML: listen on `listen`, topology from `topology`,
 /// the key from the `X-City-Id` header.
-pub fn config_toml(listen: SocketAddr, topology: &Path) -> anyhow::Result<String> {
+pub fn config_toml(listen: SocketAddr, topology: &Path, workers: u32) -> anyhow::Result<String> {
     // A JSON string is a valid TOML basic string (same escapes).
     let file = serde_json::to_string(&topology.display().to_string())?;
     Ok(format!(
@@ -66,6 +66,7 @@ site = "{SITE}"
 
 [listen]
 http = "{listen}"
+workers = {workers}
 
 [topology]
 file = {file}
@@ -92,7 +93,7 @@ pub fn spawn(
     std::fs::write(&topology, topology_json(listen, upstream, city)?)
         .with_context(|| format!("writing {}", topology.display()))?;
     let config = dir.join("router.toml");
-    std::fs::write(&config, config_toml(listen, &topology)?)
+    std::fs::write(&config, config_toml(listen, &topology, workers)?)
         .with_context(|| format!("writing {}", config.display()))?;
     let spec = ProcessSpec::new("ezone router", PathBuf::from(ezone_bin), dir, "router.log")
         .args([
@@ -100,7 +101,7 @@ pub fn spawn(
             "--config".to_string(),
             config.display().to_string(),
         ])
-        .env("TOKIO_WORKER_THREADS", workers.to_string());
+        .env("TOKIO_WORKER_THREADS", "1");
     ChildProcess::spawn(spec).context("starting the ezone router")
 }
 
@@ -127,8 +128,10 @@ mod tests {
         let text = config_toml(
             "127.0.0.1:8080".parse().expect("addr"),
             Path::new("/tmp/a \"b\"/topology.json"),
+            2,
         )
         .expect("renders");
+        assert!(text.contains("workers = 2"));
         assert!(text.contains("http = \"127.0.0.1:8080\""));
         assert!(
             text.contains(r#"file = "/tmp/a \"b\"/topology.json""#),
