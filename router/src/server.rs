@@ -135,6 +135,14 @@ fn bind_reuseport(
     Ok((bound, out))
 }
 
+/// One worker's socket of one listener.
+struct WorkerSocket {
+    socket: std::net::TcpListener,
+    tls: Option<ReloadingAcceptor>,
+    h2: bool,
+    what: &'static str,
+}
+
 /// A running router.
 pub struct RunningRouter {
     pub router: Arc<Router>,
@@ -236,17 +244,15 @@ impl RunningRouter {
         }
 
         // Hand each worker its socket of every listener.
-        let mut per_worker: Vec<
-            Vec<(
-                std::net::TcpListener,
-                Option<ReloadingAcceptor>,
-                bool,
-                &'static str,
-            )>,
-        > = (0..workers).map(|_| Vec::new()).collect();
+        let mut per_worker: Vec<Vec<WorkerSocket>> = (0..workers).map(|_| Vec::new()).collect();
         for l in listeners {
             for (i, s) in l.sockets.into_iter().enumerate() {
-                per_worker[i].push((s, l.tls.clone(), l.h2, l.what));
+                per_worker[i].push(WorkerSocket {
+                    socket: s,
+                    tls: l.tls.clone(),
+                    h2: l.h2,
+                    what: l.what,
+                });
             }
         }
         let mut threads = Vec::with_capacity(workers);
@@ -307,12 +313,7 @@ impl RunningRouter {
 fn worker(
     index: usize,
     router: Arc<Router>,
-    sockets: Vec<(
-        std::net::TcpListener,
-        Option<ReloadingAcceptor>,
-        bool,
-        &'static str,
-    )>,
+    sockets: Vec<WorkerSocket>,
     stop: watch::Receiver<bool>,
     mut done: watch::Receiver<bool>,
     active: Arc<Active>,
@@ -330,7 +331,7 @@ fn worker(
     rt.block_on(async move {
         let clients = Arc::new(Clients::new(&router.cfg));
         let mut loops = JoinSet::new();
-        for (socket, tls, h2, what) in sockets {
+        for WorkerSocket { socket, tls, h2, what } in sockets {
             let listener = match TcpListener::from_std(socket) {
                 Ok(l) => l,
                 Err(e) => {
