@@ -18,6 +18,7 @@ mod cpu;
 mod ezone_router;
 mod nginx;
 mod probe;
+mod propagation;
 mod router;
 mod upstream;
 mod wrk;
@@ -28,6 +29,8 @@ pub enum BenchCommand {
     Topology(TopologyBench),
     /// Router throughput, latency and CPU: ezone router vs nginx vs direct.
     Router(router::RouterBench),
+    /// Topology propagation: etcd write -> a running router routes by it.
+    Propagation(propagation::PropagationBench),
     /// The router bench's upstream server, run standalone (started by `bench router`).
     #[command(hide = true)]
     Upstream(upstream::UpstreamArgs),
@@ -53,6 +56,7 @@ pub async fn run(c: BenchCommand) -> anyhow::Result<()> {
     match c {
         BenchCommand::Topology(b) => topology(b).await,
         BenchCommand::Router(args) => router::run(args).await,
+        BenchCommand::Propagation(args) => propagation::run(args).await,
         BenchCommand::Upstream(args) => upstream::serve(args).await,
     }
 }
