@@ -476,11 +476,7 @@ impl Router {
                     return self.respond(resp);
                 }
                 Ok(Err(e)) => {
-                    self.note_failure(&target, &ep.addr);
-                    ep.record_failure(
-                        self.cfg.upstream.eject_after_failures,
-                        Duration::from_millis(self.cfg.upstream.eject_ms),
-                    );
+                    // The client's fault, not the upstream's: no ejection.
                     if is_body_too_large(&e) {
                         return self.reject(
                             StatusCode::PAYLOAD_TOO_LARGE,
@@ -491,6 +487,11 @@ impl Router {
                             "body_too_large",
                         );
                     }
+                    self.note_failure(&target, &ep.addr);
+                    ep.record_failure(
+                        self.cfg.upstream.eject_after_failures,
+                        Duration::from_millis(self.cfg.upstream.eject_ms),
+                    );
                     let safe = retryable_body && (idem || e.is_connect());
                     if safe && attempt < max_attempts && self.budget.try_withdraw() {
                         self.metrics.retries.inc();

@@ -23,6 +23,11 @@ const WAIT: Duration = Duration::from_secs(20);
 
 /// One site, `apps` upstreams, a file topology, a router with `extra` config.
 fn router_with(apps: &[&Upstream], dir: &Path, extra: &str) -> RouterProc {
+    router_with_upstream(apps, dir, extra, "")
+}
+
+/// As [`router_with`], with more lines for the `[upstream]` table.
+fn router_with_upstream(apps: &[&Upstream], dir: &Path, extra: &str, upstream: &str) -> RouterProc {
     let port = free_port().expect("port");
     let mut t = starter(&["beijing"], 1);
     let s = t.sites.get_mut("beijing").expect("site");
@@ -42,6 +47,7 @@ file = {:?}
 [upstream]
 health_interval_ms = 100
 eject_after_failures = 1
+{upstream}
 "#,
         file.display().to_string()
     ))
@@ -290,4 +296,68 @@ async fn sigterm_drains_in_flight_requests() {
     let body = resp.into_body().collect().await.expect("body").to_bytes();
     let seen: Seen = serde_json::from_slice(&body).expect("answer");
     assert_eq!(seen.body_bytes, 17);
+}
+
+#[tokio::test]
+async fn a_streamed_body_over_the_limit_gets_413() {
+    let app = Upstream::start("app").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = router_with(&[&app], dir.path(), "[limits]\nmax_body_bytes = 100000");
+    // Chunked: no Content-Length, so the limit is only found while streaming.
+    let chunks =
+        (0..10).map(|_| Ok::<_, std::io::Error>(Frame::data(Bytes::from(vec![1u8; 50_000]))));
+    let c = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .build_http::<StreamBody<_>>();
+    let req = http::Request::post(format!("http://{}/upload", r.http))
+        .header("x-city-id", "010")
+        .body(StreamBody::new(futures::stream::iter(chunks)))
+        .expect("req");
+    match c.request(req).await {
+        Ok(resp) => assert_eq!(resp.status(), 413),
+        // The router may also close the connection while the client is still
+        // sending; what must not happen is a 200.
+        Err(e) => assert!(!e.is_connect(), "{e}"),
+    }
+    // The client's oversized body is not the upstream's fault: it stays in
+    // the pool, and the next request is served.
+    let ans = send(&client(), "GET", r.http, "/", &[("x-city-id", "010")], "").await;
+    assert_eq!(ans.status, 200, "{}", ans.text());
+    let m = send(&client(), "GET", r.admin, "/metrics", &[], "")
+        .await
+        .text();
+    assert!(!m.contains("ezone_router_upstream_errors_total{"), "{m}");
+}
+
+#[tokio::test]
+async fn a_slow_client_is_cut_off() {
+    let app = Upstream::start("app").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = router_with(&[&app], dir.path(), "[timeouts]\nheader_read_ms = 300");
+    let mut s = tokio::net::TcpStream::connect(r.http)
+        .await
+        .expect("connect");
+    // Half a request head, then silence.
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("write");
+    let mut buf = vec![0u8; 512];
+    let started = std::time::Instant::now();
+    let n = tokio::time::timeout(WAIT, s.read(&mut buf))
+        .await
+        .expect("the router must not wait forever")
+        .unwrap_or(0);
+    let head = String::from_utf8_lossy(&buf[..n]);
+    assert!(n == 0 || head.starts_with("HTTP/1.1 408"), "{head}");
+    assert!(started.elapsed() < WAIT);
+    assert_eq!(app.count(), 0);
+}
+
+#[tokio::test]
+async fn h2c_to_the_upstream() {
+    let app = Upstream::start("app").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = router_with_upstream(&[&app], dir.path(), "", "protocol = \"h2c\"");
+    let a = send(&client(), "GET", r.http, "/", &[("x-city-id", "010")], "").await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert_eq!(a.seen().version, "HTTP/2.0");
 }
