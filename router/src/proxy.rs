@@ -173,6 +173,17 @@ impl Router {
         )
     }
 
+    fn count_fallback(&self, fallback: Option<crate::decide::Fallback>) {
+        if let Some(f) = fallback {
+            self.metrics
+                .fallbacks
+                .get_or_create(&ReasonLabels {
+                    reason: f.as_str().into(),
+                })
+                .inc();
+        }
+    }
+
     fn reject(&self, status: StatusCode, reason: &str, label: &str) -> Response<Body> {
         self.metrics
             .rejected
@@ -340,14 +351,7 @@ impl Router {
                 shard,
                 fallback,
             } => {
-                if let Some(f) = fallback {
-                    self.metrics
-                        .fallbacks
-                        .get_or_create(&ReasonLabels {
-                            reason: f.as_str().into(),
-                        })
-                        .inc();
-                }
+                self.count_fallback(fallback);
                 let addrs = snap
                     .topology
                     .sites
@@ -367,14 +371,7 @@ impl Router {
                 shard,
                 fallback,
             } => {
-                if let Some(f) = fallback {
-                    self.metrics
-                        .fallbacks
-                        .get_or_create(&ReasonLabels {
-                            reason: f.as_str().into(),
-                        })
-                        .inc();
-                }
+                self.count_fallback(fallback);
                 self.metrics
                     .cross_site
                     .get_or_create(&SiteLabels { site: site.clone() })

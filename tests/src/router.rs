@@ -69,6 +69,25 @@ impl RouterProc {
         }
     }
 
+    /// Starts a router and waits until `/readyz` says a topology is loaded.
+    pub async fn start_ready(config_toml: &str) -> RouterProc {
+        let r = RouterProc::start(config_toml);
+        let c = client();
+        crate::eventually(
+            "the router to be ready",
+            Duration::from_secs(20),
+            || async {
+                let req = http::Request::get(format!("http://{}/readyz", r.admin))
+                    .body(Full::new(Bytes::new()))
+                    .ok()?;
+                let resp = c.request(req).await.ok()?;
+                (resp.status() == 200).then_some(())
+            },
+        )
+        .await;
+        r
+    }
+
     /// SIGTERM: graceful stop.
     pub fn terminate(&self) {
         let _ = nix::sys::signal::kill(

@@ -22,12 +22,17 @@ use ezone_topology::starter::starter;
 const WAIT: Duration = Duration::from_secs(20);
 
 /// One site, `apps` upstreams, a file topology, a router with `extra` config.
-fn router_with(apps: &[&Upstream], dir: &Path, extra: &str) -> RouterProc {
-    router_with_upstream(apps, dir, extra, "")
+async fn router_with(apps: &[&Upstream], dir: &Path, extra: &str) -> RouterProc {
+    router_with_upstream(apps, dir, extra, "").await
 }
 
 /// As [`router_with`], with more lines for the `[upstream]` table.
-fn router_with_upstream(apps: &[&Upstream], dir: &Path, extra: &str, upstream: &str) -> RouterProc {
+async fn router_with_upstream(
+    apps: &[&Upstream],
+    dir: &Path,
+    extra: &str,
+    upstream: &str,
+) -> RouterProc {
     let port = free_port().expect("port");
     let mut t = starter(&["beijing"], 1);
     let s = t.sites.get_mut("beijing").expect("site");
@@ -36,7 +41,7 @@ fn router_with_upstream(apps: &[&Upstream], dir: &Path, extra: &str, upstream: &
     let file = dir.join("topology.json");
     let doc = ezone_topology::doc::TopologyDoc::from(&t);
     std::fs::write(&file, serde_json::to_string(&doc).expect("json")).expect("write");
-    RouterProc::start(&format!(
+    RouterProc::start_ready(&format!(
         r#"
 site = "beijing"
 [listen]
@@ -51,6 +56,7 @@ eject_after_failures = 1
 "#,
         file.display().to_string()
     ))
+    .await
 }
 
 struct Pki {
@@ -96,7 +102,8 @@ async fn tls_with_http2_over_alpn() {
             p.cert.display().to_string(),
             p.key.display().to_string()
         ),
-    );
+    )
+    .await;
     let addr = r.https.expect("https listener");
 
     let mut roots = rustls::RootCertStore::empty();
@@ -146,7 +153,7 @@ async fn tls_with_http2_over_alpn() {
 async fn h2c_prior_knowledge() {
     let app = Upstream::start("app").await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let r = router_with(&[&app], dir.path(), "");
+    let r = router_with(&[&app], dir.path(), "").await;
     let c = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
         .http2_only(true)
         .build_http::<Full<Bytes>>();
@@ -163,7 +170,7 @@ async fn h2c_prior_knowledge() {
 async fn a_large_body_streams_through() {
     let app = Upstream::start("app").await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let r = router_with(&[&app], dir.path(), "[limits]\nmax_body_bytes = 200000000");
+    let r = router_with(&[&app], dir.path(), "[limits]\nmax_body_bytes = 200000000").await;
     // 64 MiB in 1 MiB chunks, chunked encoding (no length known up front).
     let chunks =
         (0..64).map(|_| Ok::<_, std::io::Error>(Frame::data(Bytes::from(vec![7u8; 1 << 20]))));
@@ -185,7 +192,7 @@ async fn a_large_body_streams_through() {
 async fn an_upgrade_passes_through() {
     let app = Upstream::start("app").await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let r = router_with(&[&app], dir.path(), "");
+    let r = router_with(&[&app], dir.path(), "").await;
     let mut s = tokio::net::TcpStream::connect(r.http)
         .await
         .expect("connect");
@@ -227,7 +234,7 @@ async fn a_dead_upstream_is_ejected_and_traffic_continues() {
     let a = Upstream::start("a").await;
     let b = Upstream::start("b").await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let r = router_with(&[&a, &b], dir.path(), "");
+    let r = router_with(&[&a, &b], dir.path(), "").await;
     let c = client();
     // Both serve.
     eventually("both upstreams to get traffic", WAIT, || async {
@@ -256,7 +263,7 @@ async fn a_dead_upstream_is_ejected_and_traffic_continues() {
 async fn sigterm_drains_in_flight_requests() {
     let app = Upstream::start("app").await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let r = router_with(&[&app], dir.path(), "");
+    let r = router_with(&[&app], dir.path(), "").await;
     // A request whose body is still arriving when SIGTERM lands.
     let (tx, rx) = futures::channel::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(4);
     let c = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
@@ -302,7 +309,7 @@ async fn sigterm_drains_in_flight_requests() {
 async fn a_streamed_body_over_the_limit_gets_413() {
     let app = Upstream::start("app").await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let r = router_with(&[&app], dir.path(), "[limits]\nmax_body_bytes = 100000");
+    let r = router_with(&[&app], dir.path(), "[limits]\nmax_body_bytes = 100000").await;
     // Chunked: no Content-Length, so the limit is only found while streaming.
     let chunks =
         (0..10).map(|_| Ok::<_, std::io::Error>(Frame::data(Bytes::from(vec![1u8; 50_000]))));
@@ -332,7 +339,7 @@ async fn a_streamed_body_over_the_limit_gets_413() {
 async fn a_slow_client_is_cut_off() {
     let app = Upstream::start("app").await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let r = router_with(&[&app], dir.path(), "[timeouts]\nheader_read_ms = 300");
+    let r = router_with(&[&app], dir.path(), "[timeouts]\nheader_read_ms = 300").await;
     let mut s = tokio::net::TcpStream::connect(r.http)
         .await
         .expect("connect");
@@ -356,7 +363,7 @@ async fn a_slow_client_is_cut_off() {
 async fn h2c_to_the_upstream() {
     let app = Upstream::start("app").await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let r = router_with_upstream(&[&app], dir.path(), "", "protocol = \"h2c\"");
+    let r = router_with_upstream(&[&app], dir.path(), "", "protocol = \"h2c\"").await;
     let a = send(&client(), "GET", r.http, "/", &[("x-city-id", "010")], "").await;
     assert_eq!(a.status, 200, "{}", a.text());
     assert_eq!(a.seen().version, "HTTP/2.0");
