@@ -100,6 +100,9 @@ pub fn hops(headers: &HeaderMap) -> Vec<String> {
 /// True if `site` already handled this request, or it has passed too many
 /// routers: forwarding again would loop.
 pub fn is_loop(headers: &HeaderMap, site: &str) -> bool {
+    if !headers.contains_key(X_EZONE_HOP) {
+        return false;
+    }
     let h = hops(headers);
     h.len() >= MAX_HOPS || h.iter().any(|s| s == site)
 }

@@ -59,9 +59,21 @@ pub struct Router {
 struct Target {
     site: String,
     shard: Option<ShardRef>,
-    /// Candidate addresses (`host:port`).
-    addrs: Vec<String>,
+    /// The snapshot the decision was made on: addresses are borrowed from it
+    /// instead of copied for every request.
+    snap: Arc<Snapshot>,
     remote: bool,
+}
+
+impl Target {
+    /// Candidate addresses (`host:port`): the site's upstreams, or its router.
+    fn addrs(&self) -> &[String] {
+        match self.snap.topology.sites.get(&self.site) {
+            Some(s) if self.remote => std::slice::from_ref(&s.router),
+            Some(s) => &s.upstreams,
+            None => &[],
+        }
+    }
 }
 
 fn client(cfg: &RouterConfig, h2c: bool) -> Client<HttpConnector, Body> {
@@ -352,16 +364,10 @@ impl Router {
                 fallback,
             } => {
                 self.count_fallback(fallback);
-                let addrs = snap
-                    .topology
-                    .sites
-                    .get(&site)
-                    .map(|s| s.upstreams.clone())
-                    .unwrap_or_default();
                 Target {
                     site,
                     shard,
-                    addrs,
+                    snap: snap.clone(),
                     remote: false,
                 }
             }
@@ -376,10 +382,11 @@ impl Router {
                     .cross_site
                     .get_or_create(&SiteLabels { site: site.clone() })
                     .inc();
+                let _ = router;
                 Target {
                     site,
                     shard,
-                    addrs: vec![router],
+                    snap: snap.clone(),
                     remote: true,
                 }
             }
@@ -396,7 +403,7 @@ impl Router {
         target: Target,
         clients: &Clients,
     ) -> Response<Body> {
-        if target.addrs.is_empty() {
+        if target.addrs().is_empty() {
             return self.reject(
                 StatusCode::SERVICE_UNAVAILABLE,
                 &format!("site {} has no upstreams in the topology", target.site),
@@ -407,29 +414,36 @@ impl Router {
         let upgrade = headers::wants_upgrade(req.headers());
         let retryable_body = !has_body(&req);
         let idem = idempotent(req.method());
-        let (mut parts, incoming) = req.into_parts();
-        let client_upgrade = if upgrade {
+        let (parts, incoming) = req.into_parts();
+        if upgrade {
             // Re-assemble briefly to take the upgrade future from the request.
             let mut tmp = Request::from_parts(parts, incoming);
             let on = hyper::upgrade::on(&mut tmp);
-            let (p, b) = tmp.into_parts();
-            parts = p;
+            let (parts, incoming) = tmp.into_parts();
             return self
-                .forward_upgrade(parts, b, on, conn, target, clients)
+                .forward_upgrade(parts, incoming, on, conn, target, clients)
                 .await;
-        } else {
-            None::<()>
-        };
-        let _ = client_upgrade;
+        }
+        let mut parts = parts;
         self.prepare_head(&mut parts, conn, &target, false);
-        let limited = Limited::new(
-            incoming,
-            usize::try_from(self.cfg.limits.max_body_bytes).unwrap_or(usize::MAX),
-        );
-        let mut body = Some(body::boxed(limited));
-        let max_attempts = 1 + self.cfg.upstream.max_retries;
+        // A request without a body sends none (no limit wrapper needed); one
+        // with a body streams through the size limit.
+        let mut body = if retryable_body {
+            None
+        } else {
+            Some(body::boxed(Limited::new(
+                incoming,
+                usize::try_from(self.cfg.limits.max_body_bytes).unwrap_or(usize::MAX),
+            )))
+        };
+        let max_attempts = if retryable_body {
+            1 + self.cfg.upstream.max_retries
+        } else {
+            1
+        };
         let mut attempt = 0;
-        let mut tried: Vec<String> = Vec::new();
+        let mut tried: Vec<Arc<crate::upstream::Endpoint>> = Vec::new();
+        let mut parts = Some(parts);
         loop {
             attempt += 1;
             let Some(ep) = self.pick(&target, &tried) else {
@@ -439,11 +453,19 @@ impl Router {
                     "no_upstreams",
                 );
             };
-            tried.push(ep.addr.clone());
+            // Keep a copy of the head only if another attempt may follow.
+            let head = if attempt < max_attempts {
+                parts.clone()
+            } else {
+                parts.take()
+            };
+            let Some(head) = head else {
+                return error_response(StatusCode::BAD_GATEWAY, "no request head left to send");
+            };
             let uri = match Uri::builder()
                 .scheme("http")
                 .authority(ep.addr.as_str())
-                .path_and_query(parts.uri.path_and_query().map_or("/", |p| p.as_str()))
+                .path_and_query(head.uri.path_and_query().map_or("/", |p| p.as_str()))
                 .build()
             {
                 Ok(u) => u,
@@ -455,8 +477,7 @@ impl Router {
                     )
                 }
             };
-            let mut up =
-                Request::from_parts(parts.clone(), body.take().unwrap_or_else(body::empty));
+            let mut up = Request::from_parts(head, body.take().unwrap_or_else(body::empty));
             *up.uri_mut() = uri;
             let client = if target.remote {
                 &clients.peer
@@ -491,6 +512,7 @@ impl Router {
                     );
                     let safe = retryable_body && (idem || e.is_connect());
                     if safe && attempt < max_attempts && self.budget.try_withdraw() {
+                        tried.push(ep.clone());
                         self.metrics.retries.inc();
                         tracing::debug!(site = %target.site, endpoint = %ep.addr, error = %e, "Retrying on another endpoint.");
                         continue;
@@ -526,16 +548,23 @@ impl Router {
         }
     }
 
-    fn pick(&self, target: &Target, tried: &[String]) -> Option<Arc<crate::upstream::Endpoint>> {
+    fn pick(
+        &self,
+        target: &Target,
+        tried: &[Arc<crate::upstream::Endpoint>],
+    ) -> Option<Arc<crate::upstream::Endpoint>> {
+        let addrs = target.addrs();
+        if tried.is_empty() {
+            return self.endpoints.pick(addrs);
+        }
         // Prefer an endpoint not tried yet for this request.
-        let fresh: Vec<String> = target
-            .addrs
+        let fresh: Vec<String> = addrs
             .iter()
-            .filter(|a| !tried.contains(a))
+            .filter(|a| !tried.iter().any(|t| &t.addr == *a))
             .cloned()
             .collect();
         if fresh.is_empty() {
-            self.endpoints.pick(&target.addrs)
+            self.endpoints.pick(addrs)
         } else {
             self.endpoints.pick(&fresh)
         }
@@ -559,7 +588,7 @@ impl Router {
         target: &Target,
         upgrade: bool,
     ) {
-        let from_peer = !headers::hops(&parts.headers).is_empty();
+        let from_peer = parts.headers.contains_key(headers::X_EZONE_HOP);
         // HTTP/2 requests carry the authority in the URI: keep it as Host.
         if !parts.headers.contains_key(header::HOST) {
             if let Some(a) = parts.uri.authority() {
@@ -608,7 +637,7 @@ impl Router {
         clients: &Clients,
     ) -> Response<Body> {
         self.prepare_head(&mut parts, conn, &target, true);
-        let Some(ep) = self.endpoints.pick(&target.addrs) else {
+        let Some(ep) = self.endpoints.pick(target.addrs()) else {
             return self.reject(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "no upstream available",

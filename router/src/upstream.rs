@@ -171,6 +171,10 @@ impl Endpoints {
     /// available, among all of them (a "panic mode" as in Envoy: better to
     /// try a suspect endpoint than to fail every request).
     pub fn pick(&self, addrs: &[String]) -> Option<Arc<Endpoint>> {
+        // The common single-endpoint case needs no choice (and no allocation).
+        if let [only] = addrs {
+            return Some(self.get(only));
+        }
         let eps: Vec<Arc<Endpoint>> = addrs.iter().map(|a| self.get(a)).collect();
         let available: Vec<&Arc<Endpoint>> = eps.iter().filter(|e| e.is_available()).collect();
         let mut rng = rand::thread_rng();
