@@ -1,7 +1,16 @@
-//! The ezone replicator: walsender client, pgoutput decoder, ordered
-//! exactly-once apply, loop prevention and conflicts (see `shared/DESIGN.md`,
-//! "Replication").
+//! The ezone replicator: one logical replication *link* per ordered pair of
+//! sites (see `shared/DESIGN.md`, "Replication").
 //!
-//! Not built yet: this crate is a placeholder in the workspace so that the
-//! layout of the design is visible. The replicator issue builds it.
+//! The source side reads a `pgoutput` slot over the streaming replication
+//! protocol (CopyBoth); the target side applies each source transaction in
+//! order, exactly once, together with a replication-origin advance.
+//!
+//! Built so far, all pure code without I/O:
+//! - [`lsn`]: the WAL position type, in Postgres' `X/X` text form.
+//! - [`pgoutput`]: the decoder of `pgoutput` logical decoding messages
+//!   (protocol version 1) and of the CopyBoth framing around them
+//!   (XLogData, primary keepalive, standby status update).
 #![forbid(unsafe_code)]
+
+pub mod lsn;
+pub mod pgoutput;
