@@ -312,16 +312,14 @@ impl Router {
         let mut decision = decide(&snap.topology, &self.policy, key.as_ref(), req.method());
         if let Decision::Hold { shard } = decision {
             let deadline = self.hold_deadline(&snap);
-            let held = self
-                .holds
-                .hold(
-                    shard.id,
-                    deadline,
-                    &self.policy,
-                    self.watcher.subscribe(),
-                    &self.metrics,
-                )
-                .await;
+            let held = Box::pin(self.holds.hold(
+                shard.id,
+                deadline,
+                &self.policy,
+                self.watcher.subscribe(),
+                &self.metrics,
+            ))
+            .await;
             decision = match held {
                 Held::Released(d) => d,
                 Held::Deadline | Held::Overflow => {
@@ -420,8 +418,9 @@ impl Router {
             let mut tmp = Request::from_parts(parts, incoming);
             let on = hyper::upgrade::on(&mut tmp);
             let (parts, incoming) = tmp.into_parts();
-            return self
-                .forward_upgrade(parts, incoming, on, conn, target, clients)
+            // Boxed: upgrades are rare, and an inline state machine would make
+            // every request's future (moved around by the runtime) larger.
+            return Box::pin(self.forward_upgrade(parts, incoming, on, conn, target, clients))
                 .await;
         }
         let mut parts = parts;
