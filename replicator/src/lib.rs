@@ -12,5 +12,10 @@
 //!   (XLogData, primary keepalive, standby status update).
 #![forbid(unsafe_code)]
 
+pub mod apply;
+pub mod link;
 pub mod lsn;
 pub mod pgoutput;
+pub mod sql;
+pub mod txn;
+pub mod walsender;

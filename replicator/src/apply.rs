@@ -1,0 +1,439 @@
+//! The target side: apply whole source transactions, in commit order, each in
+//! one target transaction that also advances this link's replication origin.
+//!
+//! ```text
+//!  BEGIN
+//!  SELECT pg_replication_origin_xact_setup(<source commit end LSN>, <source commit time>)
+//!  INSERT/UPDATE/DELETE ...            (session_replication_role = replica)
+//!  [conflict rows into ezone_replication.conflicts]
+//!  [marker rows into ezone_replication.markers]
+//!  COMMIT                              <- the rows and the origin's progress, atomically
+//! ```
+//!
+//! Why this is exactly-once: the origin's `remote_lsn` moves only with a
+//! commit of the applied rows. After a crash anywhere, the link restarts the
+//! source stream at `pg_replication_origin_progress(origin, true)`: every
+//! transaction committed at the target is at or before it and is skipped by
+//! the source, every later one is sent again. The source slot is confirmed
+//! only up to what this module has committed, so the source never discards
+//! WAL the target still needs.
+//!
+//! Why `session_replication_role = replica`: user triggers and foreign-key
+//! checks do not fire for replayed rows (they fired at the source), as in
+//! native logical replication. The session's origin also marks every
+//! replayed transaction in the target's WAL, which is how the link leaving
+//! the target knows not to send it back (loop prevention).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, NoTls};
+
+use crate::lsn::Lsn;
+use crate::pgoutput::Relation;
+use crate::sql::{self, ColumnInfo, ShapeError, Statement, TableInfo};
+use crate::txn::{Change, SourceTxn};
+
+/// What went wrong applying, classified by what the link should do.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// The target connection failed or a transient database error: retry the
+    /// same transaction after reconnecting (nothing was committed).
+    #[error("target {target}: {detail} (transient: the link will reconnect and retry)")]
+    Transient { target: String, detail: String },
+    /// The change cannot be applied as is (schema drift, no primary key, a
+    /// constraint the data violates): the link stops with this error.
+    #[error("target {target}: {detail}")]
+    Definite { target: String, detail: String },
+    #[error("target {target}: {source}")]
+    Shape {
+        target: String,
+        #[source]
+        source: ShapeError,
+    },
+}
+
+impl ApplyError {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, ApplyError::Transient { .. })
+    }
+}
+
+/// How one transaction went.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Applied {
+    pub rows: u64,
+    pub conflicts: u64,
+    /// Prefixes of logical messages (markers) applied with it.
+    pub markers: Vec<String>,
+}
+
+/// The DDL ezone keeps at each target: conflicts and applied markers.
+pub const SCHEMA_SQL: &str = "
+CREATE SCHEMA IF NOT EXISTS ezone_replication;
+CREATE TABLE IF NOT EXISTS ezone_replication.conflicts (
+    id bigserial PRIMARY KEY,
+    recorded_at timestamptz NOT NULL DEFAULT now(),
+    link text NOT NULL,
+    kind text NOT NULL,
+    relation text NOT NULL,
+    source_commit_lsn pg_lsn NOT NULL,
+    source_commit_time timestamptz NOT NULL,
+    remote_row jsonb,
+    local_row jsonb,
+    reason text NOT NULL,
+    resolution text NOT NULL,
+    resolved boolean NOT NULL DEFAULT false
+);
+CREATE TABLE IF NOT EXISTS ezone_replication.markers (
+    link text NOT NULL,
+    prefix text NOT NULL,
+    content bytea NOT NULL,
+    source_lsn pg_lsn NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (link, source_lsn, prefix)
+);
+";
+
+/// A connection to the target, set up for one link.
+pub struct Applier {
+    client: Client,
+    target: String,
+    link: String,
+    origin: String,
+    tables: HashMap<(String, String), Arc<TableInfo>>,
+    conn: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Applier {
+    fn drop(&mut self) {
+        self.conn.abort();
+    }
+}
+
+fn classify(target: &str, what: &str, e: tokio_postgres::Error) -> ApplyError {
+    let detail = match e.as_db_error() {
+        Some(db) => format!("{what}: {} ({})", db.message(), db.code().code()),
+        None => format!("{what}: {e}"),
+    };
+    let transient = match e.code() {
+        // No SQLSTATE: the connection broke.
+        None => true,
+        Some(c) => {
+            let code = c.code();
+            code.starts_with("08")       // connection exception
+                || code.starts_with("53") // insufficient resources
+                || code.starts_with("57") // operator intervention (shutdown)
+                || code == "40001"        // serialization failure
+                || code == "40P01"        // deadlock
+                || code == "55P03" // lock not available
+        }
+    };
+    if transient {
+        ApplyError::Transient {
+            target: target.to_string(),
+            detail,
+        }
+    } else {
+        ApplyError::Definite {
+            target: target.to_string(),
+            detail,
+        }
+    }
+}
+
+fn params(st: &Statement) -> Vec<&(dyn ToSql + Sync)> {
+    st.params.iter().map(|p| p as &(dyn ToSql + Sync)).collect()
+}
+
+impl Applier {
+    /// Connects, makes the ezone schema, the link's origin and the session
+    /// setup. `origin` names this link's progress at the target (one per
+    /// source site), e.g. `ezone_from_beijing`.
+    pub async fn connect(dsn: &str, link: &str, origin: &str) -> Result<Applier, ApplyError> {
+        let target = dsn
+            .split_whitespace()
+            .filter(|kv| !kv.starts_with("password="))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let (client, connection) = tokio_postgres::connect(dsn, NoTls)
+            .await
+            .map_err(|e| classify(&target, "connecting", e))?;
+        let t2 = target.clone();
+        let conn = tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(target = %t2, error = %e, "Target connection ended.");
+            }
+        });
+        let a = Applier {
+            client,
+            target,
+            link: link.to_string(),
+            origin: origin.to_string(),
+            tables: HashMap::new(),
+            conn,
+        };
+        a.client
+            .batch_execute(SCHEMA_SQL)
+            .await
+            .map_err(|e| classify(&a.target, "creating the ezone_replication schema", e))?;
+        a.client
+            .batch_execute("SET session_replication_role = replica")
+            .await
+            .map_err(|e| {
+                classify(
+                    &a.target,
+                    "SET session_replication_role (needs a superuser or replication owner)",
+                    e,
+                )
+            })?;
+        a.client
+            .execute(
+                "SELECT pg_replication_origin_create($1) WHERE NOT EXISTS \
+                 (SELECT 1 FROM pg_replication_origin WHERE roname = $1)",
+                &[&a.origin],
+            )
+            .await
+            .map_err(|e| classify(&a.target, "creating the replication origin", e))?;
+        a.client
+            .execute("SELECT pg_replication_origin_session_setup($1)", &[&a.origin])
+            .await
+            .map_err(|e| classify(&a.target, "setting up the replication origin session (is another replicator applying this link?)", e))?;
+        Ok(a)
+    }
+
+    /// The source position everything up to which has been applied here:
+    /// where the link restarts the source stream.
+    pub async fn progress(&self) -> Result<Lsn, ApplyError> {
+        let row = self
+            .client
+            .query_one(
+                "SELECT pg_replication_origin_progress($1, true)::text",
+                &[&self.origin],
+            )
+            .await
+            .map_err(|e| classify(&self.target, "reading the origin's progress", e))?;
+        let text: Option<String> = row.get(0);
+        Ok(text.and_then(|t| t.parse::<Lsn>().ok()).unwrap_or(Lsn(0)))
+    }
+
+    /// The target's shape of a source relation, cached per (schema, table,
+    /// source column list) so a changed Relation message reloads it.
+    async fn table(&mut self, rel: &Relation) -> Result<Arc<TableInfo>, ApplyError> {
+        let key = (rel.namespace.clone(), rel.name.clone());
+        if let Some(t) = self.tables.get(&key) {
+            if rel
+                .columns
+                .iter()
+                .all(|c| t.columns.iter().any(|tc| tc.name == c.name))
+            {
+                return Ok(t.clone());
+            }
+        }
+        let qualified = sql::qualified(rel);
+        let rows = self
+            .client
+            .query(
+                "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), \
+                        coalesce(a.attnum = ANY(i.indkey), false) \
+                 FROM pg_attribute a \
+                 LEFT JOIN pg_index i ON i.indrelid = a.attrelid AND i.indisprimary \
+                 WHERE a.attrelid = $1::text::regclass AND a.attnum > 0 AND NOT a.attisdropped \
+                 ORDER BY a.attnum",
+                &[&qualified],
+            )
+            .await
+            .map_err(|e| {
+                let mut err = classify(
+                    &self.target,
+                    &format!("reading the shape of {qualified}"),
+                    e,
+                );
+                if let ApplyError::Definite { detail, .. } = &mut err {
+                    detail.push_str(": create the table at the target (schema drift)");
+                }
+                err
+            })?;
+        let columns: Vec<ColumnInfo> = rows
+            .iter()
+            .map(|r| ColumnInfo {
+                name: r.get(0),
+                type_name: r.get(1),
+                key: r.get(2),
+            })
+            .collect();
+        if !columns.iter().any(|c| c.key) {
+            return Err(ApplyError::Shape {
+                target: self.target.clone(),
+                source: ShapeError::NoPrimaryKey { table: qualified },
+            });
+        }
+        let t = Arc::new(TableInfo { qualified, columns });
+        self.tables.insert(key, t.clone());
+        Ok(t)
+    }
+
+    /// Applies one source transaction atomically with the origin's progress.
+    pub async fn apply(&mut self, txn: &SourceTxn) -> Result<Applied, ApplyError> {
+        // Resolve every table first (catalog reads outside the transaction).
+        let mut shapes = Vec::with_capacity(txn.changes.len());
+        for ch in &txn.changes {
+            let t = match ch {
+                Change::Insert { rel, .. }
+                | Change::Update { rel, .. }
+                | Change::Delete { rel, .. } => Some(self.table(rel).await?),
+                _ => None,
+            };
+            shapes.push(t);
+        }
+        let target = self.target.clone();
+        let link = self.link.clone();
+        let tx = self
+            .client
+            .transaction()
+            .await
+            .map_err(|e| classify(&target, "BEGIN", e))?;
+        let commit_time = txn
+            .commit
+            .commit_time
+            .to_system_time()
+            .unwrap_or(std::time::SystemTime::UNIX_EPOCH);
+        tx.execute(
+            "SELECT pg_replication_origin_xact_setup($1::text::pg_lsn, $2)",
+            &[&txn.commit.end_lsn.to_string(), &commit_time],
+        )
+        .await
+        .map_err(|e| classify(&target, "pg_replication_origin_xact_setup", e))?;
+        let shape_err = |e: ShapeError| ApplyError::Shape {
+            target: target.clone(),
+            source: e,
+        };
+        let mut out = Applied::default();
+        for (ch, shape) in txn.changes.iter().zip(shapes) {
+            let conflict = match (ch, shape) {
+                (Change::Insert { rel, new }, Some(t)) => {
+                    let st = sql::insert(&t, rel, new).map_err(shape_err)?;
+                    let n = tx
+                        .execute(st.sql.as_str(), &params(&st))
+                        .await
+                        .map_err(|e| {
+                            classify(&target, &format!("INSERT into {}", t.qualified), e)
+                        })?;
+                    (n == 0).then_some((
+                        t,
+                        "insert_exists",
+                        rel,
+                        new,
+                        "a row with this key already exists at the target",
+                    ))
+                }
+                (Change::Update { rel, old, new }, Some(t)) => {
+                    let st = sql::update(&t, rel, old.as_ref(), new).map_err(shape_err)?;
+                    let n = tx
+                        .execute(st.sql.as_str(), &params(&st))
+                        .await
+                        .map_err(|e| classify(&target, &format!("UPDATE of {}", t.qualified), e))?;
+                    (n == 0).then_some((
+                        t,
+                        "update_missing",
+                        rel,
+                        new,
+                        "the row to update does not exist at the target",
+                    ))
+                }
+                (Change::Delete { rel, old }, Some(t)) => {
+                    let st = sql::delete(&t, rel, old).map_err(shape_err)?;
+                    let n = tx
+                        .execute(st.sql.as_str(), &params(&st))
+                        .await
+                        .map_err(|e| {
+                            classify(&target, &format!("DELETE from {}", t.qualified), e)
+                        })?;
+                    (n == 0).then_some((
+                        t,
+                        "delete_missing",
+                        rel,
+                        old.tuple(),
+                        "the row to delete does not exist at the target",
+                    ))
+                }
+                (
+                    Change::Truncate {
+                        rels,
+                        cascade,
+                        restart_identity,
+                    },
+                    _,
+                ) => {
+                    let names: Vec<String> = rels.iter().map(|r| sql::qualified(r)).collect();
+                    let stmt = format!(
+                        "TRUNCATE {}{}{}",
+                        names.join(", "),
+                        if *restart_identity {
+                            " RESTART IDENTITY"
+                        } else {
+                            ""
+                        },
+                        if *cascade { " CASCADE" } else { "" }
+                    );
+                    tx.batch_execute(&stmt)
+                        .await
+                        .map_err(|e| classify(&target, "TRUNCATE", e))?;
+                    None
+                }
+                (Change::Message(m), _) => {
+                    tx.execute(
+                        "INSERT INTO ezone_replication.markers (link, prefix, content, source_lsn) \
+                         VALUES ($1, $2, $3, $4::text::pg_lsn) ON CONFLICT DO NOTHING",
+                        &[&link, &m.prefix, &m.content.as_ref(), &m.lsn.to_string()],
+                    )
+                    .await
+                    .map_err(|e| classify(&target, "recording a marker", e))?;
+                    out.markers.push(m.prefix.clone());
+                    None
+                }
+                // A row change whose table was not resolved cannot happen:
+                // shapes were resolved for every row change above.
+                (_, None) => None,
+            };
+            match conflict {
+                None => out.rows += 1,
+                Some((t, kind, rel, image, reason)) => {
+                    out.conflicts += 1;
+                    let local = match sql::select_row(&t, rel, image) {
+                        Ok(st) => tx
+                            .query_opt(st.sql.as_str(), &params(&st))
+                            .await
+                            .ok()
+                            .flatten()
+                            .and_then(|r| r.get::<_, Option<String>>(0)),
+                        Err(_) => None,
+                    };
+                    tx.execute(
+                        "INSERT INTO ezone_replication.conflicts \
+                         (link, kind, relation, source_commit_lsn, source_commit_time, remote_row, local_row, reason, resolution) \
+                         VALUES ($1, $2, $3, $4::text::pg_lsn, $5, $6::text::jsonb, $7::text::jsonb, $8, 'kept_target_row')",
+                        &[
+                            &link,
+                            &kind,
+                            &t.qualified,
+                            &txn.commit.commit_lsn.to_string(),
+                            &commit_time,
+                            &sql::image_json(rel, image),
+                            &local,
+                            &reason,
+                        ],
+                    )
+                    .await
+                    .map_err(|e| classify(&target, "recording a conflict", e))?;
+                    tracing::warn!(link = %link, kind, relation = %t.qualified, lsn = %txn.commit.commit_lsn, "Replication conflict recorded.");
+                }
+            }
+        }
+        tx.commit()
+            .await
+            .map_err(|e| classify(&target, "COMMIT", e))?;
+        Ok(out)
+    }
+}

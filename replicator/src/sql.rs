@@ -1,0 +1,419 @@
+//! SQL for applying row changes at the target, built from a source
+//! [`Relation`], the tuple images, and the target table's shape.
+//!
+//! Values arrive in pgoutput's text format, so every value is a text
+//! parameter cast to the target column's type (`$1::text::integer`): Postgres
+//! converts through the type's input function, exactly as `COPY` would, and
+//! user-defined types (enums, domains) resolve by the *target's* catalog
+//! (their oids differ between sites). An unchanged TOASTed value ('u') is
+//! left out of an UPDATE's SET list — writing it as NULL would destroy it.
+//!
+//! Pure: no I/O. The target's shape ([`TableInfo`]) is read by the apply side.
+
+use crate::pgoutput::{ColumnValue, OldTuple, Relation, TupleData};
+
+/// A target table as the apply side needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableInfo {
+    /// `"schema"."table"`, quoted.
+    pub qualified: String,
+    pub columns: Vec<ColumnInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColumnInfo {
+    pub name: String,
+    /// `format_type(atttypid, atttypmod)` at the target.
+    pub type_name: String,
+    /// Part of the primary key.
+    pub key: bool,
+}
+
+/// A statement and its text parameters (`None` = SQL NULL).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Statement {
+    pub sql: String,
+    pub params: Vec<Option<String>>,
+}
+
+/// The source relation does not fit the target table: the link must stop
+/// (schema drift), never guess.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ShapeError {
+    #[error("schema drift on {table}: source column {column:?} does not exist at the target; add it there (or drop it at the source), then restart the link")]
+    MissingColumn { table: String, column: String },
+    #[error("schema drift on {table}: the source sent {got} values for {want} columns")]
+    Arity {
+        table: String,
+        got: usize,
+        want: usize,
+    },
+    #[error("{table} has no primary key at the target: ezone replicates only tables with a primary key; add one")]
+    NoPrimaryKey { table: String },
+    #[error("{table}: key column {column:?} has no value in the change (unchanged TOAST or missing): cannot find the row")]
+    KeyValueMissing { table: String, column: String },
+    #[error("{table}: column {column:?} arrived in binary format; ezone requests text format")]
+    Binary { table: String, column: String },
+}
+
+/// Quotes an identifier for SQL.
+pub fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// `"schema"."table"` for a source relation.
+pub fn qualified(rel: &Relation) -> String {
+    format!("{}.{}", quote_ident(&rel.namespace), quote_ident(&rel.name))
+}
+
+/// Maps each source column (by position) to the target column (by name).
+fn mapping<'t>(rel: &Relation, t: &'t TableInfo) -> Result<Vec<&'t ColumnInfo>, ShapeError> {
+    rel.columns
+        .iter()
+        .map(|c| {
+            t.columns
+                .iter()
+                .find(|tc| tc.name == c.name)
+                .ok_or_else(|| ShapeError::MissingColumn {
+                    table: t.qualified.clone(),
+                    column: c.name.clone(),
+                })
+        })
+        .collect()
+}
+
+fn text(t: &TableInfo, col: &ColumnInfo, v: &ColumnValue) -> Result<Option<String>, ShapeError> {
+    match v {
+        ColumnValue::Null => Ok(None),
+        ColumnValue::Text(b) => Ok(Some(String::from_utf8_lossy(b).into_owned())),
+        ColumnValue::Binary(_) => Err(ShapeError::Binary {
+            table: t.qualified.clone(),
+            column: col.name.clone(),
+        }),
+        // Callers filter these out before asking for a value.
+        ColumnValue::UnchangedToast => Ok(None),
+    }
+}
+
+fn check_arity(t: &TableInfo, rel: &Relation, tuple: &TupleData) -> Result<(), ShapeError> {
+    if tuple.columns.len() != rel.columns.len() {
+        return Err(ShapeError::Arity {
+            table: t.qualified.clone(),
+            got: tuple.columns.len(),
+            want: rel.columns.len(),
+        });
+    }
+    Ok(())
+}
+
+/// `WHERE key = $n AND ...` from a row image (old key, old row, or new row).
+fn where_key(
+    t: &TableInfo,
+    cols: &[&ColumnInfo],
+    image: &TupleData,
+    params: &mut Vec<Option<String>>,
+) -> Result<String, ShapeError> {
+    let mut parts = Vec::new();
+    for (col, v) in cols.iter().zip(&image.columns) {
+        if !col.key {
+            continue;
+        }
+        if v.is_unchanged_toast() || v.is_null() {
+            return Err(ShapeError::KeyValueMissing {
+                table: t.qualified.clone(),
+                column: col.name.clone(),
+            });
+        }
+        params.push(text(t, col, v)?);
+        parts.push(format!(
+            "{} = ${}::text::{}",
+            quote_ident(&col.name),
+            params.len(),
+            col.type_name
+        ));
+    }
+    if parts.is_empty() {
+        return Err(ShapeError::NoPrimaryKey {
+            table: t.qualified.clone(),
+        });
+    }
+    Ok(parts.join(" AND "))
+}
+
+/// `INSERT ... ON CONFLICT DO NOTHING`: a row that already exists is a
+/// conflict for the caller to record (0 rows affected), never an overwrite.
+pub fn insert(t: &TableInfo, rel: &Relation, new: &TupleData) -> Result<Statement, ShapeError> {
+    check_arity(t, rel, new)?;
+    let cols = mapping(rel, t)?;
+    let mut names = Vec::new();
+    let mut values = Vec::new();
+    let mut params = Vec::new();
+    for (col, v) in cols.iter().zip(&new.columns) {
+        if v.is_unchanged_toast() {
+            continue;
+        }
+        params.push(text(t, col, v)?);
+        names.push(quote_ident(&col.name));
+        values.push(format!("${}::text::{}", params.len(), col.type_name));
+    }
+    Ok(Statement {
+        sql: format!(
+            "INSERT INTO {} ({}) VALUES ({}) ON CONFLICT DO NOTHING",
+            t.qualified,
+            names.join(", "),
+            values.join(", ")
+        ),
+        params,
+    })
+}
+
+/// `UPDATE ... SET changed columns WHERE key`: unchanged TOASTed columns are
+/// left out. The row is found by the old key if the key changed, else by the
+/// new row's key.
+pub fn update(
+    t: &TableInfo,
+    rel: &Relation,
+    old: Option<&OldTuple>,
+    new: &TupleData,
+) -> Result<Statement, ShapeError> {
+    check_arity(t, rel, new)?;
+    let cols = mapping(rel, t)?;
+    let mut params = Vec::new();
+    let mut sets = Vec::new();
+    for (col, v) in cols.iter().zip(&new.columns) {
+        if v.is_unchanged_toast() {
+            continue;
+        }
+        params.push(text(t, col, v)?);
+        sets.push(format!(
+            "{} = ${}::text::{}",
+            quote_ident(&col.name),
+            params.len(),
+            col.type_name
+        ));
+    }
+    let image = match old {
+        Some(o) => {
+            check_arity(t, rel, o.tuple())?;
+            o.tuple()
+        }
+        None => new,
+    };
+    let cond = where_key(t, &cols, image, &mut params)?;
+    Ok(Statement {
+        sql: format!(
+            "UPDATE {} SET {} WHERE {}",
+            t.qualified,
+            sets.join(", "),
+            cond
+        ),
+        params,
+    })
+}
+
+/// `DELETE ... WHERE key`.
+pub fn delete(t: &TableInfo, rel: &Relation, old: &OldTuple) -> Result<Statement, ShapeError> {
+    check_arity(t, rel, old.tuple())?;
+    let cols = mapping(rel, t)?;
+    let mut params = Vec::new();
+    let cond = where_key(t, &cols, old.tuple(), &mut params)?;
+    Ok(Statement {
+        sql: format!("DELETE FROM {} WHERE {}", t.qualified, cond),
+        params,
+    })
+}
+
+/// `SELECT to_jsonb(t) FROM table t WHERE key`: the target's current row, for
+/// a conflict record.
+pub fn select_row(
+    t: &TableInfo,
+    rel: &Relation,
+    image: &TupleData,
+) -> Result<Statement, ShapeError> {
+    let cols = mapping(rel, t)?;
+    let mut params = Vec::new();
+    let cond = where_key(t, &cols, image, &mut params)?;
+    Ok(Statement {
+        sql: format!(
+            "SELECT to_jsonb(r)::text FROM {} r WHERE {}",
+            t.qualified, cond
+        ),
+        params,
+    })
+}
+
+/// A row image as JSON text (column name -> text value or null; unchanged
+/// TOAST as the string `"(unchanged toast)"`), for conflict records.
+pub fn image_json(rel: &Relation, image: &TupleData) -> String {
+    let mut m = serde_json::Map::new();
+    for (c, v) in rel.columns.iter().zip(&image.columns) {
+        let val = match v {
+            ColumnValue::Null => serde_json::Value::Null,
+            ColumnValue::UnchangedToast => serde_json::Value::String("(unchanged toast)".into()),
+            ColumnValue::Text(b) | ColumnValue::Binary(b) => {
+                serde_json::Value::String(String::from_utf8_lossy(b).into_owned())
+            }
+        };
+        m.insert(c.name.clone(), val);
+    }
+    serde_json::Value::Object(m).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pgoutput::{RelationColumn, ReplicaIdentity};
+    use bytes::Bytes;
+
+    fn rel() -> Relation {
+        Relation {
+            oid: 16384,
+            namespace: "public".into(),
+            name: "orders".into(),
+            replica_identity: ReplicaIdentity::Default,
+            columns: vec![
+                RelationColumn {
+                    flags: 1,
+                    name: "id".into(),
+                    type_oid: 20,
+                    type_modifier: -1,
+                },
+                RelationColumn {
+                    flags: 0,
+                    name: "note".into(),
+                    type_oid: 25,
+                    type_modifier: -1,
+                },
+                RelationColumn {
+                    flags: 0,
+                    name: "big".into(),
+                    type_oid: 25,
+                    type_modifier: -1,
+                },
+            ],
+        }
+    }
+
+    fn table() -> TableInfo {
+        TableInfo {
+            qualified: "\"public\".\"orders\"".into(),
+            columns: vec![
+                ColumnInfo {
+                    name: "id".into(),
+                    type_name: "bigint".into(),
+                    key: true,
+                },
+                ColumnInfo {
+                    name: "note".into(),
+                    type_name: "text".into(),
+                    key: false,
+                },
+                ColumnInfo {
+                    name: "big".into(),
+                    type_name: "text".into(),
+                    key: false,
+                },
+                ColumnInfo {
+                    name: "extra".into(),
+                    type_name: "integer".into(),
+                    key: false,
+                },
+            ],
+        }
+    }
+
+    fn t(s: &str) -> ColumnValue {
+        ColumnValue::Text(Bytes::from(s.to_string()))
+    }
+
+    #[test]
+    fn insert_casts_text_params() {
+        let st = insert(
+            &table(),
+            &rel(),
+            &TupleData {
+                columns: vec![t("7"), ColumnValue::Null, t("x")],
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            st.sql,
+            "INSERT INTO \"public\".\"orders\" (\"id\", \"note\", \"big\") VALUES ($1::text::bigint, $2::text::text, $3::text::text) ON CONFLICT DO NOTHING"
+        );
+        assert_eq!(st.params, vec![Some("7".into()), None, Some("x".into())]);
+    }
+
+    #[test]
+    fn update_leaves_unchanged_toast_out() {
+        let new = TupleData {
+            columns: vec![t("7"), t("hi"), ColumnValue::UnchangedToast],
+        };
+        let st = update(&table(), &rel(), None, &new).unwrap();
+        assert_eq!(
+            st.sql,
+            "UPDATE \"public\".\"orders\" SET \"id\" = $1::text::bigint, \"note\" = $2::text::text WHERE \"id\" = $3::text::bigint"
+        );
+        assert_eq!(
+            st.params,
+            vec![Some("7".into()), Some("hi".into()), Some("7".into())]
+        );
+    }
+
+    #[test]
+    fn update_with_changed_key_uses_the_old_key() {
+        let old = OldTuple::Key(TupleData {
+            columns: vec![t("6"), ColumnValue::Null, ColumnValue::Null],
+        });
+        let new = TupleData {
+            columns: vec![t("7"), t("a"), t("b")],
+        };
+        let st = update(&table(), &rel(), Some(&old), &new).unwrap();
+        assert!(
+            st.sql.ends_with("WHERE \"id\" = $4::text::bigint"),
+            "{}",
+            st.sql
+        );
+        assert_eq!(st.params[3], Some("6".into()));
+    }
+
+    #[test]
+    fn drift_and_missing_keys_are_errors() {
+        let mut r = rel();
+        r.columns.push(RelationColumn {
+            flags: 0,
+            name: "new_col".into(),
+            type_oid: 25,
+            type_modifier: -1,
+        });
+        let tup = TupleData {
+            columns: vec![t("1"), t("2"), t("3"), t("4")],
+        };
+        assert!(matches!(
+            insert(&table(), &r, &tup),
+            Err(ShapeError::MissingColumn { .. })
+        ));
+        let short = TupleData {
+            columns: vec![t("1")],
+        };
+        assert!(matches!(
+            insert(&table(), &rel(), &short),
+            Err(ShapeError::Arity { .. })
+        ));
+        let mut nokey = table();
+        for c in &mut nokey.columns {
+            c.key = false;
+        }
+        let old = OldTuple::Key(TupleData {
+            columns: vec![t("1"), ColumnValue::Null, ColumnValue::Null],
+        });
+        assert!(matches!(
+            delete(&nokey, &rel(), &old),
+            Err(ShapeError::NoPrimaryKey { .. })
+        ));
+    }
+
+    #[test]
+    fn identifiers_are_quoted() {
+        assert_eq!(quote_ident("we\"ird"), "\"we\"\"ird\"");
+    }
+}
