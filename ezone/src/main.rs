@@ -16,6 +16,8 @@ struct Cli {
 enum Command {
     /// Run the edge router.
     Router(cmd::router::RouterArgs),
+    /// Run the replicator for one site (links from every other site).
+    Replicator(cmd::replicator::ReplicatorArgs),
     /// Read, write, validate and watch the topology (etcd or a file).
     #[command(subcommand)]
     Topo(cmd::topo::TopoCommand),
@@ -52,6 +54,7 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Router(c) => cmd::router::run(c).await,
+            Command::Replicator(c) => cmd::replicator::run(c).await,
             Command::Topo(c) => cmd::topo::run(c).await,
             Command::Lab(c) => cmd::lab::run(c).await,
             Command::Chaos(c) => cmd::chaos::run(c).await,

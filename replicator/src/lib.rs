@@ -13,9 +13,11 @@
 #![forbid(unsafe_code)]
 
 pub mod apply;
+pub mod config;
 pub mod link;
 pub mod lsn;
 pub mod pgoutput;
+pub mod service;
 pub mod sql;
 pub mod txn;
 pub mod walsender;

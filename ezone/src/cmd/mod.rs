@@ -3,5 +3,6 @@
 pub mod bench;
 pub mod chaos;
 pub mod lab;
+pub mod replicator;
 pub mod router;
 pub mod topo;

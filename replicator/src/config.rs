@@ -1,0 +1,162 @@
+//! The replicator's configuration: one TOML file (`ezone replicator --config
+//! replicator.toml`), with named defaults and a `validate()` whose errors name
+//! the field and the fix. Not `Serialize`: source DSNs may hold passwords.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+pub mod defaults {
+    pub const PUBLICATION: &str = "ezone_pub";
+    pub const PREFIX: &str = "/ezone";
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicatorConfig {
+    /// This replicator's site: it applies every other site's changes into
+    /// this site's Postgres (one link per other site).
+    pub site: String,
+    /// Tables to replicate, `schema.table` (each needs a primary key).
+    pub tables: Vec<String>,
+    /// The publication created at each source.
+    #[serde(default = "d_publication")]
+    pub publication: String,
+    pub topology: TopologySource,
+    /// Per source site: how to reach its Postgres from here, when not the
+    /// topology's `postgres` DSN (e.g. through a WAN proxy).
+    #[serde(default)]
+    pub sources: BTreeMap<String, SourceOverride>,
+    /// This site's Postgres, when not the topology's DSN.
+    #[serde(default)]
+    pub target_dsn: Option<String>,
+    #[serde(default)]
+    pub admin: Option<Admin>,
+}
+
+fn d_publication() -> String {
+    defaults::PUBLICATION.to_string()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopologySource {
+    #[serde(default)]
+    pub etcd: Vec<String>,
+    #[serde(default = "d_prefix")]
+    pub prefix: String,
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+}
+
+fn d_prefix() -> String {
+    defaults::PREFIX.to_string()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceOverride {
+    pub dsn: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    /// `/metrics` and `/healthz`.
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("replicator config: {field}: {problem}")]
+pub struct ConfigError {
+    pub field: String,
+    pub problem: String,
+}
+
+fn err(field: &str, problem: impl Into<String>) -> ConfigError {
+    ConfigError {
+        field: field.into(),
+        problem: problem.into(),
+    }
+}
+
+impl ReplicatorConfig {
+    pub fn from_toml(text: &str) -> Result<ReplicatorConfig, ConfigError> {
+        let c: ReplicatorConfig = toml::from_str(text).map_err(|e| err("(file)", e.to_string()))?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.site.trim().is_empty() {
+            return Err(err("site", "empty: set this replicator's site"));
+        }
+        if self.tables.is_empty() {
+            return Err(err("tables", "no tables: list the tables to replicate"));
+        }
+        for (i, t) in self.tables.iter().enumerate() {
+            let ok = !t.is_empty()
+                && t.split('.').count() <= 2
+                && t.split('.').all(|p| {
+                    !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                });
+            if !ok {
+                return Err(err(
+                    &format!("tables[{i}]"),
+                    format!("{t:?} is not `schema.table` or `table` (letters, digits, _)"),
+                ));
+            }
+        }
+        if self.publication.is_empty()
+            || !self
+                .publication
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            return Err(err("publication", "use letters, digits and _"));
+        }
+        match (self.topology.etcd.is_empty(), &self.topology.file) {
+            (true, None) => Err(err(
+                "topology",
+                "no source: set topology.etcd or topology.file",
+            )),
+            (false, Some(_)) => Err(err(
+                "topology",
+                "set either topology.etcd or topology.file, not both",
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Names of a link's objects, derived so that every site agrees.
+pub fn slot_name(target_site: &str) -> String {
+    format!("ezone_to_{}", target_site.replace('-', "_"))
+}
+
+/// The replication origin at the target for changes from `source_site`.
+pub fn origin_name(source_site: &str) -> String {
+    format!("ezone_from_{source_site}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: &str =
+        "site = \"shanghai\"\ntables = [\"public.orders\"]\n[topology]\nfile = \"t.toml\"\n";
+
+    #[test]
+    fn minimal_and_errors() {
+        let c = ReplicatorConfig::from_toml(MIN).unwrap();
+        assert_eq!(c.publication, "ezone_pub");
+        let e = ReplicatorConfig::from_toml(&MIN.replace("public.orders", "a;drop")).unwrap_err();
+        assert_eq!(e.field, "tables[0]");
+        let e = ReplicatorConfig::from_toml(&MIN.replace("file = \"t.toml\"", "")).unwrap_err();
+        assert_eq!(e.field, "topology");
+        assert_eq!(slot_name("new-york"), "ezone_to_new_york");
+    }
+}

@@ -1,0 +1,210 @@
+//! A replicator process: for this site, one link from every other site in
+//! the topology, each an owned task that restarts on transient errors; and a
+//! `/metrics` endpoint with each link's counters and lag.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use ezone_topology::{AnyStore, EtcdStore, FileStore, TopologyStore};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::config::{origin_name, slot_name, ReplicatorConfig};
+use crate::link::{run, LinkConfig, LinkError, LinkStats};
+use crate::walsender::SourceConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error(transparent)]
+    Topology(#[from] ezone_topology::StoreError),
+    #[error("site {site:?} is not in the topology (sites: {known}): fix `site` in the replicator config")]
+    UnknownSite { site: String, known: String },
+    #[error("source DSN for site {site}: {detail}")]
+    Source { site: String, detail: String },
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// The running links of one replicator.
+pub struct Service {
+    pub links: BTreeMap<String, Arc<LinkStats>>,
+    pub admin: Option<std::net::SocketAddr>,
+    stop: watch::Sender<bool>,
+    tasks: JoinSet<(String, Result<(), LinkError>)>,
+}
+
+impl Service {
+    /// Reads the topology once and starts a link from each other site.
+    pub async fn start(cfg: ReplicatorConfig) -> Result<Service, ServiceError> {
+        let store = match &cfg.topology.file {
+            Some(f) => AnyStore::File(FileStore::new(f)),
+            None => AnyStore::Etcd(Box::new(
+                EtcdStore::connect(&cfg.topology.etcd, &cfg.topology.prefix).await?,
+            )),
+        };
+        let snap = store.load().await?;
+        let t = &snap.topology;
+        let Some(here) = t.sites.get(&cfg.site) else {
+            return Err(ServiceError::UnknownSite {
+                site: cfg.site.clone(),
+                known: t.sites.keys().cloned().collect::<Vec<_>>().join(", "),
+            });
+        };
+        let target_dsn = cfg
+            .target_dsn
+            .clone()
+            .unwrap_or_else(|| here.postgres.clone());
+        let (stop, stop_rx) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+        let mut links = BTreeMap::new();
+        for (name, site) in &t.sites {
+            if *name == cfg.site {
+                continue;
+            }
+            let dsn = cfg
+                .sources
+                .get(name)
+                .map(|o| o.dsn.clone())
+                .unwrap_or_else(|| site.postgres.clone());
+            let mut source = SourceConfig::from_dsn(&dsn).map_err(|e| ServiceError::Source {
+                site: name.clone(),
+                detail: e.to_string(),
+            })?;
+            let link_name = format!("{name}->{}", cfg.site);
+            source.application_name = format!("ezone {link_name}");
+            let lc = LinkConfig {
+                name: link_name.clone(),
+                source,
+                source_dsn: dsn,
+                target_dsn: target_dsn.clone(),
+                publication: cfg.publication.clone(),
+                slot: slot_name(&cfg.site),
+                origin: origin_name(name),
+                tables: cfg.tables.clone(),
+            };
+            let stats = Arc::new(LinkStats::default());
+            links.insert(link_name.clone(), stats.clone());
+            let rx = stop_rx.clone();
+            tasks.spawn(async move { (link_name, run(lc, stats, rx).await) });
+        }
+        let mut admin = None;
+        if let Some(a) = &cfg.admin {
+            let l = tokio::net::TcpListener::bind(a.listen)
+                .await
+                .map_err(|source| ServiceError::Bind {
+                    addr: a.listen,
+                    source,
+                })?;
+            admin = l.local_addr().ok();
+            let links = links.clone();
+            let mut rx = stop_rx.clone();
+            tasks.spawn(async move {
+                loop {
+                    let accepted = tokio::select! {
+                        a = l.accept() => a,
+                        _ = rx.wait_for(|s| *s) => return ("admin".to_string(), Ok(())),
+                    };
+                    let Ok((tcp, _)) = accepted else { continue };
+                    let links = links.clone();
+                    tokio::spawn(async move {
+                        let svc = hyper::service::service_fn(
+                            move |req: hyper::Request<hyper::body::Incoming>| {
+                                let body = match req.uri().path() {
+                                    "/metrics" => render(&links),
+                                    _ => "ok\n".to_string(),
+                                };
+                                async move {
+                                    Ok::<_, Infallible>(hyper::Response::new(
+                                        http_body_util::Full::new(bytes::Bytes::from(body)),
+                                    ))
+                                }
+                            },
+                        );
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                            .await;
+                    });
+                }
+            });
+        }
+        Ok(Service {
+            links,
+            admin,
+            stop,
+            tasks,
+        })
+    }
+
+    /// Waits for a link to stop with a definite error (returned), or forever.
+    pub async fn wait_failure(&mut self) -> Option<(String, LinkError)> {
+        while let Some(done) = self.tasks.join_next().await {
+            if let Ok((name, Err(e))) = done {
+                return Some((name, e));
+            }
+        }
+        None
+    }
+
+    /// Stops every link (each finishes the transaction it is applying or
+    /// abandons it uncommitted: either way the origin says where to resume).
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Prometheus text for the links' counters.
+pub fn render(links: &BTreeMap<String, Arc<LinkStats>>) -> String {
+    let mut out = String::new();
+    let metrics: [(&str, &str, fn(&LinkStats) -> u64); 6] = [
+        (
+            "ezone_replicator_applied_transactions_total",
+            "Source transactions applied",
+            |s| s.applied_txns.load(Ordering::Relaxed),
+        ),
+        (
+            "ezone_replicator_applied_rows_total",
+            "Row changes applied",
+            |s| s.applied_rows.load(Ordering::Relaxed),
+        ),
+        (
+            "ezone_replicator_skipped_origin_transactions_total",
+            "Transactions not sent on because they carry an origin (loop prevention)",
+            |s| s.skipped_origin_txns.load(Ordering::Relaxed),
+        ),
+        (
+            "ezone_replicator_conflicts_total",
+            "Conflicts recorded at the target",
+            |s| s.conflicts.load(Ordering::Relaxed),
+        ),
+        (
+            "ezone_replicator_markers_total",
+            "Logical messages (markers) applied",
+            |s| s.markers.load(Ordering::Relaxed),
+        ),
+        (
+            "ezone_replicator_restarts_total",
+            "Link restarts after transient errors",
+            |s| s.restarts.load(Ordering::Relaxed),
+        ),
+    ];
+    for (name, help, get) in metrics {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n"));
+        for (link, s) in links {
+            out.push_str(&format!("{name}{{link=\"{link}\"}} {}\n", get(s)));
+        }
+    }
+    out.push_str("# HELP ezone_replicator_applied_lsn The source end LSN of the last transaction applied, as a number\n# TYPE ezone_replicator_applied_lsn gauge\n");
+    for (link, s) in links {
+        out.push_str(&format!(
+            "ezone_replicator_applied_lsn{{link=\"{link}\"}} {}\n",
+            s.last_end_lsn.load(Ordering::Relaxed)
+        ));
+    }
+    out
+}
