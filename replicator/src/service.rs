@@ -158,10 +158,13 @@ impl Service {
     }
 }
 
+/// A counter's name, help text, and how to read it from a link's stats.
+type CounterDef = (&'static str, &'static str, fn(&LinkStats) -> u64);
+
 /// Prometheus text for the links' counters.
 pub fn render(links: &BTreeMap<String, Arc<LinkStats>>) -> String {
     let mut out = String::new();
-    let metrics: [(&str, &str, fn(&LinkStats) -> u64); 6] = [
+    let metrics: [CounterDef; 6] = [
         (
             "ezone_replicator_applied_transactions_total",
             "Source transactions applied",
