@@ -6,7 +6,7 @@
 //! server                                   client
 //! AuthenticationOk ----------------------> (trust: done)
 //! AuthenticationCleartextPassword -------> PasswordMessage(password)
-//! AuthenticationMD5Password(salt) -------> PasswordMessage("md5" + md5(md5(password + user) + salt))
+//! AuthenticationMD5Password(salt) -------> PasswordMessage(md5 of (md5(password+user), salt))
 //! AuthenticationSASL([SCRAM-SHA-256..]) -> SASLInitialResponse(SCRAM-SHA-256, client-first)
 //! AuthenticationSASLContinue(server-first) -> SASLResponse(client-final with proof)
 //! AuthenticationSASLFinal(server-final) -> (verify the server's signature)

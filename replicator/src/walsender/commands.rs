@@ -212,7 +212,13 @@ impl ReplicationConn {
                 }
             }
         }
-        tracing::info!(server = %self.session.server, slot, %start, ?publications, "Logical replication started.");
+        tracing::info!(
+            server = %self.session.server,
+            slot,
+            %start,
+            ?publications,
+            "Logical replication started."
+        );
         Ok(ReplicationStream::spawn(
             self.session,
             self.settings,

@@ -114,9 +114,19 @@ impl Session {
         let message = fields.message.unwrap_or_default();
         let severity = fields.severity.unwrap_or_default();
         if severity == "WARNING" {
-            tracing::warn!(server = %self.server, code = ?fields.code, detail = ?fields.detail, "Postgres warns: {message}");
+            tracing::warn!(
+                server = %self.server,
+                code = ?fields.code,
+                detail = ?fields.detail,
+                "Postgres warns: {message}"
+            );
         } else {
-            tracing::debug!(server = %self.server, %severity, code = ?fields.code, "Postgres notice: {message}");
+            tracing::debug!(
+                server = %self.server,
+                %severity,
+                code = ?fields.code,
+                "Postgres notice: {message}"
+            );
         }
     }
 }
@@ -277,8 +287,8 @@ impl ReplicationConn {
 
     /// Runs `sql` with the simple query protocol and returns the rows of its
     /// (last) result set as text. For replication commands (see
-    /// [`super::commands`] for the typed ones) and, on this
-    /// `replication=database` connection, ordinary SQL.
+    /// [`ReplicationConn::identify_system`] and its siblings for the typed
+    /// ones) and, on this `replication=database` connection, ordinary SQL.
     ///
     /// An ErrorResponse is returned as [`SourceError::Server`] after the
     /// server is ready again, so the connection stays usable. Do not send

@@ -44,8 +44,8 @@
 //! target therefore loses it on a crash; so the caller confirms
 //! ([`ReplicationStream::confirm`]) a Commit's `end_lsn` only once the target
 //! transaction has committed, and the stream reports the *largest* position
-//! ever confirmed: a lower value is ignored, since PostgreSQL 15 would
-//! otherwise move the slot back ([`progress`] explains it in full).
+//! ever confirmed: a lower value is ignored, since older PostgreSQL 15 minor
+//! releases would move the slot back ([`progress`] explains it in full).
 //!
 //! # Errors
 //!

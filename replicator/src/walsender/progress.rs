@@ -13,12 +13,14 @@
 //! - confirm only what the target has durably committed (a Commit's
 //!   `end_lsn` after the target transaction committed), never what was merely
 //!   received: a crash in between would lose those transactions for good;
-//! - never report a *lower* position than before. PostgreSQL 15 takes the
-//!   reported value as is (`LogicalConfirmReceivedLocation` does not compare),
-//!   so a stale or reordered confirmation from a caller would move the slot's
-//!   `confirmed_flush_lsn` back, and a position we confirmed earlier was
-//!   already durable: going back can only re-send what was applied (and make
-//!   progress reporting lie). So a lower value is ignored.
+//! - never report a *lower* position than before. A position we confirmed
+//!   earlier was already durable, so going back can only re-send what was
+//!   applied and make progress reporting lie. Older PostgreSQL 15 minor
+//!   releases take the reported value as is (`LogicalConfirmReceivedLocation`
+//!   did not compare), which moves the slot's `confirmed_flush_lsn` back; the
+//!   15.18 the lab runs keeps the slot from going back but still shows the
+//!   lower value in `pg_stat_replication.flush_lsn` (the walsender tests saw
+//!   both). We rely on neither: a lower value is ignored here.
 //!
 //! `written` is what was received (the largest XLogData position seen), for
 //! the server's lag columns in `pg_stat_replication`; it is never below

@@ -2,14 +2,14 @@
 //! status updates out.
 //!
 //! ```text
-//!  caller                 ReplicationStream          I/O task (owns the socket)       walsender
-//!  next() ------------->  events (bounded) <-------- CopyData 'w' XLogData  <-------- decoded change
-//!                                          <-------- CopyData 'k' keepalive <-------- heartbeat
-//!                                                    reply_requested? ------ 'r' ---> (at once)
-//!  confirm(lsn) ------->  Progress (max only) ------ every status_interval - 'r' ---> confirmed_flush_lsn
-//!  send_status(reply) --> command ----------------->  'r' now ----------------------> "
-//!                                          <-------- ErrorResponse / EOF: error, end
-//!                                          <-------- CopyDone / CommandComplete: end (Ok(None))
+//!  caller              ReplicationStream      I/O task (owns the socket)     walsender
+//!  next() ---------->  events (bounded) <---- 'w' XLogData  <--------------- decoded change
+//!                                       <---- 'k' keepalive <--------------- heartbeat
+//!                                             reply requested? -- 'r' ------> (at once)
+//!  confirm(lsn) ---->  Progress (max only) -- 'r' every status_interval ---> confirmed_flush
+//!  send_status() --->  command ------------>  'r' now ---------------------> "
+//!                                       <---- ErrorResponse / EOF: error, end
+//!                                       <---- CopyDone / CommandComplete: end (Ok(None))
 //! ```
 //!
 //! # Why a task owns the socket
@@ -296,7 +296,10 @@ impl Pump {
             Err(e) => {
                 let e = e.with_slot(&self.slot);
                 if e.is_transient() {
-                    tracing::warn!(error = %e, "Replication stream failed; the link should reconnect.");
+                    tracing::warn!(
+                        error = %e,
+                        "Replication stream failed; the link should reconnect."
+                    );
                 } else {
                     tracing::error!(error = %e, "Replication stream failed.");
                 }
