@@ -30,7 +30,7 @@ echo; echo "== a watcher follows a change (shard 1 frozen for a flip, epoch bump
 "$ezone" topo watch --etcd "$etcd" > "$dir/watch.log" 2>&1 &
 watch_pid=$!
 sleep 1
-"$ezone" bench topology --etcd "$etcd" --changes 20 --quiet-table || true
+"$ezone" bench topology --etcd "$etcd" --prefix /ezone --changes 20 --quiet-table || true
 sleep 0.5
 kill "$watch_pid" 2>/dev/null || true
 wait "$watch_pid" 2>/dev/null || true
