@@ -19,7 +19,7 @@
 //! replayed by a link into the source; it is skipped (and confirmed), so with
 //! links in both directions nothing echoes.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -62,6 +62,49 @@ pub struct LinkStats {
     pub restarts: AtomicU64,
     /// The source end LSN of the last applied (or skipped) transaction.
     pub last_end_lsn: AtomicU64,
+    /// The furthest source WAL position the stream has reported.
+    pub source_wal_end: AtomicU64,
+    /// Everything of interest up to here has been applied (moves with
+    /// applied commits, and with keepalives received between transactions).
+    pub caught_up_lsn: AtomicU64,
+    /// Source commit time (microseconds since 2000-01-01) of the last applied
+    /// transaction.
+    pub last_commit_time_us: AtomicI64,
+    /// WAL the source keeps for this link's slot (`pg_current_wal_lsn() -
+    /// restart_lsn`), sampled every [`SLOT_SAMPLE_INTERVAL`]; `-1` unknown.
+    pub retained_wal_bytes: AtomicI64,
+}
+
+/// How often the source's slot is sampled for retained WAL.
+pub const SLOT_SAMPLE_INTERVAL: Duration = Duration::from_secs(5);
+
+impl LinkStats {
+    /// Bytes of source WAL not yet applied (0 when caught up).
+    pub fn lag_bytes(&self) -> u64 {
+        self.source_wal_end
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.caught_up_lsn.load(Ordering::Relaxed))
+    }
+
+    /// Seconds behind: how old the last applied source commit is, while the
+    /// link is behind; 0 when caught up.
+    pub fn lag_seconds(&self) -> f64 {
+        if self.lag_bytes() == 0 {
+            return 0.0;
+        }
+        let last = crate::pgoutput::PgTimestamp(self.last_commit_time_us.load(Ordering::Relaxed));
+        match last.to_system_time() {
+            Some(t) => std::time::SystemTime::now()
+                .duration_since(t)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0),
+            None => 0.0,
+        }
+    }
+
+    fn raise(cell: &AtomicU64, v: u64) {
+        cell.fetch_max(v, Ordering::Relaxed);
+    }
 }
 
 /// Why a link stopped or restarted.
@@ -226,7 +269,8 @@ pub async fn run_once(
             }));
         };
         match ev {
-            StreamEvent::XLogData { data, .. } => {
+            StreamEvent::XLogData { data, wal_end, .. } => {
+                LinkStats::raise(&stats.source_wal_end, wal_end.0);
                 let msg = pgoutput::decode(&data).map_err(|source| LinkError::Decode {
                     link: link.to_string(),
                     source,
@@ -255,6 +299,11 @@ pub async fn run_once(
                                 .fetch_add(applied.markers.len() as u64, Ordering::Relaxed);
                         }
                         stats.last_end_lsn.store(end.0, Ordering::Relaxed);
+                        LinkStats::raise(&stats.caught_up_lsn, end.0);
+                        LinkStats::raise(&stats.source_wal_end, end.0);
+                        stats
+                            .last_commit_time_us
+                            .store(txn.commit.commit_time.0, Ordering::Relaxed);
                         // Committed at the target (or nothing to commit):
                         // the source may now forget it.
                         stream.confirm(end);
@@ -262,7 +311,18 @@ pub async fn run_once(
                     Some(Event::Message(_)) | None => {}
                 }
             }
-            StreamEvent::Keepalive { .. } => {}
+            StreamEvent::Keepalive { wal_end, .. } => {
+                LinkStats::raise(&stats.source_wal_end, wal_end.0);
+                // Between transactions, everything the source had to send up
+                // to `wal_end` has been sent and handled (the stream is in
+                // order): we are caught up to it, and the source may free
+                // that WAL. Never inside a transaction: its commit is not
+                // applied yet.
+                if !assembler.in_transaction() {
+                    LinkStats::raise(&stats.caught_up_lsn, wal_end.0);
+                    stream.confirm(wal_end);
+                }
+            }
         }
     }
 }
@@ -274,13 +334,64 @@ pub async fn run(
     stats: Arc<LinkStats>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), LinkError> {
+    stats.retained_wal_bytes.store(-1, Ordering::Relaxed);
+    let monitor = tokio::spawn(sample_slot(cfg.clone(), stats.clone(), stop.clone()));
+    let result = run_link(cfg, stats, &mut stop).await;
+    monitor.abort();
+    result
+}
+
+/// Samples the source slot's retained WAL until `stop`, reconnecting as needed.
+async fn sample_slot(cfg: LinkConfig, stats: Arc<LinkStats>, mut stop: watch::Receiver<bool>) {
+    loop {
+        if let Ok((client, conn)) =
+            tokio_postgres::connect(&cfg.source_dsn, tokio_postgres::NoTls).await
+        {
+            let task = tokio::spawn(conn);
+            loop {
+                let row = client
+                    .query_opt(
+                        "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint \
+                         FROM pg_replication_slots WHERE slot_name = $1",
+                        &[&cfg.slot],
+                    )
+                    .await;
+                match row {
+                    Ok(Some(r)) => {
+                        let v: Option<i64> = r.get(0);
+                        stats
+                            .retained_wal_bytes
+                            .store(v.unwrap_or(-1), Ordering::Relaxed);
+                    }
+                    Ok(None) => stats.retained_wal_bytes.store(-1, Ordering::Relaxed),
+                    Err(_) => break,
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(SLOT_SAMPLE_INTERVAL) => {}
+                    _ = stop.wait_for(|s| *s) => { task.abort(); return; }
+                }
+            }
+            task.abort();
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(SLOT_SAMPLE_INTERVAL) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+async fn run_link(
+    cfg: LinkConfig,
+    stats: Arc<LinkStats>,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<(), LinkError> {
     let mut backoff = Duration::from_millis(100);
     loop {
         if *stop.borrow() {
             return Ok(());
         }
         let result = match ensure_source(&cfg).await {
-            Ok(()) => run_once(&cfg, &stats, &mut stop).await,
+            Ok(()) => run_once(&cfg, &stats, stop).await,
             Err(e) => Err(e),
         };
         match result {

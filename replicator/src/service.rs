@@ -161,6 +161,9 @@ impl Service {
 /// A counter's name, help text, and how to read it from a link's stats.
 type CounterDef = (&'static str, &'static str, fn(&LinkStats) -> u64);
 
+/// A gauge's name, help text, and how to compute it from a link's stats.
+type GaugeDef = (&'static str, &'static str, fn(&LinkStats) -> f64);
+
 /// Prometheus text for the links' counters.
 pub fn render(links: &BTreeMap<String, Arc<LinkStats>>) -> String {
     let mut out = String::new();
@@ -198,6 +201,17 @@ pub fn render(links: &BTreeMap<String, Arc<LinkStats>>) -> String {
     ];
     for (name, help, get) in metrics {
         out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n"));
+        for (link, s) in links {
+            out.push_str(&format!("{name}{{link=\"{link}\"}} {}\n", get(s)));
+        }
+    }
+    let gauges: [GaugeDef; 3] = [
+        ("ezone_replicator_lag_bytes", "Source WAL not yet applied at the target", |s| s.lag_bytes() as f64),
+        ("ezone_replicator_lag_seconds", "Age of the last applied source commit while the link is behind; 0 when caught up", |s| s.lag_seconds()),
+        ("ezone_replicator_slot_retained_wal_bytes", "WAL the source keeps for this link's slot (-1: unknown); a dead link shows here before the disk fills", |s| s.retained_wal_bytes.load(Ordering::Relaxed) as f64),
+    ];
+    for (name, help, get) in gauges {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n"));
         for (link, s) in links {
             out.push_str(&format!("{name}{{link=\"{link}\"}} {}\n", get(s)));
         }

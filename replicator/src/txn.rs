@@ -193,6 +193,11 @@ impl Assembler {
         Ok(None)
     }
 
+    /// Whether a transaction has begun and not yet committed.
+    pub fn in_transaction(&self) -> bool {
+        self.open.is_some()
+    }
+
     /// Drops a half-received transaction (the stream broke mid-way; it will
     /// be sent again from the last confirmed position).
     pub fn reset_open(&mut self) {

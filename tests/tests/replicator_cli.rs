@@ -17,6 +17,7 @@ const DB: &str = "ezone";
 
 struct Replicator {
     child: Child,
+    admin: std::net::SocketAddr,
     _dir: tempfile::TempDir,
 }
 
@@ -37,7 +38,7 @@ fn replicator(lab: &Lab, site: &str) -> Replicator {
     // The other site's Postgres as reached from here: across the WAN.
     let source = lab.wan_dsn(other, site, DB).expect("wan dsn");
     let cfg = format!(
-        "site = \"{site}\"\ntables = [\"public.orders\"]\n[topology]\netcd = [\"{}\"]\n[sources.{other}]\ndsn = \"{source}\"\n",
+        "site = \"{site}\"\ntables = [\"public.orders\"]\n[topology]\netcd = [\"{}\"]\n[sources.{other}]\ndsn = \"{source}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
         lab.etcd().client_urls()[0]
     );
     let path = dir.path().join("replicator.toml");
@@ -55,7 +56,16 @@ fn replicator(lab: &Lab, site: &str) -> Replicator {
         .read_line(&mut line)
         .expect("ready line");
     assert!(line.contains("->"), "replicator did not start: {line:?}");
-    Replicator { child, _dir: dir }
+    let v: serde_json::Value = serde_json::from_str(&line).expect("ready line is JSON");
+    let admin = v["admin"]
+        .as_str()
+        .and_then(|a| a.parse().ok())
+        .expect("admin address");
+    Replicator {
+        child,
+        admin,
+        _dir: dir,
+    }
 }
 
 async fn q(pg: &PgCluster, sql: &str) -> String {
@@ -167,5 +177,38 @@ async fn replicators_converge_through_kill_and_partition() {
             "0"
         );
     }
+    // Metrics: the link into beijing applied shanghai's rows, is caught up
+    // (lag 0 once a keepalive arrives between transactions), and its slot's
+    // retained WAL is known.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = metrics(bj.admin).await;
+        let caught_up = m.contains("ezone_replicator_lag_bytes{link=\"shanghai->beijing\"} 0\n");
+        let retained_known =
+            !m.contains("ezone_replicator_slot_retained_wal_bytes{link=\"shanghai->beijing\"} -1");
+        if caught_up && retained_known {
+            assert!(
+                m.contains("ezone_replicator_applied_rows_total{link=\"shanghai->beijing\"} 150"),
+                "{m}"
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "metrics never showed caught up: {m}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     drop(bj);
+}
+
+async fn metrics(addr: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("admin");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.expect("read");
+    out
 }

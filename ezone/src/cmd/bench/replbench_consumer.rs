@@ -1,0 +1,389 @@
+//! The two consumers `ezone bench replicator` compares, behind one face:
+//! prepare (the slot exists, nothing consumes it), start, name the
+//! processes whose CPU is the consumer's, stop (and drop the slot).
+//!
+//! - **ezone**: the real `ezone replicator --config FILE` binary as a child
+//!   process (topology from a file, the source DSN as an override, so the
+//!   link may cross the WAN proxy). Its slot is created up front with
+//!   `pg_create_logical_replication_slot(.., 'pgoutput')`, exactly what the
+//!   link's own `ensure_source` would do, so the backlog is in its history
+//!   before the link starts. CPU: the replicator process, the target backend
+//!   its applier talks to (found by `application_name`), and its source
+//!   walsender (the slot's `active_pid`).
+//! - **native**: `CREATE SUBSCRIPTION .. WITH (copy_data = false,
+//!   create_slot = true, enabled = false)` at the target, then `ALTER
+//!   SUBSCRIPTION .. ENABLE`. CPU: the apply worker (`pg_stat_subscription`)
+//!   and its source walsender (the slot's `active_pid`).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use ezone_chaos::postgres::PgCluster;
+use ezone_chaos::process::{proc_stat, ChildProcess, ProcessSpec};
+use ezone_replicator::config::{origin_name, slot_name};
+use ezone_topology::starter::starter;
+use ezone_topology::{FileStore, TopologyStore};
+use serde::Serialize;
+
+use super::cpu;
+use super::replbench_workload::{sql, PUBLICATION, TABLES};
+
+/// The target session name of the ezone applier, to find its backend.
+const EZONE_APPLY_APP: &str = "ezone_bench_apply";
+/// How long a consumer may take to show all its processes.
+const PROCESSES_WITHIN: Duration = Duration::from_secs(30);
+/// How long ezone's walsender may take to go after the replicator exits.
+const SLOT_RELEASE_WITHIN: Duration = Duration::from_secs(15);
+/// How long the replicator may take to stop on SIGTERM before SIGKILL.
+const STOP_WITHIN: Duration = Duration::from_secs(10);
+/// Poll interval of the set-up waits.
+const POLL: Duration = Duration::from_millis(50);
+
+/// Which system consumes the slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum System {
+    /// `ezone replicator` (the link).
+    Ezone,
+    /// Postgres' built-in logical replication (a subscription).
+    Native,
+}
+
+impl System {
+    pub fn name(self) -> &'static str {
+        match self {
+            System::Ezone => "ezone",
+            System::Native => "native",
+        }
+    }
+}
+
+/// Everything one run's consumer needs to know.
+pub struct RunPlace<'a> {
+    pub source: &'a PgCluster,
+    pub target: &'a PgCluster,
+    /// The run's database, at both sites.
+    pub db: &'a str,
+    /// The source as the consumer reaches it (direct, or across the WAN).
+    pub source_dsn: String,
+    /// Unique per run: site, slot, origin and subscription names use it.
+    pub run: usize,
+    /// The bench's temp dir (configs, logs).
+    pub dir: &'a Path,
+    pub ezone_bin: &'a Path,
+}
+
+/// A process whose CPU counts as the consumer's.
+#[derive(Debug, Clone, Serialize)]
+pub struct Proc {
+    pub role: &'static str,
+    pub pid: u32,
+    /// From `/proc/PID/stat`, so a reused pid is never taken for it.
+    #[serde(skip)]
+    start_time: u64,
+}
+
+impl Proc {
+    fn new(role: &'static str, pid: u32) -> anyhow::Result<Proc> {
+        let stat = proc_stat(pid)
+            .with_context(|| format!("{role} (pid {pid}) is gone before it could be measured"))?;
+        Ok(Proc {
+            role,
+            pid,
+            start_time: stat.start_time,
+        })
+    }
+
+    /// CPU ticks used so far, or `None` if the process is gone (its time
+    /// went with it: a restart inside the window).
+    pub fn ticks(&self) -> Option<u64> {
+        let alive = proc_stat(self.pid)
+            .is_some_and(|s| s.start_time == self.start_time && !matches!(s.state, 'Z' | 'X'));
+        alive.then(|| cpu::tree_ticks(self.pid))
+    }
+}
+
+/// A consumer of one run; see the module docs.
+pub enum Consumer {
+    Ezone {
+        config: PathBuf,
+        slot: String,
+        child: Option<ChildProcess>,
+    },
+    Native {
+        subscription: String,
+    },
+}
+
+impl Consumer {
+    /// Creates the consumer's slot at the source, consuming nothing yet.
+    pub async fn prepare(system: System, at: &RunPlace<'_>) -> anyhow::Result<Consumer> {
+        match system {
+            System::Ezone => {
+                let (src, dst) = (format!("src{}", at.run), format!("dst{}", at.run));
+                let slot = slot_name(&dst);
+                sql(
+                    at.source,
+                    at.db,
+                    &format!("SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput')"),
+                )
+                .await?;
+                let target_dsn = format!(
+                    "{} application_name={EZONE_APPLY_APP}",
+                    at.target.dsn(at.db)
+                );
+                let mut t = starter(&[&src, &dst], 1);
+                for (site, dsn) in [(&src, &at.source_dsn), (&dst, &target_dsn)] {
+                    if let Some(s) = t.sites.get_mut(site.as_str()) {
+                        s.postgres = dsn.clone();
+                    }
+                }
+                let topology = at.dir.join(format!("topology-{}.toml", at.run));
+                FileStore::new(&topology)
+                    .init(&t, false)
+                    .await
+                    .with_context(|| format!("writing {}", topology.display()))?;
+                let config = at.dir.join(format!("replicator-{}.toml", at.run));
+                let text = format!(
+                    "site = {dst:?}\ntables = {tables:?}\npublication = {PUBLICATION:?}\n\
+                     target_dsn = {target_dsn:?}\n[topology]\nfile = {file:?}\n\
+                     [sources.{src}]\ndsn = {source:?}\n",
+                    tables = TABLES,
+                    file = topology.display().to_string(),
+                    source = at.source_dsn,
+                );
+                std::fs::write(&config, text)
+                    .with_context(|| format!("writing {}", config.display()))?;
+                Ok(Consumer::Ezone {
+                    config,
+                    slot,
+                    child: None,
+                })
+            }
+            System::Native => {
+                let subscription = format!("native_sub_{}", at.run);
+                sql(
+                    at.target,
+                    at.db,
+                    &format!(
+                        "CREATE SUBSCRIPTION {subscription} CONNECTION '{}' PUBLICATION {PUBLICATION} \
+                         WITH (copy_data = false, create_slot = true, enabled = false)",
+                        at.source_dsn
+                    ),
+                )
+                .await?;
+                Ok(Consumer::Native { subscription })
+            }
+        }
+    }
+
+    /// Starts consuming.
+    pub async fn start(&mut self, at: &RunPlace<'_>) -> anyhow::Result<()> {
+        match self {
+            Consumer::Ezone { config, child, .. } => {
+                let spec = ProcessSpec::new(
+                    format!("ezone replicator (run {})", at.run),
+                    at.ezone_bin,
+                    at.dir,
+                    &format!("replicator-{}.log", at.run),
+                )
+                .args(["replicator", "--config"])
+                .arg(config.as_path())
+                .env("EZONE_LOG", "warn")
+                .stdout_file(at.dir.join(format!("replicator-{}.out", at.run)));
+                *child = Some(ChildProcess::spawn(spec).context("starting ezone replicator")?);
+                Ok(())
+            }
+            Consumer::Native { subscription } => {
+                sql(
+                    at.target,
+                    at.db,
+                    &format!("ALTER SUBSCRIPTION {subscription} ENABLE"),
+                )
+                .await?;
+                Ok(())
+            }
+        }
+    }
+
+    /// An error if the consumer has stopped on its own (with why).
+    pub fn check_running(&self) -> anyhow::Result<()> {
+        if let Consumer::Ezone { child: Some(c), .. } = self {
+            if let Some(status) = c.exit_status() {
+                bail!(
+                    "ezone replicator exited ({status}); its log ({}):\n{}",
+                    c.log_path().display(),
+                    c.log_tail()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The consumer's processes, once all of them are there.
+    pub async fn processes(&self, at: &RunPlace<'_>) -> anyhow::Result<Vec<Proc>> {
+        let deadline = tokio::time::Instant::now() + PROCESSES_WITHIN;
+        loop {
+            self.check_running()?;
+            if let Some(found) = self.try_processes(at).await? {
+                return Ok(found);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!(
+                    "the {} consumer did not show its processes within {}s (walsender at the source, apply side at the target)",
+                    self.system().name(),
+                    PROCESSES_WITHIN.as_secs()
+                );
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    async fn try_processes(&self, at: &RunPlace<'_>) -> anyhow::Result<Option<Vec<Proc>>> {
+        let walsender = slot_pid(at, &self.slot()).await?;
+        let (apply_role, apply_sql) = match self {
+            Consumer::Ezone { .. } => (
+                "target backend",
+                format!(
+                    "SELECT pid FROM pg_stat_activity WHERE application_name = '{EZONE_APPLY_APP}' \
+                     AND datname = '{}' ORDER BY backend_start DESC LIMIT 1",
+                    at.db
+                ),
+            ),
+            Consumer::Native { subscription } => (
+                "apply worker",
+                format!(
+                    "SELECT pid FROM pg_stat_subscription WHERE subname = '{subscription}' \
+                     AND relid IS NULL AND pid IS NOT NULL"
+                ),
+            ),
+        };
+        let apply = parse_pid(&sql(at.target, at.db, &apply_sql).await?)?;
+        let (Some(walsender), Some(apply)) = (walsender, apply) else {
+            return Ok(None);
+        };
+        let mut procs = Vec::new();
+        if let Consumer::Ezone { child: Some(c), .. } = self {
+            procs.push(Proc::new("replicator", c.pid())?);
+        }
+        procs.push(Proc::new(apply_role, apply)?);
+        procs.push(Proc::new("source walsender", walsender)?);
+        Ok(Some(procs))
+    }
+
+    /// The source slot this consumer reads.
+    fn slot(&self) -> String {
+        match self {
+            Consumer::Ezone { slot, .. } => slot.clone(),
+            // A subscription's slot is named after it by default.
+            Consumer::Native { subscription } => subscription.clone(),
+        }
+    }
+
+    pub fn system(&self) -> System {
+        match self {
+            Consumer::Ezone { .. } => System::Ezone,
+            Consumer::Native { .. } => System::Native,
+        }
+    }
+
+    /// ezone's recorded conflicts at the target (`None` for native, which
+    /// stops on a conflict instead of recording it).
+    pub async fn conflicts(&self, at: &RunPlace<'_>) -> anyhow::Result<Option<u64>> {
+        match self {
+            Consumer::Ezone { .. } => {
+                let n = sql(
+                    at.target,
+                    at.db,
+                    "SELECT count(*) FROM ezone_replication.conflicts",
+                )
+                .await?;
+                Ok(Some(n.trim().parse().with_context(|| {
+                    format!("reading the conflict count {n:?}")
+                })?))
+            }
+            Consumer::Native { .. } => Ok(None),
+        }
+    }
+
+    /// Stops consuming and drops the slot (and, for ezone, its origin).
+    pub async fn stop(self, at: &RunPlace<'_>) -> anyhow::Result<()> {
+        match self {
+            Consumer::Ezone { slot, child, .. } => {
+                if let Some(c) = child {
+                    c.terminate(STOP_WITHIN)
+                        .await
+                        .context("stopping ezone replicator")?;
+                }
+                let deadline = tokio::time::Instant::now() + SLOT_RELEASE_WITHIN;
+                while slot_pid(at, &slot).await?.is_some() {
+                    if tokio::time::Instant::now() >= deadline {
+                        bail!("slot {slot} is still in use {}s after the replicator stopped", SLOT_RELEASE_WITHIN.as_secs());
+                    }
+                    tokio::time::sleep(POLL).await;
+                }
+                sql(
+                    at.source,
+                    at.db,
+                    &format!("SELECT pg_drop_replication_slot('{slot}')"),
+                )
+                .await?;
+                let origin = origin_name(&format!("src{}", at.run));
+                sql(
+                    at.target,
+                    at.db,
+                    &format!("SELECT pg_replication_origin_drop('{origin}')"),
+                )
+                .await?;
+                Ok(())
+            }
+            Consumer::Native { subscription } => {
+                // Stops the worker and drops the slot at the source.
+                sql(
+                    at.target,
+                    at.db,
+                    &format!("DROP SUBSCRIPTION {subscription}"),
+                )
+                .await?;
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The pid of the walsender holding `slot`, if it is held.
+async fn slot_pid(at: &RunPlace<'_>, slot: &str) -> anyhow::Result<Option<u32>> {
+    let out = sql(
+        at.source,
+        at.db,
+        &format!("SELECT active_pid FROM pg_replication_slots WHERE slot_name = '{slot}' AND active"),
+    )
+    .await?;
+    parse_pid(&out)
+}
+
+/// A pid from psql's output: empty (no row) is `None`.
+fn parse_pid(out: &str) -> anyhow::Result<Option<u32>> {
+    let first = out.lines().map(str::trim).find(|l| !l.is_empty());
+    match first {
+        None => Ok(None),
+        Some(p) => p
+            .parse::<u32>()
+            .map(Some)
+            .with_context(|| format!("{p:?} is not a pid")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pids_from_psql() {
+        assert_eq!(parse_pid("").ok().flatten(), None);
+        assert_eq!(parse_pid("\n").ok().flatten(), None);
+        assert_eq!(parse_pid("4242\n").ok().flatten(), Some(4242));
+        assert!(parse_pid("abc").is_err());
+    }
+}
