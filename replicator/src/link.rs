@@ -26,6 +26,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::apply::{Applier, ApplyError};
+use crate::lsn::Lsn;
 use crate::pgoutput::{self, DecodeError};
 use crate::txn::{AssembleError, Assembler, Event};
 use crate::walsender::{ReplicationConn, SourceConfig, SourceError, StreamEvent};
@@ -208,9 +209,48 @@ pub async fn ensure_source(cfg: &LinkConfig) -> Result<(), LinkError> {
             let mut rc = ReplicationConn::connect(&cfg.source)
                 .await
                 .map_err(|source| LinkError::Source { link: cfg.name.clone(), source })?;
-            rc.create_logical_slot(&cfg.slot, false, false)
+            let info = rc
+                .create_logical_slot(&cfg.slot, false, true)
                 .await
                 .map_err(|source| LinkError::Source { link: cfg.name.clone(), source })?;
+            // A new slot: seed the target from the slot's own snapshot, so
+            // that the copy and the stream meet exactly at its consistent
+            // point. `rc` stays open and idle until the copy is done: the
+            // snapshot dies with it.
+            if let Some(snapshot) = &info.snapshot_name {
+                let mut applier = Applier::connect(&cfg.target_dsn, &cfg.name, &cfg.origin)
+                    .await
+                    .map_err(|source| LinkError::Apply { link: cfg.name.clone(), source })?;
+                let progress = applier
+                    .progress()
+                    .await
+                    .map_err(|source| LinkError::Apply { link: cfg.name.clone(), source })?;
+                if progress == Lsn(0) {
+                    let seeded = applier
+                        .seed(&cfg.source_dsn, snapshot, &cfg.tables, info.consistent_point)
+                        .await;
+                    let rows = match seeded {
+                        Ok(rows) => rows,
+                        Err(source) => {
+                            // Without its copy the slot would stream changes
+                            // on top of missing rows: drop it, so the next
+                            // attempt creates a new one and seeds again.
+                            drop(applier);
+                            if let Err(e) = rc.drop_slot(&cfg.slot, false).await {
+                                tracing::error!(link = %cfg.name, slot = %cfg.slot, error = %e, "Could not drop the slot of a failed seed: drop it by hand before restarting.");
+                            }
+                            return Err(LinkError::Apply { link: cfg.name.clone(), source });
+                        }
+                    };
+                    match rows {
+                        Some(rows) => tracing::info!(link = %cfg.name, rows, at = %info.consistent_point, "Target seeded from the slot's snapshot."),
+                        None => tracing::info!(link = %cfg.name, at = %info.consistent_point, "Target not empty: not seeded; streaming from the slot's start."),
+                    }
+                } else {
+                    tracing::warn!(link = %cfg.name, progress = %progress, "New slot but the target already has progress for this link: not seeding; changes between the old slot and this one are not replicated.");
+                }
+            }
+            drop(rc);
         }
         Ok(())
     }

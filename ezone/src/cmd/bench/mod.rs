@@ -19,6 +19,10 @@ mod ezone_router;
 mod nginx;
 mod probe;
 mod propagation;
+mod replbench_consumer;
+mod replbench_stats;
+mod replbench_workload;
+mod replicator;
 mod router;
 mod upstream;
 mod wrk;
@@ -31,6 +35,8 @@ pub enum BenchCommand {
     Router(router::RouterBench),
     /// Topology propagation: etcd write -> a running router routes by it.
     Propagation(propagation::PropagationBench),
+    /// Replication: ezone's link vs native logical replication (backlog drain, lag, CPU).
+    Replicator(replicator::ReplicatorBench),
     /// The router bench's upstream server, run standalone (started by `bench router`).
     #[command(hide = true)]
     Upstream(upstream::UpstreamArgs),
@@ -57,6 +63,7 @@ pub async fn run(c: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Topology(b) => topology(b).await,
         BenchCommand::Router(args) => router::run(args).await,
         BenchCommand::Propagation(args) => propagation::run(args).await,
+        BenchCommand::Replicator(args) => replicator::run(args).await,
         BenchCommand::Upstream(args) => upstream::serve(args).await,
     }
 }

@@ -109,7 +109,8 @@ pub enum Consumer {
     Ezone {
         config: PathBuf,
         slot: String,
-        child: Option<ChildProcess>,
+        /// Boxed: a process handle is much larger than the other variant.
+        child: Option<Box<ChildProcess>>,
     },
     Native {
         subscription: String,
@@ -192,7 +193,9 @@ impl Consumer {
                 .arg(config.as_path())
                 .env("EZONE_LOG", "warn")
                 .stdout_file(at.dir.join(format!("replicator-{}.out", at.run)));
-                *child = Some(ChildProcess::spawn(spec).context("starting ezone replicator")?);
+                *child = Some(Box::new(
+                    ChildProcess::spawn(spec).context("starting ezone replicator")?,
+                ));
                 Ok(())
             }
             Consumer::Native { subscription } => {
@@ -319,7 +322,10 @@ impl Consumer {
                 let deadline = tokio::time::Instant::now() + SLOT_RELEASE_WITHIN;
                 while slot_pid(at, &slot).await?.is_some() {
                     if tokio::time::Instant::now() >= deadline {
-                        bail!("slot {slot} is still in use {}s after the replicator stopped", SLOT_RELEASE_WITHIN.as_secs());
+                        bail!(
+                            "slot {slot} is still in use {}s after the replicator stopped",
+                            SLOT_RELEASE_WITHIN.as_secs()
+                        );
                     }
                     tokio::time::sleep(POLL).await;
                 }
@@ -357,7 +363,9 @@ async fn slot_pid(at: &RunPlace<'_>, slot: &str) -> anyhow::Result<Option<u32>> 
     let out = sql(
         at.source,
         at.db,
-        &format!("SELECT active_pid FROM pg_replication_slots WHERE slot_name = '{slot}' AND active"),
+        &format!(
+            "SELECT active_pid FROM pg_replication_slots WHERE slot_name = '{slot}' AND active"
+        ),
     )
     .await?;
     parse_pid(&out)

@@ -1,0 +1,886 @@
+//! `ezone bench replicator`: ezone's replication link next to Postgres'
+//! built-in logical replication, same machine, same clusters, same workload,
+//! one run.
+//!
+//! ```text
+//!   pgbench ──▶ source Postgres ── slot (pgoutput) ──▶ consumer ──▶ target Postgres
+//!                                      │                  │
+//!                        direct, or through the fault proxy with
+//!                        half the WAN round trip added each way
+//!   consumer = `ezone replicator` (child process)  |  CREATE SUBSCRIPTION (apply worker)
+//! ```
+//!
+//! # What is measured
+//!
+//! Two Postgres 15 clusters (source, target) are started for the bench.
+//! Every (variant, system) run gets a fresh database at both, its own slot,
+//! publication and (ezone) replication origin or (native) subscription, all
+//! dropped again at its end, so runs never see each other's WAL or
+//! progress. Runs go one after the other; the system that goes first
+//! alternates between variants.
+//!
+//! 1. **Backlog drain.** With the slot created but nothing consuming it, the
+//!    source takes `--backlog-txns` transactions (pgbench, `--clients`
+//!    connections; each transaction an account upsert, a branch update and
+//!    a history insert: 3 row changes). A mark row is committed just before
+//!    and just after. Then the consumer starts (the replicator process is
+//!    spawned / the subscription enabled) and the bench waits for the end
+//!    mark at the target. The target stamps each mark with
+//!    `clock_timestamp()` when it is applied (a trigger enabled `ALWAYS`),
+//!    so the times do not depend on how often the bench polls:
+//!    *drain s* = consumer start → end mark applied; *start s* = consumer
+//!    start → first mark applied (process start, connections, slot start);
+//!    *rows/s (apply)* = rows over first → end mark, the pure apply rate.
+//!    CPU is the consumer's processes' utime + stime from `/proc` (they all
+//!    start with the consumer, so their totals at the end are the drain's):
+//!    ezone = the replicator process + the target backend its applier talks
+//!    to + its source walsender; native = the apply worker + its source
+//!    walsender. Reported per 10k rows.
+//! 2. **Steady lag.** With the consumer caught up, pgbench offers `--rate`
+//!    transactions/s for `--duration`. Each history row carries the source's
+//!    `clock_timestamp()` taken just before its commit; the target's trigger
+//!    stamps it when applied. Every transaction's lag is the difference
+//!    (both clusters are on this machine: one clock), so the distribution
+//!    has a sample per transaction, not one per polling interval, and no
+//!    polling sawtooth. p50/p99/max/mean over all of them, and the consumer's
+//!    CPU over the phase (until an end mark is applied) per 10k rows.
+//! 3. Both phases **direct** (the consumer dials the source's port) and
+//!    across the **WAN** (`--wan-rtt`, half each way, through the in-process
+//!    fault proxy). Only the consumer's source connection crosses it; the
+//!    load is local to the source, the apply local to the target.
+//!
+//! At the end of each run the three tables are compared by checksum (every
+//! replicated column) at both sites: the *data* column says whether the
+//! target has exactly the source's rows. For ezone the number of recorded
+//! conflicts is reported (expected 0).
+//!
+//! # What is not comparable (read before quoting a ratio)
+//!
+//! - **Process model.** Native apply runs inside the target server (one
+//!   worker, no SQL round trips). ezone is a separate process that applies
+//!   through a SQL connection: each statement is a round trip to the target
+//!   backend, whose CPU is therefore counted on ezone's side. That is the
+//!   cost of the design, measured, not an accident of the bench.
+//! - **Commit durability.** A subscription applies with
+//!   `synchronous_commit = off` by default; ezone's applier uses the
+//!   target's default (`on`). Both clusters run with `fsync = off` (the
+//!   lab's setting), so the difference is one WAL write per commit, not an
+//!   fsync.
+//! - **What else each does per transaction.** ezone detects conflicts
+//!   (checks each row count) and advances its origin with an explicit
+//!   `pg_replication_origin_xact_setup` statement; native does both inside.
+//!   Both use the text protocol of pgoutput (`binary = false`, native's
+//!   default), no streaming of in-progress transactions (native's default
+//!   in 15; these transactions are small anyway).
+//! - **Startup.** *drain s* includes starting the consumer: exec'ing the
+//!   replicator and reading its topology file, versus the launcher forking
+//!   an apply worker. *start s* shows how much that is; *rows/s (apply)*
+//!   leaves it out.
+//! - **The machine.** pgbench, both clusters and the consumer share the
+//!   cores; autovacuum is turned off on both clusters (for both systems) so
+//!   that it cannot land in one system's window and not the other's. The
+//!   numbers are for this machine and noisy; the ratios, from one run, are
+//!   the point. Numbers are printed, never asserted.
+//! - **Lag includes** the source's commit after the stamp (one local round
+//!   trip of pgbench) and excludes the target's commit after the apply (the
+//!   row is the last of its transaction, so only the commit remains; for
+//!   ezone one more local round trip, for native none).
+//!
+//! # Clean-up
+//!
+//! Postgres clusters, pgbench and the replicator are [`ChildProcess`]es tied
+//! to this process (killed on drop, on error, on Ctrl-C because the run is
+//! raced against the signal, and by the parent-death signal if this process
+//! is killed outright); the cluster directories and the bench's temp dir
+//! (configs, pgbench and replicator logs) are removed with their guards.
+//!
+//! [`ChildProcess`]: ezone_chaos::process::ChildProcess
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use ezone_chaos::postgres::{self, PgCluster};
+use ezone_chaos::proxy::{Direction, FaultProxy, LinkSpec, Toxics};
+use serde::Serialize;
+
+use super::cpu;
+use super::replbench_consumer::{Consumer, Proc, RunPlace, System};
+use super::replbench_stats::{parse_integer_lines, per_second, ratio, summarise_lag, LagSummary};
+use super::replbench_workload::{
+    mark_seen_sql, mark_sql, pgbench_script, source_schema_sql, sql, target_schema_sql, Pace,
+    Pgbench, CHECKSUM_SQL, LAG_MICROS_SQL, ROWS_PER_TXN, TARGET_HISTORY_TRIGGER_SQL,
+};
+
+/// Defaults of a full run (about 2-3 minutes on a 2-core machine).
+const BACKLOG_TXNS: u64 = 20_000;
+const STEADY: Duration = Duration::from_secs(20);
+/// Defaults of `--quick` (about 30 s).
+const QUICK_BACKLOG_TXNS: u64 = 2_000;
+const QUICK_STEADY: Duration = Duration::from_secs(4);
+/// How often the bench looks for a mark at the target. The mark's own
+/// timestamp is what is reported; this only bounds how long the bench idles.
+const MARK_POLL: Duration = Duration::from_millis(200);
+/// How long the steady phase's tail may take to be applied.
+const TAIL_WITHIN: Duration = Duration::from_secs(120);
+
+/// Where the consumer reaches the source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Variant {
+    /// The source's own port, no added latency.
+    Direct,
+    /// Through the fault proxy with `--wan-rtt` (half each way).
+    Wan,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ReplicatorBench {
+    /// Backlog written while the consumer is stopped, in transactions of 3 row
+    /// changes each [default: 20000; 2000 with --quick].
+    #[arg(long)]
+    backlog_txns: Option<u64>,
+    /// Steady load offered during the lag phase, transactions/s (pgbench -R).
+    #[arg(long, default_value_t = 200)]
+    rate: u32,
+    /// Length of the steady phase, whole seconds (pgbench -T) [default: 20s; 4s with --quick].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    duration: Option<Duration>,
+    /// Round trip of the WAN variant (half added each way by the fault proxy).
+    #[arg(long, default_value = "30ms", value_parser = humantime::parse_duration)]
+    wan_rtt: Duration,
+    /// Which variants to run, in order.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "direct,wan")]
+    variants: Vec<Variant>,
+    /// Which systems to run (the first goes first in the first variant; the
+    /// order alternates between variants).
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "ezone,native"
+    )]
+    systems: Vec<System>,
+    /// pgbench connections at the source, for the backlog and the steady load.
+    #[arg(long, default_value_t = 4)]
+    clients: u32,
+    /// Account keys the upserts pick from (uniformly).
+    #[arg(long, default_value_t = 100_000)]
+    accounts: u64,
+    /// A ~30 s sanity run: a small backlog and a short steady phase.
+    #[arg(long)]
+    quick: bool,
+    /// Print a JSON object instead of the tables.
+    #[arg(long)]
+    json: bool,
+    /// The ezone binary whose `replicator` is run (default: this one).
+    #[arg(long)]
+    ezone_bin: Option<PathBuf>,
+}
+
+/// The run's settings, resolved and checked.
+#[derive(Debug, Clone, Serialize)]
+struct Params {
+    backlog_txns: u64,
+    rate: u32,
+    steady_seconds: u64,
+    wan_rtt_ms: f64,
+    clients: u32,
+    accounts: u64,
+    rows_per_txn: u64,
+    #[serde(skip)]
+    wan_rtt: Duration,
+    #[serde(skip)]
+    variants: Vec<Variant>,
+    #[serde(skip)]
+    systems: Vec<System>,
+}
+
+impl Params {
+    fn from_args(a: &ReplicatorBench) -> anyhow::Result<Params> {
+        let backlog_txns = a.backlog_txns.unwrap_or(if a.quick {
+            QUICK_BACKLOG_TXNS
+        } else {
+            BACKLOG_TXNS
+        });
+        let steady = a
+            .duration
+            .unwrap_or(if a.quick { QUICK_STEADY } else { STEADY });
+        if steady.subsec_nanos() != 0 || steady.is_zero() {
+            bail!(
+                "--duration {}: use whole seconds, at least 1s (pgbench's -T takes seconds)",
+                humantime::format_duration(steady)
+            );
+        }
+        if backlog_txns == 0 {
+            bail!("--backlog-txns must be at least 1");
+        }
+        if a.rate == 0 {
+            bail!("--rate must be at least 1 transaction/s");
+        }
+        if a.clients == 0 {
+            bail!("--clients must be at least 1");
+        }
+        if a.accounts == 0 {
+            bail!("--accounts must be at least 1");
+        }
+        if a.variants.is_empty() || a.systems.is_empty() {
+            bail!("--variants and --systems each need at least one value");
+        }
+        if a.variants.contains(&Variant::Wan) && a.wan_rtt.is_zero() {
+            bail!("--wan-rtt 0s: give the WAN a round trip, or run --variants direct");
+        }
+        let mut variants = a.variants.clone();
+        variants.dedup();
+        let mut systems = a.systems.clone();
+        systems.dedup();
+        Ok(Params {
+            backlog_txns,
+            rate: a.rate,
+            steady_seconds: steady.as_secs(),
+            wan_rtt_ms: a.wan_rtt.as_secs_f64() * 1000.0,
+            clients: a.clients,
+            accounts: a.accounts,
+            rows_per_txn: ROWS_PER_TXN,
+            wan_rtt: a.wan_rtt,
+            variants,
+            systems,
+        })
+    }
+
+    fn variant_label(&self, v: Variant) -> String {
+        match v {
+            Variant::Direct => "direct".to_string(),
+            Variant::Wan => format!("wan {}ms", fmt_num(self.wan_rtt_ms)),
+        }
+    }
+}
+
+/// CPU of the consumer's processes over a window.
+#[derive(Debug, Clone, Serialize)]
+struct CpuReport {
+    /// All processes together; `None` if one of them restarted in the window.
+    seconds: Option<f64>,
+    per_10k_rows: Option<f64>,
+    /// The source walsender's share, per 10k rows.
+    walsender_per_10k_rows: Option<f64>,
+    by_process: Vec<ProcCpu>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct ProcCpu {
+    role: &'static str,
+    pid: u32,
+    seconds: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct DrainReport {
+    txns: u64,
+    rows: u64,
+    wal_bytes: u64,
+    /// How long pgbench took to write the backlog.
+    written_seconds: f64,
+    /// Consumer start → last backlog transaction applied.
+    seconds: f64,
+    /// Consumer start → first backlog transaction applied.
+    startup_seconds: f64,
+    /// First → last backlog transaction applied.
+    apply_seconds: f64,
+    txns_per_second: Option<f64>,
+    rows_per_second: Option<f64>,
+    /// Rows over the apply window only (no startup).
+    apply_rows_per_second: Option<f64>,
+    cpu: CpuReport,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct SteadyReport {
+    offered_tps: u32,
+    seconds: u64,
+    txns: u64,
+    rows: u64,
+    /// What pgbench achieved.
+    source_tps: Option<f64>,
+    /// Source commit → applied at the target, one sample per transaction.
+    lag: Option<LagSummary>,
+    cpu: CpuReport,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct RunReport {
+    variant: Variant,
+    label: String,
+    added_rtt_ms: f64,
+    system: System,
+    drain: DrainReport,
+    steady: SteadyReport,
+    /// The target holds exactly the source's rows (checksums) at the end.
+    data_identical: bool,
+    /// ezone's recorded conflicts (native has none to record).
+    conflicts: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct RatioReport {
+    variant: Variant,
+    label: String,
+    drain_rows_per_second: Option<f64>,
+    apply_rows_per_second: Option<f64>,
+    drain_cpu_per_10k_rows: Option<f64>,
+    lag_p50: Option<f64>,
+    lag_p99: Option<f64>,
+    steady_cpu_per_10k_rows: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    params: Params,
+    postgres: String,
+    cpus: usize,
+    runs: Vec<RunReport>,
+    /// ezone / native, per variant.
+    ratios: Vec<RatioReport>,
+}
+
+pub async fn run(args: ReplicatorBench) -> anyhow::Result<()> {
+    tokio::select! {
+        r = bench(args) => r,
+        r = tokio::signal::ctrl_c() => {
+            r.context("listening for Ctrl-C")?;
+            bail!("interrupted; every process the bench started has been stopped")
+        }
+    }
+}
+
+/// What every run shares.
+struct Ctx {
+    params: Params,
+    // Field order is drop order: the proxy before the clusters it points at.
+    proxy: FaultProxy,
+    wan_addr: SocketAddr,
+    source: PgCluster,
+    target: PgCluster,
+    pgbench: Pgbench,
+    ezone_bin: PathBuf,
+    ticks_per_second: u64,
+    dir: tempfile::TempDir,
+}
+
+async fn bench(args: ReplicatorBench) -> anyhow::Result<()> {
+    let params = Params::from_args(&args)?;
+    let ezone_bin = match &args.ezone_bin {
+        Some(p) => p.clone(),
+        None => {
+            std::env::current_exe().context("finding this ezone binary (or pass --ezone-bin)")?
+        }
+    };
+    let dir = tempfile::Builder::new()
+        .prefix("ezone-bench-replicator-")
+        .tempdir()
+        .context("creating the bench's temp dir")?;
+    eprintln!("starting two Postgres clusters (source, target)...");
+    let (source, target) = tokio::try_join!(
+        PgCluster::start("bench-source"),
+        PgCluster::start("bench-target")
+    )
+    .context("starting the bench's Postgres clusters")?;
+    for pg in [&source, &target] {
+        // One statement per call: ALTER SYSTEM refuses a transaction block.
+        sql(pg, "postgres", "ALTER SYSTEM SET autovacuum = off").await?;
+        sql(pg, "postgres", "SELECT pg_reload_conf()").await?;
+    }
+    let version = sql(&source, "postgres", "SHOW server_version").await?;
+    let proxy = FaultProxy::new();
+    let link = proxy
+        .add_link(LinkSpec {
+            name: "source->target".to_string(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            upstream: source.addr(),
+            upstream_toxics: Toxics::default(),
+            downstream_toxics: Toxics::default(),
+        })
+        .await
+        .context("starting the WAN fault proxy")?;
+    let half = params.wan_rtt / 2;
+    for d in [Direction::Upstream, Direction::Downstream] {
+        link.set_toxics(
+            d,
+            Toxics {
+                latency: half,
+                ..Toxics::default()
+            },
+        );
+    }
+    let script = dir.path().join("workload.sql");
+    std::fs::write(&script, pgbench_script(params.accounts))
+        .with_context(|| format!("writing {}", script.display()))?;
+    let pgbench = Pgbench {
+        bin: source.bin_dir().join("pgbench"),
+        dir: dir.path().to_path_buf(),
+        addr: source.addr(),
+        script,
+        clients: params.clients,
+    };
+    if !pgbench.bin.is_file() {
+        bail!(
+            "pgbench not found at {} (install postgresql-15's client tools)",
+            pgbench.bin.display()
+        );
+    }
+    let ctx = Ctx {
+        params: params.clone(),
+        wan_addr: link.listen_addr(),
+        proxy,
+        source,
+        target,
+        pgbench,
+        ezone_bin,
+        ticks_per_second: cpu::clock_ticks_per_second(),
+        dir,
+    };
+    let total = params.variants.len() * params.systems.len();
+    let mut runs = Vec::new();
+    for (vi, &variant) in params.variants.iter().enumerate() {
+        let mut order = params.systems.clone();
+        if vi % 2 == 1 {
+            order.reverse();
+        }
+        for system in order {
+            let n = runs.len() + 1;
+            runs.push(one_run(&ctx, variant, system, n, total).await?);
+        }
+    }
+    ctx.proxy.shutdown().await;
+    let ratios = params
+        .variants
+        .iter()
+        .filter_map(|&v| ratios(&params, &runs, v))
+        .collect();
+    let report = Report {
+        params,
+        postgres: version.trim().to_string(),
+        cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
+        runs,
+        ratios,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_tables(&report);
+    }
+    Ok(())
+}
+
+/// One system, one variant: fresh database, backlog drain, steady lag, check.
+async fn one_run(
+    ctx: &Ctx,
+    variant: Variant,
+    system: System,
+    run: usize,
+    total: usize,
+) -> anyhow::Result<RunReport> {
+    let p = &ctx.params;
+    let (source, target) = (&ctx.source, &ctx.target);
+    let label = p.variant_label(variant);
+    let say = |what: &str| eprintln!("[{run}/{total}] {label}, {}: {what}", system.name());
+    let db = format!("bench_run{run}");
+    for pg in [source, target] {
+        sql(pg, "postgres", &format!("CREATE DATABASE {db}")).await?;
+    }
+    sql(source, &db, &source_schema_sql()).await?;
+    sql(target, &db, &target_schema_sql()).await?;
+    let at = RunPlace {
+        source,
+        target,
+        db: &db,
+        source_dsn: match variant {
+            Variant::Direct => source.dsn(&db),
+            Variant::Wan => postgres::dsn(ctx.wan_addr, &db),
+        },
+        run,
+        dir: ctx.dir.path(),
+        ezone_bin: &ctx.ezone_bin,
+    };
+    let mut consumer = Consumer::prepare(system, &at).await?;
+
+    // 1. Backlog, with nothing consuming the slot.
+    say(&format!(
+        "writing a backlog of {} transactions, consumer stopped",
+        p.backlog_txns
+    ));
+    checkpoint(ctx).await?;
+    let lsn0 = sql(source, &db, "SELECT pg_current_wal_lsn()").await?;
+    sql(source, &db, &mark_sql(1, "backlog start")).await?;
+    let began = Instant::now();
+    let backlog = ctx
+        .pgbench
+        .run(
+            &format!("run{run}-backlog"),
+            &db,
+            Pace::Count {
+                txns: p.backlog_txns,
+            },
+        )
+        .await?;
+    let written_seconds = began.elapsed().as_secs_f64();
+    sql(source, &db, &mark_sql(2, "backlog end")).await?;
+    let wal = sql(
+        source,
+        &db,
+        &format!(
+            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '{}')::bigint",
+            lsn0.trim()
+        ),
+    )
+    .await?;
+    let wal_bytes: u64 = wal
+        .trim()
+        .parse()
+        .with_context(|| format!("reading the WAL size {wal:?}"))?;
+    checkpoint(ctx).await?;
+
+    // 2. Drain: start the consumer, wait for the end mark.
+    say("draining the backlog");
+    let t0 = unix_micros();
+    consumer.start(&at).await?;
+    let procs = consumer.processes(&at).await?;
+    let drain_within = Duration::from_secs(300 + backlog.processed / 50);
+    let last = wait_mark(&at, &consumer, 2, drain_within).await?;
+    let drain_ticks: Vec<Option<u64>> = procs.iter().map(Proc::ticks).collect();
+    let first = wait_mark(&at, &consumer, 1, TAIL_WITHIN).await?;
+    let rows = backlog.processed * ROWS_PER_TXN;
+    let secs = |a: i64, b: i64| (b - a) as f64 / 1e6;
+    let (seconds, apply_seconds) = (secs(t0, last), secs(first, last));
+    let drain = DrainReport {
+        txns: backlog.processed,
+        rows,
+        wal_bytes,
+        written_seconds,
+        seconds,
+        startup_seconds: secs(t0, first),
+        apply_seconds,
+        txns_per_second: per_second(backlog.processed, seconds),
+        rows_per_second: per_second(rows, seconds),
+        apply_rows_per_second: per_second(rows, apply_seconds),
+        cpu: cpu_report(ctx, &procs, &vec![Some(0); procs.len()], &drain_ticks, rows),
+    };
+
+    // 3. Steady load with the consumer running and caught up.
+    say(&format!(
+        "steady load, {} txn/s for {} s",
+        p.rate, p.steady_seconds
+    ));
+    sql(target, &db, TARGET_HISTORY_TRIGGER_SQL).await?;
+    checkpoint(ctx).await?;
+    let before: Vec<Option<u64>> = procs.iter().map(Proc::ticks).collect();
+    let steady = ctx
+        .pgbench
+        .run(
+            &format!("run{run}-steady"),
+            &db,
+            Pace::Rate {
+                tps: p.rate,
+                seconds: p.steady_seconds,
+            },
+        )
+        .await?;
+    sql(source, &db, &mark_sql(3, "steady end")).await?;
+    wait_mark(&at, &consumer, 3, TAIL_WITHIN).await?;
+    let after: Vec<Option<u64>> = procs.iter().map(Proc::ticks).collect();
+    let lag_out = sql(target, &db, LAG_MICROS_SQL).await?;
+    let lag = summarise_lag(
+        &parse_integer_lines(&lag_out).map_err(|e| anyhow::anyhow!("reading lag samples: {e}"))?,
+    );
+    let steady_rows = steady.processed * ROWS_PER_TXN;
+    let steady = SteadyReport {
+        offered_tps: p.rate,
+        seconds: p.steady_seconds,
+        txns: steady.processed,
+        rows: steady_rows,
+        source_tps: steady.tps,
+        lag,
+        cpu: cpu_report(ctx, &procs, &before, &after, steady_rows),
+    };
+
+    // 4. Check, stop, drop.
+    let (a, b) = (
+        sql(source, &db, CHECKSUM_SQL).await?,
+        sql(target, &db, CHECKSUM_SQL).await?,
+    );
+    let data_identical = a.trim() == b.trim();
+    if !data_identical {
+        eprintln!(
+            "[{run}/{total}] {label}, {}: WARNING: the target differs from the source:\n  source {}\n  target {}",
+            system.name(),
+            a.trim(),
+            b.trim()
+        );
+    }
+    let conflicts = consumer.conflicts(&at).await?;
+    consumer.stop(&at).await?;
+    for pg in [target, source] {
+        sql(pg, "postgres", &format!("DROP DATABASE {db} WITH (FORCE)")).await?;
+    }
+    Ok(RunReport {
+        variant,
+        label,
+        added_rtt_ms: match variant {
+            Variant::Direct => 0.0,
+            Variant::Wan => p.wan_rtt_ms,
+        },
+        system,
+        drain,
+        steady,
+        data_identical,
+        conflicts,
+    })
+}
+
+/// CHECKPOINT both clusters, so that neither phase inherits the other's.
+async fn checkpoint(ctx: &Ctx) -> anyhow::Result<()> {
+    for pg in [&ctx.source, &ctx.target] {
+        sql(pg, "postgres", "CHECKPOINT").await?;
+    }
+    Ok(())
+}
+
+/// Waits until mark `id` is applied at the target; returns when it was
+/// (µs since the Unix epoch, the target's clock).
+async fn wait_mark(
+    at: &RunPlace<'_>,
+    consumer: &Consumer,
+    id: u32,
+    within: Duration,
+) -> anyhow::Result<i64> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        consumer.check_running()?;
+        let out = sql(at.target, at.db, &mark_seen_sql(id)).await?;
+        let seen = parse_integer_lines(&out)
+            .map_err(|e| anyhow::anyhow!("reading mark {id} at the target: {e}"))?;
+        if let Some(&t) = seen.first() {
+            return Ok(t);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!(
+                "the {} consumer did not apply mark {id} within {}s (logs in {})",
+                consumer.system().name(),
+                within.as_secs(),
+                at.dir.display()
+            );
+        }
+        tokio::time::sleep(MARK_POLL).await;
+    }
+}
+
+fn unix_micros() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+}
+
+fn cpu_report(
+    ctx: &Ctx,
+    procs: &[Proc],
+    before: &[Option<u64>],
+    after: &[Option<u64>],
+    rows: u64,
+) -> CpuReport {
+    let tps = ctx.ticks_per_second.max(1) as f64;
+    let by_process: Vec<ProcCpu> = procs
+        .iter()
+        .zip(before.iter().zip(after))
+        .map(|(p, (b, a))| ProcCpu {
+            role: p.role,
+            pid: p.pid,
+            seconds: match (b, a) {
+                (Some(b), Some(a)) => Some(a.saturating_sub(*b) as f64 / tps),
+                _ => None,
+            },
+        })
+        .collect();
+    let seconds: Option<f64> = by_process.iter().map(|p| p.seconds).sum();
+    let per_10k = |s: Option<f64>| s.filter(|_| rows > 0).map(|s| s / rows as f64 * 10_000.0);
+    let walsender = by_process
+        .iter()
+        .find(|p| p.role == "source walsender")
+        .and_then(|p| p.seconds);
+    CpuReport {
+        seconds,
+        per_10k_rows: per_10k(seconds),
+        walsender_per_10k_rows: per_10k(walsender),
+        by_process,
+    }
+}
+
+/// ezone / native for one variant, when both ran.
+fn ratios(p: &Params, runs: &[RunReport], v: Variant) -> Option<RatioReport> {
+    let find = |s: System| runs.iter().find(|r| r.variant == v && r.system == s);
+    let (e, n) = (find(System::Ezone)?, find(System::Native)?);
+    Some(RatioReport {
+        variant: v,
+        label: p.variant_label(v),
+        drain_rows_per_second: ratio(e.drain.rows_per_second, n.drain.rows_per_second),
+        apply_rows_per_second: ratio(e.drain.apply_rows_per_second, n.drain.apply_rows_per_second),
+        drain_cpu_per_10k_rows: ratio(e.drain.cpu.per_10k_rows, n.drain.cpu.per_10k_rows),
+        lag_p50: ratio(
+            e.steady.lag.map(|l| l.p50_ms),
+            n.steady.lag.map(|l| l.p50_ms),
+        ),
+        lag_p99: ratio(
+            e.steady.lag.map(|l| l.p99_ms),
+            n.steady.lag.map(|l| l.p99_ms),
+        ),
+        steady_cpu_per_10k_rows: ratio(e.steady.cpu.per_10k_rows, n.steady.cpu.per_10k_rows),
+    })
+}
+
+fn fmt_num(x: f64) -> String {
+    if x.fract() == 0.0 {
+        format!("{x:.0}")
+    } else {
+        format!("{x}")
+    }
+}
+
+fn opt(v: Option<f64>, decimals: usize) -> String {
+    v.map_or_else(|| "n/a".to_string(), |x| format!("{x:.decimals$}"))
+}
+
+fn times(v: Option<f64>) -> String {
+    v.map_or_else(|| "n/a".to_string(), |x| format!("{x:.2}x"))
+}
+
+fn print_tables(r: &Report) {
+    let p = &r.params;
+    let first = r.runs.first();
+    println!(
+        "ezone bench replicator: PostgreSQL {} source -> target on this machine ({} CPUs), ezone replicator vs native logical replication",
+        r.postgres, r.cpus
+    );
+    println!(
+        "workload: pgbench, {} clients; each transaction = account upsert + branch update + history insert ({} rows)",
+        p.clients, p.rows_per_txn
+    );
+    println!();
+    println!(
+        "backlog drain: {} txns ({} rows, {:.1} MB WAL) written with the consumer stopped; timed from consumer start",
+        first.map_or(p.backlog_txns, |r| r.drain.txns),
+        first.map_or(p.backlog_txns * p.rows_per_txn, |r| r.drain.rows),
+        first.map_or(0.0, |r| r.drain.wal_bytes as f64 / 1e6),
+    );
+    println!(
+        "{:<10} {:<7} {:>8} {:>8} {:>8} {:>8} {:>12} {:>13} {:>13} {:>6}",
+        "variant",
+        "system",
+        "drain s",
+        "start s",
+        "txn/s",
+        "rows/s",
+        "rows/s apply",
+        "CPU s/10k rw",
+        "of which wals",
+        "data"
+    );
+    for run in &r.runs {
+        let d = &run.drain;
+        println!(
+            "{:<10} {:<7} {:>8.2} {:>8.2} {:>8} {:>8} {:>12} {:>13} {:>13} {:>6}",
+            run.label,
+            run.system.name(),
+            d.seconds,
+            d.startup_seconds,
+            opt(d.txns_per_second, 0),
+            opt(d.rows_per_second, 0),
+            opt(d.apply_rows_per_second, 0),
+            opt(d.cpu.per_10k_rows, 3),
+            opt(d.cpu.walsender_per_10k_rows, 3),
+            if run.data_identical { "ok" } else { "DIFF" },
+        );
+    }
+    println!();
+    println!(
+        "steady lag: {} txn/s offered for {} s; lag of every transaction = source commit -> applied at the target",
+        p.rate, p.steady_seconds
+    );
+    println!(
+        "{:<10} {:<7} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>13} {:>9}",
+        "variant",
+        "system",
+        "txns",
+        "src tps",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "mean ms",
+        "CPU s/10k rw",
+        "conflicts"
+    );
+    for run in &r.runs {
+        let s = &run.steady;
+        println!(
+            "{:<10} {:<7} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>13} {:>9}",
+            run.label,
+            run.system.name(),
+            s.txns,
+            opt(s.source_tps, 1),
+            opt(s.lag.map(|l| l.p50_ms), 2),
+            opt(s.lag.map(|l| l.p99_ms), 2),
+            opt(s.lag.map(|l| l.max_ms), 2),
+            opt(s.lag.map(|l| l.mean_ms), 2),
+            opt(s.cpu.per_10k_rows, 3),
+            run.conflicts
+                .map_or_else(|| "-".to_string(), |c| c.to_string()),
+        );
+    }
+    println!();
+    println!("CPU by process (seconds, drain / steady):");
+    for run in &r.runs {
+        let parts: Vec<String> = run
+            .drain
+            .cpu
+            .by_process
+            .iter()
+            .zip(&run.steady.cpu.by_process)
+            .map(|(d, s)| format!("{} {} / {}", d.role, opt(d.seconds, 2), opt(s.seconds, 2)))
+            .collect();
+        println!(
+            "  {:<10} {:<7} {}",
+            run.label,
+            run.system.name(),
+            parts.join(", ")
+        );
+    }
+    if !r.ratios.is_empty() {
+        println!();
+        println!(
+            "ezone / native (throughput: higher is better for ezone; lag and CPU: lower is better)"
+        );
+        println!(
+            "{:<10} {:>13} {:>13} {:>14} {:>8} {:>8} {:>15}",
+            "variant",
+            "drain rows/s",
+            "apply rows/s",
+            "drain CPU/10k",
+            "lag p50",
+            "lag p99",
+            "steady CPU/10k"
+        );
+        for x in &r.ratios {
+            println!(
+                "{:<10} {:>13} {:>13} {:>14} {:>8} {:>8} {:>15}",
+                x.label,
+                times(x.drain_rows_per_second),
+                times(x.apply_rows_per_second),
+                times(x.drain_cpu_per_10k_rows),
+                times(x.lag_p50),
+                times(x.lag_p99),
+                times(x.steady_cpu_per_10k_rows),
+            );
+        }
+    }
+    println!();
+    println!("not comparable one to one: native applies inside the target server with synchronous_commit=off; ezone applies over SQL from its own process (its target backend's CPU is counted on its side) with synchronous_commit=on; fsync=off and autovacuum=off on both clusters; see `ezone bench replicator --help` and the module docs");
+}
