@@ -30,10 +30,12 @@ use std::sync::Arc;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, NoTls};
 
+use crate::conflict::{self, Policy, Resolution, ShardKey};
 use crate::lsn::Lsn;
-use crate::pgoutput::Relation;
+use crate::pgoutput::{Relation, TupleData};
 use crate::sql::{self, ColumnInfo, ShapeError, Statement, TableInfo};
 use crate::txn::{Change, SourceTxn};
+use ezone_topology::Topology;
 
 /// What went wrong applying, classified by what the link should do.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +59,53 @@ pub enum ApplyError {
 impl ApplyError {
     pub fn is_transient(&self) -> bool {
         matches!(self, ApplyError::Transient { .. })
+    }
+}
+
+/// Who owns what, for conflict decisions (see [`crate::conflict`]).
+#[derive(Clone, Default)]
+pub struct Ownership {
+    /// The link's source and target site names.
+    pub source_site: String,
+    pub target_site: String,
+    pub policy: Policy,
+    /// Shard key column per table (`schema.table`); tables without one are
+    /// not checked for ownership.
+    pub shard_keys: HashMap<String, ShardKey>,
+    /// The current topology (a lock-free read of the watcher's snapshot).
+    pub topology: Option<TopologyFn>,
+}
+
+/// Reads the current topology.
+pub type TopologyFn = Arc<dyn Fn() -> Option<Arc<Topology>> + Send + Sync>;
+
+impl Ownership {
+    /// No ownership rules: sites from a link name `source->target`, the
+    /// default policy, no shard keys (only existing/missing rows conflict).
+    pub fn for_link(link: &str) -> Ownership {
+        let (s, t) = link.split_once("->").unwrap_or((link, ""));
+        Ownership {
+            source_site: s.to_string(),
+            target_site: t.to_string(),
+            ..Ownership::default()
+        }
+    }
+
+    /// The owner (home site) of the shard of a row image of `rel`, if the
+    /// table has a shard key and the value maps to a shard.
+    fn owner(
+        &self,
+        topology: Option<&Topology>,
+        rel: &Relation,
+        image: &TupleData,
+    ) -> Option<String> {
+        let t = topology?;
+        let key = self
+            .shard_keys
+            .get(&format!("{}.{}", rel.namespace, rel.name))?;
+        let idx = rel.columns.iter().position(|c| c.name == key.column)?;
+        let value = image.columns.get(idx)?.as_text()?;
+        conflict::owner(t, key, value).map(str::to_string)
     }
 }
 
@@ -141,6 +190,52 @@ fn classify(target: &str, what: &str, e: tokio_postgres::Error) -> ApplyError {
             detail,
         }
     }
+}
+
+/// Writes one conflict record, with both versions, in the apply transaction.
+#[allow(clippy::too_many_arguments)]
+async fn record(
+    tx: &tokio_postgres::Transaction<'_>,
+    link: &str,
+    target: &str,
+    kind: &str,
+    t: &TableInfo,
+    rel: &Relation,
+    image: &TupleData,
+    reason: &str,
+    resolution: &str,
+    txn: &SourceTxn,
+    commit_time: std::time::SystemTime,
+) -> Result<(), ApplyError> {
+    let local = match sql::select_row(t, rel, image) {
+        Ok(st) => tx
+            .query_opt(st.sql.as_str(), &params(&st))
+            .await
+            .ok()
+            .flatten()
+            .and_then(|r| r.get::<_, Option<String>>(0)),
+        Err(_) => None,
+    };
+    tx.execute(
+        "INSERT INTO ezone_replication.conflicts \
+         (link, kind, relation, source_commit_lsn, source_commit_time, remote_row, local_row, reason, resolution) \
+         VALUES ($1, $2, $3, $4::text::pg_lsn, $5, $6::text::jsonb, $7::text::jsonb, $8, $9)",
+        &[
+            &link,
+            &kind,
+            &t.qualified,
+            &txn.commit.commit_lsn.to_string(),
+            &commit_time,
+            &sql::image_json(rel, image),
+            &local,
+            &reason,
+            &resolution,
+        ],
+    )
+    .await
+    .map_err(|e| classify(target, "recording a conflict", e))?;
+    tracing::warn!(link, kind, relation = %t.qualified, lsn = %txn.commit.commit_lsn, resolution, "Replication conflict recorded.");
+    Ok(())
 }
 
 fn params(st: &Statement) -> Vec<&(dyn ToSql + Sync)> {
@@ -275,7 +370,9 @@ impl Applier {
     }
 
     /// Applies one source transaction atomically with the origin's progress.
-    pub async fn apply(&mut self, txn: &SourceTxn) -> Result<Applied, ApplyError> {
+    pub async fn apply(&mut self, txn: &SourceTxn, own: &Ownership) -> Result<Applied, ApplyError> {
+        let topology = own.topology.as_ref().and_then(|f| f());
+        let topology = topology.as_deref();
         // Resolve every table first (catalog reads outside the transaction).
         let mut shapes = Vec::with_capacity(txn.changes.len());
         for ch in &txn.changes {
@@ -313,6 +410,34 @@ impl Applier {
         for (ch, shape) in txn.changes.iter().zip(shapes) {
             let conflict = match (ch, shape) {
                 (Change::Insert { rel, new }, Some(t)) => {
+                    let owner = own.owner(topology, rel, new);
+                    if let Some(res) =
+                        conflict::resolve_foreign(own.policy, &own.source_site, owner.as_deref())
+                    {
+                        let reason = format!(
+                            "the row's shard is homed at {}, not at {} where it was written",
+                            owner.as_deref().unwrap_or("?"),
+                            own.source_site
+                        );
+                        record(
+                            &tx,
+                            &link,
+                            &target,
+                            "foreign_shard",
+                            &t,
+                            rel,
+                            new,
+                            &reason,
+                            res.as_str(own.policy),
+                            txn,
+                            commit_time,
+                        )
+                        .await?;
+                        out.conflicts += 1;
+                        if res == Resolution::KeepTarget {
+                            continue;
+                        }
+                    }
                     let st = sql::insert(&t, rel, new).map_err(shape_err)?;
                     let n = tx
                         .execute(st.sql.as_str(), &params(&st))
@@ -320,15 +445,89 @@ impl Applier {
                         .map_err(|e| {
                             classify(&target, &format!("INSERT into {}", t.qualified), e)
                         })?;
-                    (n == 0).then_some((
-                        t,
-                        "insert_exists",
-                        rel,
-                        new,
-                        "a row with this key already exists at the target",
-                    ))
+                    if n == 0 {
+                        // The row exists: the policy decides whose version stays.
+                        let target_commit = if own.policy == Policy::LastWriterWins {
+                            match sql::select_commit_time(&t, rel, new) {
+                                Ok(st) => tx
+                                    .query_opt(st.sql.as_str(), &params(&st))
+                                    .await
+                                    .ok()
+                                    .flatten()
+                                    .and_then(|r| r.get::<_, Option<std::time::SystemTime>>(0)),
+                                Err(_) => None,
+                            }
+                        } else {
+                            None
+                        };
+                        let res = conflict::resolve_exists(
+                            own.policy,
+                            &own.source_site,
+                            &own.target_site,
+                            owner.as_deref(),
+                            commit_time,
+                            target_commit,
+                        );
+                        record(
+                            &tx,
+                            &link,
+                            &target,
+                            "insert_exists",
+                            &t,
+                            rel,
+                            new,
+                            "a row with this key already exists at the target",
+                            res.as_str(own.policy),
+                            txn,
+                            commit_time,
+                        )
+                        .await?;
+                        out.conflicts += 1;
+                        if res == Resolution::ApplySource {
+                            let st = sql::update(&t, rel, None, new).map_err(shape_err)?;
+                            tx.execute(st.sql.as_str(), &params(&st))
+                                .await
+                                .map_err(|e| {
+                                    classify(
+                                        &target,
+                                        &format!("UPDATE of {} (conflict resolution)", t.qualified),
+                                        e,
+                                    )
+                                })?;
+                        }
+                        continue;
+                    }
+                    None
                 }
                 (Change::Update { rel, old, new }, Some(t)) => {
+                    let owner = own.owner(topology, rel, new);
+                    if let Some(res) =
+                        conflict::resolve_foreign(own.policy, &own.source_site, owner.as_deref())
+                    {
+                        let reason = format!(
+                            "the row's shard is homed at {}, not at {} where it was written",
+                            owner.as_deref().unwrap_or("?"),
+                            own.source_site
+                        );
+                        record(
+                            &tx,
+                            &link,
+                            &target,
+                            "foreign_shard",
+                            &t,
+                            rel,
+                            new,
+                            &reason,
+                            res.as_str(own.policy),
+                            txn,
+                            commit_time,
+                        )
+                        .await?;
+                        out.conflicts += 1;
+                        if res == Resolution::KeepTarget {
+                            continue;
+                        }
+                    }
                     let st = sql::update(&t, rel, old.as_ref(), new).map_err(shape_err)?;
                     let n = tx
                         .execute(st.sql.as_str(), &params(&st))
@@ -343,6 +542,34 @@ impl Applier {
                     ))
                 }
                 (Change::Delete { rel, old }, Some(t)) => {
+                    let owner = own.owner(topology, rel, old.tuple());
+                    if let Some(res) =
+                        conflict::resolve_foreign(own.policy, &own.source_site, owner.as_deref())
+                    {
+                        let reason = format!(
+                            "the row's shard is homed at {}, not at {} where it was deleted",
+                            owner.as_deref().unwrap_or("?"),
+                            own.source_site
+                        );
+                        record(
+                            &tx,
+                            &link,
+                            &target,
+                            "foreign_shard",
+                            &t,
+                            rel,
+                            old.tuple(),
+                            &reason,
+                            res.as_str(own.policy),
+                            txn,
+                            commit_time,
+                        )
+                        .await?;
+                        out.conflicts += 1;
+                        if res == Resolution::KeepTarget {
+                            continue;
+                        }
+                    }
                     let st = sql::delete(&t, rel, old).map_err(shape_err)?;
                     let n = tx
                         .execute(st.sql.as_str(), &params(&st))
@@ -401,33 +628,22 @@ impl Applier {
                 None => out.rows += 1,
                 Some((t, kind, rel, image, reason)) => {
                     out.conflicts += 1;
-                    let local = match sql::select_row(&t, rel, image) {
-                        Ok(st) => tx
-                            .query_opt(st.sql.as_str(), &params(&st))
-                            .await
-                            .ok()
-                            .flatten()
-                            .and_then(|r| r.get::<_, Option<String>>(0)),
-                        Err(_) => None,
-                    };
-                    tx.execute(
-                        "INSERT INTO ezone_replication.conflicts \
-                         (link, kind, relation, source_commit_lsn, source_commit_time, remote_row, local_row, reason, resolution) \
-                         VALUES ($1, $2, $3, $4::text::pg_lsn, $5, $6::text::jsonb, $7::text::jsonb, $8, 'kept_target_row')",
-                        &[
-                            &link,
-                            &kind,
-                            &t.qualified,
-                            &txn.commit.commit_lsn.to_string(),
-                            &commit_time,
-                            &sql::image_json(rel, image),
-                            &local,
-                            &reason,
-                        ],
+                    // A row missing for an update or delete: nothing to keep
+                    // or overwrite; the change is recorded, not applied.
+                    record(
+                        &tx,
+                        &link,
+                        &target,
+                        kind,
+                        &t,
+                        rel,
+                        image,
+                        reason,
+                        "recorded:not_applied",
+                        txn,
+                        commit_time,
                     )
-                    .await
-                    .map_err(|e| classify(&target, "recording a conflict", e))?;
-                    tracing::warn!(link = %link, kind, relation = %t.qualified, lsn = %txn.commit.commit_lsn, "Replication conflict recorded.");
+                    .await?;
                 }
             }
         }

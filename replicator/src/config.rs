@@ -35,6 +35,14 @@ pub struct ReplicatorConfig {
     pub target_dsn: Option<String>,
     #[serde(default)]
     pub admin: Option<Admin>,
+    /// How conflicts are resolved (`owner_wins` or `last_writer_wins`).
+    #[serde(default)]
+    pub conflict_policy: crate::conflict::Policy,
+    /// The shard key column of each table (`"schema.table" = { column =
+    /// "city", kind = "city" }`): a change for a shard homed at another site
+    /// than the one it was written at is a conflict.
+    #[serde(default)]
+    pub shard_keys: BTreeMap<String, crate::conflict::ShardKey>,
 }
 
 fn d_publication() -> String {
@@ -107,6 +115,14 @@ impl ReplicatorConfig {
                 return Err(err(
                     &format!("tables[{i}]"),
                     format!("{t:?} is not `schema.table` or `table` (letters, digits, _)"),
+                ));
+            }
+        }
+        for table in self.shard_keys.keys() {
+            if !self.tables.contains(table) {
+                return Err(err(
+                    &format!("shard_keys.{table:?}"),
+                    "not one of `tables`: use the same `schema.table` spelling",
                 ));
             }
         }

@@ -14,6 +14,7 @@
 
 pub mod apply;
 pub mod config;
+pub mod conflict;
 pub mod link;
 pub mod lsn;
 pub mod pgoutput;

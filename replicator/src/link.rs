@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::apply::{Applier, ApplyError};
+use crate::apply::{Applier, ApplyError, Ownership};
 use crate::lsn::Lsn;
 use crate::pgoutput::{self, DecodeError};
 use crate::txn::{AssembleError, Assembler, Event};
@@ -262,6 +262,7 @@ pub async fn ensure_source(cfg: &LinkConfig) -> Result<(), LinkError> {
 /// Streams and applies until `stop` is set or an error ends the stream.
 pub async fn run_once(
     cfg: &LinkConfig,
+    own: &Ownership,
     stats: &LinkStats,
     stop: &mut watch::Receiver<bool>,
 ) -> Result<(), LinkError> {
@@ -326,7 +327,7 @@ pub async fn run_once(
                             // Replayed into the source by a link: not ours to send on.
                             stats.skipped_origin_txns.fetch_add(1, Ordering::Relaxed);
                         } else {
-                            let applied = applier.apply(&txn).await.map_err(apply_err)?;
+                            let applied = applier.apply(&txn, own).await.map_err(apply_err)?;
                             stats.applied_txns.fetch_add(1, Ordering::Relaxed);
                             stats
                                 .applied_rows
@@ -372,11 +373,23 @@ pub async fn run_once(
 pub async fn run(
     cfg: LinkConfig,
     stats: Arc<LinkStats>,
+    stop: watch::Receiver<bool>,
+) -> Result<(), LinkError> {
+    let own = Ownership::for_link(&cfg.name);
+    run_with(cfg, own, stats, stop).await
+}
+
+/// As [`run`], with ownership rules (shard keys, topology, policy) for
+/// conflict decisions.
+pub async fn run_with(
+    cfg: LinkConfig,
+    own: Ownership,
+    stats: Arc<LinkStats>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), LinkError> {
     stats.retained_wal_bytes.store(-1, Ordering::Relaxed);
     let monitor = tokio::spawn(sample_slot(cfg.clone(), stats.clone(), stop.clone()));
-    let result = run_link(cfg, stats, &mut stop).await;
+    let result = run_link(cfg, own, stats, &mut stop).await;
     monitor.abort();
     result
 }
@@ -422,6 +435,7 @@ async fn sample_slot(cfg: LinkConfig, stats: Arc<LinkStats>, mut stop: watch::Re
 
 async fn run_link(
     cfg: LinkConfig,
+    own: Ownership,
     stats: Arc<LinkStats>,
     stop: &mut watch::Receiver<bool>,
 ) -> Result<(), LinkError> {
@@ -431,7 +445,7 @@ async fn run_link(
             return Ok(());
         }
         let result = match ensure_source(&cfg).await {
-            Ok(()) => run_once(&cfg, &stats, stop).await,
+            Ok(()) => run_once(&cfg, &own, &stats, stop).await,
             Err(e) => Err(e),
         };
         match result {

@@ -11,8 +11,9 @@ use ezone_topology::{AnyStore, EtcdStore, FileStore, TopologyStore};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::apply::Ownership;
 use crate::config::{origin_name, slot_name, ReplicatorConfig};
-use crate::link::{run, LinkConfig, LinkError, LinkStats};
+use crate::link::{run_with, LinkConfig, LinkError, LinkStats};
 use crate::walsender::SourceConfig;
 
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +34,8 @@ pub enum ServiceError {
 /// The running links of one replicator.
 pub struct Service {
     pub links: BTreeMap<String, Arc<LinkStats>>,
+    /// Keeps the topology watcher (shared by the links) alive.
+    _watcher: Arc<ezone_topology::Watcher>,
     pub admin: Option<std::net::SocketAddr>,
     stop: watch::Sender<bool>,
     tasks: JoinSet<(String, Result<(), LinkError>)>,
@@ -48,6 +51,12 @@ impl Service {
             )),
         };
         let snap = store.load().await?;
+        // A live view of the topology for ownership checks (lock-free reads).
+        let watcher = Arc::new(ezone_topology::Watcher::start(store.clone()));
+        let topology: crate::apply::TopologyFn = {
+            let w = watcher.clone();
+            Arc::new(move || w.current().map(|s| s.topology.clone()))
+        };
         let t = &snap.topology;
         let Some(here) = t.sites.get(&cfg.site) else {
             return Err(ServiceError::UnknownSite {
@@ -87,10 +96,17 @@ impl Service {
                 origin: origin_name(name),
                 tables: cfg.tables.clone(),
             };
+            let own = Ownership {
+                source_site: name.clone(),
+                target_site: cfg.site.clone(),
+                policy: cfg.conflict_policy,
+                shard_keys: cfg.shard_keys.clone().into_iter().collect(),
+                topology: Some(topology.clone()),
+            };
             let stats = Arc::new(LinkStats::default());
             links.insert(link_name.clone(), stats.clone());
             let rx = stop_rx.clone();
-            tasks.spawn(async move { (link_name, run(lc, stats, rx).await) });
+            tasks.spawn(async move { (link_name, run_with(lc, own, stats, rx).await) });
         }
         let mut admin = None;
         if let Some(a) = &cfg.admin {
@@ -134,6 +150,7 @@ impl Service {
         }
         Ok(Service {
             links,
+            _watcher: watcher,
             admin,
             stop,
             tasks,

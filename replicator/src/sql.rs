@@ -242,6 +242,25 @@ pub fn select_row(
     })
 }
 
+/// `SELECT pg_xact_commit_timestamp(xmin)` of the target's row (needs
+/// `track_commit_timestamp = on`; NULL otherwise), for last-writer-wins.
+pub fn select_commit_time(
+    t: &TableInfo,
+    rel: &Relation,
+    image: &TupleData,
+) -> Result<Statement, ShapeError> {
+    let cols = mapping(rel, t)?;
+    let mut params = Vec::new();
+    let cond = where_key(t, &cols, image, &mut params)?;
+    Ok(Statement {
+        sql: format!(
+            "SELECT pg_xact_commit_timestamp(r.xmin) FROM {} r WHERE {}",
+            t.qualified, cond
+        ),
+        params,
+    })
+}
+
 /// A row image as JSON text (column name -> text value or null; unchanged
 /// TOAST as the string `"(unchanged toast)"`), for conflict records.
 pub fn image_json(rel: &Relation, image: &TupleData) -> String {

@@ -187,3 +187,86 @@ async fn values_of_many_types_arrive_intact() {
     let _ = stop_tx.send(true);
     task.await.expect("join").expect("clean stop");
 }
+
+/// Ownership: with a shard key column and the topology, a change written at a
+/// site that does not own the row's shard is recorded and not applied (owner
+/// wins), and when both sites have the row, the owner's version is kept.
+#[tokio::test]
+async fn owner_wins_by_shard_key() {
+    use ezone_replicator::apply::Ownership;
+    use ezone_replicator::conflict::{KeyKind, Policy, ShardKey};
+    use ezone_replicator::link::run_with;
+    let a = PgCluster::start("beijing").await.expect("pg");
+    let b = PgCluster::start("shanghai").await.expect("pg");
+    for pg in [&a, &b] {
+        q(
+            pg,
+            "CREATE TABLE orders (id bigint PRIMARY KEY, city text NOT NULL, note text)",
+        )
+        .await;
+    }
+    // A row of a beijing-owned city already at shanghai with another version.
+    q(
+        &b,
+        "INSERT INTO orders VALUES (5, '010', 'shanghai version')",
+    )
+    .await;
+    let cfg = link(&a, &b, &["public.orders"]);
+    ensure_source(&cfg).await.expect("source");
+    // 010 -> shard 1 (beijing), 021 -> shard 2 (shanghai) in the starter topology.
+    let topology = std::sync::Arc::new(ezone_topology::starter::starter(
+        &["beijing", "shanghai"],
+        2,
+    ));
+    let own = Ownership {
+        source_site: "beijing".into(),
+        target_site: "shanghai".into(),
+        policy: Policy::OwnerWins,
+        shard_keys: [(
+            "public.orders".to_string(),
+            ShardKey {
+                column: "city".into(),
+                kind: KeyKind::City,
+            },
+        )]
+        .into_iter()
+        .collect(),
+        topology: Some(Arc::new(move || Some(topology.clone()))),
+    };
+    let (stop_tx, stop) = watch::channel(false);
+    let task = tokio::spawn(run_with(cfg, own, Arc::new(LinkStats::default()), stop));
+    q(
+        &a,
+        "INSERT INTO orders VALUES (1, '010', 'beijing owns this')",
+    )
+    .await;
+    q(
+        &a,
+        "INSERT INTO orders VALUES (2, '021', 'written at beijing, owned by shanghai')",
+    )
+    .await;
+    q(
+        &a,
+        "INSERT INTO orders VALUES (5, '010', 'beijing version')",
+    )
+    .await;
+    until(&b, "SELECT count(*) FROM ezone_replication.conflicts", "2").await;
+    // The owned row applied; the foreign one recorded, not applied; the
+    // existing row now holds the owner's (the source's) version.
+    until(
+        &b,
+        "SELECT string_agg(id || '=' || note, ';' ORDER BY id) FROM orders",
+        "1=beijing owns this;5=beijing version",
+    )
+    .await;
+    assert_eq!(
+        q(&b, "SELECT string_agg(kind || ':' || resolution, ',' ORDER BY id) FROM ezone_replication.conflicts").await,
+        "foreign_shard:owner_wins:kept_target,insert_exists:owner_wins:applied_source"
+    );
+    assert_eq!(
+        q(&b, "SELECT remote_row->>'note' FROM ezone_replication.conflicts WHERE kind = 'foreign_shard'").await,
+        "written at beijing, owned by shanghai"
+    );
+    let _ = stop_tx.send(true);
+    task.await.expect("join").expect("clean stop");
+}
