@@ -175,4 +175,15 @@ mod tests {
         assert_eq!(e.field, "topology");
         assert_eq!(slot_name("new-york"), "ezone_to_new_york");
     }
+
+    /// The example in docs/replicator.md is a valid config (the docs cannot drift).
+    #[test]
+    fn the_documented_example_parses() {
+        let doc = include_str!("../../docs/replicator.md");
+        let start = doc.find("## Config").expect("a Config section");
+        let block = &doc[start..];
+        let toml_start = block.find("```toml\n").expect("a toml block") + "```toml\n".len();
+        let toml_end = block[toml_start..].find("```").expect("end of block") + toml_start;
+        ReplicatorConfig::from_toml(&block[toml_start..toml_end]).unwrap();
+    }
 }

@@ -475,4 +475,15 @@ etcd = ["http://127.0.0.1:2379"]
         let e = RouterConfig::from_toml(&format!("{MIN}[limits]\nmax_body = 5\n")).unwrap_err();
         assert!(e.problem.contains("max_body"), "{e}");
     }
+
+    /// The example in docs/router.md is a valid config (the docs cannot drift).
+    #[test]
+    fn the_documented_example_parses() {
+        let doc = include_str!("../../docs/router.md");
+        let start = doc.find("## Config").expect("a Config section");
+        let block = &doc[start..];
+        let toml_start = block.find("```toml\n").expect("a toml block") + "```toml\n".len();
+        let toml_end = block[toml_start..].find("```").expect("end of block") + toml_start;
+        RouterConfig::from_toml(&block[toml_start..toml_end]).unwrap();
+    }
 }
