@@ -240,3 +240,46 @@ async fn killed_mid_stream_many_times_no_gap_no_duplicate() {
     let _ = stop_tx.send(true);
     task.await.expect("join").expect("clean end");
 }
+
+#[tokio::test]
+async fn source_and_target_crashes_converge() {
+    let (a, b) = two_sites().await;
+    let cfg = link("beijing->shanghai", &a, &b, "beijing");
+    ezone_replicator::link::ensure_source(&cfg)
+        .await
+        .expect("source");
+    let stats = Arc::new(LinkStats::default());
+    let (stop_tx, stop) = watch::channel(false);
+    let task = tokio::spawn(run(cfg, stats.clone(), stop));
+    let mut next = 0i64;
+    let mut write = |n: i64| {
+        let from = next;
+        next += n;
+        format!(
+            "INSERT INTO orders (id, city) SELECT i, '010' FROM generate_series({from}, {}) i",
+            from + n - 1
+        )
+    };
+    q(&a, &write(100)).await;
+    // The source crashes (kill -9, then crash recovery) mid-stream.
+    a.kill().expect("kill source");
+    a.restart().await.expect("restart source");
+    q(&a, &write(100)).await;
+    // The target crashes.
+    b.kill().expect("kill target");
+    q(&a, &write(100)).await;
+    b.restart().await.expect("restart target");
+    q(&a, &write(100)).await;
+    converge(&a, &b).await;
+    assert_eq!(q(&b, "SELECT count(*) FROM orders").await, "400");
+    assert_eq!(
+        q(&b, "SELECT count(*) FROM ezone_replication.conflicts").await,
+        "0"
+    );
+    assert!(
+        stats.restarts.load(Ordering::Relaxed) >= 2,
+        "the link restarted after each crash"
+    );
+    let _ = stop_tx.send(true);
+    task.await.expect("join").expect("clean stop");
+}
