@@ -152,6 +152,9 @@ pub struct Applier {
     link: String,
     origin: String,
     tables: HashMap<(String, String), Arc<TableInfo>>,
+    /// Prepared statements by SQL text: one round trip per row instead of
+    /// two (parse + execute). Bounded by [`MAX_CACHED_STATEMENTS`].
+    statements: HashMap<String, tokio_postgres::Statement>,
     conn: tokio::task::JoinHandle<()>,
 }
 
@@ -238,6 +241,28 @@ async fn record(
     Ok(())
 }
 
+/// How many distinct prepared statements an applier keeps.
+pub const MAX_CACHED_STATEMENTS: usize = 1000;
+
+/// Executes a statement, preparing it once per connection (all parameters
+/// are text: see [`crate::sql`]).
+async fn exec(
+    tx: &tokio_postgres::Transaction<'_>,
+    cache: &mut HashMap<String, tokio_postgres::Statement>,
+    st: &Statement,
+) -> Result<u64, tokio_postgres::Error> {
+    let prepared = match cache.get(&st.sql) {
+        Some(p) => p.clone(),
+        None => {
+            let types = vec![tokio_postgres::types::Type::TEXT; st.params.len()];
+            let p = tx.prepare_typed(&st.sql, &types).await?;
+            cache.insert(st.sql.clone(), p.clone());
+            p
+        }
+    };
+    tx.execute(&prepared, &params(st)).await
+}
+
 fn params(st: &Statement) -> Vec<&(dyn ToSql + Sync)> {
     st.params.iter().map(|p| p as &(dyn ToSql + Sync)).collect()
 }
@@ -267,6 +292,7 @@ impl Applier {
             link: link.to_string(),
             origin: origin.to_string(),
             tables: HashMap::new(),
+            statements: HashMap::new(),
             conn,
         };
         a.client
@@ -327,6 +353,9 @@ impl Applier {
             }
         }
         let qualified = sql::qualified(rel);
+        // The table's shape may have changed: prepared statements for it
+        // would fail or be wrong.
+        self.statements.clear();
         let rows = self
             .client
             .query(
@@ -386,6 +415,12 @@ impl Applier {
         }
         let target = self.target.clone();
         let link = self.link.clone();
+        // Taken out for the transaction (which borrows the client); put back
+        // on success. On an error the link reconnects with a new Applier.
+        let mut cache = std::mem::take(&mut self.statements);
+        if cache.len() > MAX_CACHED_STATEMENTS {
+            cache.clear();
+        }
         let tx = self
             .client
             .transaction()
@@ -439,12 +474,9 @@ impl Applier {
                         }
                     }
                     let st = sql::insert(&t, rel, new).map_err(shape_err)?;
-                    let n = tx
-                        .execute(st.sql.as_str(), &params(&st))
-                        .await
-                        .map_err(|e| {
-                            classify(&target, &format!("INSERT into {}", t.qualified), e)
-                        })?;
+                    let n = exec(&tx, &mut cache, &st).await.map_err(|e| {
+                        classify(&target, &format!("INSERT into {}", t.qualified), e)
+                    })?;
                     if n == 0 {
                         // The row exists: the policy decides whose version stays.
                         let target_commit = if own.policy == Policy::LastWriterWins {
@@ -485,15 +517,13 @@ impl Applier {
                         out.conflicts += 1;
                         if res == Resolution::ApplySource {
                             let st = sql::update(&t, rel, None, new).map_err(shape_err)?;
-                            tx.execute(st.sql.as_str(), &params(&st))
-                                .await
-                                .map_err(|e| {
-                                    classify(
-                                        &target,
-                                        &format!("UPDATE of {} (conflict resolution)", t.qualified),
-                                        e,
-                                    )
-                                })?;
+                            exec(&tx, &mut cache, &st).await.map_err(|e| {
+                                classify(
+                                    &target,
+                                    &format!("UPDATE of {} (conflict resolution)", t.qualified),
+                                    e,
+                                )
+                            })?;
                         }
                         continue;
                     }
@@ -529,8 +559,7 @@ impl Applier {
                         }
                     }
                     let st = sql::update(&t, rel, old.as_ref(), new).map_err(shape_err)?;
-                    let n = tx
-                        .execute(st.sql.as_str(), &params(&st))
+                    let n = exec(&tx, &mut cache, &st)
                         .await
                         .map_err(|e| classify(&target, &format!("UPDATE of {}", t.qualified), e))?;
                     (n == 0).then_some((
@@ -571,12 +600,9 @@ impl Applier {
                         }
                     }
                     let st = sql::delete(&t, rel, old).map_err(shape_err)?;
-                    let n = tx
-                        .execute(st.sql.as_str(), &params(&st))
-                        .await
-                        .map_err(|e| {
-                            classify(&target, &format!("DELETE from {}", t.qualified), e)
-                        })?;
+                    let n = exec(&tx, &mut cache, &st).await.map_err(|e| {
+                        classify(&target, &format!("DELETE from {}", t.qualified), e)
+                    })?;
                     (n == 0).then_some((
                         t,
                         "delete_missing",
@@ -650,6 +676,7 @@ impl Applier {
         tx.commit()
             .await
             .map_err(|e| classify(&target, "COMMIT", e))?;
+        self.statements = cache;
         Ok(out)
     }
 
