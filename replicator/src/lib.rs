@@ -15,6 +15,7 @@
 pub mod apply;
 pub mod config;
 pub mod conflict;
+pub mod fence;
 pub mod link;
 pub mod lsn;
 pub mod pgoutput;

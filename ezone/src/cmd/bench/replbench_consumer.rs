@@ -13,7 +13,9 @@
 //! - **native**: `CREATE SUBSCRIPTION .. WITH (copy_data = false,
 //!   create_slot = true, enabled = false)` at the target, then `ALTER
 //!   SUBSCRIPTION .. ENABLE`. CPU: the apply worker (`pg_stat_subscription`)
-//!   and its source walsender (the slot's `active_pid`).
+//!   and its source walsender (the slot's `active_pid`). Stopped with
+//!   `DISABLE`, then `DROP SUBSCRIPTION` (which drops the source slot); see
+//!   [`Consumer::stop`] for why not a bare DROP.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -33,7 +35,7 @@ use super::replbench_workload::{sql, PUBLICATION, TABLES};
 const EZONE_APPLY_APP: &str = "ezone_bench_apply";
 /// How long a consumer may take to show all its processes.
 const PROCESSES_WITHIN: Duration = Duration::from_secs(30);
-/// How long ezone's walsender may take to go after the replicator exits.
+/// How long a consumer's processes may take to go after it is stopped.
 const SLOT_RELEASE_WITHIN: Duration = Duration::from_secs(15);
 /// How long the replicator may take to stop on SIGTERM before SIGKILL.
 const STOP_WITHIN: Duration = Duration::from_secs(10);
@@ -345,7 +347,41 @@ impl Consumer {
                 Ok(())
             }
             Consumer::Native { subscription } => {
-                // Stops the worker and drops the slot at the source.
+                // Disable first and wait for the worker to go. A DROP of an
+                // enabled subscription kills its worker, and Postgres 15's
+                // launcher at once tries to start it again; that attempt
+                // resets the launcher's once-per-`wal_retrieve_retry_interval`
+                // throttle, so the next run's ENABLE would wait up to 5 s
+                // for its worker: a bench artefact, not replication.
+                sql(
+                    at.target,
+                    at.db,
+                    &format!("ALTER SUBSCRIPTION {subscription} DISABLE"),
+                )
+                .await?;
+                let deadline = tokio::time::Instant::now() + SLOT_RELEASE_WITHIN;
+                loop {
+                    let workers = sql(
+                        at.target,
+                        at.db,
+                        &format!(
+                            "SELECT count(*) FROM pg_stat_subscription \
+                             WHERE subname = '{subscription}' AND pid IS NOT NULL"
+                        ),
+                    )
+                    .await?;
+                    if workers.trim() == "0" {
+                        break;
+                    }
+                    if tokio::time::Instant::now() >= deadline {
+                        bail!(
+                            "subscription {subscription} still has a worker {}s after DISABLE",
+                            SLOT_RELEASE_WITHIN.as_secs()
+                        );
+                    }
+                    tokio::time::sleep(POLL).await;
+                }
+                // Drops the slot at the source too.
                 sql(
                     at.target,
                     at.db,

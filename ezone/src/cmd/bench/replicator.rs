@@ -453,6 +453,12 @@ async fn bench(args: ReplicatorBench) -> anyhow::Result<()> {
         }
     }
     ctx.proxy.shutdown().await;
+    // A fast shutdown rather than the kill -9 of dropping them.
+    for pg in [&ctx.source, &ctx.target] {
+        if let Err(e) = pg.stop(Duration::from_secs(10)).await {
+            tracing::warn!(site = %pg.name(), error = %e, "Postgres did not stop politely; it is killed.");
+        }
+    }
     let ratios = params
         .variants
         .iter()

@@ -1,0 +1,249 @@
+//! The database fence: each site's Postgres refuses writes for shards it
+//! does not own, or that are frozen for a flip — whatever a (stale,
+//! partitioned) router sends it. The router is not trusted alone.
+//!
+//! How:
+//! - `ezone_fence.shards(shard, writable, epoch)`: `writable` is true only
+//!   where this site is the shard's home and the shard is active. It is
+//!   reconciled from the topology ([`reconcile`]), monotonically by epoch, so
+//!   a stale topology can never reopen a fence.
+//! - `ezone_fence.cities(city, shard)`: the routing table, so the fence maps
+//!   a row's city to its shard as the router does.
+//! - A `BEFORE INSERT OR UPDATE OR DELETE ... FOR EACH ROW` trigger on each
+//!   application table ([`install_table_sql`]) reads the row's shard key,
+//!   takes a `FOR SHARE` lock on the shard's fence row and raises SQLSTATE
+//!   `EZ001` unless it is writable. Closing a fence is an UPDATE of that row,
+//!   which waits for every in-flight write transaction holding the share lock:
+//!   the cut is clean — after [`reconcile`] returns, no transaction can still
+//!   commit a write for that shard at this site.
+//! - Replicated applies run with `session_replication_role = replica`, under
+//!   which ordinary triggers do not fire: the fence never blocks replication.
+//!
+//! What an application table needs: a shard key column holding either the
+//! city id (`kind = city`, mapped through the routing table) or the shard id
+//! itself (`kind = shard`). User-id keyed tables are not fenced yet.
+
+use ezone_topology::{ShardState, Topology};
+
+/// SQLSTATE raised for a write to a shard this site may not write.
+pub const SQLSTATE_FENCED: &str = "EZ001";
+/// SQLSTATE raised for a row whose key maps to no shard.
+pub const SQLSTATE_UNMAPPED: &str = "EZ002";
+
+/// The fence's schema and trigger function. Idempotent.
+pub const SCHEMA_SQL: &str = r#"
+CREATE SCHEMA IF NOT EXISTS ezone_fence;
+CREATE TABLE IF NOT EXISTS ezone_fence.shards (
+    shard integer PRIMARY KEY,
+    writable boolean NOT NULL,
+    epoch bigint NOT NULL,
+    home text NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS ezone_fence.cities (
+    city text PRIMARY KEY,
+    shard integer NOT NULL
+);
+CREATE OR REPLACE FUNCTION ezone_fence.shard_of(kind text, v text) RETURNS integer
+LANGUAGE sql STABLE AS $$
+    SELECT CASE kind
+        WHEN 'city' THEN (SELECT shard FROM ezone_fence.cities WHERE city = v)
+        WHEN 'shard' THEN v::integer
+    END
+$$;
+CREATE OR REPLACE FUNCTION ezone_fence.check_shard(s integer, col text, v text) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    ok boolean;
+BEGIN
+    IF s IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'EZ002',
+            MESSAGE = format('ezone fence: %s = %L maps to no shard', col, v),
+            HINT = 'add the city to the topology''s routing table';
+    END IF;
+    -- FOR SHARE: closing this shard's fence (an UPDATE of the row) waits for
+    -- this transaction to end.
+    SELECT writable INTO ok FROM ezone_fence.shards WHERE shard = s FOR SHARE;
+    IF ok IS NOT TRUE THEN
+        RAISE EXCEPTION USING ERRCODE = 'EZ001',
+            MESSAGE = format('ezone fence: shard %s is not writable at this site (not its home, or frozen for a move)', s),
+            HINT = 'send the write through an ezone router: it routes to the shard''s home';
+    END IF;
+END
+$$;
+CREATE OR REPLACE FUNCTION ezone_fence.check() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    col text := TG_ARGV[0];
+    kind text := TG_ARGV[1];
+    v text;
+BEGIN
+    IF TG_OP IN ('UPDATE', 'DELETE') THEN
+        v := to_jsonb(OLD) ->> col;
+        PERFORM ezone_fence.check_shard(ezone_fence.shard_of(kind, v), col, v);
+    END IF;
+    IF TG_OP IN ('INSERT', 'UPDATE') THEN
+        v := to_jsonb(NEW) ->> col;
+        PERFORM ezone_fence.check_shard(ezone_fence.shard_of(kind, v), col, v);
+        RETURN NEW;
+    END IF;
+    RETURN OLD;
+END
+$$;
+"#;
+
+/// What a fenced table's shard key column holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FenceKey {
+    City,
+    Shard,
+}
+
+impl FenceKey {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FenceKey::City => "city",
+            FenceKey::Shard => "shard",
+        }
+    }
+}
+
+/// SQL that puts the fence trigger on `table` (`schema.table`), keyed by
+/// `column`. Idempotent.
+pub fn install_table_sql(table: &str, column: &str, key: FenceKey) -> String {
+    let qualified = table
+        .split('.')
+        .map(crate::sql::quote_ident)
+        .collect::<Vec<_>>()
+        .join(".");
+    let lit = |s: &str| format!("'{}'", s.replace('\'', "''"));
+    format!(
+        "DROP TRIGGER IF EXISTS ezone_fence ON {qualified};\n\
+         CREATE TRIGGER ezone_fence BEFORE INSERT OR UPDATE OR DELETE ON {qualified} \
+         FOR EACH ROW EXECUTE FUNCTION ezone_fence.check({}, {});",
+        lit(column),
+        lit(key.as_str())
+    )
+}
+
+/// One shard's fence state for a site, from the topology.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardFence {
+    pub shard: u32,
+    pub writable: bool,
+    pub epoch: u64,
+    pub home: String,
+}
+
+/// The fence rows for `site` (pure).
+pub fn fences_for(t: &Topology, site: &str) -> Vec<ShardFence> {
+    t.shards
+        .values()
+        .map(|s| ShardFence {
+            shard: s.id,
+            writable: s.home == site && s.state == ShardState::Active,
+            epoch: s.epoch,
+            home: s.home.clone(),
+        })
+        .collect()
+}
+
+/// Errors of the fence's database side.
+#[derive(Debug, thiserror::Error)]
+#[error("fence at {target}: {what}: {source}")]
+pub struct FenceError {
+    pub target: String,
+    pub what: String,
+    #[source]
+    pub source: tokio_postgres::Error,
+}
+
+/// Installs the schema (idempotent).
+pub async fn install_schema(
+    client: &tokio_postgres::Client,
+    target: &str,
+) -> Result<(), FenceError> {
+    client
+        .batch_execute(SCHEMA_SQL)
+        .await
+        .map_err(|source| FenceError {
+            target: target.into(),
+            what: "installing the ezone_fence schema".into(),
+            source,
+        })
+}
+
+/// Brings `site`'s fence in line with the topology: the city table, and
+/// every shard's writability at its epoch. Monotonic: a shard row is only
+/// changed by a topology at the same or a later epoch. Returns the shards
+/// whose fence closed. Closing waits for in-flight writes of that shard (see
+/// the module docs).
+pub async fn reconcile(
+    client: &mut tokio_postgres::Client,
+    target: &str,
+    t: &Topology,
+    site: &str,
+) -> Result<Vec<u32>, FenceError> {
+    let err = |what: &str, source| FenceError {
+        target: target.into(),
+        what: what.into(),
+        source,
+    };
+    let tx = client.transaction().await.map_err(|e| err("BEGIN", e))?;
+    tx.execute("DELETE FROM ezone_fence.cities", &[])
+        .await
+        .map_err(|e| err("clearing the city map", e))?;
+    for (city, shard) in &t.routing.cities {
+        tx.execute(
+            "INSERT INTO ezone_fence.cities (city, shard) VALUES ($1, $2)",
+            &[city, &(*shard as i32)],
+        )
+        .await
+        .map_err(|e| err("writing the city map", e))?;
+    }
+    let mut closed = Vec::new();
+    for f in fences_for(t, site) {
+        let row = tx
+            .query_opt(
+                "INSERT INTO ezone_fence.shards AS s (shard, writable, epoch, home) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (shard) DO UPDATE SET writable = excluded.writable, epoch = excluded.epoch, \
+                 home = excluded.home, updated_at = now() \
+                 WHERE s.epoch <= excluded.epoch \
+                 RETURNING (SELECT writable FROM ezone_fence.shards WHERE shard = $1)",
+                &[&(f.shard as i32), &f.writable, &(f.epoch as i64), &f.home],
+            )
+            .await
+            .map_err(|e| err("writing a shard's fence", e))?;
+        if let Some(r) = row {
+            let was: Option<bool> = r.get(0);
+            if was == Some(true) && !f.writable {
+                closed.push(f.shard);
+            }
+        }
+    }
+    tx.commit().await.map_err(|e| err("COMMIT", e))?;
+    Ok(closed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ezone_topology::starter::starter;
+
+    #[test]
+    fn writable_only_at_the_home_when_active() {
+        let mut t = starter(&["beijing", "shanghai"], 1);
+        t.shards.get_mut(&2).unwrap().state = ShardState::Frozen;
+        let f = fences_for(&t, "beijing");
+        assert!(f[0].writable && !f[1].writable);
+        let f = fences_for(&t, "shanghai");
+        assert!(!f[0].writable && !f[1].writable, "frozen: writable nowhere");
+    }
+
+    #[test]
+    fn install_sql_quotes() {
+        let sql = install_table_sql("public.orders", "ci'ty", FenceKey::City);
+        assert!(sql.contains("ON \"public\".\"orders\""));
+        assert!(sql.contains("check('ci''ty', 'city')"));
+    }
+}
