@@ -18,6 +18,9 @@ enum Command {
     Router(cmd::router::RouterArgs),
     /// Run the replicator for one site (links from every other site).
     Replicator(cmd::replicator::ReplicatorArgs),
+    /// The database fence: install it on a table, reconcile it from the topology.
+    #[command(subcommand)]
+    Fence(cmd::fence::FenceCommand),
     /// Read, write, validate and watch the topology (etcd or a file).
     #[command(subcommand)]
     Topo(cmd::topo::TopoCommand),
@@ -55,6 +58,7 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Router(c) => cmd::router::run(c).await,
             Command::Replicator(c) => cmd::replicator::run(c).await,
+            Command::Fence(c) => cmd::fence::run(c).await,
             Command::Topo(c) => cmd::topo::run(c).await,
             Command::Lab(c) => cmd::lab::run(c).await,
             Command::Chaos(c) => cmd::chaos::run(c).await,

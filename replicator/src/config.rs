@@ -35,6 +35,10 @@ pub struct ReplicatorConfig {
     pub target_dsn: Option<String>,
     #[serde(default)]
     pub admin: Option<Admin>,
+    /// Keep this site's database fence in line with the topology (on start
+    /// and on every change). Needs `ezone fence install` on the tables.
+    #[serde(default)]
+    pub fence: bool,
     /// How conflicts are resolved (`owner_wins` or `last_writer_wins`).
     #[serde(default)]
     pub conflict_policy: crate::conflict::Policy,

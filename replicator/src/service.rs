@@ -70,6 +70,11 @@ impl Service {
             .unwrap_or_else(|| here.postgres.clone());
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
+        if cfg.fence {
+            let (site, dsn) = (cfg.site.clone(), target_dsn.clone());
+            let (w, rx) = (watcher.clone(), stop_rx.clone());
+            tasks.spawn(async move { ("fence".to_string(), keep_fence(site, dsn, w, rx).await) });
+        }
         let mut links = BTreeMap::new();
         for (name, site) in &t.sites {
             if *name == cfg.site {
@@ -172,6 +177,52 @@ impl Service {
     pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
         while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Reconciles this site's fence from the topology on start and on every
+/// change, until `stop`. A failure is retried on the next change (and every
+/// few seconds): a fence that cannot be updated stays as it was, which is
+/// closed-safe for shards leaving this site only once reconciled — so errors
+/// are logged at ERROR.
+async fn keep_fence(
+    site: String,
+    dsn: String,
+    watcher: Arc<ezone_topology::Watcher>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), LinkError> {
+    let mut rx = watcher.subscribe();
+    loop {
+        let snap = rx.borrow_and_update().clone();
+        if let Some(snap) = snap {
+            match tokio_postgres::connect(&dsn, tokio_postgres::NoTls).await {
+                Ok((mut client, conn)) => {
+                    let task = tokio::spawn(conn);
+                    let r = async {
+                        crate::fence::install_schema(&client, &site).await?;
+                        crate::fence::reconcile(&mut client, &site, &snap.topology, &site).await
+                    }
+                    .await;
+                    match r {
+                        Ok(closed) => {
+                            tracing::info!(site = %site, version = snap.version, closed = ?closed, "Fence reconciled.")
+                        }
+                        Err(e) => {
+                            tracing::error!(site = %site, error = %e, "Fence reconcile failed; retrying.")
+                        }
+                    }
+                    task.abort();
+                }
+                Err(e) => {
+                    tracing::error!(site = %site, error = %e, "Cannot reach the site's Postgres to reconcile the fence; retrying.")
+                }
+            }
+        }
+        tokio::select! {
+            r = rx.changed() => { if r.is_err() { return Ok(()); } }
+            _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
+            _ = stop.wait_for(|s| *s) => return Ok(()),
+        }
     }
 }
 

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod chaos;
+pub mod fence;
 pub mod lab;
 pub mod replicator;
 pub mod router;

@@ -1,0 +1,117 @@
+//! `ezone fence`: install the database fence on a site's Postgres and keep it
+//! in line with the topology (see `replicator/src/fence.rs` for what it does).
+
+use anyhow::Context;
+use ezone_replicator::fence::{install_schema, install_table_sql, reconcile, FenceKey};
+use ezone_topology::{TopologyStore, Watcher};
+
+use crate::cmd::topo::StoreArgs;
+
+#[derive(Debug, clap::Subcommand)]
+pub enum FenceCommand {
+    /// Put the fence on a table (one command per table; idempotent).
+    Install {
+        /// The site's Postgres (libpq key=value DSN).
+        #[arg(long)]
+        dsn: String,
+        /// `schema.table`.
+        #[arg(long)]
+        table: String,
+        /// The table's shard key column.
+        #[arg(long)]
+        column: String,
+        /// What the column holds: a city id or a shard id.
+        #[arg(long, value_enum, default_value = "city")]
+        key: KeyArg,
+    },
+    /// Reconcile the site's fence from the topology (once, or on every change with --watch).
+    Sync {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The site's Postgres.
+        #[arg(long)]
+        dsn: String,
+        /// The site this Postgres belongs to.
+        #[arg(long)]
+        site: String,
+        /// Keep following the topology.
+        #[arg(long)]
+        watch: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum KeyArg {
+    City,
+    Shard,
+}
+
+async fn connect(dsn: &str) -> anyhow::Result<tokio_postgres::Client> {
+    let (client, conn) = tokio_postgres::connect(dsn, tokio_postgres::NoTls)
+        .await
+        .with_context(|| format!("connecting to {dsn}"))?;
+    tokio::spawn(conn);
+    Ok(client)
+}
+
+pub async fn run(c: FenceCommand) -> anyhow::Result<()> {
+    match c {
+        FenceCommand::Install {
+            dsn,
+            table,
+            column,
+            key,
+        } => {
+            let client = connect(&dsn).await?;
+            install_schema(&client, &dsn).await?;
+            let key = match key {
+                KeyArg::City => FenceKey::City,
+                KeyArg::Shard => FenceKey::Shard,
+            };
+            client
+                .batch_execute(&install_table_sql(&table, &column, key))
+                .await
+                .with_context(|| format!("installing the fence trigger on {table}"))?;
+            println!(
+                "fence installed on {table} (shard key column {column}, {})",
+                key.as_str()
+            );
+            Ok(())
+        }
+        FenceCommand::Sync {
+            store,
+            dsn,
+            site,
+            watch,
+        } => {
+            let store = store.open().await?;
+            let mut client = connect(&dsn).await?;
+            install_schema(&client, &dsn).await?;
+            if !watch {
+                let snap = store.load().await?;
+                let closed = reconcile(&mut client, &dsn, &snap.topology, &site).await?;
+                println!(
+                    "fence of {site} at topology version {}: closed {closed:?}",
+                    snap.version
+                );
+                return Ok(());
+            }
+            let watcher = Watcher::start(store);
+            let mut rx = watcher.subscribe();
+            loop {
+                let snap = rx.borrow_and_update().clone();
+                if let Some(snap) = snap {
+                    let closed = reconcile(&mut client, &dsn, &snap.topology, &site).await?;
+                    println!(
+                        "fence of {site} at topology version {}: closed {closed:?}",
+                        snap.version
+                    );
+                }
+                tokio::select! {
+                    r = rx.changed() => r.context("the topology watcher stopped")?,
+                    _ = tokio::signal::ctrl_c() => return Ok(()),
+                }
+            }
+        }
+    }
+}
