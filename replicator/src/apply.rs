@@ -178,6 +178,7 @@ fn classify(target: &str, what: &str, e: tokio_postgres::Error) -> ApplyError {
                 || code.starts_with("53") // insufficient resources
                 || code.starts_with("57") // operator intervention (shutdown)
                 || code == "40001"        // serialization failure
+                || code == "55006" // object in use: e.g. the origin still held by our own previous session
                 || code == "40P01"        // deadlock
                 || code == "55P03" // lock not available
         }
@@ -324,6 +325,16 @@ impl Applier {
         Ok(a)
     }
 
+    /// Releases the origin session and closes the connection, so the next
+    /// applier for this link can take the origin at once (a dropped
+    /// connection's backend may hold it a little longer).
+    pub async fn close(self) {
+        let _ = self
+            .client
+            .batch_execute("SELECT pg_replication_origin_session_reset()")
+            .await;
+    }
+
     /// The source position everything up to which has been applied here:
     /// where the link restarts the source stream.
     pub async fn progress(&self) -> Result<Lsn, ApplyError> {
@@ -400,18 +411,37 @@ impl Applier {
 
     /// Applies one source transaction atomically with the origin's progress.
     pub async fn apply(&mut self, txn: &SourceTxn, own: &Ownership) -> Result<Applied, ApplyError> {
+        self.apply_batch(std::slice::from_ref(txn), own).await
+    }
+
+    /// Applies consecutive source transactions in one target transaction,
+    /// in order, with the origin advanced to the last one's end: the same
+    /// exactly-once guarantee (all of them or none commit, with their
+    /// progress), one BEGIN/COMMIT for many small source transactions.
+    pub async fn apply_batch(
+        &mut self,
+        txns: &[SourceTxn],
+        own: &Ownership,
+    ) -> Result<Applied, ApplyError> {
+        let Some(last) = txns.last() else {
+            return Ok(Applied::default());
+        };
         let topology = own.topology.as_ref().and_then(|f| f());
         let topology = topology.as_deref();
         // Resolve every table first (catalog reads outside the transaction).
-        let mut shapes = Vec::with_capacity(txn.changes.len());
-        for ch in &txn.changes {
-            let t = match ch {
-                Change::Insert { rel, .. }
-                | Change::Update { rel, .. }
-                | Change::Delete { rel, .. } => Some(self.table(rel).await?),
-                _ => None,
-            };
-            shapes.push(t);
+        let mut all_shapes = Vec::with_capacity(txns.len());
+        for txn in txns {
+            let mut shapes = Vec::with_capacity(txn.changes.len());
+            for ch in &txn.changes {
+                let t = match ch {
+                    Change::Insert { rel, .. }
+                    | Change::Update { rel, .. }
+                    | Change::Delete { rel, .. } => Some(self.table(rel).await?),
+                    _ => None,
+                };
+                shapes.push(t);
+            }
+            all_shapes.push(shapes);
         }
         let target = self.target.clone();
         let link = self.link.clone();
@@ -426,14 +456,15 @@ impl Applier {
             .transaction()
             .await
             .map_err(|e| classify(&target, "BEGIN", e))?;
-        let commit_time = txn
-            .commit
-            .commit_time
-            .to_system_time()
-            .unwrap_or(std::time::SystemTime::UNIX_EPOCH);
+        let time_of = |txn: &SourceTxn| {
+            txn.commit
+                .commit_time
+                .to_system_time()
+                .unwrap_or(std::time::SystemTime::UNIX_EPOCH)
+        };
         tx.execute(
             "SELECT pg_replication_origin_xact_setup($1::text::pg_lsn, $2)",
-            &[&txn.commit.end_lsn.to_string(), &commit_time],
+            &[&last.commit.end_lsn.to_string(), &time_of(last)],
         )
         .await
         .map_err(|e| classify(&target, "pg_replication_origin_xact_setup", e))?;
@@ -442,234 +473,243 @@ impl Applier {
             source: e,
         };
         let mut out = Applied::default();
-        for (ch, shape) in txn.changes.iter().zip(shapes) {
-            let conflict = match (ch, shape) {
-                (Change::Insert { rel, new }, Some(t)) => {
-                    let owner = own.owner(topology, rel, new);
-                    if let Some(res) =
-                        conflict::resolve_foreign(own.policy, &own.source_site, owner.as_deref())
-                    {
-                        let reason = format!(
-                            "the row's shard is homed at {}, not at {} where it was written",
-                            owner.as_deref().unwrap_or("?"),
-                            own.source_site
-                        );
-                        record(
-                            &tx,
-                            &link,
-                            &target,
-                            "foreign_shard",
-                            &t,
-                            rel,
-                            new,
-                            &reason,
-                            res.as_str(own.policy),
-                            txn,
-                            commit_time,
-                        )
-                        .await?;
-                        out.conflicts += 1;
-                        if res == Resolution::KeepTarget {
-                            continue;
-                        }
-                    }
-                    let st = sql::insert(&t, rel, new).map_err(shape_err)?;
-                    let n = exec(&tx, &mut cache, &st).await.map_err(|e| {
-                        classify(&target, &format!("INSERT into {}", t.qualified), e)
-                    })?;
-                    if n == 0 {
-                        // The row exists: the policy decides whose version stays.
-                        let target_commit = if own.policy == Policy::LastWriterWins {
-                            match sql::select_commit_time(&t, rel, new) {
-                                Ok(st) => tx
-                                    .query_opt(st.sql.as_str(), &params(&st))
-                                    .await
-                                    .ok()
-                                    .flatten()
-                                    .and_then(|r| r.get::<_, Option<std::time::SystemTime>>(0)),
-                                Err(_) => None,
-                            }
-                        } else {
-                            None
-                        };
-                        let res = conflict::resolve_exists(
+        for (txn, shapes) in txns.iter().zip(all_shapes) {
+            let commit_time = time_of(txn);
+            for (ch, shape) in txn.changes.iter().zip(shapes) {
+                let conflict = match (ch, shape) {
+                    (Change::Insert { rel, new }, Some(t)) => {
+                        let owner = own.owner(topology, rel, new);
+                        if let Some(res) = conflict::resolve_foreign(
                             own.policy,
                             &own.source_site,
-                            &own.target_site,
                             owner.as_deref(),
-                            commit_time,
-                            target_commit,
-                        );
-                        record(
-                            &tx,
-                            &link,
-                            &target,
-                            "insert_exists",
-                            &t,
-                            rel,
-                            new,
-                            "a row with this key already exists at the target",
-                            res.as_str(own.policy),
-                            txn,
-                            commit_time,
-                        )
-                        .await?;
-                        out.conflicts += 1;
-                        if res == Resolution::ApplySource {
-                            let st = sql::update(&t, rel, None, new).map_err(shape_err)?;
-                            exec(&tx, &mut cache, &st).await.map_err(|e| {
-                                classify(
-                                    &target,
-                                    &format!("UPDATE of {} (conflict resolution)", t.qualified),
-                                    e,
-                                )
-                            })?;
+                        ) {
+                            let reason = format!(
+                                "the row's shard is homed at {}, not at {} where it was written",
+                                owner.as_deref().unwrap_or("?"),
+                                own.source_site
+                            );
+                            record(
+                                &tx,
+                                &link,
+                                &target,
+                                "foreign_shard",
+                                &t,
+                                rel,
+                                new,
+                                &reason,
+                                res.as_str(own.policy),
+                                txn,
+                                commit_time,
+                            )
+                            .await?;
+                            out.conflicts += 1;
+                            if res == Resolution::KeepTarget {
+                                continue;
+                            }
                         }
-                        continue;
-                    }
-                    None
-                }
-                (Change::Update { rel, old, new }, Some(t)) => {
-                    let owner = own.owner(topology, rel, new);
-                    if let Some(res) =
-                        conflict::resolve_foreign(own.policy, &own.source_site, owner.as_deref())
-                    {
-                        let reason = format!(
-                            "the row's shard is homed at {}, not at {} where it was written",
-                            owner.as_deref().unwrap_or("?"),
-                            own.source_site
-                        );
-                        record(
-                            &tx,
-                            &link,
-                            &target,
-                            "foreign_shard",
-                            &t,
-                            rel,
-                            new,
-                            &reason,
-                            res.as_str(own.policy),
-                            txn,
-                            commit_time,
-                        )
-                        .await?;
-                        out.conflicts += 1;
-                        if res == Resolution::KeepTarget {
+                        let st = sql::insert(&t, rel, new).map_err(shape_err)?;
+                        let n = exec(&tx, &mut cache, &st).await.map_err(|e| {
+                            classify(&target, &format!("INSERT into {}", t.qualified), e)
+                        })?;
+                        if n == 0 {
+                            // The row exists: the policy decides whose version stays.
+                            let target_commit = if own.policy == Policy::LastWriterWins {
+                                match sql::select_commit_time(&t, rel, new) {
+                                    Ok(st) => tx
+                                        .query_opt(st.sql.as_str(), &params(&st))
+                                        .await
+                                        .ok()
+                                        .flatten()
+                                        .and_then(|r| r.get::<_, Option<std::time::SystemTime>>(0)),
+                                    Err(_) => None,
+                                }
+                            } else {
+                                None
+                            };
+                            let res = conflict::resolve_exists(
+                                own.policy,
+                                &own.source_site,
+                                &own.target_site,
+                                owner.as_deref(),
+                                commit_time,
+                                target_commit,
+                            );
+                            record(
+                                &tx,
+                                &link,
+                                &target,
+                                "insert_exists",
+                                &t,
+                                rel,
+                                new,
+                                "a row with this key already exists at the target",
+                                res.as_str(own.policy),
+                                txn,
+                                commit_time,
+                            )
+                            .await?;
+                            out.conflicts += 1;
+                            if res == Resolution::ApplySource {
+                                let st = sql::update(&t, rel, None, new).map_err(shape_err)?;
+                                exec(&tx, &mut cache, &st).await.map_err(|e| {
+                                    classify(
+                                        &target,
+                                        &format!("UPDATE of {} (conflict resolution)", t.qualified),
+                                        e,
+                                    )
+                                })?;
+                            }
                             continue;
                         }
+                        None
                     }
-                    let st = sql::update(&t, rel, old.as_ref(), new).map_err(shape_err)?;
-                    let n = exec(&tx, &mut cache, &st)
-                        .await
-                        .map_err(|e| classify(&target, &format!("UPDATE of {}", t.qualified), e))?;
-                    (n == 0).then_some((
-                        t,
-                        "update_missing",
-                        rel,
-                        new,
-                        "the row to update does not exist at the target",
-                    ))
-                }
-                (Change::Delete { rel, old }, Some(t)) => {
-                    let owner = own.owner(topology, rel, old.tuple());
-                    if let Some(res) =
-                        conflict::resolve_foreign(own.policy, &own.source_site, owner.as_deref())
-                    {
-                        let reason = format!(
-                            "the row's shard is homed at {}, not at {} where it was deleted",
-                            owner.as_deref().unwrap_or("?"),
-                            own.source_site
-                        );
-                        record(
-                            &tx,
-                            &link,
-                            &target,
-                            "foreign_shard",
-                            &t,
+                    (Change::Update { rel, old, new }, Some(t)) => {
+                        let owner = own.owner(topology, rel, new);
+                        if let Some(res) = conflict::resolve_foreign(
+                            own.policy,
+                            &own.source_site,
+                            owner.as_deref(),
+                        ) {
+                            let reason = format!(
+                                "the row's shard is homed at {}, not at {} where it was written",
+                                owner.as_deref().unwrap_or("?"),
+                                own.source_site
+                            );
+                            record(
+                                &tx,
+                                &link,
+                                &target,
+                                "foreign_shard",
+                                &t,
+                                rel,
+                                new,
+                                &reason,
+                                res.as_str(own.policy),
+                                txn,
+                                commit_time,
+                            )
+                            .await?;
+                            out.conflicts += 1;
+                            if res == Resolution::KeepTarget {
+                                continue;
+                            }
+                        }
+                        let st = sql::update(&t, rel, old.as_ref(), new).map_err(shape_err)?;
+                        let n = exec(&tx, &mut cache, &st).await.map_err(|e| {
+                            classify(&target, &format!("UPDATE of {}", t.qualified), e)
+                        })?;
+                        (n == 0).then_some((
+                            t,
+                            "update_missing",
+                            rel,
+                            new,
+                            "the row to update does not exist at the target",
+                        ))
+                    }
+                    (Change::Delete { rel, old }, Some(t)) => {
+                        let owner = own.owner(topology, rel, old.tuple());
+                        if let Some(res) = conflict::resolve_foreign(
+                            own.policy,
+                            &own.source_site,
+                            owner.as_deref(),
+                        ) {
+                            let reason = format!(
+                                "the row's shard is homed at {}, not at {} where it was deleted",
+                                owner.as_deref().unwrap_or("?"),
+                                own.source_site
+                            );
+                            record(
+                                &tx,
+                                &link,
+                                &target,
+                                "foreign_shard",
+                                &t,
+                                rel,
+                                old.tuple(),
+                                &reason,
+                                res.as_str(own.policy),
+                                txn,
+                                commit_time,
+                            )
+                            .await?;
+                            out.conflicts += 1;
+                            if res == Resolution::KeepTarget {
+                                continue;
+                            }
+                        }
+                        let st = sql::delete(&t, rel, old).map_err(shape_err)?;
+                        let n = exec(&tx, &mut cache, &st).await.map_err(|e| {
+                            classify(&target, &format!("DELETE from {}", t.qualified), e)
+                        })?;
+                        (n == 0).then_some((
+                            t,
+                            "delete_missing",
                             rel,
                             old.tuple(),
-                            &reason,
-                            res.as_str(own.policy),
-                            txn,
-                            commit_time,
-                        )
-                        .await?;
-                        out.conflicts += 1;
-                        if res == Resolution::KeepTarget {
-                            continue;
-                        }
+                            "the row to delete does not exist at the target",
+                        ))
                     }
-                    let st = sql::delete(&t, rel, old).map_err(shape_err)?;
-                    let n = exec(&tx, &mut cache, &st).await.map_err(|e| {
-                        classify(&target, &format!("DELETE from {}", t.qualified), e)
-                    })?;
-                    (n == 0).then_some((
-                        t,
-                        "delete_missing",
-                        rel,
-                        old.tuple(),
-                        "the row to delete does not exist at the target",
-                    ))
-                }
-                (
-                    Change::Truncate {
-                        rels,
-                        cascade,
-                        restart_identity,
-                    },
-                    _,
-                ) => {
-                    let names: Vec<String> = rels.iter().map(|r| sql::qualified(r)).collect();
-                    let stmt = format!(
-                        "TRUNCATE {}{}{}",
-                        names.join(", "),
-                        if *restart_identity {
-                            " RESTART IDENTITY"
-                        } else {
-                            ""
+                    (
+                        Change::Truncate {
+                            rels,
+                            cascade,
+                            restart_identity,
                         },
-                        if *cascade { " CASCADE" } else { "" }
-                    );
-                    tx.batch_execute(&stmt)
-                        .await
-                        .map_err(|e| classify(&target, "TRUNCATE", e))?;
-                    None
-                }
-                (Change::Message(m), _) => {
-                    tx.execute(
+                        _,
+                    ) => {
+                        let names: Vec<String> = rels.iter().map(|r| sql::qualified(r)).collect();
+                        let stmt = format!(
+                            "TRUNCATE {}{}{}",
+                            names.join(", "),
+                            if *restart_identity {
+                                " RESTART IDENTITY"
+                            } else {
+                                ""
+                            },
+                            if *cascade { " CASCADE" } else { "" }
+                        );
+                        tx.batch_execute(&stmt)
+                            .await
+                            .map_err(|e| classify(&target, "TRUNCATE", e))?;
+                        None
+                    }
+                    (Change::Message(m), _) => {
+                        tx.execute(
                         "INSERT INTO ezone_replication.markers (link, prefix, content, source_lsn) \
                          VALUES ($1, $2, $3, $4::text::pg_lsn) ON CONFLICT DO NOTHING",
                         &[&link, &m.prefix, &m.content.as_ref(), &m.lsn.to_string()],
                     )
                     .await
                     .map_err(|e| classify(&target, "recording a marker", e))?;
-                    out.markers.push(m.prefix.clone());
-                    None
-                }
-                // A row change whose table was not resolved cannot happen:
-                // shapes were resolved for every row change above.
-                (_, None) => None,
-            };
-            match conflict {
-                None => out.rows += 1,
-                Some((t, kind, rel, image, reason)) => {
-                    out.conflicts += 1;
-                    // A row missing for an update or delete: nothing to keep
-                    // or overwrite; the change is recorded, not applied.
-                    record(
-                        &tx,
-                        &link,
-                        &target,
-                        kind,
-                        &t,
-                        rel,
-                        image,
-                        reason,
-                        "recorded:not_applied",
-                        txn,
-                        commit_time,
-                    )
-                    .await?;
+                        out.markers.push(m.prefix.clone());
+                        None
+                    }
+                    // A row change whose table was not resolved cannot happen:
+                    // shapes were resolved for every row change above.
+                    (_, None) => None,
+                };
+                match conflict {
+                    None => out.rows += 1,
+                    Some((t, kind, rel, image, reason)) => {
+                        out.conflicts += 1;
+                        // A row missing for an update or delete: nothing to keep
+                        // or overwrite; the change is recorded, not applied.
+                        record(
+                            &tx,
+                            &link,
+                            &target,
+                            kind,
+                            &t,
+                            rel,
+                            image,
+                            reason,
+                            "recorded:not_applied",
+                            txn,
+                            commit_time,
+                        )
+                        .await?;
+                    }
                 }
             }
         }

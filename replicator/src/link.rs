@@ -28,8 +28,9 @@ use tokio::sync::watch;
 use crate::apply::{Applier, ApplyError, Ownership};
 use crate::lsn::Lsn;
 use crate::pgoutput::{self, DecodeError};
-use crate::txn::{AssembleError, Assembler, Event};
+use crate::txn::{AssembleError, Assembler, Event, SourceTxn};
 use crate::walsender::{ReplicationConn, SourceConfig, SourceError, StreamEvent};
+use futures::FutureExt;
 
 /// One link's settings.
 #[derive(Clone)]
@@ -246,8 +247,10 @@ pub async fn ensure_source(cfg: &LinkConfig) -> Result<(), LinkError> {
                         Some(rows) => tracing::info!(link = %cfg.name, rows, at = %info.consistent_point, "Target seeded from the slot's snapshot."),
                         None => tracing::info!(link = %cfg.name, at = %info.consistent_point, "Target not empty: not seeded; streaming from the slot's start."),
                     }
+                    applier.close().await;
                 } else {
                     tracing::warn!(link = %cfg.name, progress = %progress, "New slot but the target already has progress for this link: not seeding; changes between the old slot and this one are not replicated.");
+                    applier.close().await;
                 }
             }
             drop(rc);
@@ -293,10 +296,42 @@ pub async fn run_once(
         .map_err(source_err)?;
     tracing::info!(link, start = %start, "Link streaming.");
     let mut assembler = Assembler::new();
+    // Consecutive transactions already received are applied together in one
+    // target transaction (see `Applier::apply_batch`): a busy source's many
+    // small transactions cost one BEGIN/COMMIT per batch, not each.
+    let mut batch: Vec<SourceTxn> = Vec::new();
+    let mut batch_rows = 0usize;
+    // A keepalive seen between transactions while a batch is pending: it
+    // may be confirmed once the batch is committed.
+    let mut idle_at: Option<Lsn> = None;
     loop {
-        let ev = tokio::select! {
-            ev = stream.next() => ev.map_err(source_err)?,
-            _ = stop.wait_for(|s| *s) => return Ok(()),
+        let ev = if batch.is_empty() {
+            tokio::select! {
+                ev = stream.next() => Some(ev.map_err(source_err)?),
+                _ = stop.wait_for(|s| *s) => return Ok(()),
+            }
+        } else {
+            // Only what is already there (`next` is cancel-safe).
+            stream
+                .next()
+                .now_or_never()
+                .transpose()
+                .map_err(source_err)?
+        };
+        let Some(ev) = ev else {
+            // Nothing more is ready: apply what is pending.
+            flush(
+                &mut applier,
+                own,
+                stats,
+                &mut stream,
+                &mut batch,
+                &mut idle_at,
+            )
+            .await
+            .map_err(apply_err)?;
+            batch_rows = 0;
+            continue;
         };
         let Some(ev) = ev else {
             return Err(source_err(SourceError::Io {
@@ -320,52 +355,99 @@ pub async fn run_once(
                     link: link.to_string(),
                     source,
                 })?;
-                match event {
-                    Some(Event::Txn(txn)) => {
-                        let end = txn.commit.end_lsn;
-                        if txn.origin.is_some() {
-                            // Replayed into the source by a link: not ours to send on.
-                            stats.skipped_origin_txns.fetch_add(1, Ordering::Relaxed);
-                        } else {
-                            let applied = applier.apply(&txn, own).await.map_err(apply_err)?;
-                            stats.applied_txns.fetch_add(1, Ordering::Relaxed);
-                            stats
-                                .applied_rows
-                                .fetch_add(applied.rows, Ordering::Relaxed);
-                            stats
-                                .conflicts
-                                .fetch_add(applied.conflicts, Ordering::Relaxed);
-                            stats
-                                .markers
-                                .fetch_add(applied.markers.len() as u64, Ordering::Relaxed);
-                        }
-                        stats.last_end_lsn.store(end.0, Ordering::Relaxed);
-                        LinkStats::raise(&stats.caught_up_lsn, end.0);
-                        LinkStats::raise(&stats.source_wal_end, end.0);
-                        stats
-                            .last_commit_time_us
-                            .store(txn.commit.commit_time.0, Ordering::Relaxed);
-                        // Committed at the target (or nothing to commit):
-                        // the source may now forget it.
-                        stream.confirm(end);
+                if let Some(Event::Txn(txn)) = event {
+                    batch_rows += txn.changes.len();
+                    batch.push(txn);
+                    if batch_rows >= MAX_BATCH_ROWS || batch.len() >= MAX_BATCH_TXNS {
+                        flush(
+                            &mut applier,
+                            own,
+                            stats,
+                            &mut stream,
+                            &mut batch,
+                            &mut idle_at,
+                        )
+                        .await
+                        .map_err(apply_err)?;
+                        batch_rows = 0;
                     }
-                    Some(Event::Message(_)) | None => {}
                 }
             }
             StreamEvent::Keepalive { wal_end, .. } => {
                 LinkStats::raise(&stats.source_wal_end, wal_end.0);
                 // Between transactions, everything the source had to send up
                 // to `wal_end` has been sent and handled (the stream is in
-                // order): we are caught up to it, and the source may free
-                // that WAL. Never inside a transaction: its commit is not
-                // applied yet.
+                // order): we are caught up to it once what is pending is
+                // applied, and the source may free that WAL. Never inside a
+                // transaction: its commit is not applied yet.
                 if !assembler.in_transaction() {
-                    LinkStats::raise(&stats.caught_up_lsn, wal_end.0);
-                    stream.confirm(wal_end);
+                    if batch.is_empty() {
+                        LinkStats::raise(&stats.caught_up_lsn, wal_end.0);
+                        stream.confirm(wal_end);
+                    } else {
+                        idle_at = Some(idle_at.map_or(wal_end, |w| w.max(wal_end)));
+                    }
                 }
             }
         }
     }
+}
+
+/// The most row changes applied in one target transaction.
+pub const MAX_BATCH_ROWS: usize = 2_000;
+/// The most source transactions applied in one target transaction.
+pub const MAX_BATCH_TXNS: usize = 500;
+
+/// Applies the pending batch (skipping replayed transactions), then confirms
+/// its end to the source.
+async fn flush(
+    applier: &mut Applier,
+    own: &Ownership,
+    stats: &LinkStats,
+    stream: &mut crate::walsender::ReplicationStream,
+    batch: &mut Vec<SourceTxn>,
+    idle_at: &mut Option<Lsn>,
+) -> Result<(), ApplyError> {
+    let Some(last) = batch.last() else {
+        return Ok(());
+    };
+    let end = last.commit.end_lsn;
+    let commit_time = last.commit.commit_time.0;
+    let (skipped, ours): (Vec<SourceTxn>, Vec<SourceTxn>) =
+        batch.drain(..).partition(|t| t.origin.is_some());
+    // Replayed into the source by a link: not ours to send on.
+    stats
+        .skipped_origin_txns
+        .fetch_add(skipped.len() as u64, Ordering::Relaxed);
+    if !ours.is_empty() {
+        let applied = applier.apply_batch(&ours, own).await?;
+        stats
+            .applied_txns
+            .fetch_add(ours.len() as u64, Ordering::Relaxed);
+        stats
+            .applied_rows
+            .fetch_add(applied.rows, Ordering::Relaxed);
+        stats
+            .conflicts
+            .fetch_add(applied.conflicts, Ordering::Relaxed);
+        stats
+            .markers
+            .fetch_add(applied.markers.len() as u64, Ordering::Relaxed);
+    }
+    stats.last_end_lsn.store(end.0, Ordering::Relaxed);
+    LinkStats::raise(&stats.caught_up_lsn, end.0);
+    LinkStats::raise(&stats.source_wal_end, end.0);
+    stats
+        .last_commit_time_us
+        .store(commit_time, Ordering::Relaxed);
+    // Committed at the target (or nothing to commit): the source may now
+    // forget it.
+    stream.confirm(end);
+    if let Some(w) = idle_at.take() {
+        LinkStats::raise(&stats.caught_up_lsn, w.0);
+        stream.confirm(w);
+    }
+    Ok(())
 }
 
 /// Runs a link until `stop`: transient errors restart it (with backoff),
