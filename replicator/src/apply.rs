@@ -423,6 +423,134 @@ impl Applier {
         txns: &[SourceTxn],
         own: &Ownership,
     ) -> Result<Applied, ApplyError> {
+        if let Some(applied) = self.apply_pipelined(txns, own).await? {
+            return Ok(applied);
+        }
+        self.apply_sequential(txns, own).await
+    }
+
+    /// The fast path: every row statement of the batch is sent without
+    /// waiting for the previous one's answer (tokio-postgres pipelines
+    /// requests that are in flight together, in order). It applies only if
+    /// nothing needs a decision: row changes only, no ownership conflict, and
+    /// every statement touched its row. Otherwise the target transaction is
+    /// rolled back (nothing was committed) and `Ok(None)` sends the batch
+    /// down the sequential path, which records and resolves conflicts one
+    /// by one.
+    async fn apply_pipelined(
+        &mut self,
+        txns: &[SourceTxn],
+        own: &Ownership,
+    ) -> Result<Option<Applied>, ApplyError> {
+        let Some(last) = txns.last() else {
+            return Ok(Some(Applied::default()));
+        };
+        let topology = own.topology.as_ref().and_then(|f| f());
+        let topology = topology.as_deref();
+        let target = self.target.clone();
+        // Build every statement first; bail out to the careful path on
+        // anything that is not a plain row change of a row we may write.
+        let mut statements = Vec::new();
+        for txn in txns {
+            for ch in &txn.changes {
+                let (rel, image) = match ch {
+                    Change::Insert { rel, new } | Change::Update { rel, new, .. } => (rel, new),
+                    Change::Delete { rel, old } => (rel, old.tuple()),
+                    _ => return Ok(None),
+                };
+                let owner = own.owner(topology, rel, image);
+                if conflict::resolve_foreign(own.policy, &own.source_site, owner.as_deref())
+                    .is_some()
+                {
+                    return Ok(None);
+                }
+                let t = self.table(rel).await?;
+                let st = match ch {
+                    Change::Insert { new, .. } => sql::insert(&t, rel, new),
+                    Change::Update { old, new, .. } => sql::update(&t, rel, old.as_ref(), new),
+                    Change::Delete { old, .. } => sql::delete(&t, rel, old),
+                    _ => return Ok(None),
+                };
+                match st {
+                    Ok(st) => statements.push(st),
+                    // Shape problems are reported by the careful path.
+                    Err(_) => return Ok(None),
+                }
+            }
+        }
+        let mut cache = std::mem::take(&mut self.statements);
+        if cache.len() > MAX_CACHED_STATEMENTS {
+            cache.clear();
+        }
+        let tx = self
+            .client
+            .transaction()
+            .await
+            .map_err(|e| classify(&target, "BEGIN", e))?;
+        // Prepare what is new (sequential, once per statement text).
+        for st in &statements {
+            if !cache.contains_key(&st.sql) {
+                let types = vec![tokio_postgres::types::Type::TEXT; st.params.len()];
+                let p = tx
+                    .prepare_typed(&st.sql, &types)
+                    .await
+                    .map_err(|e| classify(&target, "preparing a statement", e))?;
+                cache.insert(st.sql.clone(), p);
+            }
+        }
+        let commit_time = last
+            .commit
+            .commit_time
+            .to_system_time()
+            .unwrap_or(std::time::SystemTime::UNIX_EPOCH);
+        let end_lsn = last.commit.end_lsn.to_string();
+        let setup_params: [&(dyn ToSql + Sync); 2] = [&end_lsn, &commit_time];
+        let setup = tx.execute(
+            "SELECT pg_replication_origin_xact_setup($1::text::pg_lsn, $2)",
+            &setup_params,
+        );
+        let param_refs: Vec<Vec<&(dyn ToSql + Sync)>> = statements.iter().map(params).collect();
+        let mut futures = Vec::with_capacity(statements.len());
+        for (st, p) in statements.iter().zip(&param_refs) {
+            let Some(prepared) = cache.get(&st.sql) else {
+                return Ok(None);
+            };
+            futures.push(tx.execute(prepared, p));
+        }
+        let (setup, counts) =
+            futures::future::join(setup, futures::future::join_all(futures)).await;
+        setup.map_err(|e| classify(&target, "pg_replication_origin_xact_setup", e))?;
+        let mut rows = 0u64;
+        for (n, st) in counts.into_iter().zip(&statements) {
+            let n = n.map_err(|e| classify(&target, &format!("applying `{}`", st.sql), e))?;
+            if n == 0 {
+                // A conflict: undo and take the careful path.
+                tx.rollback()
+                    .await
+                    .map_err(|e| classify(&target, "ROLLBACK", e))?;
+                self.statements = cache;
+                return Ok(None);
+            }
+            rows += 1;
+        }
+        tx.commit()
+            .await
+            .map_err(|e| classify(&target, "COMMIT", e))?;
+        self.statements = cache;
+        Ok(Some(Applied {
+            rows,
+            conflicts: 0,
+            markers: Vec::new(),
+        }))
+    }
+
+    /// The careful path: one statement at a time, conflicts recorded and
+    /// resolved by the policy as they are found.
+    async fn apply_sequential(
+        &mut self,
+        txns: &[SourceTxn],
+        own: &Ownership,
+    ) -> Result<Applied, ApplyError> {
         let Some(last) = txns.last() else {
             return Ok(Applied::default());
         };
