@@ -242,6 +242,16 @@ async fn record(
     Ok(())
 }
 
+/// The relation and the row image a row change is about (the new row, or
+/// the old one for a delete); `None` for truncates and messages.
+fn row_image(ch: &Change) -> Option<(&Arc<Relation>, &TupleData)> {
+    match ch {
+        Change::Insert { rel, new } | Change::Update { rel, new, .. } => Some((rel, new)),
+        Change::Delete { rel, old } => Some((rel, old.tuple())),
+        _ => None,
+    }
+}
+
 /// How many distinct prepared statements an applier keeps.
 pub const MAX_CACHED_STATEMENTS: usize = 1000;
 
@@ -453,10 +463,8 @@ impl Applier {
         let mut statements = Vec::new();
         for txn in txns {
             for ch in &txn.changes {
-                let (rel, image) = match ch {
-                    Change::Insert { rel, new } | Change::Update { rel, new, .. } => (rel, new),
-                    Change::Delete { rel, old } => (rel, old.tuple()),
-                    _ => return Ok(None),
+                let Some((rel, image)) = row_image(ch) else {
+                    return Ok(None);
                 };
                 let owner = own.owner(topology, rel, image);
                 if conflict::resolve_foreign(own.policy, &own.source_site, owner.as_deref())
@@ -604,38 +612,41 @@ impl Applier {
         for (txn, shapes) in txns.iter().zip(all_shapes) {
             let commit_time = time_of(txn);
             for (ch, shape) in txn.changes.iter().zip(shapes) {
+                // Ownership first: a change made at a site that does not own
+                // the row's shard is a conflict whatever else happens.
+                let mut owner = None;
+                if let (Some(t), Some((rel, image))) = (&shape, row_image(ch)) {
+                    owner = own.owner(topology, rel, image);
+                    if let Some(res) =
+                        conflict::resolve_foreign(own.policy, &own.source_site, owner.as_deref())
+                    {
+                        let reason = format!(
+                            "the row's shard is homed at {}, not at {} where the change was made",
+                            owner.as_deref().unwrap_or("?"),
+                            own.source_site
+                        );
+                        record(
+                            &tx,
+                            &link,
+                            &target,
+                            "foreign_shard",
+                            t,
+                            rel,
+                            image,
+                            &reason,
+                            res.as_str(own.policy),
+                            txn,
+                            commit_time,
+                        )
+                        .await?;
+                        out.conflicts += 1;
+                        if res == Resolution::KeepTarget {
+                            continue;
+                        }
+                    }
+                }
                 let conflict = match (ch, shape) {
                     (Change::Insert { rel, new }, Some(t)) => {
-                        let owner = own.owner(topology, rel, new);
-                        if let Some(res) = conflict::resolve_foreign(
-                            own.policy,
-                            &own.source_site,
-                            owner.as_deref(),
-                        ) {
-                            let reason = format!(
-                                "the row's shard is homed at {}, not at {} where it was written",
-                                owner.as_deref().unwrap_or("?"),
-                                own.source_site
-                            );
-                            record(
-                                &tx,
-                                &link,
-                                &target,
-                                "foreign_shard",
-                                &t,
-                                rel,
-                                new,
-                                &reason,
-                                res.as_str(own.policy),
-                                txn,
-                                commit_time,
-                            )
-                            .await?;
-                            out.conflicts += 1;
-                            if res == Resolution::KeepTarget {
-                                continue;
-                            }
-                        }
                         let st = sql::insert(&t, rel, new).map_err(shape_err)?;
                         let n = exec(&tx, &mut cache, &st).await.map_err(|e| {
                             classify(&target, &format!("INSERT into {}", t.qualified), e)
@@ -693,36 +704,6 @@ impl Applier {
                         None
                     }
                     (Change::Update { rel, old, new }, Some(t)) => {
-                        let owner = own.owner(topology, rel, new);
-                        if let Some(res) = conflict::resolve_foreign(
-                            own.policy,
-                            &own.source_site,
-                            owner.as_deref(),
-                        ) {
-                            let reason = format!(
-                                "the row's shard is homed at {}, not at {} where it was written",
-                                owner.as_deref().unwrap_or("?"),
-                                own.source_site
-                            );
-                            record(
-                                &tx,
-                                &link,
-                                &target,
-                                "foreign_shard",
-                                &t,
-                                rel,
-                                new,
-                                &reason,
-                                res.as_str(own.policy),
-                                txn,
-                                commit_time,
-                            )
-                            .await?;
-                            out.conflicts += 1;
-                            if res == Resolution::KeepTarget {
-                                continue;
-                            }
-                        }
                         let st = sql::update(&t, rel, old.as_ref(), new).map_err(shape_err)?;
                         let n = exec(&tx, &mut cache, &st).await.map_err(|e| {
                             classify(&target, &format!("UPDATE of {}", t.qualified), e)
@@ -736,36 +717,6 @@ impl Applier {
                         ))
                     }
                     (Change::Delete { rel, old }, Some(t)) => {
-                        let owner = own.owner(topology, rel, old.tuple());
-                        if let Some(res) = conflict::resolve_foreign(
-                            own.policy,
-                            &own.source_site,
-                            owner.as_deref(),
-                        ) {
-                            let reason = format!(
-                                "the row's shard is homed at {}, not at {} where it was deleted",
-                                owner.as_deref().unwrap_or("?"),
-                                own.source_site
-                            );
-                            record(
-                                &tx,
-                                &link,
-                                &target,
-                                "foreign_shard",
-                                &t,
-                                rel,
-                                old.tuple(),
-                                &reason,
-                                res.as_str(own.policy),
-                                txn,
-                                commit_time,
-                            )
-                            .await?;
-                            out.conflicts += 1;
-                            if res == Resolution::KeepTarget {
-                                continue;
-                            }
-                        }
                         let st = sql::delete(&t, rel, old).map_err(shape_err)?;
                         let n = exec(&tx, &mut cache, &st).await.map_err(|e| {
                             classify(&target, &format!("DELETE from {}", t.qualified), e)
