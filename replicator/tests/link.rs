@@ -173,14 +173,18 @@ async fn killed_mid_stream_many_times_no_gap_no_duplicate() {
     ezone_replicator::link::ensure_source(&cfg)
         .await
         .expect("slot and publication");
-    // Writer: 400 single-row transactions at the source, in the background.
+    // The long chaos profile (`EZONE_CHAOS_LONG=1`, `make chaos-long`) kills
+    // the link far more often over a longer stream.
+    let long = std::env::var_os("EZONE_CHAOS_LONG").is_some();
+    let (rows, min_runs): (i64, u64) = if long { (5_000, 100) } else { (400, 8) };
+    // Writer: `rows` single-row transactions at the source, in the background.
     let writer_pg = a.dsn(DB);
     let writer = tokio::spawn(async move {
         let (client, conn) = tokio_postgres::connect(&writer_pg, tokio_postgres::NoTls)
             .await
             .expect("connect writer");
         tokio::spawn(conn);
-        for i in 0..400i64 {
+        for i in 0..rows {
             client
                 .execute(
                     "INSERT INTO orders (id, city, note) VALUES ($1, '010', 'n')",
@@ -201,7 +205,7 @@ async fn killed_mid_stream_many_times_no_gap_no_duplicate() {
         let _ = task.await;
         drop(stop_tx);
         runs += 1;
-        if writer.is_finished() && runs >= 8 {
+        if writer.is_finished() && runs >= min_runs {
             break;
         }
     }
@@ -212,17 +216,17 @@ async fn killed_mid_stream_many_times_no_gap_no_duplicate() {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         let target = q(&b, "SELECT count(*) FROM orders").await;
-        if target == "400" {
+        if target == rows.to_string() {
             break;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "target has {target} of 400 rows"
+            "target has {target} of {rows} rows"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // No duplicate (a re-applied insert would be a recorded conflict) and no
-    // gap (ids 0..=399 all present).
+    // gap (ids 0..rows all present).
     assert_eq!(
         q(&b, "SELECT count(*) FROM ezone_replication.conflicts").await,
         "0"
@@ -233,10 +237,10 @@ async fn killed_mid_stream_many_times_no_gap_no_duplicate() {
             "SELECT min(id) || ' ' || max(id) || ' ' || count(DISTINCT id) FROM orders"
         )
         .await,
-        "0 399 400"
+        format!("0 {} {rows}", rows - 1)
     );
     assert_eq!(checksum(&a).await, checksum(&b).await);
-    assert!(runs >= 8);
+    assert!(runs >= min_runs);
     let _ = stop_tx.send(true);
     task.await.expect("join").expect("clean end");
 }
