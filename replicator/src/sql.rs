@@ -223,42 +223,39 @@ pub fn delete(t: &TableInfo, rel: &Relation, old: &OldTuple) -> Result<Statement
     })
 }
 
-/// `SELECT to_jsonb(t) FROM table t WHERE key`: the target's current row, for
-/// a conflict record.
+/// `SELECT <expr> FROM table r WHERE key` for the row a change is about.
+fn select_by_key(
+    t: &TableInfo,
+    rel: &Relation,
+    image: &TupleData,
+    expr: &str,
+) -> Result<Statement, ShapeError> {
+    let cols = mapping(rel, t)?;
+    let mut params = Vec::new();
+    let cond = where_key(t, &cols, image, &mut params)?;
+    Ok(Statement {
+        sql: format!("SELECT {expr} FROM {} r WHERE {}", t.qualified, cond),
+        params,
+    })
+}
+
+/// The target's current row as JSON text, for a conflict record.
 pub fn select_row(
     t: &TableInfo,
     rel: &Relation,
     image: &TupleData,
 ) -> Result<Statement, ShapeError> {
-    let cols = mapping(rel, t)?;
-    let mut params = Vec::new();
-    let cond = where_key(t, &cols, image, &mut params)?;
-    Ok(Statement {
-        sql: format!(
-            "SELECT to_jsonb(r)::text FROM {} r WHERE {}",
-            t.qualified, cond
-        ),
-        params,
-    })
+    select_by_key(t, rel, image, "to_jsonb(r)::text")
 }
 
-/// `SELECT pg_xact_commit_timestamp(xmin)` of the target's row (needs
-/// `track_commit_timestamp = on`; NULL otherwise), for last-writer-wins.
+/// When the target's row was last written (`pg_xact_commit_timestamp`; needs
+/// `track_commit_timestamp = on`, NULL otherwise), for last-writer-wins.
 pub fn select_commit_time(
     t: &TableInfo,
     rel: &Relation,
     image: &TupleData,
 ) -> Result<Statement, ShapeError> {
-    let cols = mapping(rel, t)?;
-    let mut params = Vec::new();
-    let cond = where_key(t, &cols, image, &mut params)?;
-    Ok(Statement {
-        sql: format!(
-            "SELECT pg_xact_commit_timestamp(r.xmin) FROM {} r WHERE {}",
-            t.qualified, cond
-        ),
-        params,
-    })
+    select_by_key(t, rel, image, "pg_xact_commit_timestamp(r.xmin)")
 }
 
 /// A row image as JSON text (column name -> text value or null; unchanged

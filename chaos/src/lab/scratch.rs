@@ -32,7 +32,7 @@ enum Kind {
 }
 
 impl ScratchDir {
-    /// A fresh, world-searchable temp dir named `ezone-<prefix>-XXXXXX`.
+    /// A fresh, world-searchable temp dir named `ezone-<prefix>-<random suffix>`.
     pub fn temp(prefix: &str) -> Result<Self, LabError> {
         let dir = tempfile::Builder::new()
             .prefix(&format!("ezone-{prefix}-"))
