@@ -7,6 +7,7 @@
 
 pub mod diff;
 pub mod doc;
+pub mod failover;
 pub mod hash;
 pub mod model;
 pub mod starter;
