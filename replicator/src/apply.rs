@@ -262,16 +262,23 @@ async fn exec(
     cache: &mut HashMap<String, tokio_postgres::Statement>,
     st: &Statement,
 ) -> Result<u64, tokio_postgres::Error> {
-    let prepared = match cache.get(&st.sql) {
-        Some(p) => p.clone(),
-        None => {
-            let types = vec![tokio_postgres::types::Type::TEXT; st.params.len()];
-            let p = tx.prepare_typed(&st.sql, &types).await?;
-            cache.insert(st.sql.clone(), p.clone());
-            p
-        }
-    };
+    let prepared = prepare(tx, cache, st).await?;
     tx.execute(&prepared, &params(st)).await
+}
+
+/// The prepared form of `st` on this connection, preparing it on first use.
+async fn prepare(
+    tx: &tokio_postgres::Transaction<'_>,
+    cache: &mut HashMap<String, tokio_postgres::Statement>,
+    st: &Statement,
+) -> Result<tokio_postgres::Statement, tokio_postgres::Error> {
+    if let Some(p) = cache.get(&st.sql) {
+        return Ok(p.clone());
+    }
+    let types = vec![tokio_postgres::types::Type::TEXT; st.params.len()];
+    let p = tx.prepare_typed(&st.sql, &types).await?;
+    cache.insert(st.sql.clone(), p.clone());
+    Ok(p)
 }
 
 fn params(st: &Statement) -> Vec<&(dyn ToSql + Sync)> {
@@ -333,6 +340,17 @@ impl Applier {
             .await
             .map_err(|e| classify(&a.target, "setting up the replication origin session (is another replicator applying this link?)", e))?;
         Ok(a)
+    }
+
+    /// The statement cache, taken out for a transaction (which borrows the
+    /// client) and put back on success; on an error the link reconnects with
+    /// a new Applier anyway. Cleared when it has grown past its bound.
+    fn take_statements(&mut self) -> HashMap<String, tokio_postgres::Statement> {
+        let mut cache = std::mem::take(&mut self.statements);
+        if cache.len() > MAX_CACHED_STATEMENTS {
+            cache.clear();
+        }
+        cache
     }
 
     /// Releases the origin session and closes the connection, so the next
@@ -486,10 +504,7 @@ impl Applier {
                 }
             }
         }
-        let mut cache = std::mem::take(&mut self.statements);
-        if cache.len() > MAX_CACHED_STATEMENTS {
-            cache.clear();
-        }
+        let mut cache = self.take_statements();
         let tx = self
             .client
             .transaction()
@@ -497,14 +512,9 @@ impl Applier {
             .map_err(|e| classify(&target, "BEGIN", e))?;
         // Prepare what is new (sequential, once per statement text).
         for st in &statements {
-            if !cache.contains_key(&st.sql) {
-                let types = vec![tokio_postgres::types::Type::TEXT; st.params.len()];
-                let p = tx
-                    .prepare_typed(&st.sql, &types)
-                    .await
-                    .map_err(|e| classify(&target, "preparing a statement", e))?;
-                cache.insert(st.sql.clone(), p);
-            }
+            prepare(&tx, &mut cache, st)
+                .await
+                .map_err(|e| classify(&target, "preparing a statement", e))?;
         }
         let commit_time = last
             .commit
@@ -581,12 +591,7 @@ impl Applier {
         }
         let target = self.target.clone();
         let link = self.link.clone();
-        // Taken out for the transaction (which borrows the client); put back
-        // on success. On an error the link reconnects with a new Applier.
-        let mut cache = std::mem::take(&mut self.statements);
-        if cache.len() > MAX_CACHED_STATEMENTS {
-            cache.clear();
-        }
+        let mut cache = self.take_statements();
         let tx = self
             .client
             .transaction()

@@ -299,13 +299,9 @@ pub async fn run_once(
     // Consecutive transactions already received are applied together in one
     // target transaction (see `Applier::apply_batch`): a busy source's many
     // small transactions cost one BEGIN/COMMIT per batch, not each.
-    let mut batch: Vec<SourceTxn> = Vec::new();
-    let mut batch_rows = 0usize;
-    // A keepalive seen between transactions while a batch is pending: it
-    // may be confirmed once the batch is committed.
-    let mut idle_at: Option<Lsn> = None;
+    let mut batch = Pending::default();
     loop {
-        let ev = if batch.is_empty() {
+        let ev = if batch.txns.is_empty() {
             tokio::select! {
                 ev = stream.next() => Some(ev.map_err(source_err)?),
                 _ = stop.wait_for(|s| *s) => return Ok(()),
@@ -320,17 +316,9 @@ pub async fn run_once(
         };
         let Some(ev) = ev else {
             // Nothing more is ready: apply what is pending.
-            flush(
-                &mut applier,
-                own,
-                stats,
-                &mut stream,
-                &mut batch,
-                &mut idle_at,
-            )
-            .await
-            .map_err(apply_err)?;
-            batch_rows = 0;
+            flush(&mut applier, own, stats, &mut stream, &mut batch)
+                .await
+                .map_err(apply_err)?;
             continue;
         };
         let Some(ev) = ev else {
@@ -356,20 +344,11 @@ pub async fn run_once(
                     source,
                 })?;
                 if let Some(Event::Txn(txn)) = event {
-                    batch_rows += txn.changes.len();
                     batch.push(txn);
-                    if batch_rows >= MAX_BATCH_ROWS || batch.len() >= MAX_BATCH_TXNS {
-                        flush(
-                            &mut applier,
-                            own,
-                            stats,
-                            &mut stream,
-                            &mut batch,
-                            &mut idle_at,
-                        )
-                        .await
-                        .map_err(apply_err)?;
-                        batch_rows = 0;
+                    if batch.is_full() {
+                        flush(&mut applier, own, stats, &mut stream, &mut batch)
+                            .await
+                            .map_err(apply_err)?;
                     }
                 }
             }
@@ -381,11 +360,11 @@ pub async fn run_once(
                 // applied, and the source may free that WAL. Never inside a
                 // transaction: its commit is not applied yet.
                 if !assembler.in_transaction() {
-                    if batch.is_empty() {
+                    if batch.txns.is_empty() {
                         LinkStats::raise(&stats.caught_up_lsn, wal_end.0);
                         stream.confirm(wal_end);
                     } else {
-                        idle_at = Some(idle_at.map_or(wal_end, |w| w.max(wal_end)));
+                        batch.idle_at = Some(batch.idle_at.map_or(wal_end, |w| w.max(wal_end)));
                     }
                 }
             }
@@ -398,6 +377,28 @@ pub const MAX_BATCH_ROWS: usize = 2_000;
 /// The most source transactions applied in one target transaction.
 pub const MAX_BATCH_TXNS: usize = 500;
 
+/// Received transactions not yet applied.
+#[derive(Default)]
+struct Pending {
+    txns: Vec<SourceTxn>,
+    /// Row changes in `txns`.
+    rows: usize,
+    /// A keepalive seen between transactions while `txns` was not empty: it
+    /// may be confirmed once they are committed.
+    idle_at: Option<Lsn>,
+}
+
+impl Pending {
+    fn push(&mut self, txn: SourceTxn) {
+        self.rows += txn.changes.len();
+        self.txns.push(txn);
+    }
+
+    fn is_full(&self) -> bool {
+        self.rows >= MAX_BATCH_ROWS || self.txns.len() >= MAX_BATCH_TXNS
+    }
+}
+
 /// Applies the pending batch (skipping replayed transactions), then confirms
 /// its end to the source.
 async fn flush(
@@ -405,9 +406,11 @@ async fn flush(
     own: &Ownership,
     stats: &LinkStats,
     stream: &mut crate::walsender::ReplicationStream,
-    batch: &mut Vec<SourceTxn>,
-    idle_at: &mut Option<Lsn>,
+    pending: &mut Pending,
 ) -> Result<(), ApplyError> {
+    pending.rows = 0;
+    let batch = &mut pending.txns;
+    let idle_at = &mut pending.idle_at;
     let Some(last) = batch.last() else {
         return Ok(());
     };

@@ -226,70 +226,50 @@ async fn keep_fence(
     }
 }
 
-/// A counter's name, help text, and how to read it from a link's stats.
-type CounterDef = (&'static str, &'static str, fn(&LinkStats) -> u64);
+/// One exported per-link metric: name, help, type, and how to read it.
+type MetricDef = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&LinkStats) -> String,
+);
 
-/// A gauge's name, help text, and how to compute it from a link's stats.
-type GaugeDef = (&'static str, &'static str, fn(&LinkStats) -> f64);
+/// Every per-link metric, in the order exported.
+const METRICS: [MetricDef; 10] = [
+    ("ezone_replicator_applied_transactions_total", "Source transactions applied", "counter",
+        |s| s.applied_txns.load(Ordering::Relaxed).to_string()),
+    ("ezone_replicator_applied_rows_total", "Row changes applied", "counter",
+        |s| s.applied_rows.load(Ordering::Relaxed).to_string()),
+    ("ezone_replicator_skipped_origin_transactions_total",
+        "Transactions not sent on because they carry an origin (loop prevention)", "counter",
+        |s| s.skipped_origin_txns.load(Ordering::Relaxed).to_string()),
+    ("ezone_replicator_conflicts_total", "Conflicts recorded at the target", "counter",
+        |s| s.conflicts.load(Ordering::Relaxed).to_string()),
+    ("ezone_replicator_markers_total", "Logical messages (markers) applied", "counter",
+        |s| s.markers.load(Ordering::Relaxed).to_string()),
+    ("ezone_replicator_restarts_total", "Link restarts after transient errors", "counter",
+        |s| s.restarts.load(Ordering::Relaxed).to_string()),
+    ("ezone_replicator_lag_bytes", "Source WAL not yet applied at the target", "gauge",
+        |s| s.lag_bytes().to_string()),
+    ("ezone_replicator_lag_seconds",
+        "Age of the last applied source commit while the link is behind; 0 when caught up", "gauge",
+        |s| s.lag_seconds().to_string()),
+    ("ezone_replicator_slot_retained_wal_bytes",
+        "WAL the source keeps for this link's slot (-1: unknown); a dead link shows here before the disk fills",
+        "gauge", |s| s.retained_wal_bytes.load(Ordering::Relaxed).to_string()),
+    ("ezone_replicator_applied_lsn",
+        "The source end LSN of the last transaction applied, as a number", "gauge",
+        |s| s.last_end_lsn.load(Ordering::Relaxed).to_string()),
+];
 
-/// Prometheus text for the links' counters.
+/// Prometheus text for every link's metrics.
 pub fn render(links: &BTreeMap<String, Arc<LinkStats>>) -> String {
     let mut out = String::new();
-    let metrics: [CounterDef; 6] = [
-        (
-            "ezone_replicator_applied_transactions_total",
-            "Source transactions applied",
-            |s| s.applied_txns.load(Ordering::Relaxed),
-        ),
-        (
-            "ezone_replicator_applied_rows_total",
-            "Row changes applied",
-            |s| s.applied_rows.load(Ordering::Relaxed),
-        ),
-        (
-            "ezone_replicator_skipped_origin_transactions_total",
-            "Transactions not sent on because they carry an origin (loop prevention)",
-            |s| s.skipped_origin_txns.load(Ordering::Relaxed),
-        ),
-        (
-            "ezone_replicator_conflicts_total",
-            "Conflicts recorded at the target",
-            |s| s.conflicts.load(Ordering::Relaxed),
-        ),
-        (
-            "ezone_replicator_markers_total",
-            "Logical messages (markers) applied",
-            |s| s.markers.load(Ordering::Relaxed),
-        ),
-        (
-            "ezone_replicator_restarts_total",
-            "Link restarts after transient errors",
-            |s| s.restarts.load(Ordering::Relaxed),
-        ),
-    ];
-    for (name, help, get) in metrics {
-        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n"));
+    for (name, help, kind, get) in METRICS {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
         for (link, s) in links {
             out.push_str(&format!("{name}{{link=\"{link}\"}} {}\n", get(s)));
         }
-    }
-    let gauges: [GaugeDef; 3] = [
-        ("ezone_replicator_lag_bytes", "Source WAL not yet applied at the target", |s| s.lag_bytes() as f64),
-        ("ezone_replicator_lag_seconds", "Age of the last applied source commit while the link is behind; 0 when caught up", |s| s.lag_seconds()),
-        ("ezone_replicator_slot_retained_wal_bytes", "WAL the source keeps for this link's slot (-1: unknown); a dead link shows here before the disk fills", |s| s.retained_wal_bytes.load(Ordering::Relaxed) as f64),
-    ];
-    for (name, help, get) in gauges {
-        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n"));
-        for (link, s) in links {
-            out.push_str(&format!("{name}{{link=\"{link}\"}} {}\n", get(s)));
-        }
-    }
-    out.push_str("# HELP ezone_replicator_applied_lsn The source end LSN of the last transaction applied, as a number\n# TYPE ezone_replicator_applied_lsn gauge\n");
-    for (link, s) in links {
-        out.push_str(&format!(
-            "ezone_replicator_applied_lsn{{link=\"{link}\"}} {}\n",
-            s.last_end_lsn.load(Ordering::Relaxed)
-        ));
     }
     out
 }

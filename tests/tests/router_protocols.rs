@@ -348,14 +348,12 @@ async fn a_slow_client_is_cut_off() {
         .await
         .expect("write");
     let mut buf = vec![0u8; 512];
-    let started = std::time::Instant::now();
     let n = tokio::time::timeout(WAIT, s.read(&mut buf))
         .await
         .expect("the router must not wait forever")
         .unwrap_or(0);
     let head = String::from_utf8_lossy(&buf[..n]);
     assert!(n == 0 || head.starts_with("HTTP/1.1 408"), "{head}");
-    assert!(started.elapsed() < WAIT);
     assert_eq!(app.count(), 0);
 }
 
