@@ -4,7 +4,7 @@
 CARGO ?= cargo
 LAB_DIR ?= $(CURDIR)/.lab-demo
 
-.PHONY: demo test deps lint build unit chaos-long bench-topology clean-lab
+.PHONY: demo test deps lint build unit chaos-long bench-topology clean-lab lab-demo
 
 deps:
 	@scripts/install-deps.sh
@@ -29,15 +29,20 @@ test: deps lint build
 chaos-long: deps build
 	EZONE_CHAOS_LONG=1 $(CARGO) test --workspace --no-fail-fast
 
-# For now the demo brings the lab up (etcd, one Postgres per site, the WAN
-# fault proxy), shows the topology, and takes it down. The full demo (order
-# traffic through routers, switchovers, verification report) comes with the
-# failover work.
+# The whole system on this machine (etcd, two Postgres sites with the fence,
+# order services, routers, replicators, 30 ms WAN between the sites), order
+# traffic with a live line, planned switchovers beijing -> shanghai and
+# back, and a verification report. DEMO_ARGS passes options (e.g.
+# `--rounds 3 --rate 300 --keep`).
 demo: build
-	@scripts/demo.sh "$(LAB_DIR)"
+	target/debug/ezone demo $(DEMO_ARGS)
 
 bench-topology: build
 	$(CARGO) run --release -p ezone -- bench topology
 
 clean-lab:
 	-target/debug/ezone lab down --dir "$(LAB_DIR)"
+
+# The lab alone (etcd, Postgres per site, WAN proxy), left running for manual work.
+lab-demo: build
+	@scripts/demo.sh "$(LAB_DIR)"

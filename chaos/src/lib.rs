@@ -9,6 +9,8 @@
 //! - [`lab`]: the multi-site lab (`ezone lab up/down`) built from those parts.
 #![deny(unsafe_code)]
 
+pub mod check;
+pub mod ensemble;
 pub mod etcd;
 pub mod lab;
 pub mod ports;

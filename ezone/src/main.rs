@@ -18,6 +18,16 @@ enum Command {
     Router(cmd::router::RouterArgs),
     /// Run the replicator for one site (links from every other site).
     Replicator(cmd::replicator::ReplicatorArgs),
+    /// Move shards to another site: planned (zero loss) or --force.
+    #[command(subcommand)]
+    Failover(cmd::failover::FailoverCommand),
+    /// The whole system on this machine: traffic, switchovers, a verification report.
+    Demo(cmd::demo::DemoArgs),
+    /// Sites, shards, lag, conflicts pending and switchovers in progress.
+    Status(cmd::status::StatusArgs),
+    /// Replication conflicts: list them, resolve them (after a forced failover).
+    #[command(subcommand)]
+    Conflicts(cmd::conflicts::ConflictsCommand),
     /// The database fence: install it on a table, reconcile it from the topology.
     #[command(subcommand)]
     Fence(cmd::fence::FenceCommand),
@@ -30,6 +40,9 @@ enum Command {
     /// Fault injection: the TCP fault proxy.
     #[command(subcommand)]
     Chaos(cmd::chaos::ChaosCommand),
+    /// The sample order service: install its table, run it.
+    #[command(subcommand)]
+    Orders(cmd::orders::OrdersCommand),
     /// Benchmarks, each against a baseline run side by side.
     #[command(subcommand)]
     Bench(cmd::bench::BenchCommand),
@@ -58,10 +71,15 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Router(c) => cmd::router::run(c).await,
             Command::Replicator(c) => cmd::replicator::run(c).await,
+            Command::Failover(c) => cmd::failover::run(c).await,
+            Command::Status(c) => cmd::status::run(c).await,
+            Command::Demo(c) => cmd::demo::run(c).await,
+            Command::Conflicts(c) => cmd::conflicts::run(c).await,
             Command::Fence(c) => cmd::fence::run(c).await,
             Command::Topo(c) => cmd::topo::run(c).await,
             Command::Lab(c) => cmd::lab::run(c).await,
             Command::Chaos(c) => cmd::chaos::run(c).await,
+            Command::Orders(c) => cmd::orders::run(c).await,
             Command::Bench(c) => cmd::bench::run(c).await,
         }
     });

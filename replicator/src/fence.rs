@@ -173,11 +173,32 @@ pub async fn install_schema(
         })
 }
 
+/// The rows to write so that `current` matches `wanted`: only shards whose
+/// fence differs, and only where the topology is at the same or a later
+/// epoch than the row (monotonic: a stale topology never reopens a fence).
+/// Pure; unchanged rows are left alone so that a reconcile does not lock
+/// them (a lock on a fence row waits for that shard's in-flight writes).
+pub fn fence_changes(current: &[ShardFence], wanted: &[ShardFence]) -> Vec<ShardFence> {
+    let cur: std::collections::HashMap<u32, &ShardFence> =
+        current.iter().map(|f| (f.shard, f)).collect();
+    wanted
+        .iter()
+        .filter(|w| match cur.get(&w.shard) {
+            None => true,
+            Some(c) => {
+                c.epoch <= w.epoch
+                    && (c.writable, c.epoch, &c.home) != (w.writable, w.epoch, &w.home)
+            }
+        })
+        .cloned()
+        .collect()
+}
+
 /// Brings `site`'s fence in line with the topology: the city table, and
 /// every shard's writability at its epoch. Monotonic: a shard row is only
 /// changed by a topology at the same or a later epoch. Returns the shards
 /// whose fence closed. Closing waits for in-flight writes of that shard (see
-/// the module docs).
+/// the module docs); rows that do not change are not touched.
 pub async fn reconcile(
     client: &mut tokio_postgres::Client,
     target: &str,
@@ -190,19 +211,48 @@ pub async fn reconcile(
         source,
     };
     let tx = client.transaction().await.map_err(|e| err("BEGIN", e))?;
-    tx.execute("DELETE FROM ezone_fence.cities", &[])
+    let cities: std::collections::BTreeMap<String, i32> = tx
+        .query("SELECT city, shard FROM ezone_fence.cities", &[])
         .await
-        .map_err(|e| err("clearing the city map", e))?;
+        .map_err(|e| err("reading the city map", e))?
+        .iter()
+        .map(|r| (r.get::<_, String>(0), r.get::<_, i32>(1)))
+        .collect();
+    for (city, shard) in &cities {
+        if t.routing.cities.get(city).map(|s| *s as i32) != Some(*shard) {
+            tx.execute("DELETE FROM ezone_fence.cities WHERE city = $1", &[city])
+                .await
+                .map_err(|e| err("updating the city map", e))?;
+        }
+    }
     for (city, shard) in &t.routing.cities {
-        tx.execute(
-            "INSERT INTO ezone_fence.cities (city, shard) VALUES ($1, $2)",
-            &[city, &(*shard as i32)],
+        if cities.get(city) != Some(&(*shard as i32)) {
+            tx.execute(
+                "INSERT INTO ezone_fence.cities (city, shard) VALUES ($1, $2) \
+                 ON CONFLICT (city) DO UPDATE SET shard = excluded.shard",
+                &[city, &(*shard as i32)],
+            )
+            .await
+            .map_err(|e| err("writing the city map", e))?;
+        }
+    }
+    let current: Vec<ShardFence> = tx
+        .query(
+            "SELECT shard, writable, epoch, home FROM ezone_fence.shards",
+            &[],
         )
         .await
-        .map_err(|e| err("writing the city map", e))?;
-    }
+        .map_err(|e| err("reading the shard fences", e))?
+        .iter()
+        .map(|r| ShardFence {
+            shard: r.get::<_, i32>(0) as u32,
+            writable: r.get(1),
+            epoch: r.get::<_, i64>(2) as u64,
+            home: r.get(3),
+        })
+        .collect();
     let mut closed = Vec::new();
-    for f in fences_for(t, site) {
+    for f in fence_changes(&current, &fences_for(t, site)) {
         let row = tx
             .query_opt(
                 "INSERT INTO ezone_fence.shards AS s (shard, writable, epoch, home) VALUES ($1, $2, $3, $4) \
@@ -238,6 +288,28 @@ mod tests {
         assert!(f[0].writable && !f[1].writable);
         let f = fences_for(&t, "shanghai");
         assert!(!f[0].writable && !f[1].writable, "frozen: writable nowhere");
+    }
+
+    #[test]
+    fn only_changed_rows_and_never_backwards() {
+        let f = |shard, writable, epoch, home: &str| ShardFence {
+            shard,
+            writable,
+            epoch,
+            home: home.into(),
+        };
+        let current = vec![f(1, true, 3, "a"), f(2, false, 5, "b"), f(3, true, 2, "a")];
+        let wanted = vec![
+            f(1, true, 3, "a"),  // same: untouched
+            f(2, true, 4, "a"),  // older topology: never reopens
+            f(3, false, 3, "a"), // newer: closes
+            f(4, true, 1, "a"),  // new row
+        ];
+        let got: Vec<u32> = fence_changes(&current, &wanted)
+            .iter()
+            .map(|f| f.shard)
+            .collect();
+        assert_eq!(got, vec![3, 4]);
     }
 
     #[test]

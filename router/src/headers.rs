@@ -85,32 +85,85 @@ pub fn strip_ezone(headers: &mut HeaderMap) {
     }
 }
 
-/// The sites already in the request's hop list.
-pub fn hops(headers: &HeaderMap) -> Vec<String> {
+/// The request's hop list: each router that forwarded it, with the shard
+/// epoch it decided at (`beijing@7`; a bare `beijing` from a router that
+/// decided without a shard).
+pub fn hop_entries(headers: &HeaderMap) -> Vec<(String, Option<u64>)> {
     headers
         .get_all(X_EZONE_HOP)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .map(|s| s.trim().to_string())
+        .map(str::trim)
         .filter(|s| !s.is_empty())
+        .map(|s| match s.split_once('@') {
+            Some((site, epoch)) => (site.to_string(), epoch.parse().ok()),
+            None => (s.to_string(), None),
+        })
         .collect()
 }
 
-/// True if `site` already handled this request, or it has passed too many
-/// routers: forwarding again would loop.
+/// The sites already in the request's hop list.
+pub fn hops(headers: &HeaderMap) -> Vec<String> {
+    hop_entries(headers).into_iter().map(|(s, _)| s).collect()
+}
+
+/// True if forwarding again would loop: `site` already forwarded this
+/// request and the topology has not moved on since (the last router decided
+/// at an epoch no newer than the one `site` used), or it has passed too many
+/// routers. A request that comes back at a newer epoch is not a loop: it
+/// was held at the old home during a switchover and released to the new
+/// one, which may be where it entered.
 pub fn is_loop(headers: &HeaderMap, site: &str) -> bool {
     if !headers.contains_key(X_EZONE_HOP) {
         return false;
     }
-    let h = hops(headers);
-    h.len() >= MAX_HOPS || h.iter().any(|s| s == site)
+    let h = hop_entries(headers);
+    if h.len() >= MAX_HOPS {
+        return true;
+    }
+    let latest = peer_decision(headers).map(|(_, e)| e);
+    h.iter().any(|(s, mine)| {
+        s == site
+            && match (mine, latest) {
+                (Some(mine), Some(latest)) => latest <= *mine,
+                _ => true,
+            }
+    })
 }
 
-/// Appends `site` to the hop list.
-pub fn add_hop(headers: &mut HeaderMap, site: &str) {
-    let mut h = hops(headers);
-    h.push(site.to_string());
+/// The shard and epoch a peer router decided on, when the request came from
+/// one (it carries a hop list). Only a hint: a router that is behind that
+/// epoch waits (bounded) for its own topology to catch up before deciding,
+/// instead of sending the request back to a home the peer already knows has
+/// changed. A client can forge it only to make its own request wait.
+pub fn peer_decision(headers: &HeaderMap) -> Option<(u32, u64)> {
+    if !headers.contains_key(X_EZONE_HOP) {
+        return None;
+    }
+    let num = |name: HeaderName| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    let shard = u32::try_from(num(X_EZONE_SHARD)?).ok()?;
+    Some((shard, num(X_EZONE_EPOCH)?))
+}
+
+/// Appends `site` (and the epoch it decided at) to the hop list.
+pub fn add_hop(headers: &mut HeaderMap, site: &str, epoch: Option<u64>) {
+    let mut h: Vec<String> = hop_entries(headers)
+        .into_iter()
+        .map(|(s, e)| match e {
+            Some(e) => format!("{s}@{e}"),
+            None => s,
+        })
+        .collect();
+    h.push(match epoch {
+        Some(e) => format!("{site}@{e}"),
+        None => site.to_string(),
+    });
     headers.remove(X_EZONE_HOP);
     if let Ok(v) = HeaderValue::from_str(&h.join(",")) {
         headers.insert(X_EZONE_HOP, v);
@@ -171,6 +224,37 @@ pub fn set_forwarded(
 mod tests {
     use super::*;
 
+    #[test]
+    fn coming_back_at_a_newer_epoch_is_not_a_loop() {
+        // beijing forwarded at epoch 5; shanghai held it, then released it
+        // to beijing at epoch 7: not a loop.
+        let mut h = HeaderMap::new();
+        add_hop(&mut h, "beijing", Some(5));
+        h.insert(X_EZONE_EPOCH, HeaderValue::from_static("7"));
+        h.insert(X_EZONE_SHARD, HeaderValue::from_static("1"));
+        add_hop(&mut h, "shanghai", Some(7));
+        assert_eq!(hops(&h), vec!["beijing", "shanghai"]);
+        assert!(!is_loop(&h, "beijing"));
+        // The same epoch back again: the topologies disagree, a loop.
+        h.insert(X_EZONE_EPOCH, HeaderValue::from_static("5"));
+        assert!(is_loop(&h, "beijing"));
+        // No epoch at all: a loop, to be safe.
+        h.remove(X_EZONE_EPOCH);
+        assert!(is_loop(&h, "beijing"));
+    }
+
+    #[test]
+    fn a_peer_decision_needs_a_hop_list_and_numbers() {
+        let mut h = HeaderMap::new();
+        h.insert(X_EZONE_SHARD, HeaderValue::from_static("3"));
+        h.insert(X_EZONE_EPOCH, HeaderValue::from_static("9"));
+        assert_eq!(peer_decision(&h), None, "a client alone is not a peer");
+        h.insert(X_EZONE_HOP, HeaderValue::from_static("beijing"));
+        assert_eq!(peer_decision(&h), Some((3, 9)));
+        h.insert(X_EZONE_EPOCH, HeaderValue::from_static("nine"));
+        assert_eq!(peer_decision(&h), None);
+    }
+
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
@@ -227,9 +311,9 @@ mod tests {
     fn loops_are_detected() {
         let mut h = HeaderMap::new();
         assert!(!is_loop(&h, "beijing"));
-        add_hop(&mut h, "beijing");
+        add_hop(&mut h, "beijing", None);
         assert!(!is_loop(&h, "shanghai"));
-        add_hop(&mut h, "shanghai");
+        add_hop(&mut h, "shanghai", None);
         assert_eq!(h.get("x-ezone-hop").unwrap(), "beijing,shanghai");
         assert!(is_loop(&h, "beijing"));
     }

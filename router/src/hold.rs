@@ -26,6 +26,39 @@ pub enum Held {
     Overflow,
 }
 
+/// Waits until the topology shows `shard` at `epoch` or later (a peer
+/// router forwarded a request decided at that epoch), up to `deadline`.
+/// Returns the snapshot to decide with, or `None` past the deadline.
+pub async fn wait_for_epoch(
+    mut topology: tokio::sync::watch::Receiver<Option<Arc<ezone_topology::Snapshot>>>,
+    shard: ShardId,
+    epoch: u64,
+    deadline: Duration,
+) -> Option<Arc<ezone_topology::Snapshot>> {
+    let until = Instant::now() + deadline;
+    loop {
+        let current = topology.borrow_and_update().clone();
+        if let Some(snap) = current {
+            if snap
+                .topology
+                .shards
+                .get(&shard)
+                .is_none_or(|s| s.epoch >= epoch)
+            {
+                return Some(snap);
+            }
+        }
+        tokio::select! {
+            changed = topology.changed() => {
+                if changed.is_err() {
+                    return None;
+                }
+            }
+            _ = tokio::time::sleep_until(until) => return None,
+        }
+    }
+}
+
 /// The bounded set of held writes.
 pub struct HoldQueue {
     slots: Arc<Semaphore>,
@@ -159,5 +192,27 @@ mod tests {
         let (a, b) = tokio::join!(first, second);
         assert_eq!(a, Held::Deadline);
         assert_eq!(b, Held::Overflow);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_router_behind_a_peer_waits_for_its_epoch_or_gives_up() {
+        let (tx, rx) = tokio::sync::watch::channel(snap(1, ShardState::Active, "beijing", 2));
+        let catch_up = async {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            tx.send_replace(snap(2, ShardState::Active, "shanghai", 4));
+        };
+        let (got, ()) = tokio::join!(
+            wait_for_epoch(rx.clone(), 1, 4, Duration::from_secs(2)),
+            catch_up
+        );
+        assert_eq!(
+            got.map(|s| s.topology.shards[&1].home.clone()).as_deref(),
+            Some("shanghai")
+        );
+        // Never catching up: the deadline.
+        let (_tx2, rx2) = tokio::sync::watch::channel(snap(1, ShardState::Active, "beijing", 2));
+        assert!(wait_for_epoch(rx2, 1, 9, Duration::from_secs(2))
+            .await
+            .is_none());
     }
 }

@@ -308,6 +308,34 @@ impl Router {
                 "loop",
             ));
         }
+        // A peer router forwarded this at an epoch we have not seen yet: our
+        // topology is a watch round trip behind. Wait for it rather than
+        // send the request back (which the peer would answer 508).
+        let mut snap = snap;
+        if let Some((shard, epoch)) = headers::peer_decision(req.headers()) {
+            if snap
+                .topology
+                .shards
+                .get(&shard)
+                .is_some_and(|s| s.epoch < epoch)
+            {
+                let deadline = self.hold_deadline(&snap);
+                match crate::hold::wait_for_epoch(self.watcher.subscribe(), shard, epoch, deadline)
+                    .await
+                {
+                    Some(newer) => snap = newer,
+                    None => {
+                        let mut r = error_response(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            &format!("shard {shard}: this router's topology is behind epoch {epoch} that the forwarding router used; retry shortly"),
+                        );
+                        r.headers_mut()
+                            .insert(header::RETRY_AFTER, HeaderValue::from(1u32));
+                        return none(r);
+                    }
+                }
+            }
+        }
         let key = extract(&self.cfg.keys, req.uri(), req.headers());
         let mut decision = decide(&snap.topology, &self.policy, key.as_ref(), req.method());
         if let Decision::Hold { shard } = decision {
@@ -611,7 +639,11 @@ impl Router {
             from_peer,
         );
         if target.remote {
-            headers::add_hop(&mut parts.headers, &self.policy.site);
+            headers::add_hop(
+                &mut parts.headers,
+                &self.policy.site,
+                target.shard.map(|s| s.epoch),
+            );
         } else {
             parts.headers.remove(headers::X_EZONE_HOP);
         }

@@ -12,10 +12,12 @@
 //!    │                          └────────── failure / timeout / abort ──────────┐        ▼
 //!    │                                                                           ├──▶ RollingBack ──CAS A active(e+2)──▶ RolledBack
 //!    │                                                                           │
-//!    └─ (already home B: nothing to do)                     Flipping ◀───────────┘ (not after the flip CAS)
-//!                                                              │ CAS home B active(e+2), open B's fence
-//!                                                              ▼
-//!                                                             Done
+//!    └─ (already home B: nothing to do)    Opening ◀─────────┤ (not after the flip CAS)
+//!                                            │ B's fence opened ahead at e+2
+//!                                            ▼
+//!                                          Flipping ──CAS home B active(e+2)──▶ Done (B's fence confirmed)
+//!
+//! RolledBack reconciles both fences: A reopens, a fence opened ahead at B closes.
 //! ```
 //!
 //! A CAS whose answer was lost (a timeout after it landed) shows up on the
@@ -26,12 +28,18 @@
 //!
 //! Invariants the transitions keep: every change of the shard is a CAS with a
 //! strictly greater epoch; writes for the shard are accepted at B only after
-//! B has applied everything A accepted (the marker); once the flip CAS has
-//! landed there is no rollback (B is the home; the old home stays fenced).
+//! B has applied everything A accepted (the marker) and A's fence is closed;
+//! once the flip CAS has landed there is no rollback (B is the home; the old
+//! home stays fenced). B's fence opens just before the flip (no router sends
+//! the shard to B before it), so the writes the routers release when they
+//! see the flip are not refused.
 
 use serde::{Deserialize, Serialize};
 
 use crate::model::{Epoch, ShardId, ShardState};
+
+pub mod driver;
+pub mod plan;
 
 /// Where a switchover is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,7 +53,12 @@ pub enum Step {
     Fenced,
     /// A marker was emitted in `from`'s WAL at this LSN (text form).
     CatchingUp { marker_lsn: String },
-    /// The marker is applied at `to`: the flip CAS may be made.
+    /// The marker is applied at `to`: `to`'s fence is opened ahead of the
+    /// flip, at `epoch + 2`, so writes the routers release on seeing the
+    /// flip find it open. Safe: `from` is fenced and has nothing `to` lacks,
+    /// and no router sends the shard to `to` before the flip.
+    Opening,
+    /// `to`'s fence is open: the flip CAS may be made.
     Flipping,
     /// The shard is active at `to` with epoch `epoch + 2`.
     Done,
@@ -81,6 +94,9 @@ pub enum Event {
     FenceOpened,
     /// A step failed, timed out or the operator aborted.
     Failed { reason: String },
+    /// The rollback CAS found the shard already active at `to` with
+    /// `epoch + 2`: the flip landed after all (its answer was lost).
+    FlipFound,
 }
 
 /// What to do next.
@@ -99,8 +115,13 @@ pub enum Action {
     EmitMarker { site: String },
     /// Wait until link `from->to` has applied the marker at `lsn`.
     AwaitMarker { link: String, lsn: String },
-    /// Open `site`'s fence for the shard.
+    /// Open `site`'s fence for the shard at `epoch`, ahead of the topology.
+    OpenFenceAhead { site: String, epoch: Epoch },
+    /// Open `site`'s fence for the shard (reconcile it with the topology).
     OpenFence { site: String },
+    /// After a rollback: reconcile both sites' fences with the topology
+    /// (reopens `from`, closes a fence opened ahead at `to`).
+    RestoreFences { sites: Vec<String> },
     /// Nothing more: the switchover is over (done or rolled back).
     Finished,
 }
@@ -145,6 +166,10 @@ impl Switchover {
                 link: format!("{}->{}", self.from, self.to),
                 lsn: marker_lsn.clone(),
             },
+            Step::Opening => Action::OpenFenceAhead {
+                site: self.to.clone(),
+                epoch: self.epoch + 2,
+            },
             Step::Flipping => Action::Cas {
                 expected: self.epoch + 1,
                 home: self.to.clone(),
@@ -160,8 +185,8 @@ impl Switchover {
             Step::Done => Action::OpenFence {
                 site: self.to.clone(),
             },
-            Step::RolledBack { .. } => Action::OpenFence {
-                site: self.from.clone(),
+            Step::RolledBack { .. } => Action::RestoreFences {
+                sites: vec![self.from.clone(), self.to.clone()],
             },
         }
     }
@@ -174,7 +199,11 @@ impl Switchover {
             // A failure before the flip rolls back; after it, there is no
             // going back (B is the home and A stays fenced).
             (
-                Step::Frozen | Step::Fenced | Step::CatchingUp { .. } | Step::Flipping,
+                Step::Frozen
+                | Step::Fenced
+                | Step::CatchingUp { .. }
+                | Step::Opening
+                | Step::Flipping,
                 Event::Failed { reason },
             ) => Step::RollingBack {
                 reason: reason.clone(),
@@ -188,11 +217,13 @@ impl Switchover {
             (Step::Fenced, Event::MarkerEmitted { lsn }) => Step::CatchingUp {
                 marker_lsn: lsn.clone(),
             },
-            (Step::CatchingUp { .. }, Event::MarkerApplied) => Step::Flipping,
+            (Step::CatchingUp { .. }, Event::MarkerApplied) => Step::Opening,
+            (Step::Opening, Event::FenceOpened) => Step::Flipping,
             (Step::Flipping, Event::CasLanded) => Step::Done,
             (Step::RollingBack { reason }, Event::CasLanded) => Step::RolledBack {
                 reason: reason.clone(),
             },
+            (Step::RollingBack { .. } | Step::Flipping, Event::FlipFound) => Step::Done,
             // Opening the final fence is idempotent and ends nothing new.
             (Step::Done, Event::FenceOpened) => Step::Done,
             (Step::RolledBack { reason }, Event::FenceOpened) => Step::RolledBack {
@@ -207,6 +238,21 @@ impl Switchover {
             }
         };
         Ok(next)
+    }
+
+    /// A short name of the step, for records, failpoints and displays.
+    pub fn step_name(&self) -> &'static str {
+        match self.step {
+            Step::Start => "start",
+            Step::Frozen => "frozen",
+            Step::Fenced => "fenced",
+            Step::CatchingUp { .. } => "catching_up",
+            Step::Opening => "opening",
+            Step::Flipping => "flipping",
+            Step::Done => "done",
+            Step::RollingBack { .. } => "rolling_back",
+            Step::RolledBack { .. } => "rolled_back",
+        }
     }
 
     /// Over: nothing more to do after the final fence action.
@@ -238,6 +284,7 @@ mod tests {
                 lsn: "0/16B3748".into(),
             },
             Event::MarkerApplied,
+            Event::FenceOpened,
             Event::CasLanded,
         ]);
         assert_eq!(s.step, Step::Done);
@@ -261,6 +308,10 @@ mod tests {
                     link: "beijing->shanghai".into(),
                     lsn: "0/16B3748".into()
                 },
+                Action::OpenFenceAhead {
+                    site: "shanghai".into(),
+                    epoch: 6
+                },
                 Action::Cas {
                     expected: 5,
                     home: "shanghai".into(),
@@ -276,12 +327,13 @@ mod tests {
 
     #[test]
     fn a_failure_before_the_flip_rolls_back_with_a_new_epoch() {
-        for fail_after in 1..=4 {
+        for fail_after in 1..=5 {
             let happy = [
                 Event::CasLanded,
                 Event::FenceClosed,
                 Event::MarkerEmitted { lsn: "0/1".into() },
                 Event::MarkerApplied,
+                Event::FenceOpened,
             ];
             let mut events: Vec<Event> = happy[..fail_after].to_vec();
             events.push(Event::Failed {
@@ -302,8 +354,8 @@ mod tests {
             assert!(matches!(s.step, Step::RolledBack { .. }));
             assert_eq!(
                 s.action(),
-                Action::OpenFence {
-                    site: "beijing".into()
+                Action::RestoreFences {
+                    sites: vec!["beijing".into(), "shanghai".into()]
                 }
             );
         }
@@ -316,6 +368,7 @@ mod tests {
             Event::FenceClosed,
             Event::MarkerEmitted { lsn: "0/1".into() },
             Event::MarkerApplied,
+            Event::FenceOpened,
             Event::CasLanded,
         ]);
         assert!(s
@@ -326,6 +379,30 @@ mod tests {
         let start = Switchover::new(1, "a", "b", 1);
         assert!(start.on(Event::MarkerApplied).is_err());
         assert!(start.on(Event::FenceClosed).is_err());
+    }
+
+    #[test]
+    fn a_rollback_that_finds_the_flip_landed_is_done() {
+        let (s, _) = run(&[
+            Event::CasLanded,
+            Event::FenceClosed,
+            Event::MarkerEmitted { lsn: "0/1".into() },
+            Event::MarkerApplied,
+            Event::Failed {
+                reason: "flip answer lost".into(),
+            },
+        ]);
+        let s = s.on(Event::FlipFound).unwrap();
+        assert_eq!(s.step, Step::Done);
+        assert_eq!(
+            s.action(),
+            Action::OpenFence {
+                site: "shanghai".into()
+            }
+        );
+        assert!(Switchover::new(1, "a", "b", 1)
+            .on(Event::FlipFound)
+            .is_err());
     }
 
     #[test]

@@ -2,8 +2,14 @@
 
 pub mod bench;
 pub mod chaos;
+pub mod conflicts;
+pub mod demo;
+pub mod failover;
 pub mod fence;
 pub mod lab;
+pub mod orders;
 pub mod replicator;
 pub mod router;
+pub mod scenario;
+pub mod status;
 pub mod topo;

@@ -1,5 +1,6 @@
 //! Either store, chosen at run time (`--etcd` or `--file`).
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::model::{Epoch, Shard, Topology};
@@ -45,6 +46,34 @@ impl TopologyStore for AnyStore {
         match self {
             AnyStore::Etcd(s) => s.lock(name, holder, ttl).await,
             AnyStore::File(s) => s.lock(name, holder, ttl).await,
+        }
+    }
+
+    async fn read_op(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        match self {
+            AnyStore::Etcd(s) => s.read_op(name).await,
+            AnyStore::File(s) => s.read_op(name).await,
+        }
+    }
+
+    async fn write_op(&self, name: &str, value: &[u8]) -> Result<(), StoreError> {
+        match self {
+            AnyStore::Etcd(s) => s.write_op(name, value).await,
+            AnyStore::File(s) => s.write_op(name, value).await,
+        }
+    }
+
+    async fn delete_op(&self, name: &str) -> Result<(), StoreError> {
+        match self {
+            AnyStore::Etcd(s) => s.delete_op(name).await,
+            AnyStore::File(s) => s.delete_op(name).await,
+        }
+    }
+
+    async fn list_ops(&self, dir: &str) -> Result<BTreeMap<String, Vec<u8>>, StoreError> {
+        match self {
+            AnyStore::Etcd(s) => s.list_ops(dir).await,
+            AnyStore::File(s) => s.list_ops(dir).await,
         }
     }
 }

@@ -120,6 +120,16 @@ impl EtcdStore {
         }
     }
 
+    fn timed_out(&self, what: &str) -> StoreError {
+        StoreError::Unavailable {
+            store: self.describe(),
+            detail: format!(
+                "{what} timed out after {:?}",
+                super::DEFAULT_REQUEST_TIMEOUT
+            ),
+        }
+    }
+
     /// Every key under the prefix, and the revision they were read at.
     pub(crate) async fn read_raw(
         &self,
@@ -388,5 +398,67 @@ impl TopologyStore for EtcdStore {
             })),
             lost_rx,
         ))
+    }
+
+    async fn read_op(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut client = self.client.clone();
+        let resp = tokio::time::timeout(
+            super::DEFAULT_REQUEST_TIMEOUT,
+            client.get(self.layout.op(name), None),
+        )
+        .await
+        .map_err(|_| self.timed_out("reading an operation record"))?
+        .map_err(|e| self.unavailable("reading an operation record", e))?;
+        Ok(resp.kvs().first().map(|kv| kv.value().to_vec()))
+    }
+
+    async fn write_op(&self, name: &str, value: &[u8]) -> Result<(), StoreError> {
+        let mut client = self.client.clone();
+        tokio::time::timeout(
+            super::DEFAULT_REQUEST_TIMEOUT,
+            client.put(self.layout.op(name), value.to_vec(), None),
+        )
+        .await
+        .map_err(|_| self.timed_out("writing an operation record"))?
+        .map_err(|e| self.unavailable("writing an operation record", e))?;
+        Ok(())
+    }
+
+    async fn delete_op(&self, name: &str) -> Result<(), StoreError> {
+        let mut client = self.client.clone();
+        tokio::time::timeout(
+            super::DEFAULT_REQUEST_TIMEOUT,
+            client.delete(self.layout.op(name), None),
+        )
+        .await
+        .map_err(|_| self.timed_out("deleting an operation record"))?
+        .map_err(|e| self.unavailable("deleting an operation record", e))?;
+        Ok(())
+    }
+
+    async fn list_ops(&self, dir: &str) -> Result<BTreeMap<String, Vec<u8>>, StoreError> {
+        let mut client = self.client.clone();
+        let base = self.layout.ops_dir();
+        let resp = tokio::time::timeout(
+            super::DEFAULT_REQUEST_TIMEOUT,
+            client.get(
+                format!("{base}{dir}"),
+                Some(GetOptions::new().with_prefix()),
+            ),
+        )
+        .await
+        .map_err(|_| self.timed_out("listing operation records"))?
+        .map_err(|e| self.unavailable("listing operation records", e))?;
+        Ok(resp
+            .kvs()
+            .iter()
+            .map(|kv| {
+                let key = String::from_utf8_lossy(kv.key());
+                (
+                    key.strip_prefix(base.as_str()).unwrap_or(&key).to_string(),
+                    kv.value().to_vec(),
+                )
+            })
+            .collect())
     }
 }

@@ -48,6 +48,13 @@ impl FileStore {
         self.path.with_file_name(name)
     }
 
+    /// Where operation record `name` lives: `FILE.ops/NAME.json`, with the
+    /// `/` of the name spelled `__`.
+    fn op_path(&self, name: &str) -> PathBuf {
+        self.sibling(".ops")
+            .join(format!("{}.json", name.replace('/', "__")))
+    }
+
     /// The file's version: its modification time in ms since the Unix epoch.
     pub(crate) fn version(&self) -> Result<Option<Version>, StoreError> {
         match std::fs::metadata(&self.path) {
@@ -197,6 +204,56 @@ impl TopologyStore for FileStore {
             }
             Err((_, e)) => Err(self.io(e.into())),
         }
+    }
+
+    async fn read_op(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        match std::fs::read(self.op_path(name)) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(self.io(e)),
+        }
+    }
+
+    async fn write_op(&self, name: &str, value: &[u8]) -> Result<(), StoreError> {
+        let dir = self.sibling(".ops");
+        std::fs::create_dir_all(&dir).map_err(|e| self.io(e))?;
+        let path = self.op_path(name);
+        // Temp file + rename: a reader never sees half a record.
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, value).map_err(|e| self.io(e))?;
+        std::fs::rename(&tmp, &path).map_err(|e| self.io(e))
+    }
+
+    async fn delete_op(&self, name: &str) -> Result<(), StoreError> {
+        match std::fs::remove_file(self.op_path(name)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(self.io(e)),
+        }
+    }
+
+    async fn list_ops(
+        &self,
+        dir: &str,
+    ) -> Result<std::collections::BTreeMap<String, Vec<u8>>, StoreError> {
+        let mut out = std::collections::BTreeMap::new();
+        let entries = match std::fs::read_dir(self.sibling(".ops")) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(self.io(e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(|e| self.io(e))?;
+            let file = entry.file_name().to_string_lossy().into_owned();
+            let Some(stem) = file.strip_suffix(".json") else {
+                continue;
+            };
+            let name = stem.replace("__", "/");
+            if name.starts_with(dir) {
+                out.insert(name, std::fs::read(entry.path()).map_err(|e| self.io(e))?);
+            }
+        }
+        Ok(out)
     }
 }
 

@@ -78,6 +78,13 @@ impl Layout {
     pub fn lock(&self, name: &str) -> String {
         format!("{}/locks/{name}", self.prefix)
     }
+    /// An operation record (`switchover/7`, `forced/beijing`).
+    pub fn op(&self, name: &str) -> String {
+        format!("{}/ops/{name}", self.prefix)
+    }
+    pub fn ops_dir(&self) -> String {
+        format!("{}/ops/", self.prefix)
+    }
 
     pub fn classify(&self, key: &str) -> KeyKind {
         let Some(rest) = key

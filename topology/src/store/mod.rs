@@ -5,6 +5,7 @@
 //! an operator lock, and a [`crate::watch::Watcher`] that publishes whole,
 //! validated, immutable snapshots.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -138,6 +139,30 @@ pub trait TopologyStore: Send + Sync {
         holder: &str,
         ttl: Duration,
     ) -> impl Future<Output = Result<LockGuard, StoreError>> + Send;
+
+    /// Operation records: JSON kept beside the topology (`{prefix}/ops/NAME`
+    /// in etcd, `FILE.ops/` next to a file) for operations that span several
+    /// CAS steps, such as a switchover, so a crashed operator command can be
+    /// re-run from where it stopped. Not part of the topology: never
+    /// validated, never watched. Writers hold the operation's lock.
+    fn read_op(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<Vec<u8>>, StoreError>> + Send;
+
+    fn write_op(
+        &self,
+        name: &str,
+        value: &[u8],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    fn delete_op(&self, name: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Every record whose name starts with `dir` (e.g. `switchover/`), by name.
+    fn list_ops(
+        &self,
+        dir: &str,
+    ) -> impl Future<Output = Result<BTreeMap<String, Vec<u8>>, StoreError>> + Send;
 }
 
 /// Checks a CAS request against the current topology and returns the

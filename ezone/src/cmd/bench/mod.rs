@@ -16,6 +16,7 @@ use hdrhistogram::Histogram;
 
 mod cpu;
 mod ezone_router;
+mod failover;
 mod nginx;
 mod probe;
 mod propagation;
@@ -37,6 +38,8 @@ pub enum BenchCommand {
     Propagation(propagation::PropagationBench),
     /// Replication: ezone's link vs native logical replication (backlog drain, lag, CPU).
     Replicator(replicator::ReplicatorBench),
+    /// Failover: write-hold window per planned switchover and forced failover time, under load.
+    Failover(failover::FailoverBench),
     /// The router bench's upstream server, run standalone (started by `bench router`).
     #[command(hide = true)]
     Upstream(upstream::UpstreamArgs),
@@ -64,6 +67,7 @@ pub async fn run(c: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Router(args) => router::run(args).await,
         BenchCommand::Propagation(args) => propagation::run(args).await,
         BenchCommand::Replicator(args) => replicator::run(args).await,
+        BenchCommand::Failover(args) => failover::run(args).await,
         BenchCommand::Upstream(args) => upstream::serve(args).await,
     }
 }

@@ -1,0 +1,227 @@
+//! The TOML config of each process of a site: the order service
+//! (`ezone orders serve`), the router (`docs/router.md`) and the replicator
+//! (`docs/replicator.md`).
+//!
+//! Each is first written with port 0 everywhere (no port races at start);
+//! once the process reports its bound addresses, the file is rewritten with
+//! them, so a restart binds the same ports and the topology stays right.
+//!
+//! These hold lab DSNs (trust authentication on loopback, no passwords),
+//! which is why plain `Serialize` is fine here.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
+
+use serde::Serialize;
+
+use super::error::EnsembleError;
+
+/// The replicated table.
+pub(crate) const ORDERS_TABLE: &str = "public.orders";
+/// The header that carries the city, and its key kind.
+pub(crate) const CITY_HEADER: &str = "x-city-id";
+
+/// `127.0.0.1:0`.
+pub(crate) fn any_port() -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::LOCALHOST, 0))
+}
+
+/// `orders.toml`.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct OrdersToml {
+    pub site: String,
+    pub listen: SocketAddr,
+    pub postgres: String,
+    pub pool_size: usize,
+}
+
+/// `router.toml`.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct RouterToml {
+    pub site: String,
+    pub listen: RouterListen,
+    pub admin: Admin,
+    pub topology: Topology,
+    pub keys: Vec<KeySource>,
+    pub routing: Routing,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct RouterListen {
+    pub http: SocketAddr,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Admin {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Topology {
+    pub etcd: Vec<String>,
+    pub prefix: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct KeySource {
+    pub source: &'static str,
+    pub name: &'static str,
+    pub kind: &'static str,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Routing {
+    pub on_missing_key: &'static str,
+    pub on_unknown_city: &'static str,
+}
+
+/// `replicator.toml`.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct ReplicatorToml {
+    pub site: String,
+    pub tables: Vec<String>,
+    pub fence: bool,
+    pub topology: Topology,
+    pub sources: BTreeMap<String, Source>,
+    pub admin: Admin,
+    pub shard_keys: BTreeMap<String, ShardKey>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Source {
+    pub dsn: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct ShardKey {
+    pub column: &'static str,
+    pub kind: &'static str,
+}
+
+impl OrdersToml {
+    pub(crate) fn new(site: &str, postgres: String, pool_size: usize) -> Self {
+        OrdersToml {
+            site: site.to_string(),
+            listen: any_port(),
+            postgres,
+            pool_size,
+        }
+    }
+}
+
+impl RouterToml {
+    /// Header `x-city-id` (a city), no key -> this site, unknown city -> 404.
+    pub(crate) fn new(site: &str, topology: Topology) -> Self {
+        RouterToml {
+            site: site.to_string(),
+            listen: RouterListen { http: any_port() },
+            admin: Admin { listen: any_port() },
+            topology,
+            keys: vec![KeySource {
+                source: "header",
+                name: CITY_HEADER,
+                kind: "city",
+            }],
+            routing: Routing {
+                on_missing_key: "default_site",
+                on_unknown_city: "reject",
+            },
+        }
+    }
+}
+
+impl ReplicatorToml {
+    /// Replicate `public.orders` (shard key: the city) from every source,
+    /// and keep this site's fence in line with the topology.
+    pub(crate) fn new(site: &str, topology: Topology, sources: BTreeMap<String, Source>) -> Self {
+        let mut shard_keys = BTreeMap::new();
+        shard_keys.insert(
+            ORDERS_TABLE.to_string(),
+            ShardKey {
+                column: "city",
+                kind: "city",
+            },
+        );
+        ReplicatorToml {
+            site: site.to_string(),
+            tables: vec![ORDERS_TABLE.to_string()],
+            fence: true,
+            topology,
+            sources,
+            admin: Admin { listen: any_port() },
+            shard_keys,
+        }
+    }
+}
+
+/// Write `value` as TOML to `path`.
+pub(crate) fn write(path: &Path, value: &impl Serialize) -> Result<(), EnsembleError> {
+    let text = toml::to_string(value).map_err(|e| EnsembleError::Io {
+        path: path.to_path_buf(),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    std::fs::write(path, text).map_err(|source| EnsembleError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn topo() -> Topology {
+        Topology {
+            etcd: vec!["http://127.0.0.1:2379".to_string()],
+            prefix: "/ezone".to_string(),
+        }
+    }
+
+    #[test]
+    fn router_config_has_the_documented_shape() {
+        let text = toml::to_string(&RouterToml::new("beijing", topo())).expect("toml");
+        let v: toml::Value = toml::from_str(&text).expect("parses back");
+        assert_eq!(v["site"].as_str(), Some("beijing"));
+        assert_eq!(v["listen"]["http"].as_str(), Some("127.0.0.1:0"));
+        assert_eq!(v["admin"]["listen"].as_str(), Some("127.0.0.1:0"));
+        assert_eq!(v["keys"][0]["name"].as_str(), Some("x-city-id"));
+        assert_eq!(v["keys"][0]["kind"].as_str(), Some("city"));
+        assert_eq!(v["topology"]["prefix"].as_str(), Some("/ezone"));
+    }
+
+    #[test]
+    fn replicator_config_has_the_documented_shape() {
+        let mut sources = BTreeMap::new();
+        sources.insert(
+            "shanghai".to_string(),
+            Source {
+                dsn: "host=127.0.0.1 port=5 user=postgres dbname=ezone".to_string(),
+            },
+        );
+        let text = toml::to_string(&ReplicatorToml::new("beijing", topo(), sources)).expect("toml");
+        let v: toml::Value = toml::from_str(&text).expect("parses back");
+        assert_eq!(v["fence"].as_bool(), Some(true));
+        assert_eq!(v["tables"][0].as_str(), Some("public.orders"));
+        assert!(v["sources"]["shanghai"]["dsn"]
+            .as_str()
+            .is_some_and(|d| d.contains("port=5")));
+        assert_eq!(
+            v["shard_keys"]["public.orders"]["column"].as_str(),
+            Some("city")
+        );
+        assert_eq!(
+            v["topology"]["etcd"][0].as_str(),
+            Some("http://127.0.0.1:2379")
+        );
+    }
+
+    #[test]
+    fn orders_config_has_the_documented_shape() {
+        let text =
+            toml::to_string(&OrdersToml::new("beijing", "host=x".to_string(), 8)).expect("toml");
+        let v: toml::Value = toml::from_str(&text).expect("parses back");
+        assert_eq!(v["pool_size"].as_integer(), Some(8));
+        assert_eq!(v["listen"].as_str(), Some("127.0.0.1:0"));
+    }
+}

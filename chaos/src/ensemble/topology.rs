@@ -1,0 +1,122 @@
+//! The ensemble's topology and the WAN in front of each router.
+//!
+//! A site's `router` address in the topology is where *other* sites' routers
+//! reach it, so it crosses the WAN: a fault-proxy link `router:<site>` in
+//! front of the router, with the lab's WAN latency (half the round trip each
+//! way), added to the lab's proxy next to its Postgres links (`a->b`). One
+//! link per router is enough: the topology has one router address per site.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use ezone_topology::starter::starter;
+use ezone_topology::{EtcdStore, Topology, TopologyStore};
+
+use super::config::any_port;
+use super::error::EnsembleError;
+use crate::lab::Lab;
+use crate::proxy::{LinkHandle, LinkSpec, Toxics};
+
+/// The etcd prefix the ensemble's topology lives under.
+pub const TOPOLOGY_PREFIX: &str = "/ezone";
+
+/// The name of the WAN link in front of `site`'s router.
+pub fn router_link_name(site: &str) -> String {
+    format!("router:{site}")
+}
+
+/// A WAN link in front of a router.
+#[derive(Debug, Clone)]
+pub(crate) struct RouterLink {
+    /// Where other sites reach the router (the topology's `router`).
+    pub listen: SocketAddr,
+    /// The in-process proxy's handle (`None` when the proxy is a process:
+    /// use the lab's admin client with [`router_link_name`]).
+    pub handle: Option<LinkHandle>,
+}
+
+/// Add the link `router:<site>` to the lab's proxy, forwarding to `router`.
+pub(crate) async fn add_router_link(
+    lab: &Lab,
+    site: &str,
+    router: SocketAddr,
+) -> Result<RouterLink, EnsembleError> {
+    let one_way = Toxics {
+        latency: lab.wan_rtt() / 2,
+        ..Toxics::default()
+    };
+    let spec = LinkSpec {
+        name: router_link_name(site),
+        listen: any_port(),
+        upstream: router,
+        upstream_toxics: one_way.clone(),
+        downstream_toxics: one_way,
+    };
+    match lab.proxy() {
+        Some(proxy) => {
+            let handle = proxy.add_link(spec).await?;
+            Ok(RouterLink {
+                listen: handle.listen_addr(),
+                handle: Some(handle),
+            })
+        }
+        None => {
+            let status = lab.admin_client().add_link(&spec).await?;
+            Ok(RouterLink {
+                listen: status.listen,
+                handle: None,
+            })
+        }
+    }
+}
+
+/// What the topology says about one site.
+#[derive(Debug, Clone)]
+pub(crate) struct SiteAddrs {
+    /// The router as reached across the WAN.
+    pub router: SocketAddr,
+    /// The site's order service(s).
+    pub upstreams: Vec<SocketAddr>,
+    /// The site's own Postgres, directly.
+    pub postgres: String,
+}
+
+/// The starter topology (`shards_per_site` shards per site, homed round
+/// robin, the starter's cities) with the sites' real addresses.
+pub(crate) fn build(
+    sites: &[String],
+    shards_per_site: u32,
+    addrs: &BTreeMap<String, SiteAddrs>,
+) -> Topology {
+    let names: Vec<&str> = sites.iter().map(String::as_str).collect();
+    let mut t = starter(&names, shards_per_site);
+    for (name, site) in t.sites.iter_mut() {
+        if let Some(a) = addrs.get(name) {
+            site.router = a.router.to_string();
+            site.upstreams = a.upstreams.iter().map(|u| u.to_string()).collect();
+            site.postgres = a.postgres.clone();
+        }
+    }
+    t
+}
+
+/// Write `topology` to etcd, replacing whatever is there.
+pub(crate) async fn write(endpoints: &[String], topology: &Topology) -> Result<(), EnsembleError> {
+    let store = EtcdStore::connect(endpoints, TOPOLOGY_PREFIX).await?;
+    store.init(topology, true).await?;
+    Ok(())
+}
+
+/// A connection to the ensemble's topology store.
+pub(crate) async fn store(endpoints: &[String]) -> Result<EtcdStore, EnsembleError> {
+    Ok(EtcdStore::connect(endpoints, TOPOLOGY_PREFIX).await?)
+}
+
+/// Every city of the routing table and its shard.
+pub(crate) fn cities(t: &Topology) -> Vec<(String, u32)> {
+    t.routing
+        .cities
+        .iter()
+        .map(|(c, s)| (c.clone(), *s))
+        .collect()
+}

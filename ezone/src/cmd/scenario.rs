@@ -1,0 +1,122 @@
+//! What `ezone demo` and `ezone bench failover` share: the whole system on
+//! this machine (the chaos crate's ensemble on a lab), order traffic through
+//! the routers, planned switchovers driven in-process by the same driver the
+//! `ezone failover` command uses, and a live traffic line.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use ezone_chaos::check::AckedWrite;
+use ezone_chaos::ensemble::{Ensemble, EnsembleSpec};
+use ezone_chaos::lab::{Lab, LabSpec};
+use ezone_orders::workload::{History, ProgressHandle, Workload, WorkloadSpec};
+use ezone_replicator::site_ops::PgSites;
+use ezone_topology::failover::driver::{switch_shard, Options, Outcome, Progress};
+use ezone_topology::failover::plan::Move;
+use ezone_topology::{ShardId, TopologyStore};
+use tokio::sync::watch;
+
+/// Starts a lab (etcd, Postgres per site, 30 ms WAN) and the ensemble on it.
+pub async fn start(
+    sites: &[&str],
+    shards_per_site: u32,
+    wan_rtt: Duration,
+    dir: Option<PathBuf>,
+) -> anyhow::Result<Ensemble> {
+    let mut spec = LabSpec::new(sites);
+    spec.wan_rtt = wan_rtt;
+    spec.dir = dir;
+    let lab = Lab::start(spec).await.context("starting the lab")?;
+    let exe = std::env::current_exe().context("finding the ezone binary")?;
+    let mut es = EnsembleSpec::new(exe);
+    es.shards_per_site = shards_per_site;
+    es.log_filter = "warn".into();
+    Ensemble::start(lab, es)
+        .await
+        .context("starting routers, order services and replicators")
+}
+
+/// Order traffic for every city, spread over every site's router.
+pub fn traffic(ens: &Ensemble, prefix: &str, rate: u32) -> anyhow::Result<Workload> {
+    let mut targets = Vec::new();
+    for s in ens.sites() {
+        targets.push(ens.router_http(&s)?);
+    }
+    Ok(Workload::start(WorkloadSpec {
+        targets,
+        cities: ens.cities().into_iter().map(|(c, _)| c).collect(),
+        rate_per_sec: rate,
+        id_prefix: prefix.into(),
+        ..WorkloadSpec::default()
+    })?)
+}
+
+/// Prints a traffic line every second until dropped (aborted).
+pub fn live_line(p: ProgressHandle, start: Instant) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut last = p.get();
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let now = p.get();
+            eprintln!(
+                "[{:>8.3}s] traffic: {:>5} orders/s acked, total sent {} acked {} failed {} retried {} in flight {}",
+                start.elapsed().as_secs_f64(),
+                now.acked.saturating_sub(last.acked),
+                now.sent,
+                now.acked,
+                now.failed,
+                now.retried,
+                now.in_flight
+            );
+            last = now;
+        }
+    })
+}
+
+/// The acknowledged writes of a history, as the checker wants them.
+pub fn acked_writes(h: &History) -> Vec<AckedWrite> {
+    h.acked()
+        .iter()
+        .filter_map(|o| o.body.as_ref().and_then(AckedWrite::from_row_json))
+        .collect()
+}
+
+/// Moves one shard to `to`, planned, with the operator command's driver.
+pub async fn switch(
+    ens: &Ensemble,
+    sites: &PgSites,
+    shard: ShardId,
+    to: &str,
+    observe: &(dyn Fn(Progress) + Send + Sync),
+) -> anyhow::Result<(Outcome, Duration)> {
+    let store = ens.store().await?;
+    let snap = store.load().await?;
+    let cur = snap
+        .topology
+        .shards
+        .get(&shard)
+        .with_context(|| format!("shard {shard} is not in the topology"))?;
+    let mv = Move {
+        shard,
+        from: cur.home.clone(),
+        to: to.into(),
+        epoch: cur.epoch,
+        state: cur.state,
+    };
+    let opts = Options::new(&format!("ezone demo pid {}", std::process::id()));
+    let (_keep, abort) = watch::channel(false);
+    let started = Instant::now();
+    let out = switch_shard(&store, sites, &mv, &opts, abort, observe).await?;
+    Ok((out, started.elapsed()))
+}
+
+/// A site connector with no DSN overrides (the topology's DSNs).
+pub fn pg_sites() -> PgSites {
+    PgSites::new(HashMap::new())
+}
+
+pub fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1e3)
+}

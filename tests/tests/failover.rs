@@ -1,0 +1,445 @@
+//! Failover end to end, everything real: etcd, two Postgres sites with the
+//! fence, order services, routers, replicators (the ensemble), order
+//! traffic through both routers, and the `ezone failover` command as an
+//! operator runs it. The invariants are checked in the data
+//! (`chaos::check`): nothing acknowledged lost, sites identical, and every
+//! row accepted at the shard's home at the fence epoch it was written under.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use ezone_chaos::check::{homes_of, record_homes, AckedWrite, HomeHistory};
+use ezone_chaos::ensemble::{Ensemble, EnsembleSpec, Part};
+use ezone_chaos::lab::{Lab, LabSpec};
+use ezone_orders::workload::{History, Workload, WorkloadSpec};
+use ezone_tests::{eventually, ezone_bin};
+use ezone_topology::{ShardState, TopologyStore};
+
+async fn ensemble() -> Ensemble {
+    let lab = Lab::start(LabSpec::default()).await.expect("lab");
+    Ensemble::start(lab, EnsembleSpec::new(ezone_bin()))
+        .await
+        .expect("ensemble")
+}
+
+/// Runs `ezone failover ARGS --etcd ...`; returns (exit code, stderr).
+async fn failover(ens: &Ensemble, args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
+    let mut cmd = tokio::process::Command::new(ezone_bin());
+    cmd.arg("failover")
+        .args(args)
+        .arg("--etcd")
+        .arg(ens.etcd_endpoints().join(","))
+        .arg("--lock-ttl")
+        .arg("1s")
+        .env("EZONE_LOG", "warn");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = tokio::time::timeout(Duration::from_secs(90), cmd.output())
+        .await
+        .expect("failover command finished within 90 s")
+        .expect("run ezone failover");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn acked(h: &History) -> Vec<AckedWrite> {
+    h.acked()
+        .iter()
+        .filter_map(|o| o.body.as_ref().and_then(AckedWrite::from_row_json))
+        .collect()
+}
+
+fn all_cities(ens: &Ensemble) -> Vec<String> {
+    ens.cities().into_iter().map(|(c, _)| c).collect()
+}
+
+fn workload(ens: &Ensemble, prefix: &str, rate: u32) -> Workload {
+    let targets = ens
+        .sites()
+        .iter()
+        .map(|s| ens.router_http(s).expect("router"))
+        .collect();
+    Workload::start(WorkloadSpec {
+        targets,
+        cities: all_cities(ens),
+        rate_per_sec: rate,
+        id_prefix: prefix.into(),
+        ..WorkloadSpec::default()
+    })
+    .expect("workload")
+}
+
+async fn record_topology(ens: &Ensemble, homes: &mut HomeHistory) {
+    let store = ens.store().await.expect("store");
+    let snap = store.load().await.expect("topology");
+    record_homes(homes, &snap.topology);
+}
+
+async fn shard_of(ens: &Ensemble, id: u32) -> ezone_topology::Shard {
+    let store = ens.store().await.expect("store");
+    store.load().await.expect("topology").topology.shards[&id].clone()
+}
+
+fn other(site: &str) -> &'static str {
+    if site == "beijing" {
+        "shanghai"
+    } else {
+        "beijing"
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn planned_switchovers_under_load_fail_nothing_and_lose_nothing() {
+    let ens = ensemble().await;
+    let mut homes = homes_of(ens.initial_topology());
+    let wl = workload(&ens, "planned", 150);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Two shards, back and forth three times: 12 switchovers under load.
+    let shards: Vec<u32> = ens
+        .initial_topology()
+        .shards
+        .keys()
+        .copied()
+        .take(2)
+        .collect();
+    let mut holds = Vec::new();
+    for round in 0..3 {
+        for &s in &shards {
+            let cur = shard_of(&ens, s).await;
+            let to = other(&cur.home);
+            let (code, err) =
+                failover(&ens, &["shard", &s.to_string(), "--to", to, "--json"], &[]).await;
+            assert_eq!(code, 0, "round {round} shard {s}: {err}");
+            let now = shard_of(&ens, s).await;
+            assert_eq!(
+                (now.home.as_str(), now.state, now.epoch),
+                (to, ShardState::Active, cur.epoch + 2),
+                "{err}"
+            );
+            holds.push(
+                err.lines()
+                    .find(|l| l.contains("writes held"))
+                    .map(str::to_string),
+            );
+            record_topology(&ens, &mut homes).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let history = wl.stop().await;
+    let failed = history.failed();
+    assert!(
+        failed.is_empty(),
+        "failed requests: {:?}",
+        &failed[..failed.len().min(5)]
+    );
+    // Not even a retried attempt: the routers held the writes and released
+    // them to an open fence.
+    assert_eq!(
+        history.retries(),
+        0,
+        "retried: {:?}",
+        history.retry_reasons()
+    );
+    assert!(
+        history.acked().len() > 200,
+        "{} acked",
+        history.acked().len()
+    );
+    ens.wait_converged(Duration::from_secs(30))
+        .await
+        .expect("sites converge");
+    let report = ens
+        .verify(&acked(&history), Some(&homes))
+        .await
+        .expect("verify");
+    assert!(report.is_ok(), "{report}\nholds: {holds:?}");
+    ens.teardown().await.expect("teardown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_router_is_refused_by_the_fence() {
+    let ens = ensemble().await;
+    let t0 = ens.initial_topology().clone();
+    let city = ens.city_homed_at("beijing").expect("a beijing city");
+    let shard = t0.routing.cities[&city];
+    // A router that never learns: its topology is a file frozen at t0.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("topology.json");
+    ezone_topology::FileStore::new(&file)
+        .init(&t0, false)
+        .await
+        .expect("write the stale topology");
+    let stale = ezone_tests::router::RouterProc::start_ready(&format!(
+        "site = \"beijing\"\n[listen]\nhttp = \"127.0.0.1:0\"\n[topology]\nfile = \"{}\"\n",
+        file.display()
+    ))
+    .await;
+    let (code, err) = failover(
+        &ens,
+        &["shard", &shard.to_string(), "--to", "shanghai"],
+        &[],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let c = ezone_tests::router::client();
+    let body = r#"{"id":"stale-1","user":"u1","item":"tea","amount_cents":100}"#;
+    let a = ezone_tests::router::send(
+        &c,
+        "POST",
+        stale.http,
+        "/orders",
+        &[("x-city-id", &city), ("content-type", "application/json")],
+        body,
+    )
+    .await;
+    assert_eq!(a.status, 503, "the old home's fence refuses: {}", a.text());
+    assert!(a.text().contains("fenced"), "{}", a.text());
+    // Through a current router the same write lands at the new home.
+    let a = ezone_tests::router::send(
+        &c,
+        "POST",
+        ens.router_http("beijing").expect("router"),
+        "/orders",
+        &[("x-city-id", &city), ("content-type", "application/json")],
+        r#"{"id":"fresh-1","user":"u1","item":"tea","amount_cents":100}"#,
+    )
+    .await;
+    assert_eq!(a.status, 201, "{}", a.text());
+    ens.wait_converged(Duration::from_secs(30))
+        .await
+        .expect("converge");
+    let rows = ezone_chaos::check::read_all(&ens.dsns())
+        .await
+        .expect("rows");
+    for (site, rows) in &rows {
+        assert!(
+            rows.iter().all(|r| r.id != "stale-1"),
+            "the stale router's write reached {site}"
+        );
+        let fresh = rows.iter().find(|r| r.id == "fresh-1").expect("fresh row");
+        assert_eq!(fresh.site.as_deref(), Some("shanghai"), "{site}");
+    }
+    drop(stale);
+    ens.teardown().await.expect("teardown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_killed_at_each_step_then_rerun_keeps_the_invariants() {
+    let ens = ensemble().await;
+    let mut homes = homes_of(ens.initial_topology());
+    let wl = workload(&ens, "crashy", 100);
+    let shard = *ens
+        .initial_topology()
+        .shards
+        .keys()
+        .next()
+        .expect("a shard");
+    for step in [
+        "start",
+        "frozen",
+        "fenced",
+        "catching_up",
+        "opening",
+        "flipping",
+        "done",
+    ] {
+        let cur = shard_of(&ens, shard).await;
+        let to = other(&cur.home);
+        let (code, err) = failover(
+            &ens,
+            &["shard", &shard.to_string(), "--to", to],
+            &[("FAILPOINTS", &format!("switchover.{step}=return"))],
+        )
+        .await;
+        assert_eq!(code, 86, "the command crashed at {step}: {err}");
+        let (code, err) = failover(&ens, &["shard", &shard.to_string(), "--to", to], &[]).await;
+        assert_eq!(code, 0, "re-run after a crash at {step}: {err}");
+        assert!(
+            err.contains("resuming") || step == "start",
+            "the re-run resumed from the record: {err}"
+        );
+        let now = shard_of(&ens, shard).await;
+        assert_eq!(
+            (now.home.as_str(), now.state),
+            (to, ShardState::Active),
+            "after the crash at {step}: {err}"
+        );
+        assert!(now.epoch > cur.epoch);
+        record_topology(&ens, &mut homes).await;
+    }
+    let history = wl.stop().await;
+    // Writes held past the deadline while the command was dead are retried
+    // by the client; none may end failed.
+    let failed = history.failed();
+    assert!(
+        failed.is_empty(),
+        "failed: {:?}",
+        &failed[..failed.len().min(5)]
+    );
+    ens.wait_converged(Duration::from_secs(30))
+        .await
+        .expect("converge");
+    let report = ens
+        .verify(&acked(&history), Some(&homes))
+        .await
+        .expect("verify");
+    assert!(report.is_ok(), "{report}");
+    ens.teardown().await.expect("teardown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forced_failover_reports_exactly_the_writes_that_had_not_crossed() {
+    let ens = ensemble().await;
+    let city = ens.city_homed_at("beijing").expect("a beijing city");
+    // Cut what shanghai reads of beijing's Postgres: beijing's writes from
+    // now on do not cross.
+    let link = ens.lab().link("beijing->shanghai").expect("WAN link");
+    link.partition();
+    let wl = Workload::start(WorkloadSpec {
+        targets: vec![ens.router_http("beijing").expect("router")],
+        cities: vec![city.clone()],
+        rate_per_sec: 50,
+        concurrency: 1,
+        limit: Some(20),
+        id_prefix: "tail".into(),
+        ..WorkloadSpec::default()
+    })
+    .expect("workload");
+    let history = wl.finish().await;
+    let tail_ids: BTreeSet<String> = history.acked().iter().map(|o| o.id.clone()).collect();
+    assert_eq!(tail_ids.len(), 20);
+    // What shanghai has of them (nothing, through the partition).
+    let rows = ezone_chaos::check::read_rows("shanghai", &ens.dsn("shanghai").expect("dsn"))
+        .await
+        .expect("rows");
+    let crossed: BTreeSet<String> = rows
+        .iter()
+        .map(|r| r.id.clone())
+        .filter(|id| tail_ids.contains(id))
+        .collect();
+    let at_risk: BTreeSet<String> = tail_ids.difference(&crossed).cloned().collect();
+    // Beijing is lost.
+    for part in [Part::Router, Part::Orders, Part::Replicator, Part::Postgres] {
+        ens.kill("beijing", part).expect("kill");
+    }
+    let (code, err) = failover(
+        &ens,
+        &["site", "beijing", "--to", "shanghai", "--force"],
+        &[],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("divergence point"), "{err}");
+    // Writes for beijing's cities now succeed at the survivor.
+    let after = Workload::start(WorkloadSpec {
+        targets: vec![ens.router_http("shanghai").expect("router")],
+        cities: vec![city.clone()],
+        rate_per_sec: 50,
+        limit: Some(10),
+        id_prefix: "survivor".into(),
+        ..WorkloadSpec::default()
+    })
+    .expect("workload");
+    let survivor = after.finish().await;
+    assert_eq!(
+        survivor.acked().len(),
+        10,
+        "writes at the survivor after the forced failover"
+    );
+    for o in survivor.acked() {
+        let site = o
+            .body
+            .as_ref()
+            .and_then(|b| b.get("site"))
+            .and_then(|s| s.as_str())
+            .unwrap_or("");
+        assert_eq!(site, "shanghai");
+    }
+    // Beijing returns: Postgres, then its replicator (which fences it
+    // first), then the network.
+    ens.restart("beijing", Part::Postgres)
+        .await
+        .expect("restart pg");
+    ens.restart("beijing", Part::Replicator)
+        .await
+        .expect("restart replicator");
+    link.heal();
+    let dsn_b = ens.dsn("beijing").expect("dsn");
+    let shard = ens.initial_topology().routing.cities[&city];
+    eventually("beijing fenced for the moved shard", Duration::from_secs(30), || {
+        let dsn_b = dsn_b.clone();
+        async move {
+            let (c, conn) = tokio_postgres::connect(&dsn_b, tokio_postgres::NoTls).await.ok()?;
+            tokio::spawn(conn);
+            let r = c
+                .query_opt(
+                    "SELECT writable FROM ezone_fence.shards WHERE shard = $1 AND home = 'shanghai'",
+                    &[&(shard as i32)],
+                )
+                .await
+                .ok()??;
+            (!r.get::<_, bool>(0)).then_some(())
+        }
+    })
+    .await;
+    // The tail arrives at shanghai as conflicts: exactly the writes at risk.
+    let dsn_s = ens.dsn("shanghai").expect("dsn");
+    let query =
+        "SELECT coalesce(remote_row->>'id', local_row->>'id') FROM ezone_replication.conflicts \
+                 WHERE link = 'beijing->shanghai'";
+    let conflicted: BTreeSet<String> =
+        eventually("the tail's conflicts", Duration::from_secs(60), || {
+            let dsn_s = dsn_s.clone();
+            let want = at_risk.len();
+            async move {
+                let (c, conn) = tokio_postgres::connect(&dsn_s, tokio_postgres::NoTls)
+                    .await
+                    .ok()?;
+                tokio::spawn(conn);
+                let rows = c.query(query, &[]).await.ok()?;
+                let ids: BTreeSet<String> = rows
+                    .iter()
+                    .filter_map(|r| r.get::<_, Option<String>>(0))
+                    .collect();
+                (ids.len() >= want).then_some(ids)
+            }
+        })
+        .await;
+    // Give any extra (wrong) conflict a moment to show up, then compare.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (c, conn) = tokio_postgres::connect(&dsn_s, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    let final_ids: BTreeSet<String> = c
+        .query(query, &[])
+        .await
+        .expect("conflicts")
+        .iter()
+        .filter_map(|r| r.get::<_, Option<String>>(0))
+        .collect();
+    assert_eq!(conflicted, at_risk);
+    assert_eq!(final_ids, at_risk, "no more, no fewer");
+    // The survivor's writes reached the returning site.
+    eventually(
+        "survivor writes at beijing",
+        Duration::from_secs(30),
+        || {
+            let dsn_b = dsn_b.clone();
+            let ids: Vec<String> = survivor.acked().iter().map(|o| o.id.clone()).collect();
+            async move {
+                let rows = ezone_chaos::check::read_rows("beijing", &dsn_b)
+                    .await
+                    .ok()?;
+                let have: BTreeSet<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+                ids.iter().all(|i| have.contains(i.as_str())).then_some(())
+            }
+        },
+    )
+    .await;
+    ens.teardown().await.expect("teardown");
+}

@@ -1,0 +1,935 @@
+//! Drives the switchover state machine ([`super::Switchover`]) against the
+//! real world: the topology store (CAS, lock, the operation record) and the
+//! sites' databases through the [`SiteOps`] seam (fences, markers).
+//!
+//! The loop is: take the shard's lock; load or create the record; then until
+//! the switchover is over, perform the action the step calls for, feed the
+//! result to the machine, and persist the new step *before* acting on it. A
+//! crash anywhere leaves a record whose step says what to do next, and a
+//! re-run does exactly that (every action is idempotent: a CAS that already
+//! landed is recognised, fences reconcile to the topology, the marker token
+//! is deterministic).
+
+use std::future::Future;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use super::plan::Move;
+use super::{Action, Event, Step, Switchover};
+use crate::model::{Epoch, Shard, ShardId, ShardState, Site, Topology};
+use crate::store::{LockGuard, StoreError, TopologyStore};
+
+/// A failure at a site's database, classified for the driver.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("site {site}: {what}: {detail}")]
+pub struct SiteError {
+    pub site: String,
+    pub what: String,
+    pub detail: String,
+    /// The database could not be reached or was busy: trying again may work.
+    pub retryable: bool,
+}
+
+/// What the driver needs from the sites' databases.
+pub trait SiteOps: Send + Sync {
+    /// Brings `site`'s fence in line with `t`. Closing a shard's fence
+    /// returns only once no write for it can still commit there.
+    fn sync_fence(
+        &self,
+        site: &Site,
+        t: &Topology,
+    ) -> impl Future<Output = Result<(), SiteError>> + Send;
+
+    /// Opens `site`'s fence for `shard` at `epoch` ahead of the topology
+    /// (only if the fence row is not at a later epoch). The next reconcile
+    /// with a topology at that epoch keeps it or closes it.
+    fn open_fence_ahead(
+        &self,
+        site: &Site,
+        shard: ShardId,
+        epoch: Epoch,
+    ) -> impl Future<Output = Result<(), SiteError>> + Send;
+
+    /// Writes a marker carrying `token` into `site`'s WAL; returns its LSN.
+    fn emit_marker(
+        &self,
+        site: &Site,
+        token: &str,
+    ) -> impl Future<Output = Result<String, SiteError>> + Send;
+
+    /// Whether the marker `token` has been applied at `site`.
+    fn marker_applied(
+        &self,
+        site: &Site,
+        token: &str,
+    ) -> impl Future<Output = Result<bool, SiteError>> + Send;
+
+    /// How far `site` has applied `from`'s WAL (the link's origin progress).
+    fn applied_from(
+        &self,
+        site: &Site,
+        from: &str,
+    ) -> impl Future<Output = Result<Option<String>, SiteError>> + Send;
+}
+
+/// How a driver run is tuned.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Who runs it (`user@host pid N`), written into the lock and record.
+    pub holder: String,
+    /// How long the forward steps may take in all before the switchover is
+    /// rolled back (the catch-up wait dominates).
+    pub timeout: Duration,
+    /// The shard lock's lease: how long after a crash a re-run can proceed.
+    pub lock_ttl: Duration,
+    /// How long to wait for a lock held by someone else.
+    pub lock_wait: Duration,
+    /// Pause between tries of a retryable step and between marker polls.
+    pub poll: Duration,
+    /// After the freeze lands, how long to let writes that routers decided
+    /// just before seeing it reach the database before the fence closes:
+    /// the fence then closes behind them (waiting for them) instead of
+    /// refusing them. Adds to the write-hold window.
+    pub settle: Duration,
+}
+
+impl Options {
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+    pub const DEFAULT_LOCK_TTL: Duration = Duration::from_secs(5);
+    pub const DEFAULT_POLL: Duration = Duration::from_millis(5);
+    pub const DEFAULT_SETTLE: Duration = Duration::from_millis(20);
+
+    pub fn new(holder: &str) -> Options {
+        Options {
+            holder: holder.into(),
+            timeout: Self::DEFAULT_TIMEOUT,
+            lock_ttl: Self::DEFAULT_LOCK_TTL,
+            // Longer than the lease, so a re-run right after a crash waits
+            // the dead holder's lease out instead of failing.
+            lock_wait: Self::DEFAULT_LOCK_TTL * 3,
+            poll: Self::DEFAULT_POLL,
+            settle: Self::DEFAULT_SETTLE,
+        }
+    }
+}
+
+/// When a step was reached (ms since the Unix epoch).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepMark {
+    pub step: String,
+    pub at_ms: u64,
+}
+
+/// The persisted record of one shard's switchover (`ops/switchover/{shard}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    pub switchover: Switchover,
+    pub holder: String,
+    pub history: Vec<StepMark>,
+    /// When the freeze CAS landed and when the shard was active again: the
+    /// write-hold window the routers saw.
+    #[serde(default)]
+    pub frozen_at_ms: Option<u64>,
+    #[serde(default)]
+    pub active_at_ms: Option<u64>,
+    /// The final fence action ran too: nothing is left to do.
+    #[serde(default)]
+    pub finished: bool,
+}
+
+impl Record {
+    /// The write-hold window, once known.
+    pub fn hold(&self) -> Option<Duration> {
+        match (self.frozen_at_ms, self.active_at_ms) {
+            (Some(a), Some(b)) if b >= a => Some(Duration::from_millis(b - a)),
+            _ => None,
+        }
+    }
+}
+
+/// The switchovers whose records are not finished (a re-run must finish
+/// them), from the store.
+pub async fn unfinished<S: TopologyStore>(store: &S) -> Result<Vec<Switchover>, StoreError> {
+    Ok(store
+        .list_ops("switchover/")
+        .await?
+        .values()
+        .filter_map(|b| serde_json::from_slice::<Record>(b).ok())
+        .filter(|r| !r.finished)
+        .map(|r| r.switchover)
+        .collect())
+}
+
+/// The record's name in the store.
+pub fn record_name(shard: ShardId) -> String {
+    format!("switchover/{shard}")
+}
+
+/// The lock's name in the store.
+pub fn lock_name(shard: ShardId) -> String {
+    format!("shard-{shard}")
+}
+
+/// The marker token for a switchover: deterministic, so a re-run after a
+/// crash between emitting and recording it still matches what was emitted.
+pub fn marker_token(s: &Switchover) -> String {
+    format!(
+        "switchover shard={} from={} to={} epoch={}",
+        s.shard,
+        s.from,
+        s.to,
+        s.epoch + 1
+    )
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// What the driver reports as it goes (the CLI renders it).
+#[derive(Debug, Clone)]
+pub enum Progress {
+    /// Starting (or resuming, from this step) the switchover of a shard.
+    Begin {
+        shard: ShardId,
+        from: String,
+        to: String,
+        epoch: Epoch,
+        resumed_at: Option<String>,
+    },
+    /// An action started.
+    Step { shard: ShardId, label: String },
+    /// It finished.
+    StepDone {
+        shard: ShardId,
+        label: String,
+        took: Duration,
+    },
+    /// Still waiting on something (sent about once a second).
+    Waiting {
+        shard: ShardId,
+        what: String,
+        elapsed: Duration,
+    },
+    /// A note (a retry, a lock held by someone else).
+    Note { shard: ShardId, text: String },
+}
+
+/// How a shard's switchover ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Home at the target, active.
+    Done { hold: Option<Duration> },
+    /// Back at the old home, active, with a new epoch.
+    RolledBack {
+        reason: String,
+        hold: Option<Duration>,
+    },
+    /// Nothing to do: already home at the target and active.
+    AlreadyThere,
+}
+
+/// Why the driver stopped without the switchover being over.
+#[derive(Debug, thiserror::Error)]
+pub enum DriveError {
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Site(#[from] SiteError),
+    #[error("shard {shard}: {detail}")]
+    Refused { shard: ShardId, detail: String },
+    /// The record could not be continued (a bug or a hand-edited record).
+    #[error("shard {shard}: the switchover record cannot be continued: {detail}; inspect it with `ezone status` and fix or delete {prefix_hint}")]
+    Record {
+        shard: ShardId,
+        detail: String,
+        prefix_hint: String,
+    },
+    /// Rolling back could not finish in time (the store or a site was
+    /// unreachable). The record says where it stopped: re-run the command.
+    #[error(
+        "shard {shard}: stopped at step {step}: {detail}; re-run the same command to finish it"
+    )]
+    Stuck {
+        shard: ShardId,
+        step: String,
+        detail: String,
+    },
+}
+
+/// An abort signal: becomes `true` on Ctrl-C.
+pub type Abort = watch::Receiver<bool>;
+
+type Observer<'a> = &'a (dyn Fn(Progress) + Send + Sync);
+
+/// Simulated crashes for the tests: `FAILPOINTS=switchover.frozen=return`
+/// makes the process exit at once (no destructors, the lock's lease left to
+/// expire) right after the record reached that step.
+fn crash_point(step: &str) {
+    let name = format!("switchover.{step}");
+    if fail::eval(&name, |_| ()).is_some() {
+        eprintln!("failpoint {name}: exiting as if the process had crashed");
+        std::process::exit(86);
+    }
+}
+
+async fn take_lock<S: TopologyStore>(
+    store: &S,
+    shard: ShardId,
+    opts: &Options,
+    observe: Observer<'_>,
+) -> Result<LockGuard, DriveError> {
+    let deadline = tokio::time::Instant::now() + opts.lock_wait;
+    let mut told = false;
+    loop {
+        match store
+            .lock(&lock_name(shard), &opts.holder, opts.lock_ttl)
+            .await
+        {
+            Ok(g) => return Ok(g),
+            Err(e) if e.is_retryable() && tokio::time::Instant::now() < deadline => {
+                if !told {
+                    observe(Progress::Note {
+                        shard,
+                        text: format!("waiting for the shard's lock: {e}"),
+                    });
+                    told = true;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Moves one shard to `to`, planned: zero loss, or a rollback to the old
+/// home. Resumes a switchover of the shard left unfinished by a crash.
+pub async fn switch_shard<S: TopologyStore, O: SiteOps>(
+    store: &S,
+    sites: &O,
+    mv: &Move,
+    opts: &Options,
+    abort: Abort,
+    observe: Observer<'_>,
+) -> Result<Outcome, DriveError> {
+    let shard = mv.shard;
+    let lock = take_lock(store, shard, opts, observe).await?;
+    let resumed = match store.read_op(&record_name(shard)).await? {
+        Some(bytes) => {
+            let r: Record = serde_json::from_slice(&bytes).map_err(|e| DriveError::Record {
+                shard,
+                detail: format!("not valid JSON: {e}"),
+                prefix_hint: format!("ops/{}", record_name(shard)),
+            })?;
+            if r.finished {
+                None
+            } else if r.switchover.to != mv.to && !r.switchover.is_over() {
+                return Err(DriveError::Refused {
+                    shard,
+                    detail: format!(
+                        "an unfinished switchover to {} is recorded (step {}): re-run it with --to {} to finish it first",
+                        r.switchover.to,
+                        r.switchover.step_name(),
+                        r.switchover.to
+                    ),
+                });
+            } else {
+                Some(r)
+            }
+        }
+        None => None,
+    };
+    let mut record = match resumed {
+        Some(r) => {
+            observe(Progress::Begin {
+                shard,
+                from: r.switchover.from.clone(),
+                to: r.switchover.to.clone(),
+                epoch: r.switchover.epoch,
+                resumed_at: Some(r.switchover.step_name().into()),
+            });
+            r
+        }
+        None => {
+            let snap = store.load().await?;
+            let Some(cur) = snap.topology.shards.get(&shard) else {
+                return Err(DriveError::Refused {
+                    shard,
+                    detail: "not in the topology".into(),
+                });
+            };
+            if cur.home == mv.to && cur.state == ShardState::Active {
+                lock.release().await.ok();
+                return Ok(Outcome::AlreadyThere);
+            }
+            if cur.state == ShardState::Frozen {
+                return Err(DriveError::Refused {
+                    shard,
+                    detail: format!(
+                        "frozen at {} (epoch {}) with no unfinished switchover recorded: another tool froze it; \
+                         unfreeze it with `ezone topo` or finish that tool's work first",
+                        cur.home, cur.epoch
+                    ),
+                });
+            }
+            let r = Record {
+                switchover: Switchover::new(shard, &cur.home, &mv.to, cur.epoch),
+                holder: opts.holder.clone(),
+                history: vec![StepMark {
+                    step: "start".into(),
+                    at_ms: now_ms(),
+                }],
+                frozen_at_ms: None,
+                active_at_ms: None,
+                finished: false,
+            };
+            persist(store, &lock, &r).await?;
+            crash_point("start");
+            observe(Progress::Begin {
+                shard,
+                from: r.switchover.from.clone(),
+                to: r.switchover.to.clone(),
+                epoch: r.switchover.epoch,
+                resumed_at: None,
+            });
+            r
+        }
+    };
+    record.holder = opts.holder.clone();
+    let result = drive(store, sites, &lock, &mut record, opts, abort, observe).await;
+    lock.release().await.ok();
+    result
+}
+
+async fn persist<S: TopologyStore>(
+    store: &S,
+    lock: &LockGuard,
+    r: &Record,
+) -> Result<(), DriveError> {
+    if lock.is_lost() {
+        return Err(DriveError::Refused {
+            shard: r.switchover.shard,
+            detail: "lost the shard's lock (its lease expired): stopping so that no one else's run is disturbed; re-run to continue".into(),
+        });
+    }
+    let bytes = serde_json::to_vec(r).map_err(|e| DriveError::Record {
+        shard: r.switchover.shard,
+        detail: e.to_string(),
+        prefix_hint: String::new(),
+    })?;
+    store
+        .write_op(&record_name(r.switchover.shard), &bytes)
+        .await?;
+    Ok(())
+}
+
+fn label(s: &Switchover, a: &Action) -> String {
+    match a {
+        Action::Cas {
+            home, state, epoch, ..
+        } => match (&s.step, state) {
+            (Step::Start, _) => format!("freeze at {home} (CAS frozen, epoch {epoch})"),
+            (Step::RollingBack { .. }, _) => {
+                format!("roll back: home {home}, active (CAS epoch {epoch})")
+            }
+            _ => format!("flip: home {home}, {state} (CAS epoch {epoch})"),
+        },
+        Action::CloseFence { site } => format!("close {site}'s fence (waits for in-flight writes)"),
+        Action::EmitMarker { site } => format!("marker in {site}'s WAL"),
+        Action::AwaitMarker { link, lsn } => {
+            format!("wait for link {link} to apply the marker ({lsn})")
+        }
+        Action::OpenFenceAhead { site, epoch } => {
+            format!("open {site}'s fence ahead of the flip (epoch {epoch})")
+        }
+        Action::OpenFence { site } => format!("confirm {site}'s fence is open"),
+        Action::RestoreFences { sites } => {
+            format!("reconcile the fences of {}", sites.join(" and "))
+        }
+        Action::Finished => "finished".into(),
+    }
+}
+
+/// The loop: act, learn, persist, until over.
+async fn drive<S: TopologyStore, O: SiteOps>(
+    store: &S,
+    sites: &O,
+    lock: &LockGuard,
+    record: &mut Record,
+    opts: &Options,
+    mut abort: Abort,
+    observe: Observer<'_>,
+) -> Result<Outcome, DriveError> {
+    let shard = record.switchover.shard;
+    // Forward steps share one deadline; a rollback gets a fresh one.
+    let mut deadline = tokio::time::Instant::now() + opts.timeout;
+    let mut rolling = matches!(record.switchover.step, Step::RollingBack { .. });
+    loop {
+        let sw = record.switchover.clone();
+        let action = sw.action();
+        let text = label(&sw, &action);
+        observe(Progress::Step {
+            shard,
+            label: text.clone(),
+        });
+        if sw.step == Step::Frozen {
+            if let Some(frozen) = record.frozen_at_ms {
+                let since = Duration::from_millis(now_ms().saturating_sub(frozen));
+                if since < opts.settle {
+                    tokio::time::sleep(opts.settle - since).await;
+                }
+            }
+        }
+        let started = tokio::time::Instant::now();
+        let aborted = *abort.borrow();
+        let forward = !matches!(
+            sw.step,
+            Step::RollingBack { .. } | Step::Done | Step::RolledBack { .. }
+        );
+        let event = if aborted && forward && sw.step != Step::Start {
+            Event::Failed {
+                reason: "aborted by the operator".into(),
+            }
+        } else if aborted && sw.step == Step::Start {
+            Event::Failed {
+                reason: "aborted by the operator before anything changed".into(),
+            }
+        } else {
+            match perform(
+                store, sites, &sw, &action, deadline, &mut abort, opts, observe,
+            )
+            .await
+            {
+                Ok(ev) => ev,
+                Err(e) if forward => Event::Failed {
+                    reason: e.to_string(),
+                },
+                Err(e) => {
+                    return Err(DriveError::Stuck {
+                        shard,
+                        step: sw.step_name().into(),
+                        detail: e.to_string(),
+                    })
+                }
+            }
+        };
+        if !matches!(event, Event::Failed { .. }) {
+            observe(Progress::StepDone {
+                shard,
+                label: text,
+                took: started.elapsed(),
+            });
+        }
+        let next = sw.on(event.clone()).map_err(|e| DriveError::Record {
+            shard,
+            detail: e.to_string(),
+            prefix_hint: format!("ops/{}", record_name(shard)),
+        })?;
+        if let Event::Failed { reason } = &event {
+            observe(Progress::Note {
+                shard,
+                text: format!("step failed: {reason}; rolling back"),
+            });
+        }
+        let now = now_ms();
+        match (&sw.step, &next.step) {
+            (Step::Start, Step::Frozen) => record.frozen_at_ms = Some(now),
+            (Step::Flipping | Step::RollingBack { .. }, Step::Done | Step::RolledBack { .. }) => {
+                record.active_at_ms = Some(now)
+            }
+            _ => {}
+        }
+        let over = sw.is_over();
+        record.switchover = next;
+        record.finished = over;
+        if !over {
+            record.history.push(StepMark {
+                step: record.switchover.step_name().into(),
+                at_ms: now,
+            });
+        }
+        persist(store, lock, record).await?;
+        crash_point(record.switchover.step_name());
+        if matches!(record.switchover.step, Step::RollingBack { .. }) && !rolling {
+            rolling = true;
+            deadline = tokio::time::Instant::now() + opts.timeout;
+        }
+        if over {
+            return Ok(match &record.switchover.step {
+                Step::Done => Outcome::Done {
+                    hold: record.hold(),
+                },
+                Step::RolledBack { reason } => Outcome::RolledBack {
+                    reason: reason.clone(),
+                    hold: record.hold(),
+                },
+                _ => unreachable!("over means done or rolled back"),
+            });
+        }
+    }
+}
+
+/// Either an error worth retrying, or not.
+enum StepError {
+    Store(StoreError),
+    Site(SiteError),
+    Other(String),
+}
+
+impl std::fmt::Display for StepError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StepError::Store(e) => e.fmt(f),
+            StepError::Site(e) => e.fmt(f),
+            StepError::Other(e) => f.write_str(e),
+        }
+    }
+}
+
+impl StepError {
+    fn retryable(&self) -> bool {
+        match self {
+            StepError::Store(e) => matches!(e, StoreError::Unavailable { .. }),
+            StepError::Site(e) => e.retryable,
+            StepError::Other(_) => false,
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn perform<S: TopologyStore, O: SiteOps>(
+    store: &S,
+    sites: &O,
+    sw: &Switchover,
+    action: &Action,
+    deadline: tokio::time::Instant,
+    abort: &mut Abort,
+    opts: &Options,
+    observe: Observer<'_>,
+) -> Result<Event, StepError> {
+    let shard = sw.shard;
+    let started = tokio::time::Instant::now();
+    let mut last_note = started;
+    let cancellable = !matches!(
+        sw.step,
+        Step::RollingBack { .. } | Step::Done | Step::RolledBack { .. } | Step::Flipping
+    );
+    loop {
+        let attempt = attempt(store, sites, sw, action).await;
+        match attempt {
+            Ok(Some(ev)) => return Ok(ev),
+            Ok(None) => {}
+            Err(e) if e.retryable() => {
+                if last_note.elapsed() >= Duration::from_secs(1) {
+                    observe(Progress::Note {
+                        shard,
+                        text: format!("retrying: {e}"),
+                    });
+                    last_note = tokio::time::Instant::now();
+                }
+            }
+            Err(e) => return Err(e),
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(StepError::Other(format!(
+                "timed out after {:?} ({})",
+                opts.timeout,
+                label(sw, action)
+            )));
+        }
+        if last_note.elapsed() >= Duration::from_secs(1) {
+            observe(Progress::Waiting {
+                shard,
+                what: label(sw, action),
+                elapsed: started.elapsed(),
+            });
+            last_note = tokio::time::Instant::now();
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(opts.poll) => {}
+            changed = abort.changed(), if cancellable => {
+                if changed.is_ok() && *abort.borrow() {
+                    return Err(StepError::Other("aborted by the operator".into()));
+                }
+            }
+        }
+    }
+}
+
+fn site_of<'a>(t: &'a Topology, name: &str) -> Result<&'a Site, StepError> {
+    t.sites
+        .get(name)
+        .ok_or_else(|| StepError::Other(format!("site {name} is no longer in the topology")))
+}
+
+/// One try of an action: `Some(event)` when it is done, `None` to poll again.
+async fn attempt<S: TopologyStore, O: SiteOps>(
+    store: &S,
+    sites: &O,
+    sw: &Switchover,
+    action: &Action,
+) -> Result<Option<Event>, StepError> {
+    match action {
+        Action::Cas {
+            expected,
+            home,
+            state,
+            epoch,
+        } => {
+            let next = Shard {
+                id: sw.shard,
+                home: home.clone(),
+                state: *state,
+                epoch: *epoch,
+            };
+            match store.cas_shard(*expected, &next).await {
+                Ok(_) => Ok(Some(Event::CasLanded)),
+                Err(StoreError::StaleEpoch { .. }) => {
+                    // Our earlier try may have landed with its answer lost:
+                    // look at what is there.
+                    let snap = store.load().await.map_err(StepError::Store)?;
+                    let cur = snap.topology.shards.get(&sw.shard).cloned();
+                    match cur {
+                        Some(c) if c == next => Ok(Some(Event::CasLanded)),
+                        Some(c)
+                            if matches!(sw.step, Step::RollingBack { .. })
+                                && c.home == sw.to
+                                && c.state == ShardState::Active
+                                && c.epoch == sw.epoch + 2 =>
+                        {
+                            Ok(Some(Event::FlipFound))
+                        }
+                        Some(c) => Err(StepError::Other(format!(
+                            "shard {} was changed by someone else: now home {} {} epoch {} (expected epoch {expected})",
+                            sw.shard, c.home, c.state, c.epoch
+                        ))),
+                        None => Err(StepError::Other(format!(
+                            "shard {} vanished from the topology",
+                            sw.shard
+                        ))),
+                    }
+                }
+                Err(e) => Err(StepError::Store(e)),
+            }
+        }
+        Action::CloseFence { .. } | Action::OpenFence { .. } | Action::RestoreFences { .. } => {
+            let snap = store.load().await.map_err(StepError::Store)?;
+            let t = &snap.topology;
+            // The fence follows the topology; make sure it is the one this
+            // step is about (a lagging member could serve an older view).
+            let min_epoch = match sw.step {
+                Step::Frozen => sw.epoch + 1,
+                _ => sw.epoch + 2,
+            };
+            match t.shards.get(&sw.shard) {
+                Some(s) if s.epoch >= min_epoch => {}
+                _ => return Ok(None),
+            }
+            let names = match action {
+                Action::CloseFence { site } | Action::OpenFence { site } => vec![site.clone()],
+                Action::RestoreFences { sites } => sites.clone(),
+                _ => Vec::new(),
+            };
+            for name in &names {
+                let s = site_of(t, name)?;
+                sites.sync_fence(s, t).await.map_err(StepError::Site)?;
+            }
+            Ok(Some(if matches!(action, Action::CloseFence { .. }) {
+                Event::FenceClosed
+            } else {
+                Event::FenceOpened
+            }))
+        }
+        Action::OpenFenceAhead { site, epoch } => {
+            let snap = store.load().await.map_err(StepError::Store)?;
+            let s = site_of(&snap.topology, site)?;
+            sites
+                .open_fence_ahead(s, sw.shard, *epoch)
+                .await
+                .map_err(StepError::Site)?;
+            Ok(Some(Event::FenceOpened))
+        }
+        Action::EmitMarker { site } => {
+            let snap = store.load().await.map_err(StepError::Store)?;
+            let s = site_of(&snap.topology, site)?;
+            let lsn = sites
+                .emit_marker(s, &marker_token(sw))
+                .await
+                .map_err(StepError::Site)?;
+            Ok(Some(Event::MarkerEmitted { lsn }))
+        }
+        Action::AwaitMarker { .. } => {
+            let snap = store.load().await.map_err(StepError::Store)?;
+            let s = site_of(&snap.topology, &sw.to)?;
+            if sites
+                .marker_applied(s, &marker_token(sw))
+                .await
+                .map_err(StepError::Site)?
+            {
+                Ok(Some(Event::MarkerApplied))
+            } else {
+                Ok(None)
+            }
+        }
+        Action::Finished => Ok(Some(Event::FenceOpened)),
+    }
+}
+
+/// The record of a forced failover (`ops/forced/{from}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForcedRecord {
+    pub from: String,
+    pub to: String,
+    pub at_ms: u64,
+    pub holder: String,
+    /// Each moved shard: id, epoch before, epoch after.
+    pub shards: Vec<(ShardId, Epoch, Epoch)>,
+    /// The divergence point: how far `to` had applied `from`'s WAL when the
+    /// shards moved. `from`'s writes after it for these shards arrive as
+    /// conflicts when it returns.
+    pub divergence_lsn: Option<String>,
+    /// Why it could not be read, if it could not.
+    #[serde(default)]
+    pub divergence_error: Option<String>,
+}
+
+/// The forced failover of the shards in `moves` (all homed at one lost
+/// site) to their target: each is made active at the target with a new
+/// epoch at once, without consulting the old home. Unfinished switchovers of
+/// those shards are superseded. The divergence point is recorded.
+pub async fn force_moves<S: TopologyStore, O: SiteOps>(
+    store: &S,
+    sites: &O,
+    from: &str,
+    to: &str,
+    moves: &[Move],
+    opts: &Options,
+    observe: Observer<'_>,
+) -> Result<ForcedRecord, DriveError> {
+    let mut moved = Vec::new();
+    for mv in moves {
+        let shard = mv.shard;
+        let lock = take_lock(store, shard, opts, observe).await?;
+        if let Some(bytes) = store.read_op(&record_name(shard)).await? {
+            if let Ok(mut r) = serde_json::from_slice::<Record>(&bytes) {
+                if !r.finished {
+                    r.finished = true;
+                    observe(Progress::Note {
+                        shard,
+                        text: format!(
+                            "superseding the unfinished switchover (step {})",
+                            r.switchover.step_name()
+                        ),
+                    });
+                    r.switchover.step = Step::RolledBack {
+                        reason: format!("superseded by the forced failover of {from}"),
+                    };
+                    persist(store, &lock, &r).await?;
+                }
+            }
+        }
+        let started = tokio::time::Instant::now();
+        let deadline = started + opts.timeout;
+        let text = format!("shard {shard}: home {to}, active (CAS)");
+        observe(Progress::Step {
+            shard,
+            label: text.clone(),
+        });
+        let (before, after) = loop {
+            let snap = store.load().await;
+            let cur = match snap {
+                Ok(s) => s.topology.shards.get(&shard).cloned(),
+                Err(e) if e.is_retryable() && tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let Some(cur) = cur else {
+                return Err(DriveError::Refused {
+                    shard,
+                    detail: "not in the topology".into(),
+                });
+            };
+            if cur.home == to && cur.state == ShardState::Active {
+                break (cur.epoch, cur.epoch);
+            }
+            let next = Shard {
+                id: shard,
+                home: to.into(),
+                state: ShardState::Active,
+                epoch: cur.epoch + 1,
+            };
+            match store.cas_shard(cur.epoch, &next).await {
+                Ok(_) => break (cur.epoch, next.epoch),
+                Err(StoreError::StaleEpoch { .. }) => continue,
+                Err(e) if e.is_retryable() && tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        observe(Progress::StepDone {
+            shard,
+            label: text,
+            took: started.elapsed(),
+        });
+        moved.push((shard, before, after));
+        lock.release().await.ok();
+    }
+    let snap = store.load().await?;
+    let target = snap
+        .topology
+        .sites
+        .get(to)
+        .ok_or_else(|| DriveError::Refused {
+            shard: 0,
+            detail: format!("site {to} is not in the topology"),
+        })?;
+    let (divergence_lsn, divergence_error) = match sites.applied_from(target, from).await {
+        Ok(lsn) => (lsn, None),
+        Err(e) => (None, Some(e.to_string())),
+    };
+    let record = ForcedRecord {
+        from: from.into(),
+        to: to.into(),
+        at_ms: now_ms(),
+        holder: opts.holder.clone(),
+        shards: moved,
+        divergence_lsn,
+        divergence_error,
+    };
+    let bytes = serde_json::to_vec(&record).unwrap_or_default();
+    store.write_op(&format!("forced/{from}"), &bytes).await?;
+    // Open the survivor's fence now rather than when its replicator notices.
+    let started = tokio::time::Instant::now();
+    let text = format!("open {to}'s fence");
+    observe(Progress::Step {
+        shard: 0,
+        label: text.clone(),
+    });
+    let deadline = started + opts.timeout;
+    loop {
+        match sites.sync_fence(target, &snap.topology).await {
+            Ok(()) => break,
+            Err(e) if e.retryable && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    observe(Progress::StepDone {
+        shard: 0,
+        label: text,
+        took: started.elapsed(),
+    });
+    Ok(record)
+}
+
+#[cfg(test)]
+mod tests;

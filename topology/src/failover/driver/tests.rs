@@ -1,0 +1,461 @@
+//! The driver against a real file store and scripted sites: every path of
+//! the machine, crashes resumed from the record, abort, lost answers.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use super::*;
+use crate::failover::plan::{plan_shards, plan_site, Mode};
+use crate::starter::starter;
+use crate::store::FileStore;
+
+/// Scripted sites: records every call; the marker shows up after
+/// `marker_after` polls (`usize::MAX`: never).
+struct FakeSites {
+    calls: Mutex<Vec<String>>,
+    polls: AtomicUsize,
+    marker_after: usize,
+    fail_fence_at: Option<String>,
+}
+
+impl FakeSites {
+    fn new(marker_after: usize) -> FakeSites {
+        FakeSites {
+            calls: Mutex::new(Vec::new()),
+            polls: AtomicUsize::new(0),
+            marker_after,
+            fail_fence_at: None,
+        }
+    }
+    fn calls(&self) -> Vec<String> {
+        self.calls.lock().unwrap().clone()
+    }
+}
+
+impl SiteOps for FakeSites {
+    async fn sync_fence(&self, site: &Site, t: &Topology) -> Result<(), SiteError> {
+        if self.fail_fence_at.as_deref() == Some(site.name.as_str()) {
+            return Err(SiteError {
+                site: site.name.clone(),
+                what: "fence".into(),
+                detail: "permission denied".into(),
+                retryable: false,
+            });
+        }
+        let s = &t.shards[&1];
+        self.calls.lock().unwrap().push(format!(
+            "fence {} shard1={}:{}:{}",
+            site.name, s.home, s.state, s.epoch
+        ));
+        Ok(())
+    }
+    async fn open_fence_ahead(
+        &self,
+        site: &Site,
+        shard: ShardId,
+        epoch: Epoch,
+    ) -> Result<(), SiteError> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("open ahead {} shard{shard}@{epoch}", site.name));
+        Ok(())
+    }
+    async fn emit_marker(&self, site: &Site, token: &str) -> Result<String, SiteError> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("marker {} {token}", site.name));
+        Ok("0/1000".into())
+    }
+    async fn marker_applied(&self, _site: &Site, _token: &str) -> Result<bool, SiteError> {
+        Ok(self.polls.fetch_add(1, Ordering::SeqCst) >= self.marker_after)
+    }
+    async fn applied_from(&self, _site: &Site, _from: &str) -> Result<Option<String>, SiteError> {
+        Ok(Some("0/ABC".into()))
+    }
+}
+
+async fn setup() -> (tempfile::TempDir, FileStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FileStore::new(dir.path().join("topology.toml"));
+    store
+        .init(&starter(&["beijing", "shanghai"], 1), false)
+        .await
+        .unwrap();
+    (dir, store)
+}
+
+fn opts() -> Options {
+    let mut o = Options::new("test");
+    o.timeout = Duration::from_millis(500);
+    o.poll = Duration::from_millis(1);
+    o.lock_wait = Duration::from_millis(300);
+    o
+}
+
+fn no_abort() -> (watch::Sender<bool>, Abort) {
+    watch::channel(false)
+}
+
+fn quiet(_: Progress) {}
+
+async fn shard1(store: &FileStore) -> Shard {
+    store.load().await.unwrap().topology.shards[&1].clone()
+}
+
+fn mv(store_shard: &Shard, to: &str) -> Move {
+    Move {
+        shard: 1,
+        from: store_shard.home.clone(),
+        to: to.into(),
+        epoch: store_shard.epoch,
+        state: store_shard.state,
+    }
+}
+
+async fn record(store: &FileStore) -> Record {
+    serde_json::from_slice(&store.read_op("switchover/1").await.unwrap().unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn a_planned_switchover_fences_waits_for_the_marker_and_flips() {
+    let (_d, store) = setup().await;
+    let before = shard1(&store).await;
+    let to = if before.home == "beijing" {
+        "shanghai"
+    } else {
+        "beijing"
+    };
+    let sites = FakeSites::new(3);
+    let (_tx, abort) = no_abort();
+    let out = switch_shard(&store, &sites, &mv(&before, to), &opts(), abort, &quiet)
+        .await
+        .unwrap();
+    assert!(matches!(out, Outcome::Done { hold: Some(_) }), "{out:?}");
+    let after = shard1(&store).await;
+    assert_eq!(
+        (after.home.as_str(), after.state, after.epoch),
+        (to, ShardState::Active, before.epoch + 2)
+    );
+    let from = &before.home;
+    assert_eq!(
+        sites.calls(),
+        vec![
+            format!("fence {from} shard1={from}:frozen:{}", before.epoch + 1),
+            format!(
+                "marker {from} switchover shard=1 from={from} to={to} epoch={}",
+                before.epoch + 1
+            ),
+            format!("open ahead {to} shard1@{}", before.epoch + 2),
+            format!("fence {to} shard1={to}:active:{}", before.epoch + 2),
+        ]
+    );
+    let r = record(&store).await;
+    assert_eq!(r.switchover.step, Step::Done);
+    let steps: Vec<&str> = r.history.iter().map(|m| m.step.as_str()).collect();
+    assert_eq!(
+        steps,
+        [
+            "start",
+            "frozen",
+            "fenced",
+            "catching_up",
+            "opening",
+            "flipping",
+            "done"
+        ]
+    );
+    // A second run finds nothing to do.
+    let (_tx, abort) = no_abort();
+    let again = switch_shard(&store, &sites, &mv(&after, to), &opts(), abort, &quiet)
+        .await
+        .unwrap();
+    assert_eq!(again, Outcome::AlreadyThere);
+}
+
+#[tokio::test]
+async fn a_marker_that_never_arrives_rolls_back_with_a_new_epoch() {
+    let (_d, store) = setup().await;
+    let before = shard1(&store).await;
+    let sites = FakeSites::new(usize::MAX);
+    let to = if before.home == "beijing" {
+        "shanghai"
+    } else {
+        "beijing"
+    };
+    let (_tx, abort) = no_abort();
+    let out = switch_shard(&store, &sites, &mv(&before, to), &opts(), abort, &quiet)
+        .await
+        .unwrap();
+    match out {
+        Outcome::RolledBack { reason, hold } => {
+            assert!(reason.contains("timed out"), "{reason}");
+            assert!(hold.is_some());
+        }
+        other => panic!("{other:?}"),
+    }
+    let after = shard1(&store).await;
+    assert_eq!(
+        (after.home.as_str(), after.state, after.epoch),
+        (before.home.as_str(), ShardState::Active, before.epoch + 2)
+    );
+    // Both fences are reconciled with the rolled-back topology: the old
+    // home's reopens, the target's (never opened here) stays closed.
+    let calls = sites.calls();
+    let tail = &calls[calls.len() - 2..];
+    assert!(
+        tail[0].starts_with(&format!("fence {} ", before.home)),
+        "{tail:?}"
+    );
+    assert!(tail[1].starts_with(&format!("fence {to} ")), "{tail:?}");
+}
+
+#[tokio::test]
+async fn an_abort_before_the_flip_rolls_back() {
+    let (_d, store) = setup().await;
+    let before = shard1(&store).await;
+    let to = if before.home == "beijing" {
+        "shanghai"
+    } else {
+        "beijing"
+    };
+    let sites = FakeSites::new(usize::MAX);
+    let (tx, abort) = no_abort();
+    let mut o = opts();
+    o.timeout = Duration::from_secs(30);
+    let task = async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        tx.send(true).unwrap();
+    };
+    let m = mv(&before, to);
+    let (out, ()) = tokio::join!(switch_shard(&store, &sites, &m, &o, abort, &quiet), task);
+    match out.unwrap() {
+        Outcome::RolledBack { reason, .. } => assert!(reason.contains("aborted"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(shard1(&store).await.home, before.home);
+}
+
+#[tokio::test]
+async fn a_fence_that_cannot_close_rolls_back() {
+    let (_d, store) = setup().await;
+    let before = shard1(&store).await;
+    let to = if before.home == "beijing" {
+        "shanghai"
+    } else {
+        "beijing"
+    };
+    let mut sites = FakeSites::new(0);
+    sites.fail_fence_at = Some(before.home.clone());
+    let (_tx, abort) = no_abort();
+    let out = switch_shard(&store, &sites, &mv(&before, to), &opts(), abort, &quiet).await;
+    // The rollback's own fence reopen fails too (same site): the driver
+    // stops and says to re-run; the topology is rolled back already.
+    match out {
+        Err(DriveError::Stuck { step, .. }) => assert_eq!(step, "rolled_back"),
+        other => panic!("{other:?}"),
+    }
+    let after = shard1(&store).await;
+    assert_eq!(
+        (after.home.as_str(), after.state),
+        (before.home.as_str(), ShardState::Active)
+    );
+    // Re-run once the site is healthy: it finishes the reopen.
+    sites.fail_fence_at = None;
+    let (_tx, abort) = no_abort();
+    let out = switch_shard(&store, &sites, &mv(&after, to), &opts(), abort, &quiet)
+        .await
+        .unwrap();
+    // The record was over only after the reopen, so the re-run resumed it.
+    assert!(matches!(out, Outcome::RolledBack { .. }), "{out:?}");
+}
+
+/// A crash right after each step was persisted: the world (store and
+/// record) is set up as that crash leaves it, and a re-run finishes.
+#[tokio::test]
+async fn a_rerun_resumes_from_every_recorded_step() {
+    for stop_at in [
+        "start",
+        "frozen",
+        "fenced",
+        "catching_up",
+        "opening",
+        "flipping",
+    ] {
+        let (_d, store) = setup().await;
+        let before = shard1(&store).await;
+        let from = before.home.clone();
+        let to = if from == "beijing" {
+            "shanghai"
+        } else {
+            "beijing"
+        };
+        // Bring the world to the state a crash right after persisting
+        // `stop_at` leaves behind.
+        let mut sw = Switchover::new(1, &from, to, before.epoch);
+        let script = [
+            Event::CasLanded,
+            Event::FenceClosed,
+            Event::MarkerEmitted { lsn: "0/1".into() },
+            Event::MarkerApplied,
+            Event::FenceOpened,
+        ];
+        let steps = [
+            "start",
+            "frozen",
+            "fenced",
+            "catching_up",
+            "opening",
+            "flipping",
+        ];
+        let n = steps.iter().position(|s| *s == stop_at).unwrap();
+        for ev in &script[..n] {
+            if matches!(ev, Event::CasLanded) {
+                let mut s = before.clone();
+                s.state = ShardState::Frozen;
+                s.epoch += 1;
+                store.cas_shard(before.epoch, &s).await.unwrap();
+            }
+            sw = sw.on(ev.clone()).unwrap();
+        }
+        let r = Record {
+            switchover: sw,
+            holder: "crashed".into(),
+            history: vec![],
+            frozen_at_ms: None,
+            active_at_ms: None,
+            finished: false,
+        };
+        store
+            .write_op("switchover/1", &serde_json::to_vec(&r).unwrap())
+            .await
+            .unwrap();
+        let sites = FakeSites::new(0);
+        let (_tx, abort) = no_abort();
+        let out = switch_shard(&store, &sites, &mv(&before, to), &opts(), abort, &quiet)
+            .await
+            .unwrap();
+        assert!(matches!(out, Outcome::Done { .. }), "{stop_at}: {out:?}");
+        let after = shard1(&store).await;
+        assert_eq!(
+            (after.home.as_str(), after.epoch),
+            (to, before.epoch + 2),
+            "{stop_at}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_flip_whose_answer_was_lost_is_recognised() {
+    let (_d, store) = setup().await;
+    let before = shard1(&store).await;
+    let from = before.home.clone();
+    let to = if from == "beijing" {
+        "shanghai"
+    } else {
+        "beijing"
+    };
+    // The flip landed in the store, but the record still says flipping.
+    let mut frozen = before.clone();
+    frozen.state = ShardState::Frozen;
+    frozen.epoch += 1;
+    store.cas_shard(before.epoch, &frozen).await.unwrap();
+    let mut flipped = frozen.clone();
+    flipped.home = to.into();
+    flipped.state = ShardState::Active;
+    flipped.epoch += 1;
+    store.cas_shard(frozen.epoch, &flipped).await.unwrap();
+    let mut sw = Switchover::new(1, &from, to, before.epoch);
+    for ev in [
+        Event::CasLanded,
+        Event::FenceClosed,
+        Event::MarkerEmitted { lsn: "0/1".into() },
+        Event::MarkerApplied,
+        Event::FenceOpened,
+    ] {
+        sw = sw.on(ev).unwrap();
+    }
+    let r = Record {
+        switchover: sw,
+        holder: "crashed".into(),
+        history: vec![],
+        frozen_at_ms: None,
+        active_at_ms: None,
+        finished: false,
+    };
+    store
+        .write_op("switchover/1", &serde_json::to_vec(&r).unwrap())
+        .await
+        .unwrap();
+    let sites = FakeSites::new(0);
+    let (_tx, abort) = no_abort();
+    let out = switch_shard(&store, &sites, &mv(&before, to), &opts(), abort, &quiet)
+        .await
+        .unwrap();
+    assert!(matches!(out, Outcome::Done { .. }), "{out:?}");
+    assert_eq!(shard1(&store).await, flipped);
+}
+
+#[tokio::test]
+async fn two_operators_cannot_switch_one_shard() {
+    let (_d, store) = setup().await;
+    let before = shard1(&store).await;
+    let to = if before.home == "beijing" {
+        "shanghai"
+    } else {
+        "beijing"
+    };
+    let _held = store
+        .lock(&lock_name(1), "other operator", Duration::from_secs(5))
+        .await
+        .unwrap();
+    let sites = FakeSites::new(0);
+    let (_tx, abort) = no_abort();
+    let err = switch_shard(&store, &sites, &mv(&before, to), &opts(), abort, &quiet)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("other operator"), "{err}");
+    assert_eq!(shard1(&store).await, before);
+}
+
+#[tokio::test]
+async fn a_forced_failover_moves_every_shard_and_records_the_divergence() {
+    let (_d, store) = setup().await;
+    let t = store.load().await.unwrap().topology;
+    let plan = plan_site(&t, "beijing", "shanghai", Mode::Forced, &[]).unwrap();
+    assert!(!plan.moves.is_empty());
+    let sites = FakeSites::new(0);
+    let rec = force_moves(
+        &store,
+        &sites,
+        "beijing",
+        "shanghai",
+        &plan.moves,
+        &opts(),
+        &quiet,
+    )
+    .await
+    .unwrap();
+    assert_eq!(rec.divergence_lsn.as_deref(), Some("0/ABC"));
+    assert_eq!(rec.shards.len(), plan.moves.len());
+    let after = store.load().await.unwrap().topology;
+    for (id, before, now) in &rec.shards {
+        let s = &after.shards[id];
+        assert_eq!(
+            (s.home.as_str(), s.state, s.epoch),
+            ("shanghai", ShardState::Active, *now)
+        );
+        assert_eq!(*now, before + 1);
+    }
+    assert!(after.shards.values().all(|s| s.home == "shanghai"));
+    let stored: ForcedRecord =
+        serde_json::from_slice(&store.read_op("forced/beijing").await.unwrap().unwrap()).unwrap();
+    assert_eq!(stored, rec);
+    // Planning the same shards again: nothing left to move.
+    let all = after.shards.keys().copied().collect();
+    assert!(plan_shards(&after, &all, "shanghai", Mode::Forced, &[])
+        .unwrap()
+        .moves
+        .is_empty());
+}
