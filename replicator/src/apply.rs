@@ -107,6 +107,43 @@ impl Ownership {
         let value = image.columns.get(idx)?.as_text()?;
         conflict::owner(t, key, value).map(str::to_string)
     }
+
+    /// The table has a shard key but this image does not carry its value: a
+    /// delete's key-only old row (default replica identity) when the shard
+    /// key is not part of the primary key. The owner must then be read from
+    /// the target's row, never assumed.
+    fn lacks_key(&self, rel: &Relation, image: &TupleData) -> bool {
+        let Some(key) = self
+            .shard_keys
+            .get(&format!("{}.{}", rel.namespace, rel.name))
+        else {
+            return false;
+        };
+        match rel.columns.iter().position(|c| c.name == key.column) {
+            Some(idx) => image.columns.get(idx).and_then(|v| v.as_text()).is_none(),
+            None => false,
+        }
+    }
+
+    /// The owner from the target's current row (for images that lack the
+    /// shard key): the row's JSON, its key column, the topology.
+    fn owner_of_json(
+        &self,
+        topology: Option<&Topology>,
+        rel: &Relation,
+        row: &str,
+    ) -> Option<String> {
+        let t = topology?;
+        let key = self
+            .shard_keys
+            .get(&format!("{}.{}", rel.namespace, rel.name))?;
+        let v: serde_json::Value = serde_json::from_str(row).ok()?;
+        let value = match v.get(&key.column)? {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        conflict::owner(t, key, &value).map(str::to_string)
+    }
 }
 
 /// How one transaction went.
@@ -484,6 +521,10 @@ impl Applier {
                 let Some((rel, image)) = row_image(ch) else {
                     return Ok(None);
                 };
+                if own.lacks_key(rel, image) {
+                    // The owner needs the target's row: the careful path reads it.
+                    return Ok(None);
+                }
                 let owner = own.owner(topology, rel, image);
                 if conflict::resolve_foreign(own.policy, &own.source_site, owner.as_deref())
                     .is_some()
@@ -622,6 +663,16 @@ impl Applier {
                 let mut owner = None;
                 if let (Some(t), Some((rel, image))) = (&shape, row_image(ch)) {
                     owner = own.owner(topology, rel, image);
+                    if owner.is_none() && own.lacks_key(rel, image) {
+                        if let Ok(st) = sql::select_row(t, rel, image) {
+                            let row = tx
+                                .query_opt(st.sql.as_str(), &params(&st))
+                                .await
+                                .map_err(|e| classify(&target, "reading the row's shard key", e))?
+                                .and_then(|r| r.get::<_, Option<String>>(0));
+                            owner = row.and_then(|row| own.owner_of_json(topology, rel, &row));
+                        }
+                    }
                     if let Some(res) =
                         conflict::resolve_foreign(own.policy, &own.source_site, owner.as_deref())
                     {

@@ -267,6 +267,35 @@ async fn owner_wins_by_shard_key() {
         q(&b, "SELECT remote_row->>'note' FROM ezone_replication.conflicts WHERE kind = 'foreign_shard'").await,
         "written at beijing, owned by shanghai"
     );
+    // A delete at the non-owner: its old row carries only the primary key
+    // (default replica identity), not the city. The owner is read from the
+    // target's row: recorded, not applied.
+    q(
+        &b,
+        "INSERT INTO orders VALUES (7, '021', 'shanghai owns this')",
+    )
+    .await;
+    q(
+        &a,
+        "INSERT INTO orders VALUES (7, '021', 'stale copy at beijing')",
+    )
+    .await;
+    until(&b, "SELECT count(*) FROM ezone_replication.conflicts", "3").await;
+    q(&a, "DELETE FROM orders WHERE id = 7").await;
+    until(&b, "SELECT count(*) FROM ezone_replication.conflicts", "4").await;
+    assert_eq!(
+        q(&b, "SELECT note FROM orders WHERE id = 7").await,
+        "shanghai owns this",
+        "the foreign delete was not applied"
+    );
+    assert_eq!(
+        q(
+            &b,
+            "SELECT kind FROM ezone_replication.conflicts ORDER BY id DESC LIMIT 1"
+        )
+        .await,
+        "foreign_shard"
+    );
     let _ = stop_tx.send(true);
     task.await.expect("join").expect("clean stop");
 }
