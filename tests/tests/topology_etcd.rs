@@ -204,18 +204,26 @@ async fn the_lock_excludes_a_second_holder_and_dies_with_its_holder() {
         .spawn()
         .expect("spawn ezone topo lock");
     let pgid = holder.id();
-    eventually("carol to hold the lock", WAIT, || async {
-        match store.lock("shard-7", "dave", Duration::from_secs(5)).await {
-            Err(StoreError::Locked { holder, .. }) if holder.contains("carol") => Some(()),
-            Ok(g) => {
-                // Not taken yet: give it back and poll again.
-                let _ = g.release().await;
-                None
-            }
-            Err(_) => None,
+    // Watch the lock key itself: taking the lock to probe it could make
+    // carol's one attempt fail while the probe holds it.
+    let etcd_client = etcd_client::Client::connect(etcd.client_urls(), None)
+        .await
+        .expect("etcd client");
+    eventually("carol to hold the lock", WAIT, || {
+        let mut c = etcd_client.clone();
+        async move {
+            let r = c.get("/ezone/locks/shard-7", None).await.ok()?;
+            let kv = r.kvs().first()?;
+            String::from_utf8_lossy(kv.value())
+                .contains("carol")
+                .then_some(())
         }
     })
     .await;
+    assert!(matches!(
+        store.lock("shard-7", "dave", Duration::from_secs(5)).await,
+        Err(StoreError::Locked { holder, .. }) if holder.contains("carol")
+    ));
     nix::sys::signal::killpg(
         nix::unistd::Pid::from_raw(pgid as i32),
         nix::sys::signal::Signal::SIGKILL,
