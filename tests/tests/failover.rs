@@ -97,7 +97,14 @@ async fn planned_switchovers_under_load_fail_nothing_and_lose_nothing() {
     let mut homes = homes_of(ens.initial_topology());
     let wl = workload(&ens, "planned", 150);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    // Two shards, back and forth three times: 12 switchovers under load.
+    // Two shards, each moved six times (back and forth three times): 12
+    // switchovers under load; 40 with the long chaos profile
+    // (EZONE_CHAOS_LONG=1).
+    let rounds = if std::env::var_os("EZONE_CHAOS_LONG").is_some() {
+        20
+    } else {
+        6
+    };
     let shards: Vec<u32> = ens
         .initial_topology()
         .shards
@@ -106,7 +113,7 @@ async fn planned_switchovers_under_load_fail_nothing_and_lose_nothing() {
         .take(2)
         .collect();
     let mut holds = Vec::new();
-    for round in 0..3 {
+    for round in 0..rounds {
         for &s in &shards {
             let cur = shard_of(&ens, s).await;
             let to = other(&cur.home);
@@ -441,5 +448,130 @@ async fn a_forced_failover_reports_exactly_the_writes_that_had_not_crossed() {
         },
     )
     .await;
+    ens.teardown().await.expect("teardown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_catch_up_times_out_or_is_aborted_and_rolls_back() {
+    let ens = ensemble().await;
+    let city = ens.city_homed_at("beijing").expect("a beijing city");
+    let shard = ens.initial_topology().routing.cities[&city];
+    // Shanghai cannot read beijing's WAL: the marker never arrives.
+    let link = ens.lab().link("beijing->shanghai").expect("WAN link");
+    link.partition();
+    let before = shard_of(&ens, shard).await;
+    let (code, err) = failover(
+        &ens,
+        &[
+            "shard",
+            &shard.to_string(),
+            "--to",
+            "shanghai",
+            "--timeout",
+            "2s",
+        ],
+        &[],
+    )
+    .await;
+    assert_ne!(code, 0, "{err}");
+    assert!(
+        err.contains("rolled_back") && err.contains("timed out"),
+        "{err}"
+    );
+    let now = shard_of(&ens, shard).await;
+    assert_eq!(
+        (now.home.as_str(), now.state, now.epoch),
+        ("beijing", ShardState::Active, before.epoch + 2)
+    );
+    // Ctrl-C (SIGINT) while it waits: the same clean rollback.
+    let mut child = tokio::process::Command::new(ezone_bin())
+        .args(["failover", "shard", &shard.to_string(), "--to", "shanghai"])
+        .arg("--etcd")
+        .arg(ens.etcd_endpoints().join(","))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id().expect("pid") as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .expect("SIGINT");
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("exits")
+        .expect("output");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("aborted by the operator"), "{err}");
+    let after = shard_of(&ens, shard).await;
+    assert_eq!(
+        (after.home.as_str(), after.state, after.epoch),
+        ("beijing", ShardState::Active, now.epoch + 2)
+    );
+    // Writes for the city still work at the old home, and beijing's fence
+    // is open again for it.
+    link.heal();
+    let c = ezone_tests::router::client();
+    let a = ezone_tests::router::send(
+        &c,
+        "POST",
+        ens.router_http("shanghai").expect("router"),
+        "/orders",
+        &[("x-city-id", &city), ("content-type", "application/json")],
+        r#"{"id":"after-abort","user":"u1","item":"tea","amount_cents":100}"#,
+    )
+    .await;
+    assert_eq!(a.status, 201, "{}", a.text());
+    ens.teardown().await.expect("teardown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_and_dry_run_show_without_changing() {
+    let ens = ensemble().await;
+    let t0 = ens.initial_topology().clone();
+    let (code, err) = failover(
+        &ens,
+        &["site", "beijing", "--to", "shanghai", "--dry-run"],
+        &[],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("planned switchover") && err.contains("dry run: nothing changed"),
+        "{err}"
+    );
+    assert!(err.contains("beijing: Postgres reachable"), "{err}");
+    let store = ens.store().await.expect("store");
+    assert_eq!(*store.load().await.expect("load").topology, t0);
+    let out = tokio::process::Command::new(ezone_bin())
+        .args(["status", "--json", "--etcd"])
+        .arg(ens.etcd_endpoints().join(","))
+        .output()
+        .await
+        .expect("status");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let sites = v["sites"].as_array().expect("sites");
+    assert_eq!(sites.len(), 2);
+    for s in sites {
+        assert_eq!(s["reachable"], true, "{s}");
+        assert_eq!(s["conflicts_pending"], 0, "{s}");
+        let links = s["links"].as_array().expect("links");
+        assert_eq!(links.len(), 1, "{s}");
+        assert_eq!(links[0]["active"], true, "{s}");
+    }
+    assert_eq!(
+        v["shards"].as_array().expect("shards").len(),
+        t0.shards.len()
+    );
+    assert!(v["switchovers_in_progress"]
+        .as_array()
+        .expect("list")
+        .is_empty());
     ens.teardown().await.expect("teardown");
 }

@@ -99,6 +99,7 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
     );
     let wl = scenario::traffic(&ens, &format!("demo{}", std::process::id()), a.rate)?;
     let live = scenario::live_line(wl.progress_handle(), start);
+    let (lag, lag_task) = scenario::lag_sampler(&ens);
     tokio::time::sleep(a.pause).await;
 
     let moving: Vec<u32> = t0
@@ -145,6 +146,7 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
     println!("\n== stopping traffic; waiting for the sites to converge");
     let history = wl.stop().await;
     live.abort();
+    lag_task.abort();
     let converge = Instant::now();
     let sums = ens.wait_converged(Duration::from_secs(60)).await;
     if let Err(e) = &sums {
@@ -185,8 +187,15 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
     if let Some(max) = all.iter().max() {
         println!("   max {}", ms(*max));
     }
+    println!("replication lag (each replicator's /metrics, sampled twice a second under traffic):");
+    for (link, l) in lag.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        println!(
+            "   {link:<20} max {:.3} s, max {:.0} bytes behind ({} samples)",
+            l.max_seconds, l.max_bytes, l.samples
+        );
+    }
     println!(
-        "replication: sites identical {} after traffic stopped",
+        "   sites identical {} after traffic stopped",
         ms(converged_in)
     );
     if !history.failed().is_empty() {

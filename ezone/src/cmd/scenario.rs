@@ -3,8 +3,9 @@
 //! the routers, planned switchovers driven in-process by the same driver the
 //! `ezone failover` command uses, and a live traffic line.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -73,6 +74,77 @@ pub fn live_line(p: ProgressHandle, start: Instant) -> tokio::task::JoinHandle<(
             last = now;
         }
     })
+}
+
+/// Worst replication lag seen per link while sampling.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LagSeen {
+    pub max_seconds: f64,
+    pub max_bytes: f64,
+    pub samples: u64,
+}
+
+/// Samples every replicator's `/metrics` (lag seconds and bytes per link)
+/// twice a second; the shared map holds the worst seen per link.
+pub fn lag_sampler(
+    ens: &Ensemble,
+) -> (
+    Arc<Mutex<BTreeMap<String, LagSeen>>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let admins: Vec<std::net::SocketAddr> = ens
+        .sites()
+        .iter()
+        .filter_map(|s| ens.replicator_admin(s).ok())
+        .collect();
+    let seen: Arc<Mutex<BTreeMap<String, LagSeen>>> = Arc::default();
+    let out = seen.clone();
+    let task = tokio::spawn(async move {
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<http_body_util::Empty<bytes::Bytes>>();
+        loop {
+            for a in &admins {
+                let Ok(uri) = format!("http://{a}/metrics").parse::<hyper::Uri>() else {
+                    continue;
+                };
+                let Ok(Ok(resp)) =
+                    tokio::time::timeout(Duration::from_secs(1), client.get(uri)).await
+                else {
+                    continue;
+                };
+                let Ok(body) = http_body_util::BodyExt::collect(resp.into_body()).await else {
+                    continue;
+                };
+                let text = String::from_utf8_lossy(&body.to_bytes()).into_owned();
+                let mut m = seen.lock().unwrap_or_else(|p| p.into_inner());
+                for line in text.lines() {
+                    let Some((name_labels, value)) = line.rsplit_once(' ') else {
+                        continue;
+                    };
+                    let Ok(v) = value.parse::<f64>() else {
+                        continue;
+                    };
+                    let Some(link) = name_labels
+                        .split("link=\"")
+                        .nth(1)
+                        .and_then(|r| r.split('"').next())
+                    else {
+                        continue;
+                    };
+                    let e = m.entry(link.to_string()).or_default();
+                    if name_labels.starts_with("ezone_replicator_lag_seconds") {
+                        e.max_seconds = e.max_seconds.max(v);
+                        e.samples += 1;
+                    } else if name_labels.starts_with("ezone_replicator_lag_bytes") {
+                        e.max_bytes = e.max_bytes.max(v);
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
+    (out, task)
 }
 
 /// The acknowledged writes of a history, as the checker wants them.
