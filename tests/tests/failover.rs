@@ -484,7 +484,7 @@ async fn a_stuck_catch_up_times_out_or_is_aborted_and_rolls_back() {
         ("beijing", ShardState::Active, before.epoch + 2)
     );
     // Ctrl-C (SIGINT) while it waits: the same clean rollback.
-    let mut child = tokio::process::Command::new(ezone_bin())
+    let child = tokio::process::Command::new(ezone_bin())
         .args(["failover", "shard", &shard.to_string(), "--to", "shanghai"])
         .arg("--etcd")
         .arg(ens.etcd_endpoints().join(","))
