@@ -11,7 +11,7 @@ use anyhow::{anyhow, bail, Context};
 use ezone_replicator::repair::{self, ColumnDiff, Conflict, Keep, Repairer, SiteClient, Table};
 use ezone_topology::TopologyStore;
 
-use crate::cmd::topo::StoreArgs;
+use crate::cmd::topo::{parse_site_dsn, StoreArgs};
 
 /// How long connecting to a site's Postgres may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -27,15 +27,6 @@ pub struct SiteArgs {
     /// Without a topology store, these are the sites.
     #[arg(long = "dsn", value_parser = parse_site_dsn)]
     dsns: Vec<(String, String)>,
-}
-
-fn parse_site_dsn(s: &str) -> Result<(String, String), String> {
-    match s.split_once('=') {
-        Some((site, dsn)) if !site.is_empty() && !dsn.is_empty() => {
-            Ok((site.to_string(), dsn.to_string()))
-        }
-        _ => Err(format!("{s:?}: write SITE=DSN")),
-    }
 }
 
 #[derive(Debug, clap::Subcommand)]

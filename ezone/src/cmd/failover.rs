@@ -18,7 +18,7 @@ use ezone_topology::TopologyStore;
 use futures::StreamExt;
 use tokio::sync::watch;
 
-use crate::cmd::topo::StoreArgs;
+use crate::cmd::topo::{parse_site_dsn, StoreArgs};
 
 #[derive(Debug, clap::Args)]
 pub struct Common {
@@ -49,15 +49,6 @@ pub struct Common {
     /// The shard lock's lease: after a crash, a re-run waits this out.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration, hide = true)]
     pub lock_ttl: Duration,
-}
-
-fn parse_site_dsn(s: &str) -> Result<(String, String), String> {
-    match s.split_once('=') {
-        Some((site, dsn)) if !site.is_empty() && !dsn.is_empty() => {
-            Ok((site.to_string(), dsn.to_string()))
-        }
-        _ => Err(format!("{s:?}: write SITE=DSN")),
-    }
 }
 
 #[derive(Debug, clap::Subcommand)]

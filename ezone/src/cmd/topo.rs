@@ -29,6 +29,16 @@ pub struct StoreArgs {
     pub file: Option<PathBuf>,
 }
 
+/// Parses a `--dsn SITE=DSN` override.
+pub fn parse_site_dsn(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((site, dsn)) if !site.is_empty() && !dsn.is_empty() => {
+            Ok((site.to_string(), dsn.to_string()))
+        }
+        _ => Err(format!("{s:?}: write SITE=DSN")),
+    }
+}
+
 impl StoreArgs {
     pub async fn open(&self) -> anyhow::Result<AnyStore> {
         if let Some(file) = &self.file {

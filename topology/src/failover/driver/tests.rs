@@ -114,6 +114,27 @@ fn mv(store_shard: &Shard, to: &str) -> Move {
     }
 }
 
+/// Leaves `sw` as the record a crashed run wrote, then re-runs the command.
+async fn resume_after_crash(store: &FileStore, sw: Switchover, m: &Move) -> Outcome {
+    let r = Record {
+        switchover: sw,
+        holder: "crashed".into(),
+        history: vec![],
+        frozen_at_ms: None,
+        active_at_ms: None,
+        finished: false,
+    };
+    store
+        .write_op("switchover/1", &serde_json::to_vec(&r).unwrap())
+        .await
+        .unwrap();
+    let sites = FakeSites::new(0);
+    let (_tx, abort) = no_abort();
+    switch_shard(store, &sites, m, &opts(), abort, &quiet)
+        .await
+        .unwrap()
+}
+
 async fn record(store: &FileStore) -> Record {
     serde_json::from_slice(&store.read_op("switchover/1").await.unwrap().unwrap()).unwrap()
 }
@@ -319,23 +340,7 @@ async fn a_rerun_resumes_from_every_recorded_step() {
             }
             sw = sw.on(ev.clone()).unwrap();
         }
-        let r = Record {
-            switchover: sw,
-            holder: "crashed".into(),
-            history: vec![],
-            frozen_at_ms: None,
-            active_at_ms: None,
-            finished: false,
-        };
-        store
-            .write_op("switchover/1", &serde_json::to_vec(&r).unwrap())
-            .await
-            .unwrap();
-        let sites = FakeSites::new(0);
-        let (_tx, abort) = no_abort();
-        let out = switch_shard(&store, &sites, &mv(&before, to), &opts(), abort, &quiet)
-            .await
-            .unwrap();
+        let out = resume_after_crash(&store, sw, &mv(&before, to)).await;
         assert!(matches!(out, Outcome::Done { .. }), "{stop_at}: {out:?}");
         let after = shard1(&store).await;
         assert_eq!(
@@ -376,23 +381,7 @@ async fn a_flip_whose_answer_was_lost_is_recognised() {
     ] {
         sw = sw.on(ev).unwrap();
     }
-    let r = Record {
-        switchover: sw,
-        holder: "crashed".into(),
-        history: vec![],
-        frozen_at_ms: None,
-        active_at_ms: None,
-        finished: false,
-    };
-    store
-        .write_op("switchover/1", &serde_json::to_vec(&r).unwrap())
-        .await
-        .unwrap();
-    let sites = FakeSites::new(0);
-    let (_tx, abort) = no_abort();
-    let out = switch_shard(&store, &sites, &mv(&before, to), &opts(), abort, &quiet)
-        .await
-        .unwrap();
+    let out = resume_after_crash(&store, sw, &mv(&before, to)).await;
     assert!(matches!(out, Outcome::Done { .. }), "{out:?}");
     assert_eq!(shard1(&store).await, flipped);
 }
