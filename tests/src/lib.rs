@@ -41,5 +41,62 @@ where
     }
 }
 
+/// An `ezone` process started with a config file, whose first stdout line
+/// (JSON) says it is ready and where it listens; killed when dropped.
+pub struct Configured {
+    pub child: std::process::Child,
+    /// The ready line.
+    pub ready: serde_json::Value,
+    _dir: tempfile::TempDir,
+}
+
+impl Configured {
+    /// Writes `config` to `file` in a temp dir, runs `ezone ARGS --config
+    /// FILE`, and waits for the ready line (panics with it if it is not JSON).
+    pub fn start(args: &[&str], file: &str, config: &str) -> Configured {
+        use std::io::{BufRead, BufReader};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(file);
+        std::fs::write(&path, config).expect("write config");
+        let mut child = std::process::Command::new(ezone_bin())
+            .args(args)
+            .arg("--config")
+            .arg(&path)
+            .env("EZONE_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn ezone {args:?}: {e}"));
+        let mut line = String::new();
+        if let Some(out) = child.stdout.take() {
+            let _ = BufReader::new(out).read_line(&mut line);
+        }
+        let ready = match serde_json::from_str(&line) {
+            Ok(v) => v,
+            Err(_) => {
+                let _ = child.kill();
+                let status = child.wait();
+                panic!("ezone {args:?} did not start: {line:?} {status:?}");
+            }
+        };
+        Configured {
+            child,
+            ready,
+            _dir: dir,
+        }
+    }
+
+    /// A socket address from the ready line.
+    pub fn addr(&self, key: &str) -> Option<std::net::SocketAddr> {
+        self.ready[key].as_str().and_then(|s| s.parse().ok())
+    }
+}
+
+impl Drop for Configured {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 pub mod router;
 pub mod upstream;

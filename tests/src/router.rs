@@ -1,9 +1,8 @@
 //! Running real `ezone router` processes for end-to-end tests, and a small
 //! HTTP client to talk to them.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -12,60 +11,27 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-use crate::ezone_bin;
+use crate::Configured;
 
 /// A router process; killed when dropped.
 pub struct RouterProc {
-    pub child: Child,
+    pub proc: Configured,
     pub http: SocketAddr,
     pub https: Option<SocketAddr>,
     pub admin: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for RouterProc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl RouterProc {
     /// Starts `ezone router` with this TOML config (admin is added on a free
     /// port) and waits for its ready line.
     pub fn start(config_toml: &str) -> RouterProc {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("router.toml");
         let full = format!("{config_toml}\n[admin]\nlisten = \"127.0.0.1:0\"\n");
-        std::fs::write(&path, full).expect("write config");
-        let mut child = Command::new(ezone_bin())
-            .arg("router")
-            .arg("--config")
-            .arg(&path)
-            .env("EZONE_LOG", "warn")
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn ezone router");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("ready line");
-        let v: serde_json::Value = match serde_json::from_str(&line) {
-            Ok(v) => v,
-            Err(_) => {
-                let _ = child.kill();
-                let status = child.wait();
-                panic!("router did not start: {line:?} {status:?}");
-            }
-        };
-        let addr = |k: &str| v[k].as_str().and_then(|s| s.parse().ok());
+        let proc = Configured::start(&["router"], "router.toml", &full);
         RouterProc {
-            http: addr("http").expect("http addr"),
-            https: addr("https"),
-            admin: addr("admin").expect("admin addr"),
-            child,
-            _dir: dir,
+            http: proc.addr("http").expect("http addr"),
+            https: proc.addr("https"),
+            admin: proc.addr("admin").expect("admin addr"),
+            proc,
         }
     }
 
@@ -91,7 +57,7 @@ impl RouterProc {
     /// SIGTERM: graceful stop.
     pub fn terminate(&self) {
         let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::unistd::Pid::from_raw(self.proc.child.id() as i32),
             nix::sys::signal::Signal::SIGTERM,
         );
     }

@@ -5,69 +5,34 @@
 //! in the table.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
+
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use ezone_chaos::postgres::PgCluster;
 use ezone_orders::workload::{Workload, WorkloadSpec};
-use ezone_tests::ezone_bin;
 use ezone_tests::router::{client, send};
+use ezone_tests::{ezone_bin, Configured};
 
 const DB: &str = "ezone";
 
 /// An `ezone orders serve` process; killed when dropped.
 struct Service {
-    child: Child,
+    proc: Configured,
     addr: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Service {
     fn start(site: &str, dsn: &str) -> Service {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("orders.toml");
-        std::fs::write(
-            &path,
-            format!("site = \"{site}\"\nlisten = \"127.0.0.1:0\"\npostgres = \"{dsn}\"\npool_size = 4\n"),
-        )
-        .expect("write config");
-        let mut child = Command::new(ezone_bin())
-            .args(["orders", "serve", "--config"])
-            .arg(&path)
-            .env("EZONE_LOG", "warn")
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn ezone orders serve");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("ready line");
-        let v: serde_json::Value = match serde_json::from_str(&line) {
-            Ok(v) => v,
-            Err(_) => {
-                let _ = child.kill();
-                panic!("orders serve did not start: {line:?} {:?}", child.wait());
-            }
-        };
-        assert_eq!(v["site"], site, "{line}");
-        let addr = v["listen"]
-            .as_str()
-            .and_then(|a| a.parse().ok())
-            .expect("listen address");
-        Service {
-            child,
-            addr,
-            _dir: dir,
-        }
+        let proc = Configured::start(
+            &["orders", "serve"],
+            "orders.toml",
+            &format!("site = \"{site}\"\nlisten = \"127.0.0.1:0\"\npostgres = \"{dsn}\"\npool_size = 4\n"),
+        );
+        assert_eq!(proc.ready["site"], site, "{}", proc.ready);
+        let addr = proc.addr("listen").expect("listen address");
+        Service { proc, addr }
     }
 }
 
@@ -252,12 +217,12 @@ async fn install_serve_and_the_api_under_the_fence() {
     // SIGTERM: a clean exit.
     let mut svc = svc;
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(svc.child.id() as i32),
+        nix::unistd::Pid::from_raw(svc.proc.child.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
     )
     .expect("SIGTERM");
     let status = ezone_tests::eventually("orders serve to exit", Duration::from_secs(15), || {
-        let s = svc.child.try_wait().ok().flatten();
+        let s = svc.proc.child.try_wait().ok().flatten();
         async move { s }
     })
     .await;

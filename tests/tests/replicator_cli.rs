@@ -3,33 +3,23 @@
 //! Writes at both sites converge; a replicator killed with -9 and restarted
 //! resumes with nothing lost or doubled; a WAN partition heals and converges.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use ezone_chaos::lab::{Lab, LabSpec};
 use ezone_chaos::postgres::PgCluster;
-use ezone_tests::ezone_bin;
+use ezone_tests::Configured;
 use ezone_topology::starter::starter;
 use ezone_topology::{EtcdStore, TopologyStore};
 
 const DB: &str = "ezone";
 
 struct Replicator {
-    child: Child,
+    /// Killed when dropped.
+    _proc: Configured,
     admin: std::net::SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Replicator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn replicator(lab: &Lab, site: &str) -> Replicator {
-    let dir = tempfile::tempdir().expect("tempdir");
     let other = if site == "beijing" {
         "shanghai"
     } else {
@@ -41,31 +31,14 @@ fn replicator(lab: &Lab, site: &str) -> Replicator {
         "site = \"{site}\"\ntables = [\"public.orders\"]\n[topology]\netcd = [\"{}\"]\n[sources.{other}]\ndsn = \"{source}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
         lab.etcd().client_urls()[0]
     );
-    let path = dir.path().join("replicator.toml");
-    std::fs::write(&path, cfg).expect("write config");
-    let mut child = Command::new(ezone_bin())
-        .arg("replicator")
-        .arg("--config")
-        .arg(&path)
-        .env("EZONE_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn ezone replicator");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("ready line");
-    assert!(line.contains("->"), "replicator did not start: {line:?}");
-    let v: serde_json::Value = serde_json::from_str(&line).expect("ready line is JSON");
-    let admin = v["admin"]
-        .as_str()
-        .and_then(|a| a.parse().ok())
-        .expect("admin address");
-    Replicator {
-        child,
-        admin,
-        _dir: dir,
-    }
+    let proc = Configured::start(&["replicator"], "replicator.toml", &cfg);
+    assert!(
+        proc.ready.to_string().contains("->"),
+        "replicator did not start: {}",
+        proc.ready
+    );
+    let admin = proc.addr("admin").expect("admin address");
+    Replicator { _proc: proc, admin }
 }
 
 async fn q(pg: &PgCluster, sql: &str) -> String {
