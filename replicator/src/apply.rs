@@ -27,13 +27,16 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use tokio_postgres::types::ToSql;
+use futures::future::Either;
+use futures::FutureExt;
+use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, NoTls};
 
 use crate::conflict::{self, Policy, Resolution, ShardKey};
 use crate::lsn::Lsn;
 use crate::pgoutput::{Relation, TupleData};
-use crate::sql::{self, ColumnInfo, ShapeError, Statement, TableInfo};
+use crate::plan::{self, StepStatement};
+use crate::sql::{self, ColumnInfo, SetStatement, ShapeError, Statement, TableInfo};
 use crate::txn::{Change, SourceTxn};
 use ezone_topology::Topology;
 
@@ -100,12 +103,20 @@ impl Ownership {
         image: &TupleData,
     ) -> Option<String> {
         let t = topology?;
-        let key = self
-            .shard_keys
-            .get(&format!("{}.{}", rel.namespace, rel.name))?;
+        let key = self.shard_key(rel)?;
         let idx = rel.columns.iter().position(|c| c.name == key.column)?;
         let value = image.columns.get(idx)?.as_text()?;
         conflict::owner(t, key, value).map(str::to_string)
+    }
+
+    /// The table's shard key, if it has one (asked for every row change:
+    /// no name is built when no table has one).
+    fn shard_key(&self, rel: &Relation) -> Option<&ShardKey> {
+        if self.shard_keys.is_empty() {
+            return None;
+        }
+        self.shard_keys
+            .get(&format!("{}.{}", rel.namespace, rel.name))
     }
 
     /// The table has a shard key but this image does not carry its value: a
@@ -113,10 +124,7 @@ impl Ownership {
     /// key is not part of the primary key. The owner must then be read from
     /// the target's row, never assumed.
     fn lacks_key(&self, rel: &Relation, image: &TupleData) -> bool {
-        let Some(key) = self
-            .shard_keys
-            .get(&format!("{}.{}", rel.namespace, rel.name))
-        else {
+        let Some(key) = self.shard_key(rel) else {
             return false;
         };
         match rel.columns.iter().position(|c| c.name == key.column) {
@@ -134,9 +142,7 @@ impl Ownership {
         row: &str,
     ) -> Option<String> {
         let t = topology?;
-        let key = self
-            .shard_keys
-            .get(&format!("{}.{}", rel.namespace, rel.name))?;
+        let key = self.shard_key(rel)?;
         let v: serde_json::Value = serde_json::from_str(row).ok()?;
         let value = match v.get(&key.column)? {
             serde_json::Value::String(s) => s.clone(),
@@ -153,6 +159,10 @@ pub struct Applied {
     pub conflicts: u64,
     /// Prefixes of logical messages (markers) applied with it.
     pub markers: Vec<String>,
+    /// Statements the fast path wrote the rows with (set statements
+    /// and lone rows, see [`crate::plan`]); 0 when the careful path applied
+    /// the batch one change at a time.
+    pub fast_path_statements: u64,
 }
 
 /// The DDL ezone keeps at each target: conflicts and applied markers.
@@ -181,6 +191,41 @@ CREATE TABLE IF NOT EXISTS ezone_replication.markers (
     PRIMARY KEY (link, source_lsn, prefix)
 );
 ";
+
+/// Planner settings for set statements (see [`crate::plan`]), set for a
+/// run of them and reset after it, within the apply transaction.
+///
+/// A set statement joins the `unnest` of its arrays to the table by the
+/// primary key. Left to the planner, that join becomes a hash join over a
+/// sequential scan of the whole table when the table is empty or never
+/// analyzed at the first execution, and the prepared statement keeps that
+/// plan while the table grows (with autovacuum off, for ever). So: one
+/// generic plan per statement, which takes the arrays for 10 rows (no
+/// planning per execution), and no hash or merge joins: a nested loop of
+/// primary-key index lookups. Reset after the run, so that user code (a
+/// trigger enabled `ALWAYS` on a table written row by row) plans with the
+/// target's own settings. Sequential scans are not disabled: a disabled
+/// scan that is still needed somewhere costs 10^10, which sends every such
+/// statement through JIT compilation.
+pub const SET_PLANNER_SQL: &str = "SET LOCAL plan_cache_mode = force_generic_plan; \
+     SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off";
+
+/// Back to the session's settings after a run of set statements.
+pub const RESET_PLANNER_SQL: &str = "SET LOCAL plan_cache_mode TO DEFAULT; \
+     SET LOCAL enable_hashjoin TO DEFAULT; SET LOCAL enable_mergejoin TO DEFAULT";
+
+/// Advances the link's origin in the apply transaction.
+const ORIGIN_SETUP_SQL: &str = "SELECT pg_replication_origin_xact_setup($1::text::pg_lsn, $2)";
+
+/// What one pipelined fast-path statement must do.
+enum Expect<'s> {
+    /// Planner settings: succeed.
+    Settings,
+    /// A row statement: touch its row.
+    Row(&'s str),
+    /// A set statement: touch this many rows.
+    Set(&'s str, u64),
+}
 
 /// A connection to the target, set up for one link.
 pub struct Applier {
@@ -309,13 +354,54 @@ async fn prepare(
     cache: &mut HashMap<String, tokio_postgres::Statement>,
     st: &Statement,
 ) -> Result<tokio_postgres::Statement, tokio_postgres::Error> {
-    if let Some(p) = cache.get(&st.sql) {
+    prepare_typed(tx, cache, &st.sql, Type::TEXT, st.params.len()).await
+}
+
+/// As [`prepare`], for a set statement (every parameter `text[]`).
+async fn prepare_set(
+    tx: &tokio_postgres::Transaction<'_>,
+    cache: &mut HashMap<String, tokio_postgres::Statement>,
+    st: &SetStatement<'_>,
+) -> Result<tokio_postgres::Statement, tokio_postgres::Error> {
+    prepare_typed(tx, cache, &st.sql, Type::TEXT_ARRAY, st.arrays.len()).await
+}
+
+async fn prepare_typed(
+    tx: &tokio_postgres::Transaction<'_>,
+    cache: &mut HashMap<String, tokio_postgres::Statement>,
+    sql: &str,
+    ty: Type,
+    n: usize,
+) -> Result<tokio_postgres::Statement, tokio_postgres::Error> {
+    if let Some(p) = cache.get(sql) {
         return Ok(p.clone());
     }
-    let types = vec![tokio_postgres::types::Type::TEXT; st.params.len()];
-    let p = tx.prepare_typed(&st.sql, &types).await?;
-    cache.insert(st.sql.clone(), p.clone());
+    let p = tx.prepare_typed(sql, &vec![ty; n]).await?;
+    cache.insert(sql.to_string(), p.clone());
     Ok(p)
+}
+
+/// A fast-path statement failed: a broken connection is returned (the link
+/// reconnects); anything else rolls back, and the caller sends the batch
+/// down the careful path, which applies in source order and reports the
+/// error if it is real.
+async fn fall_back(
+    tx: tokio_postgres::Transaction<'_>,
+    link: &str,
+    err: ApplyError,
+) -> Result<(), ApplyError> {
+    if err.is_transient() {
+        return Err(err);
+    }
+    tracing::debug!(link, error = %err, "Fast path failed; applying the batch one change at a time.");
+    let target = match &err {
+        ApplyError::Transient { target, .. }
+        | ApplyError::Definite { target, .. }
+        | ApplyError::Shape { target, .. } => target.clone(),
+    };
+    tx.rollback()
+        .await
+        .map_err(|e| classify(&target, "ROLLBACK", e))
 }
 
 fn params(st: &Statement) -> Vec<&(dyn ToSql + Sync)> {
@@ -469,7 +555,32 @@ impl Applier {
                 source: ShapeError::NoPrimaryKey { table: qualified },
             });
         }
-        let t = Arc::new(TableInfo { qualified, columns });
+        // Triggers (of the table or a partition) or rules that fire for
+        // replayed rows: the fast path does not group this table's changes.
+        let replica_triggers: bool = self
+            .client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_trigger WHERE tgenabled IN ('A', 'R') \
+                        AND (tgrelid = $1::text::regclass \
+                          OR tgrelid IN (SELECT relid FROM pg_partition_tree($1::text::regclass)))) \
+                     OR EXISTS (SELECT 1 FROM pg_rewrite WHERE ev_enabled IN ('A', 'R') \
+                        AND rulename <> '_RETURN' AND ev_class = $1::text::regclass)",
+                &[&qualified],
+            )
+            .await
+            .map_err(|e| {
+                classify(
+                    &self.target,
+                    &format!("reading the triggers of {qualified}"),
+                    e,
+                )
+            })?
+            .get(0);
+        let t = Arc::new(TableInfo {
+            qualified,
+            columns,
+            replica_triggers,
+        });
         self.tables.insert(key, t.clone());
         Ok(t)
     }
@@ -494,14 +605,18 @@ impl Applier {
         self.apply_sequential(txns, own).await
     }
 
-    /// The fast path: every row statement of the batch is sent without
-    /// waiting for the previous one's answer (tokio-postgres pipelines
-    /// requests that are in flight together, in order). It applies only if
-    /// nothing needs a decision: row changes only, no ownership conflict, and
-    /// every statement touched its row. Otherwise the target transaction is
-    /// rolled back (nothing was committed) and `Ok(None)` sends the batch
-    /// down the sequential path, which records and resolves conflicts one
-    /// by one.
+    /// The fast path: the batch's row changes are planned into few set
+    /// statements ([`crate::plan`]: a table's inserts in one, its updates of
+    /// the same columns in one, ...), all sent without waiting for the
+    /// previous one's answer (tokio-postgres pipelines requests that are in
+    /// flight together, in order). It applies only if nothing needs a
+    /// decision: row changes only, no ownership conflict, and every statement
+    /// touched exactly its rows. Otherwise the target transaction is rolled
+    /// back (nothing was committed) and `Ok(None)` sends the batch down the
+    /// sequential path, which records and resolves conflicts one by one. A
+    /// statement that fails for a reason other than the connection goes the
+    /// same way: the sequential path, in source order, says whether the
+    /// batch really fails.
     async fn apply_pipelined(
         &mut self,
         txns: &[SourceTxn],
@@ -513,9 +628,12 @@ impl Applier {
         let topology = own.topology.as_ref().and_then(|f| f());
         let topology = topology.as_deref();
         let target = self.target.clone();
-        // Build every statement first; bail out to the careful path on
+        // Every change and its table first; bail out to the careful path on
         // anything that is not a plain row change of a row we may write.
-        let mut statements = Vec::new();
+        let mut changes = Vec::new();
+        // The tables of this batch's relations (by the relation's address:
+        // the batch holds them), so each is looked up once.
+        let mut tables: Vec<(usize, Arc<TableInfo>)> = Vec::new();
         for txn in txns {
             for ch in &txn.changes {
                 let Some((rel, image)) = row_image(ch) else {
@@ -531,20 +649,24 @@ impl Applier {
                 {
                     return Ok(None);
                 }
-                let t = self.table(rel).await?;
-                let st = match ch {
-                    Change::Insert { new, .. } => sql::insert(&t, rel, new),
-                    Change::Update { old, new, .. } => sql::update(&t, rel, old.as_ref(), new),
-                    Change::Delete { old, .. } => sql::delete(&t, rel, old),
-                    _ => return Ok(None),
+                let id = Arc::as_ptr(rel) as usize;
+                let t = match tables.iter().find(|(r, _)| *r == id) {
+                    Some((_, t)) => t.clone(),
+                    None => {
+                        let t = self.table(rel).await?;
+                        tables.push((id, t.clone()));
+                        t
+                    }
                 };
-                match st {
-                    Ok(st) => statements.push(st),
-                    // Shape problems are reported by the careful path.
-                    Err(_) => return Ok(None),
-                }
+                changes.push((ch, t));
             }
         }
+        let planned: Vec<(&Change, &TableInfo)> =
+            changes.iter().map(|(ch, t)| (*ch, t.as_ref())).collect();
+        // Shape problems are reported by the careful path.
+        let Some(steps) = plan::plan(&planned) else {
+            return Ok(None);
+        };
         let mut cache = self.take_statements();
         let tx = self
             .client
@@ -552,10 +674,17 @@ impl Applier {
             .await
             .map_err(|e| classify(&target, "BEGIN", e))?;
         // Prepare what is new (sequential, once per statement text).
-        for st in &statements {
-            prepare(&tx, &mut cache, st)
-                .await
-                .map_err(|e| classify(&target, "preparing a statement", e))?;
+        for step in &steps {
+            let prepared = match &step.statement {
+                StepStatement::Row(st) => prepare(&tx, &mut cache, st).await,
+                StepStatement::Set(st) => prepare_set(&tx, &mut cache, st).await,
+            };
+            if let Err(e) = prepared {
+                let err = classify(&target, "preparing a statement", e);
+                fall_back(tx, &self.link, err).await?;
+                self.statements = cache;
+                return Ok(None);
+            }
         }
         let commit_time = last
             .commit
@@ -564,25 +693,87 @@ impl Applier {
             .unwrap_or(std::time::SystemTime::UNIX_EPOCH);
         let end_lsn = last.commit.end_lsn.to_string();
         let setup_params: [&(dyn ToSql + Sync); 2] = [&end_lsn, &commit_time];
-        let setup = tx.execute(
-            "SELECT pg_replication_origin_xact_setup($1::text::pg_lsn, $2)",
-            &setup_params,
-        );
-        let param_refs: Vec<Vec<&(dyn ToSql + Sync)>> = statements.iter().map(params).collect();
-        let mut futures = Vec::with_capacity(statements.len());
-        for (st, p) in statements.iter().zip(&param_refs) {
-            let Some(prepared) = cache.get(&st.sql) else {
+        // Prepared, so that it is sent (and runs) first, before a row
+        // statement that fails could abort the transaction under it.
+        let setup = match cache.get(ORIGIN_SETUP_SQL) {
+            Some(p) => p.clone(),
+            None => {
+                let p = tx
+                    .prepare_typed(ORIGIN_SETUP_SQL, &[Type::TEXT, Type::TIMESTAMPTZ])
+                    .await
+                    .map_err(|e| {
+                        classify(&target, "preparing pg_replication_origin_xact_setup", e)
+                    })?;
+                cache.insert(ORIGIN_SETUP_SQL.to_string(), p.clone());
+                p
+            }
+        };
+        let setup = tx.execute(&setup, &setup_params);
+        let param_refs: Vec<Vec<&(dyn ToSql + Sync)>> = steps
+            .iter()
+            .map(|step| match &step.statement {
+                StepStatement::Row(st) => params(st),
+                StepStatement::Set(st) => {
+                    st.arrays.iter().map(|a| a as &(dyn ToSql + Sync)).collect()
+                }
+            })
+            .collect();
+        // Every statement, in order, each with what it must touch; set
+        // statements run with the planner settings they need, and only they.
+        let mut futures = Vec::with_capacity(steps.len() + 2);
+        let mut expect = Vec::with_capacity(steps.len() + 2);
+        let mut set_planner = false;
+        for (step, p) in steps.iter().zip(&param_refs) {
+            let (sql, want) = match &step.statement {
+                StepStatement::Row(st) => (&st.sql, None),
+                StepStatement::Set(st) => (&st.sql, Some(st.rows as u64)),
+            };
+            if want.is_some() != set_planner {
+                set_planner = want.is_some();
+                let settings = if set_planner {
+                    SET_PLANNER_SQL
+                } else {
+                    RESET_PLANNER_SQL
+                };
+                futures.push(Either::Right(
+                    tx.batch_execute(settings).map(|r| r.map(|()| 0)),
+                ));
+                expect.push(Expect::Settings);
+            }
+            let Some(prepared) = cache.get(sql) else {
                 return Ok(None);
             };
-            futures.push(tx.execute(prepared, p));
+            futures.push(Either::Left(tx.execute(prepared, p)));
+            expect.push(match want {
+                None => Expect::Row(sql),
+                Some(n) => Expect::Set(sql, n),
+            });
         }
         let (setup, counts) =
             futures::future::join(setup, futures::future::join_all(futures)).await;
         setup.map_err(|e| classify(&target, "pg_replication_origin_xact_setup", e))?;
-        let mut rows = 0u64;
-        for (n, st) in counts.into_iter().zip(&statements) {
-            let n = n.map_err(|e| classify(&target, &format!("applying `{}`", st.sql), e))?;
-            if n == 0 {
+        for (n, expect) in counts.into_iter().zip(expect) {
+            let n = match n {
+                Ok(n) => n,
+                Err(e) => {
+                    let what = match expect {
+                        Expect::Settings => "setting the planner for set statements".to_string(),
+                        Expect::Row(sql) | Expect::Set(sql, _) => format!("applying `{sql}`"),
+                    };
+                    let err = classify(&target, &what, e);
+                    fall_back(tx, &self.link, err).await?;
+                    self.statements = cache;
+                    return Ok(None);
+                }
+            };
+            // A row statement touches its row (0: a conflict); a set
+            // statement every one of its rows (fewer: a conflict somewhere).
+            let touched = match expect {
+                Expect::Settings => true,
+                Expect::Row(_) => n > 0,
+                Expect::Set(_, want) => n == want,
+            };
+            if !touched {
                 // A conflict: undo and take the careful path.
                 tx.rollback()
                     .await
@@ -590,16 +781,17 @@ impl Applier {
                 self.statements = cache;
                 return Ok(None);
             }
-            rows += 1;
         }
         tx.commit()
             .await
             .map_err(|e| classify(&target, "COMMIT", e))?;
         self.statements = cache;
+        tracing::trace!(link = %self.link, changes = planned.len(), statements = steps.len(), "Batch applied on the fast path.");
         Ok(Some(Applied {
-            rows,
+            rows: planned.len() as u64,
             conflicts: 0,
             markers: Vec::new(),
+            fast_path_statements: steps.len() as u64,
         }))
     }
 
@@ -645,7 +837,7 @@ impl Applier {
                 .unwrap_or(std::time::SystemTime::UNIX_EPOCH)
         };
         tx.execute(
-            "SELECT pg_replication_origin_xact_setup($1::text::pg_lsn, $2)",
+            ORIGIN_SETUP_SQL,
             &[&last.commit.end_lsn.to_string(), &time_of(last)],
         )
         .await

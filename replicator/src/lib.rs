@@ -19,6 +19,8 @@ pub mod fence;
 pub mod link;
 pub mod lsn;
 pub mod pgoutput;
+pub mod plan;
+pub mod rates;
 pub mod repair;
 pub mod service;
 pub mod site_ops;

@@ -19,11 +19,14 @@
 //! replayed by a link into the source; it is skipped (and confirmed), so with
 //! links in both directions nothing echoes.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
+use tokio_postgres::types::Type;
 
 use crate::apply::{Applier, ApplyError, Ownership};
 use crate::lsn::Lsn;
@@ -164,32 +167,45 @@ pub async fn ensure_source(cfg: &LinkConfig) -> Result<(), LinkError> {
         .map_err(|e| setup(format!("connecting to {}: {e}", cfg.source.redacted())))?;
     let task = tokio::spawn(conn);
     let result = async {
-        for table in &cfg.tables {
-            let row = client
-                .query_one(
-                    "SELECT count(*) FROM pg_index WHERE indrelid = $1::text::regclass AND indisprimary",
-                    &[table],
-                )
-                .await
-                .map_err(|e| setup(format!("looking up table {table}: {e}")))?;
-            let n: i64 = row.get(0);
-            if n == 0 {
-                return Err(LinkError::Apply {
-                    link: cfg.name.clone(),
-                    source: ApplyError::Definite {
-                        target: cfg.source.redacted(),
-                        detail: format!(
-                            "table {table} has no primary key: ezone replicates only tables with one; add a primary key or remove the table from the link"
-                        ),
-                    },
-                });
-            }
-        }
-        let exists = client
-            .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&cfg.publication])
+        // One round trip for every check (over a WAN each one counts, at
+        // every start): the tables without a primary key, whether the
+        // publication and the slot exist.
+        let row = client
+            .query_typed_one(
+                "SELECT ARRAY(SELECT t FROM unnest($1::text[]) WITH ORDINALITY AS u(t, i) \
+                        WHERE NOT EXISTS (SELECT 1 FROM pg_index \
+                                          WHERE indrelid = t::regclass AND indisprimary) \
+                        ORDER BY i), \
+                 EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $2), \
+                 EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $3)",
+                &[
+                    (&cfg.tables, Type::TEXT_ARRAY),
+                    (&cfg.publication, Type::TEXT),
+                    (&cfg.slot, Type::TEXT),
+                ],
+            )
             .await
-            .map_err(|e| setup(format!("looking up publication {}: {e}", cfg.publication)))?
-            .is_some();
+            .map_err(|e| {
+                setup(format!(
+                    "looking up tables {}, publication {} and slot {}: {e}",
+                    cfg.tables.join(", "),
+                    cfg.publication,
+                    cfg.slot
+                ))
+            })?;
+        let without_key: Vec<String> = row.get(0);
+        if let Some(table) = without_key.first() {
+            return Err(LinkError::Apply {
+                link: cfg.name.clone(),
+                source: ApplyError::Definite {
+                    target: cfg.source.redacted(),
+                    detail: format!(
+                        "table {table} has no primary key: ezone replicates only tables with one; add a primary key or remove the table from the link"
+                    ),
+                },
+            });
+        }
+        let exists: bool = row.get(1);
         if !exists {
             let tables: Vec<String> = cfg.tables.clone();
             client
@@ -201,11 +217,7 @@ pub async fn ensure_source(cfg: &LinkConfig) -> Result<(), LinkError> {
                 .await
                 .map_err(|e| setup(format!("creating publication {}: {e}", cfg.publication)))?;
         }
-        let slot = client
-            .query_opt("SELECT 1 FROM pg_replication_slots WHERE slot_name = $1", &[&cfg.slot])
-            .await
-            .map_err(|e| setup(format!("looking up slot {}: {e}", cfg.slot)))?
-            .is_some();
+        let slot: bool = row.get(2);
         if !slot {
             let mut rc = ReplicationConn::connect(&cfg.source)
                 .await
@@ -278,13 +290,22 @@ pub async fn run_once(
         link: link.to_string(),
         source,
     };
-    let mut applier = Applier::connect(&cfg.target_dsn, link, &cfg.origin)
-        .await
-        .map_err(apply_err)?;
-    let start = applier.progress().await.map_err(apply_err)?;
-    let conn = ReplicationConn::connect(&cfg.source)
-        .await
-        .map_err(source_err)?;
+    // The target (its progress) and the source's replication connection at
+    // once: over a WAN, the source's round trips are the long ones.
+    let ((applier, start), conn) = tokio::try_join!(
+        async {
+            let applier = Applier::connect(&cfg.target_dsn, link, &cfg.origin)
+                .await
+                .map_err(apply_err)?;
+            let start = applier.progress().await.map_err(apply_err)?;
+            Ok((applier, start))
+        },
+        async {
+            ReplicationConn::connect(&cfg.source)
+                .await
+                .map_err(source_err)
+        },
+    )?;
     let mut stream = conn
         .start_logical(
             &cfg.slot,
@@ -298,10 +319,44 @@ pub async fn run_once(
     let mut assembler = Assembler::new();
     // Consecutive transactions already received are applied together in one
     // target transaction (see `Applier::apply_batch`): a busy source's many
-    // small transactions cost one BEGIN/COMMIT per batch, not each.
+    // small transactions cost one BEGIN/COMMIT per batch, not each. One
+    // batch at a time is being applied (`in_flight`, which holds the
+    // applier) while the next is received and decoded: the target works
+    // while the stream is read, and the next batch is what arrived in the
+    // meantime. Batches still commit one after the other, in source order,
+    // and each is confirmed to the source only once committed.
+    let mut applier = Some(applier);
+    let mut in_flight: Option<InFlight<'_>> = None;
     let mut batch = Pending::default();
     loop {
-        let ev = if batch.txns.is_empty() {
+        let ev = if let Some(applying) = in_flight.as_mut() {
+            let step = if batch.is_full() {
+                // Enough waiting: let the target catch up before reading on.
+                Waited::Applied(Box::new(applying.await))
+            } else {
+                tokio::select! {
+                    done = applying => Waited::Applied(Box::new(done)),
+                    ev = stream.next() => Waited::Received(ev.map_err(source_err)?),
+                }
+            };
+            match step {
+                Waited::Applied(applied) => {
+                    let (a, done) = *applied;
+                    in_flight = None;
+                    applier = Some(a);
+                    // A keepalive since, with nothing received after it:
+                    // caught up to it with this commit.
+                    let idle = if batch.txns.is_empty() {
+                        batch.idle_at.take()
+                    } else {
+                        None
+                    };
+                    finished(stats, &mut stream, done.map_err(apply_err)?, idle);
+                    continue;
+                }
+                Waited::Received(ev) => Some(ev),
+            }
+        } else if batch.txns.is_empty() {
             tokio::select! {
                 ev = stream.next() => Some(ev.map_err(source_err)?),
                 _ = stop.wait_for(|s| *s) => return Ok(()),
@@ -315,10 +370,11 @@ pub async fn run_once(
                 .map_err(source_err)?
         };
         let Some(ev) = ev else {
-            // Nothing more is ready: apply what is pending.
-            flush(&mut applier, own, stats, &mut stream, &mut batch)
-                .await
-                .map_err(apply_err)?;
+            // Nothing more is ready and the target is idle: apply what is
+            // pending.
+            if let Some(a) = applier.take() {
+                in_flight = Some(start_batch(a, own, stats, &mut batch));
+            }
             continue;
         };
         let Some(ev) = ev else {
@@ -346,9 +402,9 @@ pub async fn run_once(
                 if let Some(Event::Txn(txn)) = event {
                     batch.push(txn);
                     if batch.is_full() {
-                        flush(&mut applier, own, stats, &mut stream, &mut batch)
-                            .await
-                            .map_err(apply_err)?;
+                        if let Some(a) = applier.take() {
+                            in_flight = Some(start_batch(a, own, stats, &mut batch));
+                        }
                     }
                 }
             }
@@ -356,11 +412,12 @@ pub async fn run_once(
                 LinkStats::raise(&stats.source_wal_end, wal_end.0);
                 // Between transactions, everything the source had to send up
                 // to `wal_end` has been sent and handled (the stream is in
-                // order): we are caught up to it once what is pending is
-                // applied, and the source may free that WAL. Never inside a
-                // transaction: its commit is not applied yet.
+                // order): we are caught up to it once what is pending (and
+                // what is being applied) is applied, and the source may free
+                // that WAL. Never inside a transaction: its commit is not
+                // applied yet.
                 if !assembler.in_transaction() {
-                    if batch.txns.is_empty() {
+                    if batch.txns.is_empty() && in_flight.is_none() {
                         LinkStats::raise(&stats.caught_up_lsn, wal_end.0);
                         stream.confirm(wal_end);
                     } else {
@@ -370,6 +427,12 @@ pub async fn run_once(
             }
         }
     }
+}
+
+/// What the link waited for while a batch was being applied.
+enum Waited {
+    Applied(Box<(Applier, Result<Flushed, ApplyError>)>),
+    Received(Option<StreamEvent>),
 }
 
 /// The most row changes applied in one target transaction.
@@ -383,8 +446,9 @@ struct Pending {
     txns: Vec<SourceTxn>,
     /// Row changes in `txns`.
     rows: usize,
-    /// A keepalive seen between transactions while `txns` was not empty: it
-    /// may be confirmed once they are committed.
+    /// A keepalive seen between transactions while `txns` (or the batch
+    /// being applied) was not empty: it may be confirmed once they are
+    /// committed.
     idle_at: Option<Lsn>,
 }
 
@@ -399,58 +463,91 @@ impl Pending {
     }
 }
 
-/// Applies the pending batch (skipping replayed transactions), then confirms
-/// its end to the source.
-async fn flush(
-    applier: &mut Applier,
-    own: &Ownership,
+/// A batch being applied; it gives the applier back with the outcome.
+type InFlight<'a> =
+    Pin<Box<dyn Future<Output = (Applier, Result<Flushed, ApplyError>)> + Send + 'a>>;
+
+/// An applied (committed) batch, to count and confirm.
+struct Flushed {
+    /// The last transaction's end and commit time.
+    last: Option<(Lsn, i64)>,
+    /// A keepalive position seen after the batch's transactions: confirmed
+    /// with them.
+    idle_at: Option<Lsn>,
+    applied_txns: u64,
+    applied: crate::apply::Applied,
+}
+
+/// Starts applying the pending batch (skipping replayed transactions) on
+/// `applier`; the batch is empty again.
+fn start_batch<'a>(
+    mut applier: Applier,
+    own: &'a Ownership,
     stats: &LinkStats,
-    stream: &mut crate::walsender::ReplicationStream,
     pending: &mut Pending,
-) -> Result<(), ApplyError> {
+) -> InFlight<'a> {
     pending.rows = 0;
-    let batch = &mut pending.txns;
-    let idle_at = &mut pending.idle_at;
-    let Some(last) = batch.last() else {
-        return Ok(());
-    };
-    let end = last.commit.end_lsn;
-    let commit_time = last.commit.commit_time.0;
+    let idle_at = pending.idle_at.take();
+    let txns = std::mem::take(&mut pending.txns);
+    let last = txns
+        .last()
+        .map(|t| (t.commit.end_lsn, t.commit.commit_time.0));
     let (skipped, ours): (Vec<SourceTxn>, Vec<SourceTxn>) =
-        batch.drain(..).partition(|t| t.origin.is_some());
+        txns.into_iter().partition(|t| t.origin.is_some());
     // Replayed into the source by a link: not ours to send on.
     stats
         .skipped_origin_txns
         .fetch_add(skipped.len() as u64, Ordering::Relaxed);
-    if !ours.is_empty() {
-        let applied = applier.apply_batch(&ours, own).await?;
-        stats
-            .applied_txns
-            .fetch_add(ours.len() as u64, Ordering::Relaxed);
-        stats
-            .applied_rows
-            .fetch_add(applied.rows, Ordering::Relaxed);
-        stats
-            .conflicts
-            .fetch_add(applied.conflicts, Ordering::Relaxed);
-        stats
-            .markers
-            .fetch_add(applied.markers.len() as u64, Ordering::Relaxed);
-    }
-    stats.last_end_lsn.store(end.0, Ordering::Relaxed);
-    LinkStats::raise(&stats.caught_up_lsn, end.0);
-    LinkStats::raise(&stats.source_wal_end, end.0);
+    Box::pin(async move {
+        let applied = if ours.is_empty() {
+            Ok(crate::apply::Applied::default())
+        } else {
+            applier.apply_batch(&ours, own).await
+        };
+        let done = applied.map(|applied| Flushed {
+            last,
+            idle_at,
+            applied_txns: ours.len() as u64,
+            applied,
+        });
+        (applier, done)
+    })
+}
+
+/// Counts an applied batch and confirms its end to the source: committed
+/// at the target (or nothing to commit), the source may now forget it.
+/// `idle_at`: a keepalive received since, with nothing pending after it.
+fn finished(
+    stats: &LinkStats,
+    stream: &mut crate::walsender::ReplicationStream,
+    done: Flushed,
+    idle_at: Option<Lsn>,
+) {
     stats
-        .last_commit_time_us
-        .store(commit_time, Ordering::Relaxed);
-    // Committed at the target (or nothing to commit): the source may now
-    // forget it.
-    stream.confirm(end);
-    if let Some(w) = idle_at.take() {
+        .applied_txns
+        .fetch_add(done.applied_txns, Ordering::Relaxed);
+    stats
+        .applied_rows
+        .fetch_add(done.applied.rows, Ordering::Relaxed);
+    stats
+        .conflicts
+        .fetch_add(done.applied.conflicts, Ordering::Relaxed);
+    stats
+        .markers
+        .fetch_add(done.applied.markers.len() as u64, Ordering::Relaxed);
+    if let Some((end, commit_time)) = done.last {
+        stats.last_end_lsn.store(end.0, Ordering::Relaxed);
+        LinkStats::raise(&stats.caught_up_lsn, end.0);
+        LinkStats::raise(&stats.source_wal_end, end.0);
+        stats
+            .last_commit_time_us
+            .store(commit_time, Ordering::Relaxed);
+        stream.confirm(end);
+    }
+    for w in [done.idle_at, idle_at].into_iter().flatten() {
         LinkStats::raise(&stats.caught_up_lsn, w.0);
         stream.confirm(w);
     }
-    Ok(())
 }
 
 /// Runs a link until `stop`: transient errors restart it (with backoff),

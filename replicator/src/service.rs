@@ -14,6 +14,7 @@ use tokio::task::JoinSet;
 use crate::apply::Ownership;
 use crate::config::{origin_name, slot_name, ReplicatorConfig};
 use crate::link::{run_with, LinkConfig, LinkError, LinkStats};
+use crate::rates::RateWindow;
 use crate::walsender::SourceConfig;
 
 #[derive(Debug, thiserror::Error)]
@@ -122,6 +123,30 @@ impl Service {
                     source,
                 })?;
             admin = l.local_addr().ok();
+            // Rates: the links' counters sampled once a second.
+            let rates: Arc<std::sync::Mutex<BTreeMap<String, RateWindow>>> = Arc::default();
+            {
+                let (links, rates, mut rx) = (links.clone(), rates.clone(), stop_rx.clone());
+                tasks.spawn(async move {
+                    loop {
+                        {
+                            let mut r = rates.lock().unwrap_or_else(|p| p.into_inner());
+                            let now = std::time::Instant::now();
+                            for (name, s) in &links {
+                                r.entry(name.clone()).or_default().push(
+                                    now,
+                                    s.applied_rows.load(Ordering::Relaxed),
+                                    s.applied_txns.load(Ordering::Relaxed),
+                                );
+                            }
+                        }
+                        tokio::select! {
+                            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                            _ = rx.wait_for(|s| *s) => return ("rates".to_string(), Ok(())),
+                        }
+                    }
+                });
+            }
             let links = links.clone();
             let mut rx = stop_rx.clone();
             tasks.spawn(async move {
@@ -132,11 +157,16 @@ impl Service {
                     };
                     let Ok((tcp, _)) = accepted else { continue };
                     let links = links.clone();
+                    let rates = rates.clone();
                     tokio::spawn(async move {
                         let svc = hyper::service::service_fn(
                             move |req: hyper::Request<hyper::body::Incoming>| {
                                 let body = match req.uri().path() {
-                                    "/metrics" => render(&links),
+                                    "/metrics" => {
+                                        let r =
+                                            rates.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                                        render(&links, &r)
+                                    }
                                     _ => "ok\n".to_string(),
                                 };
                                 async move {
@@ -262,13 +292,38 @@ const METRICS: [MetricDef; 10] = [
         |s| s.last_end_lsn.load(Ordering::Relaxed).to_string()),
 ];
 
-/// Prometheus text for every link's metrics.
-pub fn render(links: &BTreeMap<String, Arc<LinkStats>>) -> String {
+/// A rate gauge: name, help, and which of (rows/s, transactions/s) it shows.
+type RateMetric = (&'static str, &'static str, fn((f64, f64)) -> f64);
+
+/// Prometheus text for every link's metrics, and its apply rates.
+pub fn render(
+    links: &BTreeMap<String, Arc<LinkStats>>,
+    rates: &BTreeMap<String, RateWindow>,
+) -> String {
     let mut out = String::new();
     for (name, help, kind, get) in METRICS {
         out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
         for (link, s) in links {
             out.push_str(&format!("{name}{{link=\"{link}\"}} {}\n", get(s)));
+        }
+    }
+    let rate_metrics: [RateMetric; 2] = [
+        (
+            "ezone_replicator_applied_rows_per_second",
+            "Rows applied per second over the last 10 s",
+            |r| r.0,
+        ),
+        (
+            "ezone_replicator_applied_transactions_per_second",
+            "Source transactions applied per second over the last 10 s",
+            |r| r.1,
+        ),
+    ];
+    for (name, help, pick) in rate_metrics {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n"));
+        for link in links.keys() {
+            let v = rates.get(link).map(|w| pick(w.per_second())).unwrap_or(0.0);
+            out.push_str(&format!("{name}{{link=\"{link}\"}} {v:.1}\n"));
         }
     }
     out

@@ -8,7 +8,19 @@
 //! (their oids differ between sites). An unchanged TOASTed value ('u') is
 //! left out of an UPDATE's SET list — writing it as NULL would destroy it.
 //!
+//! The fast path also writes many rows of one table in one *set statement*
+//! ([`insert_set_sql`], [`update_set_sql`], [`delete_set_sql`]): each column
+//! is one `text[]` parameter holding that column's value for every row, the
+//! rows come from `unnest` of those arrays, and every value is cast to the
+//! target column's type just as above (`unnest($1::text[])::integer`: the
+//! same text to type conversion as `$1::text::integer`). The statement text
+//! depends only on the table and the set of columns, never on the number of
+//! rows: it is prepared once per connection and there is no bind-parameter
+//! limit to chunk for.
+//!
 //! Pure: no I/O. The target's shape ([`TableInfo`]) is read by the apply side.
+
+use std::borrow::Cow;
 
 use crate::pgoutput::{ColumnValue, OldTuple, Relation, TupleData};
 
@@ -18,6 +30,12 @@ pub struct TableInfo {
     /// `"schema"."table"`, quoted.
     pub qualified: String,
     pub columns: Vec<ColumnInfo>,
+    /// Triggers or rules at the target fire for replayed rows (enabled
+    /// `ALWAYS` or `REPLICA`): the fast path writes this table's changes one
+    /// statement per row, in source order, never grouped (see
+    /// [`crate::plan`]), so such a trigger sees what it would see without
+    /// ezone's grouping.
+    pub replica_triggers: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -223,6 +241,100 @@ pub fn delete(t: &TableInfo, rel: &Relation, old: &OldTuple) -> Result<Statement
     })
 }
 
+/// A statement over many rows of one table (see the module docs): one text
+/// array per `$n`, each with one element per row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetStatement<'a> {
+    pub sql: String,
+    /// `arrays[n - 1]` is `$n`: one value per row (`None` = SQL NULL).
+    pub arrays: Vec<Vec<Option<Cow<'a, str>>>>,
+    /// Rows the statement must touch, every one of them: fewer is a conflict.
+    pub rows: usize,
+}
+
+/// `unnest($n::text[])::<type>`: array `$n`'s values, one per row, cast to
+/// the target column's type. Several of them in one select list run in
+/// lockstep (the arrays have one length), as a `ProjectSet`: the rows are
+/// streamed, not collected first as `FROM unnest(a, b)` would.
+fn unnest_cast(t: &TableInfo, n: usize, col: usize) -> String {
+    format!("unnest(${n}::text[])::{}", t.columns[col].type_name)
+}
+
+/// `(SELECT unnest($first::text[])::<type> AS k1, ...) AS v` for the key
+/// columns, and `r.key = v.k1 AND ...`, to find the rows by.
+fn key_rows(t: &TableInfo, key: &[usize], first: usize, before: &[String]) -> (String, String) {
+    let mut cols = before.to_vec();
+    let mut join = Vec::new();
+    for (i, &k) in key.iter().enumerate() {
+        cols.push(format!("{} AS k{}", unnest_cast(t, first + i, k), i + 1));
+        join.push(format!(
+            "r.{} = v.k{}",
+            quote_ident(&t.columns[k].name),
+            i + 1
+        ));
+    }
+    (
+        format!("(SELECT {}) AS v", cols.join(", ")),
+        join.join(" AND "),
+    )
+}
+
+/// Many rows of [`insert`]: `INSERT INTO t (cols) SELECT
+/// unnest($1::text[])::type, ...`. `cols` are indexes into `t.columns`, in
+/// the order of the arrays. Without `ON CONFLICT`: a row that exists fails
+/// the statement (a unique violation, as any other error on the fast path),
+/// so the apply rolls back and takes the careful path, which records the
+/// conflict. (A plain insert costs less than a speculative one.)
+pub fn insert_set_sql(t: &TableInfo, cols: &[usize]) -> String {
+    let names: Vec<String> = cols
+        .iter()
+        .map(|&c| quote_ident(&t.columns[c].name))
+        .collect();
+    let values: Vec<String> = cols
+        .iter()
+        .enumerate()
+        .map(|(i, &c)| unnest_cast(t, i + 1, c))
+        .collect();
+    format!(
+        "INSERT INTO {} ({}) SELECT {}",
+        t.qualified,
+        names.join(", "),
+        values.join(", ")
+    )
+}
+
+/// Many rows of [`update`] by an unchanged key: `UPDATE t AS r SET col =
+/// v.s1, ... FROM (SELECT unnest($1::text[])::type AS s1, ...) AS v WHERE
+/// r.key = v.k1`. The arrays are `set` (indexes into `t.columns`) then
+/// `key`. Every row's key must be distinct: the count is the rows found, and
+/// a missing one is a conflict.
+pub fn update_set_sql(t: &TableInfo, set: &[usize], key: &[usize]) -> String {
+    let values: Vec<String> = set
+        .iter()
+        .enumerate()
+        .map(|(i, &c)| format!("{} AS s{}", unnest_cast(t, i + 1, c), i + 1))
+        .collect();
+    let sets: Vec<String> = set
+        .iter()
+        .enumerate()
+        .map(|(i, &c)| format!("{} = v.s{}", quote_ident(&t.columns[c].name), i + 1))
+        .collect();
+    let (rows, join) = key_rows(t, key, set.len() + 1, &values);
+    format!(
+        "UPDATE {} AS r SET {} FROM {rows} WHERE {join}",
+        t.qualified,
+        sets.join(", ")
+    )
+}
+
+/// Many rows of [`delete`]: `DELETE FROM t AS r USING (SELECT
+/// unnest($1::text[])::type AS k1) AS v WHERE r.key = v.k1`. Every row's key
+/// must be distinct.
+pub fn delete_set_sql(t: &TableInfo, key: &[usize]) -> String {
+    let (rows, join) = key_rows(t, key, 1, &[]);
+    format!("DELETE FROM {} AS r USING {rows} WHERE {join}", t.qualified)
+}
+
 /// `SELECT <expr> FROM table r WHERE key` for the row a change is about.
 fn select_by_key(
     t: &TableInfo,
@@ -335,6 +447,7 @@ mod tests {
                     key: false,
                 },
             ],
+            replica_triggers: false,
         }
     }
 
@@ -425,6 +538,45 @@ mod tests {
         assert!(matches!(
             delete(&nokey, &rel(), &old),
             Err(ShapeError::NoPrimaryKey { .. })
+        ));
+    }
+
+    #[test]
+    fn set_statements_unnest_text_arrays_and_cast_by_the_target() {
+        let t = table();
+        assert_eq!(
+            insert_set_sql(&t, &[0, 1, 2]),
+            "INSERT INTO \"public\".\"orders\" (\"id\", \"note\", \"big\") \
+             SELECT unnest($1::text[])::bigint, unnest($2::text[])::text, unnest($3::text[])::text"
+        );
+        // The set columns' arrays first, then the key's.
+        assert_eq!(
+            update_set_sql(&t, &[1, 2], &[0]),
+            "UPDATE \"public\".\"orders\" AS r SET \"note\" = v.s1, \"big\" = v.s2 \
+             FROM (SELECT unnest($1::text[])::text AS s1, unnest($2::text[])::text AS s2, \
+             unnest($3::text[])::bigint AS k1) AS v WHERE r.\"id\" = v.k1"
+        );
+        assert_eq!(
+            delete_set_sql(&t, &[0]),
+            "DELETE FROM \"public\".\"orders\" AS r \
+             USING (SELECT unnest($1::text[])::bigint AS k1) AS v WHERE r.\"id\" = v.k1"
+        );
+    }
+
+    #[test]
+    fn set_statements_join_every_key_column() {
+        let mut t = table();
+        t.columns[1].key = true;
+        assert_eq!(
+            delete_set_sql(&t, &[0, 1]),
+            "DELETE FROM \"public\".\"orders\" AS r \
+             USING (SELECT unnest($1::text[])::bigint AS k1, unnest($2::text[])::text AS k2) AS v \
+             WHERE r.\"id\" = v.k1 AND r.\"note\" = v.k2"
+        );
+        assert!(update_set_sql(&t, &[2], &[0, 1]).ends_with(
+            "SET \"big\" = v.s1 FROM (SELECT unnest($1::text[])::text AS s1, \
+             unnest($2::text[])::bigint AS k1, unnest($3::text[])::text AS k2) AS v \
+             WHERE r.\"id\" = v.k1 AND r.\"note\" = v.k2"
         ));
     }
 
