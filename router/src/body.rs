@@ -1,21 +1,91 @@
-//! The body type the router passes around: any streaming body of `Bytes`,
-//! boxed, so requests and responses stream through without buffering.
+//! The body type the router passes around: requests and responses stream
+//! through without buffering.
+//!
+//! [`Body`] is an enum rather than one boxed trait object: the two bodies of
+//! almost every proxied exchange (an empty upstream request body, the
+//! upstream's response) then cost no allocation and no virtual call; only
+//! the rare ones (a request body streamed through the size limit, an HTTP/2
+//! upstream's response) are boxed.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
+use hyper::body::{Frame, Incoming, SizeHint};
+
+use crate::client::{Checkin, RawBody};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-pub type Body = BoxBody<Bytes, BoxError>;
+
+/// A request or response body.
+pub struct Body {
+    kind: Kind,
+}
+
+enum Kind {
+    /// A complete body in memory (error responses, admin pages); `None` once
+    /// it has been read, or for an empty body.
+    Full(Option<Bytes>),
+    /// An HTTP/1 upstream's response, streamed; its connection goes back to
+    /// the worker's pool once the body has been read to the end.
+    Upstream(UpstreamBody),
+    /// The same, read by the router's own HTTP/1 exchange.
+    Raw(RawBody),
+    /// Anything else, boxed.
+    Boxed(BoxBody<Bytes, BoxError>),
+}
+
+/// An upstream response body and the pooled connection it arrived on.
+struct UpstreamBody {
+    inner: Incoming,
+    /// Returned to the pool on drop if the body was read to its end (a body
+    /// dropped half-read leaves its connection unusable: it is closed).
+    conn: Option<Checkin>,
+    done: bool,
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            if self.done || hyper::body::Body::is_end_stream(&self.inner) {
+                conn.checkin();
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Body {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match &self.kind {
+            Kind::Full(_) => "full",
+            Kind::Upstream(_) => "upstream",
+            Kind::Raw(_) => "raw",
+            Kind::Boxed(_) => "boxed",
+        };
+        f.debug_struct("Body").field("kind", &kind).finish()
+    }
+}
 
 /// A complete body from bytes.
 pub fn full(b: impl Into<Bytes>) -> Body {
-    Full::new(b.into()).map_err(|never| match never {}).boxed()
+    let b = b.into();
+    Body {
+        kind: Kind::Full((!b.is_empty()).then_some(b)),
+    }
 }
 
 /// An empty body.
 pub fn empty() -> Body {
-    full(Bytes::new())
+    Body {
+        kind: Kind::Full(None),
+    }
+}
+
+/// An upstream response body read by the router's own HTTP/1 exchange.
+pub(crate) fn raw(b: RawBody) -> Body {
+    Body { kind: Kind::Raw(b) }
 }
 
 /// Wraps any body whose error converts into [`BoxError`].
@@ -24,5 +94,84 @@ where
     B: hyper::body::Body<Data = Bytes> + Send + Sync + 'static,
     B::Error: Into<BoxError>,
 {
-    b.map_err(Into::into).boxed()
+    Body {
+        kind: Kind::Boxed(b.map_err(Into::into).boxed()),
+    }
+}
+
+/// An upstream response body; `conn` (if any) is checked back in to its
+/// pool once the body has been read to its end.
+pub(crate) fn upstream(inner: Incoming, conn: Option<Checkin>) -> Body {
+    Body {
+        kind: Kind::Upstream(UpstreamBody {
+            inner,
+            conn,
+            done: false,
+        }),
+    }
+}
+
+impl hyper::body::Body for Body {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match &mut self.get_mut().kind {
+            Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Kind::Upstream(u) => {
+                let r = Pin::new(&mut u.inner).poll_frame(cx);
+                match &r {
+                    Poll::Ready(None) => u.done = true,
+                    Poll::Ready(Some(Err(_))) => {
+                        // The connection failed mid-body: never reuse it.
+                        u.conn = None;
+                    }
+                    _ => {}
+                }
+                r.map(|f| f.map(|f| f.map_err(Into::into)))
+            }
+            Kind::Raw(b) => b.poll_frame(cx),
+            Kind::Boxed(b) => Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Full(b) => b.is_none(),
+            Kind::Upstream(u) => u.done || u.inner.is_end_stream(),
+            Kind::Raw(b) => b.is_end_stream(),
+            Kind::Boxed(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            Kind::Upstream(u) => u.inner.size_hint(),
+            Kind::Raw(b) => b.size_hint(),
+            Kind::Boxed(b) => b.size_hint(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn full_and_empty_bodies() {
+        let b = full("hello");
+        assert!(!hyper::body::Body::is_end_stream(&b));
+        assert_eq!(hyper::body::Body::size_hint(&b).exact(), Some(5));
+        let bytes = b.collect().await.expect("full body").to_bytes();
+        assert_eq!(&bytes[..], b"hello");
+        let e = empty();
+        assert!(hyper::body::Body::is_end_stream(&e));
+        assert_eq!(hyper::body::Body::size_hint(&e).exact(), Some(0));
+        assert!(e.collect().await.expect("empty body").to_bytes().is_empty());
+        assert!(hyper::body::Body::is_end_stream(&full("")));
+    }
 }

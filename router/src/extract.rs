@@ -123,14 +123,17 @@ fn from_path(uri: &Uri, segment: Option<usize>, after: Option<&str>) -> Option<S
 /// The first key found by `sources`, in order.
 pub fn extract(sources: &[KeySource], uri: &Uri, headers: &HeaderMap) -> Option<Key> {
     for source in sources {
-        let found = match source {
+        // Borrowed where it can be: the key is copied once, when accepted.
+        let found: Option<std::borrow::Cow<'_, str>> = match source {
             KeySource::Header { name, .. } => headers
                 .get(name.as_str())
                 .and_then(|v| v.to_str().ok())
-                .map(str::to_string),
-            KeySource::Query { name, .. } => from_query(uri, name),
-            KeySource::Cookie { name, .. } => from_cookie(headers, name),
-            KeySource::Path { segment, after, .. } => from_path(uri, *segment, after.as_deref()),
+                .map(std::borrow::Cow::Borrowed),
+            KeySource::Query { name, .. } => from_query(uri, name).map(Into::into),
+            KeySource::Cookie { name, .. } => from_cookie(headers, name).map(Into::into),
+            KeySource::Path { segment, after, .. } => {
+                from_path(uri, *segment, after.as_deref()).map(Into::into)
+            }
         };
         if let Some(v) = found.as_deref().and_then(accept) {
             return Some(make(source.kind(), v));

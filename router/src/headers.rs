@@ -9,8 +9,11 @@
 //! - `X-Ezone-Hop` lists the sites whose routers already handled the request;
 //!   a router that finds its own site there has found a loop (answered 508).
 //! - `Via`, `X-Forwarded-For` and `X-Forwarded-Proto` are set as a proxy should.
-
-use std::net::IpAddr;
+//!
+//! A forwarded request's fields are written by one function,
+//! [`forwarded_fields`], to either a header map (for hyper) or straight into
+//! the encoded request head (the router's own HTTP/1 exchange), so both paths
+//! follow the same rules.
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
@@ -69,19 +72,6 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     } else {
         headers.remove(header::UPGRADE);
-    }
-}
-
-/// Removes every `X-Ezone-*` header a client could have sent, except the hop
-/// list (which only matters for loop detection and is checked separately).
-pub fn strip_ezone(headers: &mut HeaderMap) {
-    let ours: Vec<HeaderName> = headers
-        .keys()
-        .filter(|k| k.as_str().starts_with("x-ezone-") && **k != X_EZONE_HOP)
-        .cloned()
-        .collect();
-    for k in ours {
-        headers.remove(k);
     }
 }
 
@@ -151,72 +141,156 @@ pub fn peer_decision(headers: &HeaderMap) -> Option<(u32, u64)> {
     Some((shard, num(X_EZONE_EPOCH)?))
 }
 
-/// Appends `site` (and the epoch it decided at) to the hop list.
-pub fn add_hop(headers: &mut HeaderMap, site: &str, epoch: Option<u64>) {
-    let mut h: Vec<String> = hop_entries(headers)
-        .into_iter()
-        .map(|(s, e)| match e {
-            Some(e) => format!("{s}@{e}"),
-            None => s,
-        })
-        .collect();
-    h.push(match epoch {
-        Some(e) => format!("{site}@{e}"),
-        None => site.to_string(),
-    });
-    headers.remove(X_EZONE_HOP);
-    if let Ok(v) = HeaderValue::from_str(&h.join(",")) {
-        headers.insert(X_EZONE_HOP, v);
-    }
+/// The router's part of a forwarded request's head.
+#[derive(Debug, Clone)]
+pub struct Forwarding<'a> {
+    /// `X-Ezone-Site`: the site the request goes to (skipped if it is not a
+    /// valid header value).
+    pub site: &'a str,
+    /// The same, already a header value (the router keeps its own site's).
+    pub site_value: Option<&'a HeaderValue>,
+    /// `X-Ezone-Shard` and `X-Ezone-Epoch`: the shard it was routed by.
+    pub shard: Option<(u32, u64)>,
+    /// The client's address, for `X-Forwarded-For`.
+    pub client: Option<&'a HeaderValue>,
+    /// The client connection is TLS (`X-Forwarded-Proto`).
+    pub tls: bool,
+    /// To another site's router: this site, and the epoch it decided at,
+    /// are appended to `X-Ezone-Hop`. `None`: to an upstream, which gets no
+    /// hop list.
+    pub hop: Option<(&'a str, Option<u64>)>,
+    /// Keep the `Upgrade` handshake (`Connection: upgrade` and `Upgrade`).
+    pub upgrade: bool,
 }
 
-/// Sets the headers that tell the upstream which shard, epoch and site the
-/// router decided on.
-pub fn set_ezone(headers: &mut HeaderMap, site: &str, shard: Option<(u32, u64)>) {
-    if let Ok(v) = HeaderValue::from_str(site) {
-        headers.insert(X_EZONE_SITE, v);
-    }
-    if let Some((id, epoch)) = shard {
-        headers.insert(X_EZONE_SHARD, HeaderValue::from(id));
-        headers.insert(X_EZONE_EPOCH, HeaderValue::from(epoch));
-    }
+/// Where the header fields of a forwarded request go: a [`HeaderMap`] (for
+/// hyper) or an encoded head ([`crate::h1::HeadWriter`]).
+pub trait FieldSink {
+    /// A field with a value as it is.
+    fn field(&mut self, name: &HeaderName, value: &HeaderValue);
+    /// A field whose value is `parts` joined; skipped unless that is a
+    /// valid header value (as [`HeaderValue::from_bytes`] has it).
+    fn field_concat(&mut self, name: &HeaderName, parts: &[&[u8]]);
 }
 
-/// Sets `Via`, `X-Forwarded-For` (appending the client address) and
-/// `X-Forwarded-Proto` (kept if a peer router already set it).
-pub fn set_forwarded(
-    headers: &mut HeaderMap,
-    client: Option<IpAddr>,
-    proto: &str,
-    version: http::Version,
-    from_peer: bool,
-) {
-    let v = match version {
-        http::Version::HTTP_2 => "2",
-        http::Version::HTTP_10 => "1.0",
-        _ => "1.1",
-    };
-    let via = match headers.get(header::VIA).and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {v} ezone"),
-        None => format!("{v} ezone"),
-    };
-    if let Ok(val) = HeaderValue::from_str(&via) {
-        headers.insert(header::VIA, val);
+impl FieldSink for HeaderMap {
+    fn field(&mut self, name: &HeaderName, value: &HeaderValue) {
+        self.append(name.clone(), value.clone());
     }
-    if let Some(ip) = client {
-        let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-            Some(prev) => format!("{prev}, {ip}"),
-            None => ip.to_string(),
-        };
-        if let Ok(val) = HeaderValue::from_str(&xff) {
-            headers.insert(X_FORWARDED_FOR, val);
+
+    fn field_concat(&mut self, name: &HeaderName, parts: &[&[u8]]) {
+        if let Ok(v) = HeaderValue::from_bytes(&parts.concat()) {
+            self.append(name.clone(), v);
         }
     }
-    if !(from_peer && headers.contains_key(&X_FORWARDED_PROTO)) {
-        headers.insert(
-            X_FORWARDED_PROTO,
-            HeaderValue::from_static(if proto == "https" { "https" } else { "http" }),
-        );
+}
+
+/// A number's decimal digits, without allocating.
+fn digits(n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[i..];
+        }
+    }
+}
+
+/// The header fields of a request as the router forwards it, written to
+/// `out`: the client's fields less the hop-by-hop ones (RFC 9110 7.6.1, and
+/// any named in `Connection`; the `Upgrade` handshake kept if asked), less
+/// every `X-Ezone-*` a client could have sent, then the router's own:
+/// `X-Ezone-Site`/`-Shard`/`-Epoch`, `Via` and `X-Forwarded-For` appended to
+/// (their first value), `X-Forwarded-Proto` (a peer router's kept), and the
+/// hop list (appended to, towards a peer router; dropped towards an
+/// upstream). A request that came over HTTP/2 has its authority as `Host`.
+pub fn forwarded_fields(
+    parts: &http::request::Parts,
+    fwd: &Forwarding<'_>,
+    out: &mut impl FieldSink,
+) {
+    let headers = &parts.headers;
+    let from_peer = headers.contains_key(X_EZONE_HOP);
+    let keep_proto = from_peer && headers.contains_key(&X_FORWARDED_PROTO);
+    // Fields named in Connection are hop-by-hop too (rare: no allocation
+    // unless there are some).
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .filter(|n| !(fwd.upgrade && *n == header::UPGRADE))
+        .collect();
+    if !headers.contains_key(header::HOST) {
+        if let Some(a) = parts.uri.authority() {
+            out.field_concat(&header::HOST, &[a.as_str().as_bytes()]);
+        }
+    }
+    for (name, value) in headers {
+        let skip = HOP_BY_HOP.contains(name)
+            || (*name == header::UPGRADE && !fwd.upgrade)
+            || named.contains(name)
+            || name.as_str().starts_with("x-ezone-")
+            || *name == header::VIA
+            || *name == X_FORWARDED_FOR
+            || (*name == X_FORWARDED_PROTO && !keep_proto);
+        if !skip {
+            out.field(name, value);
+        }
+    }
+    if fwd.upgrade {
+        out.field(&header::CONNECTION, &HeaderValue::from_static("upgrade"));
+    }
+    match fwd.site_value {
+        Some(v) => out.field(&X_EZONE_SITE, v),
+        None => out.field_concat(&X_EZONE_SITE, &[fwd.site.as_bytes()]),
+    }
+    if let Some((id, epoch)) = fwd.shard {
+        let mut buf = [0u8; 20];
+        out.field_concat(&X_EZONE_SHARD, &[digits(u64::from(id), &mut buf)]);
+        out.field_concat(&X_EZONE_EPOCH, &[digits(epoch, &mut buf)]);
+    }
+    let ours: &[u8] = match parts.version {
+        http::Version::HTTP_2 => b"2 ezone",
+        http::Version::HTTP_10 => b"1.0 ezone",
+        _ => b"1.1 ezone",
+    };
+    match headers.get(header::VIA).and_then(|v| v.to_str().ok()) {
+        Some(prev) => out.field_concat(&header::VIA, &[prev.as_bytes(), b", ", ours]),
+        None => out.field_concat(&header::VIA, &[ours]),
+    }
+    if let Some(ip) = fwd.client {
+        match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+            Some(prev) => {
+                out.field_concat(&X_FORWARDED_FOR, &[prev.as_bytes(), b", ", ip.as_bytes()])
+            }
+            None => out.field(&X_FORWARDED_FOR, ip),
+        }
+    }
+    if !keep_proto {
+        let proto = if fwd.tls { "https" } else { "http" };
+        out.field(&X_FORWARDED_PROTO, &HeaderValue::from_static(proto));
+    }
+    if let Some((site, epoch)) = fwd.hop {
+        let mut list = String::new();
+        for (s, e) in hop_entries(headers)
+            .into_iter()
+            .chain(std::iter::once((site.to_string(), epoch)))
+        {
+            if !list.is_empty() {
+                list.push(',');
+            }
+            list.push_str(&s);
+            if let Some(e) = e {
+                list.push('@');
+                list.push_str(&e.to_string());
+            }
+        }
+        out.field_concat(&X_EZONE_HOP, &[list.as_bytes()]);
     }
 }
 
@@ -224,15 +298,61 @@ pub fn set_forwarded(
 mod tests {
     use super::*;
 
+    /// A request head with `pairs`, forwarded per `fwd`, as a header map.
+    fn forward(pairs: &[(&str, &str)], version: http::Version, fwd: &Forwarding<'_>) -> HeaderMap {
+        let mut req = http::Request::get("/").version(version);
+        for (k, v) in pairs {
+            req = req.header(*k, *v);
+        }
+        let (parts, ()) = req.body(()).expect("request").into_parts();
+        let mut out = HeaderMap::new();
+        forwarded_fields(&parts, fwd, &mut out);
+        out
+    }
+
+    fn local<'a>(site: &'a str) -> Forwarding<'a> {
+        Forwarding {
+            site,
+            site_value: None,
+            shard: None,
+            client: None,
+            tls: false,
+            hop: None,
+            upgrade: false,
+        }
+    }
+
+    fn hop_list(h: &HeaderMap) -> String {
+        h.get(X_EZONE_HOP)
+            .map(|v| v.to_str().expect("ascii").to_string())
+            .unwrap_or_default()
+    }
+
     #[test]
     fn coming_back_at_a_newer_epoch_is_not_a_loop() {
         // beijing forwarded at epoch 5; shanghai held it, then released it
         // to beijing at epoch 7: not a loop.
-        let mut h = HeaderMap::new();
-        add_hop(&mut h, "beijing", Some(5));
-        h.insert(X_EZONE_EPOCH, HeaderValue::from_static("7"));
-        h.insert(X_EZONE_SHARD, HeaderValue::from_static("1"));
-        add_hop(&mut h, "shanghai", Some(7));
+        let fwd = Forwarding {
+            hop: Some(("beijing", Some(5))),
+            shard: Some((1, 5)),
+            ..local("shanghai")
+        };
+        let h = forward(&[], http::Version::HTTP_11, &fwd);
+        assert_eq!(hop_list(&h), "beijing@5");
+        let fwd = Forwarding {
+            hop: Some(("shanghai", Some(7))),
+            shard: Some((1, 7)),
+            ..local("beijing")
+        };
+        let mut h = forward(
+            &[
+                ("x-ezone-hop", "beijing@5"),
+                ("x-ezone-epoch", "7"),
+                ("x-ezone-shard", "1"),
+            ],
+            http::Version::HTTP_11,
+            &fwd,
+        );
         assert_eq!(hops(&h), vec!["beijing", "shanghai"]);
         assert!(!is_loop(&h, "beijing"));
         // The same epoch back again: the topologies disagree, a loop.
@@ -268,25 +388,34 @@ mod tests {
 
     #[test]
     fn spoofed_ezone_headers_are_removed() {
-        let mut h = map(&[
+        let client = [
             ("X-Ezone-Shard", "99"),
             ("x-ezone-epoch", "12345"),
             ("X-Ezone-Site", "mars"),
             ("X-Ezone-Anything", "x"),
-            ("X-Ezone-Hop", "shanghai"),
             ("X-Other", "keep"),
-        ]);
-        strip_ezone(&mut h);
+        ];
+        let h = forward(&client, http::Version::HTTP_11, &local("beijing"));
         assert!(h.get("x-ezone-shard").is_none());
         assert!(h.get("x-ezone-epoch").is_none());
-        assert!(h.get("x-ezone-site").is_none());
         assert!(h.get("x-ezone-anything").is_none());
-        assert_eq!(h.get("x-ezone-hop").unwrap(), "shanghai");
+        assert_eq!(h.get("x-ezone-site").unwrap(), "beijing");
         assert_eq!(h.get("x-other").unwrap(), "keep");
-        set_ezone(&mut h, "beijing", Some((3, 7)));
+        let fwd = Forwarding {
+            shard: Some((3, 7)),
+            ..local("beijing")
+        };
+        let h = forward(&client, http::Version::HTTP_11, &fwd);
+        assert_eq!(h.get_all("x-ezone-shard").iter().count(), 1);
         assert_eq!(h.get("x-ezone-shard").unwrap(), "3");
         assert_eq!(h.get("x-ezone-epoch").unwrap(), "7");
         assert_eq!(h.get("x-ezone-site").unwrap(), "beijing");
+        // A client's hop list reaches no upstream.
+        let h = forward(&[("X-Ezone-Hop", "shanghai")], http::Version::HTTP_11, &fwd);
+        assert!(h.get("x-ezone-hop").is_none());
+        // A site name that is not a header value is left out, not sent raw.
+        let h = forward(&[], http::Version::HTTP_11, &local("bad\r\nname"));
+        assert!(h.get("x-ezone-site").is_none());
     }
 
     #[test]
@@ -305,31 +434,120 @@ mod tests {
         strip_hop_by_hop(&mut h, true);
         assert_eq!(h.get("upgrade").unwrap(), "websocket");
         assert_eq!(h.get("connection").unwrap(), "upgrade");
+
+        // The same rules for a forwarded request.
+        let client = [
+            ("Connection", "keep-alive, X-Secret"),
+            ("X-Secret", "1"),
+            ("Keep-Alive", "timeout=5"),
+            ("Transfer-Encoding", "chunked"),
+            ("TE", "trailers"),
+            ("Proxy-Authorization", "x"),
+            ("Upgrade", "websocket"),
+            ("Accept", "*/*"),
+        ];
+        let h = forward(&client, http::Version::HTTP_11, &local("beijing"));
+        for gone in [
+            "connection",
+            "x-secret",
+            "keep-alive",
+            "transfer-encoding",
+            "te",
+            "proxy-authorization",
+            "upgrade",
+        ] {
+            assert!(h.get(gone).is_none(), "{gone}: {h:?}");
+        }
+        assert_eq!(h.get("accept").unwrap(), "*/*");
+        let fwd = Forwarding {
+            upgrade: true,
+            ..local("beijing")
+        };
+        let h = forward(
+            &[("Connection", "Upgrade"), ("Upgrade", "websocket")],
+            http::Version::HTTP_11,
+            &fwd,
+        );
+        assert_eq!(h.get("upgrade").unwrap(), "websocket");
+        assert_eq!(h.get("connection").unwrap(), "upgrade");
     }
 
     #[test]
     fn loops_are_detected() {
-        let mut h = HeaderMap::new();
+        let h = HeaderMap::new();
         assert!(!is_loop(&h, "beijing"));
-        add_hop(&mut h, "beijing", None);
+        let fwd = Forwarding {
+            hop: Some(("beijing", None)),
+            ..local("shanghai")
+        };
+        let h = forward(&[], http::Version::HTTP_11, &fwd);
         assert!(!is_loop(&h, "shanghai"));
-        add_hop(&mut h, "shanghai", None);
+        let fwd = Forwarding {
+            hop: Some(("shanghai", None)),
+            ..local("beijing")
+        };
+        let h = forward(&[("x-ezone-hop", "beijing")], http::Version::HTTP_11, &fwd);
         assert_eq!(h.get("x-ezone-hop").unwrap(), "beijing,shanghai");
         assert!(is_loop(&h, "beijing"));
     }
 
     #[test]
     fn forwarded_headers() {
-        let mut h = map(&[("X-Forwarded-For", "10.0.0.1")]);
-        set_forwarded(
-            &mut h,
-            Some("127.0.0.2".parse().unwrap()),
-            "https",
+        let ip = HeaderValue::from_static("127.0.0.2");
+        let fwd = Forwarding {
+            client: Some(&ip),
+            tls: true,
+            ..local("beijing")
+        };
+        let h = forward(
+            &[("X-Forwarded-For", "10.0.0.1")],
             http::Version::HTTP_2,
-            false,
+            &fwd,
         );
         assert_eq!(h.get("x-forwarded-for").unwrap(), "10.0.0.1, 127.0.0.2");
         assert_eq!(h.get("x-forwarded-proto").unwrap(), "https");
         assert_eq!(h.get("via").unwrap(), "2 ezone");
+        let h = forward(
+            &[("Via", "1.1 cdn"), ("X-Forwarded-Proto", "https")],
+            http::Version::HTTP_11,
+            &Forwarding {
+                tls: false,
+                ..fwd.clone()
+            },
+        );
+        assert_eq!(h.get("via").unwrap(), "1.1 cdn, 1.1 ezone");
+        assert_eq!(h.get("x-forwarded-for").unwrap(), "127.0.0.2");
+        assert_eq!(
+            h.get("x-forwarded-proto").unwrap(),
+            "http",
+            "a client's is replaced"
+        );
+        // A peer router's is kept.
+        let h = forward(
+            &[("X-Forwarded-Proto", "https"), ("x-ezone-hop", "shanghai")],
+            http::Version::HTTP_11,
+            &Forwarding { tls: false, ..fwd },
+        );
+        assert_eq!(h.get("x-forwarded-proto").unwrap(), "https");
+    }
+
+    #[test]
+    fn http2_authority_becomes_the_host() {
+        let (parts, ()) = http::Request::get("https://orders.example/a")
+            .version(http::Version::HTTP_2)
+            .body(())
+            .expect("request")
+            .into_parts();
+        let mut h = HeaderMap::new();
+        forwarded_fields(&parts, &local("beijing"), &mut h);
+        assert_eq!(h.get("host").unwrap(), "orders.example");
+    }
+
+    #[test]
+    fn digits_are_decimal() {
+        let mut buf = [0u8; 20];
+        assert_eq!(digits(0, &mut buf), b"0");
+        assert_eq!(digits(1234567890, &mut buf), b"1234567890");
+        assert_eq!(digits(u64::MAX, &mut buf), b"18446744073709551615");
     }
 }

@@ -13,8 +13,22 @@ use crate::body;
 use crate::metrics::EndpointLabels;
 use crate::proxy::Router;
 
-/// Runs until the router is dropped (holds only a weak reference).
+/// Runs until the router is dropped (holds only a weak reference). The
+/// first round runs as soon as a topology is loaded (not an interval after
+/// the first look found none), so health is known from the start.
 pub async fn run(router: std::sync::Weak<Router>) {
+    loop {
+        let Some(r) = router.upgrade() else { return };
+        if r.watcher.current().is_some() {
+            break;
+        }
+        let mut changes = r.watcher.subscribe();
+        let interval = Duration::from_millis(r.cfg.upstream.health_interval_ms);
+        drop(r);
+        // Woken by the first snapshot; the interval bounds the wait in case
+        // the watcher is gone.
+        let _ = tokio::time::timeout(interval, changes.changed()).await;
+    }
     loop {
         let Some(r) = router.upgrade() else { return };
         let interval = Duration::from_millis(r.cfg.upstream.health_interval_ms);

@@ -8,9 +8,11 @@
 
 pub mod admin;
 pub mod body;
+pub mod client;
 pub mod config;
 pub mod decide;
 pub mod extract;
+pub mod h1;
 pub mod headers;
 pub mod health;
 pub mod hold;

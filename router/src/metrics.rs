@@ -4,6 +4,12 @@
 //! run in one test process). Label sets are bounded: site and shard come from
 //! the topology, status is an HTTP status code; city ids, user ids and paths
 //! never become labels.
+//!
+//! The two metrics every request updates (`requests_total` and
+//! `request_seconds`) are kept in one cell per worker thread and summed when
+//! scraped ([`ShardedCounter`], [`ShardedHistogram`]): a shared counter or a
+//! histogram behind one lock would have every worker write the same cache
+//! line for every request.
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
@@ -11,7 +17,13 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-use std::sync::atomic::AtomicU64;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::family::MetricConstructor;
+use prometheus_client::metrics::{MetricType, TypedMetric};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -53,18 +65,162 @@ pub struct EndpointLabels {
     pub endpoint: String,
 }
 
-fn latency() -> Histogram {
-    // 0.5 ms .. ~16 s.
-    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+/// The latency buckets: 0.5 ms .. ~16 s.
+fn latency_buckets() -> impl Iterator<Item = f64> {
+    exponential_buckets(0.0005, 2.0, 16)
 }
 
-type HistFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+fn latency() -> Histogram {
+    Histogram::new(latency_buckets())
+}
+
+/// A value on a cache line of its own.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Padded<T>(T);
+
+/// A counter with one cell per worker (see the module docs).
+#[derive(Debug, Clone)]
+pub struct ShardedCounter {
+    cells: Arc<[Padded<AtomicU64>]>,
+}
+
+impl ShardedCounter {
+    fn new(shards: usize) -> ShardedCounter {
+        ShardedCounter {
+            cells: (0..shards.max(1)).map(|_| Padded::default()).collect(),
+        }
+    }
+
+    /// Adds one in `shard`'s cell.
+    pub fn inc(&self, shard: usize) {
+        if let Some(c) = self.cells.get(shard % self.cells.len()) {
+            c.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn get(&self) -> u64 {
+        self.cells.iter().map(|c| c.0.load(Ordering::Relaxed)).sum()
+    }
+}
+
+impl TypedMetric for ShardedCounter {
+    const TYPE: MetricType = MetricType::Counter;
+}
+
+impl EncodeMetric for ShardedCounter {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        encoder.encode_counter::<NoLabelSet, _, u64>(&self.get(), None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
+
+/// One worker's cell of a [`ShardedHistogram`].
+#[derive(Debug)]
+struct HistogramCell {
+    /// The sum of observations, as `f64` bits.
+    sum: AtomicU64,
+    count: AtomicU64,
+    buckets: Box<[AtomicU64]>,
+}
+
+/// A histogram with one cell per worker (see the module docs).
+#[derive(Debug, Clone)]
+pub struct ShardedHistogram {
+    /// Upper bounds, the last one infinite.
+    bounds: Arc<[f64]>,
+    cells: Arc<[Padded<HistogramCell>]>,
+}
+
+impl ShardedHistogram {
+    fn new(shards: usize, bounds: impl Iterator<Item = f64>) -> ShardedHistogram {
+        let bounds: Arc<[f64]> = bounds
+            .filter(|b| b.is_finite())
+            .chain(std::iter::once(f64::INFINITY))
+            .collect();
+        let cells = (0..shards.max(1))
+            .map(|_| {
+                Padded(HistogramCell {
+                    sum: AtomicU64::new(0f64.to_bits()),
+                    count: AtomicU64::new(0),
+                    buckets: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
+                })
+            })
+            .collect();
+        ShardedHistogram { bounds, cells }
+    }
+
+    /// Records `v` in `shard`'s cell.
+    pub fn observe(&self, shard: usize, v: f64) {
+        let Some(Padded(c)) = self.cells.get(shard % self.cells.len()) else {
+            return;
+        };
+        // Only this worker writes its cell: the update never loops.
+        let _ = c
+            .sum
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
+                Some((f64::from_bits(bits) + v).to_bits())
+            });
+        c.count.fetch_add(1, Ordering::Relaxed);
+        let i = self
+            .bounds
+            .iter()
+            .position(|b| v <= *b)
+            .unwrap_or(self.bounds.len() - 1);
+        if let Some(b) = c.buckets.get(i) {
+            b.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl TypedMetric for ShardedHistogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for ShardedHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let mut sum = 0.0;
+        let mut count = 0;
+        let mut buckets: Vec<(f64, u64)> = self.bounds.iter().map(|b| (*b, 0)).collect();
+        for Padded(c) in self.cells.iter() {
+            sum += f64::from_bits(c.sum.load(Ordering::Relaxed));
+            count += c.count.load(Ordering::Relaxed);
+            for (slot, n) in buckets.iter_mut().zip(c.buckets.iter()) {
+                slot.1 += n.load(Ordering::Relaxed);
+            }
+        }
+        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
+
+/// Makes a family's sharded metrics, one cell per worker.
+#[derive(Debug, Clone, Copy)]
+pub struct Shards(usize);
+
+impl MetricConstructor<ShardedCounter> for Shards {
+    fn new_metric(&self) -> ShardedCounter {
+        ShardedCounter::new(self.0)
+    }
+}
+
+impl MetricConstructor<ShardedHistogram> for Shards {
+    fn new_metric(&self) -> ShardedHistogram {
+        ShardedHistogram::new(self.0, latency_buckets())
+    }
+}
 
 /// Every metric the router exports.
 pub struct Metrics {
     registry: Registry,
-    pub requests: Family<RequestLabels, Counter>,
-    pub request_seconds: HistFamily<SiteLabels>,
+    pub requests: Family<RequestLabels, ShardedCounter, Shards>,
+    pub request_seconds: Family<SiteLabels, ShardedHistogram, Shards>,
     pub held: Gauge,
     pub hold_seconds: Histogram,
     pub hold_outcomes: Family<HoldLabels, Counter>,
@@ -82,11 +238,18 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Metrics for a router with one worker.
     pub fn new() -> Metrics {
+        Metrics::with_workers(1)
+    }
+
+    /// Metrics for a router with `workers` worker threads (each gets its own
+    /// cells of the per-request metrics).
+    pub fn with_workers(workers: usize) -> Metrics {
         let mut registry = Registry::with_prefix("ezone_router");
         let m = Metrics {
-            requests: Family::default(),
-            request_seconds: HistFamily::new_with_constructor(latency),
+            requests: Family::new_with_constructor(Shards(workers.max(1))),
+            request_seconds: Family::new_with_constructor(Shards(workers.max(1))),
             held: Gauge::default(),
             hold_seconds: latency(),
             hold_outcomes: Family::default(),
@@ -192,8 +355,119 @@ impl Metrics {
     }
 }
 
+/// One site's request metrics, as resolved from the families.
+struct SiteStats {
+    seconds: ShardedHistogram,
+    /// By (shard, status).
+    requests: HashMap<(Option<u32>, u16), ShardedCounter>,
+}
+
+/// One worker's handles on the per-request metrics
+/// (`requests_total{site,shard,status}` and `request_seconds{site}`).
+///
+/// A family lookup builds its label set (the site and the shard as
+/// strings), hashes it and takes the family's lock, shared by every worker;
+/// doing that twice per request cost more than the rest of the bookkeeping.
+/// Each worker resolves a label set once and keeps the handle (metrics are
+/// reference-counted cells: the family still exports them). The cache holds
+/// one entry per label set the family holds, so it is bounded the same way
+/// (sites and shards from the topology, status codes).
+#[derive(Default)]
+pub struct RequestStats {
+    /// This worker's cell in the sharded metrics.
+    shard: usize,
+    sites: Mutex<HashMap<String, SiteStats>>,
+}
+
+impl RequestStats {
+    /// The stats of worker number `shard`.
+    pub fn new(shard: usize) -> RequestStats {
+        RequestStats {
+            shard,
+            sites: Mutex::default(),
+        }
+    }
+
+    /// Counts one answered request and its duration.
+    pub fn record(&self, m: &Metrics, site: &str, shard: Option<u32>, status: u16, seconds: f64) {
+        let mut sites = self.sites.lock().unwrap_or_else(|p| p.into_inner());
+        if !sites.contains_key(site) {
+            let seconds = m
+                .request_seconds
+                .get_or_create(&SiteLabels {
+                    site: site.to_string(),
+                })
+                .clone();
+            sites.insert(
+                site.to_string(),
+                SiteStats {
+                    seconds,
+                    requests: HashMap::new(),
+                },
+            );
+        }
+        let Some(s) = sites.get_mut(site) else {
+            return;
+        };
+        s.seconds.observe(self.shard, seconds);
+        s.requests
+            .entry((shard, status))
+            .or_insert_with(|| {
+                m.requests
+                    .get_or_create(&RequestLabels {
+                        site: site.to_string(),
+                        shard: shard.map_or_else(|| "none".to_string(), |s| s.to_string()),
+                        status,
+                    })
+                    .clone()
+            })
+            .inc(self.shard);
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worker_stats_land_in_the_exported_families() {
+        let m = Metrics::with_workers(2);
+        let a = RequestStats::new(0);
+        let b = RequestStats::new(1);
+        a.record(&m, "beijing", Some(3), 200, 0.001);
+        a.record(&m, "beijing", Some(3), 200, 0.001);
+        b.record(&m, "beijing", Some(3), 200, 0.001);
+        b.record(&m, "none", None, 400, 0.0);
+        let text = m.render();
+        assert!(
+            text.contains(
+                r#"ezone_router_requests_total{site="beijing",shard="3",status="200"} 3"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"ezone_router_requests_total{site="none",shard="none",status="400"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"ezone_router_request_seconds_count{site="beijing"} 3"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"ezone_router_request_seconds_bucket{le="0.001",site="beijing"} 3"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"ezone_router_request_seconds_sum{site="beijing"} 0.003"#),
+            "{text}"
+        );
     }
 }

@@ -6,6 +6,14 @@
 //! `router` for cross-site forwarding) whenever it changes; an endpoint that
 //! survives a rebuild keeps its counters. Health checks live in
 //! [`crate::health`]; this module only holds the state they write.
+//!
+//! What every worker must agree on (health, ejection) is shared
+//! ([`Endpoint`]); what changes with every request (requests in flight, for
+//! the balancing) is counted by each worker for itself (in
+//! [`crate::client`]'s per-address state), so the request path writes no
+//! memory another worker reads: each worker balances its own requests, as
+//! nginx's worker processes do. A worker keeps its own handles on the shared
+//! endpoints and refreshes them when [`Endpoints::generation`] moves.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
@@ -19,7 +27,6 @@ use tokio::time::Instant;
 #[derive(Debug)]
 pub struct Endpoint {
     pub addr: String,
-    in_flight: AtomicU32,
     consecutive_failures: AtomicU32,
     /// Passive ejection: until when (ms since `epoch`), 0 = not ejected.
     ejected_until_ms: AtomicU64,
@@ -32,7 +39,6 @@ impl Endpoint {
     pub fn new(addr: &str) -> Endpoint {
         Endpoint {
             addr: addr.to_string(),
-            in_flight: AtomicU32::new(0),
             consecutive_failures: AtomicU32::new(0),
             ejected_until_ms: AtomicU64::new(0),
             healthy: AtomicBool::new(true),
@@ -42,10 +48,6 @@ impl Endpoint {
 
     fn now_ms(&self) -> u64 {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
-    }
-
-    pub fn in_flight(&self) -> u32 {
-        self.in_flight.load(Ordering::Relaxed)
     }
 
     pub fn is_ejected(&self) -> bool {
@@ -75,7 +77,11 @@ impl Endpoint {
 
     /// A request to this endpoint succeeded (any response from it).
     pub fn record_success(&self) {
-        self.consecutive_failures.store(0, Ordering::Relaxed);
+        // Read first: a store on every request would have every worker
+        // write this cache line.
+        if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
+            self.consecutive_failures.store(0, Ordering::Relaxed);
+        }
     }
 
     /// A request failed at the connection level (connect error, reset,
@@ -91,33 +97,32 @@ impl Endpoint {
             tracing::warn!(endpoint = %self.addr, failures = n, "Upstream ejected after consecutive failures.");
         }
     }
-
-    /// Counts a request in flight until the guard is dropped.
-    pub fn start(self: &Arc<Self>) -> InFlight {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(self.clone())
-    }
 }
 
-/// Decrements the endpoint's in-flight count on drop.
+/// Counts a request in flight (on a worker's counter) until dropped.
 #[derive(Debug)]
-pub struct InFlight(Arc<Endpoint>);
+pub struct InFlight<'a>(&'a AtomicU32);
 
-impl InFlight {
-    pub fn endpoint(&self) -> &Arc<Endpoint> {
-        &self.0
+impl<'a> InFlight<'a> {
+    pub fn start(counter: &'a AtomicU32) -> InFlight<'a> {
+        counter.fetch_add(1, Ordering::Relaxed);
+        InFlight(counter)
     }
 }
 
-impl Drop for InFlight {
+impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 /// Power of two choices among `candidates`: two distinct random picks, the
-/// one with fewer requests in flight wins. Pure apart from the RNG.
-pub fn p2c<'a, R: Rng>(candidates: &[&'a Arc<Endpoint>], rng: &mut R) -> Option<&'a Arc<Endpoint>> {
+/// one with fewer requests in flight (`load`) wins. Pure apart from the RNG.
+pub fn p2c<'a, T, R: Rng>(
+    candidates: &[&'a T],
+    load: impl Fn(&T) -> u32,
+    rng: &mut R,
+) -> Option<&'a T> {
     match candidates.len() {
         0 => None,
         1 => Some(candidates[0]),
@@ -128,7 +133,7 @@ pub fn p2c<'a, R: Rng>(candidates: &[&'a Arc<Endpoint>], rng: &mut R) -> Option<
                 b += 1;
             }
             let (x, y) = (candidates[a], candidates[b]);
-            Some(if y.in_flight() < x.in_flight() { y } else { x })
+            Some(if load(y) < load(x) { y } else { x })
         }
     }
 }
@@ -139,6 +144,9 @@ pub fn p2c<'a, R: Rng>(candidates: &[&'a Arc<Endpoint>], rng: &mut R) -> Option<
 #[derive(Debug, Default)]
 pub struct Endpoints {
     by_addr: RwLock<HashMap<String, Arc<Endpoint>>>,
+    /// Moves whenever an endpoint is dropped: workers' handles on the old
+    /// one must be refreshed.
+    generation: AtomicU64,
 }
 
 impl Endpoints {
@@ -159,32 +167,46 @@ impl Endpoints {
     /// Keeps only the endpoints in `addrs` (called on topology change).
     pub fn retain(&self, addrs: &[String]) {
         let mut map = self.by_addr.write().unwrap_or_else(|p| p.into_inner());
+        let before = map.len();
         map.retain(|a, _| addrs.contains(a));
+        if map.len() != before {
+            self.generation.fetch_add(1, Ordering::Release);
+        }
+    }
+
+    /// Moves when an endpoint has been dropped (see [`Self::retain`]).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     pub fn all(&self) -> Vec<Arc<Endpoint>> {
         let map = self.by_addr.read().unwrap_or_else(|p| p.into_inner());
         map.values().cloned().collect()
     }
+}
 
-    /// Picks one of `addrs`: p2c among available endpoints; if none is
-    /// available, among all of them (a "panic mode" as in Envoy: better to
-    /// try a suspect endpoint than to fail every request).
-    pub fn pick(&self, addrs: &[String]) -> Option<Arc<Endpoint>> {
-        // The common single-endpoint case needs no choice (and no allocation).
-        if let [only] = addrs {
-            return Some(self.get(only));
-        }
-        let eps: Vec<Arc<Endpoint>> = addrs.iter().map(|a| self.get(a)).collect();
-        let available: Vec<&Arc<Endpoint>> = eps.iter().filter(|e| e.is_available()).collect();
-        let mut rng = rand::thread_rng();
-        let chosen = if available.is_empty() {
-            let all: Vec<&Arc<Endpoint>> = eps.iter().collect();
-            p2c(&all, &mut rng)
-        } else {
-            p2c(&available, &mut rng)
-        };
-        chosen.cloned()
+/// Picks one of `candidates`: p2c (on `load`) among the available ones; if
+/// none is available, among all of them (a "panic mode" as in Envoy: better
+/// to try a suspect endpoint than to fail every request).
+pub fn pick<'a, T>(
+    candidates: &[&'a T],
+    endpoint: impl Fn(&T) -> &Endpoint,
+    load: impl Fn(&T) -> u32,
+) -> Option<&'a T> {
+    // The common single-endpoint case needs no choice (and no allocation).
+    if let [only] = candidates {
+        return Some(only);
+    }
+    let available: Vec<&'a T> = candidates
+        .iter()
+        .copied()
+        .filter(|c| endpoint(c).is_available())
+        .collect();
+    let mut rng = rand::thread_rng();
+    if available.is_empty() {
+        p2c(candidates, load, &mut rng)
+    } else {
+        p2c(&available, load, &mut rng)
     }
 }
 
@@ -235,30 +257,39 @@ mod tests {
     use super::*;
     use rand::SeedableRng;
 
+    /// An endpoint and a load, for the balancing tests.
+    struct E(Arc<Endpoint>, AtomicU32);
+
+    fn e(addr: &str) -> E {
+        E(Arc::new(Endpoint::new(addr)), AtomicU32::new(0))
+    }
+
+    fn load(x: &E) -> u32 {
+        x.1.load(Ordering::Relaxed)
+    }
+
     #[test]
     fn p2c_prefers_the_less_loaded() {
-        let a = Arc::new(Endpoint::new("a"));
-        let b = Arc::new(Endpoint::new("b"));
-        let _busy: Vec<InFlight> = (0..5).map(|_| a.start()).collect();
+        let a = e("a");
+        let b = e("b");
+        let busy: Vec<InFlight> = (0..5).map(|_| InFlight::start(&a.1)).collect();
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         for _ in 0..100 {
-            let c = p2c(&[&a, &b], &mut rng).unwrap();
-            assert_eq!(c.addr, "b");
+            let c = p2c(&[&a, &b], load, &mut rng).unwrap();
+            assert_eq!(c.0.addr, "b");
         }
-        drop(_busy);
-        assert_eq!(a.in_flight(), 0);
+        drop(busy);
+        assert_eq!(load(&a), 0);
     }
 
     #[test]
     fn p2c_spreads_over_many() {
-        let eps: Vec<Arc<Endpoint>> = (0..4)
-            .map(|i| Arc::new(Endpoint::new(&i.to_string())))
-            .collect();
-        let refs: Vec<&Arc<Endpoint>> = eps.iter().collect();
+        let eps: Vec<E> = (0..4).map(|i| e(&i.to_string())).collect();
+        let refs: Vec<&E> = eps.iter().collect();
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
         let mut seen = std::collections::HashSet::new();
         for _ in 0..200 {
-            seen.insert(p2c(&refs, &mut rng).unwrap().addr.clone());
+            seen.insert(p2c(&refs, load, &mut rng).unwrap().0.addr.clone());
         }
         assert_eq!(seen.len(), 4);
     }
@@ -283,15 +314,34 @@ mod tests {
 
     #[test]
     fn pick_avoids_unavailable_but_never_returns_nothing() {
-        let pool = Endpoints::default();
-        let addrs = vec!["a".to_string(), "b".to_string()];
-        pool.get("a").set_healthy(false);
+        let (a, b) = (e("a"), e("b"));
+        let both = [&a, &b];
+        a.0.set_healthy(false);
         for _ in 0..50 {
-            assert_eq!(pool.pick(&addrs).unwrap().addr, "b");
+            assert_eq!(pick(&both, |x| &*x.0, load).unwrap().0.addr, "b");
         }
-        pool.get("b").set_healthy(false);
-        assert!(pool.pick(&addrs).is_some(), "panic mode still picks");
-        assert!(pool.pick(&[]).is_none());
+        b.0.set_healthy(false);
+        assert!(
+            pick(&both, |x| &*x.0, load).is_some(),
+            "panic mode still picks"
+        );
+        assert!(pick::<E>(&[], |x| &*x.0, load).is_none());
+    }
+
+    #[test]
+    fn dropping_an_endpoint_moves_the_generation() {
+        let pool = Endpoints::default();
+        let a = pool.get("a");
+        pool.get("b");
+        let g = pool.generation();
+        pool.retain(&["a".to_string(), "b".to_string()]);
+        assert_eq!(pool.generation(), g, "nothing dropped");
+        pool.retain(&["a".to_string()]);
+        assert_ne!(pool.generation(), g);
+        assert!(
+            Arc::ptr_eq(&a, &pool.get("a")),
+            "a survivor keeps its state"
+        );
     }
 
     #[test]
