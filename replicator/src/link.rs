@@ -61,6 +61,9 @@ pub struct LinkConfig {
 pub struct LinkStats {
     pub applied_txns: AtomicU64,
     pub applied_rows: AtomicU64,
+    /// Target transactions that applied source transactions (batches):
+    /// rows per batch is `applied_rows / applied_batches`.
+    pub applied_batches: AtomicU64,
     pub skipped_origin_txns: AtomicU64,
     pub conflicts: AtomicU64,
     pub markers: AtomicU64,
@@ -529,6 +532,9 @@ fn finished(
     stats
         .applied_rows
         .fetch_add(done.applied.rows, Ordering::Relaxed);
+    if done.applied_txns > 0 {
+        stats.applied_batches.fetch_add(1, Ordering::Relaxed);
+    }
     stats
         .conflicts
         .fetch_add(done.applied.conflicts, Ordering::Relaxed);

@@ -265,11 +265,14 @@ type MetricDef = (
 );
 
 /// Every per-link metric, in the order exported.
-const METRICS: [MetricDef; 10] = [
+const METRICS: [MetricDef; 11] = [
     ("ezone_replicator_applied_transactions_total", "Source transactions applied", "counter",
         |s| s.applied_txns.load(Ordering::Relaxed).to_string()),
     ("ezone_replicator_applied_rows_total", "Row changes applied", "counter",
         |s| s.applied_rows.load(Ordering::Relaxed).to_string()),
+    ("ezone_replicator_applied_batches_total",
+        "Target transactions that applied source transactions (consecutive ones are batched)", "counter",
+        |s| s.applied_batches.load(Ordering::Relaxed).to_string()),
     ("ezone_replicator_skipped_origin_transactions_total",
         "Transactions not sent on because they carry an origin (loop prevention)", "counter",
         |s| s.skipped_origin_txns.load(Ordering::Relaxed).to_string()),

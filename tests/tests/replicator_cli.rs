@@ -164,6 +164,17 @@ async fn replicators_converge_through_kill_and_partition() {
                 m.contains("ezone_replicator_applied_rows_total{link=\"shanghai->beijing\"} 150"),
                 "{m}"
             );
+            // Batched: at least one target transaction, at most one per row.
+            let batches: u64 = m
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix(
+                        "ezone_replicator_applied_batches_total{link=\"shanghai->beijing\"} ",
+                    )
+                })
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or_else(|| panic!("no batch count in {m}"));
+            assert!((1..=150).contains(&batches), "{batches} batches: {m}");
             break;
         }
         assert!(

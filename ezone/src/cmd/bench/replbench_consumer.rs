@@ -151,7 +151,7 @@ impl Consumer {
                 let text = format!(
                     "site = {dst:?}\ntables = {tables:?}\npublication = {PUBLICATION:?}\n\
                      target_dsn = {target_dsn:?}\n[topology]\nfile = {file:?}\n\
-                     [sources.{src}]\ndsn = {source:?}\n",
+                     [admin]\nlisten = \"127.0.0.1:0\"\n[sources.{src}]\ndsn = {source:?}\n",
                     tables = TABLES,
                     file = topology.display().to_string(),
                     source = at.source_dsn,
@@ -194,7 +194,7 @@ impl Consumer {
                 .args(["replicator", "--config"])
                 .arg(config.as_path())
                 .env("EZONE_LOG", "warn")
-                .stdout_file(at.dir.join(format!("replicator-{}.out", at.run)));
+                .stdout_file(ready_file(at));
                 *child = Some(Box::new(
                     ChildProcess::spawn(spec).context("starting ezone replicator")?,
                 ));
@@ -312,6 +312,33 @@ impl Consumer {
         }
     }
 
+    /// ezone's target transactions so far (its `applied_batches_total`
+    /// over all links, from `/metrics`); `None` for native.
+    pub async fn batches(&self, at: &RunPlace<'_>) -> anyhow::Result<Option<u64>> {
+        if !matches!(self, Consumer::Ezone { .. }) {
+            return Ok(None);
+        }
+        let path = ready_file(at);
+        let text = std::fs::read_to_string(&path).with_context(|| {
+            format!("reading the replicator's ready line in {}", path.display())
+        })?;
+        let ready: serde_json::Value = text
+            .lines()
+            .next()
+            .and_then(|l| serde_json::from_str(l).ok())
+            .with_context(|| format!("no JSON ready line in {}: {text:?}", path.display()))?;
+        let admin = ready["admin"]
+            .as_str()
+            .with_context(|| format!("no admin address in the ready line {ready}"))?;
+        let metrics = http_get(admin, "/metrics").await?;
+        let total = metrics
+            .lines()
+            .filter(|l| l.starts_with("ezone_replicator_applied_batches_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.trim().parse::<u64>().ok())
+            .sum();
+        Ok(Some(total))
+    }
+
     /// Stops consuming and drops the slot (and, for ezone, its origin).
     pub async fn stop(self, at: &RunPlace<'_>) -> anyhow::Result<()> {
         match self {
@@ -416,6 +443,34 @@ fn parse_pid(out: &str) -> anyhow::Result<Option<u32>> {
             .parse::<u32>()
             .map(Some)
             .with_context(|| format!("{p:?} is not a pid")),
+    }
+}
+
+/// Where the replicator's stdout (its JSON ready line) goes.
+fn ready_file(at: &RunPlace<'_>) -> PathBuf {
+    at.dir.join(format!("replicator-{}.out", at.run))
+}
+
+/// The body of `GET path` from a plain HTTP/1.0 server at `addr`.
+async fn http_get(addr: &str, path: &str) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("connecting to the replicator's admin listener {addr}"))?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .with_context(|| format!("asking {addr} for {path}"))?;
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+        .await
+        .with_context(|| format!("{addr} did not answer {path} within 10 s"))?
+        .with_context(|| format!("reading {path} from {addr}"))?;
+    let text = String::from_utf8_lossy(&out);
+    match text.split_once("\r\n\r\n") {
+        Some((head, body)) if head.starts_with("HTTP/1.") && head.contains(" 200 ") => {
+            Ok(body.to_string())
+        }
+        _ => bail!("{addr} answered {path} with {text:?}"),
     }
 }
 

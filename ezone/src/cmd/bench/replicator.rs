@@ -292,6 +292,8 @@ struct DrainReport {
     rows_per_second: Option<f64>,
     /// Rows over the apply window only (no startup).
     apply_rows_per_second: Option<f64>,
+    /// Target transactions ezone used for the drain (`None` for native).
+    batches: Option<u64>,
     cpu: CpuReport,
 }
 
@@ -559,6 +561,7 @@ async fn one_run(
     let rows = backlog.processed * ROWS_PER_TXN;
     let secs = |a: i64, b: i64| (b - a) as f64 / 1e6;
     let (seconds, apply_seconds) = (secs(t0, last), secs(first, last));
+    let batches = consumer.batches(&at).await?;
     let drain = DrainReport {
         txns: backlog.processed,
         rows,
@@ -570,6 +573,7 @@ async fn one_run(
         txns_per_second: per_second(backlog.processed, seconds),
         rows_per_second: per_second(rows, seconds),
         apply_rows_per_second: per_second(rows, apply_seconds),
+        batches,
         cpu: cpu_report(ctx, &procs, &vec![Some(0); procs.len()], &drain_ticks, rows),
     };
 
@@ -852,8 +856,15 @@ fn print_tables(r: &Report) {
             .zip(&run.steady.cpu.by_process)
             .map(|(d, s)| format!("{} {} / {}", d.role, opt(d.seconds, 2), opt(s.seconds, 2)))
             .collect();
+        let batches = match run.drain.batches {
+            Some(b) if b > 0 => format!(
+                "; drain in {b} target transactions ({:.0} rows each)",
+                run.drain.rows as f64 / b as f64
+            ),
+            _ => String::new(),
+        };
         println!(
-            "  {:<10} {:<7} {}",
+            "  {:<10} {:<7} {}{batches}",
             run.label,
             run.system.name(),
             parts.join(", ")
