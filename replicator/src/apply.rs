@@ -32,7 +32,7 @@ use futures::FutureExt;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, NoTls};
 
-use crate::conflict::{self, Policy, Resolution, ShardKey};
+use crate::conflict::{self, Op, Policy, Resolution, ShardKey};
 use crate::lsn::Lsn;
 use crate::pgoutput::{Relation, TupleData};
 use crate::plan::{self, StepStatement};
@@ -166,6 +166,17 @@ pub struct Applied {
 }
 
 /// The DDL ezone keeps at each target: conflicts and applied markers.
+///
+/// `conflicts.op` is the incoming change's operation (`insert`, `update`,
+/// `delete`: see [`conflict::Op`]). Tables made by an older ezone lack it:
+/// it is added here, where every applier ensures the schema, and their
+/// existing rows keep a NULL op (repair then does what it did before the
+/// column existed: see [`crate::repair::choose`]). The `ALTER` runs only
+/// when the column is missing: even with `IF NOT EXISTS` it takes an
+/// ACCESS EXCLUSIVE lock on the table before looking, so run at every
+/// applier start it would wait behind (and then block) a repair or a
+/// `conflicts list` reading the table. `IF NOT EXISTS` still covers two
+/// appliers adding it at once.
 pub const SCHEMA_SQL: &str = "
 CREATE SCHEMA IF NOT EXISTS ezone_replication;
 CREATE TABLE IF NOT EXISTS ezone_replication.conflicts (
@@ -173,6 +184,7 @@ CREATE TABLE IF NOT EXISTS ezone_replication.conflicts (
     recorded_at timestamptz NOT NULL DEFAULT now(),
     link text NOT NULL,
     kind text NOT NULL,
+    op text,
     relation text NOT NULL,
     source_commit_lsn pg_lsn NOT NULL,
     source_commit_time timestamptz NOT NULL,
@@ -182,6 +194,13 @@ CREATE TABLE IF NOT EXISTS ezone_replication.conflicts (
     resolution text NOT NULL,
     resolved boolean NOT NULL DEFAULT false
 );
+DO $$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_attribute
+                   WHERE attrelid = 'ezone_replication.conflicts'::regclass
+                     AND attname = 'op' AND NOT attisdropped) THEN
+        ALTER TABLE ezone_replication.conflicts ADD COLUMN IF NOT EXISTS op text;
+    END IF;
+END $$;
 CREATE TABLE IF NOT EXISTS ezone_replication.markers (
     link text NOT NULL,
     prefix text NOT NULL,
@@ -278,13 +297,15 @@ fn classify(target: &str, what: &str, e: tokio_postgres::Error) -> ApplyError {
     }
 }
 
-/// Writes one conflict record, with both versions, in the apply transaction.
+/// Writes one conflict record, with both versions and the incoming change's
+/// operation, in the apply transaction.
 #[allow(clippy::too_many_arguments)]
 async fn record(
     tx: &tokio_postgres::Transaction<'_>,
     link: &str,
     target: &str,
     kind: &str,
+    op: Op,
     t: &TableInfo,
     rel: &Relation,
     image: &TupleData,
@@ -304,11 +325,12 @@ async fn record(
     };
     tx.execute(
         "INSERT INTO ezone_replication.conflicts \
-         (link, kind, relation, source_commit_lsn, source_commit_time, remote_row, local_row, reason, resolution) \
-         VALUES ($1, $2, $3, $4::text::pg_lsn, $5, $6::text::jsonb, $7::text::jsonb, $8, $9)",
+         (link, kind, op, relation, source_commit_lsn, source_commit_time, remote_row, local_row, reason, resolution) \
+         VALUES ($1, $2, $3, $4, $5::text::pg_lsn, $6, $7::text::jsonb, $8::text::jsonb, $9, $10)",
         &[
             &link,
             &kind,
+            &op.as_str(),
             &t.qualified,
             &txn.commit.commit_lsn.to_string(),
             &commit_time,
@@ -320,7 +342,7 @@ async fn record(
     )
     .await
     .map_err(|e| classify(target, "recording a conflict", e))?;
-    tracing::warn!(link, kind, relation = %t.qualified, lsn = %txn.commit.commit_lsn, resolution, "Replication conflict recorded.");
+    tracing::warn!(link, kind, op = op.as_str(), relation = %t.qualified, lsn = %txn.commit.commit_lsn, resolution, "Replication conflict recorded.");
     Ok(())
 }
 
@@ -331,6 +353,17 @@ fn row_image(ch: &Change) -> Option<(&Arc<Relation>, &TupleData)> {
         Change::Insert { rel, new } | Change::Update { rel, new, .. } => Some((rel, new)),
         Change::Delete { rel, old } => Some((rel, old.tuple())),
         _ => None,
+    }
+}
+
+/// The operation of a row change, as a conflict records it; `None` for
+/// truncates and messages (never recorded as conflicts).
+fn op_of(ch: &Change) -> Option<Op> {
+    match ch {
+        Change::Insert { .. } => Some(Op::Insert),
+        Change::Update { .. } => Some(Op::Update),
+        Change::Delete { .. } => Some(Op::Delete),
+        Change::Truncate { .. } | Change::Message(_) => None,
     }
 }
 
@@ -853,7 +886,8 @@ impl Applier {
                 // Ownership first: a change made at a site that does not own
                 // the row's shard is a conflict whatever else happens.
                 let mut owner = None;
-                if let (Some(t), Some((rel, image))) = (&shape, row_image(ch)) {
+                if let (Some(t), Some((rel, image)), Some(op)) = (&shape, row_image(ch), op_of(ch))
+                {
                     owner = own.owner(topology, rel, image);
                     if owner.is_none() && own.lacks_key(rel, image) {
                         if let Ok(st) = sql::select_row(t, rel, image) {
@@ -878,6 +912,7 @@ impl Applier {
                             &link,
                             &target,
                             "foreign_shard",
+                            op,
                             t,
                             rel,
                             image,
@@ -927,6 +962,7 @@ impl Applier {
                                 &link,
                                 &target,
                                 "insert_exists",
+                                Op::Insert,
                                 &t,
                                 rel,
                                 new,
@@ -959,6 +995,7 @@ impl Applier {
                         (n == 0).then_some((
                             t,
                             "update_missing",
+                            Op::Update,
                             rel,
                             new,
                             "the row to update does not exist at the target",
@@ -972,6 +1009,7 @@ impl Applier {
                         (n == 0).then_some((
                             t,
                             "delete_missing",
+                            Op::Delete,
                             rel,
                             old.tuple(),
                             "the row to delete does not exist at the target",
@@ -1018,7 +1056,7 @@ impl Applier {
                 };
                 match conflict {
                     None => out.rows += 1,
-                    Some((t, kind, rel, image, reason)) => {
+                    Some((t, kind, op, rel, image, reason)) => {
                         out.conflicts += 1;
                         // A row missing for an update or delete: nothing to keep
                         // or overwrite; the change is recorded, not applied.
@@ -1027,6 +1065,7 @@ impl Applier {
                             &link,
                             &target,
                             kind,
+                            op,
                             &t,
                             rel,
                             image,

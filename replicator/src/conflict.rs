@@ -66,6 +66,48 @@ impl Resolution {
     }
 }
 
+/// The operation of the incoming change a conflict is about, as recorded in
+/// `ezone_replication.conflicts.op`. Only row changes are recorded as
+/// conflicts (a truncate or a message never is), so these are all the kinds.
+///
+/// The `kind` of a conflict says what went wrong (`foreign_shard`,
+/// `insert_exists`, ...); the op says what the source did. Repair needs the
+/// latter: a DELETE under `REPLICA IDENTITY FULL` sends the whole old row,
+/// which otherwise looks like an insert's new row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Insert,
+    Update,
+    Delete,
+}
+
+impl Op {
+    /// As recorded in `ezone_replication.conflicts.op`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Insert => "insert",
+            Op::Update => "update",
+            Op::Delete => "delete",
+        }
+    }
+
+    /// The recorded text back (`None` for anything else).
+    pub fn parse(s: &str) -> Option<Op> {
+        match s {
+            "insert" => Some(Op::Insert),
+            "update" => Some(Op::Update),
+            "delete" => Some(Op::Delete),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Op {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The shard a row's key value maps to.
 pub fn shard_of(t: &Topology, key: &ShardKey, value: &str) -> Option<ShardId> {
     match key.kind {
@@ -149,6 +191,18 @@ mod tests {
         };
         let home = t.user_shard("alice").map(|s| s.home.clone());
         assert_eq!(owner(&t, &user, "alice").map(str::to_string), home);
+    }
+
+    #[test]
+    fn ops_round_trip_through_their_recorded_text() {
+        for op in [Op::Insert, Op::Update, Op::Delete] {
+            assert_eq!(Op::parse(op.as_str()), Some(op));
+            assert_eq!(op.to_string(), op.as_str());
+        }
+        assert_eq!(Op::Delete.as_str(), "delete");
+        assert_eq!(Op::parse("truncate"), None);
+        assert_eq!(Op::parse("DELETE"), None);
+        assert_eq!(Op::parse(""), None);
     }
 
     #[test]

@@ -9,8 +9,9 @@
 //!   conflict) holds it *now*, read by primary key; no row there means the
 //!   row is deleted everywhere;
 //! - **returning**: the version in the conflict's `remote_row` (the image the
-//!   returning site, the link's source, sent); a `delete_missing` conflict's
-//!   version is "no row".
+//!   returning site, the link's source, sent); the version of a conflict
+//!   whose recorded `op` is `delete` (and of every `delete_missing` one) is
+//!   "no row": the row is deleted, by key, everywhere.
 //!
 //! ```text
 //!  survivor S                                    every other site X
@@ -48,12 +49,15 @@
 //! column, so the replicator's text-valued `remote_row` (`"j": "{\"a\": 1}"`)
 //! would land as `"{\"a\": 1}"`, not as the object.
 //!
-//! What a conflict record cannot say: a `foreign_shard` record does not name
-//! the change (insert, update or delete). An image that holds only the key
-//! (every other column null, as a DELETE with the default replica identity
-//! sends) is refused for `returning`; decide it by hand. An image of a
-//! DELETE under `REPLICA IDENTITY FULL` looks like an insert and is taken as
-//! the row's version.
+//! The record's `op` (the incoming change: `insert`, `update` or `delete`,
+//! see [`crate::conflict::Op`]) is what tells a DELETE from an insert: under
+//! `REPLICA IDENTITY FULL` a DELETE's image is the whole old row, the shape
+//! of an insert's new row. Records written before ezone recorded the op
+//! have a NULL one, and are decided as they were then: a `foreign_shard`
+//! image that holds only the key (every other column null, as a DELETE with
+//! the default replica identity sends) is refused for `returning` (decide it
+//! by hand), and any other image is taken as the row's version, so an old
+//! record of a DELETE under `REPLICA IDENTITY FULL` would bring the row back.
 //!
 //! The pure parts (SQL built from a table's shape and a row, the choice of
 //! version, the row diff for display) are unit-tested below; the I/O is
@@ -65,6 +69,7 @@ use serde::Serialize;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, GenericClient, Row};
 
+use crate::conflict::Op;
 use crate::sql::{quote_ident, Statement};
 
 /// The replication origin repair transactions carry (the links skip them).
@@ -110,8 +115,10 @@ pub enum RowError {
 pub enum Undecidable {
     #[error("no row image from the returning site is recorded, so there is no returning version to take: use --keep survivor, or repair the row by hand")]
     NoRemoteRow,
-    #[error("the returning site's image holds only the row's key (as a DELETE sends it) and the record does not say whether the change was a delete: check the row at the returning site and repair it by hand, or use --keep survivor")]
+    #[error("the returning site's image holds only the row's key (as a DELETE sends it) and the record, written by an ezone that did not record the operation, does not say whether the change was a delete: check the row at the returning site and repair it by hand, or use --keep survivor")]
     KeyOnlyImage,
+    #[error("the recorded operation is not insert, update or delete (a record from a newer ezone?): resolve it with a matching ezone, or use --keep survivor")]
+    UnknownOp,
 }
 
 /// What went wrong repairing; every message names the site and the fix.
@@ -555,13 +562,22 @@ pub enum Version {
 }
 
 /// Chooses the version: for `Survivor`, the survivor's row now (`None`:
-/// absent); for `Returning`, the recorded remote image, or no row for a
-/// `delete_missing` conflict. A `foreign_shard` image holding only the key
-/// (every other column null) is undecidable: the record does not say
-/// whether the change was a delete.
+/// absent); for `Returning`, no row when the returning site deleted it (the
+/// recorded `op` is `delete`, or the conflict is a `delete_missing` one),
+/// else the recorded remote image.
+///
+/// `op` is the record's `op` column. NULL (`None`: a record written before
+/// ezone recorded the operation) falls back to what was done then: a
+/// `foreign_shard` image holding only the key (every other column null) is
+/// undecidable, as it may be a delete's; any other image is taken as the
+/// row's version, even if it was a delete's old row (`REPLICA IDENTITY
+/// FULL`), which the record cannot tell. With a recorded `insert` or
+/// `update` the image is the new row whatever it holds. An op this version
+/// does not know is undecidable.
 pub fn choose(
     keep: Keep,
     kind: &str,
+    op: Option<&str>,
     table: &Table,
     remote: Option<&TextRow>,
     survivor_now: Option<TextRow>,
@@ -569,11 +585,15 @@ pub fn choose(
     match keep {
         Keep::Survivor => Ok(survivor_now.map_or(Version::Absent, Version::Row)),
         Keep::Returning => {
-            if kind == "delete_missing" {
+            let op = op
+                .map(|s| Op::parse(s).ok_or(Undecidable::UnknownOp))
+                .transpose()?;
+            if kind == "delete_missing" || op == Some(Op::Delete) {
                 return Ok(Version::Absent);
             }
             let remote = remote.ok_or(Undecidable::NoRemoteRow)?;
-            if kind == "foreign_shard" && key_only(table, remote) {
+            // NULL op (an older record): the change may have been a delete.
+            if op.is_none() && kind == "foreign_shard" && key_only(table, remote) {
                 return Err(Undecidable::KeyOnlyImage);
             }
             Ok(Version::Row(remote.clone()))
@@ -820,6 +840,9 @@ pub struct Conflict {
     /// `source->target`.
     pub link: String,
     pub kind: String,
+    /// The incoming change's operation (`insert`, `update`, `delete`);
+    /// `None` for a record written before ezone recorded it.
+    pub op: Option<String>,
     /// As recorded (`"schema"."table"`).
     pub relation: String,
     pub source_commit_lsn: String,
@@ -860,12 +883,18 @@ const EXACT_LOCAL: &str = "CASE WHEN jsonb_typeof(local_row) = 'object' THEN \
      THEN to_jsonb(value #>> '{}') ELSE value END) FROM jsonb_each(local_row)), '{}') \
      ELSE local_row END";
 
+/// The conflicts table's columns, as [`conflict_from`] reads them. `op` is
+/// read from the row's JSON rather than by name: a site whose table was made
+/// by an older ezone, and whose replicator has not been upgraded yet (the
+/// applier adds the column), has no `op` column, and its records read as
+/// NULL op, as their rows would after the upgrade.
 fn conflict_select() -> String {
     format!(
         "SELECT id, to_char(recorded_at AT TIME ZONE 'UTC', {UTC}), link, kind, relation, \
          source_commit_lsn::text, to_char(source_commit_time AT TIME ZONE 'UTC', {UTC}), \
-         remote_row::text, {EXACT_LOCAL}::text, reason, resolution, resolved \
-         FROM ezone_replication.conflicts"
+         remote_row::text, {EXACT_LOCAL}::text, reason, resolution, resolved, \
+         to_jsonb(c) ->> 'op' \
+         FROM ezone_replication.conflicts c"
     )
 }
 
@@ -877,6 +906,7 @@ fn conflict_from(site: &str, r: &Row) -> Result<Conflict, tokio_postgres::Error>
         recorded_at: r.try_get(1)?,
         link: r.try_get(2)?,
         kind: r.try_get(3)?,
+        op: r.try_get(12)?,
         relation: r.try_get(4)?,
         source_commit_lsn: r.try_get(5)?,
         source_commit_time: r.try_get(6)?,
@@ -1247,6 +1277,7 @@ impl Repairer {
         let version = choose(
             keep,
             &conflict.kind,
+            conflict.op.as_deref(),
             &s_table,
             remote.as_ref(),
             survivor_now,
@@ -1660,11 +1691,171 @@ mod tests {
                 Err(Undecidable::KeyOnlyImage),
             ),
         ];
+        // Records without an op (written before it was recorded): decided
+        // by the kind and the image alone.
         for (keep, kind, remote, now, want) in cases {
-            assert_eq!(choose(keep, kind, &t, remote, now), want, "{keep} {kind}");
+            assert_eq!(
+                choose(keep, kind, None, &t, remote, now),
+                want,
+                "{keep} {kind}"
+            );
         }
         assert_eq!(Survivor.resolution(), "kept survivor by operator");
         assert_eq!(Returning.resolution(), "took returning by operator");
+    }
+
+    #[test]
+    fn the_recorded_op_tells_a_delete_from_an_insert() {
+        let t = table();
+        // A DELETE's old row under REPLICA IDENTITY FULL: a whole row, the
+        // shape of an insert's new row.
+        let full = row(&[
+            ("id", Some("7")),
+            ("tenant", Some("t")),
+            ("note", Some("theirs")),
+            ("meta", Some("{}")),
+        ]);
+        let key_only = row(&[
+            ("id", Some("7")),
+            ("tenant", Some("t")),
+            ("note", None),
+            ("meta", None),
+        ]);
+        let ours = row(&[
+            ("id", Some("7")),
+            ("tenant", Some("t")),
+            ("note", Some("ours")),
+        ]);
+        use Keep::*;
+        type Case<'a> = (
+            Keep,
+            &'a str,
+            Option<&'a str>,
+            Option<&'a TextRow>,
+            Option<TextRow>,
+            Result<Version, Undecidable>,
+        );
+        let cases: Vec<Case> = vec![
+            // A delete is no row, whichever image it sent.
+            (
+                Returning,
+                "foreign_shard",
+                Some("delete"),
+                Some(&full),
+                Some(ours.clone()),
+                Ok(Version::Absent),
+            ),
+            (
+                Returning,
+                "foreign_shard",
+                Some("delete"),
+                Some(&key_only),
+                None,
+                Ok(Version::Absent),
+            ),
+            (
+                Returning,
+                "delete_missing",
+                Some("delete"),
+                Some(&key_only),
+                None,
+                Ok(Version::Absent),
+            ),
+            // Without the op, the same full image is taken as the row (the
+            // behaviour before the op was recorded)...
+            (
+                Returning,
+                "foreign_shard",
+                None,
+                Some(&full),
+                Some(ours.clone()),
+                Ok(Version::Row(full.clone())),
+            ),
+            // ...and a key-only one is refused.
+            (
+                Returning,
+                "foreign_shard",
+                None,
+                Some(&key_only),
+                None,
+                Err(Undecidable::KeyOnlyImage),
+            ),
+            // An insert or update is its new row, even one whose other
+            // columns are all null.
+            (
+                Returning,
+                "foreign_shard",
+                Some("insert"),
+                Some(&full),
+                None,
+                Ok(Version::Row(full.clone())),
+            ),
+            (
+                Returning,
+                "foreign_shard",
+                Some("update"),
+                Some(&key_only),
+                Some(ours.clone()),
+                Ok(Version::Row(key_only.clone())),
+            ),
+            (
+                Returning,
+                "insert_exists",
+                Some("insert"),
+                Some(&full),
+                Some(ours.clone()),
+                Ok(Version::Row(full.clone())),
+            ),
+            (
+                Returning,
+                "update_missing",
+                Some("update"),
+                Some(&full),
+                None,
+                Ok(Version::Row(full.clone())),
+            ),
+            (
+                Returning,
+                "foreign_shard",
+                Some("insert"),
+                None,
+                None,
+                Err(Undecidable::NoRemoteRow),
+            ),
+            // An op this version does not know is not guessed.
+            (
+                Returning,
+                "foreign_shard",
+                Some("truncate"),
+                Some(&full),
+                None,
+                Err(Undecidable::UnknownOp),
+            ),
+            // The survivor's row now, whatever the op.
+            (
+                Survivor,
+                "foreign_shard",
+                Some("delete"),
+                Some(&full),
+                Some(ours.clone()),
+                Ok(Version::Row(ours.clone())),
+            ),
+            (
+                Survivor,
+                "foreign_shard",
+                Some("insert"),
+                Some(&full),
+                None,
+                Ok(Version::Absent),
+            ),
+        ];
+        for (keep, kind, op, remote, now, want) in cases {
+            assert_eq!(
+                choose(keep, kind, op, &t, remote, now),
+                want,
+                "{keep} {kind} {op:?}"
+            );
+        }
     }
 
     #[test]

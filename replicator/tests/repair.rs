@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ezone_chaos::postgres::PgCluster;
-use ezone_replicator::apply::Ownership;
+use ezone_replicator::apply::{Applier, Ownership};
 use ezone_replicator::config::{origin_name, slot_name};
 use ezone_replicator::conflict::{KeyKind, Policy, ShardKey};
 use ezone_replicator::fence::{install_schema, install_table_sql, reconcile, FenceKey};
@@ -170,8 +170,8 @@ async fn a_forced_failover_tail_is_repaired_row_by_row() {
     .await;
     until(
         &b,
-        "SELECT string_agg(kind || ':' || (remote_row->>'id'), ',' ORDER BY id) FROM ezone_replication.conflicts",
-        "foreign_shard:o-1,foreign_shard:o-2,foreign_shard:o-3",
+        "SELECT string_agg(kind || ':' || op || ':' || (remote_row->>'id'), ',' ORDER BY id) FROM ezone_replication.conflicts",
+        "foreign_shard:update:o-1,foreign_shard:insert:o-2,foreign_shard:update:o-3",
     )
     .await;
     let survivor_o1 = row(&b, "o-1").await;
@@ -215,6 +215,7 @@ async fn a_forced_failover_tail_is_repaired_row_by_row() {
     assert_eq!(first.site, "shanghai");
     assert_eq!(first.link, "beijing->shanghai");
     assert_eq!(first.returning_site().expect("link"), "beijing");
+    assert_eq!(first.op.as_deref(), Some("update"));
     assert!(!first.resolved);
     // The diff shows what beijing changed, and only that.
     let d = repair::diff(
@@ -352,4 +353,308 @@ async fn a_forced_failover_tail_is_repaired_row_by_row() {
     let _ = stop_tx.send(true);
     ab.await.expect("join").expect("clean stop");
     ba.await.expect("join").expect("clean stop");
+}
+
+/// Runs `sql` at `pg` in a session whose transactions carry an origin, so
+/// no link sends them on: the rows stay at that one site.
+async fn local_only(pg: &PgCluster, sql: &str) {
+    q(
+        pg,
+        &format!(
+            "SELECT pg_replication_origin_create('ezone_test_local') WHERE NOT EXISTS \
+             (SELECT 1 FROM pg_replication_origin WHERE roname = 'ezone_test_local'); \
+             SELECT pg_replication_origin_session_setup('ezone_test_local'); {sql}"
+        ),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn the_op_is_recorded_and_taking_a_returning_delete_deletes_the_row() {
+    let a = PgCluster::start("beijing").await.expect("pg");
+    let b = PgCluster::start("shanghai").await.expect("pg");
+    for pg in [&a, &b] {
+        q(pg, DDL).await;
+    }
+    // Beijing's deletes carry the whole old row: the image of an insert.
+    q(&a, "ALTER TABLE orders REPLICA IDENTITY FULL").await;
+    // City 021 -> shard 2, homed at shanghai.
+    let topology = Arc::new(ezone_topology::starter::starter(
+        &["beijing", "shanghai"],
+        2,
+    ));
+    let a_to_b = link(&a, "beijing", &b, "shanghai");
+    let b_to_a = link(&b, "shanghai", &a, "beijing");
+    ensure_source(&a_to_b).await.expect("source beijing");
+    ensure_source(&b_to_a).await.expect("source shanghai");
+    let (stop_tx, stop) = watch::channel(false);
+    let ab = tokio::spawn(run_with(
+        a_to_b,
+        ownership("beijing", "shanghai", topology.clone()),
+        Arc::new(LinkStats::default()),
+        stop.clone(),
+    ));
+    let ba = tokio::spawn(run_with(
+        b_to_a,
+        ownership("shanghai", "beijing", topology.clone()),
+        Arc::new(LinkStats::default()),
+        stop,
+    ));
+
+    // The survivor's rows, replicated to beijing.
+    q(
+        &b,
+        "INSERT INTO orders (id, city, note, amount) VALUES \
+         ('o-1', '021', 'survivor o-1', 10.00), ('o-2', '021', 'survivor o-2', 20.00), \
+         ('o-5', '021', 'survivor o-5', 50.00)",
+    )
+    .await;
+    until(&a, "SELECT count(*) FROM orders", "3").await;
+    // Beacon rows (no shard key) at one site only.
+    local_only(&b, "INSERT INTO beacon VALUES (10, 'shanghai')").await;
+    local_only(
+        &a,
+        "INSERT INTO beacon VALUES (11, 'beijing'), (12, 'beijing')",
+    )
+    .await;
+
+    // Beijing's tail: one conflict of each operation, and of each kind.
+    q(&a, "DELETE FROM orders WHERE id = 'o-1'").await;
+    q(
+        &a,
+        "UPDATE orders SET note = 'returning o-2', amount = 21.00 WHERE id = 'o-2'",
+    )
+    .await;
+    q(
+        &a,
+        "INSERT INTO orders (id, city, note) VALUES ('o-4', '021', 'returning o-4')",
+    )
+    .await;
+    // With the default replica identity a delete sends only the key.
+    q(
+        &a,
+        "ALTER TABLE orders REPLICA IDENTITY DEFAULT; DELETE FROM orders WHERE id = 'o-5'",
+    )
+    .await;
+    q(&a, "INSERT INTO beacon VALUES (10, 'beijing')").await;
+    q(&a, "UPDATE beacon SET site = 'beijing again' WHERE id = 11").await;
+    q(&a, "DELETE FROM beacon WHERE id = 12").await;
+    until(
+        &b,
+        "SELECT string_agg(kind || ':' || op || ':' || (remote_row->>'id'), ',' ORDER BY id) \
+         FROM ezone_replication.conflicts",
+        "foreign_shard:delete:o-1,foreign_shard:update:o-2,foreign_shard:insert:o-4,\
+         foreign_shard:delete:o-5,insert_exists:insert:10,update_missing:update:11,\
+         delete_missing:delete:12",
+    )
+    .await;
+    // The delete under REPLICA IDENTITY FULL recorded the whole old row;
+    // the other one only the key.
+    assert_eq!(
+        q(
+            &b,
+            "SELECT string_agg((remote_row->>'id') || '=' || coalesce(remote_row->>'note', 'NULL'), ',' ORDER BY id) \
+             FROM ezone_replication.conflicts WHERE op = 'delete' AND kind = 'foreign_shard'"
+        )
+        .await,
+        "o-1=survivor o-1,o-5=NULL"
+    );
+    // Not applied at shanghai.
+    assert!(row(&b, "o-1").await.contains("survivor o-1"));
+    assert!(row(&b, "o-5").await.contains("survivor o-5"));
+
+    let b_client = connect(&b).await;
+    let listed = repair::list(&b_client, "shanghai", false)
+        .await
+        .expect("list");
+    let ops: Vec<Option<&str>> = listed.iter().map(|c| c.op.as_deref()).collect();
+    assert_eq!(
+        ops,
+        [
+            Some("delete"),
+            Some("update"),
+            Some("insert"),
+            Some("delete"),
+            Some("insert"),
+            Some("update"),
+            Some("delete")
+        ]
+    );
+    let ids: Vec<i64> = listed.iter().map(|c| c.id).collect();
+    let [c_o1, c_o2, c_o4, c_o5, c_10, c_11, c_12] = <[i64; 7]>::try_from(ids).expect("seven");
+
+    // A dry run says the delete is taken as a delete.
+    let mut dry = Repairer::open(sites(&a, &b).await, true)
+        .await
+        .expect("open");
+    let out = dry
+        .resolve("shanghai", c_o1, Keep::Returning)
+        .await
+        .expect("dry");
+    assert_eq!(
+        out.to_string(),
+        format!(
+            "conflict {c_o1} public.orders id=o-1: would take returning (no row: deleted) at shanghai, beijing"
+        )
+    );
+    dry.close().await;
+    assert!(row(&b, "o-1").await.contains("survivor o-1"));
+
+    // Every one taken from the returning site.
+    let mut r = Repairer::open(sites(&a, &b).await, false)
+        .await
+        .expect("open");
+    for (id, deleted) in [
+        (c_o1, true),
+        (c_o2, false),
+        (c_o4, false),
+        (c_o5, true),
+        (c_10, false),
+        (c_11, false),
+        (c_12, true),
+    ] {
+        let out = r
+            .resolve("shanghai", id, Keep::Returning)
+            .await
+            .expect("resolve");
+        assert!(
+            matches!(out, Outcome::Resolved { deleted: d, dry_run: false, .. } if d == deleted),
+            "{id}: {out}"
+        );
+    }
+    r.close().await;
+
+    for (site, pg) in [("beijing", &a), ("shanghai", &b)] {
+        // The deletes deleted (not brought back from the full old row)...
+        assert_eq!(row(pg, "o-1").await, "", "o-1 at {site}");
+        assert_eq!(row(pg, "o-5").await, "", "o-5 at {site}");
+        // ...the update and the insert are beijing's versions.
+        assert_eq!(
+            q(pg, "SELECT string_agg(id || '=' || note || '=' || coalesce(amount::text, 'NULL'), ',' ORDER BY id) FROM orders").await,
+            "o-2=returning o-2=21.00,o-4=returning o-4=NULL",
+            "orders at {site}"
+        );
+        assert_eq!(
+            q(
+                pg,
+                "SELECT string_agg(id || '=' || site, ',' ORDER BY id) FROM beacon"
+            )
+            .await,
+            "10=beijing,11=beijing again",
+            "beacon at {site}"
+        );
+    }
+    assert_eq!(
+        q(&b, "SELECT count(*) FROM ezone_replication.conflicts WHERE resolved AND resolution = 'took returning by operator'").await,
+        "7"
+    );
+
+    let _ = stop_tx.send(true);
+    ab.await.expect("join").expect("clean stop");
+    ba.await.expect("join").expect("clean stop");
+}
+
+/// The conflicts table as ezone made it before it recorded the operation.
+const OLD_CONFLICTS: &str = "CREATE SCHEMA ezone_replication; \
+    CREATE TABLE ezone_replication.conflicts (id bigserial PRIMARY KEY, \
+    recorded_at timestamptz NOT NULL DEFAULT now(), link text NOT NULL, kind text NOT NULL, \
+    relation text NOT NULL, source_commit_lsn pg_lsn NOT NULL, \
+    source_commit_time timestamptz NOT NULL, remote_row jsonb, local_row jsonb, \
+    reason text NOT NULL, resolution text NOT NULL, resolved boolean NOT NULL DEFAULT false)";
+
+#[tokio::test]
+async fn records_from_before_the_op_column_read_as_null_and_are_decided_as_before() {
+    // Two sites as two databases of one cluster (a dry run holds no
+    // replication origin, which is the cluster's).
+    let pg = PgCluster::start("shanghai").await.expect("pg");
+    pg.psql("CREATE DATABASE beijing").await.expect("database");
+    q(&pg, DDL).await;
+    pg.psql_db("beijing", DDL).await.expect("ddl");
+    q(&pg, OLD_CONFLICTS).await;
+    q(
+        &pg,
+        "INSERT INTO orders (id, city, note) VALUES ('o-1', '021', 'survivor o-1'); \
+         INSERT INTO ezone_replication.conflicts (link, kind, relation, source_commit_lsn, \
+         source_commit_time, remote_row, local_row, reason, resolution) VALUES \
+         ('beijing->shanghai', 'foreign_shard', '\"public\".\"orders\"', '0/1', now(), \
+          '{\"id\": \"o-1\", \"city\": \"021\", \"note\": \"survivor o-1\"}', \
+          '{\"id\": \"o-1\", \"city\": \"021\", \"note\": \"survivor o-1\"}', \
+          'the row''s shard is homed at shanghai', 'owner_wins:kept_target')",
+    )
+    .await;
+    let client = connect(&pg).await;
+    let has_op = "SELECT count(*) FROM pg_attribute \
+        WHERE attrelid = 'ezone_replication.conflicts'::regclass AND attname = 'op'";
+    let sites = || async {
+        let (beijing, conn) = tokio_postgres::connect(&pg.dsn("beijing"), tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        tokio::spawn(conn);
+        vec![
+            SiteClient {
+                site: "shanghai".into(),
+                client: connect(&pg).await,
+            },
+            SiteClient {
+                site: "beijing".into(),
+                client: beijing,
+            },
+        ]
+    };
+    // What it would do with an old record: take the image as the row,
+    // as before (the record cannot say that it was a delete).
+    let dry_run = || async {
+        let mut r = Repairer::open(sites().await, true).await.expect("open");
+        let out = r
+            .resolve("shanghai", 1, Keep::Returning)
+            .await
+            .expect("dry run");
+        r.close().await;
+        out.to_string()
+    };
+    let before = "conflict 1 public.orders id=o-1: would take returning at shanghai, beijing";
+
+    // Listed before any applier has added the column: op unknown.
+    assert_eq!(q(&pg, has_op).await, "0");
+    let listed = repair::list(&client, "shanghai", true).await.expect("list");
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].op, None);
+    assert_eq!(dry_run().await, before);
+
+    // An applier adds it; the old record's op is NULL.
+    let dsn = pg.dsn(DB);
+    let applier = Applier::connect(&dsn, "beijing->shanghai", "ezone_from_beijing")
+        .await
+        .expect("applier");
+    applier.close().await;
+    assert_eq!(q(&pg, has_op).await, "1");
+    assert_eq!(
+        q(
+            &pg,
+            "SELECT coalesce(op, 'NULL') FROM ezone_replication.conflicts"
+        )
+        .await,
+        "NULL"
+    );
+    let listed = repair::list(&client, "shanghai", true).await.expect("list");
+    assert_eq!(listed[0].op, None);
+    assert_eq!(dry_run().await, before);
+
+    // Once there, ensuring it again locks nothing: an applier starts while
+    // another session holds a conflict row (as a repair does).
+    let holder = connect(&pg).await;
+    holder
+        .batch_execute("BEGIN; SELECT id FROM ezone_replication.conflicts FOR UPDATE")
+        .await
+        .expect("lock");
+    let again = tokio::time::timeout(
+        Duration::from_secs(10),
+        Applier::connect(&dsn, "beijing->shanghai", "ezone_from_beijing"),
+    )
+    .await
+    .expect("the applier waited for the conflicts table's lock")
+    .expect("applier");
+    again.close().await;
+    holder.batch_execute("ROLLBACK").await.expect("rollback");
+    assert_eq!(q(&pg, has_op).await, "1");
 }

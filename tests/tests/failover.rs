@@ -431,6 +431,22 @@ async fn a_forced_failover_reports_exactly_the_writes_that_had_not_crossed() {
         .collect();
     assert_eq!(conflicted, at_risk);
     assert_eq!(final_ids, at_risk, "no more, no fewer");
+    // Each records the operation beijing made (the orders were created),
+    // which is what `conflicts resolve --keep returning` goes by.
+    let ops: Vec<Option<String>> = c
+        .query(
+            "SELECT op FROM ezone_replication.conflicts WHERE link = 'beijing->shanghai'",
+            &[],
+        )
+        .await
+        .expect("ops")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(
+        ops.iter().all(|op| op.as_deref() == Some("insert")),
+        "{ops:?}"
+    );
     // The survivor's writes reached the returning site.
     eventually(
         "survivor writes at beijing",

@@ -290,6 +290,8 @@ fn to_json(l: &Listed) -> serde_json::Value {
         "recorded_at": c.recorded_at,
         "link": c.link,
         "kind": c.kind,
+        // null: recorded before ezone recorded the operation.
+        "op": c.op,
         "relation": l.relation,
         "key": l.key.as_ref().map(|k| {
             k.iter()
@@ -321,6 +323,11 @@ fn shown(v: &Option<String>) -> String {
     }
 }
 
+/// The recorded operation, for the human listing.
+fn op_text(op: Option<&str>) -> &str {
+    op.unwrap_or("op not recorded")
+}
+
 fn print_human(l: &Listed) {
     let c = &l.conflict;
     let key = l
@@ -329,11 +336,12 @@ fn print_human(l: &Listed) {
         .map(|k| repair::key_text(k))
         .unwrap_or_else(|| "(key unknown)".to_string());
     println!(
-        "#{} at {}  {}  {}  {} {}{}",
+        "#{} at {}  {}  {} ({})  {} {}{}",
         c.id,
         c.site,
         c.link,
         c.kind,
+        op_text(c.op.as_deref()),
         l.relation,
         key,
         if c.resolved { "  [resolved]" } else { "" }
