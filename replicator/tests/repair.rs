@@ -105,40 +105,80 @@ async fn row(pg: &PgCluster, id: &str) -> String {
     .await
 }
 
+/// Beijing and shanghai with the test schema, beijing's deletes carrying
+/// the whole old row (REPLICA IDENTITY FULL: so they are checked for
+/// ownership like any change, and look like an insert's image), and both
+/// links running with ownership checks. City 021 is shard 2, homed at
+/// shanghai: the survivor owns it.
+struct Linked {
+    a: PgCluster,
+    b: PgCluster,
+    ab_stats: Arc<LinkStats>,
+    ba_stats: Arc<LinkStats>,
+    topology: Arc<Topology>,
+    stop: watch::Sender<bool>,
+    links: Vec<tokio::task::JoinHandle<Result<(), ezone_replicator::link::LinkError>>>,
+}
+
+impl Linked {
+    async fn start() -> Linked {
+        let a = PgCluster::start("beijing").await.expect("pg");
+        let b = PgCluster::start("shanghai").await.expect("pg");
+        for pg in [&a, &b] {
+            q(pg, DDL).await;
+        }
+        q(&a, "ALTER TABLE orders REPLICA IDENTITY FULL").await;
+        let topology = Arc::new(ezone_topology::starter::starter(
+            &["beijing", "shanghai"],
+            2,
+        ));
+        let a_to_b = link(&a, "beijing", &b, "shanghai");
+        let b_to_a = link(&b, "shanghai", &a, "beijing");
+        ensure_source(&a_to_b).await.expect("source beijing");
+        ensure_source(&b_to_a).await.expect("source shanghai");
+        let (stop, stopped) = watch::channel(false);
+        let ab_stats = Arc::new(LinkStats::default());
+        let ba_stats = Arc::new(LinkStats::default());
+        let links = vec![
+            tokio::spawn(run_with(
+                a_to_b,
+                ownership("beijing", "shanghai", topology.clone()),
+                ab_stats.clone(),
+                stopped.clone(),
+            )),
+            tokio::spawn(run_with(
+                b_to_a,
+                ownership("shanghai", "beijing", topology.clone()),
+                ba_stats.clone(),
+                stopped,
+            )),
+        ];
+        Linked {
+            a,
+            b,
+            ab_stats,
+            ba_stats,
+            topology,
+            stop,
+            links,
+        }
+    }
+
+    /// Stops both links; each must end cleanly.
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        for l in self.links {
+            l.await.expect("join").expect("clean stop");
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_forced_failover_tail_is_repaired_row_by_row() {
-    let a = PgCluster::start("beijing").await.expect("pg");
-    let b = PgCluster::start("shanghai").await.expect("pg");
-    for pg in [&a, &b] {
-        q(pg, DDL).await;
-    }
-    // Beijing's deletes carry the whole old row (so they are checked for
-    // ownership like any change).
-    q(&a, "ALTER TABLE orders REPLICA IDENTITY FULL").await;
-    // City 021 -> shard 2, homed at shanghai: the survivor owns it now.
-    let topology = Arc::new(ezone_topology::starter::starter(
-        &["beijing", "shanghai"],
-        2,
-    ));
-    let a_to_b = link(&a, "beijing", &b, "shanghai");
-    let b_to_a = link(&b, "shanghai", &a, "beijing");
-    ensure_source(&a_to_b).await.expect("source beijing");
-    ensure_source(&b_to_a).await.expect("source shanghai");
-    let (stop_tx, stop) = watch::channel(false);
-    let ab_stats = Arc::new(LinkStats::default());
-    let ba_stats = Arc::new(LinkStats::default());
-    let ab = tokio::spawn(run_with(
-        a_to_b,
-        ownership("beijing", "shanghai", topology.clone()),
-        ab_stats.clone(),
-        stop.clone(),
-    ));
-    let ba = tokio::spawn(run_with(
-        b_to_a,
-        ownership("shanghai", "beijing", topology.clone()),
-        ba_stats.clone(),
-        stop,
-    ));
+    let linked = Linked::start().await;
+    let (a, b) = (&linked.a, &linked.b);
+    let (ab_stats, ba_stats) = (linked.ab_stats.clone(), linked.ba_stats.clone());
+    let topology = linked.topology.clone();
 
     // The survivor's rows, replicated to beijing as usual.
     q(
@@ -350,9 +390,7 @@ async fn a_forced_failover_tail_is_repaired_row_by_row() {
     assert!(ab_stats.skipped_origin_txns.load(Ordering::Relaxed) >= ab_skipped + 3);
     assert!(ba_stats.skipped_origin_txns.load(Ordering::Relaxed) > ba_skipped);
 
-    let _ = stop_tx.send(true);
-    ab.await.expect("join").expect("clean stop");
-    ba.await.expect("join").expect("clean stop");
+    linked.stop().await;
 }
 
 /// Runs `sql` at `pg` in a session whose transactions carry an origin, so
@@ -371,35 +409,8 @@ async fn local_only(pg: &PgCluster, sql: &str) {
 
 #[tokio::test]
 async fn the_op_is_recorded_and_taking_a_returning_delete_deletes_the_row() {
-    let a = PgCluster::start("beijing").await.expect("pg");
-    let b = PgCluster::start("shanghai").await.expect("pg");
-    for pg in [&a, &b] {
-        q(pg, DDL).await;
-    }
-    // Beijing's deletes carry the whole old row: the image of an insert.
-    q(&a, "ALTER TABLE orders REPLICA IDENTITY FULL").await;
-    // City 021 -> shard 2, homed at shanghai.
-    let topology = Arc::new(ezone_topology::starter::starter(
-        &["beijing", "shanghai"],
-        2,
-    ));
-    let a_to_b = link(&a, "beijing", &b, "shanghai");
-    let b_to_a = link(&b, "shanghai", &a, "beijing");
-    ensure_source(&a_to_b).await.expect("source beijing");
-    ensure_source(&b_to_a).await.expect("source shanghai");
-    let (stop_tx, stop) = watch::channel(false);
-    let ab = tokio::spawn(run_with(
-        a_to_b,
-        ownership("beijing", "shanghai", topology.clone()),
-        Arc::new(LinkStats::default()),
-        stop.clone(),
-    ));
-    let ba = tokio::spawn(run_with(
-        b_to_a,
-        ownership("shanghai", "beijing", topology.clone()),
-        Arc::new(LinkStats::default()),
-        stop,
-    ));
+    let linked = Linked::start().await;
+    let (a, b) = (&linked.a, &linked.b);
 
     // The survivor's rows, replicated to beijing.
     q(
@@ -549,9 +560,7 @@ async fn the_op_is_recorded_and_taking_a_returning_delete_deletes_the_row() {
         "7"
     );
 
-    let _ = stop_tx.send(true);
-    ab.await.expect("join").expect("clean stop");
-    ba.await.expect("join").expect("clean stop");
+    linked.stop().await;
 }
 
 /// The conflicts table as ezone made it before it recorded the operation.

@@ -736,32 +736,30 @@ impl UpstreamClient {
         (self.idle_timeout / 2).max(Duration::from_secs(1))
     }
 
-    /// Idle hyper connections to `addr` that are still open (for tests).
+    /// `f` of the idle connections to `addr`; 0 if there is no such upstream
+    /// (for tests).
     #[cfg(test)]
-    fn open_idle(&self, addr: &str) -> usize {
+    fn count_idle(&self, addr: &str, f: impl FnOnce(&Idles) -> usize) -> usize {
         self.upstreams
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .by_addr
             .get(addr)
-            .map_or(0, |u| {
-                u.idle()
-                    .hyper
-                    .iter()
-                    .filter(|c| !c.conn.is_closed())
-                    .count()
-            })
+            .map_or(0, |u| f(&u.idle()))
+    }
+
+    /// Idle hyper connections to `addr` that are still open (for tests).
+    #[cfg(test)]
+    fn open_idle(&self, addr: &str) -> usize {
+        self.count_idle(addr, |i| {
+            i.hyper.iter().filter(|c| !c.conn.is_closed()).count()
+        })
     }
 
     /// Idle connections of the router's own to `addr` (for tests).
     #[cfg(test)]
     fn raw_idle(&self, addr: &str) -> usize {
-        self.upstreams
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .by_addr
-            .get(addr)
-            .map_or(0, |u| u.idle().raw.len())
+        self.count_idle(addr, |i| i.raw.len())
     }
 }
 
