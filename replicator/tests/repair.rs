@@ -182,47 +182,47 @@ async fn a_forced_failover_tail_is_repaired_row_by_row() {
 
     // The survivor's rows, replicated to beijing as usual.
     q(
-        &b,
+        b,
         "INSERT INTO orders VALUES \
          ('o-1', '021', 'survivor o-1', 10.00, '2026-01-01 10:00:00+00', '{\"v\": 1}', '{a}', '\\x01'), \
          ('o-3', '021', 'survivor o-3', 30.00, '2026-01-01 10:00:00+00', '{\"v\": 1}', '{a}', '\\x03')",
     )
     .await;
-    until(&a, "SELECT count(*) FROM orders", "2").await;
+    until(a, "SELECT count(*) FROM orders", "2").await;
     // Beijing's tail: written where the shard is not homed, so it reaches
     // shanghai as conflicts, recorded and not applied.
     q(
-        &a,
+        a,
         "UPDATE orders SET note = 'returning o-1', amount = 11.50 WHERE id = 'o-1'",
     )
     .await;
     q(
-        &a,
+        a,
         "INSERT INTO orders VALUES ('o-2', '021', 'returning o-2', 20.00, NULL, NULL, NULL, NULL)",
     )
     .await;
     q(
-        &a,
+        a,
         "UPDATE orders SET note = 'returning o-3', amount = 12345.67, \
          at = '2026-11-25 13:01:02.123456+08', meta = '{\"a\": [1, 2, {\"b\": null}], \"u\": \"用户\"}', \
          tags = '{x,NULL,\"y z\"}', blob = '\\x00ff10' WHERE id = 'o-3'",
     )
     .await;
     until(
-        &b,
+        b,
         "SELECT string_agg(kind || ':' || op || ':' || (remote_row->>'id'), ',' ORDER BY id) FROM ezone_replication.conflicts",
         "foreign_shard:update:o-1,foreign_shard:insert:o-2,foreign_shard:update:o-3",
     )
     .await;
-    let survivor_o1 = row(&b, "o-1").await;
-    let returning_o3 = row(&a, "o-3").await;
+    let survivor_o1 = row(b, "o-1").await;
+    let returning_o3 = row(a, "o-3").await;
     assert!(survivor_o1.contains("survivor o-1"), "{survivor_o1}");
     assert!(returning_o3.contains("用户"), "{returning_o3}");
-    assert_eq!(row(&b, "o-2").await, "");
+    assert_eq!(row(b, "o-2").await, "");
 
     // Beijing comes back fenced: it refuses writes for shanghai's shard.
     {
-        let mut c = connect(&a).await;
+        let mut c = connect(a).await;
         install_schema(&c, "beijing").await.expect("fence schema");
         c.batch_execute(&install_table_sql("public.orders", "city", FenceKey::City))
             .await
@@ -238,7 +238,7 @@ async fn a_forced_failover_tail_is_repaired_row_by_row() {
     }
 
     // list: the three at shanghai, none at beijing.
-    let b_client = connect(&b).await;
+    let b_client = connect(b).await;
     let listed = repair::list(&b_client, "shanghai", false)
         .await
         .expect("list");
@@ -264,16 +264,14 @@ async fn a_forced_failover_tail_is_repaired_row_by_row() {
     );
     let cols: Vec<&str> = d.iter().map(|c| c.column.as_str()).collect();
     assert_eq!(cols, ["amount", "note"], "{d:?}");
-    let a_client = connect(&a).await;
+    let a_client = connect(a).await;
     assert!(repair::list(&a_client, "beijing", true)
         .await
         .expect("list")
         .is_empty());
 
     // A dry run changes nothing.
-    let mut dry = Repairer::open(sites(&a, &b).await, true)
-        .await
-        .expect("open");
+    let mut dry = Repairer::open(sites(a, b).await, true).await.expect("open");
     let out = dry
         .resolve("shanghai", c1, Keep::Survivor)
         .await
@@ -283,7 +281,7 @@ async fn a_forced_failover_tail_is_repaired_row_by_row() {
         format!("conflict {c1} public.orders id=o-1: would keep survivor at shanghai, beijing")
     );
     dry.close().await;
-    assert!(row(&a, "o-1").await.contains("returning o-1"));
+    assert!(row(a, "o-1").await.contains("returning o-1"));
     assert_eq!(
         repair::list(&b_client, "shanghai", false)
             .await
@@ -294,7 +292,7 @@ async fn a_forced_failover_tail_is_repaired_row_by_row() {
 
     let ab_skipped = ab_stats.skipped_origin_txns.load(Ordering::Relaxed);
     let ba_skipped = ba_stats.skipped_origin_txns.load(Ordering::Relaxed);
-    let mut r = Repairer::open(sites(&a, &b).await, false)
+    let mut r = Repairer::open(sites(a, b).await, false)
         .await
         .expect("open");
     // Survivor: beijing takes shanghai's row...
@@ -353,7 +351,7 @@ async fn a_forced_failover_tail_is_repaired_row_by_row() {
     };
     check("after the repair").await;
     assert_eq!(
-        q(&b, "SELECT string_agg(id || ':' || resolved || ':' || resolution, ',' ORDER BY id) FROM ezone_replication.conflicts").await,
+        q(b, "SELECT string_agg(id || ':' || resolved || ':' || resolution, ',' ORDER BY id) FROM ezone_replication.conflicts").await,
         format!(
             "{c1}:true:kept survivor by operator,{c2}:true:kept survivor by operator,{c3}:true:took returning by operator"
         )
@@ -373,16 +371,16 @@ async fn a_forced_failover_tail_is_repaired_row_by_row() {
     // Nothing was replicated because of the repair: once a beacon written
     // after it has crossed each link, both links have seen the repair's
     // transactions, and skipped them (they carry the repair origin).
-    q(&a, "INSERT INTO beacon VALUES (1, 'beijing')").await;
-    q(&b, "INSERT INTO beacon VALUES (2, 'shanghai')").await;
-    until(&a, "SELECT count(*) FROM beacon", "2").await;
-    until(&b, "SELECT count(*) FROM beacon", "2").await;
+    q(a, "INSERT INTO beacon VALUES (1, 'beijing')").await;
+    q(b, "INSERT INTO beacon VALUES (2, 'shanghai')").await;
+    until(a, "SELECT count(*) FROM beacon", "2").await;
+    until(b, "SELECT count(*) FROM beacon", "2").await;
     assert_eq!(
-        q(&b, "SELECT count(*) FROM ezone_replication.conflicts").await,
+        q(b, "SELECT count(*) FROM ezone_replication.conflicts").await,
         "3"
     );
     assert_eq!(
-        q(&a, "SELECT count(*) FROM ezone_replication.conflicts").await,
+        q(a, "SELECT count(*) FROM ezone_replication.conflicts").await,
         "0"
     );
     check("after both links caught up").await;
@@ -414,44 +412,44 @@ async fn the_op_is_recorded_and_taking_a_returning_delete_deletes_the_row() {
 
     // The survivor's rows, replicated to beijing.
     q(
-        &b,
+        b,
         "INSERT INTO orders (id, city, note, amount) VALUES \
          ('o-1', '021', 'survivor o-1', 10.00), ('o-2', '021', 'survivor o-2', 20.00), \
          ('o-5', '021', 'survivor o-5', 50.00)",
     )
     .await;
-    until(&a, "SELECT count(*) FROM orders", "3").await;
+    until(a, "SELECT count(*) FROM orders", "3").await;
     // Beacon rows (no shard key) at one site only.
-    local_only(&b, "INSERT INTO beacon VALUES (10, 'shanghai')").await;
+    local_only(b, "INSERT INTO beacon VALUES (10, 'shanghai')").await;
     local_only(
-        &a,
+        a,
         "INSERT INTO beacon VALUES (11, 'beijing'), (12, 'beijing')",
     )
     .await;
 
     // Beijing's tail: one conflict of each operation, and of each kind.
-    q(&a, "DELETE FROM orders WHERE id = 'o-1'").await;
+    q(a, "DELETE FROM orders WHERE id = 'o-1'").await;
     q(
-        &a,
+        a,
         "UPDATE orders SET note = 'returning o-2', amount = 21.00 WHERE id = 'o-2'",
     )
     .await;
     q(
-        &a,
+        a,
         "INSERT INTO orders (id, city, note) VALUES ('o-4', '021', 'returning o-4')",
     )
     .await;
     // With the default replica identity a delete sends only the key.
     q(
-        &a,
+        a,
         "ALTER TABLE orders REPLICA IDENTITY DEFAULT; DELETE FROM orders WHERE id = 'o-5'",
     )
     .await;
-    q(&a, "INSERT INTO beacon VALUES (10, 'beijing')").await;
-    q(&a, "UPDATE beacon SET site = 'beijing again' WHERE id = 11").await;
-    q(&a, "DELETE FROM beacon WHERE id = 12").await;
+    q(a, "INSERT INTO beacon VALUES (10, 'beijing')").await;
+    q(a, "UPDATE beacon SET site = 'beijing again' WHERE id = 11").await;
+    q(a, "DELETE FROM beacon WHERE id = 12").await;
     until(
-        &b,
+        b,
         "SELECT string_agg(kind || ':' || op || ':' || (remote_row->>'id'), ',' ORDER BY id) \
          FROM ezone_replication.conflicts",
         "foreign_shard:delete:o-1,foreign_shard:update:o-2,foreign_shard:insert:o-4,\
@@ -463,7 +461,7 @@ async fn the_op_is_recorded_and_taking_a_returning_delete_deletes_the_row() {
     // the other one only the key.
     assert_eq!(
         q(
-            &b,
+            b,
             "SELECT string_agg((remote_row->>'id') || '=' || coalesce(remote_row->>'note', 'NULL'), ',' ORDER BY id) \
              FROM ezone_replication.conflicts WHERE op = 'delete' AND kind = 'foreign_shard'"
         )
@@ -471,10 +469,10 @@ async fn the_op_is_recorded_and_taking_a_returning_delete_deletes_the_row() {
         "o-1=survivor o-1,o-5=NULL"
     );
     // Not applied at shanghai.
-    assert!(row(&b, "o-1").await.contains("survivor o-1"));
-    assert!(row(&b, "o-5").await.contains("survivor o-5"));
+    assert!(row(b, "o-1").await.contains("survivor o-1"));
+    assert!(row(b, "o-5").await.contains("survivor o-5"));
 
-    let b_client = connect(&b).await;
+    let b_client = connect(b).await;
     let listed = repair::list(&b_client, "shanghai", false)
         .await
         .expect("list");
@@ -495,9 +493,7 @@ async fn the_op_is_recorded_and_taking_a_returning_delete_deletes_the_row() {
     let [c_o1, c_o2, c_o4, c_o5, c_10, c_11, c_12] = <[i64; 7]>::try_from(ids).expect("seven");
 
     // A dry run says the delete is taken as a delete.
-    let mut dry = Repairer::open(sites(&a, &b).await, true)
-        .await
-        .expect("open");
+    let mut dry = Repairer::open(sites(a, b).await, true).await.expect("open");
     let out = dry
         .resolve("shanghai", c_o1, Keep::Returning)
         .await
@@ -509,10 +505,10 @@ async fn the_op_is_recorded_and_taking_a_returning_delete_deletes_the_row() {
         )
     );
     dry.close().await;
-    assert!(row(&b, "o-1").await.contains("survivor o-1"));
+    assert!(row(b, "o-1").await.contains("survivor o-1"));
 
     // Every one taken from the returning site.
-    let mut r = Repairer::open(sites(&a, &b).await, false)
+    let mut r = Repairer::open(sites(a, b).await, false)
         .await
         .expect("open");
     for (id, deleted) in [
@@ -556,7 +552,7 @@ async fn the_op_is_recorded_and_taking_a_returning_delete_deletes_the_row() {
         );
     }
     assert_eq!(
-        q(&b, "SELECT count(*) FROM ezone_replication.conflicts WHERE resolved AND resolution = 'took returning by operator'").await,
+        q(b, "SELECT count(*) FROM ezone_replication.conflicts WHERE resolved AND resolution = 'took returning by operator'").await,
         "7"
     );
 
