@@ -50,18 +50,24 @@ pub fn wants_upgrade(headers: &HeaderMap) -> bool {
             .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
 }
 
-/// Removes hop-by-hop headers. With `keep_upgrade`, `Connection: upgrade` and
-/// `Upgrade` survive.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // Headers named in Connection are hop-by-hop too.
-    let named: Vec<HeaderName> = headers
+/// The fields named in `Connection` (hop-by-hop too), but `Upgrade` if
+/// `keep_upgrade`. No allocation unless there are some.
+fn connection_named(headers: &HeaderMap, keep_upgrade: bool) -> Vec<HeaderName> {
+    headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
         .filter(|n| !(keep_upgrade && *n == header::UPGRADE))
-        .collect();
+        .collect()
+}
+
+/// Removes hop-by-hop headers. With `keep_upgrade`, `Connection: upgrade` and
+/// `Upgrade` survive.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Headers named in Connection are hop-by-hop too.
+    let named = connection_named(headers, keep_upgrade);
     for n in named {
         headers.remove(n);
     }
@@ -217,14 +223,7 @@ pub fn forwarded_fields(
     let keep_proto = from_peer && headers.contains_key(&X_FORWARDED_PROTO);
     // Fields named in Connection are hop-by-hop too (rare: no allocation
     // unless there are some).
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .filter(|n| !(fwd.upgrade && *n == header::UPGRADE))
-        .collect();
+    let named = connection_named(headers, fwd.upgrade);
     if !headers.contains_key(header::HOST) {
         if let Some(a) = parts.uri.authority() {
             out.field_concat(&header::HOST, &[a.as_str().as_bytes()]);
