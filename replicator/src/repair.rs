@@ -1439,6 +1439,13 @@ mod tests {
             .collect()
     }
 
+    /// Order 7 of tenant t (the test table's key), with `rest`.
+    fn order7(rest: &[(&str, Option<&str>)]) -> TextRow {
+        let mut pairs = vec![("id", Some("7")), ("tenant", Some("t"))];
+        pairs.extend_from_slice(rest);
+        row(&pairs)
+    }
+
     #[test]
     fn relations_parse_quoted_and_plain() {
         let ok = |s: &str, a: &str, b: &str| {
@@ -1540,11 +1547,7 @@ mod tests {
 
     #[test]
     fn upsert_refuses_unknown_columns() {
-        let r = row(&[
-            ("id", Some("7")),
-            ("tenant", Some("t")),
-            ("colour", Some("red")),
-        ]);
+        let r = order7(&[("colour", Some("red"))]);
         assert!(matches!(
             upsert_sql(&table(), &r),
             Err(RowError::UnknownColumn { column, .. }) if column == "colour"
@@ -1592,22 +1595,9 @@ mod tests {
     #[test]
     fn version_choice() {
         let t = table();
-        let remote = row(&[
-            ("id", Some("7")),
-            ("tenant", Some("t")),
-            ("note", Some("theirs")),
-        ]);
-        let ours = row(&[
-            ("id", Some("7")),
-            ("tenant", Some("t")),
-            ("note", Some("ours")),
-        ]);
-        let key_only = row(&[
-            ("id", Some("7")),
-            ("tenant", Some("t")),
-            ("note", None),
-            ("meta", None),
-        ]);
+        let remote = order7(&[("note", Some("theirs"))]);
+        let ours = order7(&[("note", Some("ours"))]);
+        let key_only = order7(&[("note", None), ("meta", None)]);
         use Keep::*;
         type Case<'a> = (
             Keep,
@@ -1709,23 +1699,9 @@ mod tests {
         let t = table();
         // A DELETE's old row under REPLICA IDENTITY FULL: a whole row, the
         // shape of an insert's new row.
-        let full = row(&[
-            ("id", Some("7")),
-            ("tenant", Some("t")),
-            ("note", Some("theirs")),
-            ("meta", Some("{}")),
-        ]);
-        let key_only = row(&[
-            ("id", Some("7")),
-            ("tenant", Some("t")),
-            ("note", None),
-            ("meta", None),
-        ]);
-        let ours = row(&[
-            ("id", Some("7")),
-            ("tenant", Some("t")),
-            ("note", Some("ours")),
-        ]);
+        let full = order7(&[("note", Some("theirs")), ("meta", Some("{}"))]);
+        let key_only = order7(&[("note", None), ("meta", None)]);
+        let ours = order7(&[("note", Some("ours"))]);
         use Keep::*;
         type Case<'a> = (
             Keep,
