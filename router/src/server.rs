@@ -33,13 +33,14 @@ use futures::FutureExt;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::net::{TcpListener, TcpSocket};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use ezone_topology::{AnyStore, EtcdStore, FileStore, Watcher};
 
+use crate::balance::{Balance, Open};
 use crate::body::Body;
 use crate::config::RouterConfig;
 use crate::proxy::{ConnInfo, Router, Worker};
@@ -277,15 +278,22 @@ impl RunningRouter {
                 });
             }
         }
+        let (balance, inboxes) = Balance::new(workers);
         let mut threads = Vec::with_capacity(workers);
-        for (index, sockets) in per_worker.into_iter().enumerate() {
-            let router = router.clone();
-            let stop_rx = stop_rx.clone();
-            let done_rx = done_rx.clone();
-            let active = active.clone();
+        for (index, (sockets, inbox)) in per_worker.into_iter().zip(inboxes).enumerate() {
+            let w = WorkerSetup {
+                index,
+                router: router.clone(),
+                sockets,
+                balance: balance.clone(),
+                inbox,
+                stop: stop_rx.clone(),
+                done: done_rx.clone(),
+                active: active.clone(),
+            };
             let thread = std::thread::Builder::new()
                 .name(format!("ezone-worker-{index}"))
-                .spawn(move || worker(index, router, sockets, stop_rx, done_rx, active))
+                .spawn(move || worker(w))
                 .map_err(|source| ServeError::Worker { index, source })?;
             threads.push(thread);
         }
@@ -331,15 +339,58 @@ impl RunningRouter {
     }
 }
 
-/// One data-plane thread: its own runtime, its own sockets, its own pools.
-fn worker(
+/// A connection accepted by one worker and served by another (see
+/// [`crate::balance`]).
+struct Handoff {
+    tcp: std::net::TcpStream,
+    peer: SocketAddr,
+    /// The listener it came in on: its position in every worker's list.
+    listener: usize,
+    open: Open,
+    active: ActiveGuard,
+}
+
+/// Everything a worker thread starts with.
+struct WorkerSetup {
     index: usize,
     router: Arc<Router>,
     sockets: Vec<WorkerSocket>,
+    balance: Arc<Balance<Handoff>>,
+    inbox: tokio::sync::mpsc::UnboundedReceiver<Handoff>,
     stop: watch::Receiver<bool>,
-    mut done: watch::Receiver<bool>,
+    done: watch::Receiver<bool>,
     active: Arc<Active>,
-) {
+}
+
+/// How a worker serves the connections of one listener.
+struct ListenerCtx {
+    builder: auto::Builder<TokioExecutor>,
+    tls: Option<ReloadingAcceptor>,
+}
+
+/// A worker's state shared by its accept loops and its connections.
+struct WorkerCtx {
+    worker: Arc<Worker>,
+    index: usize,
+    /// By listener position.
+    listeners: Vec<ListenerCtx>,
+    balance: Arc<Balance<Handoff>>,
+    drain: Arc<Drain>,
+    active: Arc<Active>,
+}
+
+/// One data-plane thread: its own runtime, its own sockets, its own pools.
+fn worker(setup: WorkerSetup) {
+    let WorkerSetup {
+        index,
+        router,
+        sockets,
+        balance,
+        inbox,
+        stop,
+        mut done,
+        active,
+    } = setup;
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -364,7 +415,22 @@ fn worker(
                 drain.start();
             });
         }
-        for WorkerSocket { socket, tls, h2, what } in sockets {
+        let ctx = Arc::new(WorkerCtx {
+            worker,
+            index,
+            listeners: sockets
+                .iter()
+                .map(|s| ListenerCtx {
+                    builder: builder(&router.cfg, s.h2),
+                    tls: s.tls.clone(),
+                })
+                .collect(),
+            balance,
+            drain,
+            active,
+        });
+        loops.spawn(inbox_loop(inbox, ctx.clone()));
+        for (position, WorkerSocket { socket, what, .. }) in sockets.into_iter().enumerate() {
             let listener = match TcpListener::from_std(socket) {
                 Ok(l) => l,
                 Err(e) => {
@@ -372,8 +438,7 @@ fn worker(
                     continue;
                 }
             };
-            let b = Arc::new(builder(&router.cfg, h2));
-            loops.spawn(accept_loop(listener, worker.clone(), b, tls, stop.clone(), drain.clone(), active.clone()));
+            loops.spawn(accept_loop(listener, position, ctx.clone(), stop.clone()));
         }
         // Keep the runtime (and so the connections) alive until draining is over.
         stopped(&mut done).await;
@@ -572,15 +637,10 @@ impl hyper::body::Body for Tracked {
 
 async fn accept_loop(
     listener: TcpListener,
-    worker: Arc<Worker>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    tls: Option<ReloadingAcceptor>,
+    position: usize,
+    ctx: Arc<WorkerCtx>,
     mut stop: watch::Receiver<bool>,
-    drain: Arc<Drain>,
-    active: Arc<Active>,
 ) {
-    let handshake_timeout = worker.router.cfg.timeouts.header_read();
-    let header_read = worker.router.cfg.timeouts.header_read();
     loop {
         let (tcp, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -595,63 +655,122 @@ async fn accept_loop(
             _ = stopped(&mut stop) => return,
         };
         let _ = tcp.set_nodelay(true);
-        let worker = worker.clone();
-        let builder = builder.clone();
-        let tls = tls.clone();
-        let drain = drain.clone();
-        let guard = active.enter();
-        tokio::spawn(async move {
-            let _guard = guard;
-            let conn = ConnInfo::new(Some(peer), tls.is_some());
-            let clock = Arc::new(IdleClock::new());
-            let svc = {
-                let clock = clock.clone();
-                service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let busy = clock.enter(req.version());
-                    // A combinator, not an `async` block: a block would keep
-                    // a second copy of the request (see `proxy`'s docs).
-                    worker.clone().handle(req, conn.clone()).map(move |resp| {
-                        Ok::<_, Infallible>(resp.map(|body| Tracked { body, _busy: busy }))
-                    })
+        let active = ctx.active.enter();
+        let (to, open) = ctx.balance.place(ctx.index);
+        if to == ctx.index {
+            serve(&ctx, tcp, peer, position, open, active);
+            continue;
+        }
+        // Another worker has clearly fewer connections: it takes this one.
+        let tcp = match tcp.into_std() {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::debug!(peer = %peer, error = %e, "Cannot hand a connection over; dropping it.");
+                continue;
+            }
+        };
+        let h = Handoff {
+            tcp,
+            peer,
+            listener: position,
+            open,
+            active,
+        };
+        if let Err(h) = ctx.balance.hand_off(to, h) {
+            // That worker is gone: serve it here after all.
+            let open = ctx.balance.open(ctx.index);
+            match TcpStream::from_std(h.tcp) {
+                Ok(tcp) => serve(&ctx, tcp, h.peer, position, open, h.active),
+                Err(e) => {
+                    tracing::debug!(peer = %peer, error = %e, "Cannot take a connection back; dropping it.")
+                }
+            }
+        }
+    }
+}
+
+/// Serves the connections other workers hand to this one.
+async fn inbox_loop(mut inbox: tokio::sync::mpsc::UnboundedReceiver<Handoff>, ctx: Arc<WorkerCtx>) {
+    while let Some(h) = inbox.recv().await {
+        match TcpStream::from_std(h.tcp) {
+            Ok(tcp) => serve(&ctx, tcp, h.peer, h.listener, h.open, h.active),
+            Err(e) => {
+                tracing::debug!(peer = %h.peer, error = %e, "Cannot register a handed-over connection; dropping it.")
+            }
+        }
+    }
+}
+
+/// Serves one client connection on this worker, in a task of its own.
+fn serve(
+    ctx: &Arc<WorkerCtx>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    listener: usize,
+    open: Open,
+    active: ActiveGuard,
+) {
+    let ctx = ctx.clone();
+    tokio::spawn(async move {
+        let _counted = (open, active);
+        let Some(l) = ctx.listeners.get(listener) else {
+            tracing::error!(
+                listener,
+                "A connection came from a listener this worker does not have."
+            );
+            return;
+        };
+        let timeout = ctx.worker.router.cfg.timeouts.header_read();
+        let conn = ConnInfo::new(Some(peer), l.tls.is_some());
+        let clock = Arc::new(IdleClock::new());
+        let svc = {
+            let clock = clock.clone();
+            let worker = ctx.worker.clone();
+            service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let busy = clock.enter(req.version());
+                // A combinator, not an `async` block: a block would keep
+                // a second copy of the request (see `proxy`'s docs).
+                worker.clone().handle(req, conn.clone()).map(move |resp| {
+                    Ok::<_, Infallible>(resp.map(|body| Tracked { body, _busy: busy }))
                 })
-            };
-            // One code path for both: a TLS stream or the plain socket, boxed
-            // (a vtable call per read/write is noise next to the syscall).
-            let io: Box<dyn Io> = match tls {
-                None => Box::new(tcp),
-                Some(acceptor) => {
-                    match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
-                        Ok(Ok(s)) => Box::new(s),
-                        Ok(Err(e)) => {
-                            tracing::debug!(peer = %peer, error = %e, "TLS handshake failed.");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::debug!(peer = %peer, "TLS handshake timed out.");
-                            return;
-                        }
-                    }
-                }
-            };
-            let c = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
-            tokio::pin!(c);
-            let result = tokio::select! {
-                biased;
-                r = c.as_mut() => r,
-                _ = drain.draining() => {
-                    c.as_mut().graceful_shutdown();
-                    c.await
-                }
-                _ = clock.expired(header_read) => {
-                    tracing::debug!(peer = %peer, timeout = ?header_read, "No request head in time; closing the connection.");
+            })
+        };
+        // One code path for both: a TLS stream or the plain socket, boxed
+        // (a vtable call per read/write is noise next to the syscall).
+        let io: Box<dyn Io> = match &l.tls {
+            None => Box::new(tcp),
+            Some(acceptor) => match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => Box::new(s),
+                Ok(Err(e)) => {
+                    tracing::debug!(peer = %peer, error = %e, "TLS handshake failed.");
                     return;
                 }
-            };
-            if let Err(e) = result {
-                tracing::debug!(peer = %peer, error = %e, "Connection ended with an error.");
+                Err(_) => {
+                    tracing::debug!(peer = %peer, "TLS handshake timed out.");
+                    return;
+                }
+            },
+        };
+        let c = l
+            .builder
+            .serve_connection_with_upgrades(TokioIo::new(io), svc);
+        tokio::pin!(c);
+        let result = tokio::select! {
+            biased;
+            r = c.as_mut() => r,
+            _ = ctx.drain.draining() => {
+                c.as_mut().graceful_shutdown();
+                c.await
             }
-        });
-    }
+            _ = clock.expired(timeout) => {
+                tracing::debug!(peer = %peer, timeout = ?timeout, "No request head in time; closing the connection.");
+                return;
+            }
+        };
+        if let Err(e) = result {
+            tracing::debug!(peer = %peer, error = %e, "Connection ended with an error.");
+        }
+    });
 }
 
 async fn admin_loop(listener: TcpListener, router: Arc<Router>, mut stop: watch::Receiver<bool>) {
