@@ -55,6 +55,11 @@ pub struct HoldLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WorkerLabels {
+    pub worker: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     pub reason: String,
 }
@@ -235,6 +240,8 @@ pub struct Metrics {
     pub topology_age_seconds: Gauge<f64, AtomicU64>,
     pub topology_refused: Gauge,
     pub topology_reconnects: Gauge,
+    pub worker_connections: Family<WorkerLabels, Gauge>,
+    pub handoffs: Counter,
 }
 
 impl Metrics {
@@ -264,6 +271,8 @@ impl Metrics {
             topology_age_seconds: Gauge::default(),
             topology_refused: Gauge::default(),
             topology_reconnects: Gauge::default(),
+            worker_connections: Family::default(),
+            handoffs: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -321,6 +330,16 @@ impl Metrics {
             "upstream_healthy",
             "1 if the endpoint passes health checks and is not ejected",
             m.upstream_healthy.clone(),
+        );
+        registry.register(
+            "worker_connections",
+            "Client connections open, by worker thread (balanced across workers)",
+            m.worker_connections.clone(),
+        );
+        registry.register(
+            "connection_handoffs",
+            "Client connections handed by the accepting worker to one with fewer",
+            m.handoffs.clone(),
         );
         registry.register(
             "topology_version",

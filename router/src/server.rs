@@ -43,6 +43,7 @@ use ezone_topology::{AnyStore, EtcdStore, FileStore, Watcher};
 use crate::balance::{Balance, Open};
 use crate::body::Body;
 use crate::config::RouterConfig;
+use crate::metrics::WorkerLabels;
 use crate::proxy::{ConnInfo, Router, Worker};
 use crate::tls::ReloadingAcceptor;
 
@@ -662,6 +663,7 @@ async fn accept_loop(
             continue;
         }
         // Another worker has clearly fewer connections: it takes this one.
+        ctx.worker.router.metrics.handoffs.inc();
         let tcp = match tcp.into_std() {
             Ok(t) => t,
             Err(e) => {
@@ -712,7 +714,23 @@ fn serve(
 ) {
     let ctx = ctx.clone();
     tokio::spawn(async move {
-        let _counted = (open, active);
+        let gauge = ctx
+            .worker
+            .router
+            .metrics
+            .worker_connections
+            .get_or_create(&WorkerLabels {
+                worker: ctx.index.to_string(),
+            })
+            .clone();
+        gauge.inc();
+        let _counted = (
+            open,
+            active,
+            on_drop(move || {
+                gauge.dec();
+            }),
+        );
         let Some(l) = ctx.listeners.get(listener) else {
             tracing::error!(
                 listener,
@@ -795,6 +813,21 @@ async fn admin_loop(listener: TcpListener, router: Arc<Router>, mut stop: watch:
                 .await;
         });
     }
+}
+
+/// Runs `f` when dropped (when a connection's task ends, however it ends).
+struct OnDrop<F: FnOnce()>(Option<F>);
+
+impl<F: FnOnce()> Drop for OnDrop<F> {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f();
+        }
+    }
+}
+
+fn on_drop<F: FnOnce()>(f: F) -> OnDrop<F> {
+    OnDrop(Some(f))
 }
 
 #[cfg(test)]

@@ -366,3 +366,69 @@ async fn h2c_to_the_upstream() {
     assert_eq!(a.status, 200, "{}", a.text());
     assert_eq!(a.seen().version, "HTTP/2.0");
 }
+
+/// The value of `ezone_router_worker_connections` for each worker.
+fn worker_connections(metrics: &str) -> Vec<(String, i64)> {
+    metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("ezone_router_worker_connections{worker=\""))
+        .filter_map(|rest| {
+            let (worker, value) = rest.split_once("\"} ")?;
+            Some((worker.to_string(), value.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn connections_are_balanced_across_workers() {
+    let app = Upstream::start("app").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = router_with(&[&app], dir.path(), "workers = 2").await;
+    // 16 keep-alive connections, each with a request answered: the kernel's
+    // SO_REUSEPORT hash alone would split them unevenly.
+    let mut conns = Vec::new();
+    for _ in 0..16 {
+        let mut s = tokio::net::TcpStream::connect(r.http)
+            .await
+            .expect("connect");
+        s.write_all(b"GET /a HTTP/1.1\r\nhost: x\r\nx-city-id: 010\r\n\r\n")
+            .await
+            .expect("write");
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = tokio::time::timeout(WAIT, s.read(&mut buf))
+                .await
+                .expect("answer in time")
+                .expect("read");
+            assert!(n > 0, "closed before answering");
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert!(
+            got.starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&got)
+        );
+        conns.push(s);
+    }
+    let c = client();
+    let m = send(&c, "GET", r.admin, "/metrics", &[], "").await.text();
+    let per_worker = worker_connections(&m);
+    assert_eq!(per_worker.len(), 2, "{m}");
+    let counts: Vec<i64> = per_worker.iter().map(|(_, n)| *n).collect();
+    assert_eq!(counts.iter().sum::<i64>(), 16, "{per_worker:?}");
+    assert!(
+        (counts[0] - counts[1]).abs() <= 2,
+        "unbalanced: {per_worker:?}"
+    );
+    // Closed connections are counted out.
+    drop(conns);
+    eventually("closed connections are counted out", WAIT, || async {
+        let m = send(&c, "GET", r.admin, "/metrics", &[], "").await.text();
+        worker_connections(&m)
+            .iter()
+            .all(|(_, n)| *n == 0)
+            .then_some(())
+    })
+    .await;
+}
