@@ -82,12 +82,28 @@ pub struct NginxConf {
     pub workers: u32,
     /// Idle keep-alive connections nginx keeps to the upstream per worker.
     pub upstream_keepalive: u32,
+    /// Set the forwarding headers the ezone router sets (see
+    /// [`SAME_HEADERS`]).
+    pub same_headers: bool,
     /// Where pid, error log and temp files go.
     pub dir: PathBuf,
     /// Add `user root;` (needed, and only allowed, when running as root: the
     /// workers would otherwise drop to `nobody`, who cannot reach the dir).
     pub as_root: bool,
 }
+
+/// What the ezone router adds to every request it forwards, as nginx
+/// directives: the client's `Host` kept, `X-Forwarded-For` appended to,
+/// `X-Forwarded-Proto`, `Via`, and the site, shard and epoch (constants here:
+/// the bench routes one city of one site).
+pub const SAME_HEADERS: &str = r#"            proxy_set_header Host $http_host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header Via "1.1 nginx";
+            proxy_set_header X-Ezone-Site bench;
+            proxy_set_header X-Ezone-Shard 1;
+            proxy_set_header X-Ezone-Epoch 1;
+"#;
 
 impl NginxConf {
     /// The nginx.conf text.
@@ -127,7 +143,7 @@ http {{
             proxy_pass http://bench_upstream;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
-        }}
+{same}        }}
     }}
 }}
 "#,
@@ -136,6 +152,7 @@ http {{
             ka = self.upstream_keepalive,
             kar = KEEPALIVE_REQUESTS,
             listen = self.listen,
+            same = if self.same_headers { SAME_HEADERS } else { "" },
         )
     }
 }
@@ -200,6 +217,7 @@ mod tests {
             upstream: "127.0.0.1:9001".parse().expect("addr"),
             workers: 2,
             upstream_keepalive: 64,
+            same_headers: true,
             dir: PathBuf::from("/tmp/ezone-bench-x"),
             as_root: true,
         };
@@ -223,5 +241,15 @@ mod tests {
             ..c
         };
         assert!(!not_root.render().contains("user "));
+        // The router's forwarding headers, unless asked for a bare proxy.
+        assert!(text.contains("proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;"));
+        assert!(text.contains("proxy_set_header X-Ezone-Shard 1;"));
+        let bare = NginxConf {
+            same_headers: false,
+            ..not_root
+        }
+        .render();
+        assert!(!bare.contains("X-Forwarded-For"));
+        assert!(bare.contains("proxy_set_header Connection \"\";"));
     }
 }

@@ -138,6 +138,19 @@ pub struct RouterBench {
     /// Keep the temp dir (configs, logs, wrk output) and print its path.
     #[arg(long)]
     keep_dir: bool,
+    /// nginx as a bare `proxy_pass` (only `Host` and the client's own
+    /// headers go upstream). By default nginx sets the same forwarding
+    /// headers the router does (`X-Forwarded-For`, `X-Forwarded-Proto`,
+    /// `Via` and the three `X-Ezone-*`), so the upstream gets the same
+    /// request from both and the comparison is of the same work.
+    #[arg(long)]
+    nginx_minimal_headers: bool,
+    /// Run the targets this many times, alternating (nginx, ezone, nginx,
+    /// ezone, ...), and report each round's ratios and their median: on a
+    /// shared machine the speed drifts by more than the difference being
+    /// measured, and the median of side-by-side pairs is what holds.
+    #[arg(long, default_value_t = 1)]
+    rounds: u32,
 }
 
 /// One target's measured run.
@@ -167,6 +180,8 @@ struct Measured {
 /// One row: measured, or why not.
 #[derive(Debug, Clone, Serialize)]
 struct Row {
+    /// 1-based.
+    round: u32,
     target: Target,
     #[serde(skip_serializing_if = "Option::is_none")]
     result: Option<Measured>,
@@ -190,6 +205,8 @@ struct Params {
     wrk_threads: u32,
     body_bytes: usize,
     proxy_workers: u32,
+    /// nginx sets the router's forwarding headers too.
+    nginx_same_headers: bool,
     city: &'static str,
     cpus: usize,
     clock_ticks_per_second: u64,
@@ -199,6 +216,9 @@ struct Params {
 struct Report {
     params: Params,
     targets: Vec<Row>,
+    /// Each round's ezone/nginx (from the same round's runs).
+    rounds: Vec<Ratios>,
+    /// The median over the rounds.
     ezone_over_nginx: Ratios,
 }
 
@@ -235,6 +255,7 @@ struct Ctx {
     ticks_per_second: u64,
     proxy_workers: u32,
     nginx: Option<PathBuf>,
+    nginx_same_headers: bool,
 }
 
 async fn bench(args: RouterBench) -> anyhow::Result<()> {
@@ -252,6 +273,9 @@ async fn bench(args: RouterBench) -> anyhow::Result<()> {
     }
     if args.proxy_workers == 0 {
         bail!("--proxy-workers must be at least 1");
+    }
+    if args.rounds == 0 {
+        bail!("--rounds must be at least 1");
     }
     if args.targets.is_empty() {
         bail!("--targets is empty: name at least one of direct, nginx, ezone");
@@ -307,38 +331,48 @@ async fn bench(args: RouterBench) -> anyhow::Result<()> {
         ticks_per_second,
         proxy_workers: args.proxy_workers,
         nginx: args.nginx.clone(),
+        nginx_same_headers: !args.nginx_minimal_headers,
     };
 
     let mut rows = Vec::new();
-    for &target in &args.targets {
-        eprintln!(
-            "{}: warm-up {warmup_seconds}s, then {seconds}s measured ...",
-            target.name()
-        );
-        let outcome = run_target(&ctx, target).await;
-        if let Some(status) = ctx.upstream.exit_status() {
-            bail!(
-                "the bench upstream exited ({status}) during the {} run: {}",
-                target.name(),
-                probe::one_line(&ctx.upstream.log_tail())
+    for round in 1..=args.rounds {
+        for &target in &args.targets {
+            let of = if args.rounds > 1 {
+                format!(" (round {round}/{})", args.rounds)
+            } else {
+                String::new()
+            };
+            eprintln!(
+                "{}{of}: warm-up {warmup_seconds}s, then {seconds}s measured ...",
+                target.name()
             );
-        }
-        rows.push(match outcome {
-            Ok(m) => Row {
-                target,
-                result: Some(m),
-                error: None,
-            },
-            Err(e) => {
-                let error = format!("{}: {e:#}", target.unavailable());
-                eprintln!("{error}");
-                Row {
-                    target,
-                    result: None,
-                    error: Some(error),
-                }
+            let outcome = run_target(&ctx, target).await;
+            if let Some(status) = ctx.upstream.exit_status() {
+                bail!(
+                    "the bench upstream exited ({status}) during the {} run: {}",
+                    target.name(),
+                    probe::one_line(&ctx.upstream.log_tail())
+                );
             }
-        });
+            rows.push(match outcome {
+                Ok(m) => Row {
+                    round,
+                    target,
+                    result: Some(m),
+                    error: None,
+                },
+                Err(e) => {
+                    let error = format!("{}: {e:#}", target.unavailable());
+                    eprintln!("{error}");
+                    Row {
+                        round,
+                        target,
+                        result: None,
+                        error: Some(error),
+                    }
+                }
+            });
+        }
     }
     let _ = ctx.upstream.terminate(STOP_WITHIN).await;
 
@@ -350,11 +384,13 @@ async fn bench(args: RouterBench) -> anyhow::Result<()> {
             wrk_threads: args.threads,
             body_bytes: args.body_bytes,
             proxy_workers: args.proxy_workers,
+            nginx_same_headers: !args.nginx_minimal_headers,
             city: CITY,
             cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
             clock_ticks_per_second: ticks_per_second,
         },
-        ezone_over_nginx: ratios(&rows),
+        rounds: per_round(&rows, args.rounds),
+        ezone_over_nginx: median_ratios(&per_round(&rows, args.rounds)),
         targets: rows,
     };
     if args.json {
@@ -387,6 +423,7 @@ async fn run_target(ctx: &Ctx, target: Target) -> anyhow::Result<Measured> {
                 upstream: ctx.upstream_addr,
                 workers: ctx.proxy_workers,
                 upstream_keepalive: NGINX_UPSTREAM_KEEPALIVE,
+                same_headers: ctx.nginx_same_headers,
                 dir: ctx.dir.clone(),
                 as_root: nix::unistd::geteuid().is_root(),
             };
@@ -516,6 +553,39 @@ fn ratios(rows: &[Row]) -> Ratios {
     }
 }
 
+/// Each round's ratios, from that round's rows.
+fn per_round(rows: &[Row], rounds: u32) -> Vec<Ratios> {
+    (1..=rounds)
+        .map(|r| {
+            let of: Vec<Row> = rows.iter().filter(|x| x.round == r).cloned().collect();
+            ratios(&of)
+        })
+        .collect()
+}
+
+/// The median of the values present (the mean of the middle two for an even
+/// count).
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    v.retain(|x| x.is_finite());
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(v[n / 2]),
+        _ => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
+    }
+}
+
+/// Field by field, the median over the rounds.
+fn median_ratios(rounds: &[Ratios]) -> Ratios {
+    let of = |f: fn(&Ratios) -> Option<f64>| median(rounds.iter().filter_map(f).collect());
+    Ratios {
+        throughput: of(|r| r.throughput),
+        p99: of(|r| r.p99),
+        cpu: of(|r| r.cpu),
+    }
+}
+
 fn table(report: &Report) -> String {
     use std::fmt::Write;
     let p = &report.params;
@@ -527,10 +597,25 @@ fn table(report: &Report) -> String {
     );
     let _ = writeln!(
         out,
+        "{}",
+        if p.nginx_same_headers {
+            "nginx sets the router's forwarding headers too (X-Forwarded-For/-Proto, Via, X-Ezone-*): the upstream gets the same request from both"
+        } else {
+            "nginx as a bare proxy_pass (--nginx-minimal-headers): the router sends the upstream six more header fields"
+        }
+    );
+    let _ = writeln!(
+        out,
         "{:<8} {:>11} {:>9} {:>9} {:>9} {:>10}  CPU s / 10k req",
         "target", "req/s", "p50 ms", "p99 ms", "p99.9 ms", "errors"
     );
+    let many = report.rounds.len() > 1;
     for row in &report.targets {
+        let name = if many {
+            format!("{} #{}", row.target.name(), row.round)
+        } else {
+            row.target.name().to_string()
+        };
         match (&row.result, &row.error) {
             (Some(m), _) => {
                 let cpu = match m.cpu_seconds_per_10k_requests {
@@ -540,20 +625,14 @@ fn table(report: &Report) -> String {
                 let _ = writeln!(
                     out,
                     "{:<8} {:>11.1} {:>9.3} {:>9.3} {:>9.3} {:>10}  {}",
-                    row.target.name(),
-                    m.requests_per_second,
-                    m.p50_ms,
-                    m.p99_ms,
-                    m.p999_ms,
-                    m.errors_total,
-                    cpu
+                    name, m.requests_per_second, m.p50_ms, m.p99_ms, m.p999_ms, m.errors_total, cpu
                 );
             }
             (None, error) => {
                 let _ = writeln!(
                     out,
                     "{:<8} {}",
-                    row.target.name(),
+                    name,
                     error.as_deref().unwrap_or("not measured")
                 );
             }
@@ -561,9 +640,27 @@ fn table(report: &Report) -> String {
     }
     let x = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.2}x"));
     let r = &report.ezone_over_nginx;
+    if many {
+        let each = |f: fn(&Ratios) -> Option<f64>| {
+            report
+                .rounds
+                .iter()
+                .map(|r| f(r).map_or("n/a".to_string(), |v| format!("{v:.2}")))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let _ = writeln!(
+            out,
+            "ezone/nginx by round: throughput {}",
+            each(|r| r.throughput)
+        );
+        let _ = writeln!(out, "                      p99        {}", each(|r| r.p99));
+        let _ = writeln!(out, "                      CPU        {}", each(|r| r.cpu));
+    }
     let _ = writeln!(
         out,
-        "ezone/nginx: throughput {}, p99 {}, CPU per request {}",
+        "ezone/nginx{}: throughput {}, p99 {}, CPU per request {}",
+        if many { " (median of the rounds)" } else { "" },
         x(r.throughput),
         x(r.p99),
         x(r.cpu)
@@ -603,11 +700,13 @@ mod tests {
     fn ratios_are_ezone_over_nginx_and_absent_when_a_side_is() {
         let rows = vec![
             Row {
+                round: 1,
                 target: Target::Nginx,
                 result: Some(m(1000.0, 2.0, Some(0.5))),
                 error: None,
             },
             Row {
+                round: 1,
                 target: Target::Ezone,
                 result: Some(m(800.0, 3.0, Some(1.0))),
                 error: None,
@@ -620,6 +719,7 @@ mod tests {
         let missing = vec![
             rows[0].clone(),
             Row {
+                round: 1,
                 target: Target::Ezone,
                 result: None,
                 error: Some("ezone router not available: x".into()),
@@ -635,15 +735,34 @@ mod tests {
                 wrk_threads: 1,
                 body_bytes: 128,
                 proxy_workers: 2,
+                nginx_same_headers: true,
                 city: CITY,
                 cpus: 2,
                 clock_ticks_per_second: 100,
             },
             targets: missing,
+            rounds: vec![r],
             ezone_over_nginx: r,
         });
         assert!(text.contains("ezone router not available: x"), "{text}");
         assert!(text.contains("throughput n/a"), "{text}");
+    }
+
+    #[test]
+    fn rounds_report_their_median() {
+        assert_eq!(median(vec![]), None);
+        assert_eq!(median(vec![3.0]), Some(3.0));
+        assert_eq!(median(vec![0.9, 1.1, 0.8]), Some(0.9));
+        assert_eq!(median(vec![1.0, 0.8, f64::NAN, 0.9, 1.2]), Some(0.95));
+        let r = |t: Option<f64>| Ratios {
+            throughput: t,
+            p99: Some(1.0),
+            cpu: None,
+        };
+        let m = median_ratios(&[r(Some(0.9)), r(None), r(Some(1.1)), r(Some(1.0))]);
+        assert_eq!(m.throughput, Some(1.0));
+        assert_eq!(m.p99, Some(1.0));
+        assert_eq!(m.cpu, None);
     }
 
     #[test]
