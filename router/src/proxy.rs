@@ -173,6 +173,13 @@ pub struct Worker {
     pub(crate) client: UpstreamClient,
     budget: RetryBudget,
     stats: RequestStats,
+    /// The watcher's snapshot last seen, and this worker's own copy of it.
+    /// Every request holds a snapshot while it is in flight; cloning the
+    /// watcher's `Arc` would have every worker increment and decrement one
+    /// shared counter per request (a cache line bouncing between cores).
+    /// The copy is taken once per topology change, and its counter is only
+    /// ever touched by this worker's thread.
+    snap: std::sync::Mutex<Option<(Arc<Snapshot>, Arc<Snapshot>)>>,
 }
 
 impl Worker {
@@ -183,7 +190,23 @@ impl Worker {
             budget: RetryBudget::new(router.cfg.upstream.retry_budget_percent),
             stats: RequestStats::new(index),
             router,
+            snap: std::sync::Mutex::new(None),
         }
+    }
+
+    /// The topology in use, as this worker's own copy (see [`Worker::snap`]).
+    fn snapshot(&self) -> Option<Arc<Snapshot>> {
+        let watcher = &self.router.watcher;
+        let mut cache = self.snap.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((seen, own)) = &*cache {
+            if watcher.is_current(seen) {
+                return Some(own.clone());
+            }
+        }
+        let seen = watcher.current()?;
+        let own = Arc::new(Snapshot::clone(&seen));
+        *cache = Some((seen, own.clone()));
+        Some(own)
     }
 
     /// Handles one request on this worker. Never fails: every problem
@@ -341,7 +364,7 @@ impl Router {
     /// the loop check, the key and the decision.
     fn plan<'a>(&'a self, req: Request<Incoming>, conn: ConnInfo, worker: &'a Worker) -> Step<'a> {
         let none = |r| Step::Answer((r, "none".to_string(), None));
-        let Some(snap) = self.watcher.current() else {
+        let Some(snap) = worker.snapshot() else {
             return none(self.reject(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "no topology loaded yet; see /readyz",

@@ -173,6 +173,17 @@ impl Watcher {
         self.shared.current.load_full()
     }
 
+    /// True if `snap` is the snapshot in use (the same one, not an equal
+    /// one). Writes nothing shared: a request path can ask this every time
+    /// and keep its own copy while it holds (see the router's worker).
+    pub fn is_current(&self, snap: &Arc<Snapshot>) -> bool {
+        self.shared
+            .current
+            .load()
+            .as_ref()
+            .is_some_and(|c| Arc::ptr_eq(c, snap))
+    }
+
     /// A receiver that sees every published snapshot (the latest, if several
     /// were published between two looks).
     pub fn subscribe(&self) -> watch::Receiver<Option<Arc<Snapshot>>> {
