@@ -5,16 +5,18 @@
 //! branch update, a history insert) plus deletes, so the batches hold every
 //! kind of set statement and rows changed many times.
 
+mod common;
+
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::{q, until_within, DB};
 use ezone_chaos::postgres::PgCluster;
 use ezone_replicator::link::{ensure_source, run, LinkConfig, LinkStats};
 use ezone_replicator::walsender::SourceConfig;
 use tokio::sync::watch;
 
-const DB: &str = "ezone";
 const TABLES_SQL: &str = "
 CREATE TABLE accounts (id bigint PRIMARY KEY, balance bigint NOT NULL, note text);
 CREATE TABLE branches (id int PRIMARY KEY, balance bigint NOT NULL);
@@ -47,10 +49,6 @@ const CHECKSUM_SQL: &str = "SELECT \
  (SELECT count(*) || ':' || coalesce(md5(string_agg(a::text, ',' ORDER BY id)), '') FROM accounts a) || ' ' || \
  (SELECT count(*) || ':' || coalesce(md5(string_agg(b::text, ',' ORDER BY id)), '') FROM branches b) || ' ' || \
  (SELECT count(*) || ':' || coalesce(md5(string_agg(h::text, ',' ORDER BY id)), '') FROM history h)";
-
-async fn q(pg: &PgCluster, sql: &str) -> String {
-    pg.psql_db(DB, sql).await.expect("psql").trim().to_string()
-}
 
 #[tokio::test]
 async fn a_backlog_drained_through_many_aborts_lands_exactly_once() {
@@ -101,18 +99,7 @@ async fn a_backlog_drained_through_many_aborts_lands_exactly_once() {
     q(&a, &format!("CALL load({}, 500)", txns + 1)).await;
     let want_after = q(&a, CHECKSUM_SQL).await;
     assert_ne!(want, want_after);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    loop {
-        let got = q(&b, CHECKSUM_SQL).await;
-        if got == want_after {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "target {got}, source {want_after}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until_within(&b, CHECKSUM_SQL, &want_after, Duration::from_secs(120)).await;
     // A transaction applied twice would have met its own rows: a conflict.
     assert_eq!(
         q(&b, "SELECT count(*) FROM ezone_replication.conflicts").await,

@@ -3,16 +3,18 @@
 //! replicator killed mid-stream again and again resumes with no gap and no
 //! duplicate.
 
+mod common;
+
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::{q, until, until_within, DB};
 use ezone_chaos::postgres::PgCluster;
 use ezone_replicator::link::{run, LinkConfig, LinkStats};
 use ezone_replicator::walsender::SourceConfig;
 use tokio::sync::watch;
 
-const DB: &str = "ezone";
 const TABLE_SQL: &str = "CREATE TABLE orders (id bigint PRIMARY KEY, city text NOT NULL, amount numeric(12,2), note text, big text, tags text[], meta jsonb, at timestamptz)";
 
 fn link(name: &str, from: &PgCluster, to: &PgCluster, from_site: &str) -> LinkConfig {
@@ -28,10 +30,6 @@ fn link(name: &str, from: &PgCluster, to: &PgCluster, from_site: &str) -> LinkCo
         origin: format!("ezone_from_{from_site}"),
         tables: vec!["public.orders".into()],
     }
-}
-
-async fn q(pg: &PgCluster, sql: &str) -> String {
-    pg.psql_db(DB, sql).await.expect("psql").trim().to_string()
 }
 
 /// A checksum of the whole table, the same at both sites when they agree.
@@ -81,14 +79,12 @@ async fn both_directions_converge_without_echo() {
     ));
     // Wait until both slots exist before writing (the slot starts the history).
     for pg in [&a, &b] {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        while q(pg, "SELECT count(*) FROM pg_replication_slots WHERE active").await != "1" {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "slot never became active"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        until(
+            pg,
+            "SELECT count(*) FROM pg_replication_slots WHERE active",
+            "1",
+        )
+        .await;
     }
     // Disjoint writes at both sites, many small transactions, every type.
     for i in 0..50 {
@@ -129,20 +125,12 @@ async fn both_directions_converge_without_echo() {
         "2.00"
     );
     // The marker was recorded at the target.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while q(
+    until(
         &b,
         "SELECT count(*) FROM ezone_replication.markers WHERE content = 'cut-1'",
+        "1",
     )
-    .await
-        != "1"
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "marker never applied"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    .await;
     // Nothing echoed: every applied transaction came back as skipped, none
     // applied twice, no conflicts anywhere.
     for pg in [&a, &b] {
@@ -213,18 +201,13 @@ async fn killed_mid_stream_many_times_no_gap_no_duplicate() {
     // A final run drains the rest.
     let (stop_tx, stop) = watch::channel(false);
     let task = tokio::spawn(run(cfg.clone(), stats.clone(), stop));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let target = q(&b, "SELECT count(*) FROM orders").await;
-        if target == rows.to_string() {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "target has {target} of {rows} rows"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until_within(
+        &b,
+        "SELECT count(*) FROM orders",
+        &rows.to_string(),
+        Duration::from_secs(60),
+    )
+    .await;
     // No duplicate (a re-applied insert would be a recorded conflict) and no
     // gap (ids 0..rows all present).
     assert_eq!(

@@ -3,16 +3,17 @@
 //! is refused at start, schema drift stops the link with nothing half-applied,
 //! and values of many types arrive intact.
 
+mod common;
+
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::{q, until, DB};
 use ezone_chaos::postgres::PgCluster;
 use ezone_replicator::link::{ensure_source, run, LinkConfig, LinkStats};
 use ezone_replicator::walsender::SourceConfig;
 use tokio::sync::watch;
-
-const DB: &str = "ezone";
 
 fn link(from: &PgCluster, to: &PgCluster, tables: &[&str]) -> LinkConfig {
     LinkConfig {
@@ -24,25 +25,6 @@ fn link(from: &PgCluster, to: &PgCluster, tables: &[&str]) -> LinkConfig {
         slot: "ezone_to_shanghai".into(),
         origin: "ezone_from_beijing".into(),
         tables: tables.iter().map(|t| t.to_string()).collect(),
-    }
-}
-
-async fn q(pg: &PgCluster, sql: &str) -> String {
-    pg.psql_db(DB, sql).await.expect("psql").trim().to_string()
-}
-
-async fn until(pg: &PgCluster, sql: &str, want: &str) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let got = q(pg, sql).await;
-        if got == want {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{sql}: got {got:?}, want {want:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -4,10 +4,13 @@
 //! with both links running; the repair writes get past beijing's database
 //! fence and are not replicated back and forth.
 
+mod common;
+
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::{q, until, DB};
 use ezone_chaos::postgres::PgCluster;
 use ezone_replicator::apply::{Applier, Ownership};
 use ezone_replicator::config::{origin_name, slot_name};
@@ -19,7 +22,6 @@ use ezone_replicator::walsender::SourceConfig;
 use ezone_topology::Topology;
 use tokio::sync::watch;
 
-const DB: &str = "ezone";
 const TABLES: &[&str] = &["public.orders", "public.beacon"];
 const DDL: &str = "CREATE TABLE orders (id text PRIMARY KEY, city text NOT NULL, note text, \
     amount numeric(12,2), at timestamptz, meta jsonb, tags text[], blob bytea); \
@@ -53,25 +55,6 @@ fn ownership(source: &str, target: &str, t: Arc<Topology>) -> Ownership {
         .into_iter()
         .collect(),
         topology: Some(Arc::new(move || Some(t.clone()))),
-    }
-}
-
-async fn q(pg: &PgCluster, sql: &str) -> String {
-    pg.psql_db(DB, sql).await.expect("psql").trim().to_string()
-}
-
-async fn until(pg: &PgCluster, sql: &str, want: &str) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let got = q(pg, sql).await;
-        if got == want {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{sql}: got {got:?}, want {want:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
