@@ -32,6 +32,10 @@ use crate::metrics::{Metrics, Route};
 
 pub const X_CITY_ID: HeaderName = HeaderName::from_static("x-city-id");
 pub const X_EZONE_SHARD: HeaderName = HeaderName::from_static("x-ezone-shard");
+/// Set on a `503` whose write the database fence refused: nothing of it was
+/// committed, so the router may send it again to the shard's home once the
+/// move it ran into has landed (the router's `X_EZONE_FENCED`).
+pub const X_EZONE_FENCED: HeaderName = HeaderName::from_static("x-ezone-fenced");
 pub const X_EZONE_EPOCH: HeaderName = HeaderName::from_static("x-ezone-epoch");
 pub const X_EZONE_SITE: HeaderName = HeaderName::from_static("x-ezone-site");
 pub const X_EZONE_SERVED_BY: HeaderName = HeaderName::from_static("x-ezone-served-by");
@@ -439,6 +443,13 @@ impl App {
         if r.retry_after {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+        }
+        // Only the fence's refusal: the transaction rolled back before any
+        // row was written. (A shard mismatch or an unavailable database may
+        // be a router's or a network's doing and is not marked.)
+        if r.error == "fenced" {
+            resp.headers_mut()
+                .insert(X_EZONE_FENCED, HeaderValue::from_static("1"));
         }
         if r.status == StatusCode::METHOD_NOT_ALLOWED {
             if let Ok(v) = HeaderValue::from_str(&r.detail) {

@@ -22,6 +22,7 @@ pub mod defaults {
     pub const MAX_HEADERS: usize = 100;
     pub const MAX_BODY_BYTES: u64 = 10 * 1024 * 1024;
     pub const MAX_HELD: usize = 1_000;
+    pub const REPLAY_BODY_BYTES: u64 = 64 * 1024;
     pub const HEALTH_PATH: &str = "/healthz";
     pub const HEALTH_INTERVAL_MS: u64 = 1_000;
     pub const EJECT_AFTER_FAILURES: u32 = 3;
@@ -223,6 +224,9 @@ fn d_max_body() -> u64 {
 fn d_max_held() -> usize {
     defaults::MAX_HELD
 }
+fn d_replay_body() -> u64 {
+    defaults::REPLAY_BODY_BYTES
+}
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -239,6 +243,16 @@ pub struct Limits {
     /// Most writes held at once for frozen shards (more get 503).
     #[serde(default = "d_max_held")]
     pub max_held: usize,
+    /// Writes for a shard with a body of at most this many bytes (declared
+    /// by `Content-Length`) are read whole before they are sent, so that one
+    /// the database fence refused (`503` with `X-Ezone-Fenced`: a flip began
+    /// while it was on its way) can be held and sent again to the shard's
+    /// new home instead of failing. Larger or chunked bodies stream, and a
+    /// fenced refusal of one reaches the client. `0`: only writes without a
+    /// body are sent again. (Bodies over `max_body_bytes` are refused
+    /// first, whatever this says.)
+    #[serde(default = "d_replay_body")]
+    pub replay_body_bytes: u64,
 }
 
 impl Default for Limits {
@@ -248,6 +262,7 @@ impl Default for Limits {
             max_headers: d_max_headers(),
             max_body_bytes: d_max_body(),
             max_held: d_max_held(),
+            replay_body_bytes: d_replay_body(),
         }
     }
 }

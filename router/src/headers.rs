@@ -21,6 +21,10 @@ pub const X_EZONE_SHARD: HeaderName = HeaderName::from_static("x-ezone-shard");
 pub const X_EZONE_EPOCH: HeaderName = HeaderName::from_static("x-ezone-epoch");
 pub const X_EZONE_SITE: HeaderName = HeaderName::from_static("x-ezone-site");
 pub const X_EZONE_HOP: HeaderName = HeaderName::from_static("x-ezone-hop");
+/// On an upstream's `503`: the database fence refused the write and nothing
+/// of it was committed, so it may be sent again once the shard has moved
+/// (see `proxy`'s fenced writes).
+pub const X_EZONE_FENCED: HeaderName = HeaderName::from_static("x-ezone-fenced");
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 

@@ -49,6 +49,21 @@ pub enum HoldOutcome {
     Overflow,
 }
 
+/// What became of a write a database fence refused.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum BounceOutcome {
+    /// Sent again (to the shard's home after the flip).
+    Resent,
+    /// Its body streamed (too large to keep), or the shard did not move in
+    /// time, or it bounced too often: the client got the refusal.
+    Refused,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BounceLabels {
+    pub outcome: BounceOutcome,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HoldLabels {
     pub outcome: HoldOutcome,
@@ -234,6 +249,7 @@ pub struct Metrics {
     pub rejected: Family<ReasonLabels, Counter>,
     pub loops: Counter,
     pub retries: Counter,
+    pub fence_bounces: Family<BounceLabels, Counter>,
     pub upstream_errors: Family<EndpointLabels, Counter>,
     pub upstream_healthy: Family<EndpointLabels, Gauge>,
     pub topology_version: Gauge,
@@ -265,6 +281,7 @@ impl Metrics {
             rejected: Family::default(),
             loops: Counter::default(),
             retries: Counter::default(),
+            fence_bounces: Family::default(),
             upstream_errors: Family::default(),
             upstream_healthy: Family::default(),
             topology_version: Gauge::default(),
@@ -321,6 +338,11 @@ impl Metrics {
             m.loops.clone(),
         );
         registry.register("retries", "Upstream retries", m.retries.clone());
+        registry.register(
+            "fenced_writes",
+            "Writes a site's database fence refused (a flip began while they were on their way), by what the router did: resent to the shard's home after the flip, or answered with the refusal",
+            m.fence_bounces.clone(),
+        );
         registry.register(
             "upstream_errors",
             "Connection-level upstream failures",

@@ -26,11 +26,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use futures::future::Either;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::Limited;
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -42,11 +42,13 @@ use ezone_topology::{Snapshot, Watcher};
 use crate::body::{self, Body};
 use crate::client::{Upstream, UpstreamClient, UpstreamError};
 use crate::config::{RouterConfig, UpstreamProtocol};
-use crate::decide::{decide, Decision, Policy, ShardRef};
+use crate::decide::{decide, is_write, Decision, Policy, ShardRef};
 use crate::extract::extract;
 use crate::headers;
 use crate::hold::{Held, HoldQueue};
-use crate::metrics::{EndpointLabels, Metrics, ReasonLabels, RequestStats, SiteLabels};
+use crate::metrics::{
+    BounceLabels, BounceOutcome, EndpointLabels, Metrics, ReasonLabels, RequestStats, SiteLabels,
+};
 use crate::upstream::{Endpoints, RetryBudget};
 
 /// Facts about the client connection a request came on.
@@ -115,6 +117,8 @@ struct HyperMessage {
     head: Option<http::request::Parts>,
     /// The streamed body, if the request has one.
     body: Option<Body>,
+    /// A body read whole (see [`Router::write`]): sent with every attempt.
+    replay: Option<Bytes>,
 }
 
 impl HyperMessage {
@@ -126,10 +130,12 @@ impl HyperMessage {
         } else {
             self.head.take()
         }?;
-        Some(Request::from_parts(
-            head,
-            self.body.take().unwrap_or_else(body::empty),
-        ))
+        let body = self
+            .body
+            .take()
+            .or_else(|| self.replay.clone().map(body::full))
+            .unwrap_or_else(body::empty);
+        Some(Request::from_parts(head, body))
     }
 }
 
@@ -249,6 +255,15 @@ impl Worker {
                     tracing::debug!(status = resp.status().as_u16(), "Request answered.")
                 });
             }
+            if is_fenced(&resp) {
+                router
+                    .metrics
+                    .fence_bounces
+                    .get_or_create(&BounceLabels {
+                        outcome: BounceOutcome::Refused,
+                    })
+                    .inc();
+            }
             self.stats.record(
                 &router.metrics,
                 &site,
@@ -287,6 +302,17 @@ fn has_body(req: &Request<Incoming>) -> bool {
             req.version() == http::Version::HTTP_2 && !hyper::body::Body::is_end_stream(req.body())
         }
     }
+}
+
+/// The most times one write is sent again after a fence refused it (a
+/// second refusal means the shard moved again, or away, meanwhile).
+const MAX_FENCE_BOUNCES: u32 = 2;
+
+/// An upstream's answer that the database fence refused the write (nothing
+/// of it committed).
+fn is_fenced(resp: &Response<Body>) -> bool {
+    resp.status() == StatusCode::SERVICE_UNAVAILABLE
+        && resp.headers().contains_key(headers::X_EZONE_FENCED)
 }
 
 fn idempotent(m: &Method) -> bool {
@@ -516,33 +542,204 @@ impl Router {
                 self.run(self.dispatch(d, snap, req, conn, worker), worker)
                     .await
             }
-            Held::Deadline | Held::Overflow => {
-                let why = if held == Held::Overflow {
-                    "too many writes held for frozen shards"
-                } else {
-                    "the shard stayed frozen past the write-hold deadline"
-                };
-                let mut r = error_response(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    &format!("shard {} is being moved: {why}; retry shortly", shard.id),
-                );
-                let secs = deadline.as_secs().max(1);
-                r.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from(secs));
-                (r, "none".into(), Some(shard))
-            }
+            held => self.hold_refusal(&held, shard, deadline),
         }
     }
 
-    /// Turns a decision into a step: an answer, or a request ready to send.
-    fn dispatch<'a>(
-        &'a self,
-        decision: Decision,
-        snap: Arc<Snapshot>,
+    /// The answer to a write whose hold ended without a release.
+    fn hold_refusal(&self, held: &Held, shard: ShardRef, deadline: Duration) -> Routed {
+        let why = if *held == Held::Overflow {
+            "too many writes held for frozen shards"
+        } else {
+            "the shard stayed frozen past the write-hold deadline"
+        };
+        let mut r = error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("shard {} is being moved: {why}; retry shortly", shard.id),
+        );
+        let secs = deadline.as_secs().max(1);
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        (r, "none".into(), Some(shard))
+    }
+
+    /// The shard a write may be sent again for after a fence refused it
+    /// (see [`Self::write`]), or `None` if it is sent as any request is:
+    /// reads, writes to another site's router (which resends itself), and
+    /// writes whose body is streamed (chunked, or over
+    /// `limits.replay_body_bytes`).
+    fn replayable(&self, req: &Request<Incoming>, target: &Target) -> Option<ShardRef> {
+        if !is_write(req.method()) || target.remote || req.method() == Method::CONNECT {
+            return None;
+        }
+        let shard = target.shard?;
+        if headers::wants_upgrade(req.headers())
+            || req.headers().contains_key(header::TRANSFER_ENCODING)
+        {
+            return None;
+        }
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let fits = match declared {
+            Some(n) => n <= self.cfg.limits.replay_body_bytes,
+            None => !has_body(req),
+        };
+        fits.then_some(shard)
+    }
+
+    /// A write for a shard, its body read whole first so that it can be
+    /// sent again. A flip that begins while a write is on its way to the
+    /// old home (the router decided before it saw the freeze) closes the
+    /// fence in front of it: the database refuses it, commits nothing, and
+    /// the upstream answers `503` with `X-Ezone-Fenced`. Rather than fail
+    /// the write (the design's "a planned switchover fails no request"),
+    /// it waits for the topology past the epoch it was decided at, is held
+    /// like any write while the shard is frozen, and goes to the shard's
+    /// home once the flip lands. Bounded by the write-hold deadline per
+    /// wait and by [`MAX_FENCE_BOUNCES`]; past them the client gets a
+    /// `503` with `Retry-After`.
+    async fn write(
+        &self,
         req: Request<Incoming>,
         conn: ConnInfo,
-        worker: &'a Worker,
-    ) -> Step<'a> {
+        mut target: Target,
+        mut shard: ShardRef,
+        worker: &Worker,
+    ) -> Routed {
+        let (parts, incoming) = req.into_parts();
+        let cap = usize::try_from(self.cfg.limits.replay_body_bytes).unwrap_or(usize::MAX);
+        let body = match Limited::new(incoming, cap).collect().await {
+            Ok(c) => c.to_bytes(),
+            Err(e) if is_body_too_large(&*e) => {
+                // Content-Length said it fits; the body did not (hyper
+                // enforces the length, so this is a guard, not a path).
+                let r = self.reject(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "request body longer than its Content-Length",
+                    "body_too_large",
+                );
+                return (r, "none".into(), Some(shard));
+            }
+            Err(e) => {
+                let r = error_response(
+                    StatusCode::BAD_REQUEST,
+                    &format!("could not read the request body: {}", error_chain(&*e)),
+                );
+                return (r, "none".into(), Some(shard));
+            }
+        };
+        let deadline = self.hold_deadline(&target.snap);
+        let mut bounces = 0;
+        loop {
+            let remote = target.remote;
+            worker.budget.deposit();
+            let f = self.buffered(&parts, &body, &conn, target, worker);
+            let routed = self.forward(f, worker).await;
+            // A refusal from another site's router: it has resent already.
+            if remote || bounces >= MAX_FENCE_BOUNCES || !is_fenced(&routed.0) {
+                return routed;
+            }
+            bounces += 1;
+            let refused_at = routed.1;
+            drop(routed.0);
+            let Some(snap) = crate::hold::wait_for_epoch(
+                self.watcher.subscribe(),
+                shard.id,
+                shard.epoch + 1,
+                deadline,
+            )
+            .await
+            else {
+                let mut r = error_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!(
+                        "site {refused_at}'s database refused the write for shard {} (fenced: a move is under way, or this router's topology is stale) and no newer topology than epoch {} arrived within {deadline:?}; retry shortly",
+                        shard.id, shard.epoch
+                    ),
+                );
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(1u32));
+                r.headers_mut()
+                    .insert(headers::X_EZONE_FENCED, HeaderValue::from_static("1"));
+                return (r, "none".into(), Some(shard));
+            };
+            let key = extract(&self.cfg.keys, &parts.uri, &parts.headers);
+            let (decision, snap) =
+                match decide(&snap.topology, &self.policy, key.as_ref(), &parts.method) {
+                    Decision::Hold { shard: held_shard } => {
+                        let held = self
+                            .holds
+                            .hold(
+                                held_shard.id,
+                                deadline,
+                                &self.policy,
+                                self.watcher.subscribe(),
+                                &self.metrics,
+                            )
+                            .await;
+                        match held {
+                            Held::Released(d) => (d, self.watcher.current().unwrap_or(snap)),
+                            held => return self.hold_refusal(&held, held_shard, deadline),
+                        }
+                    }
+                    d => (d, snap),
+                };
+            target = match self.target(decision, snap) {
+                Ok(t) => t,
+                Err(routed) => return routed,
+            };
+            shard = target.shard.unwrap_or(shard);
+            self.metrics
+                .fence_bounces
+                .get_or_create(&BounceLabels {
+                    outcome: BounceOutcome::Resent,
+                })
+                .inc();
+            tracing::debug!(shard = shard.id, epoch = shard.epoch, to = %target.site, "Resending a write the fence refused.");
+        }
+    }
+
+    /// A buffered write, ready to send (again).
+    fn buffered(
+        &self,
+        parts: &http::request::Parts,
+        body: &Bytes,
+        conn: &ConnInfo,
+        target: Target,
+        worker: &Worker,
+    ) -> Forward {
+        let message = if body.is_empty()
+            && (target.remote || !worker.client.upstreams_h2())
+            && (parts.headers.contains_key(header::HOST) || parts.uri.authority().is_some())
+        {
+            Message::Encoded(self.encode_head(parts, conn, &target))
+        } else {
+            let mut head = parts.clone();
+            self.prepare_head(&mut head, conn, &target, false);
+            Message::Hyper(Box::new(HyperMessage {
+                head: Some(head),
+                body: None,
+                replay: Some(body.clone()),
+            }))
+        };
+        Forward {
+            message,
+            head_request: false,
+            target,
+            // The body is kept: it can be sent again.
+            resendable: true,
+            idempotent: idempotent(&parts.method),
+        }
+    }
+
+    /// Where a decision sends a request, or the answer if it goes nowhere.
+    // The answer is returned by value, as `Step::Answer` holds it: boxing it
+    // would allocate on the refusal paths to save nothing on the hot one.
+    #[allow(clippy::result_large_err)]
+    fn target(&self, decision: Decision, snap: Arc<Snapshot>) -> Result<Target, Routed> {
         let target = match decision {
             Decision::Reject {
                 status,
@@ -550,11 +747,11 @@ impl Router {
                 fallback,
             } => {
                 let label = fallback.map_or("rejected", |f| f.as_str());
-                return Step::Answer((self.reject(status, &reason, label), "none".into(), None));
+                return Err((self.reject(status, &reason, label), "none".into(), None));
             }
             Decision::Hold { shard } => {
                 // `release` never yields Hold; be safe anyway.
-                return Step::Answer((
+                return Err((
                     error_response(StatusCode::SERVICE_UNAVAILABLE, "shard is frozen"),
                     "none".into(),
                     Some(shard),
@@ -598,7 +795,26 @@ impl Router {
                 &format!("site {} has no upstreams in the topology", target.site),
                 "no_upstreams",
             );
-            return Step::Answer((r, target.site, target.shard));
+            return Err((r, target.site, target.shard));
+        }
+        Ok(target)
+    }
+
+    /// Turns a decision into a step: an answer, or a request ready to send.
+    fn dispatch<'a>(
+        &'a self,
+        decision: Decision,
+        snap: Arc<Snapshot>,
+        req: Request<Incoming>,
+        conn: ConnInfo,
+        worker: &'a Worker,
+    ) -> Step<'a> {
+        let target = match self.target(decision, snap) {
+            Ok(t) => t,
+            Err(routed) => return Step::Answer(routed),
+        };
+        if let Some(shard) = self.replayable(&req, &target) {
+            return Step::Slow(Box::pin(self.write(req, conn, target, shard, worker)));
         }
         worker.budget.deposit();
         let resendable = !has_body(&req);
@@ -642,6 +858,7 @@ impl Router {
             message: Message::Hyper(Box::new(HyperMessage {
                 head: Some(parts),
                 body,
+                replay: None,
             })),
             head_request,
             target,

@@ -1,12 +1,14 @@
 //! A real HTTP upstream for end-to-end router tests: it answers with what it
 //! saw (its own name, method, path, the `X-Ezone-*` headers, body length),
 //! serves `/healthz`, echoes bytes after a protocol upgrade, and counts the
-//! requests it got.
+//! requests it got. Its "fence" can be closed: writes are then refused as
+//! the order service refuses a write its database fence stopped (`503` with
+//! `X-Ezone-Fenced`).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -33,6 +35,10 @@ pub struct Upstream {
     pub name: String,
     pub addr: SocketAddr,
     pub requests: Arc<AtomicU64>,
+    /// While true, writes (not GET/HEAD/OPTIONS) are refused as fenced.
+    fenced: Arc<AtomicBool>,
+    /// Writes refused so.
+    refused: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
     dead: tokio::sync::watch::Sender<bool>,
 }
@@ -50,17 +56,24 @@ impl Upstream {
             .expect("bind upstream");
         let addr = listener.local_addr().expect("addr");
         let requests = Arc::new(AtomicU64::new(0));
+        let fenced = Arc::new(AtomicBool::new(false));
+        let refused = Arc::new(AtomicU64::new(0));
         let (n, r) = (name.to_string(), requests.clone());
+        let fence = Fence {
+            closed: fenced.clone(),
+            refused: refused.clone(),
+        };
         let (dead, dead_rx) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else {
                     continue;
                 };
-                let (n, r) = (n.clone(), r.clone());
+                let (n, r, fence) = (n.clone(), r.clone(), fence.clone());
                 let mut dead = dead_rx.clone();
                 tokio::spawn(async move {
-                    let svc = service_fn(move |req| handle(n.clone(), r.clone(), req));
+                    let svc =
+                        service_fn(move |req| handle(n.clone(), r.clone(), fence.clone(), req));
                     let builder =
                         hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
                     let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), svc);
@@ -76,9 +89,21 @@ impl Upstream {
             name: name.to_string(),
             addr,
             requests,
+            fenced,
+            refused,
             task,
             dead,
         }
+    }
+
+    /// Closes (true) or opens the fence.
+    pub fn set_fenced(&self, closed: bool) {
+        self.fenced.store(closed, Ordering::SeqCst);
+    }
+
+    /// Writes refused as fenced so far.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::SeqCst)
     }
 
     pub fn count(&self) -> u64 {
@@ -92,13 +117,39 @@ impl Upstream {
     }
 }
 
+#[derive(Clone)]
+struct Fence {
+    closed: Arc<AtomicBool>,
+    refused: Arc<AtomicU64>,
+}
+
 async fn handle(
     name: String,
     count: Arc<AtomicU64>,
+    fence: Fence,
     mut req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     if req.uri().path() == "/healthz" {
         return Ok(Response::new(Full::new(Bytes::from_static(b"ok"))));
+    }
+    let write = !matches!(
+        *req.method(),
+        hyper::Method::GET | hyper::Method::HEAD | hyper::Method::OPTIONS
+    );
+    if write && fence.closed.load(Ordering::SeqCst) {
+        // Read the body first, as a real service would before its database
+        // refused the write.
+        let _ = req.into_body().collect().await;
+        fence.refused.fetch_add(1, Ordering::SeqCst);
+        let mut resp = Response::new(Full::new(Bytes::from_static(
+            br#"{"error":"fenced","detail":"test upstream's fence is closed"}"#,
+        )));
+        *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        resp.headers_mut()
+            .insert("retry-after", "1".parse().expect("static"));
+        resp.headers_mut()
+            .insert("x-ezone-fenced", "1".parse().expect("static"));
+        return Ok(resp);
     }
     count.fetch_add(1, Ordering::Relaxed);
     if req.headers().contains_key(hyper::header::UPGRADE) {

@@ -173,6 +173,8 @@ async fn install_serve_and_the_api_under_the_fence() {
     let r = send(&c, "POST", a, "/orders", &routed("021", "2"), o2).await;
     assert_eq!(r.status, 503, "{}", r.text());
     assert_eq!(r.headers["retry-after"], "1");
+    // Tells a router the write committed nothing: it may send it again.
+    assert_eq!(r.headers["x-ezone-fenced"], "1");
     let body = json(&r.body);
     assert_eq!(body["error"], "fenced");
     assert!(

@@ -291,6 +291,101 @@ async fn frozen_shard_writes_are_held_then_released_to_the_new_home() {
 }
 
 #[tokio::test]
+async fn a_write_the_fence_refused_is_resent_to_the_new_home_after_the_flip() {
+    let w = world("[routing]\nwrite_hold_ms = 1500\n[limits]\nreplay_body_bytes = 16").await;
+    let c = client();
+    // Beijing's database fence is closed for a move of shard 1 that the
+    // router has not seen yet: a write it sends there is refused.
+    w.bj_app.set_fenced(true);
+    let write = {
+        let c = c.clone();
+        let addr = w.bj.http;
+        tokio::spawn(async move {
+            send(
+                &c,
+                "POST",
+                addr,
+                "/orders",
+                &[("X-City-Id", "010")],
+                "order-1",
+            )
+            .await
+        })
+    };
+    eventually("the fence to refuse the write", WAIT, || async {
+        (w.bj_app.refused() == 1).then_some(())
+    })
+    .await;
+    // Not failed: it waits for the move, and is held while the shard is frozen.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!write.is_finished(), "the refused write must wait");
+    set_shard(&w.store, 1, "beijing", ShardState::Frozen).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!write.is_finished(), "the refused write must be held");
+    set_shard(&w.store, 1, "shanghai", ShardState::Active).await;
+    let a = write.await.expect("join");
+    assert_eq!(a.status, 200, "{}", a.text());
+    let seen = a.seen();
+    assert_eq!(seen.upstream, "shanghai-app");
+    assert_eq!(seen.body_bytes, 7, "the same body, sent again");
+    assert_eq!(seen.headers["x-ezone-epoch"], "3");
+    assert_eq!(w.bj_app.refused(), 1, "sent to the old home once");
+    let m = send(&c, "GET", w.bj.admin, "/metrics", &[], "")
+        .await
+        .text();
+    assert!(
+        m.contains("ezone_router_fenced_writes_total{outcome=\"Resent\"} 1"),
+        "{m}"
+    );
+
+    // A body over limits.replay_body_bytes streams, so it cannot be sent
+    // again: the refusal reaches the client at once.
+    w.sh_app.set_fenced(true);
+    let long = "a body longer than sixteen bytes";
+    let a = send(
+        &c,
+        "POST",
+        w.sh.http,
+        "/orders",
+        &[("X-City-Id", "010")],
+        long,
+    )
+    .await;
+    assert_eq!(a.status, 503, "{}", a.text());
+    assert_eq!(a.headers["x-ezone-fenced"], "1");
+    assert_eq!(w.sh_app.refused(), 1);
+
+    // A short one while no move comes (a stale router, a fence left
+    // closed): refused, then answered 503 with Retry-After after the hold
+    // deadline, still marked as fenced.
+    let a = send(
+        &c,
+        "POST",
+        w.sh.http,
+        "/orders",
+        &[("X-City-Id", "010")],
+        "x",
+    )
+    .await;
+    assert_eq!(a.status, 503, "{}", a.text());
+    assert!(a.headers.contains_key("retry-after"));
+    assert_eq!(a.headers["x-ezone-fenced"], "1");
+    assert!(
+        a.text().contains("refused the write for shard 1"),
+        "{}",
+        a.text()
+    );
+    assert_eq!(w.sh_app.refused(), 2, "not sent again without a move");
+    let m = send(&c, "GET", w.sh.admin, "/metrics", &[], "")
+        .await
+        .text();
+    assert!(
+        m.contains("ezone_router_fenced_writes_total{outcome=\"Refused\"} 2"),
+        "{m}"
+    );
+}
+
+#[tokio::test]
 async fn a_loop_between_disagreeing_routers_is_cut() {
     let app = Upstream::start("app").await;
     let (p1, p2) = (free_port().expect("port"), free_port().expect("port"));
