@@ -68,6 +68,54 @@ impl std::fmt::Debug for Body {
     }
 }
 
+/// A client request's body as the request path sees it.
+#[derive(Debug)]
+pub enum RequestBody {
+    /// From hyper's server connection: it may stream a body.
+    Hyper(Incoming),
+    /// None: a request read by the router's own HTTP/1 server, which only
+    /// takes requests without a body (see `crate::h1_server`).
+    Empty,
+}
+
+impl RequestBody {
+    /// Nothing (more) to read.
+    pub fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Hyper(b) => hyper::body::Body::is_end_stream(b),
+            RequestBody::Empty => true,
+        }
+    }
+
+    /// The body to send upstream, cut off with an error past `limit` bytes
+    /// (see [`crate::proxy`]'s `is_body_too_large`).
+    pub fn limited(self, limit: usize) -> Body {
+        match self {
+            RequestBody::Hyper(b) => boxed(http_body_util::Limited::new(b, limit)),
+            RequestBody::Empty => empty(),
+        }
+    }
+
+    /// The whole body, up to `limit` bytes.
+    pub async fn collect(self, limit: usize) -> Result<Bytes, BoxError> {
+        match self {
+            RequestBody::Hyper(b) => Ok(http_body_util::Limited::new(b, limit)
+                .collect()
+                .await?
+                .to_bytes()),
+            RequestBody::Empty => Ok(Bytes::new()),
+        }
+    }
+
+    /// As a body to send (upgrades: whatever the client sends first).
+    pub fn into_body(self) -> Body {
+        match self {
+            RequestBody::Hyper(b) => boxed(b),
+            RequestBody::Empty => empty(),
+        }
+    }
+}
+
 /// A complete body from bytes.
 pub fn full(b: impl Into<Bytes>) -> Body {
     let b = b.into();

@@ -89,6 +89,11 @@ pub struct ListenConfig {
     pub tls_cert: Option<PathBuf>,
     #[serde(default)]
     pub tls_key: Option<PathBuf>,
+    /// Serve plain HTTP/1.1 requests without a body with the router's own
+    /// HTTP/1 server (`h1_server`); everything else on such a connection,
+    /// and every TLS connection, is hyper's. `false`: hyper serves all.
+    #[serde(default = "yes")]
+    pub own_http1: bool,
 }
 
 fn yes() -> bool {

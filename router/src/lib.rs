@@ -14,6 +14,7 @@ pub mod config;
 pub mod decide;
 pub mod extract;
 pub mod h1;
+pub mod h1_server;
 pub mod headers;
 pub mod health;
 pub mod hold;

@@ -30,8 +30,6 @@ use bytes::{Bytes, BytesMut};
 use futures::future::Either;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioIo;
@@ -39,7 +37,7 @@ use tokio::time::Instant;
 
 use ezone_topology::{Snapshot, Watcher};
 
-use crate::body::{self, Body};
+use crate::body::{self, Body, RequestBody};
 use crate::client::{Upstream, UpstreamClient, UpstreamError};
 use crate::config::{RouterConfig, UpstreamProtocol};
 use crate::decide::{decide, is_write, Decision, Policy, ShardRef};
@@ -222,7 +220,7 @@ impl Worker {
     #[allow(clippy::manual_async_fn)]
     pub fn handle(
         self: Arc<Self>,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         conn: ConnInfo,
     ) -> impl Future<Output = Response<Body>> + Send + 'static {
         async move {
@@ -286,7 +284,7 @@ fn error_response(status: StatusCode, reason: &str) -> Response<Body> {
     resp
 }
 
-fn has_body(req: &Request<Incoming>) -> bool {
+fn has_body(req: &Request<RequestBody>) -> bool {
     if req.headers().contains_key(header::TRANSFER_ENCODING) {
         return true;
     }
@@ -298,9 +296,7 @@ fn has_body(req: &Request<Incoming>) -> bool {
     {
         Some(n) => n > 0,
         // HTTP/2 requests may stream a body without a length.
-        None => {
-            req.version() == http::Version::HTTP_2 && !hyper::body::Body::is_end_stream(req.body())
-        }
+        None => req.version() == http::Version::HTTP_2 && !req.body().is_end_stream(),
     }
 }
 
@@ -388,7 +384,12 @@ impl Router {
 
     /// Everything up to where the request goes, without waiting: limits,
     /// the loop check, the key and the decision.
-    fn plan<'a>(&'a self, req: Request<Incoming>, conn: ConnInfo, worker: &'a Worker) -> Step<'a> {
+    fn plan<'a>(
+        &'a self,
+        req: Request<RequestBody>,
+        conn: ConnInfo,
+        worker: &'a Worker,
+    ) -> Step<'a> {
         let none = |r| Step::Answer((r, "none".to_string(), None));
         let Some(snap) = worker.snapshot() else {
             return none(self.reject(
@@ -464,7 +465,7 @@ impl Router {
     /// router decided at, then goes on as [`Self::plan`].
     async fn catch_up(
         &self,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         conn: ConnInfo,
         worker: &Worker,
         snap: Arc<Snapshot>,
@@ -501,7 +502,7 @@ impl Router {
     /// The key, the decision against `snap`, and what follows from it.
     fn decide_step<'a>(
         &'a self,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         conn: ConnInfo,
         worker: &'a Worker,
         snap: Arc<Snapshot>,
@@ -518,7 +519,7 @@ impl Router {
     /// again and forwards), or the deadline passes.
     async fn hold(
         &self,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         conn: ConnInfo,
         worker: &Worker,
         snap: Arc<Snapshot>,
@@ -568,7 +569,7 @@ impl Router {
     /// reads, writes to another site's router (which resends itself), and
     /// writes whose body is streamed (chunked, or over
     /// `limits.replay_body_bytes`).
-    fn replayable(&self, req: &Request<Incoming>, target: &Target) -> Option<ShardRef> {
+    fn replayable(&self, req: &Request<RequestBody>, target: &Target) -> Option<ShardRef> {
         if !is_write(req.method()) || target.remote || req.method() == Method::CONNECT {
             return None;
         }
@@ -603,7 +604,7 @@ impl Router {
     /// `503` with `Retry-After`.
     async fn write(
         &self,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         conn: ConnInfo,
         mut target: Target,
         mut shard: ShardRef,
@@ -611,8 +612,8 @@ impl Router {
     ) -> Routed {
         let (parts, incoming) = req.into_parts();
         let cap = usize::try_from(self.cfg.limits.replay_body_bytes).unwrap_or(usize::MAX);
-        let body = match Limited::new(incoming, cap).collect().await {
-            Ok(c) => c.to_bytes(),
+        let body = match incoming.collect(cap).await {
+            Ok(b) => b,
             Err(e) if is_body_too_large(&*e) => {
                 // Content-Length said it fits; the body did not (hyper
                 // enforces the length, so this is a guard, not a path).
@@ -805,7 +806,7 @@ impl Router {
         &'a self,
         decision: Decision,
         snap: Arc<Snapshot>,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         conn: ConnInfo,
         worker: &'a Worker,
     ) -> Step<'a> {
@@ -848,10 +849,7 @@ impl Router {
         // A request without a body sends none (no limit wrapper needed); one
         // with a body streams through the size limit.
         let body = (!resendable).then(|| {
-            body::boxed(Limited::new(
-                incoming,
-                usize::try_from(self.cfg.limits.max_body_bytes).unwrap_or(usize::MAX),
-            ))
+            incoming.limited(usize::try_from(self.cfg.limits.max_body_bytes).unwrap_or(usize::MAX))
         });
         self.prepare_head(&mut parts, &conn, &target, false);
         Step::Forward(Forward {
@@ -1071,7 +1069,7 @@ impl Router {
 
     async fn forward_upgrade(
         &self,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         client_on: hyper::upgrade::OnUpgrade,
         conn: ConnInfo,
         target: Target,
@@ -1088,7 +1086,7 @@ impl Router {
     async fn upgrade(
         &self,
         parts: http::request::Parts,
-        incoming: Incoming,
+        incoming: RequestBody,
         client_on: hyper::upgrade::OnUpgrade,
         target: &Target,
         worker: &Worker,
@@ -1101,7 +1099,7 @@ impl Router {
             );
         };
         let ep = &upstream.endpoint;
-        let up = Request::from_parts(parts, body::boxed(incoming));
+        let up = Request::from_parts(parts, incoming.into_body());
         // Upgrades need HTTP/1.1 to the upstream, on a connection of their own.
         let mut resp = match tokio::time::timeout(
             self.cfg.timeouts.request(),

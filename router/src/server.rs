@@ -367,6 +367,8 @@ struct WorkerSetup {
 struct ListenerCtx {
     builder: auto::Builder<TokioExecutor>,
     tls: Option<ReloadingAcceptor>,
+    /// Plain HTTP/1.1 without a body goes to the router's own server first.
+    own_http1: Option<crate::h1_server::Limits>,
 }
 
 /// A worker's state shared by its accept loops and its connections.
@@ -424,6 +426,14 @@ fn worker(setup: WorkerSetup) {
                 .map(|s| ListenerCtx {
                     builder: builder(&router.cfg, s.h2),
                     tls: s.tls.clone(),
+                    own_http1: (s.tls.is_none() && router.cfg.listen.own_http1).then(|| {
+                        crate::h1_server::Limits {
+                            // As hyper's buffer (see `builder`).
+                            max_head_bytes: router.cfg.limits.max_header_bytes.max(8192),
+                            max_headers: router.cfg.limits.max_headers,
+                            header_read: router.cfg.timeouts.header_read(),
+                        }
+                    }),
                 })
                 .collect(),
             balance,
@@ -480,6 +490,16 @@ impl Drain {
             drain: self,
             registered: None,
         }
+    }
+}
+
+impl crate::h1_server::Drain for Drain {
+    fn is_draining(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed)
+    }
+
+    fn draining(&self) -> impl std::future::Future<Output = ()> + Send + '_ {
+        Drain::draining(self)
     }
 }
 
@@ -740,34 +760,49 @@ fn serve(
         };
         let timeout = ctx.worker.router.cfg.timeouts.header_read();
         let conn = ConnInfo::new(Some(peer), l.tls.is_some());
+        // One code path for both: a TLS stream or the plain socket, boxed
+        // (a vtable call per read/write is noise next to the syscall).
+        let io: Box<dyn Io> = match (&l.own_http1, &l.tls) {
+            // Plain HTTP/1.1: the router's own server, until a request it
+            // does not take (then hyper serves the rest, from that request on).
+            (Some(limits), None) => {
+                let worker = &ctx.worker;
+                let handle = |req| worker.clone().handle(req, conn.clone());
+                match crate::h1_server::serve(tcp, limits, handle, &*ctx.drain).await {
+                    crate::h1_server::Ended::Closed => return,
+                    crate::h1_server::Ended::Handover { io, read } => {
+                        Box::new(crate::h1_server::Prefixed::new(read, io))
+                    }
+                }
+            }
+            (None, None) => Box::new(tcp),
+            (_, Some(acceptor)) => {
+                match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
+                    Ok(Ok(s)) => Box::new(s),
+                    Ok(Err(e)) => {
+                        tracing::debug!(peer = %peer, error = %e, "TLS handshake failed.");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(peer = %peer, "TLS handshake timed out.");
+                        return;
+                    }
+                }
+            }
+        };
         let clock = Arc::new(IdleClock::new());
         let svc = {
             let clock = clock.clone();
             let worker = ctx.worker.clone();
             service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                 let busy = clock.enter(req.version());
+                let req = req.map(crate::body::RequestBody::Hyper);
                 // A combinator, not an `async` block: a block would keep
                 // a second copy of the request (see `proxy`'s docs).
                 worker.clone().handle(req, conn.clone()).map(move |resp| {
                     Ok::<_, Infallible>(resp.map(|body| Tracked { body, _busy: busy }))
                 })
             })
-        };
-        // One code path for both: a TLS stream or the plain socket, boxed
-        // (a vtable call per read/write is noise next to the syscall).
-        let io: Box<dyn Io> = match &l.tls {
-            None => Box::new(tcp),
-            Some(acceptor) => match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
-                Ok(Ok(s)) => Box::new(s),
-                Ok(Err(e)) => {
-                    tracing::debug!(peer = %peer, error = %e, "TLS handshake failed.");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(peer = %peer, "TLS handshake timed out.");
-                    return;
-                }
-            },
         };
         let c = l
             .builder

@@ -432,3 +432,53 @@ async fn connections_are_balanced_across_workers() {
     })
     .await;
 }
+
+/// Three requests on one client connection: the router's own HTTP/1 server
+/// takes the first, hands the connection to hyper at the one with a body,
+/// and hyper serves the rest; with `own_http1 = false`, hyper serves all.
+/// Either way every answer is right.
+#[tokio::test]
+async fn one_connection_moves_from_the_own_server_to_hyper_at_a_body() {
+    for own in ["true", "false"] {
+        let app = Upstream::start("app").await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let r = router_with(&[&app], dir.path(), &format!("own_http1 = {own}")).await;
+        let tcp = tokio::net::TcpStream::connect(r.http)
+            .await
+            .expect("connect");
+        let (mut send_req, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .expect("handshake");
+        tokio::spawn(conn);
+        let requests = [
+            ("GET", "/first", ""),
+            ("POST", "/second", "a body"),
+            ("GET", "/third", ""),
+            ("HEAD", "/fourth", ""),
+        ];
+        for (method, path, body) in requests {
+            let req = http::Request::builder()
+                .method(method)
+                .uri(path)
+                .header("host", "router")
+                .header("x-city-id", "010")
+                .header("x-ezone-shard", "999")
+                .body(Full::new(Bytes::from(body)))
+                .expect("req");
+            let resp = send_req.send_request(req).await.expect("answer");
+            assert_eq!(resp.status(), 200, "own_http1 = {own}: {method} {path}");
+            assert!(resp.headers().contains_key("date"));
+            let got = resp.into_body().collect().await.expect("body").to_bytes();
+            if method == "HEAD" {
+                assert!(got.is_empty());
+                continue;
+            }
+            let seen: Seen = serde_json::from_slice(&got).expect("answer");
+            assert_eq!((seen.method.as_str(), seen.path.as_str()), (method, path));
+            assert_eq!(seen.body_bytes, body.len() as u64);
+            // The client's spoofed copy replaced by the router's.
+            assert_eq!(seen.headers["x-ezone-shard"], "1", "own_http1 = {own}");
+        }
+        assert_eq!(app.count(), 4);
+    }
+}
