@@ -70,6 +70,15 @@ fn connection_named(headers: &HeaderMap, keep_upgrade: bool) -> Vec<HeaderName> 
 /// Removes hop-by-hop headers. With `keep_upgrade`, `Connection: upgrade` and
 /// `Upgrade` survive.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Usually there is none (an HTTP/1.1 upstream's answer): one pass over
+    // the few names present costs less than a lookup per hop-by-hop name.
+    if !keep_upgrade
+        && !headers
+            .keys()
+            .any(|n| HOP_BY_HOP.contains(n) || *n == header::UPGRADE)
+    {
+        return;
+    }
     // Headers named in Connection are hop-by-hop too.
     let named = connection_named(headers, keep_upgrade);
     for n in named {
