@@ -193,8 +193,7 @@ fn parse(buf: &mut BytesMut, limits: &Limits) -> Parsed {
     // per request).
     let mut stack = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; STACK_HEADERS];
     let mut heap;
-    let fields: &mut [MaybeUninit<httparse::Header<'_>>] = if limits.max_headers <= STACK_HEADERS
-    {
+    let fields: &mut [MaybeUninit<httparse::Header<'_>>] = if limits.max_headers <= STACK_HEADERS {
         &mut stack[..limits.max_headers]
     } else {
         heap = std::iter::repeat_with(MaybeUninit::uninit)
