@@ -379,7 +379,7 @@ async fn write_response<IO: AsyncWrite + Unpin>(
         _ if bodiless => {}
         Some(n) => {
             out.put_slice(b"content-length: ");
-            out.put_slice(itoa(n, &mut [0u8; 20]));
+            out.put_slice(crate::headers::digits(n, &mut [0u8; 20]));
             out.put_slice(b"\r\n");
         }
         None => out.put_slice(b"transfer-encoding: chunked\r\n"),
@@ -484,19 +484,6 @@ fn put_hex(out: &mut BytesMut, n: usize) {
         }
     }
     out.put_slice(&buf[i..]);
-}
-
-fn itoa(n: u64, buf: &mut [u8; 20]) -> &[u8] {
-    let mut i = buf.len();
-    let mut n = n;
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return &buf[i..];
-        }
-    }
 }
 
 /// The `Date` field's value, formatted once a second per thread.

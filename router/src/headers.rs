@@ -205,7 +205,7 @@ impl FieldSink for HeaderMap {
 }
 
 /// A number's decimal digits, without allocating.
-fn digits(n: u64, buf: &mut [u8; 20]) -> &[u8] {
+pub(crate) fn digits(n: u64, buf: &mut [u8; 20]) -> &[u8] {
     let mut i = buf.len();
     let mut n = n;
     loop {

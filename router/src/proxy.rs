@@ -526,17 +526,7 @@ impl Router {
         shard: ShardRef,
     ) -> Routed {
         let deadline = self.hold_deadline(&snap);
-        let held = self
-            .holds
-            .hold(
-                shard.id,
-                deadline,
-                &self.policy,
-                self.watcher.subscribe(),
-                &self.metrics,
-            )
-            .await;
-        match held {
+        match self.wait_for_release(shard, deadline).await {
             Held::Released(d) => {
                 // Addresses from the topology that released it (or newer).
                 let snap = self.watcher.current().unwrap_or(snap);
@@ -545,6 +535,20 @@ impl Router {
             }
             held => self.hold_refusal(&held, shard, deadline),
         }
+    }
+
+    /// Holds a write for `shard` (counted, bounded) until the topology
+    /// releases it or `deadline` passes.
+    async fn wait_for_release(&self, shard: ShardRef, deadline: Duration) -> Held {
+        self.holds
+            .hold(
+                shard.id,
+                deadline,
+                &self.policy,
+                self.watcher.subscribe(),
+                &self.metrics,
+            )
+            .await
     }
 
     /// The answer to a write whose hold ended without a release.
@@ -671,17 +675,7 @@ impl Router {
             let (decision, snap) =
                 match decide(&snap.topology, &self.policy, key.as_ref(), &parts.method) {
                     Decision::Hold { shard: held_shard } => {
-                        let held = self
-                            .holds
-                            .hold(
-                                held_shard.id,
-                                deadline,
-                                &self.policy,
-                                self.watcher.subscribe(),
-                                &self.metrics,
-                            )
-                            .await;
-                        match held {
+                        match self.wait_for_release(held_shard, deadline).await {
                             Held::Released(d) => (d, self.watcher.current().unwrap_or(snap)),
                             held => return self.hold_refusal(&held, held_shard, deadline),
                         }
