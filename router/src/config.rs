@@ -89,9 +89,10 @@ pub struct ListenConfig {
     pub tls_cert: Option<PathBuf>,
     #[serde(default)]
     pub tls_key: Option<PathBuf>,
-    /// Serve plain HTTP/1.1 requests without a body with the router's own
-    /// HTTP/1 server (`h1_server`); everything else on such a connection,
-    /// and every TLS connection, is hyper's. `false`: hyper serves all.
+    /// Serve HTTP/1.1 requests without a body (plain, or TLS unless ALPN
+    /// chose h2) with the router's own HTTP/1 server (`h1_server`); from the
+    /// first other request on, the connection is hyper's. `false`: hyper
+    /// serves all.
     #[serde(default = "yes")]
     pub own_http1: bool,
 }

@@ -165,8 +165,12 @@ where
         if write_response(&mut io, &mut out, resp, head_request, close)
             .await
             .is_err()
-            || close
         {
+            return Ended::Closed;
+        }
+        if close {
+            // FIN (and TLS close_notify) after the answer.
+            let _ = io.shutdown().await;
             return Ended::Closed;
         }
         waiting_since = Instant::now();
@@ -396,6 +400,9 @@ async fn write_response<IO: AsyncWrite + Unpin>(
                         io.write_all(out).await?;
                         out.clear();
                     }
+                    // What was written must reach the client before the
+                    // wait (a TLS stream may still hold it).
+                    io.flush().await?;
                     std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
                 }
             };
@@ -442,7 +449,8 @@ async fn write_response<IO: AsyncWrite + Unpin>(
         io.write_all(out).await?;
         out.clear();
     }
-    Ok(())
+    // A no-op on a socket; a TLS stream may hold encrypted records back.
+    io.flush().await
 }
 
 /// The body's next frame if it has one ready, without waiting.
@@ -912,6 +920,87 @@ mod tests {
         let (ended, out) = tokio::join!(serving, talking);
         assert!(matches!(ended, Ended::Closed));
         assert!(out.is_empty());
+    }
+
+    /// A stream that holds what is written until it is flushed (as a TLS
+    /// stream may).
+    struct HoldsUntilFlush<IO> {
+        inner: IO,
+        held: Vec<u8>,
+    }
+
+    impl<IO: AsyncRead + Unpin> AsyncRead for HoldsUntilFlush<IO> {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            dst: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_read(cx, dst)
+        }
+    }
+
+    impl<IO: AsyncWrite + Unpin> AsyncWrite for HoldsUntilFlush<IO> {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            b: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.held.extend_from_slice(b);
+            Poll::Ready(Ok(b.len()))
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            let this = &mut *self;
+            while !this.held.is_empty() {
+                match Pin::new(&mut this.inner).poll_write(cx, &this.held) {
+                    Poll::Ready(Ok(n)) => {
+                        this.held.drain(..n);
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            Pin::new(&mut this.inner).poll_flush(cx)
+        }
+
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            match self.as_mut().poll_flush(cx) {
+                Poll::Ready(Ok(())) => Pin::new(&mut self.inner).poll_shutdown(cx),
+                other => other,
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn answers_are_flushed_before_waiting_for_the_next_request() {
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let server = HoldsUntilFlush {
+            inner: server,
+            held: Vec::new(),
+        };
+        let drain = TestDrain::default();
+        let lim = limits();
+        let serving = serve(server, &lim, echo, &drain);
+        let talking = async {
+            client
+                .write_all(b"GET /one HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await
+                .expect("write");
+            // The answer must arrive while the connection stays open.
+            let mut got = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !String::from_utf8_lossy(&got).contains("GET /one") {
+                let n = tokio::time::timeout(Duration::from_secs(5), client.read(&mut buf))
+                    .await
+                    .expect("the answer, not a wait for the next request")
+                    .expect("read");
+                assert!(n > 0, "closed early");
+                got.extend_from_slice(&buf[..n]);
+            }
+            drop(client);
+        };
+        let (ended, ()) = tokio::join!(serving, talking);
+        assert!(matches!(ended, Ended::Closed));
     }
 
     #[tokio::test]

@@ -367,7 +367,8 @@ struct WorkerSetup {
 struct ListenerCtx {
     builder: auto::Builder<TokioExecutor>,
     tls: Option<ReloadingAcceptor>,
-    /// Plain HTTP/1.1 without a body goes to the router's own server first.
+    /// HTTP/1.1 (plain, or TLS without ALPN h2) goes to the router's own
+    /// server first.
     own_http1: Option<crate::h1_server::Limits>,
 }
 
@@ -426,7 +427,7 @@ fn worker(setup: WorkerSetup) {
                 .map(|s| ListenerCtx {
                     builder: builder(&router.cfg, s.h2),
                     tls: s.tls.clone(),
-                    own_http1: (s.tls.is_none() && router.cfg.listen.own_http1).then(|| {
+                    own_http1: router.cfg.listen.own_http1.then(|| {
                         crate::h1_server::Limits {
                             // As hyper's buffer (see `builder`).
                             max_head_bytes: router.cfg.limits.max_header_bytes.max(8192),
@@ -762,33 +763,37 @@ fn serve(
         let conn = ConnInfo::new(Some(peer), l.tls.is_some());
         // One code path for both: a TLS stream or the plain socket, boxed
         // (a vtable call per read/write is noise next to the syscall).
-        let io: Box<dyn Io> = match (&l.own_http1, &l.tls) {
-            // Plain HTTP/1.1: the router's own server, until a request it
-            // does not take (then hyper serves the rest, from that request on).
-            (Some(limits), None) => {
-                let worker = &ctx.worker;
-                let handle = |req| worker.clone().handle(req, conn.clone());
-                match crate::h1_server::serve(tcp, limits, handle, &*ctx.drain).await {
-                    crate::h1_server::Ended::Closed => return,
-                    crate::h1_server::Ended::Handover { io, read } => {
-                        Box::new(crate::h1_server::Prefixed::new(read, io))
+        // HTTP/1.1 (plain, or TLS without ALPN h2): the router's own server,
+        // until a request it does not take; then hyper serves the rest of
+        // the connection, from that request on.
+        let io: Box<dyn Io> = match &l.tls {
+            None => match &l.own_http1 {
+                Some(limits) => match own_http1(tcp, limits, &ctx, &conn).await {
+                    Some(io) => io,
+                    None => return,
+                },
+                None => Box::new(tcp),
+            },
+            Some(acceptor) => match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => {
+                    let h2 = s.get_ref().1.alpn_protocol() == Some(&b"h2"[..]);
+                    match &l.own_http1 {
+                        Some(limits) if !h2 => match own_http1(s, limits, &ctx, &conn).await {
+                            Some(io) => io,
+                            None => return,
+                        },
+                        _ => Box::new(s),
                     }
                 }
-            }
-            (None, None) => Box::new(tcp),
-            (_, Some(acceptor)) => {
-                match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
-                    Ok(Ok(s)) => Box::new(s),
-                    Ok(Err(e)) => {
-                        tracing::debug!(peer = %peer, error = %e, "TLS handshake failed.");
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::debug!(peer = %peer, "TLS handshake timed out.");
-                        return;
-                    }
+                Ok(Err(e)) => {
+                    tracing::debug!(peer = %peer, error = %e, "TLS handshake failed.");
+                    return;
                 }
-            }
+                Err(_) => {
+                    tracing::debug!(peer = %peer, "TLS handshake timed out.");
+                    return;
+                }
+            },
         };
         let clock = Arc::new(IdleClock::new());
         let svc = {
@@ -824,6 +829,24 @@ fn serve(
             tracing::debug!(peer = %peer, error = %e, "Connection ended with an error.");
         }
     });
+}
+
+/// Serves `io` with the router's own HTTP/1.1 server; the connection for
+/// hyper if a request needs it (`None`: it is over).
+async fn own_http1<IO: Io + 'static>(
+    io: IO,
+    limits: &crate::h1_server::Limits,
+    ctx: &Arc<WorkerCtx>,
+    conn: &ConnInfo,
+) -> Option<Box<dyn Io>> {
+    let worker = &ctx.worker;
+    let handle = |req| worker.clone().handle(req, conn.clone());
+    match crate::h1_server::serve(io, limits, handle, &*ctx.drain).await {
+        crate::h1_server::Ended::Closed => None,
+        crate::h1_server::Ended::Handover { io, read } => {
+            Some(Box::new(crate::h1_server::Prefixed::new(read, io)))
+        }
+    }
 }
 
 async fn admin_loop(listener: TcpListener, router: Arc<Router>, mut stop: watch::Receiver<bool>) {

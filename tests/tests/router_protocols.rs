@@ -482,3 +482,65 @@ async fn one_connection_moves_from_the_own_server_to_hyper_at_a_body() {
         assert_eq!(app.count(), 4);
     }
 }
+
+/// HTTP/1.1 over TLS (ALPN http/1.1): the router's own server answers the
+/// request without a body, hyper the one with a body after it, on the same
+/// TLS connection; both are forwarded as HTTPS.
+#[tokio::test]
+async fn tls_with_http1_on_one_connection() {
+    let app = Upstream::start("app").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = pki(dir.path());
+    let https = free_port().expect("port");
+    let r = router_with(
+        &[&app],
+        dir.path(),
+        &format!(
+            "https = \"127.0.0.1:{https}\"\ntls_cert = {:?}\ntls_key = {:?}",
+            p.cert.display().to_string(),
+            p.key.display().to_string()
+        ),
+    )
+    .await;
+    let addr = r.https.expect("https listener");
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(p.ca_der.clone().into()).expect("root");
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").expect("name"),
+            tcp,
+        )
+        .await
+        .expect("handshake with the test CA");
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .expect("h1 handshake");
+    tokio::spawn(conn);
+    for (method, body) in [("GET", ""), ("POST", "twelve bytes"), ("GET", "")] {
+        let req = http::Request::builder()
+            .method(method)
+            .uri("/orders")
+            .header("host", "localhost")
+            .header("x-city-id", "010")
+            .body(Full::new(Bytes::from(body)))
+            .expect("req");
+        let resp = sender.send_request(req).await.expect("request");
+        assert_eq!(resp.status(), 200, "{method}");
+        let got = resp.into_body().collect().await.expect("body").to_bytes();
+        let seen: Seen = serde_json::from_slice(&got).expect("upstream answer");
+        assert_eq!(seen.method, method);
+        assert_eq!(seen.body_bytes, body.len() as u64);
+        assert_eq!(seen.headers["x-forwarded-proto"], "https");
+    }
+    assert_eq!(app.count(), 3);
+}
