@@ -109,6 +109,22 @@ async fn set_shard(store: &EtcdStore, id: u32, home: &str, state: ShardState) ->
     store.cas_shard(cur.epoch, &next).await.expect("cas")
 }
 
+/// `POST /orders` for city 010 (body `order-1`) to the router at `addr`,
+/// in a task of its own (it may be held).
+fn spawn_order(addr: std::net::SocketAddr) -> tokio::task::JoinHandle<ezone_tests::router::Answer> {
+    tokio::spawn(async move {
+        send(
+            &client(),
+            "POST",
+            addr,
+            "/orders",
+            &[("X-City-Id", "010")],
+            "order-1",
+        )
+        .await
+    })
+}
+
 fn home_of_user(t: &Topology, user: &str) -> String {
     t.user_shard(user).expect("user shard").home.clone()
 }
@@ -232,21 +248,7 @@ async fn frozen_shard_writes_are_held_then_released_to_the_new_home() {
 
     // A write is held; the flip lands; the write goes to the new home.
     let before = w.bj_app.count();
-    let held = {
-        let c = c.clone();
-        let addr = w.bj.http;
-        tokio::spawn(async move {
-            send(
-                &c,
-                "POST",
-                addr,
-                "/orders",
-                &[("X-City-Id", "010")],
-                "order-1",
-            )
-            .await
-        })
-    };
+    let held = spawn_order(w.bj.http);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!held.is_finished(), "the write must be held while frozen");
     set_shard(&w.store, 1, "shanghai", ShardState::Active).await;
@@ -297,21 +299,7 @@ async fn a_write_the_fence_refused_is_resent_to_the_new_home_after_the_flip() {
     // Beijing's database fence is closed for a move of shard 1 that the
     // router has not seen yet: a write it sends there is refused.
     w.bj_app.set_fenced(true);
-    let write = {
-        let c = c.clone();
-        let addr = w.bj.http;
-        tokio::spawn(async move {
-            send(
-                &c,
-                "POST",
-                addr,
-                "/orders",
-                &[("X-City-Id", "010")],
-                "order-1",
-            )
-            .await
-        })
-    };
+    let write = spawn_order(w.bj.http);
     eventually("the fence to refuse the write", WAIT, || async {
         (w.bj_app.refused() == 1).then_some(())
     })

@@ -88,24 +88,27 @@ fn pki(dir: &Path) -> Pki {
     }
 }
 
-#[tokio::test]
-async fn tls_with_http2_over_alpn() {
-    let app = Upstream::start("app").await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let p = pki(dir.path());
+/// A router for `app` with an HTTPS listener using the test PKI.
+async fn https_router(app: &Upstream, dir: &Path, p: &Pki) -> RouterProc {
     let https = free_port().expect("port");
-    let r = router_with(
-        &[&app],
-        dir.path(),
+    router_with(
+        &[app],
+        dir,
         &format!(
             "https = \"127.0.0.1:{https}\"\ntls_cert = {:?}\ntls_key = {:?}",
             p.cert.display().to_string(),
             p.key.display().to_string()
         ),
     )
-    .await;
-    let addr = r.https.expect("https listener");
+    .await
+}
 
+/// A TLS connection to `addr` trusting the test CA, offering `alpn`.
+async fn tls_connect(
+    addr: std::net::SocketAddr,
+    p: &Pki,
+    alpn: &[&[u8]],
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(p.ca_der.clone().into()).expect("root");
     let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
@@ -115,15 +118,26 @@ async fn tls_with_http2_over_alpn() {
     .expect("versions")
     .with_root_certificates(roots)
     .with_no_client_auth();
-    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    cfg.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
     let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+    tokio_rustls::TlsConnector::from(Arc::new(cfg))
         .connect(
             rustls::pki_types::ServerName::try_from("localhost").expect("name"),
             tcp,
         )
         .await
-        .expect("handshake with the test CA");
+        .expect("handshake with the test CA")
+}
+
+#[tokio::test]
+async fn tls_with_http2_over_alpn() {
+    let app = Upstream::start("app").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = pki(dir.path());
+    let r = https_router(&app, dir.path(), &p).await;
+    let addr = r.https.expect("https listener");
+
+    let tls = tls_connect(addr, &p, &[b"h2", b"http/1.1"]).await;
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
     let (mut sender, conn) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
@@ -491,36 +505,9 @@ async fn tls_with_http1_on_one_connection() {
     let app = Upstream::start("app").await;
     let dir = tempfile::tempdir().expect("tempdir");
     let p = pki(dir.path());
-    let https = free_port().expect("port");
-    let r = router_with(
-        &[&app],
-        dir.path(),
-        &format!(
-            "https = \"127.0.0.1:{https}\"\ntls_cert = {:?}\ntls_key = {:?}",
-            p.cert.display().to_string(),
-            p.key.display().to_string()
-        ),
-    )
-    .await;
+    let r = https_router(&app, dir.path(), &p).await;
     let addr = r.https.expect("https listener");
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(p.ca_der.clone().into()).expect("root");
-    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("versions")
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
-        .connect(
-            rustls::pki_types::ServerName::try_from("localhost").expect("name"),
-            tcp,
-        )
-        .await
-        .expect("handshake with the test CA");
+    let tls = tls_connect(addr, &p, &[b"http/1.1"]).await;
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
         .await
