@@ -134,6 +134,24 @@ pub struct RoutingConfig {
     /// Overrides the topology's `settings.write_hold_ms` for this router.
     #[serde(default)]
     pub write_hold_ms: Option<u64>,
+    /// A secret every router of the deployment shares: sent with requests
+    /// forwarded to another site's router, and required before a request's
+    /// hop list, decided epoch and `X-Forwarded-Proto` are believed. Unset:
+    /// any request with a hop list is taken to come from a router (only safe
+    /// where clients cannot reach the routers' peer traffic path).
+    #[serde(default)]
+    pub peer_secret: Option<Secret>,
+}
+
+/// A secret from the config, kept out of `Debug` output and logs.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
 }
 
 fn default_missing() -> FallbackAction {
@@ -149,6 +167,7 @@ impl Default for RoutingConfig {
             on_missing_key: default_missing(),
             on_unknown_city: default_unknown(),
             write_hold_ms: None,
+            peer_secret: None,
         }
     }
 }
@@ -438,6 +457,14 @@ impl RouterConfig {
                 return Err(err(field, "must be at least 1"));
             }
         }
+        if let Some(Secret(secret)) = &self.routing.peer_secret {
+            if secret.len() < 16 || !secret.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(err(
+                    "routing.peer_secret",
+                    "must be at least 16 visible ASCII characters (no spaces); set the same on every router",
+                ));
+            }
+        }
         if self.routing.write_hold_ms == Some(0) {
             return Err(err(
                 "routing.write_hold_ms",
@@ -495,6 +522,19 @@ etcd = ["http://127.0.0.1:2379"]
         assert_eq!(e.field, "keys[0]");
         let e = RouterConfig::from_toml(&format!("{MIN}[limits]\nmax_body = 5\n")).unwrap_err();
         assert!(e.problem.contains("max_body"), "{e}");
+        for weak in ["short", "has a space in it, long enough"] {
+            let e = RouterConfig::from_toml(&format!("{MIN}[routing]\npeer_secret = {weak:?}\n"))
+                .unwrap_err();
+            assert_eq!(e.field, "routing.peer_secret");
+        }
+        let c = RouterConfig::from_toml(&format!(
+            "{MIN}[routing]\npeer_secret = \"0123456789abcdef\"\n"
+        ))
+        .unwrap();
+        assert!(
+            !format!("{c:?}").contains("0123456789abcdef"),
+            "kept out of Debug"
+        );
     }
 
     /// The example in docs/router.md is a valid config (the docs cannot drift).

@@ -21,6 +21,10 @@ pub const X_EZONE_SHARD: HeaderName = HeaderName::from_static("x-ezone-shard");
 pub const X_EZONE_EPOCH: HeaderName = HeaderName::from_static("x-ezone-epoch");
 pub const X_EZONE_SITE: HeaderName = HeaderName::from_static("x-ezone-site");
 pub const X_EZONE_HOP: HeaderName = HeaderName::from_static("x-ezone-hop");
+/// The routers' shared secret (`routing.peer_secret`), sent with the hop
+/// list to a peer router: a request's hop information is believed only with
+/// it, so a client cannot pose as a router.
+pub const X_EZONE_PEER: HeaderName = HeaderName::from_static("x-ezone-peer");
 /// On an upstream's `503`: the database fence refused the write and nothing
 /// of it was committed, so it may be sent again once the shard has moved
 /// (see `proxy`'s fenced writes).
@@ -112,6 +116,25 @@ pub fn hop_entries(headers: &HeaderMap) -> Vec<(String, Option<u64>)> {
         .collect()
 }
 
+/// Whether the request's hop information (hop list, decided shard and
+/// epoch, `X-Forwarded-Proto`) comes from a peer router: it has a hop list
+/// and, if the routers share a secret, carries it. Otherwise those fields
+/// are a client's, and are dropped like any `X-Ezone-*` it sends.
+pub fn from_peer(headers: &HeaderMap, secret: Option<&HeaderValue>) -> bool {
+    headers.contains_key(X_EZONE_HOP)
+        && match secret {
+            None => true,
+            Some(s) => headers
+                .get(X_EZONE_PEER)
+                .is_some_and(|v| same_secret(v.as_bytes(), s.as_bytes())),
+        }
+}
+
+/// Equal, in time that does not depend on where they differ.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
+}
+
 /// The sites already in the request's hop list.
 pub fn hops(headers: &HeaderMap) -> Vec<String> {
     hop_entries(headers).into_iter().map(|(s, _)| s).collect()
@@ -180,6 +203,11 @@ pub struct Forwarding<'a> {
     pub hop: Option<(&'a str, Option<u64>)>,
     /// Keep the `Upgrade` handshake (`Connection: upgrade` and `Upgrade`).
     pub upgrade: bool,
+    /// The request came from a peer router ([`from_peer`]): its hop list
+    /// and `X-Forwarded-Proto` are kept.
+    pub peer: bool,
+    /// Sent with the hop list to a peer router (`X-Ezone-Peer`).
+    pub peer_secret: Option<&'a HeaderValue>,
 }
 
 /// Where the header fields of a forwarded request go: a [`HeaderMap`] (for
@@ -232,8 +260,7 @@ pub fn forwarded_fields(
     out: &mut impl FieldSink,
 ) {
     let headers = &parts.headers;
-    let from_peer = headers.contains_key(X_EZONE_HOP);
-    let keep_proto = from_peer && headers.contains_key(&X_FORWARDED_PROTO);
+    let keep_proto = fwd.peer && headers.contains_key(&X_FORWARDED_PROTO);
     // Fields named in Connection are hop-by-hop too (rare: no allocation
     // unless there are some).
     let named = connection_named(headers, fwd.upgrade);
@@ -289,7 +316,12 @@ pub fn forwarded_fields(
     }
     if let Some((site, epoch)) = fwd.hop {
         let mut list = String::new();
-        for (s, e) in hop_entries(headers)
+        let before = if fwd.peer {
+            hop_entries(headers)
+        } else {
+            Vec::new()
+        };
+        for (s, e) in before
             .into_iter()
             .chain(std::iter::once((site.to_string(), epoch)))
         {
@@ -303,6 +335,9 @@ pub fn forwarded_fields(
             }
         }
         out.field_concat(&X_EZONE_HOP, &[list.as_bytes()]);
+        if let Some(secret) = fwd.peer_secret {
+            out.field(&X_EZONE_PEER, secret);
+        }
     }
 }
 
@@ -331,6 +366,8 @@ mod tests {
             tls: false,
             hop: None,
             upgrade: false,
+            peer: false,
+            peer_secret: None,
         }
     }
 
@@ -354,6 +391,7 @@ mod tests {
         let fwd = Forwarding {
             hop: Some(("shanghai", Some(7))),
             shard: Some((1, 7)),
+            peer: true,
             ..local("beijing")
         };
         let mut h = forward(
@@ -496,6 +534,7 @@ mod tests {
         assert!(!is_loop(&h, "shanghai"));
         let fwd = Forwarding {
             hop: Some(("shanghai", None)),
+            peer: true,
             ..local("beijing")
         };
         let h = forward(&[("x-ezone-hop", "beijing")], http::Version::HTTP_11, &fwd);
@@ -538,9 +577,75 @@ mod tests {
         let h = forward(
             &[("X-Forwarded-Proto", "https"), ("x-ezone-hop", "shanghai")],
             http::Version::HTTP_11,
-            &Forwarding { tls: false, ..fwd },
+            &Forwarding {
+                tls: false,
+                peer: true,
+                ..fwd.clone()
+            },
         );
         assert_eq!(h.get("x-forwarded-proto").unwrap(), "https");
+        // A client's with a hop list of its own is not.
+        let h = forward(
+            &[("X-Forwarded-Proto", "https"), ("x-ezone-hop", "shanghai")],
+            http::Version::HTTP_11,
+            &Forwarding { tls: false, ..fwd },
+        );
+        assert_eq!(h.get("x-forwarded-proto").unwrap(), "http");
+    }
+
+    #[test]
+    fn hop_information_is_believed_only_from_a_peer() {
+        let secret = HeaderValue::from_static("s3cret-s3cret");
+        let with = |pairs: &[(&str, &str)]| map(pairs);
+        // No shared secret: a hop list is enough (the routers trust the network).
+        assert!(from_peer(&with(&[("x-ezone-hop", "beijing")]), None));
+        assert!(!from_peer(&with(&[]), None));
+        // A shared secret: the hop list must come with it.
+        let forged = with(&[("x-ezone-hop", "beijing")]);
+        assert!(!from_peer(&forged, Some(&secret)));
+        let wrong = with(&[
+            ("x-ezone-hop", "beijing"),
+            ("x-ezone-peer", "s3cret-s3creT"),
+        ]);
+        assert!(!from_peer(&wrong, Some(&secret)));
+        let short = with(&[("x-ezone-hop", "beijing"), ("x-ezone-peer", "s3cret")]);
+        assert!(!from_peer(&short, Some(&secret)));
+        let right = with(&[
+            ("x-ezone-hop", "beijing"),
+            ("x-ezone-peer", "s3cret-s3cret"),
+        ]);
+        assert!(from_peer(&right, Some(&secret)));
+
+        // A client's hop list is not carried on, and the secret goes only
+        // to a peer router, never to an upstream.
+        let towards_peer = Forwarding {
+            hop: Some(("shanghai", Some(4))),
+            peer_secret: Some(&secret),
+            ..local("beijing")
+        };
+        let h = forward(
+            &[("x-ezone-hop", "mars@9"), ("x-ezone-peer", "guess")],
+            http::Version::HTTP_11,
+            &towards_peer,
+        );
+        assert_eq!(hop_list(&h), "shanghai@4");
+        assert_eq!(h.get_all(X_EZONE_PEER).iter().count(), 1);
+        assert_eq!(h.get(X_EZONE_PEER).unwrap(), "s3cret-s3cret");
+        let towards_upstream = Forwarding {
+            peer: true,
+            peer_secret: Some(&secret),
+            ..local("beijing")
+        };
+        let h = forward(&right_pairs(), http::Version::HTTP_11, &towards_upstream);
+        assert!(h.get(X_EZONE_PEER).is_none());
+        assert!(h.get(X_EZONE_HOP).is_none());
+    }
+
+    fn right_pairs() -> [(&'static str, &'static str); 2] {
+        [
+            ("x-ezone-hop", "beijing"),
+            ("x-ezone-peer", "s3cret-s3cret"),
+        ]
     }
 
     #[test]

@@ -81,6 +81,8 @@ pub struct Router {
     holds: HoldQueue,
     /// `X-Ezone-Site` for requests to this site's upstreams.
     site_value: Option<HeaderValue>,
+    /// `routing.peer_secret` as a header value (validated as one).
+    peer_secret: Option<HeaderValue>,
 }
 
 /// A request's outcome: the response, the site it went to (`none` if it
@@ -327,6 +329,11 @@ impl Router {
         };
         Router {
             site_value: HeaderValue::from_str(&cfg.site).ok(),
+            peer_secret: cfg.routing.peer_secret.as_ref().and_then(|s| {
+                let mut v = HeaderValue::from_str(&s.0).ok()?;
+                v.set_sensitive(true);
+                Some(v)
+            }),
             health_client: crate::client::legacy_client(
                 &cfg,
                 cfg.upstream.protocol == UpstreamProtocol::H2c,
@@ -431,7 +438,8 @@ impl Router {
                 "body_too_large",
             ));
         }
-        if headers::is_loop(req.headers(), &self.policy.site) {
+        let peer = headers::from_peer(req.headers(), self.peer_secret.as_ref());
+        if peer && headers::is_loop(req.headers(), &self.policy.site) {
             self.metrics.loops.inc();
             return none(self.reject(
                 StatusCode::LOOP_DETECTED,
@@ -446,7 +454,10 @@ impl Router {
         // A peer router forwarded this at an epoch we have not seen yet: our
         // topology is a watch round trip behind. Wait for it rather than
         // send the request back (which the peer would answer 508).
-        if let Some((shard, epoch)) = headers::peer_decision(req.headers()) {
+        if let Some((shard, epoch)) = peer
+            .then(|| headers::peer_decision(req.headers()))
+            .flatten()
+        {
             if snap
                 .topology
                 .shards
@@ -996,6 +1007,7 @@ impl Router {
         conn: &'a ConnInfo,
         target: &'a Target,
         upgrade: bool,
+        request: &http::HeaderMap,
     ) -> headers::Forwarding<'a> {
         headers::Forwarding {
             site: &target.site,
@@ -1010,6 +1022,8 @@ impl Router {
                 .remote
                 .then(|| (self.policy.site.as_str(), target.shard.map(|s| s.epoch))),
             upgrade,
+            peer: headers::from_peer(request, self.peer_secret.as_ref()),
+            peer_secret: self.peer_secret.as_ref(),
         }
     }
 
@@ -1023,7 +1037,11 @@ impl Router {
         upgrade: bool,
     ) {
         let mut fields = http::HeaderMap::with_capacity(parts.headers.len() + 8);
-        headers::forwarded_fields(parts, &self.forwarding(conn, target, upgrade), &mut fields);
+        headers::forwarded_fields(
+            parts,
+            &self.forwarding(conn, target, upgrade, &parts.headers),
+            &mut fields,
+        );
         parts.headers = fields;
         // The upstream connection's protocol is the client's choice, not ours.
         parts.version = http::Version::HTTP_11;
@@ -1048,7 +1066,11 @@ impl Router {
         );
         crate::h1::encode_request_line(&parts.method, &parts.uri, &mut out);
         let mut w = crate::h1::HeadWriter(&mut out);
-        headers::forwarded_fields(parts, &self.forwarding(conn, target, false), &mut w);
+        headers::forwarded_fields(
+            parts,
+            &self.forwarding(conn, target, false, &parts.headers),
+            &mut w,
+        );
         w.finish();
         // Not frozen into `Bytes`: that would allocate again, and it is only
         // ever borrowed.

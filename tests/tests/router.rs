@@ -374,6 +374,39 @@ async fn a_write_the_fence_refused_is_resent_to_the_new_home_after_the_flip() {
 }
 
 #[tokio::test]
+async fn with_a_peer_secret_only_routers_are_believed() {
+    let w = world("[routing]\npeer_secret = \"ezone-test-peer-secret\"").await;
+    let c = client();
+    // Routers still forward to each other: a Shanghai city entering Beijing.
+    let a = send(&c, "GET", w.bj.http, "/", &[("X-City-Id", "021")], "").await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    let seen = a.seen();
+    assert_eq!(seen.upstream, "shanghai-app");
+    assert!(
+        !seen.headers.contains_key("x-ezone-peer") && !seen.headers.contains_key("x-ezone-hop"),
+        "no upstream sees the secret or the hop list: {:?}",
+        seen.headers
+    );
+    // A client posing as a router: its hop list would make this a loop
+    // (508) if it were believed; it is dropped like any X-Ezone-* it sends.
+    let forged = [
+        ("X-City-Id", "010"),
+        ("X-Ezone-Hop", "beijing"),
+        ("X-Ezone-Peer", "a guess"),
+        ("X-Forwarded-Proto", "https"),
+    ];
+    let a = send(&c, "GET", w.bj.http, "/", &forged, "").await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    let seen = a.seen();
+    assert_eq!(seen.upstream, "beijing-app");
+    assert_eq!(
+        seen.headers["x-forwarded-proto"], "http",
+        "a client's is replaced"
+    );
+    assert!(!seen.headers.contains_key("x-ezone-peer"));
+}
+
+#[tokio::test]
 async fn a_loop_between_disagreeing_routers_is_cut() {
     let app = Upstream::start("app").await;
     let (p1, p2) = (free_port().expect("port"), free_port().expect("port"));

@@ -74,6 +74,8 @@ pub(crate) struct KeySource {
 pub(crate) struct Routing {
     pub on_missing_key: &'static str,
     pub on_unknown_city: &'static str,
+    /// The same for every router of the ensemble (`routing.peer_secret`).
+    pub peer_secret: String,
 }
 
 /// `replicator.toml`.
@@ -111,8 +113,9 @@ impl OrdersToml {
 }
 
 impl RouterToml {
-    /// Header `x-city-id` (a city), no key -> this site, unknown city -> 404.
-    pub(crate) fn new(site: &str, topology: Topology) -> Self {
+    /// Header `x-city-id` (a city), no key -> this site, unknown city -> 404;
+    /// `peer_secret` shared by the ensemble's routers.
+    pub(crate) fn new(site: &str, topology: Topology, peer_secret: &str) -> Self {
         RouterToml {
             site: site.to_string(),
             listen: RouterListen { http: any_port() },
@@ -126,6 +129,7 @@ impl RouterToml {
             routing: Routing {
                 on_missing_key: "default_site",
                 on_unknown_city: "reject",
+                peer_secret: peer_secret.to_string(),
             },
         }
     }
@@ -180,7 +184,8 @@ mod tests {
 
     #[test]
     fn router_config_has_the_documented_shape() {
-        let text = toml::to_string(&RouterToml::new("beijing", topo())).expect("toml");
+        let text =
+            toml::to_string(&RouterToml::new("beijing", topo(), "0123456789abcdef")).expect("toml");
         let v: toml::Value = toml::from_str(&text).expect("parses back");
         assert_eq!(v["site"].as_str(), Some("beijing"));
         assert_eq!(v["listen"]["http"].as_str(), Some("127.0.0.1:0"));
@@ -188,6 +193,12 @@ mod tests {
         assert_eq!(v["keys"][0]["name"].as_str(), Some("x-city-id"));
         assert_eq!(v["keys"][0]["kind"].as_str(), Some("city"));
         assert_eq!(v["topology"]["prefix"].as_str(), Some("/ezone"));
+        assert_eq!(
+            v["routing"]["peer_secret"].as_str(),
+            Some("0123456789abcdef")
+        );
+        // What the router itself accepts.
+        ezone_router::config::RouterConfig::from_toml(&text).expect("a valid router config");
     }
 
     #[test]

@@ -137,13 +137,22 @@ pub(super) async fn fronts(
     layout: &Layout<'_>,
 ) -> Result<BTreeMap<String, Front>, EnsembleError> {
     let mut spawned = Vec::new();
+    // The routers' shared secret: a client cannot pose as one of them.
+    let peer_secret: String = {
+        use rand::Rng;
+        rand::thread_rng()
+            .sample_iter(&rand::distributions::Alphanumeric)
+            .take(32)
+            .map(char::from)
+            .collect()
+    };
     for site in lab.sites() {
         let l = layout.launch(site, "orders", &["orders", "serve"]);
         let orders_cfg = OrdersToml::new(site, site_dsn(lab, site)?, layout.spec.pool_size);
         config::write(&l.config_path(), &orders_cfg)?;
         let orders = Service::spawn(&l)?;
         let l = layout.launch(site, "router", &["router"]);
-        let router_cfg = RouterToml::new(site, layout.topology.clone());
+        let router_cfg = RouterToml::new(site, layout.topology.clone(), &peer_secret);
         config::write(&l.config_path(), &router_cfg)?;
         let router = Service::spawn(&l)?;
         spawned.push((site, orders, orders_cfg, router, router_cfg));
