@@ -1038,9 +1038,10 @@ mod tests {
             let mut bytes = prefix.to_vec();
             bytes.extend_from_slice(&input);
             let small = Limits { max_head_bytes: 256, max_headers: 4, header_read: Duration::from_secs(5) };
-            rt.block_on(async {
-                let _ = tokio::time::timeout(Duration::from_secs(5), exchange(&bytes, small)).await;
+            let ended = rt.block_on(async {
+                tokio::time::timeout(Duration::from_secs(5), exchange(&bytes, small)).await
             });
+            proptest::prop_assert!(ended.is_ok(), "serving did not end once the client's side did");
         }
     }
 }

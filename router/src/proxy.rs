@@ -286,20 +286,33 @@ fn error_response(status: StatusCode, reason: &str) -> Response<Body> {
     resp
 }
 
+/// The request's `Content-Length`, if it has one that is a number.
+fn content_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+}
+
 fn has_body(req: &Request<RequestBody>) -> bool {
     if req.headers().contains_key(header::TRANSFER_ENCODING) {
         return true;
     }
-    match req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-    {
+    match content_length(req.headers()) {
         Some(n) => n > 0,
         // HTTP/2 requests may stream a body without a length.
         None => req.version() == http::Version::HTTP_2 && !req.body().is_end_stream(),
     }
+}
+
+/// Whether a request without a body goes over the router's own HTTP/1
+/// exchange (see `client`): not CONNECT, to an HTTP/1 upstream or a peer
+/// router, and with a Host (HTTP/1.0 clients may not send one: hyper's
+/// path adds the upstream's).
+fn own_exchange(parts: &http::request::Parts, target: &Target, worker: &Worker) -> bool {
+    parts.method != Method::CONNECT
+        && (target.remote || !worker.client.upstreams_h2())
+        && (parts.headers.contains_key(header::HOST) || parts.uri.authority().is_some())
 }
 
 /// The most times one write is sent again after a fence refused it (a
@@ -423,12 +436,7 @@ impl Router {
                 "headers_too_large",
             ));
         }
-        let declared = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > self.cfg.limits.max_body_bytes) {
+        if content_length(req.headers()).is_some_and(|n| n > self.cfg.limits.max_body_bytes) {
             return none(self.reject(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 &format!(
@@ -594,12 +602,7 @@ impl Router {
         {
             return None;
         }
-        let declared = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        let fits = match declared {
+        let fits = match content_length(req.headers()) {
             Some(n) => n <= self.cfg.limits.replay_body_bytes,
             None => !has_body(req),
         };
@@ -717,10 +720,7 @@ impl Router {
         target: Target,
         worker: &Worker,
     ) -> Forward {
-        let message = if body.is_empty()
-            && (target.remote || !worker.client.upstreams_h2())
-            && (parts.headers.contains_key(header::HOST) || parts.uri.authority().is_some())
-        {
+        let message = if body.is_empty() && own_exchange(parts, &target, worker) {
             Message::Encoded(self.encode_head(parts, conn, &target))
         } else {
             let mut head = parts.clone();
@@ -834,14 +834,7 @@ impl Router {
         }
         let (mut parts, incoming) = req.into_parts();
         let head_request = parts.method == Method::HEAD;
-        // A request without a body to an HTTP/1 upstream is sent by the
-        // router's own exchange (see `client`); it needs a Host (HTTP/1.0
-        // clients may not send one: hyper's path adds the upstream's).
-        if resendable
-            && parts.method != Method::CONNECT
-            && (target.remote || !worker.client.upstreams_h2())
-            && (parts.headers.contains_key(header::HOST) || parts.uri.authority().is_some())
-        {
+        if resendable && own_exchange(&parts, &target, worker) {
             let encoded = self.encode_head(&parts, &conn, &target);
             return Step::Forward(Forward {
                 message: Message::Encoded(encoded),
