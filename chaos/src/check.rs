@@ -1,4 +1,4 @@
-//! The design's invariants, checked in the data (`shared/DESIGN.md`, "What
+//! The design's invariants, checked in the data (`docs/design.md`, "What
 //! the chaos suite checks"):
 //!
 //! - **No acknowledged write is lost**: every write a client got a 2xx for is

@@ -1,5 +1,5 @@
 //! The ezone edge router: key extraction, shard lookup, forwarding to the home
-//! site, and holding writes for frozen shards (see `shared/DESIGN.md`,
+//! site, and holding writes for frozen shards (see `docs/design.md`,
 //! "Routing").
 //!
 //! The decision logic ([`extract`], [`decide`]) is pure and tested without

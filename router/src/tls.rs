@@ -2,7 +2,7 @@
 //!
 //! [`load_server_config`] turns a PEM certificate chain and private key into a
 //! [`rustls::ServerConfig`] that offers ALPN `h2` and `http/1.1` (so one
-//! listener serves both HTTP versions, see `shared/DESIGN.md`, "Routing").
+//! listener serves both HTTP versions, see `docs/design.md`, "Routing").
 //! The `ring` crypto provider is passed explicitly: nothing here depends on a
 //! process-wide default provider having been installed.
 //!

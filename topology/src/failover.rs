@@ -1,5 +1,5 @@
 //! The planned switchover of one shard from site A to site B, as a pure
-//! state machine (see `shared/DESIGN.md`, "Failover"). No I/O: the operator
+//! state machine (see `docs/design.md`, "Failover"). No I/O: the operator
 //! command feeds it what happened (a CAS landed, a fence closed, the marker
 //! was applied, a step failed or timed out) and it answers with the next
 //! action. Its state is a plain serde value, persisted under
