@@ -25,20 +25,23 @@
 //! the target knows not to send it back (loop prevention).
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use futures::future::Either;
+use futures::future::{BoxFuture, Either};
 use futures::FutureExt;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, NoTls};
 
 use crate::conflict::{self, Op, Policy, Resolution, ShardKey};
 use crate::lsn::Lsn;
+use crate::ownership::{self, Verdict};
 use crate::pgoutput::{Relation, TupleData};
 use crate::plan::{self, StepStatement};
 use crate::sql::{self, ColumnInfo, SetStatement, ShapeError, Statement, TableInfo};
 use crate::txn::{Change, SourceTxn};
-use ezone_topology::Topology;
+use ezone_topology::history::ShardHistory;
+use ezone_topology::{Epoch, ShardId, Topology};
 
 /// What went wrong applying, classified by what the link should do.
 #[derive(Debug, thiserror::Error)]
@@ -65,8 +68,9 @@ impl ApplyError {
     }
 }
 
-/// Who owns what, for conflict decisions (see [`crate::conflict`]).
-#[derive(Clone, Default)]
+/// Who owns what, for conflict decisions (see [`crate::conflict`] and
+/// [`crate::ownership`]).
+#[derive(Clone)]
 pub struct Ownership {
     /// The link's source and target site names.
     pub source_site: String,
@@ -77,10 +81,48 @@ pub struct Ownership {
     pub shard_keys: HashMap<String, ShardKey>,
     /// The current topology (a lock-free read of the watcher's snapshot).
     pub topology: Option<TopologyFn>,
+    /// Reads a shard's epoch history from the store, for changes stamped
+    /// with an epoch older than the view after the home moved. Without
+    /// it such changes are judged by the view.
+    pub history: Option<HistoryFn>,
+    /// How long a change stamped with an epoch newer than the view waits
+    /// for the view before the batch fails (transient: the link retries).
+    pub view_wait: Duration,
+    /// Histories read so far, each with the view epoch it was read at
+    /// (entries never change; a newer view may need newer entries).
+    pub histories: HistoryCache,
 }
+
+/// Shard histories an applier has read, each with the view epoch it was
+/// read at (shared by the clones of one link's [`Ownership`]).
+pub type HistoryCache = Arc<Mutex<HashMap<ShardId, (Epoch, Arc<ShardHistory>)>>>;
+
+impl Default for Ownership {
+    fn default() -> Ownership {
+        Ownership {
+            source_site: String::new(),
+            target_site: String::new(),
+            policy: Policy::default(),
+            shard_keys: HashMap::new(),
+            topology: None,
+            history: None,
+            view_wait: DEFAULT_VIEW_WAIT,
+            histories: Arc::default(),
+        }
+    }
+}
+
+/// How long a change waits for the view to reach its epoch by default:
+/// far more than a watch takes to deliver a change (milliseconds), short
+/// enough that a replicator cut off from etcd says so soon.
+pub const DEFAULT_VIEW_WAIT: Duration = Duration::from_secs(10);
 
 /// Reads the current topology.
 pub type TopologyFn = Arc<dyn Fn() -> Option<Arc<Topology>> + Send + Sync>;
+
+/// Reads a shard's epoch history (an error says why it could not).
+pub type HistoryFn =
+    Arc<dyn Fn(ShardId) -> BoxFuture<'static, Result<ShardHistory, String>> + Send + Sync>;
 
 impl Ownership {
     /// No ownership rules: sites from a link name `source->target`, the
@@ -94,19 +136,82 @@ impl Ownership {
         }
     }
 
-    /// The owner (home site) of the shard of a row image of `rel`, if the
-    /// table has a shard key and the value maps to a shard.
-    fn owner(
+    /// The shard of a row image of `rel`, if the table has a shard key and
+    /// the value maps to a shard.
+    fn shard_of(
         &self,
         topology: Option<&Topology>,
         rel: &Relation,
         image: &TupleData,
-    ) -> Option<String> {
+    ) -> Option<ShardId> {
         let t = topology?;
         let key = self.shard_key(rel)?;
         let idx = rel.columns.iter().position(|c| c.name == key.column)?;
         let value = image.columns.get(idx)?.as_text()?;
-        conflict::owner(t, key, value).map(str::to_string)
+        conflict::shard_of(t, key, value)
+    }
+
+    /// The verdict on a change of `txn` from the source for the row of
+    /// `shard` (`None`: not judged, no shard). Waits for the view when the
+    /// change's stamp is newer, reads the shard's history when it is older
+    /// and the home moved ([`ownership::judge`]). An error is transient:
+    /// the view did not catch up in time, or the history could not be read.
+    async fn verdict(
+        &self,
+        shard: Option<ShardId>,
+        txn: &SourceTxn,
+    ) -> Result<Option<Verdict>, String> {
+        let Some(shard) = shard else {
+            return Ok(None);
+        };
+        let stamp = txn.stamp(shard);
+        let deadline = tokio::time::Instant::now() + self.view_wait;
+        let mut told = false;
+        loop {
+            let Some(t) = self.topology.as_ref().and_then(|f| f()) else {
+                return Ok(None);
+            };
+            let Some(view) = t.shards.get(&shard) else {
+                return Ok(None);
+            };
+            let cached = self
+                .histories
+                .lock()
+                .ok()
+                .and_then(|h| h.get(&shard).cloned())
+                .filter(|(at, _)| *at >= view.epoch)
+                .map(|(_, h)| h);
+            match ownership::judge(&self.source_site, view, stamp, cached.as_deref()) {
+                Verdict::AwaitView { epoch } => {
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(format!(
+                            "a change from {} for shard {shard} was accepted at epoch {epoch}, but this \
+                             replicator's view of the topology is still at epoch {} after {:?}: is etcd \
+                             reachable from here? (retrying)",
+                            self.source_site, view.epoch, self.view_wait
+                        ));
+                    }
+                    if !told {
+                        tracing::info!(source = %self.source_site, shard, epoch, view_epoch = view.epoch,
+                            "A change is stamped with a newer epoch than this replicator's topology view: waiting for the view.");
+                        told = true;
+                    }
+                    tokio::time::sleep(VIEW_POLL).await;
+                }
+                Verdict::NeedHistory => {
+                    let history = match &self.history {
+                        Some(read) => read(shard).await.map_err(|e| {
+                            format!("reading the epoch history of shard {shard}: {e} (retrying)")
+                        })?,
+                        None => ShardHistory::default(),
+                    };
+                    if let Ok(mut h) = self.histories.lock() {
+                        h.insert(shard, (view.epoch, Arc::new(history)));
+                    }
+                }
+                v => return Ok(Some(v)),
+            }
+        }
     }
 
     /// The table's shard key, if it has one (asked for every row change:
@@ -133,14 +238,14 @@ impl Ownership {
         }
     }
 
-    /// The owner from the target's current row (for images that lack the
+    /// The shard from the target's current row (for images that lack the
     /// shard key): the row's JSON, its key column, the topology.
-    fn owner_of_json(
+    fn shard_of_json(
         &self,
         topology: Option<&Topology>,
         rel: &Relation,
         row: &str,
-    ) -> Option<String> {
+    ) -> Option<ShardId> {
         let t = topology?;
         let key = self.shard_key(rel)?;
         let v: serde_json::Value = serde_json::from_str(row).ok()?;
@@ -148,7 +253,20 @@ impl Ownership {
             serde_json::Value::String(s) => s.clone(),
             other => other.to_string(),
         };
-        conflict::owner(t, key, &value).map(str::to_string)
+        conflict::shard_of(t, key, &value)
+    }
+}
+
+/// How often a change waiting for the view looks again.
+const VIEW_POLL: Duration = Duration::from_millis(5);
+
+/// The owner a verdict names for the conflict rules: the source when it may
+/// write the shard, else the home that may.
+fn owner_of(own: &Ownership, verdict: &Option<Verdict>) -> Option<String> {
+    match verdict {
+        Some(Verdict::Owner) => Some(own.source_site.clone()),
+        Some(Verdict::Foreign { home, .. }) => Some(home.clone()),
+        _ => None,
     }
 }
 
@@ -676,7 +794,14 @@ impl Applier {
                     // The owner needs the target's row: the careful path reads it.
                     return Ok(None);
                 }
-                let owner = own.owner(topology, rel, image);
+                let verdict = own
+                    .verdict(own.shard_of(topology, rel, image), txn)
+                    .await
+                    .map_err(|detail| ApplyError::Transient {
+                        target: target.clone(),
+                        detail,
+                    })?;
+                let owner = owner_of(own, &verdict);
                 if conflict::resolve_foreign(own.policy, &own.source_site, owner.as_deref())
                     .is_some()
                 {
@@ -888,25 +1013,36 @@ impl Applier {
                 let mut owner = None;
                 if let (Some(t), Some((rel, image)), Some(op)) = (&shape, row_image(ch), op_of(ch))
                 {
-                    owner = own.owner(topology, rel, image);
-                    if owner.is_none() && own.lacks_key(rel, image) {
+                    let mut shard = own.shard_of(topology, rel, image);
+                    if shard.is_none() && own.lacks_key(rel, image) {
                         if let Ok(st) = sql::select_row(t, rel, image) {
                             let row = tx
                                 .query_opt(st.sql.as_str(), &params(&st))
                                 .await
                                 .map_err(|e| classify(&target, "reading the row's shard key", e))?
                                 .and_then(|r| r.get::<_, Option<String>>(0));
-                            owner = row.and_then(|row| own.owner_of_json(topology, rel, &row));
+                            shard = row.and_then(|row| own.shard_of_json(topology, rel, &row));
                         }
                     }
+                    let verdict =
+                        own.verdict(shard, txn)
+                            .await
+                            .map_err(|detail| ApplyError::Transient {
+                                target: target.clone(),
+                                detail,
+                            })?;
+                    owner = owner_of(own, &verdict);
                     if let Some(res) =
                         conflict::resolve_foreign(own.policy, &own.source_site, owner.as_deref())
                     {
-                        let reason = format!(
-                            "the row's shard is homed at {}, not at {} where the change was made",
-                            owner.as_deref().unwrap_or("?"),
-                            own.source_site
-                        );
+                        let reason = match verdict {
+                            Some(Verdict::Foreign { reason, .. }) => reason,
+                            _ => format!(
+                                "the row's shard is homed at {}, not at {} where the change was made",
+                                owner.as_deref().unwrap_or("?"),
+                                own.source_site
+                            ),
+                        };
                         record(
                             &tx,
                             &link,

@@ -30,6 +30,31 @@ pub const SQLSTATE_FENCED: &str = "EZ001";
 /// SQLSTATE raised for a row whose key maps to no shard.
 pub const SQLSTATE_UNMAPPED: &str = "EZ002";
 
+/// The prefix of the transactional message the fence trigger emits once
+/// per shard a transaction writes: `"{shard}:{epoch}"`, the epoch of the
+/// site's fence row when the write passed it. The replicator judges the
+/// change by it ([`crate::ownership`]).
+pub const EPOCH_MESSAGE_PREFIX: &str = "ezone.epoch";
+
+/// A shard and the epoch a transaction wrote it under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EpochStamp {
+    pub shard: ezone_topology::ShardId,
+    pub epoch: ezone_topology::Epoch,
+}
+
+impl EpochStamp {
+    /// The stamp from an epoch message's content; `None` if it is not one.
+    pub fn parse(content: &[u8]) -> Option<EpochStamp> {
+        let text = std::str::from_utf8(content).ok()?;
+        let (shard, epoch) = text.split_once(':')?;
+        Some(EpochStamp {
+            shard: shard.parse().ok()?,
+            epoch: epoch.parse().ok()?,
+        })
+    }
+}
+
 /// The fence's schema and trigger function. Idempotent.
 pub const SCHEMA_SQL: &str = r#"
 CREATE SCHEMA IF NOT EXISTS ezone_fence;
@@ -55,6 +80,7 @@ CREATE OR REPLACE FUNCTION ezone_fence.check_shard(s integer, col text, v text) 
 LANGUAGE plpgsql AS $$
 DECLARE
     ok boolean;
+    e bigint;
 BEGIN
     IF s IS NULL THEN
         RAISE EXCEPTION USING ERRCODE = 'EZ002',
@@ -63,11 +89,20 @@ BEGIN
     END IF;
     -- FOR SHARE: closing this shard's fence (an UPDATE of the row) waits for
     -- this transaction to end.
-    SELECT writable INTO ok FROM ezone_fence.shards WHERE shard = s FOR SHARE;
+    SELECT writable, epoch INTO ok, e FROM ezone_fence.shards WHERE shard = s FOR SHARE;
     IF ok IS NOT TRUE THEN
         RAISE EXCEPTION USING ERRCODE = 'EZ001',
             MESSAGE = format('ezone fence: shard %s is not writable at this site (not its home, or frozen for a move)', s),
             HINT = 'send the write through an ezone router: it routes to the shard''s home';
+    END IF;
+    -- The epoch this transaction writes the shard under travels with it:
+    -- one transactional message per shard and transaction (the setting is
+    -- transaction-local, and undone with a rolled-back subtransaction, as
+    -- the message is). The share lock held above keeps the row's epoch
+    -- fixed until this transaction ends.
+    IF current_setting('ezone_fence.stamped_' || s, true) IS DISTINCT FROM e::text THEN
+        PERFORM pg_logical_emit_message(true, 'ezone.epoch', s || ':' || e);
+        PERFORM set_config('ezone_fence.stamped_' || s, e::text, true);
     END IF;
 END
 $$;
@@ -310,6 +345,29 @@ mod tests {
             .map(|f| f.shard)
             .collect();
         assert_eq!(got, vec![3, 4]);
+    }
+
+    #[test]
+    fn epoch_stamps_parse_only_their_own_form() {
+        assert_eq!(
+            EpochStamp::parse(b"3:17"),
+            Some(EpochStamp {
+                shard: 3,
+                epoch: 17
+            })
+        );
+        for bad in [
+            &b""[..],
+            b"3",
+            b"3:",
+            b":4",
+            b"x:4",
+            b"3:-1",
+            b"3:4:5",
+            b"\xff:1",
+        ] {
+            assert_eq!(EpochStamp::parse(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

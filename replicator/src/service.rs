@@ -58,6 +58,19 @@ impl Service {
             let w = watcher.clone();
             Arc::new(move || w.current().map(|s| s.topology.clone()))
         };
+        // Each shard's epoch history, for changes stamped with an epoch
+        // older than the view (crate::ownership).
+        let history: crate::apply::HistoryFn = {
+            let store = store.clone();
+            Arc::new(move |shard| {
+                let store = store.clone();
+                Box::pin(async move {
+                    ezone_topology::history::read(&store, shard)
+                        .await
+                        .map_err(|e| e.to_string())
+                })
+            })
+        };
         let t = &snap.topology;
         let Some(here) = t.sites.get(&cfg.site) else {
             return Err(ServiceError::UnknownSite {
@@ -108,6 +121,8 @@ impl Service {
                 policy: cfg.conflict_policy,
                 shard_keys: cfg.shard_keys.clone().into_iter().collect(),
                 topology: Some(topology.clone()),
+                history: Some(history.clone()),
+                ..Ownership::default()
             };
             let stats = Arc::new(LinkStats::default());
             links.insert(link_name.clone(), stats.clone());

@@ -15,7 +15,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::fence::{EpochStamp, EPOCH_MESSAGE_PREFIX};
 use crate::pgoutput::{Begin, Commit, LogicalMessage, Message, Oid, OldTuple, Relation, TupleData};
+use ezone_topology::{Epoch, ShardId};
 
 /// One row change, with the relation it applies to.
 #[derive(Debug, Clone, PartialEq)]
@@ -51,6 +53,20 @@ pub struct SourceTxn {
     pub origin: Option<String>,
     pub changes: Vec<Change>,
     pub commit: Commit,
+    /// The epochs the source's fence stamped the transaction with, one per
+    /// shard it wrote ([`crate::fence::EPOCH_MESSAGE_PREFIX`] messages, taken
+    /// out of `changes`): what the applier judges ownership by.
+    pub stamps: Vec<EpochStamp>,
+}
+
+impl SourceTxn {
+    /// The epoch the transaction wrote `shard` under, if its fence said.
+    pub fn stamp(&self, shard: ShardId) -> Option<Epoch> {
+        self.stamps
+            .iter()
+            .find(|s| s.shard == shard)
+            .map(|s| s.epoch)
+    }
 }
 
 /// What the assembler yields.
@@ -79,6 +95,7 @@ struct Open {
     begin: Begin,
     origin: Option<String>,
     changes: Vec<Change>,
+    stamps: Vec<EpochStamp>,
 }
 
 /// Turns decoded messages into [`Event`]s.
@@ -120,6 +137,7 @@ impl Assembler {
                     begin: b,
                     origin: None,
                     changes: Vec::new(),
+                    stamps: Vec::new(),
                 });
             }
             LogicalMessage::Origin(o) => self.open("Origin")?.origin = Some(o.name),
@@ -163,7 +181,17 @@ impl Assembler {
                 });
             }
             LogicalMessage::Message(m) => {
-                if m.is_transactional() {
+                if m.is_transactional() && m.prefix == EPOCH_MESSAGE_PREFIX {
+                    // Not a change to apply: the fence's word on the epoch.
+                    // A stamp that does not parse is dropped; the change is
+                    // then judged as an unstamped one.
+                    let open = self.open("a transactional Message")?;
+                    if let Some(stamp) = EpochStamp::parse(&m.content) {
+                        if !open.stamps.contains(&stamp) {
+                            open.stamps.push(stamp);
+                        }
+                    }
+                } else if m.is_transactional() {
                     self.open("a transactional Message")?
                         .changes
                         .push(Change::Message(m));
@@ -187,6 +215,7 @@ impl Assembler {
                     origin: open.origin,
                     changes: open.changes,
                     commit: c,
+                    stamps: open.stamps,
                 })));
             }
         }
@@ -202,5 +231,63 @@ impl Assembler {
     /// be sent again from the last confirmed position).
     pub fn reset_open(&mut self) {
         self.open = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lsn::Lsn;
+    use crate::pgoutput::PgTimestamp;
+
+    fn msg(transactional: bool, prefix: &str, content: &[u8]) -> LogicalMessage {
+        LogicalMessage::Message(Message {
+            flags: if transactional {
+                Message::TRANSACTIONAL
+            } else {
+                0
+            },
+            lsn: Lsn(10),
+            prefix: prefix.into(),
+            content: bytes::Bytes::copy_from_slice(content),
+        })
+    }
+
+    #[test]
+    fn epoch_stamps_are_taken_out_of_the_changes() {
+        let mut a = Assembler::new();
+        let begin = Begin {
+            final_lsn: Lsn(100),
+            commit_time: PgTimestamp(0),
+            xid: 7,
+        };
+        assert_eq!(a.push(LogicalMessage::Begin(begin)).unwrap(), None);
+        for m in [
+            msg(true, EPOCH_MESSAGE_PREFIX, b"3:17"),
+            msg(true, EPOCH_MESSAGE_PREFIX, b"3:17"),
+            msg(true, EPOCH_MESSAGE_PREFIX, b"4:2"),
+            msg(true, EPOCH_MESSAGE_PREFIX, b"garbage"),
+            msg(true, "ezone.switchover", b"token"),
+        ] {
+            assert_eq!(a.push(m).unwrap(), None);
+        }
+        let commit = Commit {
+            flags: 0,
+            commit_lsn: Lsn(100),
+            end_lsn: Lsn(120),
+            commit_time: PgTimestamp(0),
+        };
+        let Some(Event::Txn(t)) = a.push(LogicalMessage::Commit(commit)).unwrap() else {
+            panic!("a whole transaction");
+        };
+        assert_eq!(t.stamp(3), Some(17));
+        assert_eq!(t.stamp(4), Some(2));
+        assert_eq!(t.stamp(5), None);
+        assert_eq!(t.stamps.len(), 2);
+        // The marker stays a change; the stamps do not.
+        assert_eq!(t.changes.len(), 1);
+        assert!(matches!(&t.changes[0], Change::Message(m) if m.prefix == "ezone.switchover"));
+        // Outside a transaction an epoch message is an error like any other.
+        assert!(a.push(msg(true, EPOCH_MESSAGE_PREFIX, b"3:1")).is_err());
     }
 }

@@ -314,6 +314,7 @@ fn transactions(changes: Vec<Change>, cuts: &[bool], first_lsn: u64) -> Vec<Sour
                     end_lsn: Lsn(lsn.0 + 8),
                     commit_time: time,
                 },
+                stamps: Vec::new(),
             });
         }
     }

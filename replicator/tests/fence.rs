@@ -142,3 +142,91 @@ async fn the_fence_refuses_what_the_site_does_not_own() {
         .collect();
     assert_eq!(ids, vec![1, 2, 10]);
 }
+
+/// The fence stamps each transaction, once per shard it writes, with the
+/// epoch of the fence row the write passed (what the replicators judge
+/// ownership by); a rolled-back subtransaction takes its stamp with it, and
+/// replicated applies (which the fence lets through) carry none.
+#[tokio::test]
+async fn every_write_transaction_carries_its_shards_epochs() {
+    let pg = PgCluster::start("beijing").await.expect("pg");
+    let mut admin = client(&pg).await;
+    admin
+        .batch_execute("SELECT pg_create_logical_replication_slot('stamps', 'test_decoding')")
+        .await
+        .expect("slot");
+    admin
+        .batch_execute("CREATE TABLE orders (id bigint PRIMARY KEY, city text NOT NULL, note text)")
+        .await
+        .expect("table");
+    install_schema(&admin, "beijing").await.expect("schema");
+    admin
+        .batch_execute(&install_table_sql("public.orders", "city", FenceKey::City))
+        .await
+        .expect("trigger");
+    // Both shards homed at beijing; shard 3 moved there at a later epoch.
+    let t = starter(&["beijing", "shanghai"], 2);
+    let t = with_shard(&t, 3, "beijing", ShardState::Active);
+    let (one, three) = (t.shards[&1].epoch, t.shards[&3].epoch);
+    assert_ne!(one, three);
+    let city_of = |shard: u32| {
+        t.routing
+            .cities
+            .iter()
+            .find(|(_, s)| **s == shard)
+            .map(|(c, _)| c.clone())
+            .expect("a city")
+    };
+    let (c1, c3) = (city_of(1), city_of(3));
+    reconcile(&mut admin, "beijing", &t, "beijing")
+        .await
+        .expect("reconcile");
+    let app = client(&pg).await;
+    app.batch_execute(&format!(
+        "BEGIN;\
+         INSERT INTO orders VALUES (1, '{c1}', 'a'), (2, '{c1}', 'b');\
+         UPDATE orders SET note = 'c' WHERE id = 1;\
+         INSERT INTO orders VALUES (3, '{c3}', 'd');\
+         COMMIT;\
+         BEGIN;\
+         SAVEPOINT s; INSERT INTO orders VALUES (4, '{c1}', 'undone'); ROLLBACK TO SAVEPOINT s;\
+         INSERT INTO orders VALUES (5, '{c1}', 'kept');\
+         COMMIT;\
+         SET session_replication_role = replica;\
+         INSERT INTO orders VALUES (6, '{c1}', 'replicated');\
+         SET session_replication_role = origin;"
+    ))
+    .await
+    .expect("writes");
+    let rows = admin
+        .query(
+            "SELECT data FROM pg_logical_slot_get_changes('stamps', NULL, NULL) \
+             WHERE data LIKE 'BEGIN%' OR data LIKE 'message:%'",
+            &[],
+        )
+        .await
+        .expect("decode");
+    // Per transaction: its stamps, in order.
+    let mut txns: Vec<Vec<String>> = Vec::new();
+    for r in rows {
+        let data: String = r.get(0);
+        if data.starts_with("BEGIN") {
+            txns.push(Vec::new());
+        } else if let Some(t) = txns.last_mut() {
+            assert!(data.contains("prefix: ezone.epoch"), "{data}");
+            t.push(data.rsplit("content:").next().unwrap_or("").to_string());
+        }
+    }
+    // The DDL and the fence's own transactions carry none; the first write
+    // transaction one per shard; the second one, for the kept insert only;
+    // the replicated insert none.
+    let stamped: Vec<&Vec<String>> = txns.iter().filter(|t| !t.is_empty()).collect();
+    assert_eq!(
+        stamped,
+        vec![
+            &vec![format!("1:{one}"), format!("3:{three}")],
+            &vec![format!("1:{one}")],
+        ],
+        "{txns:?}"
+    );
+}

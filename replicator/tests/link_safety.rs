@@ -214,6 +214,7 @@ async fn owner_wins_by_shard_key() {
         .into_iter()
         .collect(),
         topology: Some(Arc::new(move || Some(topology.clone()))),
+        ..Ownership::default()
     };
     let (stop_tx, stop) = watch::channel(false);
     let task = tokio::spawn(run_with(cfg, own, Arc::new(LinkStats::default()), stop));

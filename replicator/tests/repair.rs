@@ -55,6 +55,7 @@ fn ownership(source: &str, target: &str, t: Arc<Topology>) -> Ownership {
         .into_iter()
         .collect(),
         topology: Some(Arc::new(move || Some(t.clone()))),
+        ..Ownership::default()
     }
 }
 

@@ -9,8 +9,9 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use ezone_chaos::check::{homes_of, record_homes, AckedWrite, HomeHistory};
-use ezone_chaos::ensemble::{Ensemble, EnsembleSpec, Part};
+use ezone_chaos::ensemble::{etcd_link_name, Ensemble, EnsembleSpec, Part};
 use ezone_chaos::lab::{Lab, LabSpec};
+use ezone_chaos::proxy::{Direction, Toxics};
 use ezone_orders::workload::{History, Workload, WorkloadSpec};
 use ezone_tests::{eventually, ezone_bin};
 use ezone_topology::{ShardState, TopologyStore};
@@ -164,6 +165,116 @@ async fn planned_switchovers_under_load_fail_nothing_and_lose_nothing() {
         .await
         .expect("verify");
     assert!(report.is_ok(), "{report}\nholds: {holds:?}");
+    ens.teardown().await.expect("teardown");
+}
+
+/// Every conflict recorded at `site` (link, reason, the row's id), read
+/// from its database.
+async fn conflicts_at(ens: &Ensemble, site: &str) -> Vec<(String, String, Option<String>)> {
+    let (c, conn) = tokio_postgres::connect(&ens.dsn(site).expect("dsn"), tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    c.query(
+        "SELECT link, reason, coalesce(remote_row->>'id', local_row->>'id') \
+         FROM ezone_replication.conflicts ORDER BY id",
+        &[],
+    )
+    .await
+    .expect("conflicts")
+    .iter()
+    .map(|r| (r.get(0), r.get(1), r.get(2)))
+    .collect()
+}
+
+/// The old home's replicator learns of every topology change late (its
+/// etcd path is slow): the new home's first writes reach the old home's
+/// database before its view has the flip. Judged by the view they were
+/// conflicts (`foreign_shard`, never applied there: the sites diverged);
+/// judged by the epoch each was accepted under, they are the new home's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_topology_view_turns_no_write_into_a_conflict() {
+    let lab = Lab::start(LabSpec::default()).await.expect("lab");
+    let mut spec = EnsembleSpec::new(ezone_bin());
+    spec.replicator_etcd_links = true;
+    let ens = Ensemble::start(lab, spec).await.expect("ensemble");
+    let mut homes = homes_of(ens.initial_topology());
+    let city = ens.city_homed_at("beijing").expect("a beijing city");
+    let shard = ens.initial_topology().routing.cities[&city];
+    let cities: Vec<String> = ens
+        .cities()
+        .into_iter()
+        .filter(|(_, s)| *s == shard)
+        .map(|(c, _)| c)
+        .collect();
+    // Beijing's replicator sees each change 300 ms (a round trip) late.
+    let slow = Toxics {
+        latency: Duration::from_millis(150),
+        ..Toxics::default()
+    };
+    for site in ens.sites() {
+        let link = ens
+            .lab()
+            .proxy()
+            .and_then(|p| p.link(&etcd_link_name(&site)))
+            .expect("the replicator's etcd link");
+        if site == "beijing" {
+            link.set_toxics(Direction::Upstream, slow.clone());
+            link.set_toxics(Direction::Downstream, slow.clone());
+        }
+    }
+    let targets = ens
+        .sites()
+        .iter()
+        .map(|s| ens.router_http(s).expect("router"))
+        .collect();
+    let wl = Workload::start(WorkloadSpec {
+        targets,
+        cities,
+        rate_per_sec: 120,
+        id_prefix: "lagging".into(),
+        ..WorkloadSpec::default()
+    })
+    .expect("workload");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let flips = if std::env::var_os("EZONE_CHAOS_LONG").is_some() {
+        20
+    } else {
+        6
+    };
+    for n in 0..flips {
+        let cur = shard_of(&ens, shard).await;
+        let to = other(&cur.home);
+        let (code, err) = failover(&ens, &["shard", &shard.to_string(), "--to", to], &[]).await;
+        assert_eq!(code, 0, "flip {n}: {err}");
+        record_topology(&ens, &mut homes).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let history = wl.stop().await;
+    assert!(
+        history.acked().len() > 100,
+        "{} acked",
+        history.acked().len()
+    );
+    let converged = ens.wait_converged(Duration::from_secs(30)).await;
+    let mut conflicts = Vec::new();
+    for site in ens.sites() {
+        conflicts.extend(conflicts_at(&ens, &site).await);
+    }
+    assert!(
+        conflicts.is_empty(),
+        "{} conflicts after {flips} flips ({} writes acknowledged): {:?}",
+        conflicts.len(),
+        history.acked().len(),
+        &conflicts[..conflicts.len().min(3)]
+    );
+    converged.expect("sites converge");
+    let report = ens
+        .verify(&acked(&history), Some(&homes))
+        .await
+        .expect("verify");
+    assert!(report.is_ok(), "{report}");
     ens.teardown().await.expect("teardown");
 }
 
@@ -446,6 +557,22 @@ async fn a_forced_failover_reports_exactly_the_writes_that_had_not_crossed() {
     assert!(
         ops.iter().all(|op| op.as_deref() == Some("insert")),
         "{ops:?}"
+    );
+    // Judged by the epoch they were written under: beijing was the home
+    // then, and lost the shard by force before they crossed.
+    let reasons: Vec<String> = c
+        .query(
+            "SELECT reason FROM ezone_replication.conflicts WHERE link = 'beijing->shanghai'",
+            &[],
+        )
+        .await
+        .expect("reasons")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(
+        reasons.iter().all(|r| r.contains("forced failover")),
+        "{reasons:?}"
     );
     // The survivor's writes reached the returning site.
     eventually(

@@ -112,6 +112,50 @@ async fn a_change_reaches_the_watcher_and_invalid_ones_are_refused() {
 }
 
 #[tokio::test]
+async fn every_epoch_has_its_history_entry_and_a_lost_race_writes_none() {
+    use ezone_topology::history::{self, Tenure, Transition};
+    let etcd = EtcdCluster::start(1).await.expect("etcd");
+    let (store, t) = seeded(&etcd, "/hist").await;
+    let s2 = t.shards[&2].clone();
+    let h = history::read(&store, 2).await.expect("history");
+    assert_eq!(h.entries().len(), 1, "{h:?}");
+    assert_eq!(h.entries()[0].how, Transition::Init);
+    assert_eq!(h.home_at(s2.epoch), Some(s2.home.as_str()));
+    let to = if s2.home == "beijing" {
+        "shanghai"
+    } else {
+        "beijing"
+    };
+    store
+        .cas_shard_as(s2.epoch, &flipped(&s2, to), Transition::Forced)
+        .await
+        .expect("cas");
+    // A swap that loses (stale epoch) leaves no entry behind.
+    store
+        .cas_shard_as(s2.epoch, &flipped(&s2, &s2.home), Transition::Flip)
+        .await
+        .expect_err("stale");
+    let h = history::read(&store, 2).await.expect("history");
+    assert_eq!(h.entries().len(), 2, "{h:?}");
+    assert_eq!(h.home_at(s2.epoch + 1), Some(to));
+    assert_eq!(
+        h.tenure(&s2.home, s2.epoch),
+        Tenure::Ended {
+            epoch: s2.epoch + 1,
+            to: to.to_string(),
+            how: Transition::Forced
+        }
+    );
+    // A forced re-init keeps the entries of the epochs it does not change.
+    let now = store.load().await.expect("load").topology;
+    store.init(&now, true).await.expect("re-init");
+    let again = history::read(&store, 2).await.expect("history");
+    assert_eq!(again, h);
+    // The history is not part of the topology: loading still validates.
+    assert_eq!(*store.load().await.expect("load").topology, *now);
+}
+
+#[tokio::test]
 async fn cas_with_a_stale_epoch_fails_and_says_why() {
     let etcd = EtcdCluster::start(1).await.expect("etcd");
     let (store, t) = seeded(&etcd, "/cas").await;

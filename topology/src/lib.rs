@@ -9,6 +9,7 @@ pub mod diff;
 pub mod doc;
 pub mod failover;
 pub mod hash;
+pub mod history;
 pub mod model;
 pub mod starter;
 pub mod validate;

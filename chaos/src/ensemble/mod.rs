@@ -52,7 +52,7 @@ use std::time::{Duration, Instant};
 use ezone_topology::{EtcdStore, Topology};
 
 pub use error::EnsembleError;
-pub use topology::{router_link_name, TOPOLOGY_PREFIX};
+pub use topology::{etcd_link_name, router_link_name, TOPOLOGY_PREFIX};
 
 use crate::check::{self, AckedWrite, CheckError, HomeHistory, Report};
 use crate::lab::scratch::ScratchDir;
@@ -85,6 +85,10 @@ pub struct EnsembleSpec {
     /// `EZONE_LOG` for every process.
     pub log_filter: String,
     pub supervision: Supervision,
+    /// Each site's replicator reaches etcd through a fault-proxy link
+    /// `etcd:<site>` ([`topology::etcd_link_name`]; no fault until a test
+    /// sets one): a replicator whose view of the topology lags.
+    pub replicator_etcd_links: bool,
 }
 
 impl EnsembleSpec {
@@ -97,6 +101,7 @@ impl EnsembleSpec {
             ready_timeout: DEFAULT_READY_TIMEOUT,
             log_filter: DEFAULT_LOG_FILTER.to_string(),
             supervision: Supervision::Tied,
+            replicator_etcd_links: false,
         }
     }
 

@@ -223,7 +223,11 @@ pub(super) async fn replicators(
             sources.insert(other.clone(), Source { dsn });
         }
         let l = layout.launch(site, "replicator", &["replicator"]);
-        let cfg = ReplicatorToml::new(site, layout.topology.clone(), sources);
+        let mut topology = layout.topology.clone();
+        if layout.spec.replicator_etcd_links {
+            topology.etcd = vec![super::topology::add_etcd_link(lab, site).await?];
+        }
+        let cfg = ReplicatorToml::new(site, topology, sources);
         config::write(&l.config_path(), &cfg)?;
         spawned.push((site, Service::spawn(&l)?, cfg));
     }

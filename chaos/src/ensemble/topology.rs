@@ -25,6 +25,43 @@ pub fn router_link_name(site: &str) -> String {
     format!("router:{site}")
 }
 
+/// The name of the link between `site`'s replicator and etcd (see
+/// [`crate::ensemble::EnsembleSpec::replicator_etcd_links`]).
+pub fn etcd_link_name(site: &str) -> String {
+    format!("etcd:{site}")
+}
+
+/// Add the link `etcd:<site>` to the lab's proxy, forwarding to the first
+/// etcd member, with no fault on it; returns the URL to reach etcd through.
+pub(crate) async fn add_etcd_link(lab: &Lab, site: &str) -> Result<String, EnsembleError> {
+    let url = lab
+        .etcd()
+        .client_urls()
+        .into_iter()
+        .next()
+        .unwrap_or_default();
+    let upstream: SocketAddr =
+        url.trim_start_matches("http://")
+            .parse()
+            .map_err(|_| EnsembleError::InvalidSpec {
+                field: "replicator_etcd_links",
+                value: url.clone(),
+                why: "the lab's etcd client URL is not http://IP:PORT".to_string(),
+            })?;
+    let spec = LinkSpec {
+        name: etcd_link_name(site),
+        listen: any_port(),
+        upstream,
+        upstream_toxics: Toxics::default(),
+        downstream_toxics: Toxics::default(),
+    };
+    let listen = match lab.proxy() {
+        Some(proxy) => proxy.add_link(spec).await?.listen_addr(),
+        None => lab.admin_client().add_link(&spec).await?.listen,
+    };
+    Ok(format!("http://{listen}"))
+}
+
 /// A WAN link in front of a router.
 #[derive(Debug, Clone)]
 pub(crate) struct RouterLink {

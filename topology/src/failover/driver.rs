@@ -18,6 +18,7 @@ use tokio::sync::watch;
 
 use super::plan::Move;
 use super::{Action, Event, Step, Switchover};
+use crate::history::Transition;
 use crate::model::{Epoch, Shard, ShardId, ShardState, Site, Topology};
 use crate::store::{LockGuard, StoreError, TopologyStore};
 
@@ -687,7 +688,15 @@ async fn attempt<S: TopologyStore, O: SiteOps>(
                 state: *state,
                 epoch: *epoch,
             };
-            match store.cas_shard(*expected, &next).await {
+            // The history entry says how the shard got this epoch: only a
+            // flip after the catch-up hands over everything the old home
+            // accepted (the replicators judge late writes by it).
+            let how = match sw.step {
+                Step::Start => Transition::Freeze,
+                Step::RollingBack { .. } => Transition::Rollback,
+                _ => Transition::Flip,
+            };
+            match store.cas_shard_as(*expected, &next, how).await {
                 Ok(_) => Ok(Some(Event::CasLanded)),
                 Err(StoreError::StaleEpoch { .. }) => {
                     // Our earlier try may have landed with its answer lost:
@@ -865,7 +874,10 @@ pub async fn force_moves<S: TopologyStore, O: SiteOps>(
                 state: ShardState::Active,
                 epoch: cur.epoch + 1,
             };
-            match store.cas_shard(cur.epoch, &next).await {
+            match store
+                .cas_shard_as(cur.epoch, &next, Transition::Forced)
+                .await
+            {
                 Ok(_) => break (cur.epoch, next.epoch),
                 Err(StoreError::StaleEpoch { .. }) => continue,
                 Err(e) if e.is_retryable() && tokio::time::Instant::now() < deadline => {

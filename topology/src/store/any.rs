@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use crate::history::Transition;
 use crate::model::{Epoch, Shard, Topology};
 use crate::store::{EtcdStore, FileStore, LockGuard, Snapshot, StoreError, TopologyStore, Version};
 
@@ -35,10 +36,15 @@ impl TopologyStore for AnyStore {
         }
     }
 
-    async fn cas_shard(&self, expected_epoch: Epoch, next: &Shard) -> Result<Version, StoreError> {
+    async fn cas_shard_as(
+        &self,
+        expected_epoch: Epoch,
+        next: &Shard,
+        how: Transition,
+    ) -> Result<Version, StoreError> {
         match self {
-            AnyStore::Etcd(s) => s.cas_shard(expected_epoch, next).await,
-            AnyStore::File(s) => s.cas_shard(expected_epoch, next).await,
+            AnyStore::Etcd(s) => s.cas_shard_as(expected_epoch, next, how).await,
+            AnyStore::File(s) => s.cas_shard_as(expected_epoch, next, how).await,
         }
     }
 

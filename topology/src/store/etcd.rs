@@ -8,6 +8,7 @@ use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOpt
 use tokio::sync::watch;
 use tonic::Code as tonic_code;
 
+use crate::history::{self, EpochEntry, Transition};
 use crate::model::{Epoch, Shard, Topology};
 use crate::store::layout::Layout;
 use crate::store::lock::{EtcdHeld, Held, LockGuard, LockInfo};
@@ -218,12 +219,20 @@ impl TopologyStore for EtcdStore {
         crate::validate::validate(topology).map_err(StoreError::Invalid)?;
         let settings_key = self.layout.settings();
         let mut ops: Vec<TxnOp> = Vec::new();
+        // Shard epochs already there keep their history entry.
+        let mut kept_epochs = std::collections::BTreeSet::new();
         let guard = if force {
             // Replacing must not send epochs backwards: watchers would refuse it.
             match self.load().await {
                 Ok(current) => {
                     crate::validate::validate_transition(&current.topology, topology)
                         .map_err(StoreError::Invalid)?;
+                    kept_epochs = current
+                        .topology
+                        .shards
+                        .values()
+                        .map(|s| (s.id, s.epoch))
+                        .collect();
                 }
                 Err(StoreError::NotInitialized { .. })
                 | Err(StoreError::Invalid(_))
@@ -260,6 +269,15 @@ impl TopologyStore for EtcdStore {
         for (key, value) in self.layout.encode(topology) {
             ops.push(TxnOp::put(key, value, None));
         }
+        for shard in topology.shards.values() {
+            if kept_epochs.contains(&(shard.id, shard.epoch)) {
+                continue;
+            }
+            let entry = serde_json::to_vec(&EpochEntry::for_swap(shard, Transition::Init))
+                .unwrap_or_default();
+            let key = self.layout.op(&history::entry_name(shard.id, shard.epoch));
+            ops.push(TxnOp::put(key, entry, None));
+        }
         let (ok, revision) = self
             .txn(Txn::new().when(guard).and_then(ops), "writing the topology")
             .await?;
@@ -272,7 +290,12 @@ impl TopologyStore for EtcdStore {
         }
     }
 
-    async fn cas_shard(&self, expected_epoch: Epoch, next: &Shard) -> Result<Version, StoreError> {
+    async fn cas_shard_as(
+        &self,
+        expected_epoch: Epoch,
+        next: &Shard,
+        how: Transition,
+    ) -> Result<Version, StoreError> {
         let (raw, _) = self.read_raw().await?;
         let key = self.layout.shard(next.id);
         let current = self
@@ -291,9 +314,16 @@ impl TopologyStore for EtcdStore {
             what: "shard",
             detail: e.to_string(),
         })?;
+        // The epoch's history entry goes in the same transaction: no reader
+        // can see the epoch without it (see crate::history).
+        let entry = serde_json::to_vec(&EpochEntry::for_swap(next, how)).unwrap_or_default();
+        let entry_key = self.layout.op(&history::entry_name(next.id, next.epoch));
         let txn = Txn::new()
             .when([Compare::value(key.clone(), CompareOp::Equal, observed)])
-            .and_then([TxnOp::put(key.clone(), value, None)]);
+            .and_then([
+                TxnOp::put(key.clone(), value, None),
+                TxnOp::put(entry_key, entry, None),
+            ]);
         let (ok, revision) = self.txn(txn, "swapping a shard").await?;
         if ok {
             return Ok(revision);

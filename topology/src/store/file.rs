@@ -12,6 +12,7 @@ use nix::fcntl::{Flock, FlockArg};
 use tokio::sync::watch;
 
 use crate::doc::{load_file, DocError, TopologyDoc};
+use crate::history::{self, EpochEntry, Transition};
 use crate::model::{Epoch, Shard, Topology};
 use crate::store::lock::{Held, LockGuard, LockInfo};
 use crate::store::{cas_successor, Snapshot, StoreError, TopologyStore, Version};
@@ -150,13 +151,34 @@ impl TopologyStore for FileStore {
             Err(_) if force => {}
             Err(e) => return Err(e),
         }
+        // Each shard's first epoch in the history (an epoch that has an
+        // entry already keeps it).
+        for shard in topology.shards.values() {
+            let name = history::entry_name(shard.id, shard.epoch);
+            if self.read_op(&name).await?.is_none() {
+                let entry = serde_json::to_vec(&EpochEntry::for_swap(shard, Transition::Init))
+                    .unwrap_or_default();
+                self.write_op(&name, &entry).await?;
+            }
+        }
         self.write_sync(topology)
     }
 
-    async fn cas_shard(&self, expected_epoch: Epoch, next: &Shard) -> Result<Version, StoreError> {
+    async fn cas_shard_as(
+        &self,
+        expected_epoch: Epoch,
+        next: &Shard,
+        how: Transition,
+    ) -> Result<Version, StoreError> {
         let _w = self.write_lock()?;
         let current = self.load_sync()?;
         let successor = cas_successor(&self.describe(), &current.topology, expected_epoch, next)?;
+        // The history entry first: an epoch must never be visible without
+        // it (an entry for an epoch that then failed to land is harmless:
+        // the epoch can only be taken by this swap, under the write lock).
+        let entry = serde_json::to_vec(&EpochEntry::for_swap(next, how)).unwrap_or_default();
+        self.write_op(&history::entry_name(next.id, next.epoch), &entry)
+            .await?;
         self.write_sync(&successor)
     }
 

@@ -10,6 +10,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::history::Transition;
 use crate::model::{Epoch, Shard, ShardId, Topology};
 use crate::validate::Invalid;
 
@@ -127,10 +128,24 @@ pub trait TopologyStore: Send + Sync {
         force: bool,
     ) -> impl Future<Output = Result<Version, StoreError>> + Send;
 
+    /// As [`TopologyStore::cas_shard_as`], for a change of no named kind.
     fn cas_shard(
         &self,
         expected_epoch: Epoch,
         next: &Shard,
+    ) -> impl Future<Output = Result<Version, StoreError>> + Send {
+        self.cas_shard_as(expected_epoch, next, Transition::Other)
+    }
+
+    /// Compare-and-swap of one shard, recording the new epoch in the
+    /// shard's history ([`crate::history`]) with how it came about: in etcd
+    /// in the same transaction, so no epoch is ever visible without its
+    /// entry.
+    fn cas_shard_as(
+        &self,
+        expected_epoch: Epoch,
+        next: &Shard,
+        how: Transition,
     ) -> impl Future<Output = Result<Version, StoreError>> + Send;
 
     fn lock(
