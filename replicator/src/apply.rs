@@ -286,8 +286,10 @@ pub struct Applied {
 /// The DDL ezone keeps at each target: conflicts and applied markers.
 ///
 /// `conflicts.op` is the incoming change's operation (`insert`, `update`,
-/// `delete`: see [`conflict::Op`]). Tables made by an older ezone lack it:
-/// it is added here, where every applier ensures the schema, and their
+/// `delete`: see [`conflict::Op`]); `conflicts.shard` the row's shard, when
+/// the table has a shard key (a switchover refuses to move a shard with
+/// unresolved conflicts). Tables made by an older ezone lack them: they
+/// are added here, where every applier ensures the schema, and their
 /// existing rows keep a NULL op (repair then does what it did before the
 /// column existed: see [`crate::repair::choose`]). The `ALTER` runs only
 /// when the column is missing: even with `IF NOT EXISTS` it takes an
@@ -317,6 +319,11 @@ DO $$ BEGIN
                    WHERE attrelid = 'ezone_replication.conflicts'::regclass
                      AND attname = 'op' AND NOT attisdropped) THEN
         ALTER TABLE ezone_replication.conflicts ADD COLUMN IF NOT EXISTS op text;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_attribute
+                   WHERE attrelid = 'ezone_replication.conflicts'::regclass
+                     AND attname = 'shard' AND NOT attisdropped) THEN
+        ALTER TABLE ezone_replication.conflicts ADD COLUMN IF NOT EXISTS shard integer;
     END IF;
 END $$;
 CREATE TABLE IF NOT EXISTS ezone_replication.markers (
@@ -424,6 +431,7 @@ async fn record(
     target: &str,
     kind: &str,
     op: Op,
+    shard: Option<ShardId>,
     t: &TableInfo,
     rel: &Relation,
     image: &TupleData,
@@ -443,8 +451,8 @@ async fn record(
     };
     tx.execute(
         "INSERT INTO ezone_replication.conflicts \
-         (link, kind, op, relation, source_commit_lsn, source_commit_time, remote_row, local_row, reason, resolution) \
-         VALUES ($1, $2, $3, $4, $5::text::pg_lsn, $6, $7::text::jsonb, $8::text::jsonb, $9, $10)",
+         (link, kind, op, relation, source_commit_lsn, source_commit_time, remote_row, local_row, reason, resolution, shard) \
+         VALUES ($1, $2, $3, $4, $5::text::pg_lsn, $6, $7::text::jsonb, $8::text::jsonb, $9, $10, $11)",
         &[
             &link,
             &kind,
@@ -456,6 +464,7 @@ async fn record(
             &local,
             &reason,
             &resolution,
+            &shard.and_then(|s| i32::try_from(s).ok()),
         ],
     )
     .await
@@ -1011,9 +1020,10 @@ impl Applier {
                 // Ownership first: a change made at a site that does not own
                 // the row's shard is a conflict whatever else happens.
                 let mut owner = None;
+                let mut shard = None;
                 if let (Some(t), Some((rel, image)), Some(op)) = (&shape, row_image(ch), op_of(ch))
                 {
-                    let mut shard = own.shard_of(topology, rel, image);
+                    shard = own.shard_of(topology, rel, image);
                     if shard.is_none() && own.lacks_key(rel, image) {
                         if let Ok(st) = sql::select_row(t, rel, image) {
                             let row = tx
@@ -1049,6 +1059,7 @@ impl Applier {
                             &target,
                             "foreign_shard",
                             op,
+                            shard,
                             t,
                             rel,
                             image,
@@ -1099,6 +1110,7 @@ impl Applier {
                                 &target,
                                 "insert_exists",
                                 Op::Insert,
+                                shard,
                                 &t,
                                 rel,
                                 new,
@@ -1202,6 +1214,7 @@ impl Applier {
                             &target,
                             kind,
                             op,
+                            shard,
                             &t,
                             rel,
                             image,

@@ -21,6 +21,64 @@ use crate::config::origin_name;
 /// The logical message prefix of switchover markers.
 pub const MARKER_PREFIX: &str = "ezone.switchover";
 
+/// Unresolved conflicts at a site about one shard (`None`: recorded without
+/// a shard, by a table without a shard key or an ezone older than the
+/// column), and whether they are `foreign_shard` ones.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingConflicts {
+    pub shard: Option<u32>,
+    pub foreign: bool,
+    pub count: i64,
+}
+
+/// How many unresolved conflicts stand in the way of moving `shard`: its
+/// own, and `foreign_shard` ones recorded without a shard (they are about
+/// some shard, and which one cannot be told: counted against every one).
+pub fn pending_for(pending: &[PendingConflicts], shard: u32) -> i64 {
+    pending
+        .iter()
+        .filter(|p| p.shard == Some(shard) || (p.shard.is_none() && p.foreign))
+        .map(|p| p.count)
+        .sum()
+}
+
+/// Reads a site's unresolved conflicts by shard. A site whose applier never
+/// ran has no conflicts table: nothing is pending.
+pub async fn pending_conflicts(
+    c: &tokio_postgres::Client,
+) -> Result<Vec<PendingConflicts>, tokio_postgres::Error> {
+    let row = c
+        .query_one(
+            "SELECT to_regclass('ezone_replication.conflicts') IS NOT NULL, \
+             EXISTS (SELECT 1 FROM pg_attribute WHERE attname = 'shard' AND NOT attisdropped \
+                     AND attrelid = to_regclass('ezone_replication.conflicts'))",
+            &[],
+        )
+        .await?;
+    let (table, column): (bool, bool) = (row.get(0), row.get(1));
+    if !table {
+        return Ok(Vec::new());
+    }
+    let sql = if column {
+        "SELECT shard, kind = 'foreign_shard', count(*) FROM ezone_replication.conflicts \
+         WHERE NOT resolved GROUP BY 1, 2"
+    } else {
+        "SELECT NULL::integer, kind = 'foreign_shard', count(*) FROM ezone_replication.conflicts \
+         WHERE NOT resolved GROUP BY 1, 2"
+    };
+    Ok(c.query(sql, &[])
+        .await?
+        .iter()
+        .map(|r| PendingConflicts {
+            shard: r
+                .get::<_, Option<i32>>(0)
+                .and_then(|s| u32::try_from(s).ok()),
+            foreign: r.get(1),
+            count: r.get(2),
+        })
+        .collect())
+}
+
 /// How long connecting to a site may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long one statement may take (closing a fence waits for in-flight
@@ -218,6 +276,16 @@ impl SiteOps for PgSites {
                     )
                     .await?;
                 Ok(row.get::<_, bool>(0))
+            })
+        })
+        .await
+    }
+
+    async fn pending_conflicts(&self, site: &Site, shard: u32) -> Result<u64, SiteError> {
+        self.with(site, "counting unresolved conflicts", move |c| {
+            Box::pin(async move {
+                let pending = pending_conflicts(c).await?;
+                Ok(pending_for(&pending, shard).max(0) as u64)
             })
         })
         .await

@@ -574,6 +574,35 @@ async fn a_forced_failover_reports_exactly_the_writes_that_had_not_crossed() {
         reasons.iter().all(|r| r.contains("forced failover")),
         "{reasons:?}"
     );
+    // The shard does not move back over them: refused, nothing changed.
+    let before_refusal = shard_of(&ens, shard).await;
+    let (code, err) = failover(&ens, &["shard", &shard.to_string(), "--to", "beijing"], &[]).await;
+    assert_ne!(code, 0, "{err}");
+    assert!(
+        err.contains("unresolved conflict(s)") && err.contains("ezone conflicts resolve"),
+        "{err}"
+    );
+    assert_eq!(shard_of(&ens, shard).await, before_refusal);
+    // `status` counts them against the shard.
+    let out = tokio::process::Command::new(ezone_bin())
+        .args(["status", "--json", "--etcd"])
+        .arg(ens.etcd_endpoints().join(","))
+        .output()
+        .await
+        .expect("status");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status json");
+    let row = v["shards"]
+        .as_array()
+        .expect("shards")
+        .iter()
+        .find(|s| s["id"] == shard)
+        .cloned()
+        .expect("the shard in status");
+    assert_eq!(
+        row["conflicts_pending"].as_i64(),
+        Some(at_risk.len() as i64),
+        "{row}"
+    );
     // The survivor's writes reached the returning site.
     eventually(
         "survivor writes at beijing",

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::Context;
+use ezone_replicator::site_ops::{pending_conflicts, pending_for, PendingConflicts};
 use ezone_topology::failover::driver::{ForcedRecord, Record};
 use ezone_topology::{ShardState, TopologyStore};
 use serde::Serialize;
@@ -33,6 +34,9 @@ struct SiteStatus {
     links: Vec<LinkStatus>,
     conflicts_pending: Option<i64>,
     writable_shards: Option<i64>,
+    /// Unresolved conflicts by shard (summed per shard below).
+    #[serde(skip)]
+    pending: Vec<PendingConflicts>,
 }
 
 #[derive(Debug, Serialize)]
@@ -50,6 +54,9 @@ struct ShardStatus {
     state: ShardState,
     epoch: u64,
     cities: usize,
+    /// Unresolved conflicts about this shard at every reachable site (a
+    /// switchover refuses to move it until they are repaired).
+    conflicts_pending: i64,
 }
 
 #[derive(Debug, Serialize)]
@@ -71,6 +78,7 @@ async fn site_status(name: &str, router: &str, dsn: &str) -> SiteStatus {
         links: Vec::new(),
         conflicts_pending: None,
         writable_shards: None,
+        pending: Vec::new(),
     };
     let connected = tokio::time::timeout(
         Duration::from_secs(3),
@@ -124,6 +132,9 @@ async fn site_status(name: &str, router: &str, dsn: &str) -> SiteStatus {
     {
         s.conflicts_pending = Some(r.get(0));
     }
+    if let Ok(p) = pending_conflicts(&client).await {
+        s.pending = p;
+    }
     if let Ok(r) = client
         .query_one(
             "SELECT count(*) FROM ezone_fence.shards WHERE writable",
@@ -161,6 +172,7 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
             state: s.state,
             epoch: s.epoch,
             cities: cities.get(&s.id).copied().unwrap_or(0),
+            conflicts_pending: sites.iter().map(|x| pending_for(&x.pending, s.id)).sum(),
         })
         .collect();
     let switchovers_in_progress = store
@@ -232,13 +244,13 @@ fn print_text(st: &Status) {
     }
     println!("\nshards:");
     println!(
-        "  {:>5}  {:<12} {:<7} {:>6}  cities",
-        "id", "home", "state", "epoch"
+        "  {:>5}  {:<12} {:<7} {:>6}  {:>6}  conflicts",
+        "id", "home", "state", "epoch", "cities"
     );
     for s in &st.shards {
         println!(
-            "  {:>5}  {:<12} {:<7} {:>6}  {}",
-            s.id, s.home, s.state, s.epoch, s.cities
+            "  {:>5}  {:<12} {:<7} {:>6}  {:>6}  {}",
+            s.id, s.home, s.state, s.epoch, s.cities, s.conflicts_pending
         );
     }
     if st.switchovers_in_progress.is_empty() {

@@ -67,6 +67,14 @@ pub trait SiteOps: Send + Sync {
         token: &str,
     ) -> impl Future<Output = Result<bool, SiteError>> + Send;
 
+    /// How many unresolved conflicts at `site` are about `shard` (a
+    /// switchover does not move a shard over them).
+    fn pending_conflicts(
+        &self,
+        site: &Site,
+        shard: ShardId,
+    ) -> impl Future<Output = Result<u64, SiteError>> + Send;
+
     /// How far `site` has applied `from`'s WAL (the link's origin progress).
     fn applied_from(
         &self,
@@ -171,6 +179,16 @@ pub fn record_name(shard: ShardId) -> String {
 /// The lock's name in the store.
 pub fn lock_name(shard: ShardId) -> String {
     format!("shard-{shard}")
+}
+
+/// Why a switchover will not move a shard with `n` unresolved conflicts at
+/// `site`, and what to do.
+pub fn conflicts_refusal(n: u64, site: &str) -> String {
+    format!(
+        "{n} unresolved conflict(s) of this shard at {site}: its rows differ between the sites, \
+         and a switchover does not move a shard over them; see them with `ezone conflicts list`, \
+         repair them with `ezone conflicts resolve --site {site} ...`, then run the switchover again"
+    )
 }
 
 /// The marker token for a switchover: deterministic, so a re-run after a
@@ -367,6 +385,22 @@ pub async fn switch_shard<S: TopologyStore, O: SiteOps>(
             if cur.home == mv.to && cur.state == ShardState::Active {
                 lock.release().await.ok();
                 return Ok(Outcome::AlreadyThere);
+            }
+            // Unresolved conflicts of the shard mean its rows differ between
+            // the sites: moving it would make the new home serve (and build
+            // on) its own version. They are repaired first.
+            for name in [&cur.home, &mv.to] {
+                let Some(site) = snap.topology.sites.get(name.as_str()) else {
+                    continue;
+                };
+                let n = sites.pending_conflicts(site, shard).await?;
+                if n > 0 {
+                    lock.release().await.ok();
+                    return Err(DriveError::Refused {
+                        shard,
+                        detail: conflicts_refusal(n, name),
+                    });
+                }
             }
             if cur.state == ShardState::Frozen {
                 return Err(DriveError::Refused {
@@ -757,6 +791,15 @@ async fn attempt<S: TopologyStore, O: SiteOps>(
         Action::OpenFenceAhead { site, epoch } => {
             let snap = store.load().await.map_err(StepError::Store)?;
             let s = site_of(&snap.topology, site)?;
+            // The catch-up may have brought conflicts of the shard to the
+            // new home: then it does not become the home (rolled back).
+            let n = sites
+                .pending_conflicts(s, sw.shard)
+                .await
+                .map_err(StepError::Site)?;
+            if n > 0 {
+                return Err(StepError::Other(conflicts_refusal(n, site)));
+            }
             sites
                 .open_fence_ahead(s, sw.shard, *epoch)
                 .await

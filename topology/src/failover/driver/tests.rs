@@ -16,6 +16,10 @@ struct FakeSites {
     polls: AtomicUsize,
     marker_after: usize,
     fail_fence_at: Option<String>,
+    /// Unresolved conflicts by (site, shard).
+    conflicts: Mutex<std::collections::HashMap<(String, ShardId), u64>>,
+    /// Conflicts of shard 1 the marker's arrival brings to a site.
+    conflicts_with_marker: Mutex<Option<(String, u64)>>,
 }
 
 impl FakeSites {
@@ -25,6 +29,8 @@ impl FakeSites {
             polls: AtomicUsize::new(0),
             marker_after,
             fail_fence_at: None,
+            conflicts: Mutex::default(),
+            conflicts_with_marker: Mutex::default(),
         }
     }
     fn calls(&self) -> Vec<String> {
@@ -69,7 +75,23 @@ impl SiteOps for FakeSites {
         Ok("0/1000".into())
     }
     async fn marker_applied(&self, _site: &Site, _token: &str) -> Result<bool, SiteError> {
-        Ok(self.polls.fetch_add(1, Ordering::SeqCst) >= self.marker_after)
+        let applied = self.polls.fetch_add(1, Ordering::SeqCst) >= self.marker_after;
+        if applied {
+            // What the catch-up brought with it.
+            if let Some((site, n)) = self.conflicts_with_marker.lock().unwrap().take() {
+                self.conflicts.lock().unwrap().insert((site, 1), n);
+            }
+        }
+        Ok(applied)
+    }
+    async fn pending_conflicts(&self, site: &Site, shard: ShardId) -> Result<u64, SiteError> {
+        Ok(self
+            .conflicts
+            .lock()
+            .unwrap()
+            .get(&(site.name.clone(), shard))
+            .copied()
+            .unwrap_or(0))
     }
     async fn applied_from(&self, _site: &Site, _from: &str) -> Result<Option<String>, SiteError> {
         Ok(Some("0/ABC".into()))
@@ -447,4 +469,112 @@ async fn a_forced_failover_moves_every_shard_and_records_the_divergence() {
         .unwrap()
         .moves
         .is_empty());
+}
+
+#[tokio::test]
+async fn unresolved_conflicts_of_the_shard_refuse_or_stop_a_switchover() {
+    let (_d, store) = setup().await;
+    let before = shard1(&store).await;
+    let to = if before.home == "beijing" {
+        "shanghai"
+    } else {
+        "beijing"
+    };
+    // Pending at the target: refused before anything changes.
+    let sites = FakeSites::new(0);
+    sites
+        .conflicts
+        .lock()
+        .unwrap()
+        .insert((to.to_string(), 1), 2);
+    let (_tx, abort) = no_abort();
+    let err = switch_shard(&store, &sites, &mv(&before, to), &opts(), abort, &quiet)
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("2 unresolved conflict(s)") && text.contains("ezone conflicts"),
+        "{text}"
+    );
+    assert_eq!(shard1(&store).await, before);
+    assert!(sites.calls().is_empty(), "{:?}", sites.calls());
+    assert!(store.read_op("switchover/1").await.unwrap().is_none());
+    // Conflicts of another shard do not matter.
+    sites.conflicts.lock().unwrap().clear();
+    sites
+        .conflicts
+        .lock()
+        .unwrap()
+        .insert((to.to_string(), 2), 5);
+    // Conflicts the catch-up brings: the target does not become the home.
+    *sites.conflicts_with_marker.lock().unwrap() = Some((to.to_string(), 1));
+    let (_tx, abort) = no_abort();
+    let out = switch_shard(&store, &sites, &mv(&before, to), &opts(), abort, &quiet)
+        .await
+        .unwrap();
+    match out {
+        Outcome::RolledBack { reason, .. } => {
+            assert!(reason.contains("1 unresolved conflict(s)"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
+    let after = shard1(&store).await;
+    assert_eq!(
+        (after.home.as_str(), after.state),
+        (before.home.as_str(), ShardState::Active)
+    );
+}
+
+#[tokio::test]
+async fn each_epoch_the_driver_writes_says_how_it_came_about() {
+    use crate::history::{self, Transition};
+    let (_d, store) = setup().await;
+    let before = shard1(&store).await;
+    let to = if before.home == "beijing" {
+        "shanghai"
+    } else {
+        "beijing"
+    };
+    let (_tx, abort) = no_abort();
+    switch_shard(
+        &store,
+        &FakeSites::new(0),
+        &mv(&before, to),
+        &opts(),
+        abort,
+        &quiet,
+    )
+    .await
+    .unwrap();
+    let (_tx, abort) = no_abort();
+    let now = shard1(&store).await;
+    let back = switch_shard(
+        &store,
+        &FakeSites::new(usize::MAX),
+        &mv(&now, &before.home),
+        &opts(),
+        abort,
+        &quiet,
+    )
+    .await
+    .unwrap();
+    assert!(matches!(back, Outcome::RolledBack { .. }), "{back:?}");
+    let h = history::read(&store, 1).await.unwrap();
+    let got: Vec<(u64, &str, Transition)> = h
+        .entries()
+        .iter()
+        .map(|e| (e.epoch, e.home.as_str(), e.how))
+        .collect();
+    let e = before.epoch;
+    let from = before.home.as_str();
+    assert_eq!(
+        got,
+        vec![
+            (e, from, Transition::Init),
+            (e + 1, from, Transition::Freeze),
+            (e + 2, to, Transition::Flip),
+            (e + 3, to, Transition::Freeze),
+            (e + 4, to, Transition::Rollback),
+        ]
+    );
 }
