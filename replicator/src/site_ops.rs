@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ezone_topology::failover::driver::{SiteError, SiteOps};
+use ezone_topology::failover::driver::{LinkState, SiteError, SiteOps};
 use ezone_topology::{Site, Topology};
 use tokio::sync::Mutex;
 
@@ -276,6 +276,35 @@ impl SiteOps for PgSites {
                     )
                     .await?;
                 Ok(row.get::<_, bool>(0))
+            })
+        })
+        .await
+    }
+
+    async fn link_state(&self, source: &Site, target: &str) -> Result<LinkState, SiteError> {
+        let slot = crate::config::slot_name(target);
+        self.with(source, "reading the link's slot", move |c| {
+            Box::pin(async move {
+                let row = c
+                    .query_opt(
+                        "SELECT s.active, \
+                         (extract(epoch FROM now() - r.reply_time) * 1000)::bigint \
+                         FROM pg_replication_slots s \
+                         LEFT JOIN pg_stat_replication r ON r.pid = s.active_pid \
+                         WHERE s.slot_name = $1",
+                        &[&slot],
+                    )
+                    .await?;
+                Ok(match row {
+                    None => LinkState::default(),
+                    Some(r) => LinkState {
+                        slot: true,
+                        active: r.get(0),
+                        last_reply: r
+                            .get::<_, Option<i64>>(1)
+                            .map(|ms| Duration::from_millis(ms.max(0) as u64)),
+                    },
+                })
             })
         })
         .await

@@ -623,29 +623,105 @@ async fn a_forced_failover_reports_exactly_the_writes_that_had_not_crossed() {
     ens.teardown().await.expect("teardown");
 }
 
+/// Starts `ezone failover shard S --to shanghai ARGS` that pauses 1.5 s
+/// between its preflight and the freeze (a failpoint), so that the test can
+/// break the link the preflight saw working.
+fn failover_paused_after_preflight(
+    ens: &Ensemble,
+    shard: u32,
+    args: &[&str],
+) -> tokio::process::Child {
+    tokio::process::Command::new(ezone_bin())
+        .args(["failover", "shard", &shard.to_string(), "--to", "shanghai"])
+        .args(args)
+        .arg("--etcd")
+        .arg(ens.etcd_endpoints().join(","))
+        .env("EZONE_LOG", "warn")
+        .env("FAILPOINTS", "switchover.preflight_done=sleep(1500)")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn")
+}
+
+async fn exited(child: tokio::process::Child) -> (bool, String) {
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("exits")
+        .expect("output");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stuck_catch_up_times_out_or_is_aborted_and_rolls_back() {
+async fn a_switchover_that_cannot_finish_is_refused_or_rolled_back_early() {
     let ens = ensemble().await;
     let city = ens.city_homed_at("beijing").expect("a beijing city");
     let shard = ens.initial_topology().routing.cities[&city];
-    // Shanghai cannot read beijing's WAL: the marker never arrives.
-    let link = ens.lab().link("beijing->shanghai").expect("WAN link");
-    link.partition();
+    let s = shard.to_string();
     let before = shard_of(&ens, shard).await;
-    let (code, err) = failover(
-        &ens,
-        &[
-            "shard",
-            &shard.to_string(),
-            "--to",
-            "shanghai",
-            "--timeout",
-            "2s",
-        ],
-        &[],
-    )
-    .await;
+
+    // The new home's replicator is dead: the preflight says so, in the dry
+    // run (non-zero exit) and in the real run, which changes nothing.
+    ens.kill("shanghai", Part::Replicator).expect("kill");
+    let (code, err) = failover(&ens, &["shard", &s, "--to", "shanghai", "--dry-run"], &[]).await;
     assert_ne!(code, 0, "{err}");
+    assert!(
+        err.contains("FAIL") && err.contains("dry run: nothing changed"),
+        "{err}"
+    );
+    let (code, err) = failover(&ens, &["shard", &s, "--to", "shanghai"], &[]).await;
+    assert_ne!(code, 0, "{err}");
+    assert!(err.contains("preflight failed"), "{err}");
+    assert_eq!(shard_of(&ens, shard).await, before, "nothing frozen");
+    ens.restart("shanghai", Part::Replicator)
+        .await
+        .expect("restart");
+    ens.wait_ready().await.expect("ready");
+    let (code, err) = failover(&ens, &["shard", &s, "--to", "shanghai", "--dry-run"], &[]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("ok   link beijing->shanghai streams")
+            && err.contains("ok   marker round trip beijing->shanghai"),
+        "{err}"
+    );
+
+    // The link breaks after the preflight: no catch-up progress for the
+    // stall bound rolls back, long before the timeout.
+    let link = ens.lab().link("beijing->shanghai").expect("WAN link");
+    let child = failover_paused_after_preflight(&ens, shard, &["--stall-timeout", "1s"]);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    link.partition();
+    let started = std::time::Instant::now();
+    let (ok, err) = exited(child).await;
+    assert!(!ok, "{err}");
+    assert!(
+        err.contains("rolled_back") && err.contains("no catch-up progress"),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+    let now = shard_of(&ens, shard).await;
+    assert_eq!(
+        (now.home.as_str(), now.state, now.epoch),
+        ("beijing", ShardState::Active, before.epoch + 2)
+    );
+    link.heal();
+
+    // The overall timeout still holds when the stall bound is longer.
+    let child = failover_paused_after_preflight(
+        &ens,
+        shard,
+        &["--stall-timeout", "60s", "--timeout", "2s"],
+    );
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    link.partition();
+    let (ok, err) = exited(child).await;
+    assert!(!ok, "{err}");
     assert!(
         err.contains("rolled_back") && err.contains("timed out"),
         "{err}"
@@ -653,33 +729,27 @@ async fn a_stuck_catch_up_times_out_or_is_aborted_and_rolls_back() {
     let now = shard_of(&ens, shard).await;
     assert_eq!(
         (now.home.as_str(), now.state, now.epoch),
-        ("beijing", ShardState::Active, before.epoch + 2)
+        ("beijing", ShardState::Active, before.epoch + 4)
     );
+    link.heal();
+
     // Ctrl-C (SIGINT) while it waits: the same clean rollback.
-    let child = tokio::process::Command::new(ezone_bin())
-        .args(["failover", "shard", &shard.to_string(), "--to", "shanghai"])
-        .arg("--etcd")
-        .arg(ens.etcd_endpoints().join(","))
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let child = failover_paused_after_preflight(&ens, shard, &["--stall-timeout", "60s"]);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    link.partition();
+    tokio::time::sleep(Duration::from_millis(2000)).await;
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id().expect("pid") as i32),
         nix::sys::signal::Signal::SIGINT,
     )
     .expect("SIGINT");
-    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
-        .await
-        .expect("exits")
-        .expect("output");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{err}");
+    let (ok, err) = exited(child).await;
+    assert!(!ok, "{err}");
     assert!(err.contains("aborted by the operator"), "{err}");
     let after = shard_of(&ens, shard).await;
     assert_eq!(
         (after.home.as_str(), after.state, after.epoch),
-        ("beijing", ShardState::Active, now.epoch + 2)
+        ("beijing", ShardState::Active, before.epoch + 6)
     );
     // Writes for the city still work at the old home, and beijing's fence
     // is open again for it.
@@ -713,7 +783,12 @@ async fn status_and_dry_run_show_without_changing() {
         err.contains("planned switchover") && err.contains("dry run: nothing changed"),
         "{err}"
     );
-    assert!(err.contains("beijing: Postgres reachable"), "{err}");
+    assert!(
+        err.contains("ok   link beijing->shanghai streams")
+            && err.contains("ok   no unresolved conflicts")
+            && err.contains("ok   marker round trip beijing->shanghai"),
+        "{err}"
+    );
     let store = ens.store().await.expect("store");
     assert_eq!(*store.load().await.expect("load").topology, t0);
     let out = tokio::process::Command::new(ezone_bin())

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use ezone_replicator::site_ops::PgSites;
 use ezone_topology::failover::driver::{
-    force_moves, switch_shard, unfinished, Options, Outcome, Progress,
+    force_moves, preflight, switch_shard, unfinished, Options, Outcome, Progress,
 };
 use ezone_topology::failover::plan::{parse_shard_list, plan_shards, plan_site, Mode, Plan};
 use ezone_topology::TopologyStore;
@@ -37,6 +37,10 @@ pub struct Common {
     /// How long a shard's switchover may take before it is rolled back.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
+    /// While catching up: how long the link may apply nothing before the
+    /// switchover rolls back (raise it for very large transactions).
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub stall_timeout: Duration,
     /// How many shards switch at once.
     #[arg(long, default_value_t = 4)]
     pub parallel: usize,
@@ -149,8 +153,17 @@ pub async fn run(c: FailoverCommand) -> anyhow::Result<()> {
     let sites = Arc::new(PgSites::new(
         common.dsns.iter().cloned().collect::<HashMap<_, _>>(),
     ));
+    let mut opts = Options::new(&holder());
+    opts.timeout = common.timeout;
+    opts.stall = common.stall_timeout;
+    opts.lock_ttl = common.lock_ttl;
+    opts.lock_wait = common.lock_ttl * 3;
     if common.dry_run {
-        preflight(&plan, t, &sites).await;
+        let ok = dry_run(&plan, t, &sites, &opts).await;
+        eprintln!("dry run: nothing changed");
+        if !ok {
+            bail!("the preflight failed (see above): a switchover now would be refused");
+        }
         return Ok(());
     }
     if plan.moves.is_empty() {
@@ -160,10 +173,6 @@ pub async fn run(c: FailoverCommand) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    let mut opts = Options::new(&holder());
-    opts.timeout = common.timeout;
-    opts.lock_ttl = common.lock_ttl;
-    opts.lock_wait = common.lock_ttl * 3;
     let start = Instant::now();
     let observe = printer(start);
     let results = match mode {
@@ -309,27 +318,46 @@ async fn run_forced(
     Ok(results)
 }
 
-/// `--dry-run`: can each site involved be reached, and is the link there?
-async fn preflight(plan: &Plan, t: &ezone_topology::Topology, sites: &PgSites) {
+/// `--dry-run`: a planned switchover's preflight for every shard (the
+/// checks a real run makes before freezing it, marker round trip included);
+/// for a forced one, whether each site can be reached. `false` if anything
+/// a real run would refuse on failed.
+async fn dry_run(
+    plan: &Plan,
+    t: &ezone_topology::Topology,
+    sites: &PgSites,
+    opts: &Options,
+) -> bool {
     use ezone_topology::failover::driver::SiteOps;
+    eprintln!("checks:");
+    if plan.mode == Mode::Planned {
+        let mut ok = true;
+        for mv in &plan.moves {
+            for check in preflight(sites, t, mv.shard, &mv.from, &mv.to, opts).await {
+                ok &= check.ok;
+                eprintln!("  shard {}: {check}", mv.shard);
+            }
+        }
+        return ok;
+    }
     let mut involved: BTreeSet<&str> = plan.moves.iter().map(|m| m.from.as_str()).collect();
     involved.insert(plan.to.as_str());
-    eprintln!("checks:");
+    let mut ok = true;
     for name in involved {
         let Some(site) = t.sites.get(name) else {
             continue;
         };
         match sites.marker_applied(site, "dry-run probe").await {
             Ok(_) => eprintln!("  {name}: Postgres reachable"),
-            Err(e) => eprintln!(
-                "  {name}: NOT reachable: {e}{}",
-                if plan.mode == Mode::Planned {
-                    " (a planned switchover needs it; use --force if the site is lost)"
-                } else {
-                    ""
-                }
-            ),
+            // The lost site is expected to be unreachable.
+            Err(e) if name != plan.to => {
+                eprintln!("  {name}: not reachable ({e}): expected of a lost site")
+            }
+            Err(e) => {
+                ok = false;
+                eprintln!("  {name}: NOT reachable: {e}");
+            }
         }
     }
-    eprintln!("dry run: nothing changed");
+    ok
 }

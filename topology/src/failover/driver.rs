@@ -75,12 +75,51 @@ pub trait SiteOps: Send + Sync {
         shard: ShardId,
     ) -> impl Future<Output = Result<u64, SiteError>> + Send;
 
+    /// The state of the link from `source` to `target`, read at the
+    /// source (its slot for `target`, and the walsender serving it).
+    fn link_state(
+        &self,
+        source: &Site,
+        target: &str,
+    ) -> impl Future<Output = Result<LinkState, SiteError>> + Send;
+
     /// How far `site` has applied `from`'s WAL (the link's origin progress).
     fn applied_from(
         &self,
         site: &Site,
         from: &str,
     ) -> impl Future<Output = Result<Option<String>, SiteError>> + Send;
+}
+
+/// A link as its source sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LinkState {
+    /// The source has the link's slot.
+    pub slot: bool,
+    /// A replicator is streaming from the slot.
+    pub active: bool,
+    /// How long ago that replicator last confirmed (standby status
+    /// feedback), if it is streaming.
+    pub last_reply: Option<Duration>,
+}
+
+/// One preflight check and how it went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    pub what: String,
+    pub ok: bool,
+    pub detail: String,
+}
+
+impl std::fmt::Display for Check {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let word = if self.ok { "ok  " } else { "FAIL" };
+        write!(f, "{word} {}", self.what)?;
+        if !self.detail.is_empty() {
+            write!(f, ": {}", self.detail)?;
+        }
+        Ok(())
+    }
 }
 
 /// How a driver run is tuned.
@@ -97,6 +136,20 @@ pub struct Options {
     pub lock_wait: Duration,
     /// Pause between tries of a retryable step and between marker polls.
     pub poll: Duration,
+    /// While waiting for the marker: how long the link may apply nothing
+    /// before the switchover gives up and rolls back (instead of holding
+    /// the shard's writes for the whole `timeout`). A link busy with one
+    /// very large transaction applies nothing until it commits: raise it
+    /// for such workloads.
+    pub stall: Duration,
+    /// Check the links and a marker round trip before freezing a shard
+    /// ([`preflight`]); a failed check refuses the switchover.
+    pub preflight: bool,
+    /// Preflight: a link into the target counts as streaming if its
+    /// replicator confirmed within this long.
+    pub link_fresh: Duration,
+    /// Preflight: how long the marker round trip may take.
+    pub round_trip: Duration,
     /// After the freeze lands, how long to let writes that routers decided
     /// just before seeing it reach the database before the fence closes:
     /// the fence then closes behind them (waiting for them) instead of
@@ -109,6 +162,10 @@ impl Options {
     pub const DEFAULT_LOCK_TTL: Duration = Duration::from_secs(5);
     pub const DEFAULT_POLL: Duration = Duration::from_millis(5);
     pub const DEFAULT_SETTLE: Duration = Duration::from_millis(20);
+    pub const DEFAULT_STALL: Duration = Duration::from_secs(5);
+    /// Three of the replicator's standby status intervals.
+    pub const DEFAULT_LINK_FRESH: Duration = Duration::from_secs(10);
+    pub const DEFAULT_ROUND_TRIP: Duration = Duration::from_secs(5);
 
     pub fn new(holder: &str) -> Options {
         Options {
@@ -120,6 +177,10 @@ impl Options {
             lock_wait: Self::DEFAULT_LOCK_TTL * 3,
             poll: Self::DEFAULT_POLL,
             settle: Self::DEFAULT_SETTLE,
+            stall: Self::DEFAULT_STALL,
+            preflight: true,
+            link_fresh: Self::DEFAULT_LINK_FRESH,
+            round_trip: Self::DEFAULT_ROUND_TRIP,
         }
     }
 }
@@ -386,21 +447,35 @@ pub async fn switch_shard<S: TopologyStore, O: SiteOps>(
                 lock.release().await.ok();
                 return Ok(Outcome::AlreadyThere);
             }
-            // Unresolved conflicts of the shard mean its rows differ between
-            // the sites: moving it would make the new home serve (and build
-            // on) its own version. They are repaired first.
-            for name in [&cur.home, &mv.to] {
-                let Some(site) = snap.topology.sites.get(name.as_str()) else {
-                    continue;
-                };
-                let n = sites.pending_conflicts(site, shard).await?;
-                if n > 0 {
+            if opts.preflight && cur.state == ShardState::Active {
+                let checks = preflight(sites, &snap.topology, shard, &cur.home, &mv.to, opts).await;
+                let failed: Vec<String> = checks
+                    .iter()
+                    .filter(|c| !c.ok)
+                    .map(|c| format!("{}: {}", c.what, c.detail))
+                    .collect();
+                if !failed.is_empty() {
                     lock.release().await.ok();
                     return Err(DriveError::Refused {
                         shard,
-                        detail: conflicts_refusal(n, name),
+                        detail: format!("preflight failed, nothing changed: {}", failed.join("; ")),
                     });
                 }
+                observe(Progress::Note {
+                    shard,
+                    text: format!(
+                        "preflight: {}",
+                        checks
+                            .iter()
+                            .map(|c| format!("{} ({})", c.what, c.detail))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                });
+                // For the tests: a pause between the preflight and the
+                // freeze (`FAILPOINTS=switchover.preflight_done=sleep(1500)`),
+                // to break something the preflight saw working.
+                fail::fail_point!("switchover.preflight_done");
             }
             if cur.state == ShardState::Frozen {
                 return Err(DriveError::Refused {
@@ -439,6 +514,144 @@ pub async fn switch_shard<S: TopologyStore, O: SiteOps>(
     let result = drive(store, sites, &lock, &mut record, opts, abort, observe).await;
     lock.release().await.ok();
     result
+}
+
+/// What must hold before a shard is frozen for a move from `from` to `to`,
+/// so that a switchover that cannot finish does not start (and hold the
+/// shard's writes until it times out):
+/// - every link into `to` streams, and its replicator confirmed within
+///   `opts.link_fresh` (the catch-up and the writes after the flip need them);
+/// - no unresolved conflicts of the shard at `from` or `to` (its rows differ
+///   between the sites: a switchover does not move a shard over them);
+/// - a marker emitted at `from` is applied at `to` within `opts.round_trip`
+///   (the catch-up will work).
+///
+/// Every check runs and is reported; the caller refuses on any failure.
+pub async fn preflight<O: SiteOps>(
+    sites: &O,
+    t: &Topology,
+    shard: ShardId,
+    from: &str,
+    to: &str,
+    opts: &Options,
+) -> Vec<Check> {
+    let mut checks = Vec::new();
+    let (Some(from_site), Some(to_site)) = (t.sites.get(from), t.sites.get(to)) else {
+        checks.push(Check {
+            what: format!("sites {from} and {to}"),
+            ok: false,
+            detail: "not both in the topology".into(),
+        });
+        return checks;
+    };
+    for source in t.sites.values().filter(|s| s.name != to) {
+        let what = format!("link {}->{to} streams", source.name);
+        checks.push(match sites.link_state(source, to).await {
+            Ok(l) if !l.slot => Check {
+                what,
+                ok: false,
+                detail: format!(
+                    "{} has no slot for {to}: is {to}'s replicator configured and started?",
+                    source.name
+                ),
+            },
+            Ok(l) if !l.active => Check {
+                what,
+                ok: false,
+                detail: format!(
+                    "nothing streams from {}'s slot for {to}: is {to}'s replicator running and able to reach {}?",
+                    source.name, source.name
+                ),
+            },
+            Ok(l) => match l.last_reply {
+                Some(age) if age <= opts.link_fresh => Check {
+                    what,
+                    ok: true,
+                    detail: format!("confirmed {} ms ago", age.as_millis()),
+                },
+                // Just (re)connected, no status update yet: the marker
+                // round trip below says whether it delivers.
+                None => Check {
+                    what,
+                    ok: true,
+                    detail: "streaming, not confirmed yet".into(),
+                },
+                Some(age) => Check {
+                    what,
+                    ok: false,
+                    detail: format!(
+                        "its replicator last confirmed {} ms ago (more than {:?}): the link is stuck",
+                        age.as_millis(),
+                        opts.link_fresh
+                    ),
+                },
+            },
+            Err(e) => Check {
+                what,
+                ok: false,
+                detail: e.to_string(),
+            },
+        });
+    }
+    for site in [from_site, to_site] {
+        let what = format!("no unresolved conflicts of shard {shard} at {}", site.name);
+        checks.push(match sites.pending_conflicts(site, shard).await {
+            Ok(0) => Check {
+                what,
+                ok: true,
+                detail: String::new(),
+            },
+            Ok(n) => Check {
+                what,
+                ok: false,
+                detail: conflicts_refusal(n, &site.name),
+            },
+            Err(e) => Check {
+                what,
+                ok: false,
+                detail: e.to_string(),
+            },
+        });
+    }
+    let what = format!("marker round trip {from}->{to}");
+    let token = format!(
+        "preflight shard={shard} from={from} to={to} at={}",
+        now_ms()
+    );
+    let started = tokio::time::Instant::now();
+    let trip = async {
+        sites.emit_marker(from_site, &token).await?;
+        loop {
+            if sites.marker_applied(to_site, &token).await? {
+                return Ok::<_, SiteError>(true);
+            }
+            if started.elapsed() >= opts.round_trip {
+                return Ok(false);
+            }
+            tokio::time::sleep(opts.poll.max(Duration::from_millis(2))).await;
+        }
+    };
+    checks.push(match trip.await {
+        Ok(true) => Check {
+            what,
+            ok: true,
+            detail: format!("{} ms", started.elapsed().as_millis()),
+        },
+        Ok(false) => Check {
+            what,
+            ok: false,
+            detail: format!(
+                "a marker written at {from} was not applied at {to} within {:?}: the link does not deliver",
+                opts.round_trip
+            ),
+        },
+        Err(e) => Check {
+            what,
+            ok: false,
+            detail: e.to_string(),
+        },
+    });
+    checks
 }
 
 async fn persist<S: TopologyStore>(
@@ -654,6 +867,12 @@ async fn perform<S: TopologyStore, O: SiteOps>(
         sw.step,
         Step::RollingBack { .. } | Step::Done | Step::RolledBack { .. } | Step::Flipping
     );
+    // While waiting for the marker: how far the link has applied, and since
+    // when it has not moved.
+    let mut catch_up = match action {
+        Action::AwaitMarker { lsn, .. } => Some(CatchUp::new(lsn)),
+        _ => None,
+    };
     loop {
         let attempt = attempt(store, sites, sw, action).await;
         match attempt {
@@ -670,17 +889,25 @@ async fn perform<S: TopologyStore, O: SiteOps>(
             }
             Err(e) => return Err(e),
         }
+        if let Some(c) = catch_up.as_mut() {
+            if let Err(reason) = c.look(store, sites, sw, opts).await {
+                return Err(StepError::Other(reason));
+            }
+        }
+        let waiting_for = match &catch_up {
+            Some(c) => format!("{} ({})", label(sw, action), c.describe()),
+            None => label(sw, action),
+        };
         if tokio::time::Instant::now() >= deadline {
             return Err(StepError::Other(format!(
-                "timed out after {:?} ({})",
+                "timed out after {:?} ({waiting_for})",
                 opts.timeout,
-                label(sw, action)
             )));
         }
         if last_note.elapsed() >= Duration::from_secs(1) {
             observe(Progress::Waiting {
                 shard,
-                what: label(sw, action),
+                what: waiting_for,
                 elapsed: started.elapsed(),
             });
             last_note = tokio::time::Instant::now();
@@ -693,6 +920,82 @@ async fn perform<S: TopologyStore, O: SiteOps>(
                 }
             }
         }
+    }
+}
+
+/// Progress of the catch-up: the link's applied position (its origin at
+/// the target), looked at every [`CatchUp::EVERY`], and when it last moved.
+struct CatchUp {
+    marker: String,
+    applied: Option<String>,
+    moved_at: tokio::time::Instant,
+    looked_at: Option<tokio::time::Instant>,
+}
+
+impl CatchUp {
+    const EVERY: Duration = Duration::from_millis(250);
+
+    fn new(marker: &str) -> CatchUp {
+        CatchUp {
+            marker: marker.to_string(),
+            applied: None,
+            moved_at: tokio::time::Instant::now(),
+            looked_at: None,
+        }
+    }
+
+    /// Reads the link's position (at most every [`CatchUp::EVERY`]); an
+    /// error when it has not moved for `opts.stall`.
+    async fn look<S: TopologyStore, O: SiteOps>(
+        &mut self,
+        store: &S,
+        sites: &O,
+        sw: &Switchover,
+        opts: &Options,
+    ) -> Result<(), String> {
+        let now = tokio::time::Instant::now();
+        if self.looked_at.is_some_and(|t| now - t < Self::EVERY) {
+            return Ok(());
+        }
+        self.looked_at = Some(now);
+        // A position that cannot be read is not progress, nor a reason to
+        // stop: the stall bound decides.
+        if let Ok(snap) = store.load().await {
+            if let Some(site) = snap.topology.sites.get(&sw.to) {
+                if let Ok(applied) = sites.applied_from(site, &sw.from).await {
+                    if applied != self.applied {
+                        if self.applied.is_some() || applied.is_some() {
+                            self.moved_at = now;
+                        }
+                        self.applied = applied;
+                    }
+                }
+            }
+        }
+        let still = now - self.moved_at;
+        if still >= opts.stall {
+            return Err(format!(
+                "no catch-up progress for {:?}: link {}->{} has applied {}'s WAL up to {}, the marker is at {} \
+                 (is {}'s replicator running, and can it reach {}?)",
+                opts.stall,
+                sw.from,
+                sw.to,
+                sw.from,
+                self.applied.as_deref().unwrap_or("(nothing yet)"),
+                self.marker,
+                sw.to,
+                sw.from
+            ));
+        }
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "applied up to {}, marker at {}",
+            self.applied.as_deref().unwrap_or("?"),
+            self.marker
+        )
     }
 }
 

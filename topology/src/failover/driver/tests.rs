@@ -20,6 +20,10 @@ struct FakeSites {
     conflicts: Mutex<std::collections::HashMap<(String, ShardId), u64>>,
     /// Conflicts of shard 1 the marker's arrival brings to a site.
     conflicts_with_marker: Mutex<Option<(String, u64)>>,
+    /// Link states by source site (default: streaming, confirmed 100 ms ago).
+    links: Mutex<std::collections::HashMap<String, LinkState>>,
+    /// The link's applied position, as `applied_from` answers it.
+    applied: Mutex<Option<String>>,
 }
 
 impl FakeSites {
@@ -31,6 +35,8 @@ impl FakeSites {
             fail_fence_at: None,
             conflicts: Mutex::default(),
             conflicts_with_marker: Mutex::default(),
+            links: Mutex::default(),
+            applied: Mutex::new(Some("0/ABC".into())),
         }
     }
     fn calls(&self) -> Vec<String> {
@@ -84,6 +90,19 @@ impl SiteOps for FakeSites {
         }
         Ok(applied)
     }
+    async fn link_state(&self, source: &Site, _target: &str) -> Result<LinkState, SiteError> {
+        Ok(self
+            .links
+            .lock()
+            .unwrap()
+            .get(&source.name)
+            .cloned()
+            .unwrap_or(LinkState {
+                slot: true,
+                active: true,
+                last_reply: Some(Duration::from_millis(100)),
+            }))
+    }
     async fn pending_conflicts(&self, site: &Site, shard: ShardId) -> Result<u64, SiteError> {
         Ok(self
             .conflicts
@@ -94,7 +113,7 @@ impl SiteOps for FakeSites {
             .unwrap_or(0))
     }
     async fn applied_from(&self, _site: &Site, _from: &str) -> Result<Option<String>, SiteError> {
-        Ok(Some("0/ABC".into()))
+        Ok(self.applied.lock().unwrap().clone())
     }
 }
 
@@ -113,6 +132,9 @@ fn opts() -> Options {
     o.timeout = Duration::from_millis(500);
     o.poll = Duration::from_millis(1);
     o.lock_wait = Duration::from_millis(300);
+    // The scripted sites' calls are asserted step by step; the preflight
+    // has its own tests.
+    o.preflight = false;
     o
 }
 
@@ -488,7 +510,9 @@ async fn unresolved_conflicts_of_the_shard_refuse_or_stop_a_switchover() {
         .unwrap()
         .insert((to.to_string(), 1), 2);
     let (_tx, abort) = no_abort();
-    let err = switch_shard(&store, &sites, &mv(&before, to), &opts(), abort, &quiet)
+    let mut o = opts();
+    o.preflight = true;
+    let err = switch_shard(&store, &sites, &mv(&before, to), &o, abort, &quiet)
         .await
         .unwrap_err();
     let text = err.to_string();
@@ -497,7 +521,12 @@ async fn unresolved_conflicts_of_the_shard_refuse_or_stop_a_switchover() {
         "{text}"
     );
     assert_eq!(shard1(&store).await, before);
-    assert!(sites.calls().is_empty(), "{:?}", sites.calls());
+    // Nothing but the preflight's own marker.
+    assert!(
+        sites.calls().iter().all(|c| c.contains("preflight")),
+        "{:?}",
+        sites.calls()
+    );
     assert!(store.read_op("switchover/1").await.unwrap().is_none());
     // Conflicts of another shard do not matter.
     sites.conflicts.lock().unwrap().clear();
@@ -577,4 +606,134 @@ async fn each_epoch_the_driver_writes_says_how_it_came_about() {
             (e + 4, to, Transition::Rollback),
         ]
     );
+}
+
+fn other_site(home: &str) -> &'static str {
+    if home == "beijing" {
+        "shanghai"
+    } else {
+        "beijing"
+    }
+}
+
+#[tokio::test]
+async fn a_preflight_that_fails_changes_nothing() {
+    let (_d, store) = setup().await;
+    let before = shard1(&store).await;
+    let to = other_site(&before.home);
+    let mut o = opts();
+    o.preflight = true;
+    o.round_trip = Duration::from_millis(100);
+    // The link into the target is down (its replicator is dead).
+    let sites = FakeSites::new(0);
+    sites.links.lock().unwrap().insert(
+        before.home.clone(),
+        LinkState {
+            slot: true,
+            active: false,
+            last_reply: None,
+        },
+    );
+    let (_tx, abort) = no_abort();
+    let err = switch_shard(&store, &sites, &mv(&before, to), &o, abort, &quiet)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("preflight failed") && err.contains("nothing streams"),
+        "{err}"
+    );
+    assert_eq!(shard1(&store).await, before);
+    // A link that streams but stopped confirming.
+    sites.links.lock().unwrap().insert(
+        before.home.clone(),
+        LinkState {
+            slot: true,
+            active: true,
+            last_reply: Some(Duration::from_secs(60)),
+        },
+    );
+    let (_tx, abort) = no_abort();
+    let err = switch_shard(&store, &sites, &mv(&before, to), &o, abort, &quiet)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("stuck"), "{err}");
+    // A marker that does not come through.
+    let sites = FakeSites::new(usize::MAX);
+    let (_tx, abort) = no_abort();
+    let err = switch_shard(&store, &sites, &mv(&before, to), &o, abort, &quiet)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("marker round trip"), "{err}");
+    assert_eq!(shard1(&store).await, before);
+    assert!(store.read_op("switchover/1").await.unwrap().is_none());
+    // All well: every check passes and says so.
+    let sites = FakeSites::new(0);
+    let t = store.load().await.unwrap().topology;
+    let checks = preflight(&sites, &t, 1, &before.home, to, &o).await;
+    assert!(checks.iter().all(|c| c.ok), "{checks:?}");
+    assert_eq!(
+        checks.len(),
+        4,
+        "one link in, two conflict checks, the round trip"
+    );
+}
+
+#[tokio::test]
+async fn a_catch_up_that_stalls_rolls_back_long_before_the_timeout() {
+    let (_d, store) = setup().await;
+    let before = shard1(&store).await;
+    let to = other_site(&before.home);
+    let mut o = opts();
+    o.timeout = Duration::from_secs(20);
+    o.stall = Duration::from_millis(300);
+    let sites = FakeSites::new(usize::MAX);
+    let started = std::time::Instant::now();
+    let (_tx, abort) = no_abort();
+    let out = switch_shard(&store, &sites, &mv(&before, to), &o, abort, &quiet)
+        .await
+        .unwrap();
+    match out {
+        Outcome::RolledBack { reason, .. } => {
+            assert!(
+                reason.contains("no catch-up progress") && reason.contains("up to 0/ABC"),
+                "{reason}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(shard1(&store).await.home, before.home);
+}
+
+#[tokio::test]
+async fn a_catch_up_that_moves_is_not_a_stall() {
+    let (_d, store) = setup().await;
+    let before = shard1(&store).await;
+    let to = other_site(&before.home);
+    let mut o = opts();
+    o.timeout = Duration::from_secs(20);
+    o.stall = Duration::from_millis(600);
+    // The marker arrives after ~1.5 s of polls while the link keeps applying.
+    o.poll = Duration::from_millis(10);
+    let sites = std::sync::Arc::new(FakeSites::new(150));
+    let moving = sites.clone();
+    let mover = tokio::spawn(async move {
+        for n in 0..40u32 {
+            *moving.applied.lock().unwrap() = Some(format!("0/{:X}", 0x1000 + n));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let (_tx, abort) = no_abort();
+    let out = switch_shard(&store, sites.as_ref(), &mv(&before, to), &o, abort, &quiet)
+        .await
+        .unwrap();
+    mover.abort();
+    assert!(matches!(out, Outcome::Done { .. }), "{out:?}");
 }
