@@ -45,4 +45,5 @@ clean-lab:
 
 # The lab alone (etcd, Postgres per site, WAN proxy), left running for manual work.
 lab-demo: build
+	@scripts/install-deps.sh --lab-demo
 	@scripts/demo.sh "$(LAB_DIR)"
