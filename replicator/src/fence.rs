@@ -9,6 +9,10 @@
 //!   a stale topology can never reopen a fence.
 //! - `ezone_fence.cities(city, shard)`: the routing table, so the fence maps
 //!   a row's city to its shard as the router does.
+//! - `ezone_fence.user_shards(pos, shard)`: the routing table's
+//!   `user_shards` list, in order, so the fence maps a user id to its shard
+//!   with the stable user hash (`ezone_topology::hash`), written in SQL:
+//!   `ezone_fence.fnv1a64`, `ezone_fence.jump`, `ezone_fence.user_shard`.
 //! - A `BEFORE INSERT OR UPDATE OR DELETE ... FOR EACH ROW` trigger on each
 //!   application table ([`install_table_sql`]) reads the row's shard key,
 //!   takes a `FOR SHARE` lock on the shard's fence row and raises SQLSTATE
@@ -19,9 +23,10 @@
 //! - Replicated applies run with `session_replication_role = replica`, under
 //!   which ordinary triggers do not fire: the fence never blocks replication.
 //!
-//! What an application table needs: a shard key column holding either the
-//! city id (`kind = city`, mapped through the routing table) or the shard id
-//! itself (`kind = shard`). User-id keyed tables are not fenced yet.
+//! What an application table needs: a shard key column holding the city id
+//! (`kind = city`, mapped through the routing table), the user id (`kind =
+//! user`, mapped through the user hash) or the shard id itself (`kind =
+//! shard`).
 
 use ezone_topology::{ShardState, Topology};
 
@@ -69,11 +74,92 @@ CREATE TABLE IF NOT EXISTS ezone_fence.cities (
     city text PRIMARY KEY,
     shard integer NOT NULL
 );
+-- The routing table's user_shards list: the user hash picks a position.
+CREATE TABLE IF NOT EXISTS ezone_fence.user_shards (
+    pos integer PRIMARY KEY,
+    shard integer NOT NULL
+);
+-- The stable user hash, exactly as topology/src/hash.rs defines it (the
+-- fence must map a user id to the shard the routers do). Postgres has no
+-- unsigned 64-bit type and raises on bigint overflow, so the 64-bit values
+-- are carried as two 32-bit halves in bigints, with every intermediate
+-- product kept below 2^63; the result is the u64's two's-complement bigint.
+--
+-- 64-bit FNV-1a over the UTF-8 bytes of v.
+CREATE OR REPLACE FUNCTION ezone_fence.fnv1a64(v text) RETURNS bigint
+LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE AS $$
+DECLARE
+    b bytea := convert_to(v, 'UTF8');
+    -- The offset basis 0xcbf29ce484222325.
+    hi bigint := 3421674724;
+    lo bigint := 2216829733;
+    t bigint;
+BEGIN
+    FOR i IN 0 .. length(b) - 1 LOOP
+        lo := lo # get_byte(b, i);
+        -- h * 0x100000001b3 mod 2^64; the prime is 2^40 + 435.
+        t := lo * 435;
+        hi := (hi * 435 + (lo << 8) + (t >> 32)) & 4294967295;
+        lo := t & 4294967295;
+    END LOOP;
+    -- hi * 2^32 + lo as a signed 64-bit value, without overflowing (hi's
+    -- top bit is the sign).
+    RETURN ((hi # 2147483648) - 2147483648) * 4294967296 + lo;
+END
+$$;
+-- Lamping and Veach's jump consistent hash: a bucket in 0..buckets-1 for
+-- key (a u64 as its two's-complement bigint).
+CREATE OR REPLACE FUNCTION ezone_fence.jump(key bigint, buckets integer) RETURNS integer
+LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE AS $$
+DECLARE
+    hi bigint := (key >> 32) & 4294967295;
+    lo bigint := key & 4294967295;
+    b bigint := -1;
+    j bigint := 0;
+    m bigint;
+    t bigint;
+BEGIN
+    WHILE j < buckets LOOP
+        b := j;
+        -- key * 2862933555777941757 + 1 mod 2^64. The multiplier is
+        -- 666578662 * 2^32 + 2276503805, and 2276503805 = 34736 * 2^16 + 45309
+        -- (split again: lo * 2276503805 could reach 2^64).
+        m := lo * 34736;
+        t := lo * 45309 + ((m & 65535) << 16) + 1;
+        hi := ((t >> 32) + (m >> 16) + lo * 666578662
+               + hi * 45309 + (((hi * 34736) & 65535) << 16)) & 4294967295;
+        lo := t & 4294967295;
+        -- In double precision, as the reference (and the Rust) does, then
+        -- truncated toward zero: (b + 1) * (2^31 / ((key >> 33) + 1)).
+        j := trunc((b + 1)::float8 * (2147483648::float8 / ((hi >> 1) + 1)::float8))::bigint;
+    END LOOP;
+    RETURN greatest(b, 0);
+END
+$$;
+-- user_shards[jump(fnv1a64(v), len(user_shards))]; NULL (no shard) for a
+-- NULL id or an empty list.
+CREATE OR REPLACE FUNCTION ezone_fence.user_shard(v text) RETURNS integer
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    shards integer[];
+BEGIN
+    IF v IS NULL THEN
+        RETURN NULL;
+    END IF;
+    -- In position order, as the list is; one read per row.
+    SELECT array_agg(shard ORDER BY pos) INTO shards FROM ezone_fence.user_shards;
+    IF shards IS NULL THEN
+        RETURN NULL;
+    END IF;
+    RETURN shards[ezone_fence.jump(ezone_fence.fnv1a64(v), cardinality(shards)) + 1];
+END
+$$;
 CREATE OR REPLACE FUNCTION ezone_fence.shard_of(kind text, v text) RETURNS integer
 LANGUAGE sql STABLE AS $$
     SELECT CASE kind
         WHEN 'city' THEN (SELECT shard FROM ezone_fence.cities WHERE city = v)
         WHEN 'shard' THEN v::integer
+        WHEN 'user' THEN ezone_fence.user_shard(v)
     END
 $$;
 CREATE OR REPLACE FUNCTION ezone_fence.check_shard(s integer, col text, v text) RETURNS void
@@ -85,7 +171,7 @@ BEGIN
     IF s IS NULL THEN
         RAISE EXCEPTION USING ERRCODE = 'EZ002',
             MESSAGE = format('ezone fence: %s = %L maps to no shard', col, v),
-            HINT = 'add the city to the topology''s routing table';
+            HINT = 'map the key in the topology''s routing table (a city in cities; for user ids, a non-empty user_shards)';
     END IF;
     -- FOR SHARE: closing this shard's fence (an UPDATE of the row) waits for
     -- this transaction to end.
@@ -130,8 +216,12 @@ $$;
 /// What a fenced table's shard key column holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FenceKey {
+    /// A city id, mapped through the routing table's cities.
     City,
+    /// The shard id itself.
     Shard,
+    /// A user id, mapped through the user hash over `user_shards`.
+    User,
 }
 
 impl FenceKey {
@@ -139,6 +229,7 @@ impl FenceKey {
         match self {
             FenceKey::City => "city",
             FenceKey::Shard => "shard",
+            FenceKey::User => "user",
         }
     }
 }
@@ -229,8 +320,33 @@ pub fn fence_changes(current: &[ShardFence], wanted: &[ShardFence]) -> Vec<Shard
         .collect()
 }
 
-/// Brings `site`'s fence in line with the topology: the city table, and
-/// every shard's writability at its epoch. Monotonic: a shard row is only
+/// The writes that bring `ezone_fence.user_shards` (`current`: position ->
+/// shard) in line with the topology's `user_shards` list (pure): the
+/// positions to delete (past the list's end), and the (position, shard)
+/// rows to upsert (new or changed). Unchanged positions are left alone.
+pub fn user_shard_changes(
+    current: &std::collections::BTreeMap<i32, i32>,
+    wanted: &[ezone_topology::ShardId],
+) -> (Vec<i32>, Vec<(i32, i32)>) {
+    let wanted: Vec<(i32, i32)> = wanted
+        .iter()
+        .enumerate()
+        .map(|(pos, shard)| (pos as i32, *shard as i32))
+        .collect();
+    let delete = current
+        .keys()
+        .filter(|pos| usize::try_from(**pos).map_or(true, |p| p >= wanted.len()))
+        .copied()
+        .collect();
+    let upsert = wanted
+        .into_iter()
+        .filter(|(pos, shard)| current.get(pos) != Some(shard))
+        .collect();
+    (delete, upsert)
+}
+
+/// Brings `site`'s fence in line with the topology: the city table, the
+/// user shard list, and every shard's writability at its epoch. Monotonic: a shard row is only
 /// changed by a topology at the same or a later epoch. Returns the shards
 /// whose fence closed. Closing waits for in-flight writes of that shard (see
 /// the module docs); rows that do not change are not touched.
@@ -270,6 +386,28 @@ pub async fn reconcile(
             .await
             .map_err(|e| err("writing the city map", e))?;
         }
+    }
+    let positions: std::collections::BTreeMap<i32, i32> = tx
+        .query("SELECT pos, shard FROM ezone_fence.user_shards", &[])
+        .await
+        .map_err(|e| err("reading the user shard list", e))?
+        .iter()
+        .map(|r| (r.get::<_, i32>(0), r.get::<_, i32>(1)))
+        .collect();
+    let (delete, upsert) = user_shard_changes(&positions, &t.routing.user_shards);
+    for pos in &delete {
+        tx.execute("DELETE FROM ezone_fence.user_shards WHERE pos = $1", &[pos])
+            .await
+            .map_err(|e| err("updating the user shard list", e))?;
+    }
+    for (pos, shard) in &upsert {
+        tx.execute(
+            "INSERT INTO ezone_fence.user_shards (pos, shard) VALUES ($1, $2) \
+             ON CONFLICT (pos) DO UPDATE SET shard = excluded.shard",
+            &[pos, shard],
+        )
+        .await
+        .map_err(|e| err("writing the user shard list", e))?;
     }
     let current: Vec<ShardFence> = tx
         .query(
@@ -368,6 +506,36 @@ mod tests {
         ] {
             assert_eq!(EpochStamp::parse(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn user_shard_list_writes_only_what_changed() {
+        let current: std::collections::BTreeMap<i32, i32> =
+            [(0, 1), (1, 2), (2, 3), (3, 9)].into_iter().collect();
+        // Same at 0 and 2, changed at 1, gone at 3.
+        let (delete, upsert) = user_shard_changes(&current, &[1, 5, 3]);
+        assert_eq!(delete, vec![3]);
+        assert_eq!(upsert, vec![(1, 5)]);
+        // Grown: only the new positions.
+        let (delete, upsert) = user_shard_changes(&current, &[1, 2, 3, 9, 4, 6]);
+        assert!(delete.is_empty());
+        assert_eq!(upsert, vec![(4, 4), (5, 6)]);
+        // Emptied, or a stray negative position: deleted.
+        let stray: std::collections::BTreeMap<i32, i32> = [(-1, 1), (0, 1)].into_iter().collect();
+        assert_eq!(user_shard_changes(&stray, &[]), (vec![-1, 0], vec![]));
+        assert_eq!(user_shard_changes(&stray, &[1]), (vec![-1], vec![]));
+    }
+
+    #[test]
+    fn install_sql_user_key() {
+        let sql = install_table_sql("app.profiles", "user_id", FenceKey::User);
+        assert!(sql.contains("DROP TRIGGER IF EXISTS ezone_fence ON \"app\".\"profiles\";"));
+        assert!(
+            sql.contains("BEFORE INSERT OR UPDATE OR DELETE ON \"app\".\"profiles\" FOR EACH ROW")
+        );
+        assert!(sql.contains("EXECUTE FUNCTION ezone_fence.check('user_id', 'user');"));
+        // The trigger's kind is one the schema's shard_of maps.
+        assert!(SCHEMA_SQL.contains("WHEN 'user' THEN ezone_fence.user_shard(v)"));
     }
 
     #[test]

@@ -20,7 +20,9 @@ pub enum FenceCommand {
         /// The table's shard key column.
         #[arg(long)]
         column: String,
-        /// What the column holds: a city id or a shard id.
+        /// What the column holds: a city id (mapped through the routing table's
+        /// cities), a user id (mapped through the user hash over user_shards) or a
+        /// shard id.
         #[arg(long, value_enum, default_value = "city")]
         key: KeyArg,
     },
@@ -44,6 +46,7 @@ pub enum FenceCommand {
 pub enum KeyArg {
     City,
     Shard,
+    User,
 }
 
 async fn connect(dsn: &str) -> anyhow::Result<tokio_postgres::Client> {
@@ -67,6 +70,7 @@ pub async fn run(c: FenceCommand) -> anyhow::Result<()> {
             let key = match key {
                 KeyArg::City => FenceKey::City,
                 KeyArg::Shard => FenceKey::Shard,
+                KeyArg::User => FenceKey::User,
             };
             client
                 .batch_execute(&install_table_sql(&table, &column, key))
