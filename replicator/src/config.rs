@@ -9,8 +9,13 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 pub mod defaults {
+    use std::time::Duration;
     pub const PUBLICATION: &str = "ezone_pub";
     pub const PREFIX: &str = "/ezone";
+    /// How long a switchover record must stand still, its command's lock
+    /// lapsed, before a replicator finishes or rolls it back. Longer than a
+    /// re-run by hand right after a crash takes to grab the lock.
+    pub const ABANDONED_SWITCHOVER_AFTER: Duration = Duration::from_secs(3);
 }
 
 /// The whole file.
@@ -47,6 +52,15 @@ pub struct ReplicatorConfig {
     /// than the one it was written at is a conflict.
     #[serde(default)]
     pub shard_keys: BTreeMap<String, crate::conflict::ShardKey>,
+    /// Finish or roll back switchovers whose command died (their lock
+    /// lapsed and their record stood still this long); `"0s"` turns it
+    /// off. Every site's replicator does it; the shard lock picks one.
+    #[serde(default = "d_abandoned", with = "humantime_serde")]
+    pub abandoned_switchover_after: std::time::Duration,
+}
+
+fn d_abandoned() -> std::time::Duration {
+    defaults::ABANDONED_SWITCHOVER_AFTER
 }
 
 fn d_publication() -> String {

@@ -2,7 +2,7 @@
 //! the topology, each an owned task that restarts on transient errors; and a
 //! `/metrics` endpoint with each link's counters and lag.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -84,6 +84,27 @@ impl Service {
             .unwrap_or_else(|| here.postgres.clone());
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
+        if !cfg.abandoned_switchover_after.is_zero() {
+            // This replicator reaches every site's Postgres as its links do.
+            let mut dsns: HashMap<String, String> = cfg
+                .sources
+                .iter()
+                .map(|(site, o)| (site.clone(), o.dsn.clone()))
+                .collect();
+            dsns.insert(cfg.site.clone(), target_dsn.clone());
+            let (store, site, after) = (
+                store.clone(),
+                cfg.site.clone(),
+                cfg.abandoned_switchover_after,
+            );
+            let rx = stop_rx.clone();
+            tasks.spawn(async move {
+                (
+                    "switchover recovery".to_string(),
+                    recover_switchovers(store, site, dsns, after, rx).await,
+                )
+            });
+        }
         if cfg.fence {
             let (site, dsn) = (cfg.site.clone(), target_dsn.clone());
             let (w, rx) = (watcher.clone(), stop_rx.clone());
@@ -222,6 +243,61 @@ impl Service {
     pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
         while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Every second, finishes or rolls back the switchovers whose command died
+/// ([`ezone_topology::failover::driver::recover_abandoned`]), until `stop`.
+async fn recover_switchovers(
+    store: AnyStore,
+    site: String,
+    dsns: HashMap<String, String>,
+    after: std::time::Duration,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), LinkError> {
+    use ezone_topology::failover::driver::{recover_abandoned, Options, Progress};
+    let sites = crate::site_ops::PgSites::new(dsns);
+    let mut opts = Options::new(&format!(
+        "replicator at {site} (pid {})",
+        std::process::id()
+    ));
+    opts.preflight = false;
+    let observe = |p: Progress| match p {
+        Progress::Note { shard, text } => {
+            tracing::warn!(shard, "Switchover recovery: {text}")
+        }
+        Progress::StepDone { shard, label, took } => {
+            tracing::info!(
+                shard,
+                took_ms = took.as_millis() as u64,
+                "Switchover recovery: {label}"
+            )
+        }
+        _ => {}
+    };
+    let mut last_error = String::new();
+    loop {
+        match recover_abandoned(&store, &sites, &opts, after, &observe).await {
+            Ok(done) => {
+                for (shard, outcome) in done {
+                    tracing::warn!(site = %site, shard, ?outcome, "Recovered an abandoned switchover.");
+                }
+                last_error.clear();
+            }
+            Err(e) => {
+                // Said once per distinct error: etcd or a site may be down
+                // for a while.
+                let text = e.to_string();
+                if text != last_error {
+                    tracing::warn!(site = %site, error = %text, "Switchover recovery could not run; retrying.");
+                    last_error = text;
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+            _ = stop.wait_for(|s| *s) => return Ok(()),
+        }
     }
 }
 

@@ -409,6 +409,94 @@ async fn the_command_killed_at_each_step_then_rerun_keeps_the_invariants() {
     ens.teardown().await.expect("teardown");
 }
 
+/// Nobody re-runs a command that died mid-switchover: a replicator finds
+/// the record (its lock lapsed) and rolls it back if it had not flipped,
+/// or finishes it if it had. Nothing acknowledged is lost, nothing fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switchover_whose_command_died_is_finished_or_rolled_back_by_the_replicators() {
+    let ens = ensemble().await;
+    let mut homes = homes_of(ens.initial_topology());
+    let wl = workload(&ens, "abandoned", 100);
+    let shard = *ens
+        .initial_topology()
+        .shards
+        .keys()
+        .next()
+        .expect("a shard");
+    for (step, moves) in [("catching_up", false), ("flipping", true)] {
+        let cur = shard_of(&ens, shard).await;
+        let to = other(&cur.home);
+        let (code, err) = failover(
+            &ens,
+            &["shard", &shard.to_string(), "--to", to],
+            &[("FAILPOINTS", &format!("switchover.{step}=return"))],
+        )
+        .await;
+        assert_eq!(code, 86, "the command crashed at {step}: {err}");
+        let died = std::time::Instant::now();
+        let want = if moves { to } else { cur.home.as_str() };
+        let now = eventually(
+            "the replicators recover the switchover",
+            Duration::from_secs(30),
+            || {
+                let want = want.to_string();
+                let ens = &ens;
+                async move {
+                    let s = shard_of(ens, shard).await;
+                    let store = ens.store().await.ok()?;
+                    let bytes = store.read_op(&format!("switchover/{shard}")).await.ok()??;
+                    let r: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+                    (s.home == want
+                        && s.state == ShardState::Active
+                        && s.epoch == cur.epoch + 2
+                        && r["finished"] == true)
+                        .then_some(s)
+                }
+            },
+        )
+        .await;
+        let took = died.elapsed();
+        record_topology(&ens, &mut homes).await;
+        eprintln!("crashed at {step}: recovered in {took:?}: {now:?}");
+        // The lock's lease (1 s here) and the record's quiet time (3 s)
+        // plus a poll: seconds, not until someone notices.
+        assert!(took < Duration::from_secs(15), "{took:?}");
+        let store = ens.store().await.expect("store");
+        let bytes = store
+            .read_op(&format!("switchover/{shard}"))
+            .await
+            .expect("record")
+            .expect("a record");
+        let r: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
+        assert_eq!(r["finished"], true, "{r}");
+        assert!(
+            r["holder"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("replicator at"),
+            "{r}"
+        );
+        // Let the writes held meanwhile drain before the next round.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let history = wl.stop().await;
+    let failed = history.failed();
+    assert!(
+        failed.is_empty(),
+        "failed: {:?}",
+        &failed[..failed.len().min(5)]
+    );
+    ens.wait_converged(Duration::from_secs(30))
+        .await
+        .expect("converge");
+    let report = ens
+        .verify(&acked(&history), Some(&homes))
+        .await
+        .expect("verify");
+    assert!(report.is_ok(), "{report}");
+    ens.teardown().await.expect("teardown");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forced_failover_reports_exactly_the_writes_that_had_not_crossed() {
     let ens = ensemble().await;

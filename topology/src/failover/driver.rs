@@ -1135,6 +1135,121 @@ async fn attempt<S: TopologyStore, O: SiteOps>(
     }
 }
 
+/// Finishes or rolls back switchovers whose command died: a record that
+/// is not finished, whose shard lock is free (the holder's lease lapsed),
+/// and that has not moved for `abandoned_after`. One that has not reached
+/// the flip is rolled back (the old home active again, with a new epoch);
+/// one at or past the flip is finished. Meant to run every few seconds in a
+/// part that always runs (every site's replicator does); the shard lock
+/// keeps two of them, or one and an operator's re-run, from acting at once.
+pub async fn recover_abandoned<S: TopologyStore, O: SiteOps>(
+    store: &S,
+    sites: &O,
+    opts: &Options,
+    abandoned_after: Duration,
+    observe: Observer<'_>,
+) -> Result<Vec<(ShardId, Outcome)>, DriveError> {
+    let mut out = Vec::new();
+    let records = store.list_ops("switchover/").await?;
+    for bytes in records.values() {
+        let Ok(r) = serde_json::from_slice::<Record>(bytes) else {
+            continue;
+        };
+        if r.finished || !quiet_for(&r, abandoned_after) {
+            continue;
+        }
+        let shard = r.switchover.shard;
+        let lock = match store
+            .lock(&lock_name(shard), &opts.holder, opts.lock_ttl)
+            .await
+        {
+            Ok(l) => l,
+            // Someone is on it (the command, a re-run, another replicator).
+            Err(StoreError::Locked { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        // Read again under the lock: it may have moved on meanwhile.
+        let mut record = match store.read_op(&record_name(shard)).await? {
+            Some(b) => match serde_json::from_slice::<Record>(&b) {
+                Ok(r) if !r.finished && quiet_for(&r, abandoned_after) => r,
+                _ => {
+                    lock.release().await.ok();
+                    continue;
+                }
+            },
+            None => {
+                lock.release().await.ok();
+                continue;
+            }
+        };
+        let reason = format!(
+            "abandoned at step {}: its command ({}) died; recovered by {}",
+            record.switchover.step_name(),
+            record.holder,
+            opts.holder
+        );
+        observe(Progress::Note {
+            shard,
+            text: reason.clone(),
+        });
+        let sw = &record.switchover;
+        let next = match &sw.step {
+            // Nothing may have happened, or the freeze landed with its
+            // answer lost: the topology says which.
+            Step::Start => {
+                let snap = store.load().await?;
+                match snap.topology.shards.get(&shard) {
+                    Some(cur) if cur.epoch == sw.epoch => {
+                        // Nothing changed: close the record, touch nothing.
+                        record.switchover.step = Step::RolledBack {
+                            reason: reason.clone(),
+                        };
+                        record.finished = true;
+                        record.holder = opts.holder.clone();
+                        persist(store, &lock, &record).await?;
+                        lock.release().await.ok();
+                        out.push((shard, Outcome::RolledBack { reason, hold: None }));
+                        continue;
+                    }
+                    _ => Some(Step::RollingBack {
+                        reason: reason.clone(),
+                    }),
+                }
+            }
+            Step::Frozen | Step::Fenced | Step::CatchingUp { .. } | Step::Opening => {
+                Some(Step::RollingBack {
+                    reason: reason.clone(),
+                })
+            }
+            // At or past the flip: finish what was started.
+            Step::Flipping | Step::Done | Step::RollingBack { .. } | Step::RolledBack { .. } => {
+                None
+            }
+        };
+        if let Some(step) = next {
+            record.switchover.step = step;
+            record.history.push(StepMark {
+                step: record.switchover.step_name().into(),
+                at_ms: now_ms(),
+            });
+        }
+        record.holder = opts.holder.clone();
+        persist(store, &lock, &record).await?;
+        // Never aborted: a rollback or a finish runs to its end.
+        let (_keep, abort) = watch::channel(false);
+        let result = drive(store, sites, &lock, &mut record, opts, abort, observe).await;
+        lock.release().await.ok();
+        out.push((shard, result?));
+    }
+    Ok(out)
+}
+
+/// The record has not moved for `d` (its last step mark is that old).
+fn quiet_for(r: &Record, d: Duration) -> bool {
+    let last = r.history.last().map(|m| m.at_ms).unwrap_or(0);
+    now_ms().saturating_sub(last) >= d.as_millis() as u64
+}
+
 /// The record of a forced failover (`ops/forced/{from}`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ForcedRecord {

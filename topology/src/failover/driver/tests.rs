@@ -737,3 +737,122 @@ async fn a_catch_up_that_moves_is_not_a_stall() {
     mover.abort();
     assert!(matches!(out, Outcome::Done { .. }), "{out:?}");
 }
+
+/// Leaves the record a command that died at `step` would leave (its last
+/// mark `age` old), with the topology as that step implies.
+async fn abandoned(store: &FileStore, step: Step, age: Duration) -> (Shard, String) {
+    let before = shard1(store).await;
+    let to = other_site(&before.home).to_string();
+    let frozen = Shard {
+        state: ShardState::Frozen,
+        epoch: before.epoch + 1,
+        ..before.clone()
+    };
+    if step != Step::Start {
+        store.cas_shard(before.epoch, &frozen).await.unwrap();
+    }
+    let mut sw = Switchover::new(1, &before.home, &to, before.epoch);
+    sw.step = step;
+    let r = Record {
+        switchover: sw,
+        holder: "dead".into(),
+        history: vec![StepMark {
+            step: "x".into(),
+            at_ms: now_ms() - age.as_millis() as u64,
+        }],
+        frozen_at_ms: None,
+        active_at_ms: None,
+        finished: false,
+    };
+    store
+        .write_op("switchover/1", &serde_json::to_vec(&r).unwrap())
+        .await
+        .unwrap();
+    (before, to)
+}
+
+#[tokio::test]
+async fn an_abandoned_switchover_before_the_flip_is_rolled_back() {
+    let (_d, store) = setup().await;
+    let (before, _) = abandoned(
+        &store,
+        Step::CatchingUp {
+            marker_lsn: "0/1".into(),
+        },
+        Duration::from_secs(60),
+    )
+    .await;
+    let sites = FakeSites::new(usize::MAX);
+    // Too young to be abandoned: left alone.
+    let out = recover_abandoned(&store, &sites, &opts(), Duration::from_secs(600), &quiet)
+        .await
+        .unwrap();
+    assert!(out.is_empty());
+    let out = recover_abandoned(&store, &sites, &opts(), Duration::from_secs(5), &quiet)
+        .await
+        .unwrap();
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert!(
+        matches!(&out[0].1, Outcome::RolledBack { reason, .. } if reason.contains("abandoned at step catching_up")),
+        "{out:?}"
+    );
+    let now = shard1(&store).await;
+    assert_eq!(
+        (now.home.as_str(), now.state, now.epoch),
+        (before.home.as_str(), ShardState::Active, before.epoch + 2)
+    );
+    assert!(record(&store).await.finished);
+    // Nothing left to do.
+    let out = recover_abandoned(&store, &sites, &opts(), Duration::ZERO, &quiet)
+        .await
+        .unwrap();
+    assert!(out.is_empty());
+}
+
+#[tokio::test]
+async fn an_abandoned_switchover_at_the_flip_is_finished() {
+    let (_d, store) = setup().await;
+    let (before, to) = abandoned(&store, Step::Flipping, Duration::from_secs(60)).await;
+    let sites = FakeSites::new(0);
+    let out = recover_abandoned(&store, &sites, &opts(), Duration::from_secs(5), &quiet)
+        .await
+        .unwrap();
+    assert!(matches!(out[..], [(1, Outcome::Done { .. })]), "{out:?}");
+    let now = shard1(&store).await;
+    assert_eq!(
+        (now.home.as_str(), now.state, now.epoch),
+        (to.as_str(), ShardState::Active, before.epoch + 2)
+    );
+}
+
+#[tokio::test]
+async fn an_abandoned_start_changes_only_what_landed() {
+    let (_d, store) = setup().await;
+    let (before, _) = abandoned(&store, Step::Start, Duration::from_secs(60)).await;
+    let sites = FakeSites::new(0);
+    let out = recover_abandoned(&store, &sites, &opts(), Duration::from_secs(5), &quiet)
+        .await
+        .unwrap();
+    assert!(
+        matches!(out[..], [(1, Outcome::RolledBack { .. })]),
+        "{out:?}"
+    );
+    // The freeze never landed: the shard is as it was.
+    assert_eq!(shard1(&store).await, before);
+}
+
+#[tokio::test]
+async fn a_switchover_whose_lock_is_held_is_not_abandoned() {
+    let (_d, store) = setup().await;
+    abandoned(&store, Step::Fenced, Duration::from_secs(60)).await;
+    let held = store
+        .lock(&lock_name(1), "the operator", Duration::from_secs(5))
+        .await
+        .unwrap();
+    let out = recover_abandoned(&store, &FakeSites::new(0), &opts(), Duration::ZERO, &quiet)
+        .await
+        .unwrap();
+    assert!(out.is_empty());
+    assert!(!record(&store).await.finished);
+    held.release().await.unwrap();
+}
