@@ -29,7 +29,7 @@ use std::time::Duration;
 use deadpool_postgres::{
     Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime,
 };
-use ezone_replicator::fence::{SQLSTATE_FENCED, SQLSTATE_UNMAPPED};
+use ezone_replicator::fence::{SQLSTATE_FENCED, SQLSTATE_LEASE_LAPSED, SQLSTATE_UNMAPPED};
 use serde::{Deserialize, Serialize};
 use tokio_postgres::NoTls;
 
@@ -176,6 +176,10 @@ pub fn classify_sqlstate(code: &str, message: &str) -> DbError {
     match code {
         SQLSTATE_FENCED => DbError::Fenced { detail },
         SQLSTATE_UNMAPPED => DbError::Unmapped { detail },
+        // The site's fence lease lapsed (its replicator cannot read the
+        // topology): nothing committed; retry once it is renewed, or at
+        // the shard's new home.
+        SQLSTATE_LEASE_LAPSED => DbError::Unavailable { detail },
         // query_canceled (statement_timeout), serialization failure, deadlock,
         // admin/crash shutdown, cannot connect now, read-only (a standby),
         // lock not available.
@@ -539,6 +543,7 @@ mod tests {
         let cases: &[(&str, &str)] = &[
             ("EZ001", "fenced"),
             ("EZ002", "unmapped"),
+            ("EZ003", "unavailable"),
             ("57014", "unavailable"),
             ("40001", "unavailable"),
             ("40P01", "unavailable"),

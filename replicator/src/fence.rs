@@ -34,6 +34,8 @@ use ezone_topology::{ShardState, Topology};
 pub const SQLSTATE_FENCED: &str = "EZ001";
 /// SQLSTATE raised for a row whose key maps to no shard.
 pub const SQLSTATE_UNMAPPED: &str = "EZ002";
+/// SQLSTATE raised when the site's fence lease lapsed (see [`renew_lease`]).
+pub const SQLSTATE_LEASE_LAPSED: &str = "EZ003";
 
 /// The prefix of the transactional message the fence trigger emits once
 /// per shard a transaction writes: `"{shard}:{epoch}"`, the epoch of the
@@ -162,11 +164,22 @@ LANGUAGE sql STABLE AS $$
         WHEN 'user' THEN ezone_fence.user_shard(v)
     END
 $$;
+-- The site's lease on its shards: writes pass only before valid_until (by
+-- this database's clock). Renewed by the site's replicator after each quorum
+-- read of the topology; no row means never granted (a new fence refuses
+-- writes until its replicator has read the topology once).
+CREATE TABLE IF NOT EXISTS ezone_fence.lease (
+    one boolean PRIMARY KEY DEFAULT true CHECK (one),
+    valid_until timestamptz NOT NULL,
+    renewed_at timestamptz NOT NULL DEFAULT now(),
+    renewed_by text NOT NULL DEFAULT ''
+);
 CREATE OR REPLACE FUNCTION ezone_fence.check_shard(s integer, col text, v text) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
     ok boolean;
     e bigint;
+    until timestamptz;
 BEGIN
     IF s IS NULL THEN
         RAISE EXCEPTION USING ERRCODE = 'EZ002',
@@ -180,6 +193,15 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = 'EZ001',
             MESSAGE = format('ezone fence: shard %s is not writable at this site (not its home, or frozen for a move)', s),
             HINT = 'send the write through an ezone router: it routes to the shard''s home';
+    END IF;
+    -- The lease: a plain read (no lock), so renewing it never waits for
+    -- writes nor makes them wait. clock_timestamp(), not now(): a long
+    -- transaction is judged by when it writes, not when it began.
+    SELECT valid_until INTO until FROM ezone_fence.lease;
+    IF until IS NULL OR until <= clock_timestamp() THEN
+        RAISE EXCEPTION USING ERRCODE = 'EZ003',
+            MESSAGE = format('ezone fence: this site''s lease on its shards lapsed (valid until %s): its replicator has not renewed it from the topology', coalesce(until::text, 'never granted')),
+            HINT = 'the site''s replicator renews it while it can read etcd''s quorum: check that it runs and reaches etcd';
     END IF;
     -- The epoch this transaction writes the shard under travels with it:
     -- one transactional message per shard and transaction (the setting is
@@ -343,6 +365,55 @@ pub fn user_shard_changes(
         .filter(|(pos, shard)| current.get(pos) != Some(shard))
         .collect();
     (delete, upsert)
+}
+
+/// Grants the site's fence its lease until `valid_until` (`None`: for
+/// ever; a deployment with `fence_lease_ms = 0`). Only a part that has just
+/// read the topology from etcd's quorum, and reconciled the fence with it,
+/// may call this: that read is what the lease vouches for. Never blocks
+/// behind writes (writers read the lease row without a lock).
+pub async fn renew_lease(
+    client: &tokio_postgres::Client,
+    target: &str,
+    valid_until: Option<std::time::SystemTime>,
+    by: &str,
+) -> Result<(), FenceError> {
+    let until = match valid_until {
+        Some(t) => {
+            let ms = t
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis())
+                .unwrap_or(0);
+            format!("{}", ms as f64 / 1000.0)
+        }
+        None => "infinity".to_string(),
+    };
+    client
+        .execute(
+            "INSERT INTO ezone_fence.lease (one, valid_until, renewed_at, renewed_by) \
+             VALUES (true, CASE WHEN $1 = 'infinity' THEN 'infinity'::timestamptz \
+                                ELSE to_timestamp($1::float8) END, now(), $2) \
+             ON CONFLICT (one) DO UPDATE SET valid_until = excluded.valid_until, \
+             renewed_at = excluded.renewed_at, renewed_by = excluded.renewed_by",
+            &[&until, &by],
+        )
+        .await
+        .map(|_| ())
+        .map_err(|source| FenceError {
+            target: target.into(),
+            what: "renewing the fence's lease".into(),
+            source,
+        })
+}
+
+/// The lease a topology's settings give a renewal made at `read_at`
+/// (when the quorum read started): `None` for no lease.
+pub fn lease_until(
+    settings: &ezone_topology::Settings,
+    read_at: std::time::SystemTime,
+) -> Option<std::time::SystemTime> {
+    (settings.fence_lease_ms > 0)
+        .then(|| read_at + std::time::Duration::from_millis(settings.fence_lease_ms))
 }
 
 /// Brings `site`'s fence in line with the topology: the city table, the

@@ -107,8 +107,10 @@ impl Service {
         }
         if cfg.fence {
             let (site, dsn) = (cfg.site.clone(), target_dsn.clone());
-            let (w, rx) = (watcher.clone(), stop_rx.clone());
-            tasks.spawn(async move { ("fence".to_string(), keep_fence(site, dsn, w, rx).await) });
+            let (st, w, rx) = (store.clone(), watcher.clone(), stop_rx.clone());
+            tasks.spawn(
+                async move { ("fence".to_string(), keep_fence(site, dsn, st, w, rx).await) },
+            );
         }
         let mut links = BTreeMap::new();
         for (name, site) in &t.sites {
@@ -301,47 +303,111 @@ async fn recover_switchovers(
     }
 }
 
-/// Reconciles this site's fence from the topology on start and on every
-/// change, until `stop`. A failure is retried on the next change (and every
-/// few seconds): a fence that cannot be updated stays as it was, which is
-/// closed-safe for shards leaving this site only once reconciled — so errors
-/// are logged at ERROR.
+/// Keeps this site's fence in line with the topology and its lease alive:
+/// on start, on every topology change and every third of the lease, it
+/// reads the topology from etcd's quorum (a linearizable read, not the
+/// watcher's view, which may be stale), reconciles the fence with it, and
+/// only then renews the lease until the read's start plus
+/// `settings.fence_lease_ms`. While the quorum cannot be read nothing is
+/// renewed: the site's database stops accepting writes by itself when the
+/// lease lapses (the fence fails closed). A failure is retried at the next
+/// tick; errors are logged at WARN/ERROR.
 async fn keep_fence(
     site: String,
     dsn: String,
+    store: AnyStore,
     watcher: Arc<ezone_topology::Watcher>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), LinkError> {
+    use std::time::{Duration, SystemTime};
     let mut rx = watcher.subscribe();
+    let mut conn: Option<(tokio_postgres::Client, tokio::task::JoinHandle<()>)> = None;
+    let by = format!("replicator at {site} (pid {})", std::process::id());
+    // When the lease granted last lapses, and whether the quorum was lost
+    // (said once per loss).
+    let mut granted: Option<SystemTime> = None;
+    let mut quorum_lost = false;
     loop {
-        let snap = rx.borrow_and_update().clone();
-        if let Some(snap) = snap {
-            match tokio_postgres::connect(&dsn, tokio_postgres::NoTls).await {
-                Ok((mut client, conn)) => {
-                    let task = tokio::spawn(conn);
+        let read_at = SystemTime::now();
+        let mut every = Duration::from_secs(5);
+        match store.load().await {
+            Ok(snap) => {
+                if quorum_lost {
+                    tracing::warn!(site = %site, "The topology can be read again: renewing the fence's lease.");
+                    quorum_lost = false;
+                }
+                let settings = &snap.topology.settings;
+                if settings.fence_lease_ms > 0 {
+                    every = (Duration::from_millis(settings.fence_lease_ms) / 3)
+                        .clamp(Duration::from_millis(200), Duration::from_secs(5));
+                }
+                if conn.as_ref().is_none_or(|(c, _)| c.is_closed()) {
+                    conn = match tokio_postgres::connect(&dsn, tokio_postgres::NoTls).await {
+                        Ok((client, c)) => {
+                            let task = tokio::spawn(async move {
+                                let _ = c.await;
+                            });
+                            match crate::fence::install_schema(&client, &site).await {
+                                Ok(()) => Some((client, task)),
+                                Err(e) => {
+                                    tracing::error!(site = %site, error = %e, "Cannot install the fence's schema; retrying.");
+                                    task.abort();
+                                    None
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            tracing::error!(site = %site, error = %e, "Cannot reach the site's Postgres to keep the fence; retrying.");
+                            None
+                        }
+                    };
+                }
+                if let Some((client, _)) = conn.as_mut() {
+                    let until = crate::fence::lease_until(settings, read_at);
                     let r = async {
-                        crate::fence::install_schema(&client, &site).await?;
-                        crate::fence::reconcile(&mut client, &site, &snap.topology, &site).await
+                        let closed =
+                            crate::fence::reconcile(client, &site, &snap.topology, &site).await?;
+                        crate::fence::renew_lease(client, &site, until, &by).await?;
+                        Ok::<_, crate::fence::FenceError>(closed)
                     }
                     .await;
                     match r {
                         Ok(closed) => {
-                            tracing::info!(site = %site, version = snap.version, closed = ?closed, "Fence reconciled.")
+                            if !closed.is_empty() {
+                                tracing::info!(site = %site, version = snap.version, closed = ?closed, "Fence reconciled.");
+                            }
+                            tracing::debug!(site = %site, version = snap.version, "Fence reconciled and its lease renewed.");
+                            granted = until;
                         }
                         Err(e) => {
-                            tracing::error!(site = %site, error = %e, "Fence reconcile failed; retrying.")
+                            tracing::error!(site = %site, error = %e, "Fence reconcile or lease renewal failed; retrying.");
+                            if let Some((_, task)) = conn.take() {
+                                task.abort();
+                            }
                         }
                     }
-                    task.abort();
                 }
-                Err(e) => {
-                    tracing::error!(site = %site, error = %e, "Cannot reach the site's Postgres to reconcile the fence; retrying.")
+            }
+            Err(e) => {
+                every = Duration::from_secs(1);
+                if !quorum_lost {
+                    let lapses = granted
+                        .map(|t| {
+                            format!(
+                                "{:?} from now",
+                                t.duration_since(SystemTime::now()).unwrap_or_default()
+                            )
+                        })
+                        .unwrap_or_else(|| "already".into());
+                    tracing::warn!(site = %site, error = %e, lapses = %lapses,
+                        "Cannot read the topology from etcd's quorum: the fence's lease is not renewed, and this site refuses writes once it lapses.");
+                    quorum_lost = true;
                 }
             }
         }
         tokio::select! {
             r = rx.changed() => { if r.is_err() { return Ok(()); } }
-            _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
+            _ = tokio::time::sleep(every) => {}
             _ = stop.wait_for(|s| *s) => return Ok(()),
         }
     }

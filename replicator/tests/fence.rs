@@ -6,7 +6,9 @@
 use std::time::Duration;
 
 use ezone_chaos::postgres::PgCluster;
-use ezone_replicator::fence::{install_schema, install_table_sql, reconcile, FenceKey};
+use ezone_replicator::fence::{
+    install_schema, install_table_sql, reconcile, renew_lease, FenceKey,
+};
 use ezone_topology::starter::starter;
 use ezone_topology::{ShardState, Topology};
 
@@ -48,6 +50,10 @@ async fn the_fence_refuses_what_the_site_does_not_own() {
         .expect("trigger");
     // 010 -> shard 1 (beijing), 021 -> shard 2 (shanghai).
     let t1 = starter(&["beijing", "shanghai"], 2);
+    // The lease, as a replicator renews it (for ever, here).
+    renew_lease(&admin, "beijing", None, "test")
+        .await
+        .expect("lease");
     reconcile(&mut admin, "beijing", &t1, "beijing")
         .await
         .expect("reconcile");
@@ -177,6 +183,10 @@ async fn every_write_transaction_carries_its_shards_epochs() {
             .map(|(c, _)| c.clone())
             .expect("a city")
     };
+    // The lease, as a replicator renews it (for ever, here).
+    renew_lease(&admin, "beijing", None, "test")
+        .await
+        .expect("lease");
     let (c1, c3) = (city_of(1), city_of(3));
     reconcile(&mut admin, "beijing", &t, "beijing")
         .await
@@ -501,6 +511,10 @@ async fn the_fence_maps_user_ids_through_the_user_hash() {
         .expect("trigger");
     // Shards 1 and 3 at beijing, 2 and 4 at shanghai; user_shards [1, 2, 3, 4].
     let t1 = starter(&["beijing", "shanghai"], 2);
+    // The lease, as a replicator renews it (for ever, here).
+    renew_lease(&admin, "beijing", None, "test")
+        .await
+        .expect("lease");
     assert_eq!(t1.routing.user_shards, vec![1, 2, 3, 4]);
     reconcile(&mut admin, "beijing", &t1, "beijing")
         .await
@@ -622,4 +636,89 @@ async fn the_fence_maps_user_ids_through_the_user_hash() {
         .expect("reconcile again");
     assert_eq!(user_shard_rows(&admin).await, after);
     check_all(t3.clone()).await;
+}
+
+/// The fence fails closed: without a lease renewed from the topology the
+/// site refuses every write (EZ003), a lapsed lease refuses them again, and
+/// renewing never waits for the writes in flight.
+#[tokio::test]
+async fn writes_pass_only_while_the_lease_holds() {
+    let pg = PgCluster::start("beijing").await.expect("pg");
+    let mut admin = client(&pg).await;
+    admin
+        .batch_execute("CREATE TABLE orders (id bigint PRIMARY KEY, city text NOT NULL, note text)")
+        .await
+        .expect("table");
+    install_schema(&admin, "beijing").await.expect("schema");
+    admin
+        .batch_execute(&install_table_sql("public.orders", "city", FenceKey::City))
+        .await
+        .expect("trigger");
+    let t = starter(&["beijing", "shanghai"], 2);
+    reconcile(&mut admin, "beijing", &t, "beijing")
+        .await
+        .expect("reconcile");
+    let mut app = client(&pg).await;
+    // Never granted: refused, though the shard is this site's.
+    let e = app
+        .execute("INSERT INTO orders VALUES (1, '010', 'no lease')", &[])
+        .await
+        .expect_err("no lease yet");
+    assert_eq!(code(&e), "EZ003", "{e:?}");
+    // Granted for 1.5 s: accepted, then refused once it lapsed.
+    let until = std::time::SystemTime::now() + Duration::from_millis(1500);
+    renew_lease(&admin, "beijing", Some(until), "test")
+        .await
+        .expect("renew");
+    app.execute("INSERT INTO orders VALUES (2, '010', 'leased')", &[])
+        .await
+        .expect("within the lease");
+    // A write in flight holds its shard's fence row; a renewal does not
+    // wait for it (nor would the writes wait for the renewal).
+    let tx = app.transaction().await.expect("begin");
+    tx.execute("INSERT INTO orders VALUES (3, '010', 'in flight')", &[])
+        .await
+        .expect("in flight");
+    tokio::time::timeout(
+        Duration::from_secs(2),
+        renew_lease(&admin, "beijing", Some(until), "test"),
+    )
+    .await
+    .expect("a renewal does not wait for writes in flight")
+    .expect("renew");
+    tx.commit().await.expect("commit");
+    tokio::time::sleep(Duration::from_millis(1700)).await;
+    let e = app
+        .execute("INSERT INTO orders VALUES (4, '010', 'lapsed')", &[])
+        .await
+        .expect_err("lapsed");
+    assert_eq!(code(&e), "EZ003", "{e:?}");
+    assert!(
+        e.to_string().contains("lapsed") || format!("{e:?}").contains("lapsed"),
+        "{e:?}"
+    );
+    // Renewed again: accepted again.
+    renew_lease(
+        &admin,
+        "beijing",
+        Some(std::time::SystemTime::now() + Duration::from_secs(60)),
+        "test",
+    )
+    .await
+    .expect("renew");
+    app.execute("INSERT INTO orders VALUES (4, '010', 'renewed')", &[])
+        .await
+        .expect("renewed");
+    // Replicated applies are not subject to it (triggers do not fire).
+    renew_lease(
+        &admin,
+        "beijing",
+        Some(std::time::SystemTime::now() - Duration::from_secs(1)),
+        "test",
+    )
+    .await
+    .expect("lapse it");
+    app.batch_execute("SET session_replication_role = replica; INSERT INTO orders VALUES (5, '010', 'replicated'); SET session_replication_role = origin")
+        .await
+        .expect("replicated applies pass");
 }

@@ -497,6 +497,273 @@ async fn a_switchover_whose_command_died_is_finished_or_rolled_back_by_the_repli
     ens.teardown().await.expect("teardown");
 }
 
+/// One write attempt: when it started and ended (since the test's start),
+/// its status, and the site that stored it.
+#[derive(Debug, Clone)]
+struct Attempt {
+    start: Duration,
+    end: Duration,
+    status: u16,
+    site: Option<String>,
+    body: String,
+}
+
+/// Posts orders for `city` to `addr` every 30 ms until `stop`, with
+/// `headers`; every attempt recorded.
+async fn write_until(
+    addr: std::net::SocketAddr,
+    city: String,
+    prefix: &'static str,
+    t0: std::time::Instant,
+    headers: Vec<(String, String)>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Vec<Attempt> {
+    let c = ezone_tests::router::client();
+    let mut out = Vec::new();
+    let mut n = 0;
+    while !*stop.borrow() {
+        n += 1;
+        let body =
+            format!(r#"{{"id":"{prefix}-{n}","user":"u1","item":"tea","amount_cents":100}}"#);
+        let mut h: Vec<(&str, &str)> =
+            vec![("x-city-id", &city), ("content-type", "application/json")];
+        h.extend(headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let start = t0.elapsed();
+        let a = ezone_tests::router::send(&c, "POST", addr, "/orders", &h, body.clone()).await;
+        let text = a.text();
+        let site = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v["site"].as_str().map(str::to_string));
+        out.push(Attempt {
+            start,
+            end: t0.elapsed(),
+            status: a.status,
+            site,
+            body: text,
+        });
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    out
+}
+
+/// The fence fails closed. Beijing is alive (its Postgres, order service and
+/// router up, its WAL still crossing) but its replicator is cut off from
+/// etcd: beijing's database stops accepting writes by itself once its
+/// lease lapses. A forced failover started at the moment of the cut opens
+/// shanghai only after that lease must have lapsed: every write beijing
+/// accepted ended before the first write shanghai accepted began. What
+/// beijing accepted in between reaches shanghai, applied or as a conflict;
+/// none is silently lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_site_cut_off_from_etcd_stops_accepting_before_the_survivor_starts() {
+    let lab = Lab::start(LabSpec::default()).await.expect("lab");
+    let mut spec = EnsembleSpec::new(ezone_bin());
+    spec.replicator_etcd_links = true;
+    spec.fence_lease_ms = 3_000;
+    spec.clock_skew_ms = 500;
+    let ens = Ensemble::start(lab, spec).await.expect("ensemble");
+    let city = ens.city_homed_at("beijing").expect("a beijing city");
+    let shard = ens.initial_topology().routing.cities[&city];
+    let epoch = shard_of(&ens, shard).await.epoch;
+    let t0 = std::time::Instant::now();
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    // Straight to beijing's order service, as if routed there: only its
+    // database's fence decides.
+    let at_beijing = tokio::spawn(write_until(
+        ens.orders_addr("beijing").expect("orders"),
+        city.clone(),
+        "cut-b",
+        t0,
+        vec![
+            ("x-ezone-shard".into(), shard.to_string()),
+            ("x-ezone-epoch".into(), epoch.to_string()),
+            ("x-ezone-site".into(), "beijing".into()),
+        ],
+        stop.clone(),
+    ));
+    // Through shanghai's router: wherever the topology sends it.
+    let via_shanghai = tokio::spawn(write_until(
+        ens.router_http("shanghai").expect("router"),
+        city.clone(),
+        "cut-s",
+        t0,
+        Vec::new(),
+        stop.clone(),
+    ));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The cut, and the forced failover at once.
+    let cut = t0.elapsed();
+    let link = ens
+        .lab()
+        .proxy()
+        .and_then(|p| p.link(&etcd_link_name("beijing")))
+        .expect("beijing's replicator's etcd link");
+    link.partition();
+    let (code, err) = failover(
+        &ens,
+        &["site", "beijing", "--to", "shanghai", "--force"],
+        &[],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("lease to lapse"), "{err}");
+    let forced_done = t0.elapsed();
+    tokio::time::sleep(Duration::from_millis(4000)).await;
+    let _ = stop_tx.send(true);
+    let at_beijing = at_beijing.await.expect("beijing writer");
+    let via_shanghai = via_shanghai.await.expect("shanghai writer");
+    let summary = |v: &[Attempt]| {
+        v.iter()
+            .map(|a| {
+                format!(
+                    "{}-{}ms:{}:{}{}",
+                    a.start.as_millis(),
+                    a.end.as_millis(),
+                    a.status,
+                    a.site.as_deref().unwrap_or("-"),
+                    if a.status == 201 {
+                        String::new()
+                    } else {
+                        format!(" ({})", a.body.trim())
+                    }
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    eprintln!(
+        "forced failover:\n{err}\nbeijing: {}\nshanghai: {}",
+        summary(&at_beijing),
+        summary(&via_shanghai)
+    );
+    let accepted_b: Vec<&Attempt> = at_beijing.iter().filter(|a| a.status == 201).collect();
+    let accepted_s: Vec<&Attempt> = via_shanghai
+        .iter()
+        .filter(|a| a.status == 201 && a.site.as_deref() == Some("shanghai"))
+        .collect();
+    assert!(
+        !accepted_b.is_empty(),
+        "beijing accepted writes before the lapse"
+    );
+    let first_s = accepted_s
+        .iter()
+        .map(|a| a.start)
+        .min()
+        .expect("shanghai accepted writes after the failover");
+    // The survivor's fence opened ahead of the routers releasing the held
+    // writes: accepted at once, not after another hold.
+    assert!(
+        first_s < forced_done + Duration::from_millis(1_000),
+        "shanghai's first accepted write began {:?} after the failover ended",
+        first_s.saturating_sub(forced_done)
+    );
+    // Beijing refuses by itself, within its lease of the cut.
+    let refused = at_beijing
+        .iter()
+        .find(|a| a.start > cut && a.status == 503 && a.body.contains("lease"))
+        .map(|a| a.end)
+        .expect("beijing refused once its lease lapsed");
+    eprintln!(
+        "cut at {cut:?}; beijing's first refusal ended {:?} after the cut; the forced failover took {:?}",
+        refused - cut,
+        forced_done - cut
+    );
+    assert!(
+        refused - cut <= Duration::from_millis(3_000 + 1_500),
+        "{:?}",
+        refused - cut
+    );
+    assert!(
+        at_beijing
+            .iter()
+            .filter(|a| a.start > refused)
+            .all(|a| a.status != 201),
+        "beijing accepted a write after refusing"
+    );
+    // No overlap, by each database's own record of when it accepted a row
+    // of the shard (created_at: the writing transaction's start, the same
+    // clock on this machine): beijing's last before shanghai's first.
+    let when = |dsn: String, site: &'static str| async move {
+        let (c, conn) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        tokio::spawn(conn);
+        c.query_one(
+            "SELECT extract(epoch FROM min(created_at))::float8, \
+                    extract(epoch FROM max(created_at))::float8 FROM public.orders \
+             WHERE site = $1 AND shard = $2 AND id LIKE 'cut-%'",
+            &[&site, &(shard as i32)],
+        )
+        .await
+        .map(|r| (r.get::<_, Option<f64>>(0), r.get::<_, Option<f64>>(1)))
+        .expect("times")
+    };
+    let (_, last_b) = when(ens.dsn("beijing").expect("dsn"), "beijing").await;
+    let (first_s, _) = when(ens.dsn("shanghai").expect("dsn"), "shanghai").await;
+    let (last_b, first_s) = (
+        last_b.expect("beijing rows"),
+        first_s.expect("shanghai rows"),
+    );
+    eprintln!(
+        "beijing's last accepted write came {:.3} s before shanghai's first",
+        first_s - last_b
+    );
+    assert!(
+        last_b < first_s,
+        "beijing's last {last_b} >= shanghai's first {first_s}"
+    );
+    // Beijing is fenced for the shard once it reads the topology again.
+    link.heal();
+    let dsn_b = ens.dsn("beijing").expect("dsn");
+    eventually("beijing fenced for the moved shard", Duration::from_secs(30), || {
+        let dsn_b = dsn_b.clone();
+        async move {
+            let (c, conn) = tokio_postgres::connect(&dsn_b, tokio_postgres::NoTls).await.ok()?;
+            tokio::spawn(conn);
+            let r = c
+                .query_opt(
+                    "SELECT writable FROM ezone_fence.shards WHERE shard = $1 AND home = 'shanghai'",
+                    &[&(shard as i32)],
+                )
+                .await
+                .ok()??;
+            (!r.get::<_, bool>(0)).then_some(())
+        }
+    })
+    .await;
+    // Every write beijing acknowledged is at shanghai, or a conflict there.
+    let ids: Vec<String> = accepted_b
+        .iter()
+        .filter_map(|a| {
+            serde_json::from_str::<serde_json::Value>(&a.body)
+                .ok()
+                .and_then(|v| v["id"].as_str().map(str::to_string))
+        })
+        .collect();
+    let dsn_s = ens.dsn("shanghai").expect("dsn");
+    eventually("beijing's writes at shanghai", Duration::from_secs(30), || {
+        let dsn_s = dsn_s.clone();
+        let ids = ids.clone();
+        async move {
+            let (c, conn) = tokio_postgres::connect(&dsn_s, tokio_postgres::NoTls).await.ok()?;
+            tokio::spawn(conn);
+            let rows = c.query("SELECT id FROM public.orders", &[]).await.ok()?;
+            let mut have: BTreeSet<String> = rows.iter().map(|r| r.get(0)).collect();
+            let conflicts = c
+                .query(
+                    "SELECT coalesce(remote_row->>'id', local_row->>'id') FROM ezone_replication.conflicts",
+                    &[],
+                )
+                .await
+                .ok()?;
+            have.extend(conflicts.iter().filter_map(|r| r.get::<_, Option<String>>(0)));
+            ids.iter().all(|i| have.contains(i)).then_some(())
+        }
+    })
+    .await;
+    ens.teardown().await.expect("teardown");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forced_failover_reports_exactly_the_writes_that_had_not_crossed() {
     let ens = ensemble().await;

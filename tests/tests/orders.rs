@@ -74,11 +74,13 @@ async fn install_serve_and_the_api_under_the_fence() {
     );
 
     // The fence as `ezone fence sync` would leave it for beijing: shard 1
-    // (city 010) is ours, shard 2 (city 021) is shanghai's.
+    // (city 010) is ours, shard 2 (city 021) is shanghai's; a lease that
+    // never lapses (as with `fence_lease_ms = 0`).
     q(
         &pg,
         "INSERT INTO ezone_fence.cities VALUES ('010', 1), ('021', 2); \
-         INSERT INTO ezone_fence.shards (shard, writable, epoch, home) VALUES (1, true, 5, 'beijing'), (2, false, 6, 'shanghai')",
+         INSERT INTO ezone_fence.shards (shard, writable, epoch, home) VALUES (1, true, 5, 'beijing'), (2, false, 6, 'shanghai'); \
+         INSERT INTO ezone_fence.lease (valid_until) VALUES ('infinity')",
     )
     .await;
 
@@ -239,7 +241,8 @@ async fn workload_against_one_service_every_ack_is_stored() {
     q(
         &pg,
         "INSERT INTO ezone_fence.cities VALUES ('021', 2), ('0571', 2), ('0512', 2); \
-         INSERT INTO ezone_fence.shards (shard, writable, epoch, home) VALUES (2, true, 3, 'shanghai')",
+         INSERT INTO ezone_fence.shards (shard, writable, epoch, home) VALUES (2, true, 3, 'shanghai'); \
+         INSERT INTO ezone_fence.lease (valid_until) VALUES ('infinity')",
     )
     .await;
     let svc = Service::start("shanghai", &dsn);

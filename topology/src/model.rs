@@ -87,14 +87,47 @@ pub struct Settings {
     /// 503 with `Retry-After`.
     #[serde(default = "Settings::default_write_hold_ms")]
     pub write_hold_ms: u64,
+    /// How long a site's database fence accepts writes after its replicator
+    /// last renewed the fence's lease from a quorum read of the topology:
+    /// a site cut off from etcd stops accepting writes by itself within
+    /// this. 0 turns the lease off (the fence never lapses: development
+    /// only).
+    #[serde(default = "Settings::default_fence_lease_ms")]
+    pub fence_lease_ms: u64,
+    /// The most the clocks of the parts may disagree by (the fence's
+    /// database, its replicator, the failover command): a forced failover
+    /// opens the survivor `fence_lease_ms + clock_skew_ms` after it took
+    /// the shards.
+    #[serde(default = "Settings::default_clock_skew_ms")]
+    pub clock_skew_ms: u64,
 }
 
 impl Settings {
     /// The design's default write-hold deadline: 2 s.
     pub const DEFAULT_WRITE_HOLD_MS: u64 = 2_000;
+    /// The fence lease: 10 s (renewed every third of it).
+    pub const DEFAULT_FENCE_LEASE_MS: u64 = 10_000;
+    /// The clock-skew bound: 1 s (NTP keeps hosts within milliseconds).
+    pub const DEFAULT_CLOCK_SKEW_MS: u64 = 1_000;
 
     fn default_write_hold_ms() -> u64 {
         Self::DEFAULT_WRITE_HOLD_MS
+    }
+    fn default_fence_lease_ms() -> u64 {
+        Self::DEFAULT_FENCE_LEASE_MS
+    }
+    fn default_clock_skew_ms() -> u64 {
+        Self::DEFAULT_CLOCK_SKEW_MS
+    }
+
+    /// How long after taking a lost site's shards a forced failover waits
+    /// before the survivor accepts them: the lost site's lease must have
+    /// lapsed, whatever its clock says.
+    pub fn fence_lapse(&self) -> std::time::Duration {
+        if self.fence_lease_ms == 0 {
+            return std::time::Duration::ZERO;
+        }
+        std::time::Duration::from_millis(self.fence_lease_ms + self.clock_skew_ms)
     }
 }
 
@@ -103,6 +136,8 @@ impl Default for Settings {
         Settings {
             default_site: None,
             write_hold_ms: Self::DEFAULT_WRITE_HOLD_MS,
+            fence_lease_ms: Self::DEFAULT_FENCE_LEASE_MS,
+            clock_skew_ms: Self::DEFAULT_CLOCK_SKEW_MS,
         }
     }
 }

@@ -50,6 +50,8 @@ pub enum Problem {
     UnknownDefaultSite { site: String },
     #[error("settings.write_hold_ms is 0: writes for a frozen shard would fail at once; use at least 1 (default 2000)")]
     ZeroWriteHold,
+    #[error("settings.fence_lease_ms is {0}: a lease that short lapses between renewals; use 0 (no lease) or at least 1000 (default 10000)")]
+    ShortFenceLease(u64),
     #[error(
         "shard {id}'s epoch went backwards from {from} to {to}: epochs only grow (a stale writer?)"
     )]
@@ -173,6 +175,9 @@ pub fn validate(t: &Topology) -> Result<(), Invalid> {
         if !t.sites.contains_key(site) {
             problems.push(Problem::UnknownDefaultSite { site: site.clone() });
         }
+    }
+    if t.settings.fence_lease_ms != 0 && t.settings.fence_lease_ms < 1_000 {
+        problems.push(Problem::ShortFenceLease(t.settings.fence_lease_ms));
     }
     if t.settings.write_hold_ms == 0 {
         problems.push(Problem::ZeroWriteHold);

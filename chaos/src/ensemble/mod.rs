@@ -89,7 +89,19 @@ pub struct EnsembleSpec {
     /// `etcd:<site>` ([`topology::etcd_link_name`]; no fault until a test
     /// sets one): a replicator whose view of the topology lags.
     pub replicator_etcd_links: bool,
+    /// The topology's fence lease ([`DEFAULT_FENCE_LEASE_MS`]) and
+    /// clock-skew bound ([`DEFAULT_CLOCK_SKEW_MS`]).
+    pub fence_lease_ms: u64,
+    pub clock_skew_ms: u64,
 }
+
+/// The ensemble's fence lease: shorter than a deployment's (10 s), so that
+/// a forced failover waits seconds, not tens of them; long enough that a
+/// replicator starved of CPU on a busy 2-core machine still renews it (every
+/// third of it).
+pub const DEFAULT_FENCE_LEASE_MS: u64 = 5_000;
+/// One machine, one clock: the bound only covers scheduling delays.
+pub const DEFAULT_CLOCK_SKEW_MS: u64 = 500;
 
 impl EnsembleSpec {
     /// The defaults, running `ezone_bin`.
@@ -102,6 +114,8 @@ impl EnsembleSpec {
             log_filter: DEFAULT_LOG_FILTER.to_string(),
             supervision: Supervision::Tied,
             replicator_etcd_links: false,
+            fence_lease_ms: DEFAULT_FENCE_LEASE_MS,
+            clock_skew_ms: DEFAULT_CLOCK_SKEW_MS,
         }
     }
 
@@ -181,11 +195,13 @@ impl Ensemble {
         let layout = Layout::new(&spec, dir.path(), &lab)?;
         start::install(&lab, &layout).await?;
         let fronts = start::fronts(&lab, &layout).await?;
-        let topology = topology::build(
+        let mut topology = topology::build(
             lab.sites(),
             spec.shards_per_site,
             &start::site_addrs(&lab, &fronts)?,
         );
+        topology.settings.fence_lease_ms = spec.fence_lease_ms;
+        topology.settings.clock_skew_ms = spec.clock_skew_ms;
         topology::write(&lab.etcd().client_urls(), &topology).await?;
         let replicators = start::replicators(&lab, &layout).await?;
         // Both maps hold every site, in name order.

@@ -5,7 +5,8 @@
 //! - a replication link `a->b` runs when its slot at `a` (`ezone_to_<b>`,
 //!   `docs/replicator.md`) exists and is active (a walsender streams it);
 //! - a site's fence is reconciled when `ezone_fence.shards` holds a row per
-//!   shard (the replicator does it on start, `fence = true`).
+//!   shard and its lease is granted (the replicator does both on start,
+//!   `fence = true`).
 //!
 //! Each wait polls with a deadline and reports the last thing it saw.
 
@@ -148,10 +149,20 @@ pub(crate) async fn fence(
         timeout,
         || async move {
             let rows = count(dsn, "SELECT count(*) FROM ezone_fence.shards", &[]).await?;
-            if rows >= want {
+            if rows < want {
+                return Err(format!("{rows} rows"));
+            }
+            // And its lease granted: until then the site refuses writes.
+            let leased = count(
+                dsn,
+                "SELECT count(*) FROM ezone_fence.lease WHERE valid_until > clock_timestamp()",
+                &[],
+            )
+            .await?;
+            if leased == 1 {
                 Ok(Some(()))
             } else {
-                Err(format!("{rows} rows"))
+                Err("its lease not granted yet".to_string())
             }
         },
     )

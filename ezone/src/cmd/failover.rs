@@ -166,7 +166,21 @@ pub async fn run(c: FailoverCommand) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    if plan.moves.is_empty() {
+    // A forced failover of this site whose command died before the
+    // survivor opened: finish it (its shards are no longer homed here, so
+    // the plan is empty).
+    let resume_forced = match (&pick, mode) {
+        (Pick::Site(site), Mode::Forced) => store
+            .read_op(&ezone_topology::failover::driver::forced_name(site))
+            .await?
+            .and_then(|b| {
+                serde_json::from_slice::<ezone_topology::failover::driver::ForcedRecord>(&b).ok()
+            })
+            .filter(|r| !r.opened && r.to == plan.to)
+            .map(|r| r.from),
+        _ => None,
+    };
+    if plan.moves.is_empty() && resume_forced.is_none() {
         eprintln!("nothing to do");
         if common.json {
             println!("{}", serde_json::json!({ "shards": [] }));
@@ -177,7 +191,7 @@ pub async fn run(c: FailoverCommand) -> anyhow::Result<()> {
     let observe = printer(start);
     let results = match mode {
         Mode::Planned => run_planned(&store, &sites, &plan, &opts, common.parallel, &observe).await,
-        Mode::Forced => run_forced(&store, &sites, &plan, &opts, &observe).await?,
+        Mode::Forced => run_forced(&store, &sites, &plan, resume_forced, &opts, &observe).await?,
     };
     let took = start.elapsed();
     let mut failed = 0;
@@ -277,10 +291,14 @@ async fn run_forced(
     store: &ezone_topology::AnyStore,
     sites: &Arc<PgSites>,
     plan: &Plan,
+    resume: Option<String>,
     opts: &Options,
     observe: &(dyn Fn(Progress) + Send + Sync),
 ) -> anyhow::Result<Vec<ShardResult>> {
     let mut by_from: BTreeMap<String, Vec<_>> = BTreeMap::new();
+    if let Some(from) = resume {
+        by_from.entry(from).or_default();
+    }
     for m in &plan.moves {
         by_from.entry(m.from.clone()).or_default().push(m.clone());
     }

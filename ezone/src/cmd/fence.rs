@@ -2,7 +2,9 @@
 //! in line with the topology (see `replicator/src/fence.rs` for what it does).
 
 use anyhow::Context;
-use ezone_replicator::fence::{install_schema, install_table_sql, reconcile, FenceKey};
+use ezone_replicator::fence::{
+    install_schema, install_table_sql, lease_until, reconcile, renew_lease, FenceKey,
+};
 use ezone_topology::{TopologyStore, Watcher};
 
 use crate::cmd::topo::StoreArgs;
@@ -91,28 +93,46 @@ pub async fn run(c: FenceCommand) -> anyhow::Result<()> {
             let store = store.open().await?;
             let mut client = connect(&dsn).await?;
             install_schema(&client, &dsn).await?;
-            if !watch {
+            let by = format!("ezone fence sync (pid {})", std::process::id());
+            let watcher = watch.then(|| Watcher::start(store.clone()));
+            let mut rx = watcher.as_ref().map(|w| w.subscribe());
+            loop {
+                // A quorum read each time: the lease vouches for it.
+                let read_at = std::time::SystemTime::now();
                 let snap = store.load().await?;
                 let closed = reconcile(&mut client, &dsn, &snap.topology, &site).await?;
+                let until = lease_until(&snap.topology.settings, read_at);
+                renew_lease(&client, &dsn, until, &by).await?;
+                let lease = match until {
+                    Some(t) => format!(
+                        "lease for {} ms",
+                        t.duration_since(read_at).unwrap_or_default().as_millis()
+                    ),
+                    None => "no lease (fence_lease_ms = 0)".to_string(),
+                };
                 println!(
-                    "fence of {site} at topology version {}: closed {closed:?}",
+                    "fence of {site} at topology version {}: closed {closed:?}; {lease}",
                     snap.version
                 );
-                return Ok(());
-            }
-            let watcher = Watcher::start(store);
-            let mut rx = watcher.subscribe();
-            loop {
-                let snap = rx.borrow_and_update().clone();
-                if let Some(snap) = snap {
-                    let closed = reconcile(&mut client, &dsn, &snap.topology, &site).await?;
-                    println!(
-                        "fence of {site} at topology version {}: closed {closed:?}",
-                        snap.version
-                    );
-                }
+                let Some(rx) = rx.as_mut() else {
+                    if until.is_some() {
+                        eprintln!(
+                            "note: {site} refuses writes once this lease lapses, unless its replicator (fence = true) \
+                             or `ezone fence sync --watch` keeps renewing it"
+                        );
+                    }
+                    return Ok(());
+                };
+                let every = match snap.topology.settings.fence_lease_ms {
+                    0 => std::time::Duration::from_secs(5),
+                    ms => (std::time::Duration::from_millis(ms) / 3).clamp(
+                        std::time::Duration::from_millis(200),
+                        std::time::Duration::from_secs(5),
+                    ),
+                };
                 tokio::select! {
                     r = rx.changed() => r.context("the topology watcher stopped")?,
+                    _ = tokio::time::sleep(every) => {}
                     _ = tokio::signal::ctrl_c() => return Ok(()),
                 }
             }

@@ -1150,6 +1150,35 @@ pub async fn recover_abandoned<S: TopologyStore, O: SiteOps>(
     observe: Observer<'_>,
 ) -> Result<Vec<(ShardId, Outcome)>, DriveError> {
     let mut out = Vec::new();
+    // Forced failovers whose command died between taking the shards and
+    // opening them at the survivor: opened once past their time (plus the
+    // quiet time, so the command itself does it when it lives).
+    for bytes in store.list_ops("forced/").await?.values() {
+        let Ok(r) = serde_json::from_slice::<ForcedRecord>(bytes) else {
+            continue;
+        };
+        if r.opened || now_ms() < r.opens_at_ms + abandoned_after.as_millis() as u64 {
+            continue;
+        }
+        let name = format!("forced-{}", r.from);
+        let lock = match store.lock(&name, &opts.holder, opts.lock_ttl).await {
+            Ok(l) => l,
+            Err(StoreError::Locked { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        observe(Progress::Note {
+            shard: 0,
+            text: format!(
+                "the forced failover {} -> {} (by {}) was not opened: opening it",
+                r.from, r.to, r.holder
+            ),
+        });
+        let done = open_forced(store, sites, r, opts, observe).await;
+        lock.release().await.ok();
+        for (shard, _, _) in done?.shards {
+            out.push((shard, Outcome::Done { hold: None }));
+        }
+    }
     let records = store.list_ops("switchover/").await?;
     for bytes in records.values() {
         let Ok(r) = serde_json::from_slice::<Record>(bytes) else {
@@ -1257,7 +1286,8 @@ pub struct ForcedRecord {
     pub to: String,
     pub at_ms: u64,
     pub holder: String,
-    /// Each moved shard: id, epoch before, epoch after.
+    /// Each moved shard: id, epoch before, epoch after (the frozen epoch
+    /// until the survivor opens, then the active one).
     pub shards: Vec<(ShardId, Epoch, Epoch)>,
     /// The divergence point: how far `to` had applied `from`'s WAL when the
     /// shards moved. `from`'s writes after it for these shards arrive as
@@ -1266,12 +1296,42 @@ pub struct ForcedRecord {
     /// Why it could not be read, if it could not.
     #[serde(default)]
     pub divergence_error: Option<String>,
+    /// When the survivor may accept the shards: the lost site's fence lease
+    /// has lapsed by then (lease + clock-skew bound after the shards were
+    /// taken), whatever its clock says.
+    #[serde(default)]
+    pub opens_at_ms: u64,
+    /// The survivor accepts them (the shards are active there). Records
+    /// from before the two phases were opened at once.
+    #[serde(default = "opened_by_default")]
+    pub opened: bool,
+}
+
+fn opened_by_default() -> bool {
+    true
+}
+
+/// The record's name in the store.
+pub fn forced_name(from: &str) -> String {
+    format!("forced/{from}")
 }
 
 /// The forced failover of the shards in `moves` (all homed at one lost
-/// site) to their target: each is made active at the target with a new
-/// epoch at once, without consulting the old home. Unfinished switchovers of
-/// those shards are superseded. The divergence point is recorded.
+/// site) to their target, in two phases, without consulting the old home:
+///
+/// 1. each shard is taken: CAS home `to`, **frozen**, a new epoch (routers
+///    hold its writes; the old home's fence, if it is alive behind a
+///    partition, still accepts them until its lease lapses). Unfinished
+///    switchovers of those shards are superseded. The record is written.
+/// 2. once the old home's lease must have lapsed (`settings.fence_lapse()`:
+///    the lease plus the clock-skew bound, from the last take), each shard
+///    is opened: CAS active at `to`, another epoch; the divergence point is
+///    read and `to`'s fence opened. No two sites accept a shard's writes in
+///    overlapping time.
+///
+/// A command that dies between the phases leaves a record with
+/// `opened = false`: re-running it, or any replicator's recovery
+/// ([`recover_abandoned`]), finishes phase 2.
 pub async fn force_moves<S: TopologyStore, O: SiteOps>(
     store: &S,
     sites: &O,
@@ -1281,7 +1341,13 @@ pub async fn force_moves<S: TopologyStore, O: SiteOps>(
     opts: &Options,
     observe: Observer<'_>,
 ) -> Result<ForcedRecord, DriveError> {
-    let mut moved = Vec::new();
+    // A command that died between the phases: finish it first.
+    if let Some(r) = read_forced(store, from).await? {
+        if !r.opened && r.to == to {
+            return open_forced(store, sites, r, opts, observe).await;
+        }
+    }
+    let mut taken = Vec::new();
     for mv in moves {
         let shard = mv.shard;
         let lock = take_lock(store, shard, opts, observe).await?;
@@ -1305,7 +1371,7 @@ pub async fn force_moves<S: TopologyStore, O: SiteOps>(
         }
         let started = tokio::time::Instant::now();
         let deadline = started + opts.timeout;
-        let text = format!("shard {shard}: home {to}, active (CAS)");
+        let text = format!("shard {shard}: home {to}, frozen until {from}'s lease lapses (CAS)");
         observe(Progress::Step {
             shard,
             label: text.clone(),
@@ -1326,13 +1392,15 @@ pub async fn force_moves<S: TopologyStore, O: SiteOps>(
                     detail: "not in the topology".into(),
                 });
             };
-            if cur.home == to && cur.state == ShardState::Active {
+            if cur.home == to {
+                // Taken already (by a run that died before writing its
+                // record), or active there: nothing to take.
                 break (cur.epoch, cur.epoch);
             }
             let next = Shard {
                 id: shard,
                 home: to.into(),
-                state: ShardState::Active,
+                state: ShardState::Frozen,
                 epoch: cur.epoch + 1,
             };
             match store
@@ -1352,33 +1420,171 @@ pub async fn force_moves<S: TopologyStore, O: SiteOps>(
             label: text,
             took: started.elapsed(),
         });
-        moved.push((shard, before, after));
+        taken.push((shard, before, after));
         lock.release().await.ok();
     }
     let snap = store.load().await?;
-    let target = snap
-        .topology
-        .sites
-        .get(to)
-        .ok_or_else(|| DriveError::Refused {
-            shard: 0,
-            detail: format!("site {to} is not in the topology"),
-        })?;
-    let (divergence_lsn, divergence_error) = match sites.applied_from(target, from).await {
-        Ok(lsn) => (lsn, None),
-        Err(e) => (None, Some(e.to_string())),
-    };
+    let lapse = snap.topology.settings.fence_lapse();
     let record = ForcedRecord {
         from: from.into(),
         to: to.into(),
         at_ms: now_ms(),
         holder: opts.holder.clone(),
-        shards: moved,
-        divergence_lsn,
-        divergence_error,
+        shards: taken,
+        divergence_lsn: None,
+        divergence_error: None,
+        opens_at_ms: now_ms() + lapse.as_millis() as u64,
+        opened: false,
     };
-    let bytes = serde_json::to_vec(&record).unwrap_or_default();
-    store.write_op(&format!("forced/{from}"), &bytes).await?;
+    write_forced(store, &record).await?;
+    open_forced(store, sites, record, opts, observe).await
+}
+
+async fn read_forced<S: TopologyStore>(
+    store: &S,
+    from: &str,
+) -> Result<Option<ForcedRecord>, DriveError> {
+    Ok(store
+        .read_op(&forced_name(from))
+        .await?
+        .and_then(|b| serde_json::from_slice::<ForcedRecord>(&b).ok()))
+}
+
+async fn write_forced<S: TopologyStore>(store: &S, r: &ForcedRecord) -> Result<(), DriveError> {
+    let bytes = serde_json::to_vec(r).map_err(|e| DriveError::Record {
+        shard: 0,
+        detail: e.to_string(),
+        prefix_hint: format!("ops/{}", forced_name(&r.from)),
+    })?;
+    store.write_op(&forced_name(&r.from), &bytes).await?;
+    Ok(())
+}
+
+/// `name`'s site as the store has it now.
+async fn snap_site<S: TopologyStore>(store: &S, name: &str) -> Result<Site, DriveError> {
+    let snap = store.load().await?;
+    snap.topology
+        .sites
+        .get(name)
+        .cloned()
+        .ok_or_else(|| DriveError::Refused {
+            shard: 0,
+            detail: format!("site {name} is not in the topology"),
+        })
+}
+
+/// Phase 2 of a forced failover: waits until `opens_at_ms`, then makes each
+/// taken shard active at the survivor, reads the divergence point and opens
+/// the survivor's fence. Idempotent: a shard already active there is left
+/// as it is.
+async fn open_forced<S: TopologyStore, O: SiteOps>(
+    store: &S,
+    sites: &O,
+    mut record: ForcedRecord,
+    opts: &Options,
+    observe: Observer<'_>,
+) -> Result<ForcedRecord, DriveError> {
+    let (from, to) = (record.from.clone(), record.to.clone());
+    let wait = Duration::from_millis(record.opens_at_ms.saturating_sub(now_ms()));
+    if !wait.is_zero() {
+        let text = format!(
+            "wait {} ms for {from}'s fence lease to lapse (lease + clock skew) before {to} accepts",
+            wait.as_millis()
+        );
+        observe(Progress::Step {
+            shard: 0,
+            label: text.clone(),
+        });
+        tokio::time::sleep(wait).await;
+        observe(Progress::StepDone {
+            shard: 0,
+            label: text,
+            took: wait,
+        });
+    }
+    let mut opened = Vec::new();
+    for (shard, before, frozen) in record.shards.clone() {
+        let started = tokio::time::Instant::now();
+        let deadline = started + opts.timeout;
+        let text = format!("shard {shard}: home {to}, active (CAS)");
+        observe(Progress::Step {
+            shard,
+            label: text.clone(),
+        });
+        let after = loop {
+            let cur = match store.load().await {
+                Ok(s) => s.topology.shards.get(&shard).cloned(),
+                Err(e) if e.is_retryable() && tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let Some(cur) = cur else {
+                return Err(DriveError::Refused {
+                    shard,
+                    detail: "not in the topology".into(),
+                });
+            };
+            if cur.home != to || cur.state == ShardState::Active {
+                // Opened already, or moved on since (a later failover):
+                // not this run's to change.
+                break cur.epoch;
+            }
+            let next = Shard {
+                id: shard,
+                home: to.clone(),
+                state: ShardState::Active,
+                epoch: cur.epoch + 1,
+            };
+            // As in a planned flip: the survivor's fence opens ahead of the
+            // CAS, so the writes the routers release on seeing it pass.
+            let site = snap_site(store, &to).await?;
+            if let Err(e) = sites.open_fence_ahead(&site, shard, next.epoch).await {
+                if e.retryable && tokio::time::Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+                return Err(e.into());
+            }
+            match store
+                .cas_shard_as(cur.epoch, &next, Transition::Forced)
+                .await
+            {
+                Ok(_) => break next.epoch,
+                Err(StoreError::StaleEpoch { .. }) => continue,
+                Err(e) if e.is_retryable() && tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        let _ = frozen;
+        observe(Progress::StepDone {
+            shard,
+            label: text,
+            took: started.elapsed(),
+        });
+        opened.push((shard, before, after));
+    }
+    let snap = store.load().await?;
+    let target = snap
+        .topology
+        .sites
+        .get(&to)
+        .ok_or_else(|| DriveError::Refused {
+            shard: 0,
+            detail: format!("site {to} is not in the topology"),
+        })?;
+    let (divergence_lsn, divergence_error) = match sites.applied_from(target, &from).await {
+        Ok(lsn) => (lsn, None),
+        Err(e) => (None, Some(e.to_string())),
+    };
+    record.shards = opened;
+    record.divergence_lsn = divergence_lsn;
+    record.divergence_error = divergence_error;
+    record.opened = true;
+    write_forced(store, &record).await?;
     // Open the survivor's fence now rather than when its replicator notices.
     let started = tokio::time::Instant::now();
     let text = format!("open {to}'s fence");

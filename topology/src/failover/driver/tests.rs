@@ -452,9 +452,19 @@ async fn two_operators_cannot_switch_one_shard() {
     assert_eq!(shard1(&store).await, before);
 }
 
+/// Sets the topology's fence lease and clock-skew bound.
+async fn with_lease(store: &FileStore, lease_ms: u64, skew_ms: u64) {
+    let mut t = (*store.load().await.unwrap().topology).clone();
+    t.settings.fence_lease_ms = lease_ms;
+    t.settings.clock_skew_ms = skew_ms;
+    store.init(&t, true).await.unwrap();
+}
+
 #[tokio::test]
 async fn a_forced_failover_moves_every_shard_and_records_the_divergence() {
     let (_d, store) = setup().await;
+    with_lease(&store, 1_000, 200).await;
+    let started = std::time::Instant::now();
     let t = store.load().await.unwrap().topology;
     let plan = plan_site(&t, "beijing", "shanghai", Mode::Forced, &[]).unwrap();
     assert!(!plan.moves.is_empty());
@@ -479,8 +489,30 @@ async fn a_forced_failover_moves_every_shard_and_records_the_divergence() {
             (s.home.as_str(), s.state, s.epoch),
             ("shanghai", ShardState::Active, *now)
         );
-        assert_eq!(*now, before + 1);
+        // Taken frozen, then opened: two epochs, both named forced.
+        assert_eq!(*now, before + 2);
+        let h = crate::history::read(&store, *id).await.unwrap();
+        let last: Vec<(ShardState, crate::history::Transition)> = h.entries()
+            [h.entries().len() - 2..]
+            .iter()
+            .map(|e| (e.state, e.how))
+            .collect();
+        assert_eq!(
+            last,
+            vec![
+                (ShardState::Frozen, crate::history::Transition::Forced),
+                (ShardState::Active, crate::history::Transition::Forced)
+            ]
+        );
     }
+    // The survivor opened only once beijing's lease (1 s) plus the clock
+    // skew bound (0.2 s) had passed.
+    assert!(
+        started.elapsed() >= Duration::from_millis(1_200),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(rec.opened);
     assert!(after.shards.values().all(|s| s.home == "shanghai"));
     let stored: ForcedRecord =
         serde_json::from_slice(&store.read_op("forced/beijing").await.unwrap().unwrap()).unwrap();
@@ -855,4 +887,64 @@ async fn a_switchover_whose_lock_is_held_is_not_abandoned() {
     assert!(out.is_empty());
     assert!(!record(&store).await.finished);
     held.release().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_forced_failover_whose_command_died_before_opening_is_opened_by_recovery() {
+    let (_d, store) = setup().await;
+    with_lease(&store, 1_000, 0).await;
+    let before = store.load().await.unwrap().topology;
+    // What a command that died after taking the shards leaves.
+    let mut taken = Vec::new();
+    for s in before.shards.values().filter(|s| s.home == "beijing") {
+        let next = Shard {
+            id: s.id,
+            home: "shanghai".into(),
+            state: ShardState::Frozen,
+            epoch: s.epoch + 1,
+        };
+        store
+            .cas_shard_as(s.epoch, &next, crate::history::Transition::Forced)
+            .await
+            .unwrap();
+        taken.push((s.id, s.epoch, s.epoch + 1));
+    }
+    let r = ForcedRecord {
+        from: "beijing".into(),
+        to: "shanghai".into(),
+        at_ms: now_ms(),
+        holder: "dead".into(),
+        shards: taken.clone(),
+        divergence_lsn: None,
+        divergence_error: None,
+        opens_at_ms: now_ms() + 300,
+        opened: false,
+    };
+    store
+        .write_op("forced/beijing", &serde_json::to_vec(&r).unwrap())
+        .await
+        .unwrap();
+    let sites = FakeSites::new(0);
+    // Not yet: its time (and the quiet time after it) has not come.
+    let out = recover_abandoned(&store, &sites, &opts(), Duration::from_millis(200), &quiet)
+        .await
+        .unwrap();
+    assert!(out.is_empty(), "{out:?}");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let out = recover_abandoned(&store, &sites, &opts(), Duration::from_millis(200), &quiet)
+        .await
+        .unwrap();
+    assert_eq!(out.len(), taken.len(), "{out:?}");
+    let after = store.load().await.unwrap().topology;
+    for (id, before, _) in &taken {
+        let s = &after.shards[id];
+        assert_eq!(
+            (s.home.as_str(), s.state, s.epoch),
+            ("shanghai", ShardState::Active, before + 2)
+        );
+    }
+    let stored: ForcedRecord =
+        serde_json::from_slice(&store.read_op("forced/beijing").await.unwrap().unwrap()).unwrap();
+    assert!(stored.opened);
+    assert_eq!(stored.divergence_lsn.as_deref(), Some("0/ABC"));
 }
