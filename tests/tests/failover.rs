@@ -837,12 +837,33 @@ async fn a_forced_failover_reports_exactly_the_writes_that_had_not_crossed() {
     ens.restart("beijing", Part::Postgres)
         .await
         .expect("restart pg");
+    let dsn_b = ens.dsn("beijing").expect("dsn");
+    let shard = ens.initial_topology().routing.cities[&city];
+    // Back before its replicator: its fence still says shard S is its own,
+    // but its lease lapsed while it was away, so it refuses by itself.
+    {
+        let (c, conn) = tokio_postgres::connect(&dsn_b, tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        tokio::spawn(conn);
+        let e = c
+            .execute(
+                "INSERT INTO public.orders (id, city, user_id, item, amount_cents, shard, epoch, site, fence_epoch) \
+                 VALUES ('returning-1', $1, 'u1', 'tea', 100, $2, 1, 'beijing', 1)",
+                &[&city, &(shard as i32)],
+            )
+            .await
+            .expect_err("a returning site refuses until its lease is renewed");
+        assert_eq!(
+            e.code().map(|c| c.code().to_string()).as_deref(),
+            Some("EZ003"),
+            "{e:?}"
+        );
+    }
     ens.restart("beijing", Part::Replicator)
         .await
         .expect("restart replicator");
     link.heal();
-    let dsn_b = ens.dsn("beijing").expect("dsn");
-    let shard = ens.initial_topology().routing.cities[&city];
     eventually("beijing fenced for the moved shard", Duration::from_secs(30), || {
         let dsn_b = dsn_b.clone();
         async move {
