@@ -1377,21 +1377,7 @@ pub async fn force_moves<S: TopologyStore, O: SiteOps>(
             label: text.clone(),
         });
         let (before, after) = loop {
-            let snap = store.load().await;
-            let cur = match snap {
-                Ok(s) => s.topology.shards.get(&shard).cloned(),
-                Err(e) if e.is_retryable() && tokio::time::Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-                Err(e) => return Err(e.into()),
-            };
-            let Some(cur) = cur else {
-                return Err(DriveError::Refused {
-                    shard,
-                    detail: "not in the topology".into(),
-                });
-            };
+            let cur = current_shard(store, shard, deadline).await?;
             if cur.home == to {
                 // Taken already (by a run that died before writing its
                 // record), or active there: nothing to take.
@@ -1460,6 +1446,34 @@ async fn write_forced<S: TopologyStore>(store: &S, r: &ForcedRecord) -> Result<(
     Ok(())
 }
 
+/// The shard as the store has it now, retrying an unavailable store until
+/// `deadline`.
+async fn current_shard<S: TopologyStore>(
+    store: &S,
+    shard: ShardId,
+    deadline: tokio::time::Instant,
+) -> Result<Shard, DriveError> {
+    loop {
+        match store.load().await {
+            Ok(s) => {
+                return s
+                    .topology
+                    .shards
+                    .get(&shard)
+                    .cloned()
+                    .ok_or_else(|| DriveError::Refused {
+                        shard,
+                        detail: "not in the topology".into(),
+                    })
+            }
+            Err(e) if e.is_retryable() && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 /// `name`'s site as the store has it now.
 async fn snap_site<S: TopologyStore>(store: &S, name: &str) -> Result<Site, DriveError> {
     let snap = store.load().await?;
@@ -1503,7 +1517,7 @@ async fn open_forced<S: TopologyStore, O: SiteOps>(
         });
     }
     let mut opened = Vec::new();
-    for (shard, before, frozen) in record.shards.clone() {
+    for (shard, before, _frozen) in record.shards.clone() {
         let started = tokio::time::Instant::now();
         let deadline = started + opts.timeout;
         let text = format!("shard {shard}: home {to}, active (CAS)");
@@ -1512,20 +1526,7 @@ async fn open_forced<S: TopologyStore, O: SiteOps>(
             label: text.clone(),
         });
         let after = loop {
-            let cur = match store.load().await {
-                Ok(s) => s.topology.shards.get(&shard).cloned(),
-                Err(e) if e.is_retryable() && tokio::time::Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-                Err(e) => return Err(e.into()),
-            };
-            let Some(cur) = cur else {
-                return Err(DriveError::Refused {
-                    shard,
-                    detail: "not in the topology".into(),
-                });
-            };
+            let cur = current_shard(store, shard, deadline).await?;
             if cur.home != to || cur.state == ShardState::Active {
                 // Opened already, or moved on since (a later failover):
                 // not this run's to change.
@@ -1559,7 +1560,6 @@ async fn open_forced<S: TopologyStore, O: SiteOps>(
                 Err(e) => return Err(e.into()),
             }
         };
-        let _ = frozen;
         observe(Progress::StepDone {
             shard,
             label: text,
