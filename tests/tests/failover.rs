@@ -1184,6 +1184,10 @@ async fn status_and_dry_run_show_without_changing() {
     for s in sites {
         assert_eq!(s["reachable"], true, "{s}");
         assert_eq!(s["conflicts_pending"], 0, "{s}");
+        assert!(
+            s["fence_lease_ms"].as_i64().unwrap_or(0) > 0,
+            "lease held: {s}"
+        );
         let links = s["links"].as_array().expect("links");
         assert_eq!(links.len(), 1, "{s}");
         assert_eq!(links[0]["active"], true, "{s}");

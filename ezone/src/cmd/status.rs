@@ -34,6 +34,10 @@ struct SiteStatus {
     links: Vec<LinkStatus>,
     conflicts_pending: Option<i64>,
     writable_shards: Option<i64>,
+    /// How long the site's fence lease still holds (ms; negative: lapsed
+    /// that long ago, the site refuses writes; none: never granted or no
+    /// fence). `i64::MAX` for a lease that never lapses.
+    fence_lease_ms: Option<i64>,
     /// Unresolved conflicts by shard (summed per shard below).
     #[serde(skip)]
     pending: Vec<PendingConflicts>,
@@ -78,6 +82,7 @@ async fn site_status(name: &str, router: &str, dsn: &str) -> SiteStatus {
         links: Vec::new(),
         conflicts_pending: None,
         writable_shards: None,
+        fence_lease_ms: None,
         pending: Vec::new(),
     };
     let connected = tokio::time::timeout(
@@ -134,6 +139,17 @@ async fn site_status(name: &str, router: &str, dsn: &str) -> SiteStatus {
     }
     if let Ok(p) = pending_conflicts(&client).await {
         s.pending = p;
+    }
+    if let Ok(Some(r)) = client
+        .query_opt(
+            "SELECT CASE WHEN valid_until = 'infinity' THEN 9223372036854775807 \
+             ELSE (extract(epoch FROM valid_until - clock_timestamp()) * 1000)::bigint END \
+             FROM ezone_fence.lease",
+            &[],
+        )
+        .await
+    {
+        s.fence_lease_ms = r.get(0);
     }
     if let Ok(r) = client
         .query_one(
@@ -217,8 +233,14 @@ fn print_text(st: &Status) {
             );
             continue;
         }
+        let lease = match s.fence_lease_ms {
+            None => "none".to_string(),
+            Some(i64::MAX) => "never lapses".to_string(),
+            Some(ms) if ms > 0 => format!("{:.1} s left", ms as f64 / 1000.0),
+            Some(ms) => format!("LAPSED {:.1} s ago: refusing writes", -ms as f64 / 1000.0),
+        };
         println!(
-            "  {:<12} router {:<22} conflicts pending {:<6} writable shards {}",
+            "  {:<12} router {:<22} conflicts pending {:<6} writable shards {:<4} fence lease {}",
             s.name,
             s.router,
             s.conflicts_pending
@@ -227,6 +249,7 @@ fn print_text(st: &Status) {
             s.writable_shards
                 .map(|c| c.to_string())
                 .unwrap_or_else(|| "-".into()),
+            lease,
         );
         for l in &s.links {
             println!(
