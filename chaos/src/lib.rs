@@ -7,6 +7,7 @@
 //! - [`etcd`] and [`postgres`]: real etcd members and Postgres 15 clusters on
 //!   free loopback ports in temp dirs.
 //! - [`lab`]: the multi-site lab (`ezone lab up/down`) built from those parts.
+//! - [`schedule`]: seeded fault schedules, a pure function of the seed.
 #![deny(unsafe_code)]
 
 pub mod check;
@@ -17,3 +18,4 @@ pub mod ports;
 pub mod postgres;
 pub mod process;
 pub mod proxy;
+pub mod schedule;

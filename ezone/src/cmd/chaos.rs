@@ -5,6 +5,10 @@
 //! change a running proxy through that admin API (`--admin ADDR` or
 //! `EZONE_PROXY_ADMIN`), so a test script or an operator can add latency,
 //! partition and heal links while the system under test runs.
+//!
+//! `ezone chaos schedule --seed S` prints the fault schedule a seed gives
+//! (`ezone_chaos::schedule`); the run that applies one to the ensemble is
+//! not built yet.
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -15,11 +19,35 @@ use std::time::Duration;
 use anyhow::Context as _;
 use ezone_chaos::proxy::api::Directions;
 use ezone_chaos::proxy::{AdminClient, FaultProxy, LinkSpec, LinkStatus, ProxyConfig, Toxics};
+use ezone_chaos::schedule::{schedule, FaultKind, ScheduleSpec};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum ChaosCommand {
     /// The TCP fault proxy: serve links, or change the faults of a running one.
     Proxy(ProxyCommand),
+    /// Print the fault schedule a seed gives (a pure function of the seed
+    /// and these options: the same ones always print the same schedule).
+    Schedule(ScheduleArgs),
+}
+
+/// `ezone chaos schedule ...`.
+#[derive(Debug, clap::Args)]
+pub struct ScheduleArgs {
+    #[arg(long)]
+    seed: u64,
+    /// The whole run, the quiet period at its end included.
+    #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Fault kinds, comma-separated (`all`, or names such as
+    /// `kill-router,partition`).
+    #[arg(long, default_value = "all")]
+    faults: String,
+    /// The sites, in order.
+    #[arg(long, default_value = "beijing,shanghai")]
+    sites: String,
+    /// From the heal to the end of the run.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    quiet: Duration,
 }
 
 /// `ezone chaos proxy ...`.
@@ -111,6 +139,30 @@ impl From<DirectionArg> for Directions {
 pub async fn run(c: ChaosCommand) -> anyhow::Result<()> {
     match c {
         ChaosCommand::Proxy(p) => run_proxy(p).await,
+        ChaosCommand::Schedule(a) => {
+            let kinds = FaultKind::parse_list(&a.faults).map_err(anyhow::Error::msg)?;
+            let sites: Vec<&str> = a
+                .sites
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .collect();
+            anyhow::ensure!(
+                !sites.is_empty(),
+                "--sites names no site: give at least one"
+            );
+            anyhow::ensure!(
+                a.quiet < a.duration,
+                "--quiet ({:?}) leaves no time for faults in --duration ({:?})",
+                a.quiet,
+                a.duration
+            );
+            let mut spec = ScheduleSpec::new(a.seed, a.duration, &sites);
+            spec.kinds = kinds;
+            spec.quiet = a.quiet;
+            print!("{}", schedule(&spec));
+            Ok(())
+        }
     }
 }
 
@@ -381,14 +433,18 @@ mod tests {
             "100ms",
         ])
         .expect("set parses");
-        let ChaosCommand::Proxy(p) = cli.c;
+        let ChaosCommand::Proxy(p) = cli.c else {
+            panic!("a proxy command");
+        };
         assert_eq!(p.admin, Some("127.0.0.1:9".parse().expect("an address")));
         assert!(
             matches!(p.action, ProxyAction::Set { latency: Some(l), .. } if l == Duration::from_millis(15))
         );
         let cli = Cli::try_parse_from(["x", "proxy", "partition", "n", "--admin", "127.0.0.1:9"])
             .expect("global --admin");
-        let ChaosCommand::Proxy(p) = cli.c;
+        let ChaosCommand::Proxy(p) = cli.c else {
+            panic!("a proxy command");
+        };
         assert!(matches!(
             p.action,
             ProxyAction::Partition {
