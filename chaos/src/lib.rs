@@ -7,12 +7,14 @@
 //! - [`etcd`] and [`postgres`]: real etcd members and Postgres 15 clusters on
 //!   free loopback ports in temp dirs.
 //! - [`lab`]: the multi-site lab (`ezone lab up/down`) built from those parts.
-//! - [`schedule`]: seeded fault schedules, a pure function of the seed.
+//! - [`schedule`]: seeded fault schedules, a pure function of the seed;
+//!   [`inject`] applies one to a running ensemble.
 #![deny(unsafe_code)]
 
 pub mod check;
 pub mod ensemble;
 pub mod etcd;
+pub mod inject;
 pub mod lab;
 pub mod ports;
 pub mod postgres;

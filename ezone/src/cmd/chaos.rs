@@ -7,8 +7,8 @@
 //! partition and heal links while the system under test runs.
 //!
 //! `ezone chaos schedule --seed S` prints the fault schedule a seed gives
-//! (`ezone_chaos::schedule`); the run that applies one to the ensemble is
-//! not built yet.
+//! (`ezone_chaos::schedule`); `ezone chaos run --seed S` applies it to the
+//! whole system under traffic and checks the invariants (`chaos_run.rs`).
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -28,6 +28,9 @@ pub enum ChaosCommand {
     /// Print the fault schedule a seed gives (a pure function of the seed
     /// and these options: the same ones always print the same schedule).
     Schedule(ScheduleArgs),
+    /// Run the whole system under the schedule a seed gives, with order
+    /// traffic, and check the invariants in the data afterwards.
+    Run(crate::cmd::chaos_run::RunArgs),
 }
 
 /// `ezone chaos schedule ...`.
@@ -139,6 +142,7 @@ impl From<DirectionArg> for Directions {
 pub async fn run(c: ChaosCommand) -> anyhow::Result<()> {
     match c {
         ChaosCommand::Proxy(p) => run_proxy(p).await,
+        ChaosCommand::Run(a) => crate::cmd::chaos_run::run(a).await,
         ChaosCommand::Schedule(a) => {
             let kinds = FaultKind::parse_list(&a.faults).map_err(anyhow::Error::msg)?;
             let sites: Vec<&str> = a

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod chaos;
+pub mod chaos_run;
 pub mod conflicts;
 pub mod demo;
 pub mod failover;

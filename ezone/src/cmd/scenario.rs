@@ -26,6 +26,17 @@ pub async fn start(
     wan_rtt: Duration,
     dir: Option<PathBuf>,
 ) -> anyhow::Result<Ensemble> {
+    start_with(sites, shards_per_site, wan_rtt, dir, |_| {}).await
+}
+
+/// As [`start`], with the ensemble's spec adjusted by `tweak` first.
+pub async fn start_with(
+    sites: &[&str],
+    shards_per_site: u32,
+    wan_rtt: Duration,
+    dir: Option<PathBuf>,
+    tweak: impl FnOnce(&mut EnsembleSpec),
+) -> anyhow::Result<Ensemble> {
     let mut spec = LabSpec::new(sites);
     spec.wan_rtt = wan_rtt;
     spec.dir = dir;
@@ -34,6 +45,7 @@ pub async fn start(
     let mut es = EnsembleSpec::new(exe);
     es.shards_per_site = shards_per_site;
     es.log_filter = "warn".into();
+    tweak(&mut es);
     Ensemble::start(lab, es)
         .await
         .context("starting routers, order services and replicators")

@@ -1,0 +1,438 @@
+//! Applies a [`Schedule`]'s faults to a running [`Ensemble`]: each one at
+//! its time, undone when it ends (a killed part restarted, a paused one
+//! resumed, a link healed and its latency restored, a switchover command
+//! waited for), then the heal, which leaves every part up and every link
+//! clean whatever happened.
+//!
+//! One task walks the timeline (starts and ends, in order); nothing here
+//! decides anything about correctness: the checker reads the sites
+//! afterwards. What was applied, when, and how it went is returned for the
+//! report. Kinds that need parts the lab does not have yet
+//! ([`supported`]) are refused up front, naming what is missing.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::ensemble::{etcd_link_name, Ensemble, Part};
+use crate::lab::link_name;
+use crate::proxy::{Direction, LinkHandle, Toxics};
+use crate::schedule::{Fault, FaultKind, Schedule};
+
+/// Whether the injector can apply `kind` on this lab, and if not, why.
+pub fn supported(kind: FaultKind) -> Result<(), &'static str> {
+    match kind {
+        FaultKind::KillEtcdMember | FaultKind::EtcdQuorumLoss => {
+            Err("needs the lab with three etcd members and member control (not built yet)")
+        }
+        FaultKind::ForcedFailover => Err(
+            "needs the forced failover, return and repair sequence in the injector (not built yet)",
+        ),
+        FaultKind::ClockSkew => {
+            Err("needs libfaketime around the site's processes (not built yet)")
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The kinds [`supported`] accepts.
+pub fn supported_kinds() -> Vec<FaultKind> {
+    FaultKind::ALL
+        .into_iter()
+        .filter(|k| supported(*k).is_ok())
+        .collect()
+}
+
+/// One fault as it went.
+#[derive(Debug, Clone)]
+pub struct Applied {
+    pub fault: Fault,
+    /// When it was applied and undone, from the run's start (they drift
+    /// from the schedule when an action, such as a restart, takes time).
+    pub started: Duration,
+    pub ended: Duration,
+    /// What happened: `Ok` with a note, or the error of applying or
+    /// undoing it (reported; the run goes on).
+    pub outcome: Result<String, String>,
+}
+
+/// What undoing a fault takes.
+enum Undo {
+    Nothing,
+    Restart(String, Part),
+    Resume(String, Part),
+    Heal(Vec<LinkHandle>),
+    Restore(Vec<(LinkHandle, Toxics, Toxics)>),
+    /// A switchover command running; with a re-run (its arguments) when it
+    /// was killed on purpose.
+    Command(tokio::process::Child, Option<Vec<String>>),
+}
+
+/// The steps a switchover command can be killed at (failpoints).
+const STEPS: [&str; 7] = [
+    "start",
+    "frozen",
+    "fenced",
+    "catching_up",
+    "opening",
+    "flipping",
+    "done",
+];
+
+/// Applies `schedule` to `ens` from `start` on; returns every fault as it
+/// went, once all are undone (at or after the schedule's heal time).
+pub async fn apply(
+    ens: &Ensemble,
+    schedule: &Schedule,
+    ezone_bin: &Path,
+    start: Instant,
+    note: &(dyn Fn(String) + Send + Sync),
+) -> Vec<Applied> {
+    // (time, end?, index): ends before starts at the same instant.
+    let mut events: Vec<(Duration, bool, usize)> = Vec::new();
+    for (i, f) in schedule.faults.iter().enumerate() {
+        events.push((f.at, false, i));
+        events.push((f.until(), true, i));
+    }
+    events.sort_by_key(|(t, is_start, i)| (*t, *is_start, *i));
+    let mut undo: Vec<Option<Undo>> = (0..schedule.faults.len()).map(|_| None).collect();
+    let mut out: Vec<Option<Applied>> = vec![None; schedule.faults.len()];
+    for (at, is_end, i) in events {
+        tokio::time::sleep_until(start + at).await;
+        let fault = &schedule.faults[i];
+        if !is_end {
+            let now = start.elapsed();
+            note(format!("{:>8.3}s  apply  {fault}", now.as_secs_f64()));
+            let (u, outcome) = match begin(ens, fault, ezone_bin).await {
+                Ok((u, text)) => (Some(u), Ok(text)),
+                Err(e) => (None, Err(e)),
+            };
+            undo[i] = u;
+            out[i] = Some(Applied {
+                fault: fault.clone(),
+                started: now,
+                ended: now,
+                outcome,
+            });
+        } else {
+            let u = undo[i].take();
+            let r = match u {
+                Some(u) => end(ens, fault, u, ezone_bin).await,
+                None => Ok(String::new()),
+            };
+            let now = start.elapsed();
+            note(format!("{:>8.3}s  undo   {fault}", now.as_secs_f64()));
+            if let Some(a) = out[i].as_mut() {
+                a.ended = now;
+                match (&mut a.outcome, r) {
+                    (Ok(text), Ok(more)) if !more.is_empty() => {
+                        text.push_str("; ");
+                        text.push_str(&more);
+                    }
+                    (Ok(_), Err(e)) => a.outcome = Err(e),
+                    _ => {}
+                }
+            }
+        }
+    }
+    out.into_iter().flatten().collect()
+}
+
+/// Every part up and every link clean: what the heal leaves, whatever the
+/// faults did (they undo themselves; this is the safety net).
+pub async fn heal(ens: &Ensemble) -> Vec<String> {
+    let mut problems = Vec::new();
+    let base = base_toxics(ens);
+    for link in all_links(ens) {
+        link.heal();
+        link.set_toxics(Direction::Upstream, base.clone());
+        link.set_toxics(Direction::Downstream, base.clone());
+    }
+    for site in ens.sites() {
+        if let Some(l) = ens
+            .lab()
+            .proxy()
+            .and_then(|p| p.link(&etcd_link_name(&site)))
+        {
+            l.heal();
+            l.set_toxics(Direction::Upstream, Toxics::default());
+            l.set_toxics(Direction::Downstream, Toxics::default());
+        }
+        for part in [Part::Postgres, Part::Orders, Part::Router, Part::Replicator] {
+            // A paused process resumes; a stopped one is not running and
+            // says so by failing to resume: restart it.
+            let _ = ens.resume(&site, part);
+        }
+    }
+    if let Err(e) = ens.wait_ready().await {
+        problems.push(format!("after the heal, not everything is ready: {e}"));
+    }
+    problems
+}
+
+/// The WAN's latency each way when no fault is on: half the lab's RTT.
+fn base_toxics(ens: &Ensemble) -> Toxics {
+    Toxics {
+        latency: ens.lab().wan_rtt() / 2,
+        ..Toxics::default()
+    }
+}
+
+/// Every WAN link between two sites: the Postgres links both ways and
+/// the links in front of both routers.
+fn pair_links(ens: &Ensemble, a: &str, b: &str) -> Vec<LinkHandle> {
+    let mut out: Vec<LinkHandle> = [link_name(a, b), link_name(b, a)]
+        .iter()
+        .filter_map(|n| ens.lab().link(n))
+        .collect();
+    for site in [a, b] {
+        if let Ok(Some(l)) = ens.router_link(site) {
+            out.push(l);
+        }
+    }
+    out
+}
+
+fn all_links(ens: &Ensemble) -> Vec<LinkHandle> {
+    let sites = ens.sites();
+    let mut out = Vec::new();
+    for (i, a) in sites.iter().enumerate() {
+        for b in &sites[i + 1..] {
+            out.extend(pair_links(ens, a, b));
+        }
+    }
+    out
+}
+
+fn part_of(kind: FaultKind) -> Option<Part> {
+    match kind {
+        FaultKind::KillRouter | FaultKind::PauseRouter => Some(Part::Router),
+        FaultKind::KillOrders | FaultKind::PauseOrders => Some(Part::Orders),
+        FaultKind::KillReplicator | FaultKind::PauseReplicator => Some(Part::Replicator),
+        FaultKind::KillPostgres | FaultKind::PausePostgres => Some(Part::Postgres),
+        _ => None,
+    }
+}
+
+/// `ezone failover ARGS --etcd ...` started, not waited for.
+fn failover_command(
+    ens: &Ensemble,
+    ezone_bin: &Path,
+    args: &[String],
+    failpoint: Option<&str>,
+) -> Result<tokio::process::Child, String> {
+    let mut cmd = tokio::process::Command::new(PathBuf::from(ezone_bin));
+    cmd.arg("failover")
+        .args(args)
+        .arg("--etcd")
+        .arg(ens.etcd_endpoints().join(","))
+        .arg("--lock-ttl")
+        .arg("1s")
+        .env("EZONE_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    if let Some(fp) = failpoint {
+        cmd.env("FAILPOINTS", fp);
+    }
+    cmd.spawn()
+        .map_err(|e| format!("cannot run {}: {e}", ezone_bin.display()))
+}
+
+async fn begin(ens: &Ensemble, f: &Fault, ezone_bin: &Path) -> Result<(Undo, String), String> {
+    supported(f.kind).map_err(|why| format!("{}: {why}", f.kind))?;
+    let other = || {
+        f.other
+            .clone()
+            .ok_or_else(|| format!("{}: no other site", f.kind))
+    };
+    match f.kind {
+        FaultKind::KillRouter
+        | FaultKind::KillOrders
+        | FaultKind::KillReplicator
+        | FaultKind::KillPostgres => {
+            let part = part_of(f.kind).unwrap_or(Part::Router);
+            ens.kill(&f.site, part).map_err(|e| e.to_string())?;
+            Ok((Undo::Restart(f.site.clone(), part), String::new()))
+        }
+        FaultKind::PauseRouter
+        | FaultKind::PauseOrders
+        | FaultKind::PauseReplicator
+        | FaultKind::PausePostgres => {
+            let part = part_of(f.kind).unwrap_or(Part::Router);
+            ens.pause(&f.site, part).map_err(|e| e.to_string())?;
+            Ok((Undo::Resume(f.site.clone(), part), String::new()))
+        }
+        FaultKind::Partition => {
+            let links = pair_links(ens, &f.site, &other()?);
+            for l in &links {
+                l.partition();
+            }
+            Ok((Undo::Heal(links), String::new()))
+        }
+        FaultKind::PartitionOneWay => {
+            // Bytes from `site` to `other` stop: `site`'s WAL to `other`'s
+            // replicator, and `site`'s router's answers to `other`'s.
+            let o = other()?;
+            let mut links = Vec::new();
+            if let Some(l) = ens.lab().link(&link_name(&f.site, &o)) {
+                l.partition_one_way(Direction::Downstream);
+                links.push(l);
+            }
+            if let Ok(Some(l)) = ens.router_link(&f.site) {
+                l.partition_one_way(Direction::Downstream);
+                links.push(l);
+            }
+            Ok((Undo::Heal(links), String::new()))
+        }
+        FaultKind::PartitionEtcd => {
+            let l = ens
+                .lab()
+                .proxy()
+                .and_then(|p| p.link(&etcd_link_name(&f.site)))
+                .ok_or("partition-etcd needs the ensemble's replicator_etcd_links")?;
+            l.partition();
+            Ok((Undo::Heal(vec![l]), String::new()))
+        }
+        FaultKind::LatencySpike | FaultKind::Bandwidth => {
+            let mut saved = Vec::new();
+            for l in pair_links(ens, &f.site, &other()?) {
+                let (up, down) = (
+                    l.toxics(Direction::Upstream),
+                    l.toxics(Direction::Downstream),
+                );
+                let change = |t: &Toxics| {
+                    let mut t = t.clone();
+                    if f.kind == FaultKind::LatencySpike {
+                        t.latency += Duration::from_millis(f.amount);
+                        t.jitter = Duration::from_millis(f.amount / 4);
+                    } else {
+                        t.bandwidth_bytes_per_sec = Some(f.amount.max(1) * 1024);
+                    }
+                    t
+                };
+                l.set_toxics(Direction::Upstream, change(&up));
+                l.set_toxics(Direction::Downstream, change(&down));
+                saved.push((l, up, down));
+            }
+            Ok((Undo::Restore(saved), String::new()))
+        }
+        FaultKind::Reset => {
+            for l in pair_links(ens, &f.site, &other()?) {
+                l.reset();
+            }
+            Ok((Undo::Nothing, String::new()))
+        }
+        FaultKind::ShardSwitchover | FaultKind::SwitchoverKilled => {
+            let store = ens.store().await.map_err(|e| e.to_string())?;
+            let t = ezone_topology::TopologyStore::load(&store)
+                .await
+                .map_err(|e| e.to_string())?
+                .topology;
+            let ids: Vec<&ezone_topology::Shard> = t.shards.values().collect();
+            let shard = ids
+                .get(f.amount as usize % ids.len().max(1))
+                .ok_or("no shards")?;
+            let to = t
+                .sites
+                .keys()
+                .find(|s| **s != shard.home)
+                .ok_or("one site only")?
+                .clone();
+            let args = vec![
+                "shard".to_string(),
+                shard.id.to_string(),
+                "--to".into(),
+                to.clone(),
+            ];
+            if f.kind == FaultKind::SwitchoverKilled {
+                let step = STEPS[f.amount as usize % STEPS.len()];
+                let child = failover_command(
+                    ens,
+                    ezone_bin,
+                    &args,
+                    Some(&format!("switchover.{step}=return")),
+                )?;
+                Ok((
+                    Undo::Command(child, Some(args)),
+                    format!("shard {} -> {to}, killed at {step}", shard.id),
+                ))
+            } else {
+                let child = failover_command(ens, ezone_bin, &args, None)?;
+                Ok((
+                    Undo::Command(child, None),
+                    format!("shard {} -> {to}", shard.id),
+                ))
+            }
+        }
+        FaultKind::SiteSwitchover => {
+            let to = ens
+                .sites()
+                .into_iter()
+                .find(|s| *s != f.site)
+                .ok_or("one site only")?;
+            let args = vec![
+                "site".to_string(),
+                f.site.clone(),
+                "--to".into(),
+                to.clone(),
+            ];
+            let child = failover_command(ens, ezone_bin, &args, None)?;
+            Ok((Undo::Command(child, None), format!("{} -> {to}", f.site)))
+        }
+        FaultKind::KillEtcdMember
+        | FaultKind::EtcdQuorumLoss
+        | FaultKind::ForcedFailover
+        | FaultKind::ClockSkew => Err(format!("{}: not supported", f.kind)),
+    }
+}
+
+async fn end(ens: &Ensemble, f: &Fault, undo: Undo, ezone_bin: &Path) -> Result<String, String> {
+    match undo {
+        Undo::Nothing => Ok(String::new()),
+        Undo::Restart(site, part) => ens
+            .restart(&site, part)
+            .await
+            .map(|()| String::new())
+            .map_err(|e| format!("restarting {part} at {site}: {e}")),
+        Undo::Resume(site, part) => ens
+            .resume(&site, part)
+            .map(|()| String::new())
+            .map_err(|e| format!("resuming {part} at {site}: {e}")),
+        Undo::Heal(links) => {
+            for l in links {
+                l.heal();
+            }
+            Ok(String::new())
+        }
+        Undo::Restore(saved) => {
+            for (l, up, down) in saved {
+                l.set_toxics(Direction::Upstream, up);
+                l.set_toxics(Direction::Downstream, down);
+            }
+            Ok(String::new())
+        }
+        Undo::Command(child, rerun) => {
+            // A switchover ends on its own (done, rolled back, refused by
+            // its preflight): each is an acceptable answer under faults.
+            let code = wait_for(child).await;
+            let mut text = format!("exit {code}");
+            if let Some(args) = rerun {
+                let again = failover_command(ens, ezone_bin, &args, None)?;
+                text.push_str(&format!(", re-run exit {}", wait_for(again).await));
+            }
+            let _ = f;
+            Ok(text)
+        }
+    }
+}
+
+/// The command's exit code (-1: killed, or still running after a minute).
+async fn wait_for(child: tokio::process::Child) -> i32 {
+    match tokio::time::timeout(Duration::from_secs(60), child.wait_with_output()).await {
+        Ok(Ok(out)) => out.status.code().unwrap_or(-1),
+        _ => -1,
+    }
+}
