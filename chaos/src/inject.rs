@@ -70,15 +70,7 @@ enum Undo {
 }
 
 /// The steps a switchover command can be killed at (failpoints).
-const STEPS: [&str; 7] = [
-    "start",
-    "frozen",
-    "fenced",
-    "catching_up",
-    "opening",
-    "flipping",
-    "done",
-];
+const STEPS: [&str; 7] = ezone_topology::failover::Switchover::FORWARD_STEPS;
 
 /// Applies `schedule` to `ens` from `start` on; returns every fault as it
 /// went, once all are undone (at or after the schedule's heal time).

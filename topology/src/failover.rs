@@ -240,6 +240,19 @@ impl Switchover {
         Ok(next)
     }
 
+    /// The names ([`Switchover::step_name`]) of the steps a planned
+    /// switchover goes through when nothing fails, in order: where a
+    /// crash failpoint (`switchover.<step>`) can stop the command.
+    pub const FORWARD_STEPS: [&'static str; 7] = [
+        "start",
+        "frozen",
+        "fenced",
+        "catching_up",
+        "opening",
+        "flipping",
+        "done",
+    ];
+
     /// A short name of the step, for records, failpoints and displays.
     pub fn step_name(&self) -> &'static str {
         match self.step {
