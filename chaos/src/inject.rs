@@ -110,7 +110,7 @@ pub async fn apply(
         } else {
             let u = undo[i].take();
             let r = match u {
-                Some(u) => end(ens, fault, u, ezone_bin).await,
+                Some(u) => end(ens, u, ezone_bin).await,
                 None => Ok(String::new()),
             };
             let now = start.elapsed();
@@ -381,7 +381,7 @@ async fn begin(ens: &Ensemble, f: &Fault, ezone_bin: &Path) -> Result<(Undo, Str
     }
 }
 
-async fn end(ens: &Ensemble, f: &Fault, undo: Undo, ezone_bin: &Path) -> Result<String, String> {
+async fn end(ens: &Ensemble, undo: Undo, ezone_bin: &Path) -> Result<String, String> {
     match undo {
         Undo::Nothing => Ok(String::new()),
         Undo::Restart(site, part) => ens
@@ -415,7 +415,6 @@ async fn end(ens: &Ensemble, f: &Fault, undo: Undo, ezone_bin: &Path) -> Result<
                 let again = failover_command(ens, ezone_bin, &args, None)?;
                 text.push_str(&format!(", re-run exit {}", wait_for(again).await));
             }
-            let _ = f;
             Ok(text)
         }
     }

@@ -199,12 +199,20 @@ impl Ownership {
                     tokio::time::sleep(VIEW_POLL).await;
                 }
                 Verdict::NeedHistory => {
-                    let history = match &self.history {
+                    let mut history = match &self.history {
                         Some(read) => read(shard).await.map_err(|e| {
                             format!("reading the epoch history of shard {shard}: {e} (retrying)")
                         })?,
                         None => ShardHistory::default(),
                     };
+                    // Completed with the view once here, not per change.
+                    history.learn(ezone_topology::history::EpochEntry {
+                        epoch: view.epoch,
+                        home: view.home.clone(),
+                        state: view.state,
+                        how: ezone_topology::history::Transition::Other,
+                        at_ms: 0,
+                    });
                     if let Ok(mut h) = self.histories.lock() {
                         h.insert(shard, (view.epoch, Arc::new(history)));
                     }

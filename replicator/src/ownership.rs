@@ -75,14 +75,23 @@ pub fn judge(
     let Some(history) = history else {
         return Verdict::NeedHistory;
     };
-    let mut history = history.clone();
-    history.learn(ezone_topology::history::EpochEntry {
-        epoch: view.epoch,
-        home: view.home.clone(),
-        state: view.state,
-        how: Transition::Other,
-        at_ms: 0,
-    });
+    // A history behind the view is completed by it (a copy, only then:
+    // the caller caches histories read at the view's epoch).
+    let completed;
+    let history = if history.latest() >= Some(view.epoch) {
+        history
+    } else {
+        let mut h = history.clone();
+        h.learn(ezone_topology::history::EpochEntry {
+            epoch: view.epoch,
+            home: view.home.clone(),
+            state: view.state,
+            how: Transition::Other,
+            at_ms: 0,
+        });
+        completed = h;
+        &completed
+    };
     match history.tenure(source, epoch) {
         // Epochs from before the history was kept: the view decides.
         Tenure::Unknown => by_view(source, view),

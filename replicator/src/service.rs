@@ -329,7 +329,7 @@ async fn keep_fence(
     let mut quorum_lost = false;
     loop {
         let read_at = SystemTime::now();
-        let mut every = Duration::from_secs(5);
+        let every;
         match store.load().await {
             Ok(snap) => {
                 if quorum_lost {
@@ -337,10 +337,7 @@ async fn keep_fence(
                     quorum_lost = false;
                 }
                 let settings = &snap.topology.settings;
-                if settings.fence_lease_ms > 0 {
-                    every = (Duration::from_millis(settings.fence_lease_ms) / 3)
-                        .clamp(Duration::from_millis(200), Duration::from_secs(5));
-                }
+                every = settings.fence_renew_every();
                 if conn.as_ref().is_none_or(|(c, _)| c.is_closed()) {
                     conn = match tokio_postgres::connect(&dsn, tokio_postgres::NoTls).await {
                         Ok((client, c)) => {

@@ -120,6 +120,17 @@ impl Settings {
         Self::DEFAULT_CLOCK_SKEW_MS
     }
 
+    /// How often a fence's lease is renewed: a third of it, between 200 ms
+    /// and 5 s (5 s without a lease: the reconcile's own pace).
+    pub fn fence_renew_every(&self) -> std::time::Duration {
+        use std::time::Duration;
+        match self.fence_lease_ms {
+            0 => Duration::from_secs(5),
+            ms => (Duration::from_millis(ms) / 3)
+                .clamp(Duration::from_millis(200), Duration::from_secs(5)),
+        }
+    }
+
     /// How long after taking a lost site's shards a forced failover waits
     /// before the survivor accepts them: the lost site's lease must have
     /// lapsed, whatever its clock says.

@@ -123,13 +123,7 @@ pub async fn run(c: FenceCommand) -> anyhow::Result<()> {
                     }
                     return Ok(());
                 };
-                let every = match snap.topology.settings.fence_lease_ms {
-                    0 => std::time::Duration::from_secs(5),
-                    ms => (std::time::Duration::from_millis(ms) / 3).clamp(
-                        std::time::Duration::from_millis(200),
-                        std::time::Duration::from_secs(5),
-                    ),
-                };
+                let every = snap.topology.settings.fence_renew_every();
                 tokio::select! {
                     r = rx.changed() => r.context("the topology watcher stopped")?,
                     _ = tokio::time::sleep(every) => {}
