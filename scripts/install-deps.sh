@@ -20,6 +20,9 @@
 #   postgresql-15        /usr/lib/postgresql/15/bin/initdb (or $EZONE_PG_BIN)  Postgres 15 servers started by the tests and the demo;
 #                                                                       also creates the `postgres` OS user they run as under root
 #   postgresql-client-15 `psql` on PATH                                 psql and pg_isready, used by the tests
+#   libfaketime          /usr/lib/*/faketime/libfaketimeMT.so.1 (or $EZONE_LIBFAKETIME)  preloaded around a site's processes by
+#                                                                       `ezone chaos run` (the clock-skew fault) and its test
+#   faketime             `faketime` on PATH                             the command-line wrapper (and libfaketime's README), to try a skew by hand
 #
 # As root it installs what is missing (`apt-get update` once, then one
 # `apt-get install --no-install-recommends`); otherwise it prints the exact
@@ -57,6 +60,18 @@ have_wkt() {
     [ -f /usr/include/google/protobuf/descriptor.proto ]
 }
 
+# libfaketime's preload library, where chaos/src/clock.rs looks for it.
+have_libfaketime() {
+  if [ -n "${EZONE_LIBFAKETIME:-}" ]; then [ -f "$EZONE_LIBFAKETIME" ]; return; fi
+  local f
+  for f in /usr/lib/*/faketime/libfaketimeMT.so.1 /usr/lib/*/faketime/libfaketime.so.1 \
+    /usr/local/lib/faketime/libfaketimeMT.so.1 /usr/local/lib/faketime/libfaketime.so.1 \
+    /usr/lib/faketime/libfaketimeMT.so.1 /usr/lib/faketime/libfaketime.so.1; do
+    [ -f "$f" ] && return 0
+  done
+  return 1
+}
+
 check() {
   missing=()
   have_cmd make || missing+=(make)
@@ -71,6 +86,8 @@ check() {
     missing+=(postgresql-15)
   fi
   have_cmd psql || missing+=(postgresql-client-15)
+  have_libfaketime || missing+=(libfaketime)
+  have_cmd faketime || missing+=(faketime)
   if [ -n "$want_bench" ]; then
     have_cmd nginx || missing+=(nginx-light)
     have_cmd wrk || missing+=(wrk)

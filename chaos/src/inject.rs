@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::ensemble::{etcd_link_name, Ensemble, Part};
+use crate::ensemble::{etcd_links, Ensemble, Part};
+use crate::forced::{self, ForcedRecord, ForcedRun};
 use crate::lab::link_name;
 use crate::proxy::{Direction, LinkHandle, Toxics};
 use crate::schedule::{Fault, FaultKind, Schedule};
@@ -23,15 +24,9 @@ use crate::schedule::{Fault, FaultKind, Schedule};
 /// Whether the injector can apply `kind` on this lab, and if not, why.
 pub fn supported(kind: FaultKind) -> Result<(), &'static str> {
     match kind {
-        FaultKind::KillEtcdMember | FaultKind::EtcdQuorumLoss => {
-            Err("needs the lab with three etcd members and member control (not built yet)")
-        }
-        FaultKind::ForcedFailover => Err(
-            "needs the forced failover, return and repair sequence in the injector (not built yet)",
-        ),
-        FaultKind::ClockSkew => {
-            Err("needs libfaketime around the site's processes (not built yet)")
-        }
+        // Needs a lab started with clock skew on (libfaketime around the
+        // site's processes); `begin` refuses it on a lab without.
+        FaultKind::ClockSkew => Ok(()),
         _ => Ok(()),
     }
 }
@@ -55,6 +50,8 @@ pub struct Applied {
     /// What happened: `Ok` with a note, or the error of applying or
     /// undoing it (reported; the run goes on).
     pub outcome: Result<String, String>,
+    /// For a forced failover: what the checker needs to judge it.
+    pub forced: Option<ForcedRecord>,
 }
 
 /// What undoing a fault takes.
@@ -67,6 +64,13 @@ enum Undo {
     /// A switchover command running; with a re-run (its arguments) when it
     /// was killed on purpose.
     Command(tokio::process::Child, Option<Vec<String>>),
+    /// etcd members killed (restart them) or paused (resume them).
+    EtcdRestart(Vec<usize>),
+    EtcdResume(usize),
+    /// A forced failover's first phase, running.
+    Forced(Box<ForcedRun>),
+    /// A site's clock skewed: back to `+0`.
+    Unskew(String),
 }
 
 /// The steps a switchover command can be killed at (failpoints).
@@ -96,7 +100,7 @@ pub async fn apply(
         if !is_end {
             let now = start.elapsed();
             note(format!("{:>8.3}s  apply  {fault}", now.as_secs_f64()));
-            let (u, outcome) = match begin(ens, fault, ezone_bin).await {
+            let (u, outcome) = match begin(ens, fault, ezone_bin, start).await {
                 Ok((u, text)) => (Some(u), Ok(text)),
                 Err(e) => (None, Err(e)),
             };
@@ -106,10 +110,19 @@ pub async fn apply(
                 started: now,
                 ended: now,
                 outcome,
+                forced: None,
             });
         } else {
             let u = undo[i].take();
             let r = match u {
+                Some(Undo::Forced(run)) => {
+                    let rec = forced::end(ens, ezone_bin, *run, start).await;
+                    let text = rec.notes.join("; ");
+                    if let Some(a) = out[i].as_mut() {
+                        a.forced = Some(rec);
+                    }
+                    Ok(text)
+                }
                 Some(u) => end(ens, u, ezone_bin).await,
                 None => Ok(String::new()),
             };
@@ -141,12 +154,16 @@ pub async fn heal(ens: &Ensemble) -> Vec<String> {
         link.set_toxics(Direction::Upstream, base.clone());
         link.set_toxics(Direction::Downstream, base.clone());
     }
+    for (i, m) in ens.lab().etcd().members().iter().enumerate() {
+        let _ = m.resume();
+        if !m.is_running() {
+            if let Err(e) = ens.lab().etcd().restart_member(i).await {
+                problems.push(format!("restarting etcd member {i}: {e}"));
+            }
+        }
+    }
     for site in ens.sites() {
-        if let Some(l) = ens
-            .lab()
-            .proxy()
-            .and_then(|p| p.link(&etcd_link_name(&site)))
-        {
+        for l in etcd_links(ens.lab(), &site) {
             l.heal();
             l.set_toxics(Direction::Upstream, Toxics::default());
             l.set_toxics(Direction::Downstream, Toxics::default());
@@ -155,6 +172,11 @@ pub async fn heal(ens: &Ensemble) -> Vec<String> {
             // A paused process resumes; a stopped one is not running and
             // says so by failing to resume: restart it.
             let _ = ens.resume(&site, part);
+        }
+    }
+    for (site, clock) in ens.lab().clocks() {
+        if let Err(e) = clock.reset() {
+            problems.push(format!("resetting the clock at {site}: {e}"));
         }
     }
     if let Err(e) = ens.wait_ready().await {
@@ -233,7 +255,12 @@ fn failover_command(
         .map_err(|e| format!("cannot run {}: {e}", ezone_bin.display()))
 }
 
-async fn begin(ens: &Ensemble, f: &Fault, ezone_bin: &Path) -> Result<(Undo, String), String> {
+async fn begin(
+    ens: &Ensemble,
+    f: &Fault,
+    ezone_bin: &Path,
+    start: Instant,
+) -> Result<(Undo, String), String> {
     supported(f.kind).map_err(|why| format!("{}: {why}", f.kind))?;
     let other = || {
         f.other
@@ -280,13 +307,58 @@ async fn begin(ens: &Ensemble, f: &Fault, ezone_bin: &Path) -> Result<(Undo, Str
             Ok((Undo::Heal(links), String::new()))
         }
         FaultKind::PartitionEtcd => {
-            let l = ens
-                .lab()
-                .proxy()
-                .and_then(|p| p.link(&etcd_link_name(&f.site)))
-                .ok_or("partition-etcd needs the ensemble's replicator_etcd_links")?;
-            l.partition();
-            Ok((Undo::Heal(vec![l]), String::new()))
+            let links = etcd_links(ens.lab(), &f.site);
+            if links.is_empty() {
+                return Err("partition-etcd needs the ensemble's replicator_etcd_links".into());
+            }
+            for l in &links {
+                l.partition();
+            }
+            Ok((Undo::Heal(links), String::new()))
+        }
+        FaultKind::KillEtcdMember | FaultKind::PauseEtcdMember | FaultKind::EtcdQuorumLoss => {
+            let members = ens.lab().etcd().members();
+            if members.len() < 3 {
+                return Err(format!(
+                    "{} needs a lab with three etcd members (it has {})",
+                    f.kind,
+                    members.len()
+                ));
+            }
+            let pick = f.amount as usize % members.len();
+            match f.kind {
+                FaultKind::KillEtcdMember => {
+                    members[pick].kill().map_err(|e| e.to_string())?;
+                    Ok((Undo::EtcdRestart(vec![pick]), String::new()))
+                }
+                FaultKind::PauseEtcdMember => {
+                    members[pick].pause().map_err(|e| e.to_string())?;
+                    Ok((Undo::EtcdResume(pick), String::new()))
+                }
+                _ => {
+                    // Every member but `pick` down: no quorum.
+                    let down: Vec<usize> = (0..members.len()).filter(|i| *i != pick).collect();
+                    for i in &down {
+                        members[*i].kill().map_err(|e| e.to_string())?;
+                    }
+                    Ok((
+                        Undo::EtcdRestart(down.clone()),
+                        format!("members {down:?} down, {pick} left"),
+                    ))
+                }
+            }
+        }
+        FaultKind::ForcedFailover => {
+            let survivor = ens
+                .sites()
+                .into_iter()
+                .find(|s| *s != f.site)
+                .ok_or("one site only")?;
+            let run = forced::begin(ens, ezone_bin, &f.site, &survivor, start)?;
+            Ok((
+                Undo::Forced(Box::new(run)),
+                format!("{} lost, forced to {survivor}", f.site),
+            ))
         }
         FaultKind::LatencySpike | FaultKind::Bandwidth => {
             let mut saved = Vec::new();
@@ -374,10 +446,16 @@ async fn begin(ens: &Ensemble, f: &Fault, ezone_bin: &Path) -> Result<(Undo, Str
             let child = failover_command(ens, ezone_bin, &args, None)?;
             Ok((Undo::Command(child, None), format!("{} -> {to}", f.site)))
         }
-        FaultKind::KillEtcdMember
-        | FaultKind::EtcdQuorumLoss
-        | FaultKind::ForcedFailover
-        | FaultKind::ClockSkew => Err(format!("{}: not supported", f.kind)),
+        FaultKind::ClockSkew => {
+            // Odd amount: the site's clock runs behind; even: ahead.
+            let clock = ens.lab().clock(&f.site).map_err(|e| e.to_string())?;
+            let skew = crate::clock::signed_skew_ms(f.amount);
+            clock.set_offset(skew).map_err(|e| e.to_string())?;
+            Ok((
+                Undo::Unskew(f.site.clone()),
+                format!("{} {}", f.site, crate::clock::offset_spec(skew)),
+            ))
+        }
     }
 }
 
@@ -406,6 +484,39 @@ async fn end(ens: &Ensemble, undo: Undo, ezone_bin: &Path) -> Result<String, Str
             }
             Ok(String::new())
         }
+        Undo::EtcdRestart(members) => {
+            // Start them all before waiting: a member alone may not become
+            // healthy without a quorum.
+            let etcd = ens.lab().etcd();
+            for i in &members {
+                if let Some(m) = etcd.members().get(*i) {
+                    m.restart()
+                        .map_err(|e| format!("restarting etcd member {i}: {e}"))?;
+                }
+            }
+            for i in &members {
+                if let Some(m) = etcd.members().get(*i) {
+                    m.wait_healthy(Duration::from_secs(30))
+                        .await
+                        .map_err(|e| format!("etcd member {i} after its restart: {e}"))?;
+                }
+            }
+            Ok(String::new())
+        }
+        Undo::EtcdResume(i) => match ens.lab().etcd().members().get(i) {
+            Some(m) => m
+                .resume()
+                .map(|()| String::new())
+                .map_err(|e| format!("resuming etcd member {i}: {e}")),
+            None => Ok(String::new()),
+        },
+        Undo::Forced(_) => Ok(String::new()),
+        Undo::Unskew(site) => ens
+            .lab()
+            .clock(&site)
+            .and_then(|c| c.reset())
+            .map(|()| String::new())
+            .map_err(|e| format!("resetting the clock at {site}: {e}")),
         Undo::Command(child, rerun) => {
             // A switchover ends on its own (done, rolled back, refused by
             // its preflight): each is an acceptable answer under faults.

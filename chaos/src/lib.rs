@@ -7,13 +7,16 @@
 //! - [`etcd`] and [`postgres`]: real etcd members and Postgres 15 clusters on
 //!   free loopback ports in temp dirs.
 //! - [`lab`]: the multi-site lab (`ezone lab up/down`) built from those parts.
+//! - [`clock`]: per-site clock skew through libfaketime (opt-in per lab).
 //! - [`schedule`]: seeded fault schedules, a pure function of the seed;
 //!   [`inject`] applies one to a running ensemble.
 #![deny(unsafe_code)]
 
 pub mod check;
+pub mod clock;
 pub mod ensemble;
 pub mod etcd;
+pub mod forced;
 pub mod inject;
 pub mod lab;
 pub mod ports;
@@ -21,3 +24,4 @@ pub mod postgres;
 pub mod process;
 pub mod proxy;
 pub mod schedule;
+pub mod timeline;

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
+use crate::clock::SiteClock;
 use crate::lab::scratch::ScratchDir;
 use crate::lab::LabError;
 use crate::ports;
@@ -73,6 +74,10 @@ pub struct PgOptions {
     pub ready_timeout: Duration,
     /// Database created after initdb.
     pub database: String,
+    /// Run the postmaster (and so every backend, forked from it) under
+    /// libfaketime with this site clock ([`crate::clock`]); `None`: the
+    /// real clock. `initdb` and the clients always run on the real clock.
+    pub clock: Option<SiteClock>,
 }
 
 impl PgOptions {
@@ -83,6 +88,7 @@ impl PgOptions {
             supervision: Supervision::Tied,
             ready_timeout: DEFAULT_READY_TIMEOUT,
             database: DEFAULT_DATABASE.to_string(),
+            clock: None,
         }
     }
 }
@@ -373,10 +379,18 @@ fn postmaster_spec(
     for (k, v) in SETTINGS {
         spec = spec.args(["-c", &format!("{k}={v}")]);
     }
-    spec.env_remove_prefix("PG")
+    let spec = spec
+        .env_remove_prefix("PG")
         .user(os_user)
         .supervision(opts.supervision)
-        .stop_signal(Signal::SIGINT)
+        .stop_signal(Signal::SIGINT);
+    // The environment reaches the postmaster as is: it is exec'd directly,
+    // with only its uid and gid changed when we are root (no runuser/su
+    // in between to filter it).
+    match &opts.clock {
+        Some(clock) => clock.apply(spec),
+        None => spec,
+    }
 }
 
 /// `pg_isready`: `Ok` when the server accepts connections, else what it said.

@@ -69,6 +69,8 @@ const POLL: Duration = Duration::from_millis(20);
 const KILL_GRACE: Duration = Duration::from_secs(5);
 /// How long `pause` waits for a stopped tree to show as stopped.
 const STOP_GRACE: Duration = Duration::from_secs(2);
+/// How often a kill looks again for processes forked while it froze the tree.
+const KILL_FREEZE_ROUNDS: usize = 50;
 /// How many bytes from the end of a log an error quotes.
 const LOG_TAIL_BYTES: u64 = 4096;
 /// How many lines from the end of a log an error quotes.
@@ -296,6 +298,7 @@ impl ChildProcess {
                 .map_err(|e| LabError::io("reap", format!("/proc/{pid}"), e))?;
             inner.status = Some(status);
         }
+        self.forget_faketime(pid);
         tracing::debug!(name = %self.spec.name, pid, "Process killed.");
         Ok(())
     }
@@ -428,6 +431,14 @@ impl ChildProcess {
             source: e,
         }
     }
+
+    /// After a SIGKILL and reap: remove what libfaketime left in /dev/shm
+    /// for a child that ran under it (see [`crate::clock::forget_process`]).
+    fn forget_faketime(&self, pid: u32) {
+        if crate::clock::is_faked(&self.spec.env) {
+            crate::clock::forget_process(pid);
+        }
+    }
 }
 
 impl Drop for ChildProcess {
@@ -443,6 +454,7 @@ impl Drop for ChildProcess {
         if let Some(child) = inner.child.as_mut() {
             let _ = child.wait();
         }
+        self.forget_faketime(pid);
     }
 }
 
@@ -640,15 +652,49 @@ pub fn descendants(root: u32) -> Vec<u32> {
     out
 }
 
-/// SIGKILL a process and its descendants: freeze the root so it cannot fork
-/// while we look, kill the descendants, then the root.
+/// SIGKILL a process and its descendants, and wait until they are gone.
+/// The whole tree is frozen first, again and again until no new process
+/// shows up: the root is often a wrapper (`runuser`) whose child (a
+/// postmaster) forks backends while we look, and a backend that escaped
+/// would keep the old server's shared memory and port, so that the
+/// restart fails ("pre-existing shared memory block is still in use").
 fn kill_tree(root: u32) -> nix::Result<()> {
     let root_pid = Pid::from_raw(root as i32);
     let _ = signal::kill(root_pid, Signal::SIGSTOP);
-    for d in descendants(root) {
-        let _ = signal::kill(Pid::from_raw(d as i32), Signal::SIGKILL);
+    let mut tree: Vec<u32> = Vec::new();
+    for _ in 0..KILL_FREEZE_ROUNDS {
+        let new: Vec<u32> = descendants(root)
+            .into_iter()
+            .filter(|p| !tree.contains(p))
+            .collect();
+        if new.is_empty() {
+            break;
+        }
+        for p in &new {
+            let _ = signal::kill(Pid::from_raw(*p as i32), Signal::SIGSTOP);
+        }
+        tree.extend(new);
     }
-    signal::kill(root_pid, Signal::SIGKILL)
+    for d in &tree {
+        let _ = signal::kill(Pid::from_raw(*d as i32), Signal::SIGKILL);
+    }
+    let r = signal::kill(root_pid, Signal::SIGKILL);
+    // Killed processes die when next scheduled; orphans are reaped by init.
+    let deadline = Instant::now() + KILL_GRACE;
+    while tree
+        .iter()
+        .any(|p| proc_stat(*p).is_some_and(|s| !matches!(s.state, 'Z' | 'X')))
+    {
+        if Instant::now() >= deadline {
+            tracing::warn!(
+                root,
+                "Killed processes are still there after {KILL_GRACE:?}."
+            );
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    r
 }
 
 /// Send SIGSTOP or SIGCONT to a process and its descendants, in the order

@@ -52,9 +52,11 @@ use std::time::{Duration, Instant};
 use ezone_topology::{EtcdStore, Topology};
 
 pub use error::EnsembleError;
-pub use topology::{etcd_link_name, router_link_name, TOPOLOGY_PREFIX};
+pub use topology::{
+    etcd_link_name, etcd_links, etcd_member_link_name, router_link_name, TOPOLOGY_PREFIX,
+};
 
-use crate::check::{self, AckedWrite, CheckError, HomeHistory, Report};
+use crate::check::{self, CheckError, HomeHistory, Report, Writes};
 use crate::lab::scratch::ScratchDir;
 use crate::lab::Lab;
 use crate::process::Supervision;
@@ -85,9 +87,10 @@ pub struct EnsembleSpec {
     /// `EZONE_LOG` for every process.
     pub log_filter: String,
     pub supervision: Supervision,
-    /// Each site's replicator reaches etcd through a fault-proxy link
-    /// `etcd:<site>` ([`topology::etcd_link_name`]; no fault until a test
-    /// sets one): a replicator whose view of the topology lags.
+    /// Each site's replicator reaches etcd through fault-proxy links, one
+    /// per member, `etcd:<site>[#i]` ([`topology::etcd_member_link_name`];
+    /// no fault until a test sets one): a replicator whose view of the
+    /// topology lags.
     pub replicator_etcd_links: bool,
     /// The topology's fence lease ([`DEFAULT_FENCE_LEASE_MS`]) and
     /// clock-skew bound ([`DEFAULT_CLOCK_SKEW_MS`]).
@@ -424,14 +427,16 @@ impl Ensemble {
         }
     }
 
-    /// Every site's rows checked against `acked`: lost writes, checksums,
-    /// dual writes (see [`crate::check`]).
-    pub async fn verify(
+    /// Every site's rows checked against what the clients did (the request
+    /// history, or only the acknowledged creates): lost writes, unexpected
+    /// rows and statuses (with a history), checksums, dual writes (see
+    /// [`crate::check`]).
+    pub async fn verify<'a>(
         &self,
-        acked: &[AckedWrite],
+        writes: impl Into<Writes<'a>>,
         homes: Option<&HomeHistory>,
     ) -> Result<Report, CheckError> {
-        check::verify(&self.dsns(), acked, homes).await
+        check::verify(&self.dsns(), writes, homes).await
     }
 
     /// Wait until `public.orders` is identical at every site; the checksums.

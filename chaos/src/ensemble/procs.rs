@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 
 use super::error::EnsembleError;
+use crate::clock::SiteClock;
 use crate::process::{self, ChildProcess, ProcessSpec, Supervision};
 
 /// How often a ready file is polled.
@@ -35,6 +36,9 @@ pub(crate) struct Launch<'a> {
     pub log_filter: &'a str,
     pub supervision: Supervision,
     pub ready_timeout: Duration,
+    /// The site's clock, when the lab skews clocks: the process runs under
+    /// libfaketime reading the site's offset file ([`crate::clock`]).
+    pub clock: Option<&'a SiteClock>,
 }
 
 impl Launch<'_> {
@@ -65,6 +69,10 @@ impl Service {
             .env("EZONE_LOG", l.log_filter)
             .stdout_file(ready_file.clone())
             .supervision(l.supervision);
+        let spec = match l.clock {
+            Some(clock) => clock.apply(spec),
+            None => spec,
+        };
         let process = ChildProcess::spawn(spec)?;
         Ok(Service {
             process,

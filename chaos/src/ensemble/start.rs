@@ -16,6 +16,7 @@ use super::error::EnsembleError;
 use super::procs::{self, Launch, Service};
 use super::topology::{self, RouterLink, SiteAddrs, TOPOLOGY_PREFIX};
 use super::EnsembleSpec;
+use crate::clock::SiteClock;
 use crate::lab::Lab;
 
 /// How long `ezone orders install` may take.
@@ -45,6 +46,8 @@ pub(super) struct Layout<'a> {
     spec: &'a EnsembleSpec,
     dirs: BTreeMap<String, PathBuf>,
     topology: config::Topology,
+    /// Each site's clock, when the lab skews clocks (else empty).
+    clocks: BTreeMap<String, SiteClock>,
 }
 
 impl<'a> Layout<'a> {
@@ -70,6 +73,7 @@ impl<'a> Layout<'a> {
                 etcd: lab.etcd().client_urls(),
                 prefix: TOPOLOGY_PREFIX.to_string(),
             },
+            clocks: lab.clocks().clone(),
         })
     }
 
@@ -88,6 +92,7 @@ impl<'a> Layout<'a> {
             log_filter: &self.spec.log_filter,
             supervision: self.spec.supervision,
             ready_timeout: self.spec.ready_timeout,
+            clock: self.clocks.get(site),
         }
     }
 }
@@ -225,7 +230,7 @@ pub(super) async fn replicators(
         let l = layout.launch(site, "replicator", &["replicator"]);
         let mut topology = layout.topology.clone();
         if layout.spec.replicator_etcd_links {
-            topology.etcd = vec![super::topology::add_etcd_link(lab, site).await?];
+            topology.etcd = super::topology::add_etcd_links(lab, site).await?;
         }
         let cfg = ReplicatorToml::new(site, topology, sources);
         config::write(&l.config_path(), &cfg)?;

@@ -25,41 +25,61 @@ pub fn router_link_name(site: &str) -> String {
     format!("router:{site}")
 }
 
-/// The name of the link between `site`'s replicator and etcd (see
-/// [`crate::ensemble::EnsembleSpec::replicator_etcd_links`]).
+/// The name of the link between `site`'s replicator and etcd member
+/// `member` (see [`crate::ensemble::EnsembleSpec::replicator_etcd_links`]):
+/// `etcd:<site>` for the first member, `etcd:<site>#<i>` for the others.
 pub fn etcd_link_name(site: &str) -> String {
-    format!("etcd:{site}")
+    etcd_member_link_name(site, 0)
 }
 
-/// Add the link `etcd:<site>` to the lab's proxy, forwarding to the first
-/// etcd member, with no fault on it; returns the URL to reach etcd through.
-pub(crate) async fn add_etcd_link(lab: &Lab, site: &str) -> Result<String, EnsembleError> {
-    let url = lab
-        .etcd()
-        .client_urls()
-        .into_iter()
-        .next()
-        .unwrap_or_default();
-    let upstream: SocketAddr =
-        url.trim_start_matches("http://")
-            .parse()
-            .map_err(|_| EnsembleError::InvalidSpec {
-                field: "replicator_etcd_links",
-                value: url.clone(),
-                why: "the lab's etcd client URL is not http://IP:PORT".to_string(),
-            })?;
-    let spec = LinkSpec {
-        name: etcd_link_name(site),
-        listen: any_port(),
-        upstream,
-        upstream_toxics: Toxics::default(),
-        downstream_toxics: Toxics::default(),
+/// As [`etcd_link_name`], for member `member` (0-based).
+pub fn etcd_member_link_name(site: &str, member: usize) -> String {
+    if member == 0 {
+        format!("etcd:{site}")
+    } else {
+        format!("etcd:{site}#{member}")
+    }
+}
+
+/// Add a link per etcd member, `etcd:<site>[#i]`, to the lab's proxy, each
+/// forwarding to its member with no fault on it; returns the URLs to reach
+/// etcd through (the replicator's client balances over them, as it would
+/// over a real cluster's members).
+pub(crate) async fn add_etcd_links(lab: &Lab, site: &str) -> Result<Vec<String>, EnsembleError> {
+    let mut urls = Vec::new();
+    for (member, url) in lab.etcd().client_urls().into_iter().enumerate() {
+        let upstream: SocketAddr =
+            url.trim_start_matches("http://")
+                .parse()
+                .map_err(|_| EnsembleError::InvalidSpec {
+                    field: "replicator_etcd_links",
+                    value: url.clone(),
+                    why: "the lab's etcd client URL is not http://IP:PORT".to_string(),
+                })?;
+        let spec = LinkSpec {
+            name: etcd_member_link_name(site, member),
+            listen: any_port(),
+            upstream,
+            upstream_toxics: Toxics::default(),
+            downstream_toxics: Toxics::default(),
+        };
+        let listen = match lab.proxy() {
+            Some(proxy) => proxy.add_link(spec).await?.listen_addr(),
+            None => lab.admin_client().add_link(&spec).await?.listen,
+        };
+        urls.push(format!("http://{listen}"));
+    }
+    Ok(urls)
+}
+
+/// Every etcd link of `site`'s replicator that the lab's proxy has.
+pub fn etcd_links(lab: &Lab, site: &str) -> Vec<LinkHandle> {
+    let Some(proxy) = lab.proxy() else {
+        return Vec::new();
     };
-    let listen = match lab.proxy() {
-        Some(proxy) => proxy.add_link(spec).await?.listen_addr(),
-        None => lab.admin_client().add_link(&spec).await?.listen,
-    };
-    Ok(format!("http://{listen}"))
+    (0..lab.etcd().members().len())
+        .filter_map(|m| proxy.link(&etcd_member_link_name(site, m)))
+        .collect()
 }
 
 /// A WAN link in front of a router.

@@ -108,6 +108,14 @@ pub enum LabError {
     #[error("etcd not found (looked for: {tried}); install it with `apt-get install etcd-server`, or set EZONE_ETCD_BIN to the etcd binary")]
     EtcdNotFound { tried: String },
 
+    /// libfaketime is not installed (a lab with clock skew on needs it).
+    #[error("libfaketime not found (looked for: {tried}); install it with `apt-get install faketime libfaketime`, or set EZONE_LIBFAKETIME to libfaketimeMT.so.1")]
+    FaketimeNotFound { tried: String },
+
+    /// Clock skew asked of a lab started without it.
+    #[error("site {site:?} has no skewable clock: the lab was not started with clock skew on (LabSpec::clock_skew)")]
+    ClockSkewOff { site: String },
+
     /// A SQL statement run through psql failed.
     #[error("psql against {target} failed ({status}) running {sql:?}: {stderr}")]
     Psql {

@@ -25,7 +25,8 @@
 //!
 //! Dropping a [`Lab`] drops its parts in field order: the WAN, then the
 //! Postgres clusters, then etcd (each killing its processes and removing its
-//! directory), then the lab's root directory.
+//! directory), then the sites' clock offset files (with
+//! [`LabSpec::clock_skew`]), then the lab's root directory.
 
 mod error;
 mod info;
@@ -43,6 +44,7 @@ pub use info::{link_name, LabInfo, SiteInfo};
 pub use state::{LabProcess, LabState, Role, StopReport, STATE_FILE};
 pub use wan::ProxyLaunch;
 
+use crate::clock::{self, SiteClock};
 use crate::etcd::{EtcdCluster, EtcdOptions};
 use crate::postgres::{self, PgCluster, PgOptions};
 use crate::process::{self, Supervision};
@@ -72,6 +74,13 @@ pub struct LabSpec {
     pub dir: Option<PathBuf>,
     pub supervision: Supervision,
     pub proxy: ProxyLaunch,
+    /// Give each site a skewable clock ([`crate::clock`]): an offset file
+    /// `clock-<site>` in the lab's directory (`+0` at start), and the
+    /// site's Postgres run under libfaketime reading it; an ensemble on
+    /// the lab runs the site's processes the same way. Off by default
+    /// (chaos runs turn it on for the `clock-skew` fault); on, it needs
+    /// libfaketime (`apt-get install faketime libfaketime`).
+    pub clock_skew: bool,
 }
 
 impl Default for LabSpec {
@@ -83,6 +92,7 @@ impl Default for LabSpec {
             dir: None,
             supervision: Supervision::Tied,
             proxy: ProxyLaunch::InProcess,
+            clock_skew: false,
         }
     }
 }
@@ -151,10 +161,12 @@ impl LabSpec {
 pub struct Lab {
     sites: Vec<String>,
     wan_rtt: Duration,
-    // Field order is drop order: WAN, Postgres, etcd, then the root dir.
+    // Field order is drop order: WAN, Postgres, etcd, the clock files, then
+    // the root dir.
     wan: Wan,
     postgres: BTreeMap<String, PgCluster>,
     etcd: EtcdCluster,
+    clocks: Clocks,
     root: LabRoot,
 }
 
@@ -165,6 +177,7 @@ impl Lab {
         spec.validate()?;
         let began = Instant::now();
         let root = LabRoot::new(spec.dir.as_deref())?;
+        let clocks = Clocks::new(spec.clock_skew, &spec.sites, root.path())?;
         let etcd = EtcdCluster::start_with(EtcdOptions {
             members: spec.etcd_members,
             dir: Some(root.path().to_path_buf()),
@@ -175,6 +188,7 @@ impl Lab {
             PgCluster::start_with(PgOptions {
                 dir: Some(root.path().to_path_buf()),
                 supervision: spec.supervision,
+                clock: clocks.sites.get(site).cloned(),
                 ..PgOptions::new(site.clone())
             })
         }));
@@ -202,6 +216,7 @@ impl Lab {
             wan,
             postgres,
             etcd,
+            clocks,
             root,
         })
     }
@@ -232,6 +247,36 @@ impl Lab {
             name: site.to_string(),
             known: self.sites.join(", "),
         })
+    }
+
+    /// Whether the lab was started with clock skew on
+    /// ([`LabSpec::clock_skew`]).
+    pub fn clock_skew(&self) -> bool {
+        !self.clocks.sites.is_empty()
+    }
+
+    /// Site `site`'s clock, to skew it; an error naming the fix when the lab
+    /// was started without clock skew.
+    pub fn clock(&self, site: &str) -> Result<&SiteClock, LabError> {
+        if !self.clock_skew() {
+            self.postgres(site)?;
+            return Err(LabError::ClockSkewOff {
+                site: site.to_string(),
+            });
+        }
+        self.clocks
+            .sites
+            .get(site)
+            .ok_or_else(|| LabError::Unknown {
+                what: "site",
+                name: site.to_string(),
+                known: self.sites.join(", "),
+            })
+    }
+
+    /// Every site's clock, by site name (empty without clock skew).
+    pub fn clocks(&self) -> &BTreeMap<String, SiteClock> {
+        &self.clocks.sites
     }
 
     /// Every site's Postgres, by site name.
@@ -355,10 +400,13 @@ impl Lab {
                 dirs.push(d);
             }
         }
-        dirs.iter()
+        let mut names: Vec<String> = dirs
+            .iter()
             .filter_map(|d| d.file_name())
             .map(|n| n.to_string_lossy().into_owned())
-            .collect()
+            .collect();
+        names.extend(self.clocks.sites.keys().map(|s| clock::offset_file_name(s)));
+        names
     }
 
     /// Let every process run on after this handle is gone (`ezone lab up`),
@@ -369,9 +417,11 @@ impl Lab {
             wan,
             postgres,
             etcd,
+            mut clocks,
             root,
             ..
         } = self;
+        clocks.keep = true;
         let _ = wan.disown();
         for pg in postgres.into_values() {
             let _ = pg.disown();
@@ -393,6 +443,7 @@ impl Lab {
             wan,
             postgres,
             etcd,
+            clocks,
             root,
             ..
         } = self;
@@ -409,6 +460,7 @@ impl Lab {
         }
         note(etcd.teardown());
         note(wait_vanished(&watched).await);
+        drop(clocks);
         note(root.remove());
         match first_error {
             None => Ok(()),
@@ -432,6 +484,42 @@ async fn wait_vanished(pids: &[u32]) -> Result<(), LabError> {
             });
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The sites' clock offset files (with clock skew on), removed on drop
+/// unless kept (a disowned lab's; `ezone lab down` removes them).
+#[derive(Debug, Default)]
+struct Clocks {
+    sites: BTreeMap<String, SiteClock>,
+    keep: bool,
+}
+
+impl Clocks {
+    /// With `on`, find libfaketime and write `+0` to each site's file.
+    fn new(on: bool, sites: &[String], dir: &Path) -> Result<Clocks, LabError> {
+        let mut clocks = Clocks::default();
+        if !on {
+            return Ok(clocks);
+        }
+        let lib = clock::find_libfaketime()?;
+        for site in sites {
+            // Inserted one by one: a failure drops (removes) those written.
+            let c = SiteClock::create(dir, site, &lib)?;
+            clocks.sites.insert(site.clone(), c);
+        }
+        tracing::info!(lib = %lib.display(), "Clock skew on: each site's processes run under libfaketime.");
+        Ok(clocks)
+    }
+}
+
+impl Drop for Clocks {
+    fn drop(&mut self) {
+        if !self.keep {
+            for c in self.sites.values() {
+                c.remove_file();
+            }
+        }
     }
 }
 

@@ -8,7 +8,8 @@
 //!
 //! `ezone chaos schedule --seed S` prints the fault schedule a seed gives
 //! (`ezone_chaos::schedule`); `ezone chaos run --seed S` applies it to the
-//! whole system under traffic and checks the invariants (`chaos_run.rs`).
+//! whole system under traffic and checks the invariants (`chaos_run.rs`);
+//! `ezone chaos sweep` runs many seeds and summarises (`chaos_sweep.rs`).
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -31,6 +32,8 @@ pub enum ChaosCommand {
     /// Run the whole system under the schedule a seed gives, with order
     /// traffic, and check the invariants in the data afterwards.
     Run(crate::cmd::chaos_run::RunArgs),
+    /// Run many seeds (one `chaos run` each) and summarise the verdicts.
+    Sweep(crate::cmd::chaos_sweep::SweepArgs),
 }
 
 /// `ezone chaos schedule ...`.
@@ -143,6 +146,7 @@ pub async fn run(c: ChaosCommand) -> anyhow::Result<()> {
     match c {
         ChaosCommand::Proxy(p) => run_proxy(p).await,
         ChaosCommand::Run(a) => crate::cmd::chaos_run::run(a).await,
+        ChaosCommand::Sweep(a) => crate::cmd::chaos_sweep::run(a).await,
         ChaosCommand::Schedule(a) => {
             let kinds = FaultKind::parse_list(&a.faults).map_err(anyhow::Error::msg)?;
             let sites: Vec<&str> = a

@@ -18,9 +18,25 @@ use std::time::Duration;
 use anyhow::Context as _;
 use ezone_chaos::check::{homes_of, HomeHistory};
 use ezone_chaos::inject::{self, supported, supported_kinds};
-use ezone_chaos::schedule::{schedule, FaultKind, ScheduleSpec};
+use ezone_chaos::lab::LabSpec;
+use ezone_chaos::schedule::{schedule, FaultKind, ScheduleSpec, CLOCK_SKEW_MAX_MS};
+use ezone_chaos::timeline;
 
-use crate::cmd::scenario;
+use crate::cmd::{chaos_report, scenario};
+
+/// The ensemble's clock-skew bound: above every skew the schedule draws
+/// (the design's promise holds inside the bound).
+const CLOCK_SKEW_BOUND_MS: u64 = CLOCK_SKEW_MAX_MS + 100;
+
+/// The sites of a run, in order (`--sites N` takes the first N).
+const SITE_NAMES: [&str; 4] = ["beijing", "shanghai", "shenzhen", "chengdu"];
+
+/// The share of acknowledged orders that then get status PATCHes (the
+/// register check judges their final status).
+const PATCH_RATIO: f64 = 0.3;
+
+/// Requests in flight at most (an order and its PATCHes hold one).
+const CONCURRENCY: usize = 64;
 
 /// `ezone chaos run ...`.
 #[derive(Debug, clap::Args)]
@@ -37,6 +53,9 @@ pub struct RunArgs {
     /// Orders per second through the routers.
     #[arg(long, default_value_t = 100)]
     rate: u32,
+    /// How many sites (2 to 4: beijing, shanghai, shenzhen, chengdu).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(2..=4))]
+    sites: u8,
     /// From the heal to the end of the run.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     quiet: Duration,
@@ -50,9 +69,10 @@ impl RunArgs {
     /// The command line that replays this run.
     fn replay(&self, faults: &[FaultKind]) -> String {
         format!(
-            "ezone chaos run --seed {} --duration {}s --faults {} --rate {} --quiet {}s",
+            "ezone chaos run --seed {} --duration {}s --sites {} --faults {} --rate {} --quiet {}s",
             self.seed,
             self.duration.as_secs(),
+            self.sites,
             faults
                 .iter()
                 .map(|k| k.name())
@@ -80,8 +100,8 @@ pub async fn run(a: RunArgs) -> anyhow::Result<()> {
         a.quiet,
         a.duration
     );
-    let sites = ["beijing", "shanghai"];
-    let mut spec = ScheduleSpec::new(a.seed, a.duration, &sites);
+    let sites = &SITE_NAMES[..usize::from(a.sites).clamp(2, SITE_NAMES.len())];
+    let mut spec = ScheduleSpec::new(a.seed, a.duration, sites);
     spec.kinds = kinds.clone();
     spec.quiet = a.quiet;
     let sched = schedule(&spec);
@@ -92,18 +112,32 @@ pub async fn run(a: RunArgs) -> anyhow::Result<()> {
         std::fs::write(d.join("schedule.txt"), sched.to_string())?;
     }
     eprintln!("== starting the ensemble");
-    let ens = scenario::start_with(&sites, 2, Duration::from_millis(30), None, |es| {
+    // Three etcd members, as production runs them: a member lost is no
+    // outage, two lost is one (the etcd faults need them).
+    let mut lab = LabSpec::new(sites);
+    lab.wan_rtt = Duration::from_millis(30);
+    lab.etcd_members = 3;
+    // Each site's processes under libfaketime (the clock-skew fault).
+    lab.clock_skew = true;
+    let ens = scenario::start_on(lab, 2, |es| {
         es.replicator_etcd_links = true;
+        es.clock_skew_ms = CLOCK_SKEW_BOUND_MS;
     })
     .await?;
     let exe = std::env::current_exe().context("finding the ezone binary")?;
     let homes_at_start = homes_of(ens.initial_topology());
-    let wl = scenario::traffic(&ens, &format!("chaos{}", a.seed), a.rate)?;
+    let wl = scenario::traffic_with(&ens, &format!("chaos{}", a.seed), a.rate, |w| {
+        w.seed = a.seed;
+        w.patch_ratio = PATCH_RATIO;
+        // An order keeps its slot through its PATCHes.
+        w.concurrency = CONCURRENCY;
+    })?;
     let start = tokio::time::Instant::now();
     let note = |line: String| eprintln!("{line}");
     let applied = inject::apply(&ens, &sched, &exe, start, &note).await;
     tokio::time::sleep_until(start + spec.heal_at()).await;
     eprintln!("{:>8.3}s  heal", start.elapsed().as_secs_f64());
+    let heal_at = start.elapsed();
     let heal_problems = inject::heal(&ens).await;
     tokio::time::sleep_until(start + a.duration).await;
     let history = wl.stop().await;
@@ -121,8 +155,7 @@ pub async fn run(a: RunArgs) -> anyhow::Result<()> {
                 .insert(e.epoch, e.home.clone());
         }
     }
-    let acked = scenario::acked_writes(&history);
-    let report = ens.verify(&acked, Some(&homes)).await?;
+    let report = ens.verify(&scenario::ops(&history), Some(&homes)).await?;
     let failed_faults: Vec<String> = applied
         .iter()
         .filter_map(|x| {
@@ -151,14 +184,93 @@ pub async fn run(a: RunArgs) -> anyhow::Result<()> {
     }
     verdict.push_str(report.to_string().trim_end());
     verdict.push('\n');
-    let ok = report.is_ok() && converged.is_ok() && heal_problems.is_empty();
+    // Forced failovers: the writes at risk are the conflicts recorded.
+    let writes = chaos_report::answered_writes(&history);
+    let mut forced_ok = true;
+    for rec in applied.iter().filter_map(|x| x.forced.as_ref()) {
+        let (lines, ok) = chaos_report::judge_forced(rec, &writes);
+        forced_ok &= ok;
+        for l in lines {
+            verdict.push_str(&l);
+            verdict.push('\n');
+        }
+    }
+    // Liveness: every city takes writes again soon after the heal.
+    let samples = chaos_report::samples(&history);
+    let bound = chaos_report::liveness_bound(a.quiet);
+    let live = timeline::liveness(
+        &samples,
+        ens.cities().into_iter().map(|(c, _)| c),
+        heal_at,
+        bound,
+    );
+    verdict.push_str(&format!(
+        "liveness: every router ready and every link streaming after the heal: {}; \
+         a write acknowledged for every city within {:.0}s of the heal: {}\n",
+        if heal_problems.is_empty() {
+            "yes"
+        } else {
+            "NO"
+        },
+        bound.as_secs_f64(),
+        if live.is_ok() { "yes" } else { "NO" }
+    ));
+    for v in live.violations() {
+        verdict.push_str(&format!("  {v}\n"));
+    }
+    let windows = timeline::window_counts(&samples, &chaos_report::windows(&applied));
+    verdict.push_str("answers per fault window (requests in flight during it):\n");
+    verdict.push_str(&timeline::render_window_table(&windows));
+    if !verdict.ends_with('\n') {
+        verdict.push('\n');
+    }
+    let ok = report.is_ok()
+        && converged.is_ok()
+        && heal_problems.is_empty()
+        && forced_ok
+        && live.is_ok();
     verdict.push_str(&format!(
         "run verdict: {} (seed {})\n",
         if ok { "OK" } else { "VIOLATION" },
         a.seed
     ));
     print!("{verdict}");
+    let replay = a.replay(&kinds);
     if let Some(d) = &report_dir {
+        // For `ezone chaos sweep` and scripts: the verdict in one object.
+        let mut violations: Vec<String> = Vec::new();
+        if !report.is_ok() {
+            violations.extend(
+                report
+                    .to_string()
+                    .lines()
+                    .filter(|l| l.starts_with("  - ") || l.contains("NO"))
+                    .take(20)
+                    .map(|l| l.trim().to_string()),
+            );
+            if violations.is_empty() {
+                violations.push("the checker's verdict: FAILED".into());
+            }
+        }
+        if let Err(e) = &converged {
+            violations.push(format!("sites did not converge: {e}"));
+        }
+        violations.extend(heal_problems.iter().map(|p| format!("heal: {p}")));
+        violations.extend(live.violations());
+        if !forced_ok {
+            violations.push("a forced failover's at-risk writes differ from its conflicts".into());
+        }
+        let summary = serde_json::json!({
+            "seed": a.seed,
+            "ok": ok,
+            "requests": history.outcomes.len(),
+            "acked": history.acked().len(),
+            "faults_applied": applied.len(),
+            "kinds": sched.kinds().iter().map(|k| k.name()).collect::<Vec<_>>(),
+            "violations": violations,
+            "replay": replay,
+        });
+        std::fs::write(d.join("summary.json"), summary.to_string())?;
         let mut faults = std::fs::File::create(d.join("faults.txt"))?;
         for x in &applied {
             writeln!(
@@ -175,23 +287,17 @@ pub async fn run(a: RunArgs) -> anyhow::Result<()> {
         }
         let mut lines = std::fs::File::create(d.join("history.jsonl"))?;
         for o in &history.outcomes {
-            let line = serde_json::json!({
-                "id": o.id,
-                "city": o.city,
-                "router": o.target.to_string(),
-                "invoke_ms": o.started.as_secs_f64() * 1e3,
-                "complete_ms": o.finished().as_secs_f64() * 1e3,
-                "attempts": o.attempts,
-                "status": o.status,
-                "acked": o.acked,
-                "body": o.body,
-            });
+            let line = o.to_json();
             writeln!(lines, "{line}")?;
         }
         std::fs::write(d.join("verdict.txt"), &verdict)?;
+        let title = format!("ezone chaos run --seed {}", a.seed);
+        match chaos_report::svg(&history, &applied, a.duration, heal_at, &title) {
+            Ok(svg) => std::fs::write(d.join("timeline.svg"), svg)?,
+            Err(e) => eprintln!("the timeline could not be drawn: {e}"),
+        }
     }
     ens.teardown().await?;
-    let replay = a.replay(&kinds);
     if ok {
         println!("replay: {replay}");
         Ok(())

@@ -153,8 +153,7 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
         problems.push(format!("sites did not converge: {e}"));
     }
     let converged_in = converge.elapsed();
-    let acked = scenario::acked_writes(&history);
-    let report = ens.verify(&acked, Some(&homes)).await?;
+    let report = ens.verify(&scenario::ops(&history), Some(&homes)).await?;
 
     println!("\n== verification report");
     let lat = history.latencies();

@@ -108,6 +108,7 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
             program: exe,
             args: vec!["chaos".into(), "proxy".into(), "serve".into()],
         },
+        clock_skew: false,
     };
     spec.validate()?;
 

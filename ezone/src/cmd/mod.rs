@@ -2,7 +2,9 @@
 
 pub mod bench;
 pub mod chaos;
+pub mod chaos_report;
 pub mod chaos_run;
+pub mod chaos_sweep;
 pub mod conflicts;
 pub mod demo;
 pub mod failover;

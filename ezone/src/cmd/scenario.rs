@@ -9,10 +9,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use ezone_chaos::check::AckedWrite;
+use ezone_chaos::check;
 use ezone_chaos::ensemble::{Ensemble, EnsembleSpec};
 use ezone_chaos::lab::{Lab, LabSpec};
-use ezone_orders::workload::{History, ProgressHandle, Workload, WorkloadSpec};
+use ezone_orders::workload::{self, History, ProgressHandle, Workload, WorkloadSpec};
 use ezone_replicator::site_ops::PgSites;
 use ezone_topology::failover::driver::{switch_shard, Options, Outcome, Progress};
 use ezone_topology::failover::plan::Move;
@@ -40,6 +40,15 @@ pub async fn start_with(
     let mut spec = LabSpec::new(sites);
     spec.wan_rtt = wan_rtt;
     spec.dir = dir;
+    start_on(spec, shards_per_site, tweak).await
+}
+
+/// As [`start_with`], on a lab of `spec` (e.g. three etcd members).
+pub async fn start_on(
+    spec: LabSpec,
+    shards_per_site: u32,
+    tweak: impl FnOnce(&mut EnsembleSpec),
+) -> anyhow::Result<Ensemble> {
     let lab = Lab::start(spec).await.context("starting the lab")?;
     let exe = std::env::current_exe().context("finding the ezone binary")?;
     let mut es = EnsembleSpec::new(exe);
@@ -53,17 +62,30 @@ pub async fn start_with(
 
 /// Order traffic for every city, spread over every site's router.
 pub fn traffic(ens: &Ensemble, prefix: &str, rate: u32) -> anyhow::Result<Workload> {
+    traffic_with(ens, prefix, rate, |_| {})
+}
+
+/// As [`traffic`], with the workload's spec adjusted by `tweak` first
+/// (e.g. status PATCHes of the orders acknowledged).
+pub fn traffic_with(
+    ens: &Ensemble,
+    prefix: &str,
+    rate: u32,
+    tweak: impl FnOnce(&mut WorkloadSpec),
+) -> anyhow::Result<Workload> {
     let mut targets = Vec::new();
     for s in ens.sites() {
         targets.push(ens.router_http(&s)?);
     }
-    Ok(Workload::start(WorkloadSpec {
+    let mut spec = WorkloadSpec {
         targets,
         cities: ens.cities().into_iter().map(|(c, _)| c).collect(),
         rate_per_sec: rate,
         id_prefix: prefix.into(),
         ..WorkloadSpec::default()
-    })?)
+    };
+    tweak(&mut spec);
+    Ok(Workload::start(spec)?)
 }
 
 /// Prints a traffic line every second until dropped (aborted).
@@ -159,12 +181,47 @@ pub fn lag_sampler(
     (out, task)
 }
 
-/// The acknowledged writes of a history, as the checker wants them.
-pub fn acked_writes(h: &History) -> Vec<AckedWrite> {
-    h.acked()
-        .iter()
-        .filter_map(|o| o.body.as_ref().and_then(AckedWrite::from_row_json))
-        .collect()
+/// The whole history (creates and PATCHes, their times and what came of
+/// them) as the checker's requests: what `verify` needs to judge
+/// unexpected rows and final statuses too.
+pub fn ops(h: &History) -> Vec<check::Op> {
+    h.outcomes.iter().map(op).collect()
+}
+
+/// One outcome as the checker's request: acknowledged (and whether an
+/// attempt of unknown fate may still land), in doubt, or refused for good.
+fn op(o: &workload::Outcome) -> check::Op {
+    let kind = match &o.op {
+        workload::Op::Create {
+            user,
+            item,
+            amount_cents,
+        } => check::OpKind::Create {
+            user: user.clone(),
+            item: item.clone(),
+            amount_cents: *amount_cents,
+        },
+        workload::Op::Patch { status } => check::OpKind::Patch {
+            status: status.clone(),
+        },
+    };
+    let result = if o.acked {
+        check::OpResult::Acked {
+            may_land_later: o.unanswered > 0,
+        }
+    } else if o.in_doubt() {
+        check::OpResult::InDoubt
+    } else {
+        check::OpResult::Refused
+    };
+    check::Op {
+        id: o.id.clone(),
+        city: o.city.clone(),
+        kind,
+        invoke: o.started,
+        complete: o.finished(),
+        result,
+    }
 }
 
 /// Moves one shard to `to`, planned, with the operator command's driver.

@@ -1,0 +1,501 @@
+//! The forced-failover fault: a site lost (its Postgres killed), its shards
+//! forced over to a survivor with the operator's command, the lost site's
+//! return, and the repair of what had not crossed (`ezone conflicts
+//! resolve`), as an operator would run them.
+//!
+//! What the checker needs to judge it is kept in a [`ForcedRecord`]: the
+//! survivor's rows read directly from its Postgres once the failover
+//! opened (before the lost site came back: what had crossed), and the
+//! conflicts the survivor recorded for the lost site's link once its tail
+//! arrived. [`at_risk_mismatches`] then compares, one for one, the writes a
+//! client got an answer for at the lost site and that had not crossed with
+//! the conflicts recorded: none may be missing, none may be unexplained.
+//!
+//! The repair keeps, per conflict, the newer version: the survivor's row
+//! when the survivor itself wrote it after it took the shard over (a client
+//! got that answer later in real time), else the returning site's (the
+//! order or status the lost site acknowledged and the survivor never saw).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::check::{read_rows, OrderRow};
+use crate::ensemble::{Ensemble, Part};
+
+/// How long the forced failover command may keep failing (etcd down, say)
+/// before the fault gives up on it.
+const COMMAND_RETRY_FOR: Duration = Duration::from_secs(45);
+/// How long the lost site's tail may take to reach the survivor.
+const TAIL_WAIT: Duration = Duration::from_secs(60);
+/// The prefix of the marker message the tail wait sends through the link
+/// (the switchover's marker table records it at the survivor).
+const MARKER_PREFIX: &str = "ezone.switchover";
+
+/// One recorded conflict, as the survivor holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConflictSeen {
+    pub conflict: i64,
+    /// The order's id (from either recorded image).
+    pub order: String,
+    /// The lost site's operation (`insert`, `update`, `delete`).
+    pub op: Option<String>,
+    /// What the repair kept: `survivor` or `returning`.
+    pub kept: String,
+}
+
+/// What a forced failover did, for the checker and the report.
+#[derive(Debug, Clone, Default)]
+pub struct ForcedRecord {
+    pub lost: String,
+    pub survivor: String,
+    /// When the failover command succeeded, from the run's start.
+    pub opened_at: Option<Duration>,
+    /// The survivor's rows when the failover had opened, before the lost
+    /// site returned: everything of the lost site's that had crossed.
+    pub survivor_rows: Option<Vec<OrderRow>>,
+    /// The conflicts the survivor recorded on the lost site's link.
+    pub conflicts: Vec<ConflictSeen>,
+    /// Steps as they went (for the report).
+    pub notes: Vec<String>,
+}
+
+/// A forced failover under way: phase one (kill, force over, read the
+/// survivor) runs in the background while other faults go on.
+pub struct ForcedRun {
+    lost: String,
+    survivor: String,
+    first_phase: tokio::task::JoinHandle<ForcedRecord>,
+}
+
+/// A client's answer to a write, as far as the at-risk comparison needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AnsweredWrite {
+    pub order: String,
+    /// `None` for a create; the status set, for a patch.
+    pub status: Option<String>,
+    /// The site that accepted it (the answer's `site`), when acknowledged.
+    pub site: Option<String>,
+    pub acked: bool,
+    /// Not acknowledged, and possibly applied (an answer lost).
+    pub in_doubt: bool,
+    pub complete: Duration,
+}
+
+/// What [`at_risk_mismatches`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AtRisk {
+    /// Orders with an acknowledged write at the lost site that had not
+    /// crossed.
+    pub at_risk: BTreeSet<String>,
+    /// At risk and no conflict recorded: silently dropped (a violation).
+    pub unrecorded: BTreeSet<String>,
+    /// Conflicts explained by no acknowledged or in-doubt write at the lost
+    /// site (a violation: the repair would act on writes nobody made).
+    pub unexplained: BTreeSet<String>,
+    /// Conflicts explained by an in-doubt write only (allowed, counted).
+    pub in_doubt: BTreeSet<String>,
+}
+
+impl AtRisk {
+    pub fn is_ok(&self) -> bool {
+        self.unrecorded.is_empty() && self.unexplained.is_empty()
+    }
+}
+
+/// The writes acknowledged at `lost` that `survivor_rows` (what had crossed
+/// when the failover opened) does not reflect, compared one for one (by
+/// order) with the conflicts recorded. Per order, the last acknowledged
+/// write at the lost site counts: a create is reflected when the row is
+/// there, a status change when the row has that status.
+pub fn at_risk_mismatches(
+    writes: &[AnsweredWrite],
+    lost: &str,
+    survivor_rows: &[OrderRow],
+    conflicts: &[ConflictSeen],
+) -> AtRisk {
+    let rows: BTreeMap<&str, &OrderRow> =
+        survivor_rows.iter().map(|r| (r.id.as_str(), r)).collect();
+    let mut last_acked: BTreeMap<&str, &AnsweredWrite> = BTreeMap::new();
+    let mut doubted: BTreeSet<&str> = BTreeSet::new();
+    for w in writes {
+        if w.acked && w.site.as_deref() == Some(lost) {
+            let e = last_acked.entry(w.order.as_str()).or_insert(w);
+            if w.complete >= e.complete {
+                *e = w;
+            }
+        } else if w.in_doubt {
+            doubted.insert(w.order.as_str());
+        }
+    }
+    let mut out = AtRisk::default();
+    for (order, w) in &last_acked {
+        let crossed = match (rows.get(order), &w.status) {
+            (None, _) => false,
+            (Some(_), None) => true,
+            (Some(r), Some(status)) => r.status.as_deref() == Some(status.as_str()),
+        };
+        if !crossed {
+            out.at_risk.insert(order.to_string());
+        }
+    }
+    let recorded: BTreeSet<&str> = conflicts.iter().map(|c| c.order.as_str()).collect();
+    for order in &out.at_risk {
+        if !recorded.contains(order.as_str()) {
+            out.unrecorded.insert(order.clone());
+        }
+    }
+    for order in recorded {
+        if out.at_risk.contains(order) {
+            continue;
+        }
+        if doubted.contains(order) || last_acked.contains_key(order) {
+            // An in-doubt write, or an acknowledged one followed by an
+            // in-doubt one that did not cross: the lost site may hold it.
+            out.in_doubt.insert(order.to_string());
+        } else {
+            out.unexplained.insert(order.to_string());
+        }
+    }
+    out
+}
+
+/// `ezone ARGS --etcd ...`, waited for; its exit code and stderr's tail.
+async fn ezone(ens: &Ensemble, bin: &Path, args: &[&str]) -> (i32, String) {
+    let out = tokio::process::Command::new(PathBuf::from(bin))
+        .args(args)
+        .arg("--etcd")
+        .arg(ens.etcd_endpoints().join(","))
+        .env("EZONE_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    match tokio::time::timeout(Duration::from_secs(90), out).await {
+        Ok(Ok(o)) => {
+            let err = String::from_utf8_lossy(&o.stderr);
+            let tail: Vec<&str> = err.lines().rev().take(3).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            (o.status.code().unwrap_or(-1), tail.join(" | "))
+        }
+        Ok(Err(e)) => (-1, format!("cannot run {}: {e}", bin.display())),
+        Err(_) => (-1, "timed out".into()),
+    }
+}
+
+/// Phase one, started: `lost`'s Postgres killed; in the background, the
+/// forced failover of `lost` to `survivor` (re-run until it succeeds or
+/// [`COMMAND_RETRY_FOR`]), then the survivor's rows read.
+pub fn begin(
+    ens: &Ensemble,
+    bin: &Path,
+    lost: &str,
+    survivor: &str,
+    start: Instant,
+) -> Result<ForcedRun, String> {
+    ens.kill(lost, Part::Postgres)
+        .map_err(|e| format!("killing {lost}'s Postgres: {e}"))?;
+    let (lost_s, survivor_s) = (lost.to_string(), survivor.to_string());
+    let bin = bin.to_path_buf();
+    let etcd = ens.etcd_endpoints();
+    let survivor_dsn = ens.dsn(survivor).map_err(|e| e.to_string())?;
+    let first_phase = tokio::spawn(async move {
+        let mut rec = ForcedRecord {
+            lost: lost_s.clone(),
+            survivor: survivor_s.clone(),
+            ..ForcedRecord::default()
+        };
+        let deadline = Instant::now() + COMMAND_RETRY_FOR;
+        loop {
+            let out = tokio::process::Command::new(&bin)
+                .args(["failover", "site", &lost_s, "--to", &survivor_s, "--force"])
+                .arg("--etcd")
+                .arg(etcd.join(","))
+                .args(["--lock-ttl", "1s"])
+                .env("EZONE_LOG", "warn")
+                .stdin(std::process::Stdio::null())
+                .kill_on_drop(true)
+                .output();
+            let (code, tail) = match tokio::time::timeout(Duration::from_secs(90), out).await {
+                Ok(Ok(o)) => (
+                    o.status.code().unwrap_or(-1),
+                    String::from_utf8_lossy(&o.stderr)
+                        .lines()
+                        .last()
+                        .unwrap_or("")
+                        .to_string(),
+                ),
+                Ok(Err(e)) => (-1, e.to_string()),
+                Err(_) => (-1, "timed out".into()),
+            };
+            rec.notes.push(format!(
+                "{:.3}s forced failover exit {code}: {tail}",
+                start.elapsed().as_secs_f64()
+            ));
+            if code == 0 {
+                rec.opened_at = Some(start.elapsed());
+                break;
+            }
+            if Instant::now() >= deadline {
+                return rec;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        match read_rows(&survivor_s, &survivor_dsn).await {
+            Ok(rows) => rec.survivor_rows = Some(rows),
+            Err(e) => rec.notes.push(format!(
+                "reading {survivor_s}'s rows after the failover: {e}"
+            )),
+        }
+        rec
+    });
+    Ok(ForcedRun {
+        lost: lost.to_string(),
+        survivor: survivor.to_string(),
+        first_phase,
+    })
+}
+
+/// Phase two: wait for phase one, bring the lost site's Postgres back, wait
+/// until its tail has reached the survivor (a marker sent through the link
+/// after the return arrives), read the conflicts, repair them.
+pub async fn end(ens: &Ensemble, bin: &Path, run: ForcedRun, start: Instant) -> ForcedRecord {
+    let ForcedRun {
+        lost,
+        survivor,
+        first_phase,
+    } = run;
+    let mut rec = match first_phase.await {
+        Ok(r) => r,
+        Err(e) => ForcedRecord {
+            lost: lost.clone(),
+            survivor: survivor.clone(),
+            notes: vec![format!("the failover task failed: {e}")],
+            ..ForcedRecord::default()
+        },
+    };
+    let note = |rec: &mut ForcedRecord, s: String| {
+        rec.notes
+            .push(format!("{:.3}s {s}", start.elapsed().as_secs_f64()))
+    };
+    if let Err(e) = ens.restart(&lost, Part::Postgres).await {
+        note(&mut rec, format!("restarting {lost}'s Postgres: {e}"));
+        return rec;
+    }
+    note(&mut rec, format!("{lost}'s Postgres is back"));
+    if rec.opened_at.is_none() {
+        // Not forced over: nothing to repair; the site simply came back.
+        return rec;
+    }
+    match wait_tail(ens, &lost, &survivor).await {
+        Ok(()) => note(&mut rec, format!("{lost}'s tail reached {survivor}")),
+        Err(e) => {
+            note(&mut rec, format!("waiting for {lost}'s tail: {e}"));
+            return rec;
+        }
+    }
+    let conflicts = match read_conflicts(ens, &lost, &survivor).await {
+        Ok(c) => c,
+        Err(e) => {
+            note(&mut rec, format!("reading the conflicts: {e}"));
+            return rec;
+        }
+    };
+    // Resolve per version kept (the command takes many ids at once).
+    let mut by_keep: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for c in &conflicts {
+        by_keep
+            .entry(c.kept.as_str())
+            .or_default()
+            .push(c.conflict.to_string());
+    }
+    for (keep, ids) in &by_keep {
+        let mut args: Vec<&str> = vec!["conflicts", "resolve", "--site", &survivor, "--keep", keep];
+        for id in ids {
+            args.push("--id");
+            args.push(id);
+        }
+        let (code, tail) = ezone(ens, bin, &args).await;
+        note(
+            &mut rec,
+            format!(
+                "conflicts resolve --keep {keep} ({} conflicts): exit {code} {tail}",
+                ids.len()
+            ),
+        );
+    }
+    rec.conflicts = conflicts;
+    rec
+}
+
+/// A marker sent at `lost` after its return, until it is seen applied at
+/// `survivor`: everything `lost` wrote before it has reached the survivor.
+async fn wait_tail(ens: &Ensemble, lost: &str, survivor: &str) -> Result<(), String> {
+    let token = format!("chaos-tail-{}", std::process::id());
+    let lost_dsn = ens.dsn(lost).map_err(|e| e.to_string())?;
+    let survivor_dsn = ens.dsn(survivor).map_err(|e| e.to_string())?;
+    let deadline = Instant::now() + TAIL_WAIT;
+    let mut sent = false;
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        if !sent {
+            match sql(&lost_dsn).await {
+                Ok(c) => match c
+                    .execute(
+                        "SELECT pg_logical_emit_message(true, $1, $2)",
+                        &[&MARKER_PREFIX, &token],
+                    )
+                    .await
+                {
+                    Ok(_) => sent = true,
+                    Err(e) => last = format!("sending the marker at {lost}: {e}"),
+                },
+                Err(e) => last = e,
+            }
+        }
+        if sent {
+            match sql(&survivor_dsn).await {
+                Ok(c) => {
+                    let seen = c
+                        .query_one(
+                            "SELECT to_regclass('ezone_replication.markers') IS NOT NULL AND \
+                             EXISTS (SELECT 1 FROM ezone_replication.markers \
+                                     WHERE prefix = $1 AND content = convert_to($2, 'UTF8'))",
+                            &[&MARKER_PREFIX, &token],
+                        )
+                        .await;
+                    match seen {
+                        Ok(r) if r.get::<_, bool>(0) => return Ok(()),
+                        Ok(_) => last = format!("the marker has not reached {survivor} yet"),
+                        Err(e) => last = format!("looking for the marker at {survivor}: {e}"),
+                    }
+                }
+                Err(e) => last = e,
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    Err(format!("not within {TAIL_WAIT:?}: {last}"))
+}
+
+async fn sql(dsn: &str) -> Result<tokio_postgres::Client, String> {
+    let (c, conn) = tokio_postgres::connect(dsn, tokio_postgres::NoTls)
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(c)
+}
+
+/// The unresolved conflicts on the link `lost->survivor`, each with the
+/// version to keep (see the module's doc).
+async fn read_conflicts(
+    ens: &Ensemble,
+    lost: &str,
+    survivor: &str,
+) -> Result<Vec<ConflictSeen>, String> {
+    let dsn = ens.dsn(survivor).map_err(|e| e.to_string())?;
+    let c = sql(&dsn).await?;
+    let rows = c
+        .query(
+            "SELECT c.id, coalesce(c.remote_row->>'id', c.local_row->>'id'), c.op, o.site \
+             FROM ezone_replication.conflicts c \
+             LEFT JOIN public.orders o ON o.id = coalesce(c.remote_row->>'id', c.local_row->>'id') \
+             WHERE c.link = $1 AND NOT c.resolved ORDER BY c.id",
+            &[&format!("{lost}->{survivor}")],
+        )
+        .await
+        .map_err(|e| format!("reading ezone_replication.conflicts at {survivor}: {e}"))?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let site: Option<String> = r.get(3);
+            ConflictSeen {
+                conflict: r.get(0),
+                order: r.get::<_, Option<String>>(1).unwrap_or_default(),
+                op: r.get(2),
+                kept: if site.as_deref() == Some(survivor) {
+                    "survivor".into()
+                } else {
+                    "returning".into()
+                },
+            }
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(id: &str, status: &str) -> OrderRow {
+        OrderRow {
+            id: id.into(),
+            status: Some(status.into()),
+            ..OrderRow::default()
+        }
+    }
+
+    fn w(order: &str, status: Option<&str>, site: &str, acked: bool, ms: u64) -> AnsweredWrite {
+        AnsweredWrite {
+            order: order.into(),
+            status: status.map(str::to_string),
+            site: acked.then(|| site.to_string()),
+            acked,
+            in_doubt: !acked,
+            complete: Duration::from_millis(ms),
+        }
+    }
+
+    fn conflict(order: &str) -> ConflictSeen {
+        ConflictSeen {
+            conflict: 1,
+            order: order.into(),
+            op: Some("insert".into()),
+            kept: "returning".into(),
+        }
+    }
+
+    #[test]
+    fn the_writes_that_had_not_crossed_are_the_conflicts() {
+        let writes = vec![
+            w("a", None, "beijing", true, 1),            // crossed
+            w("b", None, "beijing", true, 2),            // did not cross
+            w("a", Some("cooking"), "beijing", true, 3), // status did not cross
+            w("c", None, "shanghai", true, 4),           // not the lost site's
+            w("d", None, "beijing", false, 5),           // in doubt
+        ];
+        let rows = vec![row("a", "placed"), row("c", "placed")];
+        let all = [conflict("a"), conflict("b"), conflict("d")];
+        let r = at_risk_mismatches(&writes, "beijing", &rows, &all);
+        assert_eq!(r.at_risk, ["a", "b"].map(String::from).into());
+        assert!(r.is_ok(), "{r:?}");
+        assert_eq!(r.in_doubt, ["d"].map(String::from).into());
+        // One conflict missing: that write was dropped silently.
+        let r = at_risk_mismatches(&writes, "beijing", &rows, &all[1..]);
+        assert_eq!(r.unrecorded, ["a"].map(String::from).into());
+        assert!(!r.is_ok());
+        // A conflict nobody's write explains.
+        let mut more = all.to_vec();
+        more.push(conflict("zz"));
+        let r = at_risk_mismatches(&writes, "beijing", &rows, &more);
+        assert_eq!(r.unexplained, ["zz"].map(String::from).into());
+        assert!(!r.is_ok());
+    }
+
+    #[test]
+    fn the_last_acknowledged_write_of_an_order_counts() {
+        // The status the survivor has is the last one acknowledged: crossed.
+        let writes = vec![
+            w("a", None, "beijing", true, 1),
+            w("a", Some("cooking"), "beijing", true, 2),
+            w("a", Some("delivered"), "beijing", true, 3),
+        ];
+        let r = at_risk_mismatches(&writes, "beijing", &[row("a", "delivered")], &[]);
+        assert!(r.at_risk.is_empty() && r.is_ok(), "{r:?}");
+        let r = at_risk_mismatches(&writes, "beijing", &[row("a", "cooking")], &[]);
+        assert_eq!(r.unrecorded, ["a"].map(String::from).into());
+    }
+}
