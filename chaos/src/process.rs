@@ -909,6 +909,44 @@ mod tests {
         );
     }
 
+    /// Live processes whose command line holds `marker`.
+    fn live_with(marker: &str) -> Vec<u32> {
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains(marker))
+                    && proc_stat(*pid).is_some_and(|s| !matches!(s.state, 'Z' | 'X'))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn kill_takes_the_whole_tree_even_while_it_forks() {
+        // A shell (like a postmaster) with children, forking more all the
+        // time: once kill returns, none of them may be left (a surviving
+        // Postgres backend keeps the old server's shared memory, and the
+        // restart fails).
+        let dir = tempfile::tempdir().expect("tempdir");
+        let marker = format!("3.{}", std::process::id());
+        // The forking loop runs in a grandchild, which stopping the root
+        // does not stop.
+        let script = format!(
+            "for i in 1 2 3 4 5 6; do /bin/sleep {marker} & done; \
+             /bin/sh -c 'while :; do /bin/sleep {marker} & sleep 0.002; done' & wait"
+        );
+        let spec = ProcessSpec::new("forker", "/bin/sh", dir.path(), "forker.log")
+            .arg("-c")
+            .arg(&script);
+        let p = ChildProcess::spawn(spec).expect("spawn sh");
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(live_with(&marker).len() >= 6, "the children started");
+        p.kill().expect("kill");
+        assert_eq!(live_with(&marker), Vec::<u32>::new(), "left alive");
+    }
+
     #[test]
     fn missing_program_is_a_clear_error() {
         let dir = tempfile::tempdir().expect("tempdir");

@@ -266,6 +266,7 @@ pub async fn run(a: RunArgs) -> anyhow::Result<()> {
             "requests": history.outcomes.len(),
             "acked": history.acked().len(),
             "faults_applied": applied.len(),
+            "faults_not_clean": failed_faults,
             "kinds": sched.kinds().iter().map(|k| k.name()).collect::<Vec<_>>(),
             "violations": violations,
             "replay": replay,

@@ -67,6 +67,9 @@ struct SeedResult {
     ok: bool,
     acked: u64,
     faults: u64,
+    /// Faults whose applying or undoing failed (the lab's trouble, not a
+    /// violation; listed so that they are looked at).
+    not_clean: Vec<String>,
     kinds: Vec<String>,
     violations: Vec<String>,
     replay: String,
@@ -92,6 +95,7 @@ fn read_summary(dir: &std::path::Path) -> Option<SeedResult> {
             .get("faults_applied")
             .and_then(|x| x.as_u64())
             .unwrap_or(0),
+        not_clean: strings("faults_not_clean"),
         kinds: strings("kinds"),
         violations: strings("violations"),
         replay: v
@@ -166,6 +170,9 @@ pub async fn run(a: SweepArgs) -> anyhow::Result<()> {
         for v in &r.violations {
             println!("    {v}");
         }
+        for f in &r.not_clean {
+            println!("    fault not applied cleanly: {f}");
+        }
         lines.push(line);
         results.insert(*seed, r);
     }
@@ -212,6 +219,12 @@ fn summarize(results: &BTreeMap<u64, SeedResult>) -> String {
             .collect::<Vec<_>>()
             .join(", ")
     ));
+    let not_clean: usize = results.values().map(|r| r.not_clean.len()).sum();
+    if not_clean > 0 {
+        s.push_str(&format!(
+            "faults not applied cleanly: {not_clean} (see each seed's faults.txt)\n"
+        ));
+    }
     for (seed, r) in failed {
         s.push_str(&format!("VIOLATION seed {seed}: replay: {}\n", r.replay));
     }
