@@ -265,6 +265,7 @@ mod tests {
                 faults: 2,
                 kinds: vec!["kill-router".into(), "partition".into()],
                 violations: vec!["lost 1".into()],
+                not_clean: vec!["kill-router: restarting".into()],
                 replay: "ezone chaos run --seed 2".into(),
             },
         );
@@ -276,6 +277,7 @@ mod tests {
             "{s}"
         );
         assert!(s.contains("kill-router x2, partition x1"), "{s}");
+        assert!(s.contains("faults not applied cleanly: 1"), "{s}");
         assert!(
             s.contains("VIOLATION seed 2: replay: ezone chaos run --seed 2"),
             "{s}"
