@@ -291,6 +291,10 @@ pub struct Applied {
     pub fast_path_statements: u64,
 }
 
+/// The advisory lock [`SCHEMA_SQL`] takes (a fixed key of ezone's own), so
+/// that concurrent appliers ensure the schema one at a time.
+pub const SCHEMA_LOCK: i64 = 7675238245213418866;
+
 /// The DDL ezone keeps at each target: conflicts and applied markers.
 ///
 /// `conflicts.op` is the incoming change's operation (`insert`, `update`,
@@ -305,7 +309,15 @@ pub struct Applied {
 /// applier start it would wait behind (and then block) a repair or a
 /// `conflicts list` reading the table. `IF NOT EXISTS` still covers two
 /// appliers adding it at once.
+///
+/// The whole text runs as one transaction (a simple query of many
+/// statements) that first takes the advisory lock [`SCHEMA_LOCK`]: `IF NOT
+/// EXISTS` does not make two sessions creating the same object safe (both see it missing,
+/// the second fails on the catalog's unique index, SQLSTATE 23505), and
+/// every link into a site (one per other site) ensures the schema when it
+/// starts, at once when the replicator starts.
 pub const SCHEMA_SQL: &str = "
+SELECT pg_advisory_xact_lock(7675238245213418866); -- SCHEMA_LOCK
 CREATE SCHEMA IF NOT EXISTS ezone_replication;
 CREATE TABLE IF NOT EXISTS ezone_replication.conflicts (
     id bigserial PRIMARY KEY,
@@ -1346,5 +1358,30 @@ impl Applier {
         .await;
         conn_task.abort();
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_schema_is_ensured_under_its_lock_first() {
+        let first = SCHEMA_SQL
+            .lines()
+            .map(str::trim)
+            .find(|l| !l.is_empty())
+            .unwrap_or_default();
+        assert!(
+            first.starts_with(&format!("SELECT pg_advisory_xact_lock({SCHEMA_LOCK});")),
+            "{first}"
+        );
+        // No transaction control inside: the text must stay one transaction.
+        for l in SCHEMA_SQL.lines().map(|l| l.trim().to_uppercase()) {
+            assert!(
+                !["BEGIN;", "COMMIT;", "START TRANSACTION;", "ROLLBACK;"].contains(&l.as_str()),
+                "{l}"
+            );
+        }
     }
 }

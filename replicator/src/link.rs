@@ -218,6 +218,16 @@ pub async fn ensure_source(cfg: &LinkConfig) -> Result<(), LinkError> {
                     tables.join(", ")
                 ))
                 .await
+                .or_else(|e| {
+                    // Another site's link reading this source created it
+                    // between the check above and here: it is there, as
+                    // wanted (every link of a source creates the same one).
+                    if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_OBJECT) {
+                        Ok(())
+                    } else {
+                        Err(e)
+                    }
+                })
                 .map_err(|e| setup(format!("creating publication {}: {e}", cfg.publication)))?;
         }
         let slot: bool = row.get(2);
