@@ -51,8 +51,13 @@ pub struct ConflictSeen {
 pub struct ForcedRecord {
     pub lost: String,
     pub survivor: String,
-    /// When the failover command succeeded, from the run's start.
+    /// When the lost site's Postgres was killed, from the run's start.
+    pub killed_at: Duration,
+    /// When the failover command succeeded.
     pub opened_at: Option<Duration>,
+    /// When the lost site's Postgres was back (it accepts nothing of the
+    /// shards it lost from then on: its fence is closed for them).
+    pub returned_at: Option<Duration>,
     /// The survivor's rows when the failover had opened, before the lost
     /// site returned: everything of the lost site's that had crossed.
     pub survivor_rows: Option<Vec<OrderRow>>,
@@ -79,8 +84,10 @@ pub struct AnsweredWrite {
     /// The site that accepted it (the answer's `site`), when acknowledged.
     pub site: Option<String>,
     pub acked: bool,
-    /// Not acknowledged, and possibly applied (an answer lost).
+    /// Some attempt's fate is unknown (its answer lost): it may have been
+    /// applied at any site, whatever the final answer was.
     pub in_doubt: bool,
+    pub invoke: Duration,
     pub complete: Duration,
 }
 
@@ -107,12 +114,17 @@ impl AtRisk {
 
 /// The writes acknowledged at `lost` that `survivor_rows` (what had crossed
 /// when the failover opened) does not reflect, compared one for one (by
-/// order) with the conflicts recorded. Per order, the last acknowledged
-/// write at the lost site counts: a create is reflected when the row is
-/// there, a status change when the row has that status.
+/// order) with the conflicts recorded. Only writes invoked before
+/// `returned_at` count (the lost site accepted nothing of the shards it
+/// lost between its Postgres being killed and its return, and once back
+/// its fence refuses them; writes it accepts later, for shards moved back
+/// to it, are ordinary ones). Per order, the last acknowledged write at the
+/// lost site counts: a create is reflected when the row is there, a status
+/// change when the row has that status.
 pub fn at_risk_mismatches(
     writes: &[AnsweredWrite],
     lost: &str,
+    returned_at: Duration,
     survivor_rows: &[OrderRow],
     conflicts: &[ConflictSeen],
 ) -> AtRisk {
@@ -120,13 +132,16 @@ pub fn at_risk_mismatches(
         survivor_rows.iter().map(|r| (r.id.as_str(), r)).collect();
     let mut last_acked: BTreeMap<&str, &AnsweredWrite> = BTreeMap::new();
     let mut doubted: BTreeSet<&str> = BTreeSet::new();
-    for w in writes {
+    for w in writes.iter().filter(|w| w.invoke < returned_at) {
         if w.acked && w.site.as_deref() == Some(lost) {
             let e = last_acked.entry(w.order.as_str()).or_insert(w);
             if w.complete >= e.complete {
                 *e = w;
             }
-        } else if w.in_doubt {
+        }
+        if w.in_doubt {
+            // An attempt whose answer was lost may have landed at the lost
+            // site even when another attempt was acknowledged elsewhere.
             doubted.insert(w.order.as_str());
         }
     }
@@ -196,6 +211,7 @@ pub fn begin(
 ) -> Result<ForcedRun, String> {
     ens.kill(lost, Part::Postgres)
         .map_err(|e| format!("killing {lost}'s Postgres: {e}"))?;
+    let killed_at = start.elapsed();
     let (lost_s, survivor_s) = (lost.to_string(), survivor.to_string());
     let bin = bin.to_path_buf();
     let etcd = ens.etcd_endpoints();
@@ -204,6 +220,7 @@ pub fn begin(
         let mut rec = ForcedRecord {
             lost: lost_s.clone(),
             survivor: survivor_s.clone(),
+            killed_at,
             ..ForcedRecord::default()
         };
         let deadline = Instant::now() + COMMAND_RETRY_FOR;
@@ -283,6 +300,7 @@ pub async fn end(ens: &Ensemble, bin: &Path, run: ForcedRun, start: Instant) -> 
         note(&mut rec, format!("restarting {lost}'s Postgres: {e}"));
         return rec;
     }
+    rec.returned_at = Some(start.elapsed());
     note(&mut rec, format!("{lost}'s Postgres is back"));
     if rec.opened_at.is_none() {
         // Not forced over: nothing to repair; the site simply came back.
@@ -316,14 +334,23 @@ pub async fn end(ens: &Ensemble, bin: &Path, run: ForcedRun, start: Instant) -> 
             args.push("--id");
             args.push(id);
         }
-        let (code, tail) = ezone(ens, bin, &args).await;
-        note(
-            &mut rec,
-            format!(
-                "conflicts resolve --keep {keep} ({} conflicts): exit {code} {tail}",
-                ids.len()
-            ),
-        );
+        // Re-run until it succeeds: it needs etcd (the topology) and every
+        // site's Postgres, which other faults may be holding down.
+        let deadline = Instant::now() + COMMAND_RETRY_FOR;
+        loop {
+            let (code, tail) = ezone(ens, bin, &args).await;
+            note(
+                &mut rec,
+                format!(
+                    "conflicts resolve --keep {keep} ({} conflicts): exit {code} {tail}",
+                    ids.len()
+                ),
+            );
+            if code == 0 || Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
     }
     rec.conflicts = conflicts;
     rec
@@ -445,9 +472,13 @@ mod tests {
             site: acked.then(|| site.to_string()),
             acked,
             in_doubt: !acked,
+            invoke: Duration::from_millis(ms),
             complete: Duration::from_millis(ms),
         }
     }
+
+    /// After every write of the tests but [`late`]'s.
+    const RETURNED: Duration = Duration::from_millis(100);
 
     fn conflict(order: &str) -> ConflictSeen {
         ConflictSeen {
@@ -469,20 +500,40 @@ mod tests {
         ];
         let rows = vec![row("a", "placed"), row("c", "placed")];
         let all = [conflict("a"), conflict("b"), conflict("d")];
-        let r = at_risk_mismatches(&writes, "beijing", &rows, &all);
+        let r = at_risk_mismatches(&writes, "beijing", RETURNED, &rows, &all);
         assert_eq!(r.at_risk, ["a", "b"].map(String::from).into());
         assert!(r.is_ok(), "{r:?}");
         assert_eq!(r.in_doubt, ["d"].map(String::from).into());
         // One conflict missing: that write was dropped silently.
-        let r = at_risk_mismatches(&writes, "beijing", &rows, &all[1..]);
+        let r = at_risk_mismatches(&writes, "beijing", RETURNED, &rows, &all[1..]);
         assert_eq!(r.unrecorded, ["a"].map(String::from).into());
         assert!(!r.is_ok());
         // A conflict nobody's write explains.
         let mut more = all.to_vec();
         more.push(conflict("zz"));
-        let r = at_risk_mismatches(&writes, "beijing", &rows, &more);
+        let r = at_risk_mismatches(&writes, "beijing", RETURNED, &rows, &more);
         assert_eq!(r.unexplained, ["zz"].map(String::from).into());
         assert!(!r.is_ok());
+    }
+
+    #[test]
+    fn writes_after_the_return_are_not_at_risk() {
+        // Acknowledged at beijing after it came back (a shard moved back to
+        // it later): an ordinary write, not part of the failover.
+        let writes = vec![w("late", None, "beijing", true, 500)];
+        let r = at_risk_mismatches(&writes, "beijing", RETURNED, &[], &[]);
+        assert!(r.at_risk.is_empty() && r.is_ok(), "{r:?}");
+    }
+
+    #[test]
+    fn an_unanswered_attempt_explains_a_conflict_whatever_the_final_answer() {
+        // The first attempt reached beijing and its answer was lost; a retry
+        // was acknowledged at shanghai after the failover.
+        let mut retried = w("a", None, "shanghai", true, 50);
+        retried.in_doubt = true;
+        let r = at_risk_mismatches(&[retried], "beijing", RETURNED, &[], &[conflict("a")]);
+        assert!(r.is_ok(), "{r:?}");
+        assert_eq!(r.in_doubt, ["a"].map(String::from).into());
     }
 
     #[test]
@@ -493,9 +544,9 @@ mod tests {
             w("a", Some("cooking"), "beijing", true, 2),
             w("a", Some("delivered"), "beijing", true, 3),
         ];
-        let r = at_risk_mismatches(&writes, "beijing", &[row("a", "delivered")], &[]);
+        let r = at_risk_mismatches(&writes, "beijing", RETURNED, &[row("a", "delivered")], &[]);
         assert!(r.at_risk.is_empty() && r.is_ok(), "{r:?}");
-        let r = at_risk_mismatches(&writes, "beijing", &[row("a", "cooking")], &[]);
+        let r = at_risk_mismatches(&writes, "beijing", RETURNED, &[row("a", "cooking")], &[]);
         assert_eq!(r.unrecorded, ["a"].map(String::from).into());
     }
 }

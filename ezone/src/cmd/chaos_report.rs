@@ -74,7 +74,8 @@ pub fn answered_writes(h: &History) -> Vec<AnsweredWrite> {
                 .and_then(|s| s.as_str())
                 .map(str::to_string),
             acked: o.acked,
-            in_doubt: o.in_doubt(),
+            in_doubt: o.unanswered > 0,
+            invoke: o.started,
             complete: o.finished(),
         })
         .collect()
@@ -96,7 +97,16 @@ pub fn judge_forced(rec: &ForcedRecord, writes: &[AnsweredWrite]) -> (Vec<String
             true,
         );
     };
-    let r = at_risk_mismatches(writes, &rec.lost, rows, &rec.conflicts);
+    let Some(returned_at) = rec.returned_at else {
+        return (
+            vec![format!(
+                "{head}: the lost site did not come back ({})",
+                rec.notes.last().map(String::as_str).unwrap_or("no note")
+            )],
+            false,
+        );
+    };
+    let r = at_risk_mismatches(writes, &rec.lost, returned_at, rows, &rec.conflicts);
     let mut lines = vec![format!(
         "{head}: {} acknowledged write(s) at risk (acknowledged at {}, not at {} when it opened), \
          {} conflict(s) recorded, {} explained by an in-doubt write; unrecorded {} (must be 0), \
