@@ -150,6 +150,12 @@ pub fn at_risk_mismatches(
         let crossed = match (rows.get(order), &w.status) {
             (None, _) => false,
             (Some(_), None) => true,
+            // The survivor wrote the order itself since it took the shard
+            // over (clients retried there at once): its version is newer
+            // than anything the lost site acknowledged, so whether the lost
+            // site's status had crossed cannot be read from the row (a
+            // conflict, if it had not); the register check judges the end.
+            (Some(r), Some(_)) if r.site.as_deref() != Some(lost) => true,
             (Some(r), Some(status)) => r.status.as_deref() == Some(status.as_str()),
         };
         if !crossed {
@@ -457,10 +463,12 @@ async fn read_conflicts(
 mod tests {
     use super::*;
 
+    /// A row last written at beijing.
     fn row(id: &str, status: &str) -> OrderRow {
         OrderRow {
             id: id.into(),
             status: Some(status.into()),
+            site: Some("beijing".into()),
             ..OrderRow::default()
         }
     }
@@ -514,6 +522,23 @@ mod tests {
         let r = at_risk_mismatches(&writes, "beijing", RETURNED, &rows, &more);
         assert_eq!(r.unexplained, ["zz"].map(String::from).into());
         assert!(!r.is_ok());
+    }
+
+    #[test]
+    fn a_status_the_survivor_has_since_overwritten_is_not_judged_from_the_row() {
+        // beijing acknowledged "cancelled"; by the time the survivor's rows
+        // were read, a retried PATCH had set "accepted" there.
+        let writes = vec![
+            w("a", None, "beijing", true, 1),
+            w("a", Some("cancelled"), "beijing", true, 2),
+        ];
+        let mut since = row("a", "accepted");
+        since.site = Some("shanghai".into());
+        let r = at_risk_mismatches(&writes, "beijing", RETURNED, &[since], &[]);
+        assert!(r.at_risk.is_empty() && r.is_ok(), "{r:?}");
+        // Still beijing's version, with another status: at risk.
+        let r = at_risk_mismatches(&writes, "beijing", RETURNED, &[row("a", "accepted")], &[]);
+        assert_eq!(r.unrecorded, ["a"].map(String::from).into());
     }
 
     #[test]
