@@ -272,6 +272,26 @@ pub async fn run(a: RunArgs) -> anyhow::Result<()> {
             "replay": replay,
         });
         std::fs::write(d.join("summary.json"), summary.to_string())?;
+        // What each forced failover saw, to re-judge it by hand: the
+        // survivor's rows when it opened, the conflicts, the times.
+        for (i, rec) in applied.iter().filter_map(|x| x.forced.as_ref()).enumerate() {
+            let ms = |d: Duration| d.as_secs_f64() * 1e3;
+            let json = serde_json::json!({
+                "lost": rec.lost,
+                "survivor": rec.survivor,
+                "killed_ms": ms(rec.killed_at),
+                "opened_ms": rec.opened_at.map(ms),
+                "returned_ms": rec.returned_at.map(ms),
+                "notes": rec.notes,
+                "conflicts": rec.conflicts.iter().map(|c| serde_json::json!({
+                    "id": c.conflict, "order": c.order, "op": c.op, "kept": c.kept,
+                })).collect::<Vec<_>>(),
+                "survivor_rows": rec.survivor_rows.as_ref().map(|rows| rows.iter().map(|r| {
+                    serde_json::json!([r.id, r.status, r.site, r.fence_epoch])
+                }).collect::<Vec<_>>()),
+            });
+            std::fs::write(d.join(format!("forced-{i}.json")), json.to_string())?;
+        }
         let mut faults = std::fs::File::create(d.join("faults.txt"))?;
         for x in &applied {
             writeln!(
