@@ -139,7 +139,11 @@ pub async fn run(a: RunArgs) -> anyhow::Result<()> {
     eprintln!("{:>8.3}s  heal", start.elapsed().as_secs_f64());
     let heal_at = start.elapsed();
     let heal_problems = inject::heal(&ens).await;
-    tokio::time::sleep_until(start + a.duration).await;
+    // The quiet period runs from the heal as it happened: an undo that took
+    // long (etcd regaining quorum, a forced failover's repair) delays the
+    // heal, and liveness needs the whole quiet period of traffic after it.
+    let end = (start + a.duration).max(start + heal_at + a.quiet);
+    tokio::time::sleep_until(end).await;
     let history = wl.stop().await;
     let converged = ens.wait_converged(Duration::from_secs(60)).await;
     // Every epoch a shard had during the run, from the topology store's
