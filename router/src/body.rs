@@ -6,8 +6,14 @@
 //! upstream's response) then cost no allocation and no virtual call; only
 //! the rare ones (a request body streamed through the size limit, an HTTP/2
 //! upstream's response) are boxed.
+//!
+//! A client's body streamed upstream is watched ([`BodyWatch`]): if reading
+//! it fails (a malformed chunk size, a connection cut mid-body, the size
+//! limit), the exchange that fails with it is the client's fault, not the
+//! upstream's, whatever error the upstream connection reports.
 
 use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -87,12 +93,19 @@ impl RequestBody {
         }
     }
 
-    /// The body to send upstream, cut off with an error past `limit` bytes
-    /// (see [`crate::proxy`]'s `is_body_too_large`).
-    pub fn limited(self, limit: usize) -> Body {
+    /// The body to send upstream, cut off with an error past `limit` bytes,
+    /// and (if there is one) the watch that tells whether reading it failed.
+    pub fn limited(self, limit: usize) -> (Body, Option<BodyWatch>) {
         match self {
-            RequestBody::Hyper(b) => boxed(http_body_util::Limited::new(b, limit)),
-            RequestBody::Empty => empty(),
+            RequestBody::Hyper(b) => {
+                let watch = BodyWatch::default();
+                let body = Watched {
+                    inner: http_body_util::Limited::new(b, limit),
+                    watch: watch.clone(),
+                };
+                (boxed(body), Some(watch))
+            }
+            RequestBody::Empty => (empty(), None),
         }
     }
 
@@ -113,6 +126,69 @@ impl RequestBody {
             RequestBody::Hyper(b) => boxed(b),
             RequestBody::Empty => empty(),
         }
+    }
+}
+
+/// How reading a client's request body failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BodyFault {
+    /// Past `limits.max_body_bytes`.
+    TooLarge,
+    /// It does not parse (a malformed chunk size, say), or the client's
+    /// connection ended in the middle of it: what went wrong, as the
+    /// client's side of the router saw it (no upstream in it).
+    Broken(String),
+}
+
+/// Whether reading a client's request body on its way upstream failed.
+/// Set by the body itself, before the upstream connection that was reading
+/// it sees the error, so it is known by the time the exchange fails.
+#[derive(Debug, Clone, Default)]
+pub struct BodyWatch(Arc<OnceLock<BodyFault>>);
+
+impl BodyWatch {
+    /// The first failure, if reading the body failed.
+    pub fn fault(&self) -> Option<&BodyFault> {
+        self.0.get()
+    }
+
+    fn note(&self, e: &BoxError) {
+        let fault = if e.is::<http_body_util::LengthLimitError>() {
+            BodyFault::TooLarge
+        } else {
+            BodyFault::Broken(crate::proxy::error_chain(&**e))
+        };
+        let _ = self.0.set(fault);
+    }
+}
+
+/// A client's body on its way upstream, its failures noted in a [`BodyWatch`].
+struct Watched {
+    inner: http_body_util::Limited<Incoming>,
+    watch: BodyWatch,
+}
+
+impl hyper::body::Body for Watched {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Err(e))) = &r {
+            self.watch.note(e);
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 

@@ -53,7 +53,6 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderValue};
 use http::{Request, Response, Uri};
 use hyper::body::{Frame, SizeHint};
 use hyper::client::conn::http1::{self, SendRequest};
@@ -115,6 +114,27 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
+    /// What went wrong, as a client may be told: never the endpoint's
+    /// address (the log has that), so an answer does not reveal the
+    /// internal network. `addr` (the endpoint) is masked from anything the
+    /// underlying errors say, in case one names it.
+    pub fn client_reason(&self, addr: &str) -> String {
+        let reason = match self {
+            UpstreamError::Connect { source, .. } => format!("cannot connect: {source}"),
+            UpstreamError::ConnectTimeout { after, .. } => {
+                format!("no connection within {after:?} (timeouts.connect_ms)")
+            }
+            UpstreamError::Address { .. } => {
+                "its address in the topology does not make a URI".to_string()
+            }
+            other => crate::proxy::error_chain(other),
+        };
+        if addr.is_empty() || !reason.contains(addr) {
+            return reason;
+        }
+        reason.replace(addr, "the endpoint")
+    }
+
     /// True if the request was certainly not sent (safe to retry anything).
     pub fn is_connect(&self) -> bool {
         match self {
@@ -542,9 +562,10 @@ impl UpstreamClient {
 
     /// Sends `req` to `addr`: over HTTP/2 if `h2` and the upstreams speak
     /// it (`upstream.protocol = "h2c"`), else over HTTP/1.1 on a pooled
-    /// connection. The URI is rewritten to the form the protocol needs; a
-    /// missing `Host` is set to `addr`. An HTTP/1 response body returns its
-    /// connection to the pool once read to its end.
+    /// connection. The URI is rewritten to the form the protocol needs (the
+    /// head's `Host` is the one [`crate::headers::forwarded_fields`] wrote:
+    /// never `addr`). An HTTP/1 response body returns its connection to the
+    /// pool once read to its end.
     pub fn send<'a>(
         &'a self,
         upstream: &'a Arc<Upstream>,
@@ -555,7 +576,6 @@ impl UpstreamClient {
         let h2 = if h2 { self.h2.as_ref() } else { None };
         if h2.is_none() {
             origin_form(&mut req);
-            set_host(&mut req, addr);
         }
         // `req` is used in place, not re-bound: the future keeps one copy.
         async move {
@@ -616,7 +636,6 @@ impl UpstreamClient {
         mut req: Request<Body>,
     ) -> Result<Response<hyper::body::Incoming>, UpstreamError> {
         origin_form(&mut req);
-        set_host(&mut req, addr);
         let mut tx = self.connect(addr, true).await?;
         Ok(tx.send_request(req).await?)
     }
@@ -816,15 +835,6 @@ fn absolute(addr: &str, uri: &Uri) -> Result<Uri, UpstreamError> {
             addr: addr.to_string(),
             source,
         })
-}
-
-/// HTTP/1.1 requires a `Host`; an HTTP/1.0 client may not have sent one.
-fn set_host(req: &mut Request<Body>, addr: &str) {
-    if !req.headers().contains_key(header::HOST) {
-        if let Ok(v) = HeaderValue::from_str(addr) {
-            req.headers_mut().insert(header::HOST, v);
-        }
-    }
 }
 
 #[cfg(test)]
@@ -1275,15 +1285,42 @@ mod tests {
         assert_eq!(r.uri().to_string(), "/a?b=1");
         let mut r = get("/x");
         origin_form(&mut r);
-        set_host(&mut r, "10.0.0.1:80");
         assert_eq!(r.uri().to_string(), "/x");
-        assert_eq!(r.headers()[header::HOST], "10.0.0.1:80");
         let u = absolute("10.0.0.1:80", &"/p?q".parse().expect("uri")).expect("absolute");
         assert_eq!(u.to_string(), "http://10.0.0.1:80/p?q");
         assert!(matches!(
             absolute("not an address", &"/".parse().expect("uri")),
             Err(UpstreamError::Address { .. })
         ));
+    }
+
+    #[test]
+    fn what_a_client_is_told_names_no_address() {
+        let addr = "10.1.2.3:8080";
+        let errors = [
+            UpstreamError::Connect {
+                addr: addr.into(),
+                source: io::Error::new(io::ErrorKind::ConnectionRefused, "connection refused"),
+            },
+            UpstreamError::ConnectTimeout {
+                addr: addr.into(),
+                after: Duration::from_secs(1),
+            },
+            UpstreamError::Io(io::Error::other(format!("reset by {addr}"))),
+            absolute("not an address", &"/".parse().expect("uri")).expect_err("bad address"),
+            UpstreamError::Closed,
+        ];
+        for e in errors {
+            let told = e.client_reason(addr);
+            assert!(!told.contains("10.1.2.3"), "{told}");
+            assert!(!told.contains("not an address"), "{told}");
+            assert!(!told.is_empty());
+        }
+        let e = UpstreamError::Connect {
+            addr: addr.into(),
+            source: io::Error::new(io::ErrorKind::ConnectionRefused, "connection refused"),
+        };
+        assert!(e.to_string().contains(addr), "the log still has it");
     }
 }
 

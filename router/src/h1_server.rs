@@ -7,17 +7,24 @@
 //! the router decides on, the request is handled in the connection's own
 //! task, and the response head and body go out in one write when the body
 //! is ready. Anything else that arrives on the connection — a request with
-//! a body, an upgrade, `Expect`, HTTP/1.0, HTTP/2 prior knowledge, a head
-//! without `Host` — hands the connection, with every byte read so far, to
-//! hyper ([`Ended::Handover`]), which serves it from there on. So this path
-//! only has to be right for the requests it takes, and hyper stays the one
-//! that handles the rest of HTTP/1.
+//! a body, an upgrade, `Expect`, HTTP/1.0, HTTP/2 prior knowledge — hands
+//! the connection, with every byte read so far, to hyper
+//! ([`Ended::Handover`]), which serves it from there on. So this path only
+//! has to be right for the requests it takes, and hyper stays the one that
+//! handles the rest of HTTP/1.
 //!
 //! What this path answers itself: a head that does not parse (400) or is
 //! too large (431), each followed by closing the connection, as hyper
-//! does. Keep-alive is HTTP/1.1's: the connection stays open unless the
-//! request says `Connection: close`, or the worker is draining (the answer
-//! then says `Connection: close`). Pipelined requests are answered in order.
+//! does. Everything else about a head (its `Host`, say) is judged by the
+//! request path, for both servers alike. A head whose body cannot be framed
+//! safely (a `Transfer-Encoding` other than `chunked`, or one with a
+//! `Content-Length`) is taken here rather than handed to hyper (which would
+//! read such a body one way or another), so the request path refuses it;
+//! its body is never read, and the connection is closed after the answer.
+//! Keep-alive is HTTP/1.1's: the connection stays open unless the request
+//! says `Connection: close`, the answer does (the router's refusals of a
+//! body it cannot frame), or the worker is draining (the answer then says
+//! `Connection: close`). Pipelined requests are answered in order.
 //! A connection that sends no complete head for `header_read` (idle, or a
 //! head trickling in) is closed. Nothing a client sends can panic this
 //! code (property-tested below).
@@ -162,12 +169,9 @@ where
         let head_request = req.method() == Method::HEAD;
         let resp = handle(req).await;
         let close = close || drain.is_draining();
-        if write_response(&mut io, &mut out, resp, head_request, close)
-            .await
-            .is_err()
-        {
+        let Ok(close) = write_response(&mut io, &mut out, resp, head_request, close).await else {
             return Ended::Closed;
-        }
+        };
         if close {
             // FIN (and TLS close_notify) after the answer.
             let _ = io.shutdown().await;
@@ -248,36 +252,47 @@ fn parse(buf: &mut BytesMut, limits: &Limits) -> Parsed {
         return Parsed::Handover;
     }
     let mut close = false;
-    let mut host = false;
+    // Not for this path (a body, an upgrade, `Expect`): hyper's, once the
+    // framing fields have all been looked at.
+    let mut handover = false;
+    let mut length = false;
+    // `Transfer-Encoding` fields, and whether each was exactly `chunked`.
+    let mut codings = 0usize;
+    let mut chunked = true;
     for f in r.headers.iter() {
         let name = f.name.as_bytes();
-        let takes = if name.eq_ignore_ascii_case(b"content-length") {
+        if name.eq_ignore_ascii_case(b"content-length") {
+            length = true;
             // No body: "0" exactly (anything else, hyper judges).
-            f.value == b"0"
+            handover |= f.value != b"0";
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            codings += 1;
+            chunked &= crate::headers::is_chunked(f.value);
         } else if name.eq_ignore_ascii_case(b"connection") {
             for token in f.value.split(|b| *b == b',') {
                 let token = token.trim_ascii();
                 if token.eq_ignore_ascii_case(b"close") {
                     close = true;
                 } else if token.eq_ignore_ascii_case(b"upgrade") {
-                    return Parsed::Handover;
+                    handover = true;
                 }
             }
-            true
-        } else if name.eq_ignore_ascii_case(b"host") {
-            host = true;
-            true
-        } else {
-            !(name.eq_ignore_ascii_case(b"transfer-encoding")
-                || name.eq_ignore_ascii_case(b"upgrade")
-                || name.eq_ignore_ascii_case(b"expect"))
-        };
-        if !takes {
-            return Parsed::Handover;
+        } else if name.eq_ignore_ascii_case(b"upgrade") || name.eq_ignore_ascii_case(b"expect") {
+            handover = true;
         }
     }
-    if !host {
-        // HTTP/1.1 requires one; hyper answers the request without.
+    if codings > 0 {
+        if codings > 1 || !chunked || length {
+            // A body this server cannot frame, nor should hyper: the
+            // request path refuses the head (`headers::check_request`), the
+            // body is never read, and the connection ends after the answer.
+            close = true;
+            handover = false;
+        } else {
+            handover = true;
+        }
+    }
+    if handover {
         return Parsed::Handover;
     }
     // The head's bytes, shared by the URI and the field values (no copies):
@@ -324,15 +339,18 @@ fn parse(buf: &mut BytesMut, limits: &Limits) -> Parsed {
     Parsed::Request { req, close }
 }
 
-/// Writes `resp` (head, then body) to `io`. An error means the connection
-/// is not usable any more.
+/// Writes `resp` (head, then body) to `io`, with `Connection: close` if
+/// `close` or if the answer itself says so (the router's refusals of a body
+/// it cannot frame; an upstream's hop-by-hop fields never get here). Returns
+/// whether the connection must now close. An error means the connection is
+/// not usable any more.
 async fn write_response<IO: AsyncWrite + Unpin>(
     io: &mut IO,
     out: &mut BytesMut,
     resp: Response<Body>,
     head_request: bool,
-    close: bool,
-) -> io::Result<()> {
+    mut close: bool,
+) -> io::Result<bool> {
     let (parts, mut body) = resp.into_parts();
     let status = parts.status;
     // No body for these, whatever the body says (RFC 9112 6.3); their
@@ -362,6 +380,7 @@ async fn write_response<IO: AsyncWrite + Unpin>(
             continue;
         }
         if name == header::CONNECTION {
+            close |= value.as_bytes().eq_ignore_ascii_case(b"close");
             continue;
         }
         dated |= name == header::DATE;
@@ -450,7 +469,8 @@ async fn write_response<IO: AsyncWrite + Unpin>(
         out.clear();
     }
     // A no-op on a socket; a TLS stream may hold encrypted records back.
-    io.flush().await
+    io.flush().await?;
+    Ok(close)
 }
 
 /// The body's next frame if it has one ready, without waiting.
@@ -727,12 +747,13 @@ mod tests {
 
     #[tokio::test]
     async fn requests_this_path_does_not_take_are_handed_over_whole() {
-        let cases: [&[u8]; 8] = [
+        let cases: [&[u8]; 9] = [
             b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc",
             b"POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            b"POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: CHUNKED\r\n\r\n0\r\n\r\n",
             b"GET /a HTTP/1.0\r\n\r\n",
             b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
-            b"GET /a HTTP/1.1\r\n\r\n",
+            b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, close\r\nUpgrade: websocket\r\n\r\n",
             b"PUT /a HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 0\r\n\r\n",
             b"CONNECT x:443 HTTP/1.1\r\nHost: x:443\r\n\r\n",
             b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
@@ -767,6 +788,68 @@ mod tests {
         )
         .await;
         assert_eq!(bodies(&out), ["DELETE /a"]);
+        // No Host, or two: taken here too (the request path refuses them,
+        // for both servers alike).
+        let (out, _) = exchange(
+            b"GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n",
+            limits(),
+        )
+        .await;
+        assert_eq!(bodies(&out), ["GET /a", "GET /b"]);
+    }
+
+    #[tokio::test]
+    async fn a_body_that_cannot_be_framed_is_taken_unread_and_the_connection_closed() {
+        // Transfer codings other than `chunked` alone, or with a length:
+        // hyper must not read such a body either. Taken here (the request
+        // path refuses it), the body never read, the connection closed even
+        // though the answer (here `echo`'s) did not ask for it.
+        let cases: [&[u8]; 6] = [
+            b"POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: identity, chunked\r\n\r\n0\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            b"POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 0\r\n\r\n0\r\n\r\n",
+            b"POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\nExpect: 100-continue\r\n\r\n",
+        ];
+        for input in cases {
+            let (out, outcome) = exchange(input, limits()).await;
+            assert_eq!(
+                outcome,
+                Outcome::Closed,
+                "{}",
+                String::from_utf8_lossy(input)
+            );
+            assert_eq!(bodies(&out), ["POST /a"], "{out}");
+            assert!(out.contains("connection: close\r\n"), "{out}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_answer_that_says_close_ends_the_connection() {
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let drain = TestDrain::default();
+        let handler = |req: Request<RequestBody>| async move {
+            let mut resp = echo(req).await;
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            resp
+        };
+        let lim = limits();
+        let serving = serve(server, &lim, handler, &drain);
+        let talking = async {
+            client
+                .write_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await
+                .expect("write");
+            let mut out = Vec::new();
+            client.read_to_end(&mut out).await.expect("read");
+            String::from_utf8_lossy(&out).into_owned()
+        };
+        let (ended, out) = tokio::join!(serving, talking);
+        assert!(matches!(ended, Ended::Closed));
+        assert_eq!(bodies(&out), ["GET /a"], "{out}");
+        assert_eq!(out.matches("connection: close\r\n").count(), 1, "{out}");
     }
 
     #[tokio::test]

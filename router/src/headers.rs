@@ -9,6 +9,13 @@
 //! - `X-Ezone-Hop` lists the sites whose routers already handled the request;
 //!   a router that finds its own site there has found a loop (answered 508).
 //! - `Via`, `X-Forwarded-For` and `X-Forwarded-Proto` are set as a proxy should.
+//! - A forwarded request has exactly one `Host`: the request target's
+//!   authority if it has one (absolute form, HTTP/2's `:authority`), else the
+//!   client's, else (HTTP/1.0) an empty one; never an upstream's address.
+//!   `Connection` cannot remove it, the routing key fields or ezone's own.
+//! - [`check_request`] refuses what a request must not be forwarded with
+//!   (see [`Refusal`]): the client's protocol errors, answered before any
+//!   upstream is involved.
 //!
 //! A forwarded request's fields are written by one function,
 //! [`forwarded_fields`], to either a header map (for hyper) or straight into
@@ -16,6 +23,7 @@
 //! follow the same rules.
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{StatusCode, Uri, Version};
 
 pub const X_EZONE_SHARD: HeaderName = HeaderName::from_static("x-ezone-shard");
 pub const X_EZONE_EPOCH: HeaderName = HeaderName::from_static("x-ezone-epoch");
@@ -59,16 +67,221 @@ pub fn wants_upgrade(headers: &HeaderMap) -> bool {
 }
 
 /// The fields named in `Connection` (hop-by-hop too), but `Upgrade` if
-/// `keep_upgrade`. No allocation unless there are some.
-fn connection_named(headers: &HeaderMap, keep_upgrade: bool) -> Vec<HeaderName> {
+/// `keep_upgrade`, and never `Host`, ezone's own fields or `protected` (the
+/// routing key fields): removing those would change where the request goes
+/// or what the upstream is told about it. The connection options that name
+/// no field (`keep-alive`, `close`) are skipped before a name is made. No
+/// allocation unless there are some.
+fn connection_named(
+    headers: &HeaderMap,
+    keep_upgrade: bool,
+    protected: &[HeaderName],
+) -> Vec<HeaderName> {
     headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .filter(|n| !(keep_upgrade && *n == header::UPGRADE))
+        .map(str::trim)
+        .filter(|t| !t.eq_ignore_ascii_case("keep-alive") && !t.eq_ignore_ascii_case("close"))
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+        .filter(|n| {
+            let kept = *n == header::HOST
+                || n.as_str().starts_with("x-ezone-")
+                || protected.contains(n)
+                || (keep_upgrade && *n == header::UPGRADE);
+            !kept
+        })
         .collect()
+}
+
+/// A request the router refuses as it arrives: the client's protocol error,
+/// answered at once (never sent on, never counted against an upstream).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// More than one `Host` field (RFC 9112 3.2).
+    Hosts,
+    /// No `Host` in an HTTP/1.1 request (RFC 9112 3.2), or neither
+    /// `:authority` nor `Host` in an HTTP/2 one.
+    NoHost,
+    /// A `Host` (or authority) that is neither empty nor `host[:port]`.
+    BadHost,
+    /// HTTP/2's `:authority` and `Host` name different hosts (RFC 9113 8.3.1).
+    HostMismatch,
+    /// A `Transfer-Encoding` other than exactly `chunked` (RFC 9112 6.1:
+    /// 501): the router does not decode other codings, and a list such as
+    /// `identity, chunked` is read differently by different parsers.
+    TransferCoding,
+    /// `Transfer-Encoding` in an HTTP/1.0 request (RFC 9112 6.1: faulty
+    /// framing).
+    TransferCodingHttp10,
+    /// `Transfer-Encoding` and `Content-Length` together (RFC 9112 6.1: the
+    /// framings disagree, the way request smuggling starts). Only the
+    /// router's own HTTP/1 server passes both on: hyper drops the length.
+    TransferCodingAndLength,
+    /// A routing key field (a `[[keys]]` header source) more than once: the
+    /// first would route the request while the upstream got both.
+    RepeatedKey(HeaderName),
+}
+
+impl Refusal {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Refusal::TransferCoding => StatusCode::NOT_IMPLEMENTED,
+            _ => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// The `reason` label of `ezone_router_rejected_total`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Refusal::Hosts | Refusal::NoHost | Refusal::BadHost | Refusal::HostMismatch => {
+                "bad_host"
+            }
+            Refusal::TransferCoding
+            | Refusal::TransferCodingHttp10
+            | Refusal::TransferCodingAndLength => "bad_transfer_encoding",
+            Refusal::RepeatedKey(_) => "repeated_key",
+        }
+    }
+
+    /// The body's framing is in doubt: the connection must not carry
+    /// another request.
+    pub fn closes(&self) -> bool {
+        matches!(
+            self,
+            Refusal::TransferCoding
+                | Refusal::TransferCodingHttp10
+                | Refusal::TransferCodingAndLength
+        )
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::Hosts => f.write_str("more than one Host field; send exactly one"),
+            Refusal::NoHost => f.write_str(
+                "no Host field (HTTP/1.1 requires one; HTTP/2 an :authority); send the host addressed",
+            ),
+            Refusal::BadHost => {
+                f.write_str("Host is not a host[:port]; send the name or address of the host addressed")
+            }
+            Refusal::HostMismatch => f.write_str(
+                ":authority and Host name different hosts; send one of them, or the same in both",
+            ),
+            Refusal::TransferCoding => f.write_str(
+                "Transfer-Encoding other than `chunked` is not supported; send the body chunked (only), or with a Content-Length",
+            ),
+            Refusal::TransferCodingHttp10 => f.write_str(
+                "Transfer-Encoding in an HTTP/1.0 request; send the body with a Content-Length, or use HTTP/1.1",
+            ),
+            Refusal::TransferCodingAndLength => f.write_str(
+                "both Transfer-Encoding and Content-Length; send one of them",
+            ),
+            Refusal::RepeatedKey(name) => write!(
+                f,
+                "{name} (a routing key) appears more than once; send it once"
+            ),
+        }
+    }
+}
+
+/// What a `Host` value (or an authority) may be: `host[:port]`, the host a
+/// name, an IPv4 address or a bracketed IPv6 literal (RFC 3986's `host`
+/// characters; no user information, path or whitespace), or empty (RFC 9112
+/// 3.2: the target has no authority, as a router forwards an HTTP/1.0
+/// request that named none).
+fn valid_host(v: &[u8]) -> bool {
+    v.iter().all(|&b| {
+        b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+                    | b':'
+                    | b'['
+                    | b']'
+                    | b'%'
+            )
+    })
+}
+
+/// The client's protocol errors the router refuses a request for before it
+/// looks any further (see [`Refusal`]): the `Host` rules (exactly one in
+/// HTTP/1.1; in HTTP/2 an `:authority` or a `Host`, the same if both; in
+/// HTTP/1.0 at most one), the transfer coding (`chunked` or none), and each
+/// routing key field in `keys` at most once. A few map lookups: nothing is
+/// allocated unless a request is refused.
+pub fn check_request(
+    version: Version,
+    uri: &Uri,
+    headers: &HeaderMap,
+    keys: &[HeaderName],
+) -> Result<(), Refusal> {
+    let mut hosts = headers.get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(Refusal::Hosts);
+    }
+    let authority = uri.authority();
+    match version {
+        Version::HTTP_09 | Version::HTTP_10 => {}
+        Version::HTTP_2 | Version::HTTP_3 => match (authority, host) {
+            (None, None) => return Err(Refusal::NoHost),
+            (None, Some(h)) if h.is_empty() => return Err(Refusal::NoHost),
+            (Some(a), Some(h)) if !a.as_str().as_bytes().eq_ignore_ascii_case(h.as_bytes()) => {
+                return Err(Refusal::HostMismatch)
+            }
+            _ => {}
+        },
+        _ => {
+            if host.is_none() {
+                return Err(Refusal::NoHost);
+            }
+        }
+    }
+    if host.is_some_and(|h| !valid_host(h.as_bytes()))
+        || authority.is_some_and(|a| !valid_host(a.as_str().as_bytes()))
+    {
+        return Err(Refusal::BadHost);
+    }
+    let mut codings = headers.get_all(header::TRANSFER_ENCODING).iter();
+    if let Some(coding) = codings.next() {
+        if matches!(version, Version::HTTP_09 | Version::HTTP_10) {
+            return Err(Refusal::TransferCodingHttp10);
+        }
+        if codings.next().is_some() || !is_chunked(coding.as_bytes()) {
+            return Err(Refusal::TransferCoding);
+        }
+        if headers.contains_key(header::CONTENT_LENGTH) {
+            return Err(Refusal::TransferCodingAndLength);
+        }
+    }
+    for key in keys {
+        let mut values = headers.get_all(key).iter();
+        if values.next().is_some() && values.next().is_some() {
+            return Err(Refusal::RepeatedKey(key.clone()));
+        }
+    }
+    Ok(())
+}
+
+/// A `Transfer-Encoding` value that is exactly `chunked` (in any case).
+pub fn is_chunked(value: &[u8]) -> bool {
+    value.trim_ascii().eq_ignore_ascii_case(b"chunked")
 }
 
 /// Removes hop-by-hop headers. With `keep_upgrade`, `Connection: upgrade` and
@@ -84,7 +297,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         return;
     }
     // Headers named in Connection are hop-by-hop too.
-    let named = connection_named(headers, keep_upgrade);
+    let named = connection_named(headers, keep_upgrade, &[]);
     for n in named {
         headers.remove(n);
     }
@@ -208,6 +421,8 @@ pub struct Forwarding<'a> {
     pub peer: bool,
     /// Sent with the hop list to a peer router (`X-Ezone-Peer`).
     pub peer_secret: Option<&'a HeaderValue>,
+    /// The routing key fields: kept even if `Connection` names them.
+    pub keys: &'a [HeaderName],
 }
 
 /// Where the header fields of a forwarded request go: a [`HeaderMap`] (for
@@ -253,7 +468,13 @@ pub(crate) fn digits(n: u64, buf: &mut [u8; 20]) -> &[u8] {
 /// `X-Ezone-Site`/`-Shard`/`-Epoch`, `Via` and `X-Forwarded-For` appended to
 /// (their first value), `X-Forwarded-Proto` (a peer router's kept), and the
 /// hop list (appended to, towards a peer router; dropped towards an
-/// upstream). A request that came over HTTP/2 has its authority as `Host`.
+/// upstream). `Connection` never removes `Host` or the routing key fields.
+/// `Host` is the request target's authority when it has one (absolute form,
+/// HTTP/2's `:authority`; RFC 9112 3.2.2, RFC 9113 8.3.1), else the
+/// client's; a request with neither (HTTP/1.0) gets an empty one (RFC 9112
+/// 3.2), so that the upstream's HTTP/1.1 sees exactly one and never an
+/// address the router made up. (More than one was refused by
+/// [`check_request`].)
 pub fn forwarded_fields(
     parts: &http::request::Parts,
     fwd: &Forwarding<'_>,
@@ -263,15 +484,19 @@ pub fn forwarded_fields(
     let keep_proto = fwd.peer && headers.contains_key(&X_FORWARDED_PROTO);
     // Fields named in Connection are hop-by-hop too (rare: no allocation
     // unless there are some).
-    let named = connection_named(headers, fwd.upgrade);
-    if !headers.contains_key(header::HOST) {
-        if let Some(a) = parts.uri.authority() {
-            out.field_concat(&header::HOST, &[a.as_str().as_bytes()]);
+    let named = connection_named(headers, fwd.upgrade, fwd.keys);
+    let authority = parts.uri.authority();
+    match authority {
+        Some(a) => out.field_concat(&header::HOST, &[a.as_str().as_bytes()]),
+        None if !headers.contains_key(header::HOST) => {
+            out.field(&header::HOST, &HeaderValue::from_static(""))
         }
+        None => {}
     }
     for (name, value) in headers {
         let skip = HOP_BY_HOP.contains(name)
             || (*name == header::UPGRADE && !fwd.upgrade)
+            || (authority.is_some() && *name == header::HOST)
             || named.contains(name)
             || name.as_str().starts_with("x-ezone-")
             || *name == header::VIA
@@ -368,6 +593,7 @@ mod tests {
             upgrade: false,
             peer: false,
             peer_secret: None,
+            keys: &[],
         }
     }
 
@@ -658,6 +884,277 @@ mod tests {
         let mut h = HeaderMap::new();
         forwarded_fields(&parts, &local("beijing"), &mut h);
         assert_eq!(h.get("host").unwrap(), "orders.example");
+    }
+
+    /// `check_request` on a request line and fields.
+    fn check(
+        version: http::Version,
+        uri: &str,
+        pairs: &[(&str, &str)],
+        keys: &[HeaderName],
+    ) -> Result<(), Refusal> {
+        check_request(version, &uri.parse().expect("uri"), &map(pairs), keys)
+    }
+
+    #[test]
+    fn a_request_names_exactly_one_host() {
+        use http::Version as V;
+        let none: &[HeaderName] = &[];
+        assert_eq!(
+            check(V::HTTP_11, "/", &[("Host", "a.example")], none),
+            Ok(())
+        );
+        assert_eq!(
+            check(
+                V::HTTP_11,
+                "/",
+                &[("Host", "a.example"), ("Host", "b.example")],
+                none
+            ),
+            Err(Refusal::Hosts)
+        );
+        // The same twice is still two.
+        assert_eq!(
+            check(V::HTTP_11, "/", &[("Host", "a"), ("host", "a")], none),
+            Err(Refusal::Hosts)
+        );
+        assert_eq!(check(V::HTTP_11, "/", &[], none), Err(Refusal::NoHost));
+        // Absolute form still needs the field in HTTP/1.1.
+        assert_eq!(
+            check(V::HTTP_11, "http://a.example/", &[], none),
+            Err(Refusal::NoHost)
+        );
+        // HTTP/1.0 may have none, not two.
+        assert_eq!(check(V::HTTP_10, "/", &[], none), Ok(()));
+        assert_eq!(
+            check(V::HTTP_10, "/", &[("Host", "a"), ("Host", "b")], none),
+            Err(Refusal::Hosts)
+        );
+        // HTTP/2: the :authority, or a Host, the same if both.
+        assert_eq!(check(V::HTTP_2, "https://a.example/", &[], none), Ok(()));
+        assert_eq!(
+            check(V::HTTP_2, "/", &[("host", "a.example")], none),
+            Ok(())
+        );
+        assert_eq!(check(V::HTTP_2, "/", &[], none), Err(Refusal::NoHost));
+        assert_eq!(
+            check(
+                V::HTTP_2,
+                "https://a.example/",
+                &[("host", "A.example")],
+                none
+            ),
+            Ok(())
+        );
+        assert_eq!(
+            check(
+                V::HTTP_2,
+                "https://a.example/",
+                &[("host", "b.example")],
+                none
+            ),
+            Err(Refusal::HostMismatch)
+        );
+        // host[:port] only.
+        for good in [
+            "a.example",
+            "a.example:8080",
+            "10.0.0.1:80",
+            "[::1]:443",
+            "xn--d1a_b-c",
+        ] {
+            assert_eq!(
+                check(V::HTTP_11, "/", &[("Host", good)], none),
+                Ok(()),
+                "{good}"
+            );
+        }
+        // Empty: no authority (what a router sends for an HTTP/1.0 request
+        // without one).
+        assert_eq!(check(V::HTTP_11, "/", &[("Host", "")], none), Ok(()));
+        assert_eq!(
+            check(V::HTTP_2, "/", &[("host", "")], none),
+            Err(Refusal::NoHost)
+        );
+        for bad in [
+            "a b",
+            "a/b",
+            "user@a.example",
+            "a\\b",
+            "a?b",
+            "a#b",
+            "\"a\"",
+        ] {
+            assert_eq!(
+                check(V::HTTP_11, "/", &[("Host", bad)], none),
+                Err(Refusal::BadHost),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            check(
+                V::HTTP_11,
+                "http://user@a.example/",
+                &[("Host", "a.example")],
+                none
+            ),
+            Err(Refusal::BadHost)
+        );
+    }
+
+    #[test]
+    fn only_chunked_is_a_transfer_coding() {
+        use http::Version as V;
+        let none: &[HeaderName] = &[];
+        let with = |v: V, te: &[&str]| {
+            let mut pairs = vec![("Host", "x")];
+            pairs.extend(te.iter().map(|t| ("Transfer-Encoding", *t)));
+            check(v, "/", &pairs, none)
+        };
+        assert_eq!(with(V::HTTP_11, &["chunked"]), Ok(()));
+        assert_eq!(with(V::HTTP_11, &["Chunked"]), Ok(()));
+        assert_eq!(with(V::HTTP_11, &[]), Ok(()));
+        for te in [
+            &["identity, chunked"][..],
+            &["gzip, chunked"],
+            &["chunked, chunked"],
+            &["chunked", "chunked"],
+            &["gzip"],
+            &["identity"],
+            &["chunked;q=1"],
+            &[""],
+        ] {
+            let r = with(V::HTTP_11, te);
+            assert_eq!(r, Err(Refusal::TransferCoding), "{te:?}");
+            let r = r.expect_err("refused");
+            assert_eq!(r.status(), StatusCode::NOT_IMPLEMENTED);
+            assert!(r.closes());
+        }
+        let r = check(
+            V::HTTP_11,
+            "/",
+            &[
+                ("Host", "x"),
+                ("Transfer-Encoding", "chunked"),
+                ("Content-Length", "0"),
+            ],
+            none,
+        )
+        .expect_err("refused");
+        assert_eq!(r, Refusal::TransferCodingAndLength);
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        assert!(r.closes());
+        let r = with(V::HTTP_10, &["chunked"]).expect_err("refused");
+        assert_eq!(r, Refusal::TransferCodingHttp10);
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        assert!(r.closes());
+    }
+
+    #[test]
+    fn a_routing_key_appears_at_most_once() {
+        use http::Version as V;
+        let keys = [
+            HeaderName::from_static("x-region"),
+            HeaderName::from_static("x-user-id"),
+        ];
+        assert_eq!(
+            check(
+                V::HTTP_11,
+                "/",
+                &[("Host", "x"), ("X-Region", "010")],
+                &keys
+            ),
+            Ok(())
+        );
+        let r = check(
+            V::HTTP_11,
+            "/",
+            &[("Host", "x"), ("X-Region", "010"), ("x-region", "021")],
+            &keys,
+        )
+        .expect_err("refused");
+        assert_eq!(r, Refusal::RepeatedKey(HeaderName::from_static("x-region")));
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        assert!(!r.closes());
+        assert!(r.to_string().contains("x-region"), "{r}");
+        assert!(check(
+            V::HTTP_11,
+            "/",
+            &[("Host", "x"), ("X-User-Id", "u1"), ("X-User-Id", "u2")],
+            &keys
+        )
+        .is_err());
+        // A field that is not a key may repeat.
+        assert_eq!(
+            check(
+                V::HTTP_11,
+                "/",
+                &[("Host", "x"), ("X-City-Id", "1"), ("X-City-Id", "2")],
+                &keys
+            ),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn connection_never_removes_the_host_or_the_routing_fields() {
+        let keys = [HeaderName::from_static("x-city-id")];
+        let fwd = Forwarding {
+            shard: Some((1, 4)),
+            keys: &keys,
+            ..local("beijing")
+        };
+        let h = forward(
+            &[
+                ("Host", "orders.example"),
+                ("X-City-Id", "010"),
+                ("X-Other", "gone"),
+                (
+                    "Connection",
+                    "keep-alive, Host, X-City-Id, X-Ezone-Shard, X-Ezone-Site, X-Other",
+                ),
+            ],
+            http::Version::HTTP_11,
+            &fwd,
+        );
+        assert_eq!(h.get("host").unwrap(), "orders.example");
+        assert_eq!(h.get("x-city-id").unwrap(), "010");
+        assert_eq!(h.get("x-ezone-shard").unwrap(), "1");
+        assert_eq!(h.get("x-ezone-site").unwrap(), "beijing");
+        assert!(h.get("x-other").is_none(), "{h:?}");
+        assert!(h.get("connection").is_none(), "{h:?}");
+    }
+
+    #[test]
+    fn the_forwarded_host_is_the_targets_or_the_clients_or_empty() {
+        let forwarded = |uri: &str, version: http::Version, pairs: &[(&str, &str)]| {
+            let mut req = http::Request::get(uri).version(version);
+            for (k, v) in pairs {
+                req = req.header(*k, *v);
+            }
+            let (parts, ()) = req.body(()).expect("request").into_parts();
+            let mut h = HeaderMap::new();
+            forwarded_fields(&parts, &local("beijing"), &mut h);
+            h.get_all("host")
+                .iter()
+                .map(|v| v.to_str().expect("ascii").to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            forwarded("/", http::Version::HTTP_11, &[("Host", "a.example")]),
+            ["a.example"]
+        );
+        // Absolute form: the target's authority, not the field.
+        assert_eq!(
+            forwarded(
+                "http://t.example/x",
+                http::Version::HTTP_11,
+                &[("Host", "a.example")]
+            ),
+            ["t.example"]
+        );
+        // HTTP/1.0 without one: an empty Host, never an address made up.
+        assert_eq!(forwarded("/", http::Version::HTTP_10, &[]), [""]);
     }
 
     #[test]

@@ -9,7 +9,12 @@
 //!
 //! The topology is read with one lock-free load per request; bodies stream
 //! both ways; errors are classified by whose fault they are (client: 4xx,
-//! upstream: 502/504, ourselves/topology: 503).
+//! or 501 for a transfer coding the router does not implement; upstream:
+//! 502/504; ourselves/topology: 503). A client's protocol error (a head
+//! refused by [`headers::check_request`], a request body that does not
+//! parse or is cut off) is never answered 502 and never counted against an
+//! upstream. No answer to a client names an internal address: which
+//! endpoint failed is in the log.
 //!
 //! **The shape of the hot path.** Everything up to the choice of where to
 //! send is synchronous ([`Router::plan`]); only forwarding awaits. The rare
@@ -37,7 +42,7 @@ use tokio::time::Instant;
 
 use ezone_topology::{Snapshot, Watcher};
 
-use crate::body::{self, Body, RequestBody};
+use crate::body::{self, Body, BodyFault, BodyWatch, RequestBody};
 use crate::client::{Upstream, UpstreamClient, UpstreamError};
 use crate::config::{RouterConfig, UpstreamProtocol};
 use crate::decide::{decide, is_write, Decision, Policy, ShardRef};
@@ -83,6 +88,9 @@ pub struct Router {
     site_value: Option<HeaderValue>,
     /// `routing.peer_secret` as a header value (validated as one).
     peer_secret: Option<HeaderValue>,
+    /// The routing key fields (the `[[keys]]` header sources): each may
+    /// appear once in a request, and `Connection` cannot remove them.
+    key_headers: Vec<http::HeaderName>,
 }
 
 /// A request's outcome: the response, the site it went to (`none` if it
@@ -119,6 +127,8 @@ struct HyperMessage {
     body: Option<Body>,
     /// A body read whole (see [`Router::write`]): sent with every attempt.
     replay: Option<Bytes>,
+    /// Whether reading the streamed body failed (the client's fault).
+    watch: Option<BodyWatch>,
 }
 
 impl HyperMessage {
@@ -307,12 +317,9 @@ fn has_body(req: &Request<RequestBody>) -> bool {
 
 /// Whether a request without a body goes over the router's own HTTP/1
 /// exchange (see `client`): not CONNECT, to an HTTP/1 upstream or a peer
-/// router, and with a Host (HTTP/1.0 clients may not send one: hyper's
-/// path adds the upstream's).
+/// router. (Its `Host` is always written: see [`headers::forwarded_fields`].)
 fn own_exchange(parts: &http::request::Parts, target: &Target, worker: &Worker) -> bool {
-    parts.method != Method::CONNECT
-        && (target.remote || !worker.client.upstreams_h2())
-        && (parts.headers.contains_key(header::HOST) || parts.uri.authority().is_some())
+    parts.method != Method::CONNECT && (target.remote || !worker.client.upstreams_h2())
 }
 
 /// The most times one write is sent again after a fence refused it (a
@@ -340,7 +347,18 @@ impl Router {
             on_missing_key: cfg.routing.on_missing_key,
             on_unknown_city: cfg.routing.on_unknown_city,
         };
+        let key_headers = cfg
+            .keys
+            .iter()
+            .filter_map(|k| match k {
+                crate::extract::KeySource::Header { name, .. } => {
+                    http::HeaderName::from_bytes(name.as_bytes()).ok()
+                }
+                _ => None,
+            })
+            .collect();
         Router {
+            key_headers,
             site_value: HeaderValue::from_str(&cfg.site).ok(),
             peer_secret: cfg.routing.peer_secret.as_ref().and_then(|s| {
                 let mut v = HeaderValue::from_str(&s.0).ok()?;
@@ -402,6 +420,39 @@ impl Router {
         error_response(status, reason)
     }
 
+    /// The answer to a request whose head [`headers::check_request`]
+    /// refused; it closes the connection if the body's framing is in doubt.
+    fn refuse(&self, refusal: &headers::Refusal) -> Response<Body> {
+        let mut r = self.reject(refusal.status(), &refusal.to_string(), refusal.label());
+        if refusal.closes() {
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        r
+    }
+
+    /// The answer to a request whose body could not be read (the client's
+    /// fault: nothing is counted against the upstream). hyper closes an
+    /// HTTP/1 connection whose request body failed or was left unread after
+    /// the answer: what is left of it cannot be told from a next request.
+    fn body_refusal(&self, fault: &BodyFault) -> Response<Body> {
+        match fault {
+            BodyFault::TooLarge => self.reject(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!(
+                    "request body larger than {} bytes",
+                    self.cfg.limits.max_body_bytes
+                ),
+                "body_too_large",
+            ),
+            BodyFault::Broken(why) => self.reject(
+                StatusCode::BAD_REQUEST,
+                &format!("the request body could not be read ({why}); send a well-formed body (chunk sizes are hexadecimal digits)"),
+                "bad_body",
+            ),
+        }
+    }
+
     /// Everything up to where the request goes, without waiting: limits,
     /// the loop check, the key and the decision.
     fn plan<'a>(
@@ -411,6 +462,12 @@ impl Router {
         worker: &'a Worker,
     ) -> Step<'a> {
         let none = |r| Step::Answer((r, "none".to_string(), None));
+        // The client's protocol errors first: nothing else is looked at.
+        if let Err(refusal) =
+            headers::check_request(req.version(), req.uri(), req.headers(), &self.key_headers)
+        {
+            return none(self.refuse(&refusal));
+        }
         let Some(snap) = worker.snapshot() else {
             return none(self.reject(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -643,10 +700,7 @@ impl Router {
                 return (r, "none".into(), Some(shard));
             }
             Err(e) => {
-                let r = error_response(
-                    StatusCode::BAD_REQUEST,
-                    &format!("could not read the request body: {}", error_chain(&*e)),
-                );
+                let r = self.body_refusal(&BodyFault::Broken(error_chain(&*e)));
                 return (r, "none".into(), Some(shard));
             }
         };
@@ -729,6 +783,7 @@ impl Router {
                 head: Some(head),
                 body: None,
                 replay: Some(body.clone()),
+                watch: None,
             }))
         };
         Forward {
@@ -845,16 +900,22 @@ impl Router {
             });
         }
         // A request without a body sends none (no limit wrapper needed); one
-        // with a body streams through the size limit.
-        let body = (!resendable).then(|| {
-            incoming.limited(usize::try_from(self.cfg.limits.max_body_bytes).unwrap_or(usize::MAX))
-        });
+        // with a body streams through the size limit, watched for the
+        // client's errors.
+        let (body, watch) = if resendable {
+            (None, None)
+        } else {
+            let (b, w) = incoming
+                .limited(usize::try_from(self.cfg.limits.max_body_bytes).unwrap_or(usize::MAX));
+            (Some(b), w)
+        };
         self.prepare_head(&mut parts, &conn, &target, false);
         Step::Forward(Forward {
             message: Message::Hyper(Box::new(HyperMessage {
                 head: Some(parts),
                 body,
                 replay: None,
+                watch,
             })),
             head_request,
             target,
@@ -914,29 +975,37 @@ impl Router {
                 let result = tokio::time::timeout(self.cfg.timeouts.request(), sent).await;
                 drop(in_flight);
                 let ep = &up.endpoint;
+                // Reading the client's body failed: whatever the exchange
+                // made of it (an error, no answer in time), it is the
+                // client's fault, not the upstream's: no ejection, no
+                // upstream error.
+                if !matches!(result, Ok(Ok(_))) {
+                    if let Some(fault) = f.body_fault() {
+                        tracing::debug!(site = %f.target.site, endpoint = %ep.addr, fault = ?fault, "The client's request body failed on its way upstream.");
+                        break self.body_refusal(fault);
+                    }
+                }
                 match result {
                     Ok(Ok(resp)) => {
                         ep.record_success();
                         break self.respond(resp);
                     }
                     Ok(Err(e @ UpstreamError::Address { .. })) => {
+                        tracing::warn!(site = %f.target.site, endpoint = %ep.addr, error = %error_chain(&e), "Upstream address not usable.");
                         break self.reject(
                             StatusCode::BAD_GATEWAY,
-                            &error_chain(&e),
+                            &format!(
+                                "{} is misconfigured: {}; see the router's log",
+                                whom(&f.target),
+                                e.client_reason(&ep.addr)
+                            ),
                             "bad_upstream_addr",
                         );
                     }
                     Ok(Err(e)) => {
                         // The client's fault, not the upstream's: no ejection.
                         if is_body_too_large(&e) {
-                            break self.reject(
-                                StatusCode::PAYLOAD_TOO_LARGE,
-                                &format!(
-                                    "request body larger than {} bytes",
-                                    self.cfg.limits.max_body_bytes
-                                ),
-                                "body_too_large",
-                            );
+                            break self.body_refusal(&BodyFault::TooLarge);
                         }
                         self.note_failure(&f.target, &ep.addr);
                         ep.record_failure(
@@ -950,14 +1019,13 @@ impl Router {
                             tracing::debug!(site = %f.target.site, endpoint = %ep.addr, error = %e, "Retrying on another endpoint.");
                             continue;
                         }
-                        tracing::warn!(site = %f.target.site, endpoint = %ep.addr, error = %e, "Upstream request failed.");
+                        tracing::warn!(site = %f.target.site, endpoint = %ep.addr, error = %error_chain(&e), "Upstream request failed.");
                         break error_response(
                             StatusCode::BAD_GATEWAY,
                             &format!(
-                                "upstream {} of site {} failed: {}",
-                                ep.addr,
-                                f.target.site,
-                                error_chain(&e)
+                                "{} failed: {}; retry, and see the router's log for which endpoint",
+                                whom(&f.target),
+                                e.client_reason(&ep.addr)
                             ),
                         );
                     }
@@ -967,12 +1035,12 @@ impl Router {
                             self.cfg.upstream.eject_after_failures,
                             Duration::from_millis(self.cfg.upstream.eject_ms),
                         );
+                        tracing::warn!(site = %f.target.site, endpoint = %ep.addr, timeout = ?self.cfg.timeouts.request(), "Upstream sent no response head in time.");
                         break error_response(
                             StatusCode::GATEWAY_TIMEOUT,
                             &format!(
-                                "upstream {} of site {} sent no response head within {:?}",
-                                ep.addr,
-                                f.target.site,
+                                "{} sent no response head within {:?} (timeouts.request_ms); retry, and see the router's log for which endpoint",
+                                whom(&f.target),
                                 self.cfg.timeouts.request()
                             ),
                         );
@@ -1017,6 +1085,7 @@ impl Router {
             upgrade,
             peer: headers::from_peer(request, self.peer_secret.as_ref()),
             peer_secret: self.peer_secret.as_ref(),
+            keys: &self.key_headers,
         }
     }
 
@@ -1122,9 +1191,14 @@ impl Router {
                     self.cfg.upstream.eject_after_failures,
                     Duration::from_millis(self.cfg.upstream.eject_ms),
                 );
+                tracing::warn!(site = %target.site, endpoint = %ep.addr, error = %error_chain(&e), "Upstream upgrade request failed.");
                 return error_response(
                     StatusCode::BAD_GATEWAY,
-                    &format!("upstream {} failed: {}", ep.addr, error_chain(&e)),
+                    &format!(
+                        "{} failed: {}; retry, and see the router's log for which endpoint",
+                        whom(target),
+                        e.client_reason(&ep.addr)
+                    ),
                 );
             }
             Err(_) => {
@@ -1158,7 +1232,26 @@ impl Router {
     }
 }
 
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+impl Forward {
+    /// How reading the client's streamed body failed, if it did.
+    fn body_fault(&self) -> Option<&BodyFault> {
+        match &self.message {
+            Message::Hyper(m) => m.watch.as_ref()?.fault(),
+            Message::Encoded(_) => None,
+        }
+    }
+}
+
+/// Who failed, as the client is told: the site, never an address.
+fn whom(target: &Target) -> String {
+    if target.remote {
+        format!("the router of site {}", target.site)
+    } else {
+        format!("an upstream of site {}", target.site)
+    }
+}
+
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {
