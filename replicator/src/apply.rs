@@ -779,6 +779,11 @@ impl Applier {
         txns: &[SourceTxn],
         own: &Ownership,
     ) -> Result<Applied, ApplyError> {
+        // A planted bug, for the chaos suite's test of itself
+        // (`FAILPOINTS=apply.drop_batch=3%return`): the batch is dropped as
+        // if applied, its progress not recorded; the next batch's commit
+        // moves the origin past it, so its changes are lost for good.
+        fail::fail_point!("apply.drop_batch", |_| Ok(Applied::default()));
         if let Some(applied) = self.apply_pipelined(txns, own).await? {
             return Ok(applied);
         }

@@ -126,3 +126,40 @@ fn the_fixed_seeds_draw_every_kind() {
         "never drawn by {FIXED_SEEDS:?}: {missing:?}"
     );
 }
+
+/// The suite can fail: with a bug planted in every replicator (a failpoint
+/// that drops an applied batch as if it had been applied), a run must end
+/// in a violation that names lost orders, and say how to replay it.
+#[test]
+fn a_replicator_that_drops_transactions_is_caught() {
+    let dir = tempfile::tempdir().expect("report dir");
+    let out = Command::new(ezone_bin())
+        .args(["chaos", "run", "--seed", "1", "--faults", "kill-router"])
+        .args(["--duration", "25s", "--quiet", "6s", "--rate", "60"])
+        // They never will: no need to wait the usual minute.
+        .args(["--converge-within", "5s"])
+        .arg("--report")
+        .arg(dir.path())
+        .env("EZONE_LOG", "warn")
+        .env("FAILPOINTS", "apply.drop_batch=5%return")
+        .output()
+        .expect("run ezone chaos run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("run verdict: VIOLATION (seed 1)"), "{stdout}");
+    assert!(
+        stdout.contains("is missing at") && stdout.contains("sites identical: NO"),
+        "{stdout}"
+    );
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("replay: ezone chaos run --seed 1 "),
+        "the last line says how to replay: {last}"
+    );
+    let summary: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("summary.json")).unwrap_or_default(),
+    )
+    .expect("summary.json");
+    assert_eq!(summary["ok"], false);
+}

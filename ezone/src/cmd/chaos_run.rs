@@ -59,6 +59,9 @@ pub struct RunArgs {
     /// From the heal to the end of the run.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     quiet: Duration,
+    /// How long the sites may take to converge after the traffic stops.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    converge_within: Duration,
     /// Write the schedule, the faults as applied, the history and the
     /// verdict here.
     #[arg(long)]
@@ -145,7 +148,7 @@ pub async fn run(a: RunArgs) -> anyhow::Result<()> {
     let end = (start + a.duration).max(start + heal_at + a.quiet);
     tokio::time::sleep_until(end).await;
     let history = wl.stop().await;
-    let converged = ens.wait_converged(Duration::from_secs(60)).await;
+    let converged = ens.wait_converged(a.converge_within).await;
     // Every epoch a shard had during the run, from the topology store's
     // history (written with each swap), plus the initial topology.
     let mut homes: HomeHistory = homes_at_start;

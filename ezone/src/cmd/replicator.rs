@@ -23,6 +23,9 @@ pub async fn run(args: ReplicatorArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot read replicator config {}", args.config.display()))?;
     let cfg = ReplicatorConfig::from_toml(&text)
         .with_context(|| format!("in {}", args.config.display()))?;
+    // Failpoints from FAILPOINTS (the chaos suite's tests plant a bug with
+    // them; unset, nothing changes).
+    let _scenario = fail::FailScenario::setup();
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut service = Service::start(cfg).await?;
