@@ -73,6 +73,9 @@ enum Undo {
     Unskew(String),
 }
 
+/// How often an undo tries to start a killed part again.
+const RESTART_TRIES: u32 = 3;
+
 /// The steps a switchover command can be killed at (failpoints).
 const STEPS: [&str; 7] = ezone_topology::failover::Switchover::FORWARD_STEPS;
 
@@ -169,9 +172,14 @@ pub async fn heal(ens: &Ensemble) -> Vec<String> {
             l.set_toxics(Direction::Downstream, Toxics::default());
         }
         for part in [Part::Postgres, Part::Orders, Part::Router, Part::Replicator] {
-            // A paused process resumes; a stopped one is not running and
-            // says so by failing to resume: restart it.
-            let _ = ens.resume(&site, part);
+            // A paused process resumes; one that is not running (it exited,
+            // or its restart failed) says so by failing to resume: start
+            // it again.
+            if ens.resume(&site, part).is_err() {
+                if let Err(e) = ens.restart(&site, part).await {
+                    problems.push(format!("restarting {part} at {site} in the heal: {e}"));
+                }
+            }
         }
     }
     for (site, clock) in ens.lab().clocks() {
@@ -462,11 +470,22 @@ async fn begin(
 async fn end(ens: &Ensemble, undo: Undo, ezone_bin: &Path) -> Result<String, String> {
     match undo {
         Undo::Nothing => Ok(String::new()),
-        Undo::Restart(site, part) => ens
-            .restart(&site, part)
-            .await
-            .map(|()| String::new())
-            .map_err(|e| format!("restarting {part} at {site}: {e}")),
+        Undo::Restart(site, part) => {
+            // A part may fail to start while another fault holds what it
+            // needs (etcd, its Postgres): try again, as a supervisor would.
+            let mut tries = 0;
+            loop {
+                tries += 1;
+                match ens.restart(&site, part).await {
+                    Ok(()) if tries == 1 => return Ok(String::new()),
+                    Ok(()) => return Ok(format!("started on try {tries}")),
+                    Err(e) if tries >= RESTART_TRIES => {
+                        return Err(format!("restarting {part} at {site} ({tries} tries): {e}"))
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+                }
+            }
+        }
         Undo::Resume(site, part) => ens
             .resume(&site, part)
             .map(|()| String::new())

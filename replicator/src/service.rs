@@ -6,8 +6,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
-use ezone_topology::{AnyStore, EtcdStore, FileStore, TopologyStore};
+use ezone_topology::{AnyStore, EtcdStore, FileStore, StoreError, TopologyStore};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -32,6 +33,36 @@ pub enum ServiceError {
     },
 }
 
+/// The longest wait between two tries of an unavailable topology store at
+/// start.
+const START_RETRY_MAX: Duration = Duration::from_secs(2);
+
+/// `f` again and again while the topology store is unavailable (etcd
+/// without quorum, or the member the client reached just died): a
+/// replicator started then waits for it, as a running one rides it out,
+/// rather than exiting (found by the chaos suite: a replicator restarted
+/// during an etcd fault exited, and its site went unreplicated). Other
+/// errors (a refused request, a bad topology) are returned at once.
+async fn until_available<T, F, Fut>(what: &str, mut f: F) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let mut backoff = Duration::from_millis(100);
+    let mut tries: u32 = 0;
+    loop {
+        match f().await {
+            Err(StoreError::Unavailable { store, detail }) => {
+                tries += 1;
+                tracing::warn!(%store, %detail, tries, "The topology store is unavailable at start ({what}); retrying.");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(START_RETRY_MAX);
+            }
+            other => return other,
+        }
+    }
+}
+
 /// The running links of one replicator.
 pub struct Service {
     pub links: BTreeMap<String, Arc<LinkStats>>,
@@ -48,10 +79,13 @@ impl Service {
         let store = match &cfg.topology.file {
             Some(f) => AnyStore::File(FileStore::new(f)),
             None => AnyStore::Etcd(Box::new(
-                EtcdStore::connect(&cfg.topology.etcd, &cfg.topology.prefix).await?,
+                until_available("connecting", || {
+                    EtcdStore::connect(&cfg.topology.etcd, &cfg.topology.prefix)
+                })
+                .await?,
             )),
         };
-        let snap = store.load().await?;
+        let snap = until_available("reading the topology", || store.load()).await?;
         // A live view of the topology for ownership checks (lock-free reads).
         let watcher = Arc::new(ezone_topology::Watcher::start(store.clone()));
         let topology: crate::apply::TopologyFn = {
@@ -484,4 +518,53 @@ pub fn render(
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicU32;
+
+    fn unavailable() -> StoreError {
+        StoreError::Unavailable {
+            store: "etcd".into(),
+            detail: "no leader".into(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unavailable_store_at_start_is_waited_for() {
+        let calls = AtomicU32::new(0);
+        let got = until_available("reading", || {
+            let n = calls.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if n < 5 {
+                    Err(unavailable())
+                } else {
+                    Ok(n)
+                }
+            }
+        })
+        .await;
+        assert!(matches!(got, Ok(5)), "{got:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn other_store_errors_are_not_retried() {
+        let calls = AtomicU32::new(0);
+        let got: Result<(), StoreError> = until_available("reading", || {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async {
+                Err(StoreError::NotInitialized {
+                    store: "etcd".into(),
+                })
+            }
+        })
+        .await;
+        assert!(
+            matches!(got, Err(StoreError::NotInitialized { .. })),
+            "{got:?}"
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
 }
