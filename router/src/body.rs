@@ -9,19 +9,28 @@
 //!
 //! A client's body streamed upstream is watched ([`BodyWatch`]): if reading
 //! it fails (a malformed chunk size, a connection cut mid-body, the size
-//! limit), the exchange that fails with it is the client's fault, not the
-//! upstream's, whatever error the upstream connection reports.
+//! limit, nothing for `timeouts.body_read_ms`), the exchange that fails
+//! with it is the client's fault, not the upstream's, whatever error the
+//! upstream connection reports.
+//!
+//! Both directions are bounded between reads ([`crate::stall`]): a client's
+//! request body by `timeouts.body_read_ms`, an upstream's response body by
+//! `timeouts.upstream_read_ms` (which counts against the upstream). Only
+//! the time the router spends waiting for the next bytes counts.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use http_body_util::BodyExt;
 use hyper::body::{Frame, Incoming, SizeHint};
 
-use crate::client::{Checkin, RawBody};
+use crate::client::{Checkin, RawBody, Upstream, UpstreamError};
+use crate::stall::Stall;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -50,6 +59,42 @@ struct UpstreamBody {
     /// dropped half-read leaves its connection unusable: it is closed).
     conn: Option<Checkin>,
     done: bool,
+    /// Who sent it: a stall counts against it.
+    from: Option<Arc<Upstream>>,
+    stall: Stall,
+}
+
+impl UpstreamBody {
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        let r = hyper::body::Body::poll_frame(Pin::new(&mut self.inner), cx);
+        match &r {
+            Poll::Ready(None) => self.done = true,
+            Poll::Ready(Some(Err(_))) => {
+                // The connection failed mid-body: never reuse it.
+                self.conn = None;
+            }
+            Poll::Ready(Some(Ok(_))) => {}
+            Poll::Pending => {
+                if let Some(from) = &self.from {
+                    let limit = from.read_timeout();
+                    if self.stall.poll_expired(cx, limit).is_ready() {
+                        from.stalled();
+                        self.conn = None;
+                        self.done = true;
+                        return Poll::Ready(Some(Err(Box::new(UpstreamError::Stalled {
+                            after: limit,
+                        }))));
+                    }
+                }
+                return Poll::Pending;
+            }
+        }
+        self.stall.progress();
+        r.map(|f| f.map(|f| f.map_err(Into::into)))
+    }
 }
 
 impl Drop for UpstreamBody {
@@ -93,26 +138,26 @@ impl RequestBody {
         }
     }
 
-    /// The body to send upstream, cut off with an error past `limit` bytes,
-    /// and (if there is one) the watch that tells whether reading it failed.
-    pub fn limited(self, limit: usize) -> (Body, Option<BodyWatch>) {
+    /// The body to send upstream, cut off with an error past `limit` bytes
+    /// or when nothing of it arrives for `read_timeout` while it is waited
+    /// for, and (if there is one) the watch that tells whether reading it
+    /// failed.
+    pub fn limited(self, limit: usize, read_timeout: Duration) -> (Body, Option<BodyWatch>) {
         match self {
             RequestBody::Hyper(b) => {
-                let watch = BodyWatch::default();
-                let body = Watched {
-                    inner: http_body_util::Limited::new(b, limit),
-                    watch: watch.clone(),
-                };
+                let body = Watched::new(b, limit, read_timeout);
+                let watch = body.watch.clone();
                 (boxed(body), Some(watch))
             }
             RequestBody::Empty => (empty(), None),
         }
     }
 
-    /// The whole body, up to `limit` bytes.
-    pub async fn collect(self, limit: usize) -> Result<Bytes, BoxError> {
+    /// The whole body, up to `limit` bytes, none of it more than
+    /// `read_timeout` after the last (else a [`BodyTimeout`] error).
+    pub async fn collect(self, limit: usize, read_timeout: Duration) -> Result<Bytes, BoxError> {
         match self {
-            RequestBody::Hyper(b) => Ok(http_body_util::Limited::new(b, limit)
+            RequestBody::Hyper(b) => Ok(Watched::new(b, limit, read_timeout)
                 .collect()
                 .await?
                 .to_bytes()),
@@ -138,34 +183,82 @@ pub enum BodyFault {
     /// connection ended in the middle of it: what went wrong, as the
     /// client's side of the router saw it (no upstream in it).
     Broken(String),
+    /// Nothing of it arrived for `after` (the `setting`) while the router
+    /// waited for it.
+    TimedOut {
+        after: Duration,
+        setting: &'static str,
+    },
+}
+
+/// A client's request body that stopped arriving: nothing of it for the
+/// time given (`timeouts.body_read_ms`) while the router waited.
+#[derive(Debug, thiserror::Error)]
+#[error("the client sent nothing of its request body for {0:?} (timeouts.body_read_ms)")]
+pub struct BodyTimeout(pub Duration);
+
+#[derive(Debug, Default)]
+struct WatchState {
+    fault: OnceLock<BodyFault>,
+    /// The router is waiting for more of the body now.
+    waiting: AtomicBool,
 }
 
 /// Whether reading a client's request body on its way upstream failed.
 /// Set by the body itself, before the upstream connection that was reading
 /// it sees the error, so it is known by the time the exchange fails.
 #[derive(Debug, Clone, Default)]
-pub struct BodyWatch(Arc<OnceLock<BodyFault>>);
+pub struct BodyWatch(Arc<WatchState>);
 
 impl BodyWatch {
     /// The first failure, if reading the body failed.
     pub fn fault(&self) -> Option<&BodyFault> {
-        self.0.get()
+        self.0.fault.get()
+    }
+
+    /// Whether the body is being waited for right now: the upstream has
+    /// asked for more and the client has not sent it. (If the exchange runs
+    /// out of time then, the client is the one holding it up.)
+    pub fn waiting_for_client(&self) -> bool {
+        self.fault().is_none() && self.0.waiting.load(Ordering::Relaxed)
     }
 
     fn note(&self, e: &BoxError) {
         let fault = if e.is::<http_body_util::LengthLimitError>() {
             BodyFault::TooLarge
+        } else if let Some(t) = e.downcast_ref::<BodyTimeout>() {
+            BodyFault::TimedOut {
+                after: t.0,
+                setting: "timeouts.body_read_ms",
+            }
         } else {
             BodyFault::Broken(crate::proxy::error_chain(&**e))
         };
-        let _ = self.0.set(fault);
+        let _ = self.0.fault.set(fault);
     }
 }
 
-/// A client's body on its way upstream, its failures noted in a [`BodyWatch`].
+/// A client's body on its way upstream (or being read whole), its
+/// failures noted in a [`BodyWatch`], cut off when nothing of it arrives
+/// for `read_timeout` while it is waited for.
 struct Watched {
     inner: http_body_util::Limited<Incoming>,
     watch: BodyWatch,
+    read_timeout: Duration,
+    stall: Stall,
+    failed: bool,
+}
+
+impl Watched {
+    fn new(inner: Incoming, limit: usize, read_timeout: Duration) -> Watched {
+        Watched {
+            inner: http_body_util::Limited::new(inner, limit),
+            watch: BodyWatch::default(),
+            read_timeout,
+            stall: Stall::new(),
+            failed: false,
+        }
+    }
 }
 
 impl hyper::body::Body for Watched {
@@ -176,15 +269,39 @@ impl hyper::body::Body for Watched {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let r = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Err(e))) = &r {
-            self.watch.note(e);
+        let this = &mut *self;
+        if this.failed {
+            return Poll::Ready(None);
+        }
+        let r = Pin::new(&mut this.inner).poll_frame(cx);
+        match &r {
+            Poll::Pending => {
+                if !this.stall.waiting() {
+                    this.watch.0.waiting.store(true, Ordering::Relaxed);
+                }
+                if this.stall.poll_expired(cx, this.read_timeout).is_ready() {
+                    this.failed = true;
+                    let e: BoxError = Box::new(BodyTimeout(this.read_timeout));
+                    this.watch.note(&e);
+                    return Poll::Ready(Some(Err(e)));
+                }
+                return Poll::Pending;
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.failed = true;
+                this.watch.note(e);
+            }
+            Poll::Ready(_) => {}
+        }
+        if this.stall.waiting() {
+            this.stall.progress();
+            this.watch.0.waiting.store(false, Ordering::Relaxed);
         }
         r
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.failed || self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -223,14 +340,21 @@ where
     }
 }
 
-/// An upstream response body; `conn` (if any) is checked back in to its
-/// pool once the body has been read to its end.
-pub(crate) fn upstream(inner: Incoming, conn: Option<Checkin>) -> Body {
+/// An upstream response body from `from`; `conn` (if any) is checked back
+/// in to its pool once the body has been read to its end. A body that
+/// stalls (`timeouts.upstream_read_ms`) fails and counts against `from`.
+pub(crate) fn upstream(
+    inner: Incoming,
+    conn: Option<Checkin>,
+    from: Option<Arc<Upstream>>,
+) -> Body {
     Body {
         kind: Kind::Upstream(UpstreamBody {
             inner,
             conn,
             done: false,
+            from,
+            stall: Stall::new(),
         }),
     }
 }
@@ -245,18 +369,7 @@ impl hyper::body::Body for Body {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match &mut self.get_mut().kind {
             Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            Kind::Upstream(u) => {
-                let r = Pin::new(&mut u.inner).poll_frame(cx);
-                match &r {
-                    Poll::Ready(None) => u.done = true,
-                    Poll::Ready(Some(Err(_))) => {
-                        // The connection failed mid-body: never reuse it.
-                        u.conn = None;
-                    }
-                    _ => {}
-                }
-                r.map(|f| f.map(|f| f.map_err(Into::into)))
-            }
+            Kind::Upstream(u) => u.poll_frame(cx),
             Kind::Raw(b) => b.poll_frame(cx),
             Kind::Boxed(b) => Pin::new(b).poll_frame(cx),
         }

@@ -62,9 +62,14 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+
 use crate::body::{self, Body, BoxError};
 use crate::config::{RouterConfig, UpstreamProtocol};
 use crate::h1::{self, ChunkedDecoder, Framing, H1Error, Next};
+use crate::metrics::EndpointLabels;
+use crate::stall::Stall;
 use crate::upstream::{Endpoint, Endpoints, InFlight};
 
 /// The most idle connections kept per upstream address, per worker (of
@@ -101,6 +106,10 @@ pub enum UpstreamError {
     /// The upstream's response is not valid HTTP/1.
     #[error("invalid response from the upstream")]
     Malformed(#[source] H1Error),
+    /// The upstream sent nothing of its response body for `after` while the
+    /// router waited for it.
+    #[error("the upstream sent nothing for {after:?} in the middle of its response body (timeouts.upstream_read_ms)")]
+    Stalled { after: Duration },
     /// The upstream address does not make a URI (HTTP/2 upstreams).
     #[error("upstream address {addr:?} is not usable: {source}")]
     Address {
@@ -143,6 +152,7 @@ impl UpstreamError {
             | UpstreamError::Io(_)
             | UpstreamError::Closed
             | UpstreamError::Malformed(_)
+            | UpstreamError::Stalled { .. }
             | UpstreamError::Address { .. } => false,
             UpstreamError::H2(e) => e.is_connect(),
         }
@@ -164,6 +174,17 @@ struct Idles {
     raw: Vec<Idle<RawConn>>,
 }
 
+/// How an upstream's failures after its response head are counted: a
+/// response body that stalls fails the way an exchange does before it.
+pub(crate) struct Faults {
+    /// `timeouts.upstream_read_ms`.
+    read_timeout: Duration,
+    eject_after: u32,
+    eject_for: Duration,
+    /// `ezone_router_upstream_errors_total`.
+    errors: Family<EndpointLabels, Counter>,
+}
+
 /// One worker's view of one upstream address: the shared endpoint state
 /// (health, ejection), this worker's requests in flight to it (for the
 /// balancing; see [`crate::upstream`]), and its idle connections.
@@ -171,19 +192,44 @@ pub struct Upstream {
     pub endpoint: Arc<Endpoint>,
     in_flight: AtomicU32,
     idle: Mutex<Idles>,
+    /// The site it was first picked for (its failures' label).
+    site: String,
+    faults: Arc<Faults>,
 }
 
 impl Upstream {
-    fn new(endpoint: Arc<Endpoint>) -> Upstream {
+    fn new(endpoint: Arc<Endpoint>, site: &str, faults: Arc<Faults>) -> Upstream {
         Upstream {
             endpoint,
             in_flight: AtomicU32::new(0),
             idle: Mutex::new(Idles::default()),
+            site: site.to_string(),
+            faults,
         }
     }
 
     pub fn addr(&self) -> &str {
         &self.endpoint.addr
+    }
+
+    /// How long its response body may keep the router waiting.
+    pub(crate) fn read_timeout(&self) -> Duration {
+        self.faults.read_timeout
+    }
+
+    /// Its response body stalled: counted against it as an exchange that
+    /// fails before the head is (`ezone_router_upstream_errors_total`,
+    /// passive ejection).
+    pub(crate) fn stalled(&self) {
+        let f = &self.faults;
+        tracing::warn!(site = %self.site, endpoint = %self.endpoint.addr, timeout = ?f.read_timeout, "Upstream stalled in the middle of a response body; cutting the answer off.");
+        f.errors
+            .get_or_create(&EndpointLabels {
+                site: self.site.clone(),
+                endpoint: self.endpoint.addr.clone(),
+            })
+            .inc();
+        self.endpoint.record_failure(f.eject_after, f.eject_for);
     }
 
     /// This worker's requests in flight to it.
@@ -209,11 +255,17 @@ struct Upstreams {
 }
 
 impl Upstreams {
-    fn get(&mut self, endpoints: &Endpoints, addr: &str) -> Arc<Upstream> {
+    fn get(
+        &mut self,
+        endpoints: &Endpoints,
+        site: &str,
+        addr: &str,
+        faults: &Arc<Faults>,
+    ) -> Arc<Upstream> {
         if let Some(u) = self.by_addr.get(addr) {
             return u.clone();
         }
-        let u = Arc::new(Upstream::new(endpoints.get(addr)));
+        let u = Arc::new(Upstream::new(endpoints.get(addr), site, faults.clone()));
         self.by_addr.insert(addr.to_string(), u.clone());
         u
     }
@@ -248,6 +300,9 @@ pub(crate) struct RawConn {
     io: TcpStream,
     /// Bytes read and not yet used (a response head being read, body bytes).
     buf: BytesMut,
+    /// How long a response body has kept the router waiting (its timer is
+    /// kept with the connection, for every response on it).
+    stall: Stall,
 }
 
 impl RawConn {
@@ -255,6 +310,7 @@ impl RawConn {
         RawConn {
             io,
             buf: BytesMut::with_capacity(READ_BUF),
+            stall: Stall::new(),
         }
     }
 
@@ -372,7 +428,21 @@ impl RawBody {
                 }
             }
             // The buffer holds nothing usable: read more.
-            match std::task::ready!(conn.poll_fill(cx)) {
+            let filled = match conn.poll_fill(cx) {
+                Poll::Ready(r) => {
+                    conn.stall.progress();
+                    r
+                }
+                Poll::Pending => {
+                    let limit = self.slot.read_timeout();
+                    if conn.stall.poll_expired(cx, limit).is_ready() {
+                        self.slot.stalled();
+                        return self.fail(Box::new(UpstreamError::Stalled { after: limit }));
+                    }
+                    return Poll::Pending;
+                }
+            };
+            match filled {
                 Ok(0) => {
                     if matches!(self.state, RawState::Eof) {
                         self.state = RawState::Done;
@@ -423,6 +493,7 @@ impl Drop for RawBody {
 /// One worker's upstream connections.
 pub struct UpstreamClient {
     upstreams: Mutex<Upstreams>,
+    faults: Arc<Faults>,
     connect_timeout: Duration,
     idle_timeout: Duration,
     /// For `upstream.protocol = "h2c"`.
@@ -449,9 +520,17 @@ pub fn legacy_client(cfg: &RouterConfig, h2c: bool) -> Client<HttpConnector, Bod
 }
 
 impl UpstreamClient {
-    pub fn new(cfg: &RouterConfig) -> UpstreamClient {
+    /// A worker's client; `errors` is where it counts an upstream's
+    /// failures after the response head (`ezone_router_upstream_errors_total`).
+    pub fn new(cfg: &RouterConfig, errors: Family<EndpointLabels, Counter>) -> UpstreamClient {
         UpstreamClient {
             upstreams: Mutex::default(),
+            faults: Arc::new(Faults {
+                read_timeout: cfg.timeouts.upstream_read(),
+                eject_after: cfg.upstream.eject_after_failures,
+                eject_for: Duration::from_millis(cfg.upstream.eject_ms),
+                errors,
+            }),
             connect_timeout: cfg.timeouts.connect(),
             idle_timeout: cfg.timeouts.idle(),
             h2: (cfg.upstream.protocol == UpstreamProtocol::H2c).then(|| legacy_client(cfg, true)),
@@ -475,26 +554,31 @@ impl UpstreamClient {
         u
     }
 
-    /// This worker's handle on `addr`.
-    pub fn upstream(&self, endpoints: &Endpoints, addr: &str) -> Arc<Upstream> {
-        self.upstreams(endpoints).get(endpoints, addr)
+    /// This worker's handle on `addr`, an endpoint of `site`.
+    pub fn upstream(&self, endpoints: &Endpoints, site: &str, addr: &str) -> Arc<Upstream> {
+        self.upstreams(endpoints)
+            .get(endpoints, site, addr, &self.faults)
     }
 
-    /// Picks one of `addrs`, preferring those not `tried` yet: power of two
-    /// choices on this worker's requests in flight, among the available
-    /// endpoints ([`crate::upstream::pick`]).
+    /// Picks one of `addrs` (endpoints of `site`), preferring those not
+    /// `tried` yet: power of two choices on this worker's requests in
+    /// flight, among the available endpoints ([`crate::upstream::pick`]).
     pub fn pick(
         &self,
         endpoints: &Endpoints,
+        site: &str,
         addrs: &[String],
         tried: &[Arc<Upstream>],
     ) -> Option<Arc<Upstream>> {
         let mut u = self.upstreams(endpoints);
         // The common single-endpoint case needs no choice (and no allocation).
         if let [only] = addrs {
-            return Some(u.get(endpoints, only));
+            return Some(u.get(endpoints, site, only, &self.faults));
         }
-        let all: Vec<Arc<Upstream>> = addrs.iter().map(|a| u.get(endpoints, a)).collect();
+        let all: Vec<Arc<Upstream>> = addrs
+            .iter()
+            .map(|a| u.get(endpoints, site, a, &self.faults))
+            .collect();
         drop(u);
         let fresh: Vec<&Arc<Upstream>> = all
             .iter()
@@ -583,7 +667,10 @@ impl UpstreamClient {
                 *req.uri_mut() = absolute(addr, req.uri())?;
                 let resp = client.request(req).await?;
                 let (parts, incoming) = resp.into_parts();
-                return Ok(Response::from_parts(parts, body::upstream(incoming, None)));
+                return Ok(Response::from_parts(
+                    parts,
+                    body::upstream(incoming, None, Some(upstream.clone())),
+                ));
             }
             let slot = upstream;
             loop {
@@ -610,7 +697,7 @@ impl UpstreamClient {
                         };
                         return Ok(Response::from_parts(
                             parts,
-                            body::upstream(incoming, Some(conn)),
+                            body::upstream(incoming, Some(conn), Some(slot.clone())),
                         ));
                     }
                     Err(mut e) => match e.take_message() {
@@ -855,7 +942,7 @@ mod tests {
 
     impl Client {
         fn up(&self, addr: &str) -> Arc<Upstream> {
-            self.c.upstream(&self.endpoints, addr)
+            self.c.upstream(&self.endpoints, "a", addr)
         }
 
         async fn send(
@@ -907,7 +994,7 @@ mod tests {
         )
         .expect("config");
         Client {
-            c: UpstreamClient::new(&cfg),
+            c: UpstreamClient::new(&cfg, Family::default()),
             endpoints: Endpoints::default(),
         }
     }
@@ -1276,6 +1363,46 @@ mod tests {
         assert_eq!(conns.load(Ordering::SeqCst), 2);
     }
 
+    #[tokio::test]
+    async fn a_body_that_stalls_fails_and_counts_against_its_upstream() {
+        // A head promising 1000 bytes, 10 of them, then nothing (the
+        // connection held open).
+        let (addr, _) = scripted(usize::MAX, |_| {
+            b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n0123456789".to_vec()
+        })
+        .await;
+        let cfg = RouterConfig::from_toml(
+            "site = \"a\"\n[listen]\nhttp = \"127.0.0.1:0\"\n[topology]\nfile = \"t.toml\"\n[timeouts]\nupstream_read_ms = 200\n[upstream]\neject_after_failures = 2\n",
+        )
+        .expect("config");
+        let errors = Family::<EndpointLabels, Counter>::default();
+        let c = Client {
+            c: UpstreamClient::new(&cfg, errors.clone()),
+            endpoints: Endpoints::default(),
+        };
+        for (n, own) in [(1, true), (2, false)] {
+            let resp = if own {
+                c.exchange(&addr, &encoded("GET", "/"), false).await
+            } else {
+                c.send(&addr, get("/"), false).await
+            }
+            .expect("a head");
+            let started = Instant::now();
+            let e = resp.into_body().collect().await.expect_err("stalled");
+            assert!(started.elapsed() >= Duration::from_millis(200));
+            assert!(e.to_string().contains("upstream_read_ms"), "{e}");
+            let counted = errors
+                .get_or_create(&EndpointLabels {
+                    site: "a".into(),
+                    endpoint: addr.clone(),
+                })
+                .get();
+            assert_eq!(counted, n);
+        }
+        // Two in a row: ejected, as for failures before the head.
+        assert!(c.up(&addr).endpoint.is_ejected());
+    }
+
     #[test]
     fn uris_take_the_form_each_protocol_needs() {
         let mut r = Request::get("http://example.com/a?b=1")
@@ -1333,7 +1460,7 @@ mod pick_tests {
             "site = \"a\"\n[listen]\nhttp = \"127.0.0.1:0\"\n[topology]\nfile = \"t.toml\"\n",
         )
         .expect("config");
-        UpstreamClient::new(&cfg)
+        UpstreamClient::new(&cfg, Family::default())
     }
 
     #[test]
@@ -1341,34 +1468,37 @@ mod pick_tests {
         let shared = Endpoints::default();
         let c = client();
         let addrs = vec!["a".to_string(), "b".to_string()];
-        let a = c.upstream(&shared, "a");
+        let a = c.upstream(&shared, "s", "a");
         let _busy: Vec<_> = (0..5).map(|_| a.start()).collect();
         for _ in 0..50 {
-            assert_eq!(c.pick(&shared, &addrs, &[]).expect("one").addr(), "b");
+            assert_eq!(c.pick(&shared, "s", &addrs, &[]).expect("one").addr(), "b");
         }
         // Tried already: the other one, however loaded.
-        let b = c.upstream(&shared, "b");
+        let b = c.upstream(&shared, "s", "b");
         assert_eq!(
-            c.pick(&shared, &addrs, std::slice::from_ref(&b))
+            c.pick(&shared, "s", &addrs, std::slice::from_ref(&b))
                 .expect("one")
                 .addr(),
             "a"
         );
         // Another worker's load is its own.
         let other = client();
-        assert_eq!(other.upstream(&shared, "a").in_flight(), 0);
+        assert_eq!(other.upstream(&shared, "s", "a").in_flight(), 0);
         // Health is shared.
         shared.get("b").set_healthy(false);
-        assert_eq!(other.pick(&shared, &addrs, &[]).expect("one").addr(), "a");
+        assert_eq!(
+            other.pick(&shared, "s", &addrs, &[]).expect("one").addr(),
+            "a"
+        );
     }
 
     #[test]
     fn a_dropped_endpoint_is_not_used_after_the_topology_moves_on() {
         let shared = Endpoints::default();
         let c = client();
-        let old = c.upstream(&shared, "a");
+        let old = c.upstream(&shared, "s", "a");
         shared.retain(&[]);
-        let new = c.upstream(&shared, "a");
+        let new = c.upstream(&shared, "s", "a");
         assert!(!Arc::ptr_eq(&old.endpoint, &new.endpoint));
         assert!(Arc::ptr_eq(&new.endpoint, &shared.get("a")));
     }

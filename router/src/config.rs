@@ -17,12 +17,19 @@ pub mod defaults {
     pub const REQUEST_TIMEOUT_MS: u64 = 30_000;
     pub const IDLE_TIMEOUT_MS: u64 = 60_000;
     pub const HEADER_READ_TIMEOUT_MS: u64 = 10_000;
+    pub const BODY_READ_TIMEOUT_MS: u64 = 60_000;
+    pub const SEND_TIMEOUT_MS: u64 = 60_000;
+    pub const UPSTREAM_READ_TIMEOUT_MS: u64 = 60_000;
+    pub const KEEPALIVE_TIMEOUT_MS: u64 = 75_000;
     pub const DRAIN_TIMEOUT_MS: u64 = 10_000;
     pub const MAX_HEADER_BYTES: usize = 16 * 1024;
     pub const MAX_HEADERS: usize = 100;
     pub const MAX_BODY_BYTES: u64 = 10 * 1024 * 1024;
     pub const MAX_HELD: usize = 1_000;
     pub const REPLAY_BODY_BYTES: u64 = 64 * 1024;
+    /// File descriptors kept out of the default connection cap (listeners,
+    /// the runtime's own, etcd, logs, health checks).
+    pub const RESERVED_FDS: u64 = 64;
     pub const HEALTH_PATH: &str = "/healthz";
     pub const HEALTH_INTERVAL_MS: u64 = 1_000;
     pub const EJECT_AFTER_FAILURES: u32 = 3;
@@ -183,6 +190,10 @@ ms_field!(d_connect, defaults::CONNECT_TIMEOUT_MS);
 ms_field!(d_request, defaults::REQUEST_TIMEOUT_MS);
 ms_field!(d_idle, defaults::IDLE_TIMEOUT_MS);
 ms_field!(d_header, defaults::HEADER_READ_TIMEOUT_MS);
+ms_field!(d_body_read, defaults::BODY_READ_TIMEOUT_MS);
+ms_field!(d_send, defaults::SEND_TIMEOUT_MS);
+ms_field!(d_upstream_read, defaults::UPSTREAM_READ_TIMEOUT_MS);
+ms_field!(d_keepalive, defaults::KEEPALIVE_TIMEOUT_MS);
 ms_field!(d_drain, defaults::DRAIN_TIMEOUT_MS);
 ms_field!(d_health_interval, defaults::HEALTH_INTERVAL_MS);
 ms_field!(d_eject, defaults::EJECT_MS);
@@ -199,10 +210,31 @@ pub struct Timeouts {
     /// How long an idle pooled upstream connection is kept.
     #[serde(default = "d_idle")]
     pub idle_ms: u64,
-    /// How long a client may take to send its request head (slow clients).
+    /// How long a client may take to send its request head (slow clients):
+    /// the first from when the connection was accepted, a later one from
+    /// its first byte.
     #[serde(default = "d_header")]
     pub header_read_ms: u64,
-    /// On SIGTERM, how long in-flight requests may take to finish.
+    /// How long the client's request body may go without sending a byte
+    /// while the router waits for it (then 408, the client's fault).
+    #[serde(default = "d_body_read")]
+    pub body_read_ms: u64,
+    /// How long an answer may wait for the client to take any of it (a
+    /// client that does not read is dropped).
+    #[serde(default = "d_send")]
+    pub send_ms: u64,
+    /// How long an upstream's response body may go without a byte while
+    /// the router waits for it (then the answer is cut off, and it counts
+    /// against the upstream).
+    #[serde(default = "d_upstream_read")]
+    pub upstream_read_ms: u64,
+    /// How long a client connection may sit idle: HTTP/1.1 between an
+    /// answer and the first byte of the next request, HTTP/2 with no
+    /// stream open (then GOAWAY).
+    #[serde(default = "d_keepalive")]
+    pub keepalive_ms: u64,
+    /// On SIGTERM, how long in-flight requests may take to finish (also:
+    /// a connection asked to close, shed or idle, finishing its requests).
     #[serde(default = "d_drain")]
     pub drain_ms: u64,
 }
@@ -214,6 +246,10 @@ impl Default for Timeouts {
             request_ms: d_request(),
             idle_ms: d_idle(),
             header_read_ms: d_header(),
+            body_read_ms: d_body_read(),
+            send_ms: d_send(),
+            upstream_read_ms: d_upstream_read(),
+            keepalive_ms: d_keepalive(),
             drain_ms: d_drain(),
         }
     }
@@ -231,6 +267,18 @@ impl Timeouts {
     }
     pub fn header_read(&self) -> Duration {
         Duration::from_millis(self.header_read_ms)
+    }
+    pub fn body_read(&self) -> Duration {
+        Duration::from_millis(self.body_read_ms)
+    }
+    pub fn send(&self) -> Duration {
+        Duration::from_millis(self.send_ms)
+    }
+    pub fn upstream_read(&self) -> Duration {
+        Duration::from_millis(self.upstream_read_ms)
+    }
+    pub fn keepalive(&self) -> Duration {
+        Duration::from_millis(self.keepalive_ms)
     }
     pub fn drain(&self) -> Duration {
         Duration::from_millis(self.drain_ms)
@@ -278,6 +326,13 @@ pub struct Limits {
     /// first, whatever this says.)
     #[serde(default = "d_replay_body")]
     pub replay_body_bytes: u64,
+    /// Most client connections open at once (all workers together). At
+    /// the cap the router stops accepting and closes the connections idle
+    /// the longest to make room. Default: from the file descriptor limit
+    /// (raised to its hard limit at start): (limit - 64) / 2, as each
+    /// client connection may take an upstream connection too.
+    #[serde(default)]
+    pub max_connections: Option<usize>,
 }
 
 impl Default for Limits {
@@ -288,6 +343,24 @@ impl Default for Limits {
             max_body_bytes: d_max_body(),
             max_held: d_max_held(),
             replay_body_bytes: d_replay_body(),
+            max_connections: None,
+        }
+    }
+}
+
+impl Limits {
+    /// The connection cap: `max_connections`, else derived from the file
+    /// descriptor limit `fds` (none known: no cap).
+    pub fn connection_cap(&self, fds: Option<u64>) -> usize {
+        if let Some(n) = self.max_connections {
+            return n;
+        }
+        match fds {
+            Some(fds) => {
+                let n = fds.saturating_sub(defaults::RESERVED_FDS) / 2;
+                usize::try_from(n).unwrap_or(usize::MAX).max(16)
+            }
+            None => usize::MAX,
         }
     }
 }
@@ -446,6 +519,10 @@ impl RouterConfig {
             ("timeouts.connect_ms", self.timeouts.connect_ms),
             ("timeouts.request_ms", self.timeouts.request_ms),
             ("timeouts.header_read_ms", self.timeouts.header_read_ms),
+            ("timeouts.body_read_ms", self.timeouts.body_read_ms),
+            ("timeouts.send_ms", self.timeouts.send_ms),
+            ("timeouts.upstream_read_ms", self.timeouts.upstream_read_ms),
+            ("timeouts.keepalive_ms", self.timeouts.keepalive_ms),
             (
                 "upstream.health_interval_ms",
                 self.upstream.health_interval_ms,
@@ -477,6 +554,12 @@ impl RouterConfig {
         if self.limits.max_headers == 0 {
             return Err(err("limits.max_headers", "must be at least 1"));
         }
+        if self.limits.max_connections == Some(0) {
+            return Err(err(
+                "limits.max_connections",
+                "must be at least 1 (or remove it to derive it from the file descriptor limit)",
+            ));
+        }
         if !self.upstream.health_path.starts_with('/') {
             return Err(err("upstream.health_path", "must start with '/'"));
         }
@@ -506,6 +589,22 @@ etcd = ["http://127.0.0.1:2379"]
         assert_eq!(c.limits.max_held, defaults::MAX_HELD);
         assert_eq!(c.timeouts.connect(), Duration::from_secs(1));
         assert_eq!(c.routing.on_unknown_city, FallbackAction::Reject);
+        assert_eq!(c.timeouts.body_read(), Duration::from_secs(60));
+        assert_eq!(c.timeouts.send(), Duration::from_secs(60));
+        assert_eq!(c.timeouts.upstream_read(), Duration::from_secs(60));
+        assert_eq!(c.timeouts.keepalive(), Duration::from_secs(75));
+        assert_eq!(c.limits.max_connections, None);
+    }
+
+    #[test]
+    fn the_connection_cap_comes_from_the_fd_limit_unless_set() {
+        let mut l = Limits::default();
+        assert_eq!(l.connection_cap(Some(1024)), 480);
+        assert_eq!(l.connection_cap(Some(256)), 96);
+        assert_eq!(l.connection_cap(Some(10)), 16, "never below a few");
+        assert_eq!(l.connection_cap(None), usize::MAX);
+        l.max_connections = Some(20);
+        assert_eq!(l.connection_cap(Some(1024)), 20);
     }
 
     #[test]
@@ -515,6 +614,19 @@ etcd = ["http://127.0.0.1:2379"]
         assert_eq!(e.field, "topology");
         let e = RouterConfig::from_toml(&format!("{MIN}[timeouts]\nconnect_ms = 0\n")).unwrap_err();
         assert_eq!(e.field, "timeouts.connect_ms");
+        for field in [
+            "body_read_ms",
+            "send_ms",
+            "upstream_read_ms",
+            "keepalive_ms",
+        ] {
+            let e =
+                RouterConfig::from_toml(&format!("{MIN}[timeouts]\n{field} = 0\n")).unwrap_err();
+            assert_eq!(e.field, format!("timeouts.{field}"));
+        }
+        let e =
+            RouterConfig::from_toml(&format!("{MIN}[limits]\nmax_connections = 0\n")).unwrap_err();
+        assert_eq!(e.field, "limits.max_connections");
         let e = RouterConfig::from_toml(&format!(
             "{MIN}[[keys]]\nsource = \"path\"\nkind = \"city\"\n"
         ))

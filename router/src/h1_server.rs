@@ -23,11 +23,23 @@
 //! its body is never read, and the connection is closed after the answer.
 //! Keep-alive is HTTP/1.1's: the connection stays open unless the request
 //! says `Connection: close`, the answer does (the router's refusals of a
-//! body it cannot frame), or the worker is draining (the answer then says
-//! `Connection: close`). Pipelined requests are answered in order.
-//! A connection that sends no complete head for `header_read` (idle, or a
-//! head trickling in) is closed. Nothing a client sends can panic this
-//! code (property-tested below).
+//! body it cannot frame), or the worker is draining or the connection was
+//! shed (the answer then says `Connection: close`). Pipelined requests are
+//! answered in order.
+//!
+//! Every wait is bounded. The first request head must be complete within
+//! `header_read` of the connection's start; after an answer the connection
+//! may sit idle for `keepalive`, and once the next head has begun it too
+//! must be complete within `header_read`. One timer per connection covers
+//! both, re-armed only when it fires (or, rarely, when a bound ends sooner
+//! than it is set for), and no clock is read for a head that arrives whole.
+//! Writing the answer is bounded by the stream itself (the router's
+//! `ClientIo` fails a write the client leaves waiting for
+//! `timeouts.send_ms`), waiting for the answer by the request path. A
+//! connection asked to close ([`Signals::shed`]: the router is at its
+//! connection cap) is closed at its next wait for a head, even one half
+//! read. Nothing a client sends can panic this code (property-tested
+//! below).
 
 use std::future::Future;
 use std::io;
@@ -44,6 +56,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::Instant;
 
 use crate::body::{Body, RequestBody};
+use crate::stall::deadline;
 
 /// Limits for the heads this path reads.
 #[derive(Debug, Clone)]
@@ -54,16 +67,34 @@ pub struct Limits {
     pub max_head_bytes: usize,
     /// The most header fields (more: 431).
     pub max_headers: usize,
-    /// How long a connection may go without a complete request head.
+    /// How long a request head may take: the first from the connection's
+    /// start, a later one from its first byte.
     pub header_read: Duration,
+    /// How long the connection may sit idle between an answer and the
+    /// first byte of the next request.
+    pub keepalive: Duration,
 }
 
-/// The worker's "finish up" signal, as this path needs it.
-pub trait Drain {
-    /// Draining has started: answer the request in hand, then close.
+/// What the connection's owner tells this path (finish up, close), and is
+/// told by it (a request is in flight, or not).
+pub trait Signals {
+    /// Draining has started (or the connection was shed): answer the
+    /// request in hand, then close.
     fn is_draining(&self) -> bool;
     /// Resolves once draining starts (closes an idle connection).
     fn draining(&self) -> impl Future<Output = ()> + Send + '_;
+    /// Resolves once the connection is asked to close to make room for
+    /// others: it is then closed at its next wait for a head, even one
+    /// half read. Never, by default.
+    fn shed(&self) -> impl Future<Output = ()> + Send + '_ {
+        std::future::pending()
+    }
+    /// A request head has been read; its answer is on its way.
+    fn request_started(&self) {}
+    /// The answer has been sent, at `at`: waiting for the next request.
+    fn request_done(&self, at: Instant) {
+        let _ = at;
+    }
 }
 
 /// How a connection left this path.
@@ -110,23 +141,34 @@ enum Parsed {
 
 /// Serves requests on `io` until the connection ends or a request needs
 /// hyper. `handle` answers one request.
-pub async fn serve<IO, H, F, D>(mut io: IO, limits: &Limits, mut handle: H, drain: &D) -> Ended<IO>
+pub async fn serve<IO, H, F, S>(
+    mut io: IO,
+    limits: &Limits,
+    mut handle: H,
+    signals: &S,
+) -> Ended<IO>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
     H: FnMut(Request<RequestBody>) -> F,
     F: Future<Output = Response<Body>>,
-    D: Drain,
+    S: Signals,
 {
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut out = BytesMut::with_capacity(READ_CHUNK);
-    // One timer for the connection, re-armed only when it fires: the
-    // header-read limit counts from when the wait for a head began.
+    // One timer for the connection, re-armed only when it fires (see the
+    // module docs): the wait in progress began at `waiting_since` and may
+    // last `limit`; `kept_alive` while it is the wait between an answer and
+    // the first byte of the next request.
     let mut waiting_since = Instant::now();
-    let timer = tokio::time::sleep(limits.header_read);
+    let mut limit = limits.header_read;
+    let mut kept_alive = false;
+    let timer = tokio::time::sleep_until(deadline(waiting_since, limit));
     tokio::pin!(timer);
-    // One registration with the drain signal for the connection too.
-    let draining = drain.draining();
+    // One registration with each signal for the connection too.
+    let draining = signals.draining();
     tokio::pin!(draining);
+    let shed = signals.shed();
+    tokio::pin!(shed);
     loop {
         let parsed = parse(&mut buf, limits);
         let (req, close) = match parsed {
@@ -146,19 +188,38 @@ where
                     buf.reserve(READ_CHUNK);
                 }
                 let idle = buf.is_empty();
+                if kept_alive && !idle {
+                    // The next head has begun (and did not arrive whole):
+                    // from now on, the header-read bound.
+                    kept_alive = false;
+                    waiting_since = Instant::now();
+                    limit = limits.header_read;
+                    let due = deadline(waiting_since, limit);
+                    if timer.deadline() > due {
+                        timer.as_mut().reset(due);
+                    }
+                }
                 let read = tokio::select! {
                     biased;
                     r = io.read_buf(&mut buf) => r,
                     () = &mut timer => {
-                        let deadline = waiting_since + limits.header_read;
-                        if Instant::now() >= deadline {
-                            tracing::debug!(timeout = ?limits.header_read, "No request head in time; closing the connection.");
+                        let due = deadline(waiting_since, limit);
+                        if Instant::now() >= due {
+                            if kept_alive {
+                                tracing::debug!(timeout = ?limit, "Idle past the keep-alive bound; closing the connection.");
+                            } else {
+                                tracing::debug!(timeout = ?limit, "No request head in time; closing the connection.");
+                            }
                             return Ended::Closed;
                         }
-                        timer.as_mut().reset(deadline);
+                        timer.as_mut().reset(due);
                         continue;
                     }
                     () = &mut draining, if idle => return Ended::Closed,
+                    () = &mut shed => {
+                        tracing::debug!("Closing a connection to make room for others (limits.max_connections).");
+                        return Ended::Closed;
+                    }
                 };
                 match read {
                     Ok(0) | Err(_) => return Ended::Closed,
@@ -167,9 +228,13 @@ where
             }
         };
         let head_request = req.method() == Method::HEAD;
+        signals.request_started();
         let resp = handle(req).await;
-        let close = close || drain.is_draining();
-        let Ok(close) = write_response(&mut io, &mut out, resp, head_request, close).await else {
+        let close = close || signals.is_draining();
+        let written = write_response(&mut io, &mut out, resp, head_request, close).await;
+        waiting_since = Instant::now();
+        signals.request_done(waiting_since);
+        let Ok(close) = written else {
             return Ended::Closed;
         };
         if close {
@@ -177,7 +242,12 @@ where
             let _ = io.shutdown().await;
             return Ended::Closed;
         }
-        waiting_since = Instant::now();
+        kept_alive = true;
+        limit = limits.keepalive;
+        let due = deadline(waiting_since, limit);
+        if timer.deadline() > due {
+            timer.as_mut().reset(due);
+        }
     }
 }
 
@@ -604,7 +674,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Prefixed<IO> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use tokio::sync::Notify;
 
     fn limits() -> Limits {
@@ -612,14 +682,19 @@ mod tests {
             max_head_bytes: 8192,
             max_headers: 16,
             header_read: Duration::from_secs(10),
+            keepalive: Duration::from_secs(75),
         }
     }
 
-    /// A drain signal a test sets.
+    /// Signals a test sets: drain, shed; and what the server told it.
     #[derive(Default)]
     struct TestDrain {
         on: AtomicBool,
+        shed: AtomicBool,
         notify: Notify,
+        /// Requests started, and answered.
+        started: AtomicUsize,
+        done: AtomicUsize,
     }
 
     impl TestDrain {
@@ -627,22 +702,56 @@ mod tests {
             self.on.store(true, Ordering::SeqCst);
             self.notify.notify_waiters();
         }
-    }
 
-    impl Drain for TestDrain {
-        fn is_draining(&self) -> bool {
-            self.on.load(Ordering::SeqCst)
+        fn shed_now(&self) {
+            self.shed.store(true, Ordering::SeqCst);
+            self.notify.notify_waiters();
         }
 
-        async fn draining(&self) {
+        async fn until(&self, f: impl Fn(&Self) -> bool) {
             loop {
                 let n = self.notify.notified();
-                if self.is_draining() {
+                if f(self) {
                     return;
                 }
                 n.await;
             }
         }
+    }
+
+    impl Signals for TestDrain {
+        fn is_draining(&self) -> bool {
+            self.on.load(Ordering::SeqCst) || self.shed.load(Ordering::SeqCst)
+        }
+
+        async fn draining(&self) {
+            self.until(|d| d.on.load(Ordering::SeqCst)).await
+        }
+
+        async fn shed(&self) {
+            self.until(|d| d.shed.load(Ordering::SeqCst)).await
+        }
+
+        fn request_started(&self) {
+            self.started.fetch_add(1, Ordering::SeqCst);
+            self.notify.notify_waiters();
+        }
+
+        fn request_done(&self, _at: Instant) {
+            self.done.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Reads from `client` until what it read contains `want`.
+    async fn read_until(client: &mut tokio::io::DuplexStream, want: &str) -> String {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !String::from_utf8_lossy(&got).contains(want) {
+            let n = client.read(&mut buf).await.expect("read");
+            assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&got).into_owned()
     }
 
     /// Answers `METHOD PATH` (and the `x-n` field, if sent) as the body.
@@ -955,6 +1064,116 @@ mod tests {
         );
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_connection_is_held_to_the_keep_alive_bound_and_a_begun_head_to_the_head_bound()
+    {
+        // Idle after an answer: closed after `keepalive` (75 s), not
+        // `header_read` (10 s).
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let drain = TestDrain::default();
+        let lim = limits();
+        let serving = serve(server, &lim, echo, &drain);
+        let talking = async {
+            client
+                .write_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await
+                .expect("write");
+            read_until(&mut client, "GET /a").await;
+            let idle = Instant::now();
+            let mut rest = Vec::new();
+            client.read_to_end(&mut rest).await.expect("read");
+            assert!(rest.is_empty());
+            idle.elapsed()
+        };
+        let (ended, waited) = tokio::join!(serving, talking);
+        assert!(matches!(ended, Ended::Closed));
+        assert!(
+            waited >= Duration::from_secs(75) && waited < Duration::from_secs(76),
+            "{waited:?}"
+        );
+        assert_eq!(drain.started.load(Ordering::SeqCst), 1);
+        assert_eq!(drain.done.load(Ordering::SeqCst), 1);
+
+        // The next head begun after 30 s: `header_read` from its first byte.
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let serving = serve(server, &lim, echo, &drain);
+        let talking = async {
+            client
+                .write_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await
+                .expect("write");
+            read_until(&mut client, "GET /a").await;
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            client.write_all(b"GET /b HT").await.expect("write");
+            let begun = Instant::now();
+            let mut rest = Vec::new();
+            client.read_to_end(&mut rest).await.expect("read");
+            begun.elapsed()
+        };
+        let (ended, waited) = tokio::join!(serving, talking);
+        assert!(matches!(ended, Ended::Closed));
+        assert!(
+            waited >= Duration::from_secs(10) && waited < Duration::from_secs(11),
+            "{waited:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_shed_connection_closes_at_its_next_wait_even_in_the_middle_of_a_head() {
+        // Waiting, half a head read: closed at once, nothing answered.
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let drain = TestDrain::default();
+        let lim = limits();
+        let serving = serve(server, &lim, echo, &drain);
+        let talking = async {
+            client
+                .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+                .await
+                .expect("write");
+            tokio::task::yield_now().await;
+            drain.shed_now();
+            let mut out = Vec::new();
+            client.read_to_end(&mut out).await.expect("read");
+            out
+        };
+        let (ended, out) = tokio::time::timeout(Duration::from_secs(5), async {
+            tokio::join!(serving, talking)
+        })
+        .await
+        .expect("closed at once");
+        assert!(matches!(ended, Ended::Closed));
+        assert!(out.is_empty());
+
+        // A request in flight: answered (saying close), then closed.
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let drain = TestDrain::default();
+        let gate = Notify::new();
+        let handler = |req: Request<RequestBody>| {
+            let gate = &gate;
+            async move {
+                gate.notified().await;
+                echo(req).await
+            }
+        };
+        let serving = serve(server, &lim, handler, &drain);
+        let talking = async {
+            client
+                .write_all(b"GET /busy HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await
+                .expect("write");
+            drain.until(|d| d.started.load(Ordering::SeqCst) == 1).await;
+            drain.shed_now();
+            gate.notify_one();
+            let mut out = Vec::new();
+            client.read_to_end(&mut out).await.expect("read");
+            String::from_utf8_lossy(&out).into_owned()
+        };
+        let (ended, out) = tokio::join!(serving, talking);
+        assert!(matches!(ended, Ended::Closed));
+        assert_eq!(bodies(&out), ["GET /busy"]);
+        assert!(out.contains("connection: close\r\n"), "{out}");
+    }
+
     #[tokio::test]
     async fn draining_closes_idle_connections_and_ends_busy_ones_after_the_answer() {
         let (mut client, server) = tokio::io::duplex(1 << 16);
@@ -1120,7 +1339,7 @@ mod tests {
                 .expect("runtime");
             let mut bytes = prefix.to_vec();
             bytes.extend_from_slice(&input);
-            let small = Limits { max_head_bytes: 256, max_headers: 4, header_read: Duration::from_secs(5) };
+            let small = Limits { max_head_bytes: 256, max_headers: 4, header_read: Duration::from_secs(5), keepalive: Duration::from_secs(5) };
             let ended = rt.block_on(async {
                 tokio::time::timeout(Duration::from_secs(5), exchange(&bytes, small)).await
             });

@@ -258,6 +258,10 @@ pub struct Metrics {
     pub topology_reconnects: Gauge,
     pub worker_connections: Family<WorkerLabels, Gauge>,
     pub handoffs: Counter,
+    pub connections: Gauge,
+    pub max_connections: Gauge,
+    pub connections_shed: Counter,
+    pub accept_errors: Counter,
 }
 
 impl Metrics {
@@ -290,6 +294,10 @@ impl Metrics {
             topology_reconnects: Gauge::default(),
             worker_connections: Family::default(),
             handoffs: Counter::default(),
+            connections: Gauge::default(),
+            max_connections: Gauge::default(),
+            connections_shed: Counter::default(),
+            accept_errors: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -362,6 +370,26 @@ impl Metrics {
             "connection_handoffs",
             "Client connections handed by the accepting worker to one with fewer",
             m.handoffs.clone(),
+        );
+        registry.register(
+            "connections",
+            "Client connections open (all workers)",
+            m.connections.clone(),
+        );
+        registry.register(
+            "max_connections",
+            "The cap on client connections (limits.max_connections, or derived from the file descriptor limit)",
+            m.max_connections.clone(),
+        );
+        registry.register(
+            "connections_shed",
+            "Idle client connections closed to make room at the connection cap (or when out of file descriptors)",
+            m.connections_shed.clone(),
+        );
+        registry.register(
+            "accept_errors",
+            "Failed accepts of client connections (out of file descriptors or memory, and the like)",
+            m.accept_errors.clone(),
         );
         registry.register(
             "topology_version",

@@ -202,7 +202,7 @@ impl Worker {
     /// Worker number `index` of `router`.
     pub fn new(router: Arc<Router>, index: usize) -> Worker {
         Worker {
-            client: UpstreamClient::new(&router.cfg),
+            client: UpstreamClient::new(&router.cfg, router.metrics.upstream_errors.clone()),
             budget: RetryBudget::new(router.cfg.upstream.retry_budget_percent),
             stats: RequestStats::new(index),
             router,
@@ -450,6 +450,18 @@ impl Router {
                 &format!("the request body could not be read ({why}); send a well-formed body (chunk sizes are hexadecimal digits)"),
                 "bad_body",
             ),
+            BodyFault::TimedOut { after, setting } => {
+                let mut r = self.reject(
+                    StatusCode::REQUEST_TIMEOUT,
+                    &format!("the request body did not arrive in time ({setting}: {after:?}); send the body right after the head, without pauses"),
+                    "body_timeout",
+                );
+                // The rest of the body may still come: it cannot be told
+                // from a next request.
+                r.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                r
+            }
         }
     }
 
@@ -687,8 +699,15 @@ impl Router {
     ) -> Routed {
         let (parts, incoming) = req.into_parts();
         let cap = usize::try_from(self.cfg.limits.replay_body_bytes).unwrap_or(usize::MAX);
-        let body = match incoming.collect(cap).await {
+        let body = match incoming.collect(cap, self.cfg.timeouts.body_read()).await {
             Ok(b) => b,
+            Err(e) if e.is::<body::BodyTimeout>() => {
+                let r = self.body_refusal(&BodyFault::TimedOut {
+                    after: self.cfg.timeouts.body_read(),
+                    setting: "timeouts.body_read_ms",
+                });
+                return (r, "none".into(), Some(shard));
+            }
             Err(e) if is_body_too_large(&*e) => {
                 // Content-Length said it fits; the body did not (hyper
                 // enforces the length, so this is a guard, not a path).
@@ -905,8 +924,10 @@ impl Router {
         let (body, watch) = if resendable {
             (None, None)
         } else {
-            let (b, w) = incoming
-                .limited(usize::try_from(self.cfg.limits.max_body_bytes).unwrap_or(usize::MAX));
+            let (b, w) = incoming.limited(
+                usize::try_from(self.cfg.limits.max_body_bytes).unwrap_or(usize::MAX),
+                self.cfg.timeouts.body_read(),
+            );
             (Some(b), w)
         };
         self.prepare_head(&mut parts, &conn, &target, false);
@@ -943,9 +964,10 @@ impl Router {
             let mut tried: Vec<Arc<Upstream>> = Vec::new();
             let resp = loop {
                 attempt += 1;
-                let Some(up) = worker
-                    .client
-                    .pick(&self.endpoints, f.target.addrs(), &tried)
+                let Some(up) =
+                    worker
+                        .client
+                        .pick(&self.endpoints, &f.target.site, f.target.addrs(), &tried)
                 else {
                     break self.reject(
                         StatusCode::SERVICE_UNAVAILABLE,
@@ -1028,6 +1050,15 @@ impl Router {
                                 e.client_reason(&ep.addr)
                             ),
                         );
+                    }
+                    // Out of time while waiting for the client's body (the
+                    // upstream asked for more): the client's slowness.
+                    Err(_) if f.waiting_for_client() => {
+                        tracing::debug!(site = %f.target.site, endpoint = %ep.addr, "The client's request body did not arrive in time.");
+                        break self.body_refusal(&BodyFault::TimedOut {
+                            after: self.cfg.timeouts.request(),
+                            setting: "timeouts.request_ms",
+                        });
                     }
                     Err(_) => {
                         self.note_failure(&f.target, &ep.addr);
@@ -1169,7 +1200,10 @@ impl Router {
         target: &Target,
         worker: &Worker,
     ) -> Response<Body> {
-        let Some(upstream) = worker.client.pick(&self.endpoints, target.addrs(), &[]) else {
+        let Some(upstream) = worker
+            .client
+            .pick(&self.endpoints, &target.site, target.addrs(), &[])
+        else {
             return self.reject(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "no upstream available",
@@ -1210,7 +1244,7 @@ impl Router {
         };
         ep.record_success();
         if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-            return self.respond(resp.map(|b| body::upstream(b, None)));
+            return self.respond(resp.map(|b| body::upstream(b, None, Some(upstream.clone()))));
         }
         let upstream_on = hyper::upgrade::on(&mut resp);
         let endpoint = ep.addr.clone();
@@ -1228,7 +1262,7 @@ impl Router {
                 tracing::debug!(endpoint = %endpoint, error = %e, "Upgraded connection ended with an error.");
             }
         });
-        self.respond(resp.map(|b| body::upstream(b, None)))
+        self.respond(resp.map(|b| body::upstream(b, None, Some(upstream.clone()))))
     }
 }
 
@@ -1238,6 +1272,14 @@ impl Forward {
         match &self.message {
             Message::Hyper(m) => m.watch.as_ref()?.fault(),
             Message::Encoded(_) => None,
+        }
+    }
+
+    /// Whether the exchange is waiting for more of the client's body now.
+    fn waiting_for_client(&self) -> bool {
+        match &self.message {
+            Message::Hyper(m) => m.watch.as_ref().is_some_and(BodyWatch::waiting_for_client),
+            Message::Encoded(_) => false,
         }
     }
 }

@@ -15,17 +15,28 @@
 //! (HTTP/1.1 closes after the current response, HTTP/2 sends GOAWAY), and
 //! whatever is still open at the drain deadline is cut.
 //!
-//! The header-read timeout (`timeouts.header_read_ms`: a connection with no
-//! request in flight must send a request head within it, or it is closed)
-//! is kept here rather than by hyper, which arms, allocates and cancels a
+//! Every phase of a connection is bounded (`[timeouts]`): the TLS handshake
+//! and each request head (`header_read_ms`), an idle connection
+//! (`keepalive_ms`: HTTP/1.1 between requests, HTTP/2 with no stream open,
+//! then GOAWAY), the request body (`body_read_ms`, in `crate::body`), the
+//! answer the client must take (`send_ms`, in [`ClientIo`]), the upstream's
+//! answer (`request_ms`, `upstream_read_ms`). The head and idle bounds are
+//! kept here rather than by hyper, which arms, allocates and cancels a
 //! timer for every request of a keep-alive connection (measured: ~4% of the
 //! router's CPU per request). Here a connection counts its requests in
-//! flight and notes when it last went idle ([`IdleClock`]); one timer per
+//! flight and notes when it last went idle ([`ConnState`]); one timer per
 //! connection checks that, re-armed at most about once per timeout period.
+//!
+//! The number of client connections is capped (`limits.max_connections`,
+//! by default from the file descriptor limit, which is raised to its hard
+//! limit at start): at the cap the accept loops stop accepting and shed the
+//! connections idle the longest ([`Connections`]). Accept errors (out of
+//! file descriptors or memory) back off, from 10 ms doubling to 1 s, and
+//! are logged at most once a second.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,7 +45,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
@@ -43,6 +54,7 @@ use ezone_topology::{AnyStore, EtcdStore, FileStore, Watcher};
 use crate::balance::{Balance, Open};
 use crate::body::Body;
 use crate::config::RouterConfig;
+use crate::conn::{Busy, ClientIo, ConnState, Connections, Counted, Expired, IdleBounds};
 use crate::metrics::WorkerLabels;
 use crate::proxy::{ConnInfo, Router, Worker};
 use crate::tls::ReloadingAcceptor;
@@ -53,6 +65,10 @@ pub const TLS_RELOAD_POLL: Duration = Duration::from_secs(2);
 pub const LISTEN_BACKLOG: u32 = 1024;
 /// hyper's HTTP/1 header count limit when none is set.
 const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
+/// An accept error's first back-off, doubled for each one in a row...
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+/// ...up to this.
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -81,40 +97,6 @@ impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Io for T {}
 /// `wait_for` returns is dropped here, so callers stay `Send`.
 async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
-}
-
-/// Counts open connections so shutdown can wait for them to drain.
-#[derive(Default)]
-struct Active {
-    count: AtomicUsize,
-    idle: Notify,
-}
-
-struct ActiveGuard(Arc<Active>);
-
-impl Active {
-    fn enter(self: &Arc<Self>) -> ActiveGuard {
-        self.count.fetch_add(1, Ordering::AcqRel);
-        ActiveGuard(self.clone())
-    }
-
-    async fn wait_idle(&self) {
-        loop {
-            let notified = self.idle.notified();
-            if self.count.load(Ordering::Acquire) == 0 {
-                return;
-            }
-            notified.await;
-        }
-    }
-}
-
-impl Drop for ActiveGuard {
-    fn drop(&mut self) {
-        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.idle.notify_waiters();
-        }
-    }
 }
 
 /// One listener's sockets: one per worker, all on the same port.
@@ -173,7 +155,7 @@ pub struct RunningRouter {
     done: watch::Sender<bool>,
     control: JoinSet<()>,
     threads: Vec<std::thread::JoinHandle<()>>,
-    active: Arc<Active>,
+    conns: Arc<Connections>,
     drain: Duration,
 }
 
@@ -224,7 +206,22 @@ impl RunningRouter {
         let router = Arc::new(Router::new(cfg.clone(), watcher));
         let (stop, stop_rx) = watch::channel(false);
         let (done, done_rx) = watch::channel(false);
-        let active = Arc::new(Active::default());
+        let fds = raise_fd_limit();
+        let cap = cfg.limits.connection_cap(fds);
+        if let (Some(fds), Some(set)) = (fds, cfg.limits.max_connections) {
+            if set > cfg.limits.connection_cap(Some(fds)) {
+                tracing::warn!(max_connections = set, fd_limit = fds, "limits.max_connections is more than the file descriptor limit leaves room for (two per connection); accepting may fail before the cap is reached.");
+            }
+        }
+        router
+            .metrics
+            .max_connections
+            .set(i64::try_from(cap).unwrap_or(i64::MAX));
+        let conns = Arc::new(Connections::new(
+            workers,
+            cap,
+            router.metrics.connections.clone(),
+        ));
         let mut control = JoinSet::new();
         control.spawn(crate::health::run(Arc::downgrade(&router)));
 
@@ -290,7 +287,7 @@ impl RunningRouter {
                 inbox,
                 stop: stop_rx.clone(),
                 done: done_rx.clone(),
-                active: active.clone(),
+                conns: conns.clone(),
             };
             let thread = std::thread::Builder::new()
                 .name(format!("ezone-worker-{index}"))
@@ -298,7 +295,7 @@ impl RunningRouter {
                 .map_err(|source| ServeError::Worker { index, source })?;
             threads.push(thread);
         }
-        tracing::info!(site = %cfg.site, workers, http = ?http, https = ?https, admin = ?admin, "Router listening.");
+        tracing::info!(site = %cfg.site, workers, http = ?http, https = ?https, admin = ?admin, max_connections = cap, fd_limit = ?fds, "Router listening.");
         Ok(RunningRouter {
             router,
             http,
@@ -308,7 +305,7 @@ impl RunningRouter {
             done,
             control,
             threads,
-            active,
+            conns,
             drain,
         })
     }
@@ -317,13 +314,13 @@ impl RunningRouter {
     /// deadline, then stops everything.
     pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
-        if tokio::time::timeout(self.drain, self.active.wait_idle())
+        if tokio::time::timeout(self.drain, self.conns.wait_idle())
             .await
             .is_err()
         {
             tracing::warn!(
                 deadline = ?self.drain,
-                open = self.active.count.load(Ordering::Relaxed),
+                open = self.conns.open(),
                 "Drain deadline passed; cutting the remaining connections."
             );
         }
@@ -348,7 +345,7 @@ struct Handoff {
     /// The listener it came in on: its position in every worker's list.
     listener: usize,
     open: Open,
-    active: ActiveGuard,
+    counted: Counted,
 }
 
 /// Everything a worker thread starts with.
@@ -360,7 +357,7 @@ struct WorkerSetup {
     inbox: tokio::sync::mpsc::UnboundedReceiver<Handoff>,
     stop: watch::Receiver<bool>,
     done: watch::Receiver<bool>,
-    active: Arc<Active>,
+    conns: Arc<Connections>,
 }
 
 /// How a worker serves the connections of one listener.
@@ -380,7 +377,7 @@ struct WorkerCtx {
     listeners: Vec<ListenerCtx>,
     balance: Arc<Balance<Handoff>>,
     drain: Arc<Drain>,
-    active: Arc<Active>,
+    conns: Arc<Connections>,
 }
 
 /// One data-plane thread: its own runtime, its own sockets, its own pools.
@@ -393,7 +390,7 @@ fn worker(setup: WorkerSetup) {
         inbox,
         stop,
         mut done,
-        active,
+        conns,
     } = setup;
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -433,13 +430,14 @@ fn worker(setup: WorkerSetup) {
                             max_head_bytes: router.cfg.limits.max_header_bytes.max(8192),
                             max_headers: router.cfg.limits.max_headers,
                             header_read: router.cfg.timeouts.header_read(),
+                            keepalive: router.cfg.timeouts.keepalive(),
                         }
                     }),
                 })
                 .collect(),
             balance,
             drain,
-            active,
+            conns,
         });
         loops.spawn(inbox_loop(inbox, ctx.clone()));
         for (position, WorkerSocket { socket, what, .. }) in sockets.into_iter().enumerate() {
@@ -494,13 +492,32 @@ impl Drain {
     }
 }
 
-impl crate::h1_server::Drain for Drain {
+/// One connection's signals for the router's own HTTP/1 server: the
+/// worker's drain, and the connection's own state (shed, busy or idle).
+struct ConnSignals<'a> {
+    drain: &'a Drain,
+    state: &'a ConnState,
+}
+
+impl crate::h1_server::Signals for ConnSignals<'_> {
     fn is_draining(&self) -> bool {
-        self.stopping.load(Ordering::Relaxed)
+        self.drain.stopping.load(Ordering::Relaxed) || self.state.is_shed()
     }
 
     fn draining(&self) -> impl std::future::Future<Output = ()> + Send + '_ {
-        Drain::draining(self)
+        self.drain.draining()
+    }
+
+    fn shed(&self) -> impl std::future::Future<Output = ()> + Send + '_ {
+        self.state.shed_requested()
+    }
+
+    fn request_started(&self) {
+        self.state.request_started();
+    }
+
+    fn request_done(&self, at: Instant) {
+        self.state.request_done(at);
     }
 }
 
@@ -558,78 +575,6 @@ async fn reap_idle(worker: Arc<Worker>) {
     }
 }
 
-/// A client connection's requests in flight and when it last had none, for
-/// the header-read timeout (see the module docs).
-struct IdleClock {
-    busy: AtomicU32,
-    /// When `busy` last dropped to zero, in milliseconds since `epoch`.
-    idle_since_ms: AtomicU64,
-    /// The connection speaks HTTP/2: its streams are not held to the
-    /// timeout (HTTP/2 keep-alive pings look after idle connections).
-    h2: AtomicBool,
-    epoch: Instant,
-}
-
-impl IdleClock {
-    fn new() -> IdleClock {
-        IdleClock {
-            busy: AtomicU32::new(0),
-            idle_since_ms: AtomicU64::new(0),
-            h2: AtomicBool::new(false),
-            epoch: Instant::now(),
-        }
-    }
-
-    fn now_ms(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
-    }
-
-    /// A request head has arrived; the connection is busy until the guard
-    /// (carried by the response body) is dropped.
-    fn enter(self: &Arc<Self>, version: http::Version) -> Busy {
-        if version == http::Version::HTTP_2 {
-            self.h2.store(true, Ordering::Relaxed);
-        }
-        self.busy.fetch_add(1, Ordering::Relaxed);
-        Busy(self.clone())
-    }
-
-    /// Resolves when the connection has been idle for `limit`.
-    async fn expired(&self, limit: Duration) {
-        let limit_ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX);
-        loop {
-            if self.h2.load(Ordering::Relaxed) {
-                return std::future::pending().await;
-            }
-            let wait = if self.busy.load(Ordering::Relaxed) > 0 {
-                limit
-            } else {
-                let idle_for = self
-                    .now_ms()
-                    .saturating_sub(self.idle_since_ms.load(Ordering::Relaxed));
-                if idle_for >= limit_ms {
-                    return;
-                }
-                Duration::from_millis(limit_ms - idle_for)
-            };
-            tokio::time::sleep(wait).await;
-        }
-    }
-}
-
-/// A request in flight on a connection.
-struct Busy(Arc<IdleClock>);
-
-impl Drop for Busy {
-    fn drop(&mut self) {
-        if self.0.busy.fetch_sub(1, Ordering::Relaxed) == 1 {
-            self.0
-                .idle_since_ms
-                .store(self.0.now_ms(), Ordering::Relaxed);
-        }
-    }
-}
-
 /// A response body that keeps its request counted as in flight until the
 /// body has been sent (or dropped).
 struct Tracked {
@@ -663,24 +608,66 @@ async fn accept_loop(
     ctx: Arc<WorkerCtx>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let metrics = &ctx.worker.router.metrics;
+    let mut backoff = Duration::ZERO;
     loop {
+        if !ctx.conns.has_room() {
+            // At the cap: nothing more is accepted (the listen backlog
+            // holds new connections) until one idle the longest has been
+            // asked to close, or, all busy, one closes.
+            let shed = tokio::select! {
+                n = ctx.conns.make_room() => n,
+                _ = stopped(&mut stop) => return,
+            };
+            if shed > 0 {
+                metrics.connections_shed.inc_by(shed);
+                if ctx.conns.warn_shedding() {
+                    tracing::warn!(
+                        max_connections = ctx.conns.max(),
+                        shed_total = metrics.connections_shed.get(),
+                        "At the connection cap (limits.max_connections): closing the connections idle the longest to make room."
+                    );
+                }
+            }
+        }
         let (tcp, peer) = tokio::select! {
             r = listener.accept() => match r {
-                Ok(x) => x,
+                Ok(x) => {
+                    backoff = Duration::ZERO;
+                    x
+                }
                 Err(e) => {
-                    // Out of file descriptors and the like: back off, keep serving.
-                    tracing::warn!(error = %e, "Accept failed.");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    // Out of file descriptors or memory, and the like:
+                    // back off rather than spin, keep serving.
+                    metrics.accept_errors.inc();
+                    backoff = (backoff * 2).clamp(ACCEPT_BACKOFF_MIN, ACCEPT_BACKOFF_MAX);
+                    if out_of_descriptors(&e) && ctx.conns.shed_oldest_idle() {
+                        // An idle connection gives one back.
+                        metrics.connections_shed.inc();
+                    }
+                    if ctx.conns.warn_accept() {
+                        tracing::warn!(
+                            error = %e,
+                            retry_in = ?backoff,
+                            open = ctx.conns.open(),
+                            errors_total = metrics.accept_errors.get(),
+                            "Accepting a connection failed; backing off."
+                        );
+                    }
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        _ = stopped(&mut stop) => return,
+                    }
                     continue;
                 }
             },
             _ = stopped(&mut stop) => return,
         };
         let _ = tcp.set_nodelay(true);
-        let active = ctx.active.enter();
+        let counted = ctx.conns.count();
         let (to, open) = ctx.balance.place(ctx.index);
         if to == ctx.index {
-            serve(&ctx, tcp, peer, position, open, active);
+            serve(&ctx, tcp, peer, position, open, counted);
             continue;
         }
         // Another worker has clearly fewer connections: it takes this one.
@@ -697,13 +684,13 @@ async fn accept_loop(
             peer,
             listener: position,
             open,
-            active,
+            counted,
         };
         if let Err(h) = ctx.balance.hand_off(to, h) {
             // That worker is gone: serve it here after all.
             let open = ctx.balance.open(ctx.index);
             match TcpStream::from_std(h.tcp) {
-                Ok(tcp) => serve(&ctx, tcp, h.peer, position, open, h.active),
+                Ok(tcp) => serve(&ctx, tcp, h.peer, position, open, h.counted),
                 Err(e) => {
                     tracing::debug!(peer = %peer, error = %e, "Cannot take a connection back; dropping it.")
                 }
@@ -712,11 +699,42 @@ async fn accept_loop(
     }
 }
 
+/// The process (or the system) is out of file descriptors.
+fn out_of_descriptors(e: &std::io::Error) -> bool {
+    use nix::errno::Errno;
+    e.raw_os_error()
+        .is_some_and(|n| matches!(Errno::from_raw(n), Errno::EMFILE | Errno::ENFILE))
+}
+
+/// Raises this process's file descriptor limit to its hard limit; the
+/// limit in effect (`None`: unknown).
+fn raise_fd_limit() -> Option<u64> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
+    if soft >= hard {
+        return Some(soft);
+    }
+    match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+        Ok(()) => {
+            tracing::debug!(
+                from = soft,
+                to = hard,
+                "File descriptor limit raised to its hard limit."
+            );
+            Some(hard)
+        }
+        Err(e) => {
+            tracing::warn!(soft, hard, error = %e, "Cannot raise the file descriptor limit; keeping it.");
+            Some(soft)
+        }
+    }
+}
+
 /// Serves the connections other workers hand to this one.
 async fn inbox_loop(mut inbox: tokio::sync::mpsc::UnboundedReceiver<Handoff>, ctx: Arc<WorkerCtx>) {
     while let Some(h) = inbox.recv().await {
         match TcpStream::from_std(h.tcp) {
-            Ok(tcp) => serve(&ctx, tcp, h.peer, h.listener, h.open, h.active),
+            Ok(tcp) => serve(&ctx, tcp, h.peer, h.listener, h.open, h.counted),
             Err(e) => {
                 tracing::debug!(peer = %h.peer, error = %e, "Cannot register a handed-over connection; dropping it.")
             }
@@ -731,7 +749,7 @@ fn serve(
     peer: SocketAddr,
     listener: usize,
     open: Open,
-    active: ActiveGuard,
+    counted: Counted,
 ) {
     let ctx = ctx.clone();
     tokio::spawn(async move {
@@ -747,7 +765,7 @@ fn serve(
         gauge.inc();
         let _counted = (
             open,
-            active,
+            counted,
             on_drop(move || {
                 gauge.dec();
             }),
@@ -759,8 +777,18 @@ fn serve(
             );
             return;
         };
-        let timeout = ctx.worker.router.cfg.timeouts.header_read();
+        let timeouts = &ctx.worker.router.cfg.timeouts;
+        let header_read = timeouts.header_read();
+        let state = Arc::new(ConnState::new(ctx.conns.epoch()));
+        let _listed = ctx.conns.register(ctx.index, state.clone());
         let conn = ConnInfo::new(Some(peer), l.tls.is_some());
+        // Everything written to the client, under TLS if any, is held to
+        // the send timeout.
+        let tcp = ClientIo::new(tcp, state.clone(), timeouts.send());
+        let signals = ConnSignals {
+            drain: &ctx.drain,
+            state: &state,
+        };
         // One code path for both: a TLS stream or the plain socket, boxed
         // (a vtable call per read/write is noise next to the syscall).
         // HTTP/1.1 (plain, or TLS without ALPN h2): the router's own server,
@@ -768,39 +796,50 @@ fn serve(
         // the connection, from that request on.
         let io: Box<dyn Io> = match &l.tls {
             None => match &l.own_http1 {
-                Some(limits) => match own_http1(tcp, limits, &ctx, &conn).await {
+                Some(limits) => match own_http1(tcp, limits, &ctx, &conn, &signals).await {
                     Some(io) => io,
                     None => return,
                 },
                 None => Box::new(tcp),
             },
-            Some(acceptor) => match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
-                Ok(Ok(s)) => {
-                    let h2 = s.get_ref().1.alpn_protocol() == Some(&b"h2"[..]);
-                    match &l.own_http1 {
-                        Some(limits) if !h2 => match own_http1(s, limits, &ctx, &conn).await {
-                            Some(io) => io,
-                            None => return,
-                        },
-                        _ => Box::new(s),
+            Some(acceptor) => {
+                let handshake = tokio::select! {
+                    r = tokio::time::timeout(header_read, acceptor.accept(tcp)) => r,
+                    () = state.shed_requested() => return,
+                };
+                match handshake {
+                    Ok(Ok(s)) => {
+                        let h2 = s.get_ref().1.alpn_protocol() == Some(&b"h2"[..]);
+                        if h2 {
+                            state.set_h2();
+                        }
+                        match &l.own_http1 {
+                            Some(limits) if !h2 => {
+                                match own_http1(s, limits, &ctx, &conn, &signals).await {
+                                    Some(io) => io,
+                                    None => return,
+                                }
+                            }
+                            _ => Box::new(s),
+                        }
+                    }
+                    Ok(Err(e)) => {
+                        tracing::debug!(peer = %peer, error = %e, "TLS handshake failed.");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(peer = %peer, "TLS handshake timed out.");
+                        return;
                     }
                 }
-                Ok(Err(e)) => {
-                    tracing::debug!(peer = %peer, error = %e, "TLS handshake failed.");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(peer = %peer, "TLS handshake timed out.");
-                    return;
-                }
-            },
+            }
         };
-        let clock = Arc::new(IdleClock::new());
+        state.set_hyper();
         let svc = {
-            let clock = clock.clone();
+            let state = state.clone();
             let worker = ctx.worker.clone();
             service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                let busy = clock.enter(req.version());
+                let busy = state.enter(req.version());
                 let req = req.map(crate::body::RequestBody::Hyper);
                 // A combinator, not an `async` block: a block would keep
                 // a second copy of the request (see `proxy`'s docs).
@@ -813,6 +852,13 @@ fn serve(
             .builder
             .serve_connection_with_upgrades(TokioIo::new(io), svc);
         tokio::pin!(c);
+        let bounds = IdleBounds {
+            header_read,
+            keepalive: timeouts.keepalive(),
+        };
+        // How long a connection asked to close may take to finish what it
+        // has in flight.
+        let grace = timeouts.drain();
         let result = tokio::select! {
             biased;
             r = c.as_mut() => r,
@@ -820,10 +866,32 @@ fn serve(
                 c.as_mut().graceful_shutdown();
                 c.await
             }
-            _ = clock.expired(timeout) => {
-                tracing::debug!(peer = %peer, timeout = ?timeout, "No request head in time; closing the connection.");
-                return;
+            () = state.shed_requested() => {
+                tracing::debug!(peer = %peer, "Closing a connection to make room for others (limits.max_connections).");
+                c.as_mut().graceful_shutdown();
+                match tokio::time::timeout(grace, c.as_mut()).await {
+                    Ok(r) => r,
+                    Err(_) => return,
+                }
             }
+            why = state.expired(bounds) => match why {
+                Expired::Http2 => {
+                    tracing::debug!(peer = %peer, timeout = ?bounds.keepalive, "HTTP/2 connection idle past the keep-alive bound; GOAWAY.");
+                    c.as_mut().graceful_shutdown();
+                    match tokio::time::timeout(grace, c.as_mut()).await {
+                        Ok(r) => r,
+                        Err(_) => return,
+                    }
+                }
+                Expired::KeepAlive => {
+                    tracing::debug!(peer = %peer, timeout = ?bounds.keepalive, "Idle past the keep-alive bound; closing the connection.");
+                    return;
+                }
+                Expired::Head => {
+                    tracing::debug!(peer = %peer, timeout = ?header_read, "No request head in time; closing the connection.");
+                    return;
+                }
+            },
         };
         if let Err(e) = result {
             tracing::debug!(peer = %peer, error = %e, "Connection ended with an error.");
@@ -838,10 +906,11 @@ async fn own_http1<IO: Io + 'static>(
     limits: &crate::h1_server::Limits,
     ctx: &Arc<WorkerCtx>,
     conn: &ConnInfo,
+    signals: &ConnSignals<'_>,
 ) -> Option<Box<dyn Io>> {
     let worker = &ctx.worker;
     let handle = |req| worker.clone().handle(req, conn.clone());
-    match crate::h1_server::serve(io, limits, handle, &*ctx.drain).await {
+    match crate::h1_server::serve(io, limits, handle, signals).await {
         crate::h1_server::Ended::Closed => None,
         crate::h1_server::Ended::Handover { io, read } => {
             Some(Box::new(crate::h1_server::Prefixed::new(read, io)))
@@ -916,31 +985,5 @@ mod tests {
         // Late ones resolve at once; nothing is left registered.
         drain.draining().await;
         assert!(drain.wakers().is_empty());
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn an_idle_connection_expires_a_busy_one_does_not() {
-        let clock = Arc::new(IdleClock::new());
-        let limit = Duration::from_millis(300);
-        // Busy: no expiry however long it takes.
-        let busy = clock.enter(http::Version::HTTP_11);
-        assert!(
-            tokio::time::timeout(Duration::from_secs(5), clock.expired(limit))
-                .await
-                .is_err()
-        );
-        drop(busy);
-        // Idle from now: expires after the limit, not before.
-        let started = Instant::now();
-        clock.expired(limit).await;
-        assert!(started.elapsed() >= limit);
-        // HTTP/2 connections are left to hyper's keep-alive.
-        let h2 = Arc::new(IdleClock::new());
-        drop(h2.enter(http::Version::HTTP_2));
-        assert!(
-            tokio::time::timeout(Duration::from_secs(60), h2.expired(limit))
-                .await
-                .is_err()
-        );
     }
 }

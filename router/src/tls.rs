@@ -335,11 +335,15 @@ impl ReloadingAcceptor {
         })
     }
 
-    /// Runs the TLS handshake on `tcp` with the config current right now.
-    /// There is no timeout here: wrap the call in one (a client that never
-    /// finishes its handshake would otherwise hold the task).
-    pub async fn accept(&self, tcp: TcpStream) -> io::Result<TlsStream<TcpStream>> {
-        TlsAcceptor::from(self.current()).accept(tcp).await
+    /// Runs the TLS handshake on `io` (a client's socket) with the config
+    /// current right now. There is no timeout here: wrap the call in one (a
+    /// client that never finishes its handshake would otherwise hold the
+    /// task).
+    pub async fn accept<IO>(&self, io: IO) -> io::Result<TlsStream<IO>>
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        TlsAcceptor::from(self.current()).accept(io).await
     }
 
     /// The config new handshakes use.

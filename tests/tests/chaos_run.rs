@@ -147,7 +147,10 @@ fn a_replicator_that_drops_transactions_is_caught() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stdout}\n{stderr}");
-    assert!(stdout.contains("run verdict: VIOLATION (seed 1)"), "{stdout}");
+    assert!(
+        stdout.contains("run verdict: VIOLATION (seed 1)"),
+        "{stdout}"
+    );
     assert!(
         stdout.contains("is missing at") && stdout.contains("sites identical: NO"),
         "{stdout}"
