@@ -780,17 +780,35 @@ mod tests {
     /// Sends `input` (then ends the client's side), serves it with `echo`,
     /// and returns what the client read and how serving ended.
     async fn exchange(input: &[u8], limits: Limits) -> (String, Outcome) {
+        exchange_with(input, true, &limits, echo).await
+    }
+
+    /// Serves one end of a duplex pair with `handler` while the client
+    /// writes `input` on the other (then ends its side, if `end`) and reads
+    /// to the end: what the client read, and how serving ended.
+    async fn exchange_with<H, F>(
+        input: &[u8],
+        end: bool,
+        limits: &Limits,
+        handler: H,
+    ) -> (String, Outcome)
+    where
+        H: FnMut(Request<RequestBody>) -> F,
+        F: Future<Output = Response<Body>>,
+    {
         let (mut client, server) = tokio::io::duplex(1 << 20);
         let drain = TestDrain::default();
         let serving = async {
-            match serve(server, &limits, echo, &drain).await {
+            match serve(server, limits, handler, &drain).await {
                 Ended::Closed => Outcome::Closed,
                 Ended::Handover { read, .. } => Outcome::Handover(read),
             }
         };
         let talking = async {
             client.write_all(input).await.expect("write");
-            client.shutdown().await.expect("shutdown");
+            if end {
+                client.shutdown().await.expect("shutdown");
+            }
             let mut out = Vec::new();
             client.read_to_end(&mut out).await.expect("read");
             String::from_utf8_lossy(&out).into_owned()
@@ -936,27 +954,20 @@ mod tests {
 
     #[tokio::test]
     async fn an_answer_that_says_close_ends_the_connection() {
-        let (mut client, server) = tokio::io::duplex(1 << 16);
-        let drain = TestDrain::default();
         let handler = |req: Request<RequestBody>| async move {
             let mut resp = echo(req).await;
             resp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
             resp
         };
-        let lim = limits();
-        let serving = serve(server, &lim, handler, &drain);
-        let talking = async {
-            client
-                .write_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n")
-                .await
-                .expect("write");
-            let mut out = Vec::new();
-            client.read_to_end(&mut out).await.expect("read");
-            String::from_utf8_lossy(&out).into_owned()
-        };
-        let (ended, out) = tokio::join!(serving, talking);
-        assert!(matches!(ended, Ended::Closed));
+        let (out, outcome) = exchange_with(
+            b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n",
+            false,
+            &limits(),
+            handler,
+        )
+        .await;
+        assert_eq!(outcome, Outcome::Closed);
         assert_eq!(bodies(&out), ["GET /a"], "{out}");
         assert_eq!(out.matches("connection: close\r\n").count(), 1, "{out}");
     }
@@ -994,8 +1005,6 @@ mod tests {
 
     #[tokio::test]
     async fn a_body_of_unknown_length_is_chunked_and_informational_statuses_have_none() {
-        let (mut client, server) = tokio::io::duplex(1 << 20);
-        let drain = TestDrain::default();
         let handler = |req: Request<RequestBody>| async move {
             if req.uri().path() == "/304" {
                 let mut r = Response::new(crate::body::full("ignored"));
@@ -1012,19 +1021,13 @@ mod tests {
             ]);
             Response::new(crate::body::boxed(http_body_util::StreamBody::new(frames)))
         };
-        let lim = limits();
-        let serving = serve(server, &lim, handler, &drain);
-        let talking = async {
-            client
-                .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET /304 HTTP/1.1\r\nHost: x\r\n\r\n")
-                .await
-                .expect("write");
-            client.shutdown().await.expect("shutdown");
-            let mut out = Vec::new();
-            client.read_to_end(&mut out).await.expect("read");
-            String::from_utf8_lossy(&out).into_owned()
-        };
-        let (_, out) = tokio::join!(serving, talking);
+        let (out, _) = exchange_with(
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET /304 HTTP/1.1\r\nHost: x\r\n\r\n",
+            true,
+            &limits(),
+            handler,
+        )
+        .await;
         let first = format!(
             "transfer-encoding: chunked\r\n\r\n6\r\nhello \r\n11\r\n{}\r\n0\r\n\r\n",
             "w".repeat(17)
@@ -1040,22 +1043,15 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn no_head_in_time_closes_the_connection() {
-        let (mut client, server) = tokio::io::duplex(1 << 16);
-        let drain = TestDrain::default();
         let started = Instant::now();
-        let lim = limits();
-        let serving = serve(server, &lim, echo, &drain);
-        let talking = async {
-            client
-                .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET / HT")
-                .await
-                .expect("write");
-            let mut out = Vec::new();
-            client.read_to_end(&mut out).await.expect("read");
-            String::from_utf8_lossy(&out).into_owned()
-        };
-        let (ended, out) = tokio::join!(serving, talking);
-        assert!(matches!(ended, Ended::Closed));
+        let (out, outcome) = exchange_with(
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET / HT",
+            false,
+            &limits(),
+            echo,
+        )
+        .await;
+        assert_eq!(outcome, Outcome::Closed);
         assert_eq!(bodies(&out), ["GET /"]);
         let waited = started.elapsed();
         assert!(

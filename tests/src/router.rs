@@ -2,7 +2,7 @@
 //! HTTP client to talk to them.
 
 use std::net::SocketAddr;
-
+use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -10,6 +10,9 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+
+use ezone_chaos::ports::free_port;
+use ezone_topology::starter::starter;
 
 use crate::Configured;
 
@@ -61,6 +64,44 @@ impl RouterProc {
             nix::sys::signal::Signal::SIGTERM,
         );
     }
+}
+
+/// Starts a router for one site, beijing (one shard), whose upstreams are
+/// `upstreams`, on a file topology written to `dir`, and waits until it is
+/// ready. Its config has `listen` lines after its `[listen]` table's
+/// `http`, `upstream` lines for its `[upstream]` table and `rest` (whole
+/// tables) after them; the `[admin]` table is added (see
+/// [`RouterProc::start`]).
+pub async fn one_site_router(
+    upstreams: &[SocketAddr],
+    dir: &Path,
+    listen: &str,
+    upstream: &str,
+    rest: &str,
+) -> RouterProc {
+    let port = free_port().expect("port");
+    let mut t = starter(&["beijing"], 1);
+    let s = t.sites.get_mut("beijing").expect("site");
+    s.router = format!("127.0.0.1:{port}");
+    s.upstreams = upstreams.iter().map(|a| a.to_string()).collect();
+    let file = dir.join("topology.json");
+    let doc = ezone_topology::doc::TopologyDoc::from(&t);
+    std::fs::write(&file, serde_json::to_string(&doc).expect("json")).expect("write");
+    RouterProc::start_ready(&format!(
+        r#"
+site = "beijing"
+[listen]
+http = "127.0.0.1:{port}"
+{listen}
+[topology]
+file = {:?}
+[upstream]
+{upstream}
+{rest}
+"#,
+        file.display().to_string()
+    ))
+    .await
 }
 
 /// The answer to a request.

@@ -13,46 +13,11 @@ use tokio::net::TcpStream;
 
 use ezone_chaos::ports::free_port;
 use ezone_tests::eventually;
-use ezone_tests::router::{client, send, RouterProc};
+use ezone_tests::router::{client, one_site_router, send, RouterProc};
 use ezone_tests::upstream::{Seen, Upstream};
 use ezone_topology::starter::starter;
 
 const WAIT: Duration = Duration::from_secs(20);
-
-/// One site whose upstreams are `upstreams`, a file topology, and a router
-/// with `listen` lines for its `[listen]` table, `upstream` lines for its
-/// `[upstream]` table and `rest` (whole tables) after them.
-async fn router(
-    upstreams: &[SocketAddr],
-    dir: &Path,
-    listen: &str,
-    upstream: &str,
-    rest: &str,
-) -> RouterProc {
-    let port = free_port().expect("port");
-    let mut t = starter(&["beijing"], 1);
-    let s = t.sites.get_mut("beijing").expect("site");
-    s.router = format!("127.0.0.1:{port}");
-    s.upstreams = upstreams.iter().map(|a| a.to_string()).collect();
-    let file = dir.join("topology.json");
-    let doc = ezone_topology::doc::TopologyDoc::from(&t);
-    std::fs::write(&file, serde_json::to_string(&doc).expect("json")).expect("write");
-    RouterProc::start_ready(&format!(
-        r#"
-site = "beijing"
-[listen]
-http = "127.0.0.1:{port}"
-{listen}
-[topology]
-file = {:?}
-[upstream]
-{upstream}
-{rest}
-"#,
-        file.display().to_string()
-    ))
-    .await
-}
 
 /// Two sites on one file topology, each with its router and one upstream:
 /// city 010 lives in beijing, 021 in shanghai.
@@ -184,6 +149,45 @@ fn names_no_address(a: &Raw, addrs: &[SocketAddr]) {
     assert!(!a.body.contains("127.0.0.1"), "{a:?}");
 }
 
+/// Runs `check` on each of the router's HTTP/1 servers: for `own_http1`
+/// "true" and "false" in turn, a new upstream and a router for it (with
+/// `rest` after its config) are started and handed to `check` with that
+/// value.
+async fn on_both_http1_servers(
+    rest: &str,
+    check: impl AsyncFn(&'static str, &Upstream, &RouterProc),
+) {
+    for own in ["true", "false"] {
+        let app = Upstream::start("app").await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let r = one_site_router(
+            &[app.addr],
+            dir.path(),
+            &format!("own_http1 = {own}"),
+            "",
+            rest,
+        )
+        .await;
+        check(own, &app, &r).await;
+    }
+}
+
+/// Sends each of `requests` on a new connection to `r`: each is answered
+/// 400, and `check` holds for the answer (`own` is the `own_http1` value,
+/// for the failure message).
+async fn each_refused(r: &RouterProc, own: &str, requests: &[&[u8]], check: impl Fn(&Raw)) {
+    for req in requests {
+        let ans = raw(r.http, req).await;
+        assert_eq!(
+            ans.status,
+            400,
+            "own_http1 = {own}: {}: {ans:?}",
+            String::from_utf8_lossy(req)
+        );
+        check(&ans);
+    }
+}
+
 /// A chunked body with a malformed chunk size is the client's mistake: 400,
 /// not 502; it names no internal address, and it counts nothing against the
 /// upstream (no upstream error, no passive ejection: both upstreams keep
@@ -194,7 +198,7 @@ async fn a_malformed_chunk_size_is_the_clients_fault() {
     let b = Upstream::start("b").await;
     let dir = tempfile::tempdir().expect("tempdir");
     // Health checks far apart: they would end an ejection early.
-    let r = router(
+    let r = one_site_router(
         &[a.addr, b.addr],
         dir.path(),
         "",
@@ -260,7 +264,7 @@ async fn upstream_failures_name_no_internal_address() {
         }
     });
     let dir = tempfile::tempdir().expect("tempdir");
-    let r = router(
+    let r = one_site_router(
         &[addr],
         dir.path(),
         "",
@@ -288,34 +292,18 @@ async fn upstream_failures_name_no_internal_address() {
 /// HTTP/1.1 server and on hyper's.
 #[tokio::test]
 async fn a_request_has_exactly_one_host() {
-    for own in ["true", "false"] {
-        let app = Upstream::start("app").await;
-        let dir = tempfile::tempdir().expect("tempdir");
-        let r = router(
-            &[app.addr],
-            dir.path(),
-            &format!("own_http1 = {own}"),
-            "",
-            "",
-        )
-        .await;
+    on_both_http1_servers("", async |own, app, r| {
         let refused: [&[u8]; 4] = [
             b"GET /orders HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\nX-City-Id: 010\r\n\r\n",
             b"GET /orders HTTP/1.1\r\nX-City-Id: 010\r\n\r\n",
             b"GET /orders HTTP/1.1\r\nHost: a.example/b\r\nX-City-Id: 010\r\n\r\n",
             b"POST /orders HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\nX-City-Id: 010\r\nContent-Length: 2\r\n\r\nhi",
         ];
-        for req in refused {
-            let ans = raw(r.http, req).await;
-            assert_eq!(
-                ans.status,
-                400,
-                "own_http1 = {own}: {}: {ans:?}",
-                String::from_utf8_lossy(req)
-            );
+        each_refused(r, own, &refused, |ans| {
             assert!(ans.body.contains("Host"), "{ans:?}");
-            names_no_address(&ans, &[app.addr]);
-        }
+            names_no_address(ans, &[app.addr]);
+        })
+        .await;
         assert_eq!(app.count(), 0, "own_http1 = {own}: refused, never sent on");
 
         // HTTP/1.0 without a Host: forwarded, with an empty one.
@@ -330,7 +318,8 @@ async fn a_request_has_exactly_one_host() {
         .await;
         assert_eq!(ans.status, 200, "own_http1 = {own}: {ans:?}");
         assert_eq!(ans.seen().headers["host"], "orders.example");
-    }
+    })
+    .await;
 }
 
 /// `Connection` may name hop-by-hop fields, but never the Host, the routing
@@ -338,17 +327,7 @@ async fn a_request_has_exactly_one_host() {
 /// upstream.
 #[tokio::test]
 async fn connection_cannot_remove_the_host_or_the_routing_fields() {
-    for own in ["true", "false"] {
-        let app = Upstream::start("app").await;
-        let dir = tempfile::tempdir().expect("tempdir");
-        let r = router(
-            &[app.addr],
-            dir.path(),
-            &format!("own_http1 = {own}"),
-            "",
-            "",
-        )
-        .await;
+    on_both_http1_servers("", async |own, _, r| {
         let ans = raw(
             r.http,
             b"GET /orders HTTP/1.1\r\nHost: orders.example\r\nX-City-Id: 010\r\nX-Secret: s\r\nConnection: Host, X-City-Id, X-Ezone-Shard, X-Ezone-Site, X-Secret\r\n\r\n",
@@ -372,7 +351,8 @@ async fn connection_cannot_remove_the_host_or_the_routing_fields() {
         assert_eq!(seen.headers["host"], "orders.example", "{seen:?}");
         assert_eq!(seen.headers["x-city-id"], "010", "{seen:?}");
         assert_eq!(seen.body_bytes, 2);
-    }
+    })
+    .await;
 }
 
 /// A Transfer-Encoding other than exactly `chunked` is 501 and the
@@ -381,17 +361,7 @@ async fn connection_cannot_remove_the_host_or_the_routing_fields() {
 /// router reads the head itself. None of them reaches the upstream.
 #[tokio::test]
 async fn transfer_codings_other_than_chunked_are_refused() {
-    for own in ["true", "false"] {
-        let app = Upstream::start("app").await;
-        let dir = tempfile::tempdir().expect("tempdir");
-        let r = router(
-            &[app.addr],
-            dir.path(),
-            &format!("own_http1 = {own}"),
-            "",
-            "",
-        )
-        .await;
+    on_both_http1_servers("", async |own, app, r| {
         let head = "POST /orders HTTP/1.1\r\nHost: x\r\nX-City-Id: 010\r\n";
         let body = "5\r\nhello\r\n0\r\n\r\n";
         let not_implemented = [
@@ -454,7 +424,7 @@ async fn transfer_codings_other_than_chunked_are_refused() {
         assert_eq!(ans.seen().body_bytes, 5);
         // The router's refusals are counted, whichever server read the head.
         let counted = if own == "true" { 6 } else { 4 };
-        let m = metrics(&r).await;
+        let m = metrics(r).await;
         assert!(
             m.contains(&format!(
                 "ezone_router_rejected_total{{reason=\"bad_transfer_encoding\"}} {counted}"
@@ -462,43 +432,29 @@ async fn transfer_codings_other_than_chunked_are_refused() {
             "own_http1 = {own}: {m}"
         );
         assert!(!m.contains("ezone_router_upstream_errors_total{"), "{m}");
-    }
+    })
+    .await;
 }
 
 /// The routing key sent twice (whatever header the router is configured to
 /// route by) is 400: the first would route while both were forwarded.
 #[tokio::test]
 async fn a_routing_key_sent_twice_is_refused() {
-    for own in ["true", "false"] {
-        let app = Upstream::start("app").await;
-        let dir = tempfile::tempdir().expect("tempdir");
-        let r = router(
-            &[app.addr],
-            dir.path(),
-            &format!("own_http1 = {own}"),
-            "",
-            "[[keys]]\nsource = \"header\"\nname = \"X-Region\"\nkind = \"city\"\n[[keys]]\nsource = \"header\"\nname = \"x-user-id\"\nkind = \"user\"\n",
-        )
-        .await;
+    let keys = "[[keys]]\nsource = \"header\"\nname = \"X-Region\"\nkind = \"city\"\n[[keys]]\nsource = \"header\"\nname = \"x-user-id\"\nkind = \"user\"\n";
+    on_both_http1_servers(keys, async |own, app, r| {
         let refused: [&[u8]; 4] = [
             b"GET /orders HTTP/1.1\r\nHost: x\r\nX-Region: 010\r\nX-Region: 021\r\n\r\n",
             b"GET /orders HTTP/1.1\r\nHost: x\r\nx-region: 010\r\nX-REGION: 010\r\n\r\n",
             b"GET /orders HTTP/1.1\r\nHost: x\r\nX-Region: 010\r\nX-User-Id: u1\r\nX-User-Id: u2\r\n\r\n",
             b"POST /orders HTTP/1.1\r\nHost: x\r\nX-Region: 010\r\nX-Region: 021\r\nContent-Length: 2\r\n\r\nhi",
         ];
-        for req in refused {
-            let ans = raw(r.http, req).await;
-            assert_eq!(
-                ans.status,
-                400,
-                "own_http1 = {own}: {}: {ans:?}",
-                String::from_utf8_lossy(req)
-            );
+        each_refused(r, own, &refused, |ans| {
             assert!(ans.body.to_lowercase().contains("x-"), "{ans:?}");
-        }
+        })
+        .await;
         assert_eq!(app.count(), 0, "own_http1 = {own}: refused, never sent on");
         assert!(
-            metrics(&r)
+            metrics(r)
                 .await
                 .contains("ezone_router_rejected_total{reason=\"repeated_key\"} 4"),
             "own_http1 = {own}"
@@ -511,7 +467,8 @@ async fn a_routing_key_sent_twice_is_refused() {
         .await;
         assert_eq!(ans.status, 200, "own_http1 = {own}: {ans:?}");
         assert_eq!(ans.seen().headers["x-ezone-shard"], "1");
-    }
+    })
+    .await;
 }
 
 /// A refusal that leaves the framing intact (two Hosts) keeps the
@@ -520,7 +477,7 @@ async fn a_routing_key_sent_twice_is_refused() {
 async fn the_router_keeps_serving_after_refusals() {
     let app = Upstream::start("app").await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let r = router(&[app.addr], dir.path(), "", "", "").await;
+    let r = one_site_router(&[app.addr], dir.path(), "", "", "").await;
     let mut s = TcpStream::connect(r.http).await.expect("connect");
     let ans = exchange(
         &mut s,

@@ -7,7 +7,6 @@
 //! while another client is still served.
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -17,44 +16,15 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
-use ezone_chaos::ports::free_port;
 use ezone_tests::eventually;
-use ezone_tests::router::{client, send, RouterProc};
+use ezone_tests::router::{client, one_site_router, send, RouterProc};
 use ezone_tests::upstream::Upstream;
-use ezone_topology::starter::starter;
 
 /// How long a test waits for anything the router should do within a
 /// bound of at most a second: well short of the 10 s and 30 s defaults
 /// the same thing would otherwise take.
 const SOON: Duration = Duration::from_secs(5);
 const WAIT: Duration = Duration::from_secs(20);
-
-/// One site whose upstream is `upstream`, a file topology, and a router
-/// with `listen` lines for its `[listen]` table and `rest` (whole tables)
-/// after it.
-async fn router(upstream: SocketAddr, dir: &Path, listen: &str, rest: &str) -> RouterProc {
-    let port = free_port().expect("port");
-    let mut t = starter(&["beijing"], 1);
-    let s = t.sites.get_mut("beijing").expect("site");
-    s.router = format!("127.0.0.1:{port}");
-    s.upstreams = vec![upstream.to_string()];
-    let file = dir.join("topology.json");
-    let doc = ezone_topology::doc::TopologyDoc::from(&t);
-    std::fs::write(&file, serde_json::to_string(&doc).expect("json")).expect("write");
-    RouterProc::start_ready(&format!(
-        r#"
-site = "beijing"
-[listen]
-http = "127.0.0.1:{port}"
-{listen}
-[topology]
-file = {:?}
-{rest}
-"#,
-        file.display().to_string()
-    ))
-    .await
-}
 
 /// What a scripted upstream does with a request (health checks it answers).
 #[derive(Debug, Clone, Copy)]
@@ -275,11 +245,12 @@ async fn a_head_whose_body_never_comes_is_answered_408() {
     for own in ["true", "false"] {
         let app = Upstream::start("app").await;
         let dir = tempfile::tempdir().expect("tempdir");
-        let r = router(
-            app.addr,
+        let r = one_site_router(
+            &[app.addr],
             dir.path(),
             &format!("own_http1 = {own}"),
-            "[timeouts]\nbody_read_ms = 500\n[upstream]\nhealth_interval_ms = 60000\neject_after_failures = 1\n",
+            "health_interval_ms = 60000\neject_after_failures = 1",
+            "[timeouts]\nbody_read_ms = 500",
         )
         .await;
         let heads = [
@@ -338,11 +309,12 @@ async fn a_chunked_head_without_a_body_ends_upstream_too() {
     ] {
         let mut up = Scripted::start(Script::Hold).await;
         let dir = tempfile::tempdir().expect("tempdir");
-        let r = router(
-            up.addr,
+        let r = one_site_router(
+            &[up.addr],
             dir.path(),
             "",
-            &format!("[timeouts]\n{timeouts}\n[upstream]\nhealth_interval_ms = 60000\n"),
+            "health_interval_ms = 60000",
+            &format!("[timeouts]\n{timeouts}"),
         )
         .await;
         let mut s = TcpStream::connect(r.http).await.expect("connect");
@@ -378,11 +350,12 @@ async fn a_client_that_does_not_read_its_answer_is_dropped() {
     for own in ["true", "false"] {
         let mut up = Scripted::start(Script::Big).await;
         let dir = tempfile::tempdir().expect("tempdir");
-        let r = router(
-            up.addr,
+        let r = one_site_router(
+            &[up.addr],
             dir.path(),
             &format!("own_http1 = {own}"),
-            "[timeouts]\nsend_ms = 500\n[upstream]\nhealth_interval_ms = 60000\n",
+            "health_interval_ms = 60000",
+            "[timeouts]\nsend_ms = 500",
         )
         .await;
         let mut s = TcpStream::connect(r.http).await.expect("connect");
@@ -415,11 +388,12 @@ async fn an_upstream_that_stalls_mid_body_is_cut_off() {
     for own in ["true", "false"] {
         let mut up = Scripted::start(Script::Stall).await;
         let dir = tempfile::tempdir().expect("tempdir");
-        let r = router(
-            up.addr,
+        let r = one_site_router(
+            &[up.addr],
             dir.path(),
             &format!("own_http1 = {own}"),
-            "[timeouts]\nupstream_read_ms = 500\n[upstream]\nhealth_interval_ms = 60000\n",
+            "health_interval_ms = 60000",
+            "[timeouts]\nupstream_read_ms = 500",
         )
         .await;
         let requests = [
@@ -467,10 +441,11 @@ async fn an_idle_http1_connection_is_closed_after_the_keep_alive_bound() {
     let app = Upstream::start("app").await;
     for own in ["true", "false"] {
         let dir = tempfile::tempdir().expect("tempdir");
-        let r = router(
-            app.addr,
+        let r = one_site_router(
+            &[app.addr],
             dir.path(),
             &format!("own_http1 = {own}"),
+            "",
             "[timeouts]\nkeepalive_ms = 500\nheader_read_ms = 10000\n",
         )
         .await;
@@ -497,7 +472,14 @@ async fn an_idle_http1_connection_is_closed_after_the_keep_alive_bound() {
 async fn an_idle_http2_connection_is_closed_after_the_keep_alive_bound() {
     let app = Upstream::start("app").await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let r = router(app.addr, dir.path(), "", "[timeouts]\nkeepalive_ms = 500\n").await;
+    let r = one_site_router(
+        &[app.addr],
+        dir.path(),
+        "",
+        "",
+        "[timeouts]\nkeepalive_ms = 500\n",
+    )
+    .await;
     let tcp = TcpStream::connect(r.http).await.expect("connect");
     let (mut sender, conn) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
@@ -561,9 +543,10 @@ fn open_fds(pid: u32) -> u64 {
 async fn an_attacker_at_the_connection_cap_does_not_keep_others_out() {
     let app = Upstream::start("app").await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let r = router(
-        app.addr,
+    let r = one_site_router(
+        &[app.addr],
         dir.path(),
+        "",
         "",
         "[limits]\nmax_connections = 20\n[timeouts]\nbody_read_ms = 1000\n",
     )

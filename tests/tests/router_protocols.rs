@@ -15,9 +15,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use ezone_chaos::ports::free_port;
 use ezone_tests::eventually;
-use ezone_tests::router::{client, send, RouterProc};
+use ezone_tests::router::{client, one_site_router, send, RouterProc};
 use ezone_tests::upstream::{Seen, Upstream};
-use ezone_topology::starter::starter;
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -33,29 +32,14 @@ async fn router_with_upstream(
     extra: &str,
     upstream: &str,
 ) -> RouterProc {
-    let port = free_port().expect("port");
-    let mut t = starter(&["beijing"], 1);
-    let s = t.sites.get_mut("beijing").expect("site");
-    s.router = format!("127.0.0.1:{port}");
-    s.upstreams = apps.iter().map(|a| a.addr.to_string()).collect();
-    let file = dir.join("topology.json");
-    let doc = ezone_topology::doc::TopologyDoc::from(&t);
-    std::fs::write(&file, serde_json::to_string(&doc).expect("json")).expect("write");
-    RouterProc::start_ready(&format!(
-        r#"
-site = "beijing"
-[listen]
-http = "127.0.0.1:{port}"
-{extra}
-[topology]
-file = {:?}
-[upstream]
-health_interval_ms = 100
-eject_after_failures = 1
-{upstream}
-"#,
-        file.display().to_string()
-    ))
+    let addrs: Vec<_> = apps.iter().map(|a| a.addr).collect();
+    one_site_router(
+        &addrs,
+        dir,
+        extra,
+        &format!("health_interval_ms = 100\neject_after_failures = 1\n{upstream}"),
+        "",
+    )
     .await
 }
 
