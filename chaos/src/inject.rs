@@ -4,7 +4,10 @@
 //! waited for), then the heal, which leaves every part up and every link
 //! clean whatever happened.
 //!
-//! One task walks the timeline (starts and ends, in order); nothing here
+//! One task walks the timeline: each fault is applied at its time, and its
+//! undo runs from its end concurrently with the rest (an undo that waits,
+//! such as a part restarted while another fault holds its etcd path, holds
+//! back no other fault); nothing here
 //! decides anything about correctness: the checker reads the sites
 //! afterwards. What was applied, when, and how it went is returned for the
 //! report. Kinds that need parts the lab does not have yet
@@ -13,6 +16,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::time::Instant;
 
 use crate::ensemble::{etcd_links, Ensemble, Part};
@@ -53,6 +57,15 @@ pub struct Applied {
     /// For a forced failover: what the checker needs to judge it.
     pub forced: Option<ForcedRecord>,
 }
+
+/// An undo as it ended: the fault's index, how it went, a forced
+/// failover's record, when.
+type Undone = (
+    usize,
+    Result<String, String>,
+    Option<ForcedRecord>,
+    Duration,
+);
 
 /// What undoing a fault takes.
 enum Undo {
@@ -97,8 +110,40 @@ pub async fn apply(
     events.sort_by_key(|(t, is_start, i)| (*t, *is_start, *i));
     let mut undo: Vec<Option<Undo>> = (0..schedule.faults.len()).map(|_| None).collect();
     let mut out: Vec<Option<Applied>> = vec![None; schedule.faults.len()];
+    // Undos run concurrently with the timeline: one that waits (a part
+    // restarted while another fault holds what it needs, such as its etcd
+    // path) must not hold back the faults after it, nor the undo of the
+    // fault it waits for.
+    let mut undoing = FuturesUnordered::new();
+    let finish = |out: &mut Vec<Option<Applied>>, done: Undone| {
+        let (i, r, rec, now) = done;
+        note(format!(
+            "{:>8.3}s  undo   {}",
+            now.as_secs_f64(),
+            schedule.faults[i]
+        ));
+        if let Some(a) = out[i].as_mut() {
+            a.ended = now;
+            a.forced = rec;
+            match (&mut a.outcome, r) {
+                (Ok(text), Ok(more)) if !more.is_empty() => {
+                    text.push_str("; ");
+                    text.push_str(&more);
+                }
+                (Ok(_), Err(e)) => a.outcome = Err(e),
+                _ => {}
+            }
+        }
+    };
     for (at, is_end, i) in events {
-        tokio::time::sleep_until(start + at).await;
+        let due = tokio::time::sleep_until(start + at);
+        tokio::pin!(due);
+        loop {
+            tokio::select! {
+                () = &mut due => break,
+                Some(done) = undoing.next(), if !undoing.is_empty() => finish(&mut out, done),
+            }
+        }
         let fault = &schedule.faults[i];
         if !is_end {
             let now = start.elapsed();
@@ -117,32 +162,21 @@ pub async fn apply(
             });
         } else {
             let u = undo[i].take();
-            let r = match u {
-                Some(Undo::Forced(run)) => {
-                    let rec = forced::end(ens, ezone_bin, *run, start).await;
-                    let text = rec.notes.join("; ");
-                    if let Some(a) = out[i].as_mut() {
-                        a.forced = Some(rec);
+            undoing.push(async move {
+                let (r, rec) = match u {
+                    Some(Undo::Forced(run)) => {
+                        let rec = forced::end(ens, ezone_bin, *run, start).await;
+                        (Ok(rec.notes.join("; ")), Some(rec))
                     }
-                    Ok(text)
-                }
-                Some(u) => end(ens, u, ezone_bin).await,
-                None => Ok(String::new()),
-            };
-            let now = start.elapsed();
-            note(format!("{:>8.3}s  undo   {fault}", now.as_secs_f64()));
-            if let Some(a) = out[i].as_mut() {
-                a.ended = now;
-                match (&mut a.outcome, r) {
-                    (Ok(text), Ok(more)) if !more.is_empty() => {
-                        text.push_str("; ");
-                        text.push_str(&more);
-                    }
-                    (Ok(_), Err(e)) => a.outcome = Err(e),
-                    _ => {}
-                }
-            }
+                    Some(u) => (end(ens, u, ezone_bin).await, None),
+                    None => (Ok(String::new()), None),
+                };
+                (i, r, rec, start.elapsed())
+            });
         }
+    }
+    while let Some(done) = undoing.next().await {
+        finish(&mut out, done);
     }
     out.into_iter().flatten().collect()
 }
