@@ -158,6 +158,10 @@ impl LinkError {
     }
 }
 
+/// The advisory lock the links out of a source take to create its
+/// publication one at a time (a fixed key of ezone's own).
+pub const PUBLICATION_LOCK: i64 = 7675238245213418867;
+
 /// Makes sure the source has the publication and the slot, and that every
 /// table has a primary key (refused at start otherwise). Idempotent.
 pub async fn ensure_source(cfg: &LinkConfig) -> Result<(), LinkError> {
@@ -210,25 +214,40 @@ pub async fn ensure_source(cfg: &LinkConfig) -> Result<(), LinkError> {
         }
         let exists: bool = row.get(1);
         if !exists {
-            let tables: Vec<String> = cfg.tables.clone();
-            client
-                .batch_execute(&format!(
-                    "CREATE PUBLICATION {} FOR TABLE {}",
-                    crate::sql::quote_ident(&cfg.publication),
-                    tables.join(", ")
-                ))
-                .await
-                .or_else(|e| {
-                    // Another site's link reading this source created it
-                    // between the check above and here: it is there, as
-                    // wanted (every link of a source creates the same one).
-                    if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_OBJECT) {
-                        Ok(())
-                    } else {
-                        Err(e)
-                    }
-                })
-                .map_err(|e| setup(format!("creating publication {}: {e}", cfg.publication)))?;
+            // Every link out of this source creates the same publication,
+            // and with three sites two links start at once: two sessions
+            // that both find it missing and both create it make one fail
+            // (42710, or 23505 on the catalog's unique index). Look again
+            // and create under an advisory lock, in one transaction.
+            let create = format!(
+                "CREATE PUBLICATION {} FOR TABLE {}",
+                crate::sql::quote_ident(&cfg.publication),
+                cfg.tables.join(", ")
+            );
+            let fail = |e: tokio_postgres::Error| {
+                setup(format!("creating publication {}: {e}", cfg.publication))
+            };
+            client.batch_execute("BEGIN").await.map_err(fail)?;
+            let created = async {
+                client
+                    .execute("SELECT pg_advisory_xact_lock($1)", &[&PUBLICATION_LOCK])
+                    .await?;
+                let row = client
+                    .query_one(
+                        "SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)",
+                        &[&cfg.publication],
+                    )
+                    .await?;
+                if !row.get::<_, bool>(0) {
+                    client.batch_execute(&create).await?;
+                }
+                client.batch_execute("COMMIT").await
+            }
+            .await;
+            if let Err(e) = created {
+                let _ = client.batch_execute("ROLLBACK").await;
+                return Err(fail(e));
+            }
         }
         let slot: bool = row.get(2);
         if !slot {

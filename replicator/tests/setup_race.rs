@@ -48,40 +48,46 @@ async fn links_out_of_one_source_starting_together_share_the_publication() {
         "CREATE TABLE orders (id bigint PRIMARY KEY, note text)",
     )
     .await;
-    let cfg = |to: &str| {
-        let source = SourceConfig::from_dsn(&pg.dsn(DB)).expect("source dsn");
-        LinkConfig {
-            name: format!("beijing->{to}"),
-            source,
-            source_dsn: pg.dsn(DB),
-            target_dsn: pg.dsn(DB),
-            publication: "ezone_pub".into(),
-            slot: format!("ezone_to_{to}"),
-            origin: format!("ezone_from_beijing_for_{to}"),
-            tables: vec!["public.orders".into()],
+    // Several rounds, a fresh publication each: the race is a matter of
+    // timing, and one round may not lose it.
+    for round in 0..4 {
+        let cfg = |to: &str| {
+            let source = SourceConfig::from_dsn(&pg.dsn(DB)).expect("source dsn");
+            LinkConfig {
+                name: format!("beijing->{to}"),
+                source,
+                source_dsn: pg.dsn(DB),
+                target_dsn: pg.dsn(DB),
+                publication: format!("ezone_pub_{round}"),
+                slot: format!("ezone_to_{to}_{round}"),
+                origin: format!("ezone_from_beijing_for_{to}_{round}"),
+                tables: vec!["public.orders".into()],
+            }
+        };
+        let configs: Vec<LinkConfig> = ["s1", "s2", "s3", "s4"].iter().map(|t| cfg(t)).collect();
+        let results = futures::future::join_all(configs.iter().map(ensure_source)).await;
+        for (c, r) in configs.iter().zip(results) {
+            if let Err(e) = r {
+                panic!("round {round}: {}: {e}", c.name);
+            }
         }
-    };
-    let configs: Vec<LinkConfig> = ["s1", "s2", "s3", "s4"].iter().map(|t| cfg(t)).collect();
-    let results = futures::future::join_all(configs.iter().map(ensure_source)).await;
-    for (c, r) in configs.iter().zip(results) {
-        if let Err(e) = r {
-            panic!("{}: {e}", c.name);
-        }
+        assert_eq!(
+            q(
+                &pg,
+                &format!("SELECT count(*) FROM pg_publication WHERE pubname = 'ezone_pub_{round}'")
+            )
+            .await,
+            "1"
+        );
+        assert_eq!(
+            q(
+                &pg,
+                &format!(
+                    "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'ezone_to_s%_{round}'"
+                )
+            )
+            .await,
+            "4"
+        );
     }
-    assert_eq!(
-        q(
-            &pg,
-            "SELECT count(*) FROM pg_publication WHERE pubname = 'ezone_pub'"
-        )
-        .await,
-        "1"
-    );
-    assert_eq!(
-        q(
-            &pg,
-            "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'ezone_to_s%'"
-        )
-        .await,
-        "4"
-    );
 }
