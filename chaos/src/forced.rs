@@ -184,11 +184,13 @@ pub fn at_risk_mismatches(
 }
 
 /// `ezone ARGS --etcd ...`, waited for; its exit code and stderr's tail.
-async fn ezone(ens: &Ensemble, bin: &Path, args: &[&str]) -> (i32, String) {
+/// Both phases run their commands through it (phase one from a task that
+/// cannot borrow the ensemble, hence the endpoints).
+async fn ezone(bin: &Path, etcd: &[String], args: &[&str]) -> (i32, String) {
     let out = tokio::process::Command::new(PathBuf::from(bin))
         .args(args)
         .arg("--etcd")
-        .arg(ens.etcd_endpoints().join(","))
+        .arg(etcd.join(","))
         .env("EZONE_LOG", "warn")
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true)
@@ -231,27 +233,21 @@ pub fn begin(
         };
         let deadline = Instant::now() + COMMAND_RETRY_FOR;
         loop {
-            let out = tokio::process::Command::new(&bin)
-                .args(["failover", "site", &lost_s, "--to", &survivor_s, "--force"])
-                .arg("--etcd")
-                .arg(etcd.join(","))
-                .args(["--lock-ttl", "1s"])
-                .env("EZONE_LOG", "warn")
-                .stdin(std::process::Stdio::null())
-                .kill_on_drop(true)
-                .output();
-            let (code, tail) = match tokio::time::timeout(Duration::from_secs(90), out).await {
-                Ok(Ok(o)) => (
-                    o.status.code().unwrap_or(-1),
-                    String::from_utf8_lossy(&o.stderr)
-                        .lines()
-                        .last()
-                        .unwrap_or("")
-                        .to_string(),
-                ),
-                Ok(Err(e)) => (-1, e.to_string()),
-                Err(_) => (-1, "timed out".into()),
-            };
+            let (code, tail) = ezone(
+                &bin,
+                &etcd,
+                &[
+                    "failover",
+                    "site",
+                    &lost_s,
+                    "--to",
+                    &survivor_s,
+                    "--force",
+                    "--lock-ttl",
+                    "1s",
+                ],
+            )
+            .await;
             rec.notes.push(format!(
                 "{:.3}s forced failover exit {code}: {tail}",
                 start.elapsed().as_secs_f64()
@@ -344,7 +340,7 @@ pub async fn end(ens: &Ensemble, bin: &Path, run: ForcedRun, start: Instant) -> 
         // site's Postgres, which other faults may be holding down.
         let deadline = Instant::now() + COMMAND_RETRY_FOR;
         loop {
-            let (code, tail) = ezone(ens, bin, &args).await;
+            let (code, tail) = ezone(bin, &ens.etcd_endpoints(), &args).await;
             note(
                 &mut rec,
                 format!(
