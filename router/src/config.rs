@@ -144,8 +144,9 @@ pub struct RoutingConfig {
     /// A secret every router of the deployment shares: sent with requests
     /// forwarded to another site's router, and required before a request's
     /// hop list, decided epoch and `X-Forwarded-Proto` are believed. Unset:
-    /// any request with a hop list is taken to come from a router (only safe
-    /// where clients cannot reach the routers' peer traffic path).
+    /// no request is believed as a router's, nothing is forwarded to another
+    /// site, and a router whose topology has other sites refuses to start
+    /// (docs/router.md, "Trust").
     #[serde(default)]
     pub peer_secret: Option<Secret>,
 }

@@ -33,6 +33,10 @@ pub const X_EZONE_HOP: HeaderName = HeaderName::from_static("x-ezone-hop");
 /// list to a peer router: a request's hop information is believed only with
 /// it, so a client cannot pose as a router.
 pub const X_EZONE_PEER: HeaderName = HeaderName::from_static("x-ezone-peer");
+/// A peer router's health check (with the hop list and the secret): the
+/// router answers it itself, `200` if it has a topology. A client's copy is
+/// dropped like any `X-Ezone-*` field.
+pub const X_EZONE_PROBE: HeaderName = HeaderName::from_static("x-ezone-probe");
 /// On an upstream's `503`: the database fence refused the write and nothing
 /// of it was committed, so it may be sent again once the shard has moved
 /// (see `proxy`'s fenced writes).
@@ -331,16 +335,18 @@ pub fn hop_entries(headers: &HeaderMap) -> Vec<(String, Option<u64>)> {
 
 /// Whether the request's hop information (hop list, decided shard and
 /// epoch, `X-Forwarded-Proto`) comes from a peer router: it has a hop list
-/// and, if the routers share a secret, carries it. Otherwise those fields
-/// are a client's, and are dropped like any `X-Ezone-*` it sends.
+/// and carries the routers' shared secret. Otherwise those fields are a
+/// client's, and are dropped like any `X-Ezone-*` it sends. A router without
+/// a secret believes no one: it has no way to tell a router from a client
+/// (and it does not forward to other sites either; see `proxy`).
 pub fn from_peer(headers: &HeaderMap, secret: Option<&HeaderValue>) -> bool {
+    let Some(secret) = secret else {
+        return false;
+    };
     headers.contains_key(X_EZONE_HOP)
-        && match secret {
-            None => true,
-            Some(s) => headers
-                .get(X_EZONE_PEER)
-                .is_some_and(|v| same_secret(v.as_bytes(), s.as_bytes())),
-        }
+        && headers
+            .get(X_EZONE_PEER)
+            .is_some_and(|v| same_secret(v.as_bytes(), secret.as_bytes()))
 }
 
 /// Equal, in time that does not depend on where they differ.
@@ -823,8 +829,8 @@ mod tests {
     fn hop_information_is_believed_only_from_a_peer() {
         let secret = HeaderValue::from_static("s3cret-s3cret");
         let with = |pairs: &[(&str, &str)]| map(pairs);
-        // No shared secret: a hop list is enough (the routers trust the network).
-        assert!(from_peer(&with(&[("x-ezone-hop", "beijing")]), None));
+        // Without a secret nobody is believed, whatever they send.
+        assert!(!from_peer(&with(&[("x-ezone-hop", "beijing")]), None));
         assert!(!from_peer(&with(&[]), None));
         // A shared secret: the hop list must come with it.
         let forged = with(&[("x-ezone-hop", "beijing")]);

@@ -1,7 +1,10 @@
 //! Active health checks: every interval, GET the health path of each of this
-//! site's upstream endpoints; a non-2xx answer, an error or a timeout marks it
-//! unhealthy until a check passes again. Passive ejection (in
-//! [`crate::upstream`]) covers the time between checks.
+//! site's upstream endpoints, and probe each router of the other sites (a
+//! request with `X-Ezone-Probe`, the hop list and the peer secret, which the
+//! peer answers itself: `200` once it has a topology). A non-2xx answer, an
+//! error or a timeout marks the endpoint unhealthy until a check passes
+//! again; requests for a site go to its healthy routers. Passive ejection
+//! (in [`crate::upstream`]) covers the time between checks.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,7 +12,10 @@ use std::time::Duration;
 use http::{Request, StatusCode};
 use http_body_util::BodyExt;
 
-use crate::body;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+
+use crate::body::{self, Body};
 use crate::metrics::EndpointLabels;
 use crate::proxy::Router;
 
@@ -47,30 +53,42 @@ async fn check_all(r: &Arc<Router>) {
         .topology
         .sites
         .values()
-        .flat_map(|s| {
-            s.upstreams
-                .iter()
-                .cloned()
-                .chain(std::iter::once(s.router.clone()))
-        })
+        .flat_map(|s| s.upstreams.iter().chain(s.routers()).cloned())
         .collect();
     r.endpoints.retain(&known);
     let Some(site) = snap.topology.sites.get(&r.policy.site) else {
         return;
     };
-    let addrs = site.upstreams.clone();
+    // (site, address, is a peer router)
+    let mut targets: Vec<(String, String, bool)> = site
+        .upstreams
+        .iter()
+        .map(|a| (r.policy.site.clone(), a.clone(), false))
+        .collect();
+    // Without a secret this router forwards to no peer: nothing to check.
+    if r.peer_secret().is_some() {
+        for (name, s) in &snap.topology.sites {
+            if *name != r.policy.site {
+                targets.extend(s.routers().map(|a| (name.clone(), a.clone(), true)));
+            }
+        }
+    }
     let timeout =
         Duration::from_millis(r.cfg.upstream.health_interval_ms).min(Duration::from_secs(2));
-    let checks = addrs.iter().map(|addr| {
+    let checks = targets.iter().map(|(site, addr, peer)| {
         let r = r.clone();
         async move {
-            let ok = check_one(&r, addr, timeout).await;
+            let ok = if *peer {
+                probe_peer(&r, addr, timeout).await
+            } else {
+                check_one(&r, addr, timeout).await
+            };
             let ep = r.endpoints.get(addr);
             ep.set_healthy(ok);
             r.metrics
                 .upstream_healthy
                 .get_or_create(&EndpointLabels {
-                    site: r.policy.site.clone(),
+                    site: site.clone(),
                     endpoint: addr.clone(),
                 })
                 .set(i64::from(ep.is_available()));
@@ -79,12 +97,37 @@ async fn check_all(r: &Arc<Router>) {
     futures::future::join_all(checks).await;
 }
 
+/// Asks the peer router at `addr` whether it is up and has a topology.
+async fn probe_peer(r: &Router, addr: &str, timeout: Duration) -> bool {
+    let Some(secret) = r.peer_secret() else {
+        return false;
+    };
+    let Ok(req) = Request::get(format!("http://{addr}/"))
+        .header(crate::headers::X_EZONE_PROBE, "1")
+        .header(crate::headers::X_EZONE_HOP, r.policy.site.as_str())
+        .header(crate::headers::X_EZONE_PEER, secret.clone())
+        .body(body::empty())
+    else {
+        return false;
+    };
+    answered_ok(r.peer_health_client(), req, timeout).await
+}
+
 async fn check_one(r: &Router, addr: &str, timeout: Duration) -> bool {
     let uri = format!("http://{addr}{}", r.cfg.upstream.health_path);
     let Ok(req) = Request::get(uri).body(body::empty()) else {
         return false;
     };
-    match tokio::time::timeout(timeout, r.health_client().request(req)).await {
+    answered_ok(r.health_client(), req, timeout).await
+}
+
+/// Sends `req`; true on a 2xx answer within `timeout`.
+async fn answered_ok(
+    client: &Client<HttpConnector, Body>,
+    req: Request<Body>,
+    timeout: Duration,
+) -> bool {
+    match tokio::time::timeout(timeout, client.request(req)).await {
         Ok(Ok(resp)) => {
             let ok = resp.status().is_success() || resp.status() == StatusCode::NO_CONTENT;
             // Drain the body so the connection can be reused.

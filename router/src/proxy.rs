@@ -25,6 +25,7 @@
 //! copy of its arguments, so a deep chain of large futures cost more in
 //! `memcpy` (measured: ~4% of the router's CPU) than the decision itself.
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -82,6 +83,8 @@ pub struct Router {
     pub(crate) metrics: Metrics,
     /// For health checks (control plane); requests use a [`Worker`]'s client.
     health_client: Client<HttpConnector, Body>,
+    /// Peer routers are checked over HTTP/1.1, whatever the upstreams speak.
+    peer_health_client: Client<HttpConnector, Body>,
     pub(crate) endpoints: Endpoints,
     holds: HoldQueue,
     /// `X-Ezone-Site` for requests to this site's upstreams.
@@ -171,12 +174,16 @@ struct Target {
 }
 
 impl Target {
-    /// Candidate addresses (`host:port`): the site's upstreams, or its router.
-    fn addrs(&self) -> &[String] {
+    /// Candidate addresses (`host:port`): the site's upstreams, or its
+    /// routers (borrowed unless the site lists more than one router).
+    fn addrs(&self) -> Cow<'_, [String]> {
         match self.snap.topology.sites.get(&self.site) {
-            Some(s) if self.remote => std::slice::from_ref(&s.router),
-            Some(s) => &s.upstreams,
-            None => &[],
+            Some(s) if self.remote && s.more_routers.is_empty() => {
+                Cow::Borrowed(std::slice::from_ref(&s.router))
+            }
+            Some(s) if self.remote => Cow::Owned(s.routers().cloned().collect()),
+            Some(s) => Cow::Borrowed(&s.upstreams),
+            None => Cow::Borrowed(&[]),
         }
     }
 }
@@ -369,6 +376,7 @@ impl Router {
                 &cfg,
                 cfg.upstream.protocol == UpstreamProtocol::H2c,
             ),
+            peer_health_client: crate::client::legacy_client(&cfg, false),
             holds: HoldQueue::new(cfg.limits.max_held),
             endpoints: Endpoints::default(),
             metrics: Metrics::with_workers(crate::server::worker_count(&cfg)),
@@ -388,6 +396,15 @@ impl Router {
 
     pub(crate) fn health_client(&self) -> &Client<HttpConnector, Body> {
         &self.health_client
+    }
+
+    pub(crate) fn peer_health_client(&self) -> &Client<HttpConnector, Body> {
+        &self.peer_health_client
+    }
+
+    /// `routing.peer_secret`, if set.
+    pub(crate) fn peer_secret(&self) -> Option<&HeaderValue> {
+        self.peer_secret.as_ref()
     }
 
     fn hold_deadline(&self, snap: &Snapshot) -> Duration {
@@ -516,6 +533,17 @@ impl Router {
             ));
         }
         let peer = headers::from_peer(req.headers(), self.peer_secret.as_ref());
+        // A peer router's health check (`health`): this router is up and has
+        // a topology. Answered here, never forwarded.
+        if peer && req.headers().contains_key(headers::X_EZONE_PROBE) {
+            return none(error_response(
+                StatusCode::OK,
+                &format!(
+                    "ready: site {} topology version {}",
+                    self.policy.site, snap.version
+                ),
+            ));
+        }
         if peer && headers::is_loop(req.headers(), &self.policy.site) {
             self.metrics.loops.inc();
             return none(self.reject(
@@ -658,11 +686,12 @@ impl Router {
 
     /// The shard a write may be sent again for after a fence refused it
     /// (see [`Self::write`]), or `None` if it is sent as any request is:
-    /// reads, writes to another site's router (which resends itself), and
-    /// writes whose body is streamed (chunked, or over
-    /// `limits.replay_body_bytes`).
+    /// reads, and writes whose body is streamed (chunked, or over
+    /// `limits.replay_body_bytes`). A write for another site is kept too:
+    /// the peer router resends it after a fence itself, but if one of the
+    /// site's routers cannot be reached the write goes to another.
     fn replayable(&self, req: &Request<RequestBody>, target: &Target) -> Option<ShardRef> {
-        if !is_write(req.method()) || target.remote || req.method() == Method::CONNECT {
+        if !is_write(req.method()) || req.method() == Method::CONNECT {
             return None;
         }
         let shard = target.shard?;
@@ -856,6 +885,21 @@ impl Router {
                 shard,
                 fallback,
             } => {
+                // Without the shared secret the other site's router could
+                // not tell this request from a client's (its hop list would
+                // be dropped, and a disagreement would loop unseen). The
+                // router refuses to start like this; a topology that gains
+                // a site later ends here.
+                if self.peer_secret.is_none() {
+                    let r = self.reject(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        &format!(
+                            "this router cannot forward to site {site}: routing.peer_secret is not set; set the same secret on every router of the deployment"
+                        ),
+                        "no_peer_secret",
+                    );
+                    return Err((r, site, shard));
+                }
                 self.count_fallback(fallback);
                 self.metrics
                     .cross_site
@@ -967,7 +1011,7 @@ impl Router {
                 let Some(up) =
                     worker
                         .client
-                        .pick(&self.endpoints, &f.target.site, f.target.addrs(), &tried)
+                        .pick(&self.endpoints, &f.target.site, &f.target.addrs(), &tried)
                 else {
                     break self.reject(
                         StatusCode::SERVICE_UNAVAILABLE,
@@ -1035,7 +1079,14 @@ impl Router {
                             Duration::from_millis(self.cfg.upstream.eject_ms),
                         );
                         let safe = f.resendable && (f.idempotent || e.is_connect());
-                        if safe && attempt < max_attempts && worker.budget.try_withdraw() {
+                        // A request that never left (connect refused or timed
+                        // out) adds no load anywhere by going elsewhere: it
+                        // is not held to the retry budget, which is there to
+                        // keep retries from piling onto a struggling upstream.
+                        if safe
+                            && attempt < max_attempts
+                            && (e.is_connect() || worker.budget.try_withdraw())
+                        {
                             tried.push(up.clone());
                             self.metrics.retries.inc();
                             tracing::debug!(site = %f.target.site, endpoint = %ep.addr, error = %e, "Retrying on another endpoint.");
@@ -1200,9 +1251,10 @@ impl Router {
         target: &Target,
         worker: &Worker,
     ) -> Response<Body> {
-        let Some(upstream) = worker
-            .client
-            .pick(&self.endpoints, &target.site, target.addrs(), &[])
+        let Some(upstream) =
+            worker
+                .client
+                .pick(&self.endpoints, &target.site, &target.addrs(), &[])
         else {
             return self.reject(
                 StatusCode::SERVICE_UNAVAILABLE,

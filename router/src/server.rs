@@ -87,6 +87,74 @@ pub enum ServeError {
     Tls(#[from] crate::tls::TlsError),
     #[error(transparent)]
     Topology(#[from] ezone_topology::StoreError),
+    #[error(
+        "routing.peer_secret is not set, and the topology has other sites ({}) whose routers \
+         this router forwards to and takes requests from: without a shared secret any client \
+         could pose as one of them. Set routing.peer_secret to the same secret (16 or more \
+         visible ASCII characters) on every router of the deployment.",
+        sites.join(", ")
+    )]
+    NoPeerSecret { sites: Vec<String> },
+}
+
+/// How long a router without `routing.peer_secret` waits at start for the
+/// topology, to refuse to run if it names other sites. If none arrives in
+/// time (etcd down), the router starts; cross-site requests are then refused
+/// per request (see `proxy`) and an error is logged once the topology shows
+/// other sites.
+pub const PEER_CHECK_WAIT: Duration = Duration::from_secs(5);
+
+/// The sites other than `site` in `snap`'s topology: the peers whose
+/// routers this one forwards to.
+fn other_sites(snap: &ezone_topology::Snapshot, site: &str) -> Vec<String> {
+    snap.topology
+        .sites
+        .keys()
+        .filter(|s| *s != site)
+        .cloned()
+        .collect()
+}
+
+/// Without a peer secret: refuses to start if the topology (once loaded,
+/// within [`PEER_CHECK_WAIT`]) has other sites, and from then on logs an
+/// error for each topology version that does.
+async fn check_peer_trust(
+    cfg: &RouterConfig,
+    watcher: &Watcher,
+    control: &mut JoinSet<()>,
+) -> Result<(), ServeError> {
+    if cfg.routing.peer_secret.is_some() {
+        return Ok(());
+    }
+    let mut rx = watcher.subscribe();
+    let first = tokio::time::timeout(PEER_CHECK_WAIT, rx.wait_for(|s| s.is_some()))
+        .await
+        .ok()
+        .and_then(|r| r.ok().and_then(|s| s.clone()));
+    if let Some(snap) = first {
+        let sites = other_sites(&snap, &cfg.site);
+        if !sites.is_empty() {
+            return Err(ServeError::NoPeerSecret { sites });
+        }
+    }
+    let site = cfg.site.clone();
+    control.spawn(async move {
+        let mut warned = None;
+        loop {
+            let snap = rx.borrow_and_update().clone();
+            if let Some(snap) = snap {
+                let sites = other_sites(&snap, &site);
+                if !sites.is_empty() && warned != Some(snap.version) {
+                    warned = Some(snap.version);
+                    tracing::error!(site = %site, peers = ?sites, version = snap.version, "The topology has other sites but routing.peer_secret is not set: requests for their shards are refused with 503. Set the same routing.peer_secret on every router and restart.");
+                }
+            }
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+    Ok(())
 }
 
 /// A client connection's byte stream: plain TCP or TLS.
@@ -202,6 +270,8 @@ impl RunningRouter {
         };
         let workers = worker_count(&cfg);
         let watcher = Watcher::start(store);
+        let mut control = JoinSet::new();
+        check_peer_trust(&cfg, &watcher, &mut control).await?;
         let drain = cfg.timeouts.drain();
         let router = Arc::new(Router::new(cfg.clone(), watcher));
         let (stop, stop_rx) = watch::channel(false);
@@ -222,7 +292,6 @@ impl RunningRouter {
             cap,
             router.metrics.connections.clone(),
         ));
-        let mut control = JoinSet::new();
         control.spawn(crate::health::run(Arc::downgrade(&router)));
 
         let mut listeners = Vec::new();

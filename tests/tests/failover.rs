@@ -284,7 +284,9 @@ async fn a_stale_router_is_refused_by_the_fence() {
     let t0 = ens.initial_topology().clone();
     let city = ens.city_homed_at("beijing").expect("a beijing city");
     let shard = t0.routing.cities[&city];
-    // A router that never learns: its topology is a file frozen at t0.
+    // A router that never learns: its topology is a file frozen at t0. It
+    // needs a peer secret to start (the topology has other sites); it never
+    // forwards here, so one of its own does.
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("topology.json");
     ezone_topology::FileStore::new(&file)
@@ -292,7 +294,7 @@ async fn a_stale_router_is_refused_by_the_fence() {
         .await
         .expect("write the stale topology");
     let stale = ezone_tests::router::RouterProc::start_ready(&format!(
-        "site = \"beijing\"\n[listen]\nhttp = \"127.0.0.1:0\"\n[topology]\nfile = \"{}\"\n",
+        "site = \"beijing\"\n[listen]\nhttp = \"127.0.0.1:0\"\n[topology]\nfile = \"{}\"\n[routing]\npeer_secret = \"a-secret-of-its-own\"\n",
         file.display()
     ))
     .await;

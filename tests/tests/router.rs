@@ -23,7 +23,12 @@ struct World {
     sh: RouterProc,
 }
 
-fn router_toml(site: &str, port: u16, topology: &str, extra: &str) -> String {
+/// The routers' shared secret in these tests.
+const PEER_SECRET: &str = "ezone-test-peer-secret";
+
+/// A router's config: `routing` lines go into its `[routing]` table (which
+/// has the peer secret), `extra` (whole tables) at the end.
+fn router_toml(site: &str, port: u16, topology: &str, routing: &str, extra: &str) -> String {
     format!(
         r#"
 site = "{site}"
@@ -31,6 +36,9 @@ site = "{site}"
 http = "127.0.0.1:{port}"
 [topology]
 {topology}
+[routing]
+peer_secret = "{PEER_SECRET}"
+{routing}
 [[keys]]
 source = "header"
 name = "x-city-id"
@@ -54,7 +62,7 @@ health_interval_ms = 200
     )
 }
 
-async fn world(extra: &str) -> World {
+async fn world(routing: &str, extra: &str) -> World {
     let etcd = EtcdCluster::start(1).await.expect("etcd");
     let bj_app = Upstream::start("beijing-app").await;
     let sh_app = Upstream::start("shanghai-app").await;
@@ -73,8 +81,8 @@ async fn world(extra: &str) -> World {
         .expect("connect");
     store.init(&t, false).await.expect("init");
     let src = format!("etcd = [\"{}\"]", etcd.client_urls()[0]);
-    let bj = RouterProc::start(&router_toml("beijing", bj_port, &src, extra));
-    let sh = RouterProc::start(&router_toml("shanghai", sh_port, &src, extra));
+    let bj = RouterProc::start(&router_toml("beijing", bj_port, &src, routing, extra));
+    let sh = RouterProc::start(&router_toml("shanghai", sh_port, &src, routing, extra));
     let w = World {
         etcd,
         store,
@@ -131,7 +139,7 @@ fn home_of_user(t: &Topology, user: &str) -> String {
 
 #[tokio::test]
 async fn requests_land_on_their_home_site_and_follow_topology_changes() {
-    let w = world("").await;
+    let w = world("", "").await;
     let c = client();
     // 010 -> shard 1 (beijing); 021 -> shard 2 (shanghai).
     let a = send(&c, "GET", w.bj.http, "/orders", &[("X-City-Id", "010")], "").await;
@@ -232,7 +240,7 @@ async fn requests_land_on_their_home_site_and_follow_topology_changes() {
 
 #[tokio::test]
 async fn frozen_shard_writes_are_held_then_released_to_the_new_home() {
-    let w = world("[routing]\nwrite_hold_ms = 1500").await;
+    let w = world("write_hold_ms = 1500", "").await;
     let c = client();
     // Freeze shard 1 (home beijing) for a flip to shanghai.
     set_shard(&w.store, 1, "beijing", ShardState::Frozen).await;
@@ -294,7 +302,7 @@ async fn frozen_shard_writes_are_held_then_released_to_the_new_home() {
 
 #[tokio::test]
 async fn a_write_the_fence_refused_is_resent_to_the_new_home_after_the_flip() {
-    let w = world("[routing]\nwrite_hold_ms = 1500\n[limits]\nreplay_body_bytes = 16").await;
+    let w = world("write_hold_ms = 1500", "[limits]\nreplay_body_bytes = 16").await;
     let c = client();
     // Beijing's database fence is closed for a move of shard 1 that the
     // router has not seen yet: a write it sends there is refused.
@@ -375,7 +383,7 @@ async fn a_write_the_fence_refused_is_resent_to_the_new_home_after_the_flip() {
 
 #[tokio::test]
 async fn with_a_peer_secret_only_routers_are_believed() {
-    let w = world("[routing]\npeer_secret = \"ezone-test-peer-secret\"").await;
+    let w = world("", "").await;
     let c = client();
     // Routers still forward to each other: a Shanghai city entering Beijing.
     let a = send(&c, "GET", w.bj.http, "/", &[("X-City-Id", "021")], "").await;
@@ -428,8 +436,8 @@ async fn a_loop_between_disagreeing_routers_is_cut() {
     }
     let a_src = format!("file = {:?}", files[0].display().to_string());
     let b_src = format!("file = {:?}", files[1].display().to_string());
-    let a = RouterProc::start(&router_toml("beijing", p1, &a_src, ""));
-    let _b = RouterProc::start(&router_toml("shanghai", p2, &b_src, ""));
+    let a = RouterProc::start(&router_toml("beijing", p1, &a_src, "", ""));
+    let _b = RouterProc::start(&router_toml("shanghai", p2, &b_src, "", ""));
     let c = client();
     let ans = eventually("an answer", WAIT, || async {
         let r = send(&c, "GET", a.http, "/", &[("X-City-Id", "010")], "").await;
@@ -447,7 +455,11 @@ async fn a_loop_between_disagreeing_routers_is_cut() {
 
 #[tokio::test]
 async fn bad_input_is_refused_without_touching_an_upstream() {
-    let w = world("[limits]\nmax_header_bytes = 4096\nmax_body_bytes = 1000").await;
+    let w = world(
+        "",
+        "[limits]\nmax_header_bytes = 4096\nmax_body_bytes = 1000",
+    )
+    .await;
     let c = client();
     let before = w.bj_app.count();
     let big = "x".repeat(8000);

@@ -34,7 +34,7 @@ async fn two_sites(dir: &Path, bj_app: &Upstream, sh_app: &Upstream) -> (RouterP
     std::fs::write(&file, serde_json::to_string(&doc).expect("json")).expect("write");
     let config = |site: &str, port: u16| {
         format!(
-            "site = \"{site}\"\n[listen]\nhttp = \"127.0.0.1:{port}\"\n[topology]\nfile = {:?}\n[upstream]\nhealth_interval_ms = 60000\n",
+            "site = \"{site}\"\n[listen]\nhttp = \"127.0.0.1:{port}\"\n[topology]\nfile = {:?}\n[upstream]\nhealth_interval_ms = 60000\n[routing]\npeer_secret = \"ezone-test-peer-secret\"\n",
             file.display().to_string()
         )
     };

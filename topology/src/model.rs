@@ -26,11 +26,25 @@ pub struct Site {
     /// `host:port` of this site's edge router, where other sites' routers
     /// forward requests for shards homed here.
     pub router: String,
+    /// More instances of the site's edge router (`host:port`), besides
+    /// `router`: other sites' routers spread their forwarded requests over
+    /// all of them, health-checked like upstreams, so one router down does
+    /// not cut the site off. Empty (the default): `router` alone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub more_routers: Vec<String>,
     /// `host:port` of each instance of the site's upstream service.
     #[serde(default)]
     pub upstreams: Vec<String>,
     /// libpq-style connection string of the site's Postgres.
     pub postgres: String,
+}
+
+impl Site {
+    /// Every address of the site's edge routers: `router`, then
+    /// `more_routers`.
+    pub fn routers(&self) -> impl Iterator<Item = &String> {
+        std::iter::once(&self.router).chain(&self.more_routers)
+    }
 }
 
 /// Whether a shard takes writes.

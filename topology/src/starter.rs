@@ -24,6 +24,7 @@ pub fn starter(sites: &[&str], shards_per_site: u32) -> Topology {
             Site {
                 name: (*name).to_string(),
                 router: format!("{name}.router:8080"),
+                more_routers: Vec::new(),
                 upstreams: vec![format!("{name}.app:9000")],
                 postgres: format!("host={name}.db port=5432 user=postgres dbname=ezone"),
             },

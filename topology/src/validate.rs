@@ -24,6 +24,8 @@ pub enum Problem {
     SiteKeyMismatch { key: String, name: String },
     #[error("site {site:?} has an empty {field}: set it")]
     EmptySiteField { site: String, field: &'static str },
+    #[error("site {site:?} lists router {addr} more than once (router and more_routers): list each instance once")]
+    DuplicateRouter { site: String, addr: String },
     #[error("shard {id} is defined more than once: shard ids must be unique")]
     DuplicateShard { id: ShardId },
     #[error("shard stored under key {key} calls itself {id}: the key and the id must match")]
@@ -116,10 +118,17 @@ pub fn validate(t: &Topology) -> Result<(), Invalid> {
                 name: site.name.clone(),
             });
         }
-        if site.router.trim().is_empty() {
+        if site.router.trim().is_empty() || site.more_routers.iter().any(|r| r.trim().is_empty()) {
             problems.push(Problem::EmptySiteField {
                 site: site.name.clone(),
                 field: "router",
+            });
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        if let Some(twice) = site.routers().find(|r| !seen.insert(r.as_str())) {
+            problems.push(Problem::DuplicateRouter {
+                site: site.name.clone(),
+                addr: twice.clone(),
             });
         }
         if site.postgres.trim().is_empty() {
@@ -261,6 +270,36 @@ mod tests {
             }]
         );
         assert!(err.to_string().contains("guangzhou"));
+    }
+
+    #[test]
+    fn a_site_may_list_more_routers_each_once() {
+        let mut t = two_sites();
+        let bj = t.sites.get_mut("beijing").unwrap();
+        bj.more_routers = vec!["10.0.0.2:8080".into(), "10.0.0.3:8080".into()];
+        validate(&t).unwrap();
+        let bj = t.sites.get_mut("beijing").unwrap();
+        assert_eq!(
+            bj.routers().collect::<Vec<_>>(),
+            ["beijing.router:8080", "10.0.0.2:8080", "10.0.0.3:8080"]
+        );
+        bj.more_routers.push("beijing.router:8080".into());
+        assert_eq!(
+            validate(&t).unwrap_err().0,
+            vec![Problem::DuplicateRouter {
+                site: "beijing".into(),
+                addr: "beijing.router:8080".into()
+            }]
+        );
+        let bj = t.sites.get_mut("beijing").unwrap();
+        bj.more_routers = vec![" ".into()];
+        assert_eq!(
+            validate(&t).unwrap_err().0,
+            vec![Problem::EmptySiteField {
+                site: "beijing".into(),
+                field: "router"
+            }]
+        );
     }
 
     #[test]

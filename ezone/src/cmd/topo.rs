@@ -262,7 +262,7 @@ pub fn render_table(store: &str, snap: &Snapshot) -> String {
             s,
             "{:<12} {:<24} {:<30} {}",
             site.name,
-            site.router,
+            site.routers().cloned().collect::<Vec<_>>().join(","),
             site.upstreams.join(","),
             site.postgres
         );

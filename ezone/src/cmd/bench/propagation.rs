@@ -72,7 +72,7 @@ pub async fn run(b: PropagationBench) -> anyhow::Result<()> {
     let store = EtcdStore::connect(&endpoints, "/ezone").await?;
     store.init(&t, false).await?;
     let cfg = RouterConfig::from_toml(&format!(
-        "site = \"a\"\n[listen]\nhttp = \"127.0.0.1:{port}\"\nworkers = 1\n[topology]\netcd = [\"{}\"]\n",
+        "site = \"a\"\n[listen]\nhttp = \"127.0.0.1:{port}\"\nworkers = 1\n[topology]\netcd = [\"{}\"]\n[routing]\npeer_secret = \"ezone-bench-peer-secret\"\n",
         endpoints[0]
     ))?;
     let router = RunningRouter::start(cfg).await?;
