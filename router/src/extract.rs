@@ -142,6 +142,53 @@ pub fn extract(sources: &[KeySource], uri: &Uri, headers: &HeaderMap) -> Option<
     None
 }
 
+/// The first query parameter or cookie key source that the request gives
+/// two different values (named as `query parameter NAME` or `cookie NAME`):
+/// the router would route by one while the upstream might read the other.
+/// (Header sources are checked with the request's other fields, by
+/// `headers::check_request`.)
+pub fn repeated(sources: &[KeySource], uri: &Uri, headers: &HeaderMap) -> Option<String> {
+    for source in sources {
+        match source {
+            KeySource::Query { name, .. } => {
+                let Some(q) = uri.query() else { continue };
+                let values = q.split('&').filter_map(|pair| {
+                    let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                    (decode(k).as_deref() == Some(name.as_str())).then(|| decode(v))
+                });
+                if differ(values) {
+                    return Some(format!("query parameter {name}"));
+                }
+            }
+            KeySource::Cookie { name, .. } => {
+                let values = headers
+                    .get_all(http::header::COOKIE)
+                    .iter()
+                    .filter_map(|h| h.to_str().ok())
+                    .flat_map(|h| h.split(';'))
+                    .filter_map(|c| {
+                        let (k, v) = c.split_once('=')?;
+                        (k.trim() == name).then(|| Some(v.trim().trim_matches('"').to_string()))
+                    });
+                if differ(values) {
+                    return Some(format!("cookie {name}"));
+                }
+            }
+            KeySource::Header { .. } | KeySource::Path { .. } => {}
+        }
+    }
+    None
+}
+
+/// True if `values` holds two that are not equal (an undecodable one
+/// differs from every other).
+fn differ(mut values: impl Iterator<Item = Option<String>>) -> bool {
+    let Some(first) = values.next() else {
+        return false;
+    };
+    values.any(|v| v.is_none() || v != first)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -182,6 +229,38 @@ mod tests {
             );
         }
         (uri.parse().unwrap(), h)
+    }
+
+    #[test]
+    fn a_query_or_cookie_key_with_two_values_is_named() {
+        let none: &[(&str, &str)] = &[];
+        for (uri, headers, expected) in [
+            ("/o?city=010", none, None),
+            ("/o?city=010&x=1&city=010", none, None),
+            ("/o?city=010&city=021", none, Some("query parameter city")),
+            ("/o?c%69ty=021&city=010", none, Some("query parameter city")),
+            ("/o?city=010&city=%FF", none, Some("query parameter city")),
+            ("/o?cityx=1&city=010", none, None),
+            ("/o", &[("cookie", "uid=u1; a=b")][..], None),
+            ("/o", &[("cookie", "uid=u1; uid=u1")][..], None),
+            (
+                "/o",
+                &[("cookie", "uid=u1; uid=u2")][..],
+                Some("cookie uid"),
+            ),
+            (
+                "/o",
+                &[("cookie", "uid=u1"), ("cookie", "uid=\"u2\"")][..],
+                Some("cookie uid"),
+            ),
+        ] {
+            let (u, h) = req(uri, headers);
+            assert_eq!(
+                repeated(&sources(), &u, &h).as_deref(),
+                expected,
+                "{uri} {headers:?}"
+            );
+        }
     }
 
     /// (uri, headers, expected key)

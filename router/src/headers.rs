@@ -123,9 +123,10 @@ pub enum Refusal {
     /// framings disagree, the way request smuggling starts). Only the
     /// router's own HTTP/1 server passes both on: hyper drops the length.
     TransferCodingAndLength,
-    /// A routing key field (a `[[keys]]` header source) more than once: the
-    /// first would route the request while the upstream got both.
-    RepeatedKey(HeaderName),
+    /// A routing key (a `[[keys]]` header field, or a query parameter or
+    /// cookie with two different values) more than once, named here: the
+    /// first would route the request while the upstream might read another.
+    RepeatedKey(String),
 }
 
 impl Refusal {
@@ -277,7 +278,7 @@ pub fn check_request(
     for key in keys {
         let mut values = headers.get_all(key).iter();
         if values.next().is_some() && values.next().is_some() {
-            return Err(Refusal::RepeatedKey(key.clone()));
+            return Err(Refusal::RepeatedKey(key.to_string()));
         }
     }
     Ok(())
@@ -1079,7 +1080,7 @@ mod tests {
             &keys,
         )
         .expect_err("refused");
-        assert_eq!(r, Refusal::RepeatedKey(HeaderName::from_static("x-region")));
+        assert_eq!(r, Refusal::RepeatedKey("x-region".into()));
         assert_eq!(r.status(), StatusCode::BAD_REQUEST);
         assert!(!r.closes());
         assert!(r.to_string().contains("x-region"), "{r}");

@@ -47,7 +47,7 @@ use crate::body::{self, Body, BodyFault, BodyWatch, RequestBody};
 use crate::client::{Upstream, UpstreamClient, UpstreamError};
 use crate::config::{RouterConfig, UpstreamProtocol};
 use crate::decide::{decide, is_write, Decision, Policy, ShardRef};
-use crate::extract::extract;
+use crate::extract::{self, extract};
 use crate::headers;
 use crate::hold::{Held, HoldQueue};
 use crate::metrics::{
@@ -497,6 +497,9 @@ impl Router {
         {
             return none(self.refuse(&refusal));
         }
+        if let Some(what) = extract::repeated(&self.cfg.keys, req.uri(), req.headers()) {
+            return none(self.refuse(&headers::Refusal::RepeatedKey(what)));
+        }
         let Some(snap) = worker.snapshot() else {
             return none(self.reject(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -728,7 +731,20 @@ impl Router {
     ) -> Routed {
         let (parts, incoming) = req.into_parts();
         let cap = usize::try_from(self.cfg.limits.replay_body_bytes).unwrap_or(usize::MAX);
-        let body = match incoming.collect(cap, self.cfg.timeouts.body_read()).await {
+        // Between two reads `body_read_ms`; in all `request_ms`, the bound a
+        // streamed body has too (a body that trickles in a byte at a time
+        // just within the first bound must not hold the request for ever).
+        let total = self.cfg.timeouts.request();
+        let Ok(collected) =
+            tokio::time::timeout(total, incoming.collect(cap, self.cfg.timeouts.body_read())).await
+        else {
+            let r = self.body_refusal(&BodyFault::TimedOut {
+                after: total,
+                setting: "timeouts.request_ms",
+            });
+            return (r, "none".into(), Some(shard));
+        };
+        let body = match collected {
             Ok(b) => b,
             Err(e) if e.is::<body::BodyTimeout>() => {
                 let r = self.body_refusal(&BodyFault::TimedOut {
@@ -1300,6 +1316,7 @@ impl Router {
         }
         let upstream_on = hyper::upgrade::on(&mut resp);
         let endpoint = ep.addr.clone();
+        let idle = self.cfg.timeouts.upstream_read();
         tokio::spawn(async move {
             let (client_io, upstream_io) = match tokio::join!(client_on, upstream_on) {
                 (Ok(c), Ok(u)) => (c, u),
@@ -1308,10 +1325,16 @@ impl Router {
                     return;
                 }
             };
-            let mut c = TokioIo::new(client_io);
-            let mut u = TokioIo::new(upstream_io);
-            if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
-                tracing::debug!(endpoint = %endpoint, error = %e, "Upgraded connection ended with an error.");
+            let c = TokioIo::new(client_io);
+            let u = TokioIo::new(upstream_io);
+            match crate::tunnel::run(c, u, idle).await {
+                Ok(crate::tunnel::Ended::Idle) => {
+                    tracing::debug!(endpoint = %endpoint, idle = ?idle, "Upgraded connection closed: idle for timeouts.upstream_read_ms.");
+                }
+                Ok(crate::tunnel::Ended::Closed(..)) => {}
+                Err(e) => {
+                    tracing::debug!(endpoint = %endpoint, error = %e, "Upgraded connection ended with an error.");
+                }
             }
         });
         self.respond(resp.map(|b| body::upstream(b, None, Some(upstream.clone()))))

@@ -440,7 +440,8 @@ async fn transfer_codings_other_than_chunked_are_refused() {
 /// route by) is 400: the first would route while both were forwarded.
 #[tokio::test]
 async fn a_routing_key_sent_twice_is_refused() {
-    let keys = "[[keys]]\nsource = \"header\"\nname = \"X-Region\"\nkind = \"city\"\n[[keys]]\nsource = \"header\"\nname = \"x-user-id\"\nkind = \"user\"\n";
+    let keys = "[[keys]]\nsource = \"header\"\nname = \"X-Region\"\nkind = \"city\"\n[[keys]]\nsource = \"header\"\nname = \"x-user-id\"\nkind = \"user\"\n\
+                [[keys]]\nsource = \"query\"\nname = \"city\"\nkind = \"city\"\n[[keys]]\nsource = \"cookie\"\nname = \"uid\"\nkind = \"user\"\n";
     on_both_http1_servers(keys, async |own, app, r| {
         let refused: [&[u8]; 4] = [
             b"GET /orders HTTP/1.1\r\nHost: x\r\nX-Region: 010\r\nX-Region: 021\r\n\r\n",
@@ -452,13 +453,33 @@ async fn a_routing_key_sent_twice_is_refused() {
             assert!(ans.body.to_lowercase().contains("x-"), "{ans:?}");
         })
         .await;
+        // A query parameter or cookie key with two different values.
+        let refused: [&[u8]; 3] = [
+            b"GET /orders?city=010&city=021 HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET /orders?city=010&c%69ty=021 HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET /orders HTTP/1.1\r\nHost: x\r\nCookie: uid=u1\r\nCookie: a=b; uid=u2\r\n\r\n",
+        ];
+        each_refused(r, own, &refused, |ans| {
+            assert!(
+                ans.body.contains("query parameter city") || ans.body.contains("cookie uid"),
+                "{ans:?}"
+            );
+        })
+        .await;
         assert_eq!(app.count(), 0, "own_http1 = {own}: refused, never sent on");
         assert!(
             metrics(r)
                 .await
-                .contains("ezone_router_rejected_total{reason=\"repeated_key\"} 4"),
+                .contains("ezone_router_rejected_total{reason=\"repeated_key\"} 7"),
             "own_http1 = {own}"
         );
+        // The same value twice routes one way only: served.
+        let ans = raw(
+            r.http,
+            b"GET /orders?city=010&city=010 HTTP/1.1\r\nHost: x\r\n\r\n",
+        )
+        .await;
+        assert_eq!(ans.status, 200, "own_http1 = {own}: {ans:?}");
         // A header the router does not route by may repeat.
         let ans = raw(
             r.http,

@@ -156,7 +156,7 @@ struct Raw {
 
 /// Reads one answer off `s` (framed by its Content-Length), waiting at
 /// most `within` for it.
-async fn answer(s: &mut TcpStream, within: Duration) -> Raw {
+async fn answer(s: &mut (impl tokio::io::AsyncRead + Unpin), within: Duration) -> Raw {
     let deadline = tokio::time::Instant::now() + within;
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
@@ -294,6 +294,51 @@ async fn a_head_whose_body_never_comes_is_answered_408() {
         );
         assert_eq!(metric(&m, "ezone_router_upstream_errors_total"), 0.0, "{m}");
     }
+}
+
+/// A write whose body trickles in (a byte every 300 ms, well within the
+/// between-reads bound) is cut once `request_ms` has passed in all: 408,
+/// nothing of it sent on, the upstream not blamed.
+#[tokio::test]
+async fn a_body_that_trickles_is_cut_at_the_request_bound() {
+    let app = Upstream::start("app").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = one_site_router(
+        &[app.addr],
+        dir.path(),
+        "",
+        "health_interval_ms = 60000\neject_after_failures = 1",
+        "[timeouts]\nbody_read_ms = 1000\nrequest_ms = 1500",
+    )
+    .await;
+    let s = TcpStream::connect(r.http).await.expect("connect");
+    let (mut rd, mut wr) = s.into_split();
+    wr.write_all(
+        b"POST /orders HTTP/1.1\r\nHost: x\r\nX-City-Id: 010\r\nContent-Length: 1000\r\n\r\n",
+    )
+    .await
+    .expect("write");
+    let trickle = async move {
+        for _ in 0..1000 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            if wr.write_all(b"x").await.is_err() {
+                break;
+            }
+        }
+    };
+    // The answer comes while the client is still sending.
+    let ans = tokio::select! {
+        a = answer(&mut rd, SOON) => a,
+        () = trickle => panic!("the router took the whole trickled body"),
+    };
+    assert_eq!(ans.status, 408, "{ans:?}");
+    assert!(
+        String::from_utf8_lossy(&ans.body).contains("timeouts.request_ms"),
+        "{ans:?}"
+    );
+    assert_eq!(app.count(), 0, "nothing of it was sent on");
+    let m = metrics(&r).await;
+    assert_eq!(metric(&m, "ezone_router_upstream_errors_total"), 0.0, "{m}");
 }
 
 /// A chunked request head with no body: 408 once the body read bound

@@ -187,10 +187,19 @@ async fn a_large_body_streams_through() {
 }
 
 #[tokio::test]
-async fn an_upgrade_passes_through() {
+async fn an_upgrade_passes_through_and_an_idle_one_is_closed() {
     let app = Upstream::start("app").await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let r = router_with(&[&app], dir.path(), "").await;
+    // The idle bound of a tunnel is the upstream read bound.
+    let idle = Duration::from_millis(1500);
+    let r = one_site_router(
+        &[app.addr],
+        dir.path(),
+        "",
+        "",
+        &format!("[timeouts]\nupstream_read_ms = {}", idle.as_millis()),
+    )
+    .await;
     let mut s = tokio::net::TcpStream::connect(r.http)
         .await
         .expect("connect");
@@ -225,6 +234,22 @@ async fn an_upgrade_passes_through() {
         .expect("echo in time")
         .expect("read");
     assert_eq!(&buf, b"ping over the upgraded connection");
+    // Traffic keeps it open past the bound...
+    for _ in 0..4 {
+        tokio::time::sleep(idle / 2).await;
+        s.write_all(b"k").await.expect("write");
+        let mut b = [0u8; 1];
+        tokio::time::timeout(WAIT, s.read_exact(&mut b))
+            .await
+            .expect("echo in time")
+            .expect("still open");
+    }
+    // ...silence closes it (nginx's proxy_read_timeout does the same).
+    let mut b = [0u8; 1];
+    let n = tokio::time::timeout(WAIT, s.read(&mut b))
+        .await
+        .expect("closed within the wait");
+    assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
 }
 
 #[tokio::test]
