@@ -180,6 +180,17 @@ mod tests {
     }
 
     #[test]
+    fn a_city_mapped_twice_is_refused_in_json_as_in_toml() {
+        let json = r#"{"routing": {"cities": {"010": 1, "021": 2, "010": 2}}}"#;
+        let err = TopologyDoc::parse("t.json", json).unwrap_err();
+        assert!(err.to_string().contains("\"010\" is mapped twice"), "{err}");
+        let toml_text = "[routing.cities]\n\"010\" = 1\n\"010\" = 2\n";
+        assert!(TopologyDoc::parse("t.toml", toml_text).is_err());
+        let once = r#"{"routing": {"cities": {"010": 1, "021": 2}}}"#;
+        TopologyDoc::parse("t.json", once).unwrap();
+    }
+
+    #[test]
     fn unknown_field_is_a_parse_error() {
         let err = TopologyDoc::parse("t.toml", "[settings]\nwrite_hold = 5\n").unwrap_err();
         assert!(err.to_string().contains("write_hold"), "{err}");

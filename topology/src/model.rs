@@ -81,13 +81,44 @@ pub struct Shard {
 #[serde(deny_unknown_fields)]
 pub struct RoutingTable {
     /// City id -> shard. City ids are opaque strings (`"010"`, `"021"`, ...).
-    #[serde(default)]
+    /// A city given twice is refused when read (JSON would otherwise keep
+    /// the last silently; TOML refuses it on its own).
+    #[serde(default, deserialize_with = "unique_cities")]
     pub cities: BTreeMap<String, ShardId>,
     /// The shards that user ids hash onto, in order. The position matters: see
     /// [`crate::hash::user_shard`]. Appending a shard moves only about 1/n of
     /// the users (jump consistent hash); reordering moves many.
     #[serde(default)]
     pub user_shards: Vec<ShardId>,
+}
+
+/// Reads the city map, refusing a city that appears twice.
+fn unique_cities<'de, D>(d: D) -> Result<BTreeMap<String, ShardId>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    struct Unique;
+    impl<'de> serde::de::Visitor<'de> for Unique {
+        type Value = BTreeMap<String, ShardId>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a map of city ids to shard ids")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut m: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut out = BTreeMap::new();
+            while let Some((city, shard)) = m.next_entry::<String, ShardId>()? {
+                if let Some(first) = out.insert(city.clone(), shard) {
+                    return Err(serde::de::Error::custom(format!(
+                        "city {city:?} is mapped twice (to shard {first} and to shard {shard}): keep one"
+                    )));
+                }
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_map(Unique)
 }
 
 /// Deployment-wide settings that every part reads.
