@@ -405,3 +405,40 @@ async fn the_watcher_reloads_after_compaction() {
         "a compacted revision must cause a full reload"
     );
 }
+
+/// With three members and one of them dead or hung, every request still
+/// succeeds: a fresh client (a command run by an operator) and one that
+/// was connected before the member went are both served by the others.
+#[tokio::test]
+async fn one_member_down_or_hung_fails_no_request() {
+    let etcd = EtcdCluster::start(3).await.expect("etcd");
+    let (before, _) = seeded(&etcd, "/ezone").await;
+    before.load().await.expect("load with every member up");
+    for (what, stop) in [("killed", true), ("paused", false)] {
+        let member = &etcd.members()[1];
+        if stop {
+            member.kill().expect("kill");
+        } else {
+            member.pause().expect("pause");
+        }
+        for i in 0..10 {
+            let fresh = EtcdStore::connect(&etcd.client_urls(), "/ezone")
+                .await
+                .expect("connect");
+            fresh
+                .load()
+                .await
+                .unwrap_or_else(|e| panic!("{what}: fresh client, request {i}: {e}"));
+            before
+                .load()
+                .await
+                .unwrap_or_else(|e| panic!("{what}: old client, request {i}: {e}"));
+        }
+        if stop {
+            etcd.restart_member(1).await.expect("restart");
+        } else {
+            member.resume().expect("resume");
+        }
+        etcd.wait_healthy(WAIT).await.expect("healthy again");
+    }
+}

@@ -22,6 +22,38 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// A repeatable request gives one member at most this long (a hung member
+/// takes as long as it is given) before it is tried again.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
+/// The pause before a request is tried again, doubled each time up to the max.
+const RETRY_PAUSE_MIN: Duration = Duration::from_millis(50);
+const RETRY_PAUSE_MAX: Duration = Duration::from_millis(500);
+
+/// Whether a request may be tried again after a transient failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Repeat {
+    /// Reads, and writes that set a value outright: always.
+    Always,
+    /// A compare-and-swap: only if it certainly never reached a leader
+    /// (one that timed out or was cut may have been applied).
+    IfUnsent,
+}
+
+/// True if a failed request certainly was not applied: no connection could
+/// be made, or the member refused it for want of a leader (`require_leader`
+/// makes it refuse before anything is proposed).
+fn never_applied(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => {
+            s.code() == tonic_code::Unavailable
+                && (s.message().contains("tcp connect error")
+                    || s.message().contains("etcdserver: no leader"))
+        }
+        etcd_client::Error::TransportError(_) => true,
+        _ => false,
+    }
+}
+
 /// The topology in etcd.
 #[derive(Clone)]
 pub struct EtcdStore {
@@ -121,13 +153,59 @@ impl EtcdStore {
         }
     }
 
-    fn timed_out(&self, what: &str) -> StoreError {
+    fn timed_out(&self, what: &str, after: Duration) -> StoreError {
         StoreError::Unavailable {
             store: self.describe(),
-            detail: format!(
-                "{what} timed out after {:?}",
-                super::DEFAULT_REQUEST_TIMEOUT
-            ),
+            detail: format!("{what} timed out after {after:?}"),
+        }
+    }
+
+    /// Runs one request (`op`, given a client) until it succeeds or fails
+    /// for good, within [`super::DEFAULT_REQUEST_TIMEOUT`] in all. The
+    /// client balances over every member, so with one of three dead, hung
+    /// or just deposed as leader some requests still go its way; those are
+    /// tried again after a short pause (the balancer picks again), and an
+    /// operator's command does not fail while a quorum serves. What may be
+    /// tried again is `repeat`'s to say; a refusal (a definite error) never
+    /// is.
+    async fn request<T, F, Fut>(
+        &self,
+        what: &str,
+        repeat: Repeat,
+        mut op: F,
+    ) -> Result<T, StoreError>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let deadline = tokio::time::Instant::now() + super::DEFAULT_REQUEST_TIMEOUT;
+        let mut pause = RETRY_PAUSE_MIN;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let budget = match repeat {
+                Repeat::Always => left.min(ATTEMPT_TIMEOUT),
+                Repeat::IfUnsent => left,
+            };
+            let failure = match tokio::time::timeout(budget, op(self.client.clone())).await {
+                Ok(Ok(v)) => return Ok(v),
+                Ok(Err(e)) => {
+                    let again = repeat == Repeat::Always || never_applied(&e);
+                    let err = self.unavailable(what, e);
+                    if !again || matches!(err, StoreError::Rejected { .. }) {
+                        return Err(err);
+                    }
+                    err
+                }
+                Err(_) if repeat == Repeat::IfUnsent => return Err(self.timed_out(what, budget)),
+                Err(_) => self.timed_out(what, budget),
+            };
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left <= pause {
+                return Err(failure);
+            }
+            tracing::debug!(store = %self.describe(), error = %failure, "etcd request failed; trying again.");
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(RETRY_PAUSE_MAX);
         }
     }
 
@@ -135,21 +213,13 @@ impl EtcdStore {
     pub(crate) async fn read_raw(
         &self,
     ) -> Result<(BTreeMap<String, Vec<u8>>, Version), StoreError> {
-        let mut client = self.client.clone();
-        let resp = tokio::time::timeout(
-            super::DEFAULT_REQUEST_TIMEOUT,
-            client.get(self.layout.dir(), Some(GetOptions::new().with_prefix())),
-        )
-        .await
-        .map_err(|_| StoreError::Unavailable {
-            store: self.describe(),
-            detail: format!(
-                "reading {} timed out after {:?}",
-                self.layout.dir(),
-                super::DEFAULT_REQUEST_TIMEOUT
-            ),
-        })?
-        .map_err(|e| self.unavailable("reading the topology", e))?;
+        let dir = self.layout.dir();
+        let resp = self
+            .request("reading the topology", Repeat::Always, |mut c| {
+                let dir = dir.clone();
+                async move { c.get(dir, Some(GetOptions::new().with_prefix())).await }
+            })
+            .await?;
         let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
         let mut raw = BTreeMap::new();
         for kv in resp.kvs() {
@@ -178,14 +248,12 @@ impl EtcdStore {
     }
 
     async fn txn(&self, txn: Txn, what: &str) -> Result<(bool, Version), StoreError> {
-        let mut client = self.client.clone();
-        let resp = tokio::time::timeout(super::DEFAULT_REQUEST_TIMEOUT, client.txn(txn))
-            .await
-            .map_err(|_| StoreError::Unavailable {
-                store: self.describe(),
-                detail: format!("{what} timed out"),
-            })?
-            .map_err(|e| self.unavailable(what, e))?;
+        let resp = self
+            .request(what, Repeat::IfUnsent, |mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
+            .await?;
         let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
         Ok((resp.succeeded(), revision))
     }
@@ -431,54 +499,46 @@ impl TopologyStore for EtcdStore {
     }
 
     async fn read_op(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let mut client = self.client.clone();
-        let resp = tokio::time::timeout(
-            super::DEFAULT_REQUEST_TIMEOUT,
-            client.get(self.layout.op(name), None),
-        )
-        .await
-        .map_err(|_| self.timed_out("reading an operation record"))?
-        .map_err(|e| self.unavailable("reading an operation record", e))?;
+        let key = self.layout.op(name);
+        let resp = self
+            .request("reading an operation record", Repeat::Always, |mut c| {
+                let key = key.clone();
+                async move { c.get(key, None).await }
+            })
+            .await?;
         Ok(resp.kvs().first().map(|kv| kv.value().to_vec()))
     }
 
     async fn write_op(&self, name: &str, value: &[u8]) -> Result<(), StoreError> {
-        let mut client = self.client.clone();
-        tokio::time::timeout(
-            super::DEFAULT_REQUEST_TIMEOUT,
-            client.put(self.layout.op(name), value.to_vec(), None),
-        )
-        .await
-        .map_err(|_| self.timed_out("writing an operation record"))?
-        .map_err(|e| self.unavailable("writing an operation record", e))?;
+        let key = self.layout.op(name);
+        // Setting a value outright: writing it twice is writing it once.
+        self.request("writing an operation record", Repeat::Always, |mut c| {
+            let (key, value) = (key.clone(), value.to_vec());
+            async move { c.put(key, value, None).await }
+        })
+        .await?;
         Ok(())
     }
 
     async fn delete_op(&self, name: &str) -> Result<(), StoreError> {
-        let mut client = self.client.clone();
-        tokio::time::timeout(
-            super::DEFAULT_REQUEST_TIMEOUT,
-            client.delete(self.layout.op(name), None),
-        )
-        .await
-        .map_err(|_| self.timed_out("deleting an operation record"))?
-        .map_err(|e| self.unavailable("deleting an operation record", e))?;
+        let key = self.layout.op(name);
+        self.request("deleting an operation record", Repeat::Always, |mut c| {
+            let key = key.clone();
+            async move { c.delete(key, None).await }
+        })
+        .await?;
         Ok(())
     }
 
     async fn list_ops(&self, dir: &str) -> Result<BTreeMap<String, Vec<u8>>, StoreError> {
-        let mut client = self.client.clone();
         let base = self.layout.ops_dir();
-        let resp = tokio::time::timeout(
-            super::DEFAULT_REQUEST_TIMEOUT,
-            client.get(
-                format!("{base}{dir}"),
-                Some(GetOptions::new().with_prefix()),
-            ),
-        )
-        .await
-        .map_err(|_| self.timed_out("listing operation records"))?
-        .map_err(|e| self.unavailable("listing operation records", e))?;
+        let key = format!("{base}{dir}");
+        let resp = self
+            .request("listing operation records", Repeat::Always, |mut c| {
+                let key = key.clone();
+                async move { c.get(key, Some(GetOptions::new().with_prefix())).await }
+            })
+            .await?;
         Ok(resp
             .kvs()
             .iter()
