@@ -4,7 +4,7 @@
 CARGO ?= cargo
 LAB_DIR ?= $(CURDIR)/.lab-demo
 
-.PHONY: demo test deps lint build unit chaos-long bench-topology clean-lab lab-demo
+.PHONY: demo test deps lint build unit chaos-long fuzz-long bench-topology clean-lab lab-demo
 
 deps:
 	@scripts/install-deps.sh
@@ -34,6 +34,13 @@ CHAOS_ARGS ?= --seeds 1-100 --duration 120s
 chaos-long: deps build
 	EZONE_CHAOS_LONG=1 $(CARGO) test -p ezone-tests --test failover
 	target/debug/ezone chaos sweep --report target/chaos-long $(CHAOS_ARGS)
+
+# The router's HTTP/1 parsers against hyper's on many more generated and
+# mutated messages than `make test` runs (512 per property there).
+# FUZZ_CASES sets how many.
+FUZZ_CASES ?= 50000
+fuzz-long: deps
+	EZONE_FUZZ_CASES=$(FUZZ_CASES) $(CARGO) test --release -p ezone-router --test h1_differential -- --nocapture
 
 # The whole system on this machine (etcd, two Postgres sites with the fence,
 # order services, routers, replicators, 30 ms WAN between the sites), order

@@ -11,13 +11,33 @@
 //! - the response body: none for HEAD, 1xx, 204 and 304; chunked if the last
 //!   transfer coding is `chunked`; read to the end of the connection if
 //!   another transfer coding is named, or no length is given; else exactly
-//!   `Content-Length` (several values must agree);
+//!   `Content-Length` (several values must agree, none over
+//!   [`MAX_CONTENT_LENGTH`]);
 //! - 1xx answers other than 101 are skipped; 101 is an error (no upgrade was
 //!   asked for); HTTP/1.0 with `Transfer-Encoding` is an error;
 //! - header lines: `name: value`, a token name, the value trimmed of spaces
 //!   and tabs and checked as [`HeaderValue`]; obsolete line folding, a space
 //!   before the colon, more than [`MAX_HEADERS`] fields or a head over
 //!   [`MAX_HEAD_BYTES`] are errors; bare LF line ends are accepted.
+//!
+//! Where this differs from hyper's client, on purpose (the differential test
+//! `router/tests/h1_differential.rs` checks these are the only differences):
+//!
+//! - stricter: an empty line before the status line is an error (RFC 9112
+//!   2.2 asks only a server to skip them, before a request line); a chunk
+//!   size of more than 16 hex digits (leading zeros included), a chunk-size
+//!   line over [`MAX_CHUNK_LINE`] bytes, or a control byte (NUL) in a chunk
+//!   extension is a malformed body; a response head over [`MAX_HEAD_BYTES`]
+//!   is an error (hyper takes some 400 KiB);
+//! - more lenient: chunked framing lines (sizes, the end of a chunk's data,
+//!   trailers) may end in a bare LF, as nginx's chunked parser allows
+//!   (hyper requires CRLF there); the body is decoded either way and sent on
+//!   to the client in the router's own framing, so the two readings cannot
+//!   split a stream; a trailer section may take up to [`MAX_HEAD_BYTES`]
+//!   (hyper: 16 KiB);
+//! - the reason phrase: none (`HTTP/1.1 200`) is written on as the status's
+//!   usual one ("OK"), and one with bytes 0x80-0xff is kept as sent (hyper
+//!   drops it to "").
 //!
 //! Nothing a peer sends can make these functions panic (property-tested).
 
@@ -301,8 +321,14 @@ pub enum Next {
     Body { framing: Framing, reusable: bool },
 }
 
+/// The largest `Content-Length` taken: hyper's client refuses larger ones
+/// (it keeps the two values above as markers), and no body that long will
+/// ever come: refusing the head answers 502 at once instead of starting an
+/// answer that must break.
+pub const MAX_CONTENT_LENGTH: u64 = u64::MAX - 2;
+
 /// `Content-Length`: every value (and every comma-separated item) must be
-/// the same number.
+/// the same number, at most [`MAX_CONTENT_LENGTH`].
 fn content_length(headers: &HeaderMap) -> Result<Option<u64>, H1Error> {
     let mut found = None;
     for v in headers.get_all(header::CONTENT_LENGTH) {
@@ -313,6 +339,9 @@ fn content_length(headers: &HeaderMap) -> Result<Option<u64>, H1Error> {
                 return Err(H1Error::ContentLength);
             }
             let n: u64 = item.parse().map_err(|_| H1Error::ContentLength)?;
+            if n > MAX_CONTENT_LENGTH {
+                return Err(H1Error::ContentLength);
+            }
             match found {
                 Some(f) if f != n => return Err(H1Error::ContentLength),
                 _ => found = Some(n),
@@ -740,6 +769,19 @@ mod tests {
                 "HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n",
                 Method::GET,
                 Err(H1Error::ContentLength),
+            ),
+            (
+                "HTTP/1.1 200 OK\r\ncontent-length: 18446744073709551614\r\n\r\n",
+                Method::GET,
+                Err(H1Error::ContentLength),
+            ),
+            (
+                "HTTP/1.1 200 OK\r\ncontent-length: 18446744073709551613\r\n\r\n",
+                Method::GET,
+                Ok(Next::Body {
+                    framing: Framing::Length(u64::MAX - 2),
+                    reusable: true,
+                }),
             ),
             (
                 "HTTP/1.1 200 OK\r\ncontent-length: +1\r\n\r\n",

@@ -21,6 +21,8 @@
 //! `Content-Length`) is taken here rather than handed to hyper (which would
 //! read such a body one way or another), so the request path refuses it;
 //! its body is never read, and the connection is closed after the answer.
+//! Repeated equal `Content-Length: 0` fields are kept as sent (hyper keeps
+//! the first); the request goes on with one (`headers::forwarded_fields`).
 //! Keep-alive is HTTP/1.1's: the connection stays open unless the request
 //! says `Connection: close`, the answer does (the router's refusals of a
 //! body it cannot frame), or the worker is draining or the connection was

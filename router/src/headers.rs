@@ -500,8 +500,15 @@ pub fn forwarded_fields(
         }
         None => {}
     }
+    // `Content-Length` goes on once: repeated equal values (all a request
+    // that got this far can have: the servers refuse unequal ones) are one
+    // length to hyper but a 400 to some upstreams (nginx).
+    let mut length_written = false;
     for (name, value) in headers {
+        let repeated_length =
+            *name == header::CONTENT_LENGTH && std::mem::replace(&mut length_written, true);
         let skip = HOP_BY_HOP.contains(name)
+            || repeated_length
             || (*name == header::UPGRADE && !fwd.upgrade)
             || (authority.is_some() && *name == header::HOST)
             || named.contains(name)
@@ -901,6 +908,21 @@ mod tests {
         keys: &[HeaderName],
     ) -> Result<(), Refusal> {
         check_request(version, &uri.parse().expect("uri"), &map(pairs), keys)
+    }
+
+    #[test]
+    fn a_repeated_content_length_goes_on_once() {
+        let h = forward(
+            &[
+                ("Host", "x"),
+                ("Content-Length", "0"),
+                ("content-length", "0"),
+            ],
+            http::Version::HTTP_11,
+            &local("beijing"),
+        );
+        assert_eq!(h.get_all(header::CONTENT_LENGTH).iter().count(), 1);
+        assert_eq!(h[header::CONTENT_LENGTH], "0");
     }
 
     #[test]
