@@ -39,7 +39,7 @@ pub struct SiteLabels {
     pub site: String,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub enum HoldOutcome {
     /// The shard became active; the write was forwarded.
     Released,
@@ -50,13 +50,46 @@ pub enum HoldOutcome {
 }
 
 /// What became of a write a database fence refused.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub enum BounceOutcome {
     /// Sent again (to the shard's home after the flip).
     Resent,
     /// Its body streamed (too large to keep), or the shard did not move in
     /// time, or it bounced too often: the client got the refusal.
     Refused,
+}
+
+// Label values are lowercase, as Prometheus convention has them (the
+// derive would write the variant's name).
+impl EncodeLabelValue for HoldOutcome {
+    fn encode(
+        &self,
+        e: &mut prometheus_client::encoding::LabelValueEncoder<'_>,
+    ) -> std::fmt::Result {
+        std::fmt::Write::write_str(
+            e,
+            match self {
+                HoldOutcome::Released => "released",
+                HoldOutcome::Deadline => "deadline",
+                HoldOutcome::Overflow => "overflow",
+            },
+        )
+    }
+}
+
+impl EncodeLabelValue for BounceOutcome {
+    fn encode(
+        &self,
+        e: &mut prometheus_client::encoding::LabelValueEncoder<'_>,
+    ) -> std::fmt::Result {
+        std::fmt::Write::write_str(
+            e,
+            match self {
+                BounceOutcome::Resent => "resent",
+                BounceOutcome::Refused => "refused",
+            },
+        )
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

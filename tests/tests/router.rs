@@ -295,7 +295,7 @@ async fn frozen_shard_writes_are_held_then_released_to_the_new_home() {
         .await
         .text();
     assert!(
-        m.contains("ezone_router_hold_outcomes_total{outcome=\"Deadline\"} 1"),
+        m.contains("ezone_router_hold_outcomes_total{outcome=\"deadline\"} 1"),
         "{m}"
     );
 }
@@ -330,7 +330,7 @@ async fn a_write_the_fence_refused_is_resent_to_the_new_home_after_the_flip() {
         .await
         .text();
     assert!(
-        m.contains("ezone_router_fenced_writes_total{outcome=\"Resent\"} 1"),
+        m.contains("ezone_router_fenced_writes_total{outcome=\"resent\"} 1"),
         "{m}"
     );
 
@@ -376,7 +376,7 @@ async fn a_write_the_fence_refused_is_resent_to_the_new_home_after_the_flip() {
         .await
         .text();
     assert!(
-        m.contains("ezone_router_fenced_writes_total{outcome=\"Refused\"} 2"),
+        m.contains("ezone_router_fenced_writes_total{outcome=\"refused\"} 2"),
         "{m}"
     );
 }
