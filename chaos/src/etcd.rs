@@ -42,10 +42,14 @@ pub struct EtcdOptions {
     /// Number of members: 1 or 3 (any of 1..=7 works).
     pub members: usize,
     /// Parent directory; `None` uses a fresh temp dir. The cluster lives in
-    /// `<dir>/etcd`, removed when the cluster is dropped.
+    /// `<dir>/etcd`, removed when the cluster is dropped (or torn down)
+    /// unless `keep_files`.
     pub dir: Option<PathBuf>,
     pub supervision: Supervision,
     pub ready_timeout: Duration,
+    /// Leave the cluster's directory (data and each member's `etcd.log`) on
+    /// disk when the cluster is dropped or torn down.
+    pub keep_files: bool,
 }
 
 impl Default for EtcdOptions {
@@ -55,12 +59,13 @@ impl Default for EtcdOptions {
             dir: None,
             supervision: Supervision::Tied,
             ready_timeout: DEFAULT_READY_TIMEOUT,
+            keep_files: false,
         }
     }
 }
 
 /// A running etcd cluster. Dropping it kills every member and removes its
-/// directory.
+/// directory (unless [`EtcdOptions::keep_files`]).
 #[derive(Debug)]
 pub struct EtcdCluster {
     // Field order matters: members (processes) drop before their directory.
@@ -99,7 +104,8 @@ impl EtcdCluster {
             });
         }
         let program = find_etcd()?;
-        let dir = ScratchDir::temp_or_under(opts.dir.as_deref(), "etcd")?;
+        let dir =
+            ScratchDir::temp_or_under(opts.dir.as_deref(), "etcd")?.keep_files(opts.keep_files);
         let mut attempt = 1;
         loop {
             match start_members(&program, dir.path(), &opts).await {
@@ -178,8 +184,9 @@ impl EtcdCluster {
         Ok(())
     }
 
-    /// kill -9 every member and remove the cluster's directory, reporting
-    /// failures (dropping it does the same, failures only logged).
+    /// kill -9 every member and remove the cluster's directory (unless
+    /// [`EtcdOptions::keep_files`]), reporting failures (dropping it does the
+    /// same, failures only logged).
     pub fn teardown(self) -> Result<(), LabError> {
         let EtcdCluster { members, dir, .. } = self;
         for m in &members {

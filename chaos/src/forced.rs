@@ -243,6 +243,7 @@ pub fn begin(
                     "--to",
                     &survivor_s,
                     "--force",
+                    "--yes",
                     "--lock-ttl",
                     "1s",
                 ],

@@ -68,8 +68,12 @@ pub struct PgOptions {
     /// The site name, used in directory names and messages.
     pub name: String,
     /// Parent directory; `None` uses a fresh temp dir. The cluster lives in
-    /// `<dir>/pg-<name>`, removed when the cluster is dropped.
+    /// `<dir>/pg-<name>`, removed when the cluster is dropped (or torn down)
+    /// unless `keep_files`.
     pub dir: Option<PathBuf>,
+    /// Leave the cluster's directory (`data/`, `postgres.log`,
+    /// `initdb.log`) on disk when the cluster is dropped or torn down.
+    pub keep_files: bool,
     pub supervision: Supervision,
     pub ready_timeout: Duration,
     /// Database created after initdb.
@@ -89,12 +93,13 @@ impl PgOptions {
             ready_timeout: DEFAULT_READY_TIMEOUT,
             database: DEFAULT_DATABASE.to_string(),
             clock: None,
+            keep_files: false,
         }
     }
 }
 
 /// A running Postgres cluster. Dropping it kills the postmaster and its
-/// backends and removes its directory.
+/// backends and removes its directory (unless [`PgOptions::keep_files`]).
 #[derive(Debug)]
 pub struct PgCluster {
     name: String,
@@ -123,7 +128,8 @@ impl PgCluster {
         let os_user = nix::unistd::geteuid()
             .is_root()
             .then(|| PG_USER.to_string());
-        let dir = ScratchDir::temp_or_under(opts.dir.as_deref(), &format!("pg-{}", opts.name))?;
+        let dir = ScratchDir::temp_or_under(opts.dir.as_deref(), &format!("pg-{}", opts.name))?
+            .keep_files(opts.keep_files);
         if let Some(user) = &os_user {
             hand_over(dir.path(), user)?;
         }
@@ -267,6 +273,15 @@ impl PgCluster {
 
     /// Kill (if running), start again on the same data and port, and wait
     /// until it accepts connections (after a kill, crash recovery runs first).
+    ///
+    /// The old server's `postmaster.pid` is left for the new postmaster to
+    /// judge: Postgres takes a lock file whose pid is gone for stale and
+    /// starts, and refuses only while that pid exists. The postmaster is
+    /// our child and is reaped as soon as it dies, also when it was killed
+    /// from outside ([`crate::process`]), so its pid never lingers as a
+    /// zombie that would keep the new one from starting. (Removing the file
+    /// ourselves would be unsafe: Postgres also finds the old shared memory
+    /// through it, to refuse while old backends still use it.)
     pub async fn restart(&self) -> Result<(), LabError> {
         self.process.restart()?;
         self.wait_ready(self.ready_timeout).await
@@ -284,8 +299,9 @@ impl PgCluster {
         wait_postmaster(&self.bin, self.port, &self.process, timeout).await
     }
 
-    /// kill -9 the cluster and remove its directory, reporting failures
-    /// (dropping it does the same, failures only logged).
+    /// kill -9 the cluster and remove its directory (unless
+    /// [`PgOptions::keep_files`]), reporting failures (dropping it does the
+    /// same, failures only logged).
     pub fn teardown(self) -> Result<(), LabError> {
         let PgCluster { process, dir, .. } = self;
         process.kill()?;
@@ -543,5 +559,46 @@ fn check_name(field: &'static str, name: &str) -> Result<(), LabError> {
             value: format!("{name:?}"),
             why: "use 1 to 48 of a-z, 0-9, '_' and '-'".to_string(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::sys::signal;
+    use nix::unistd::Pid;
+
+    /// A postmaster killed from outside (not through its handle) is reaped
+    /// at once, and a restart on its data then works: its `postmaster.pid`
+    /// names a pid that is gone, which Postgres takes for stale.
+    #[tokio::test]
+    async fn a_postmaster_killed_from_outside_is_reaped_and_restarts() {
+        let pg = PgCluster::start("reaped").await.expect("start postgres");
+        pg.psql("CREATE TABLE t (v text); INSERT INTO t VALUES ('kept')")
+            .await
+            .expect("create and insert");
+        let pid = pg.pid();
+        signal::kill(Pid::from_raw(pid as i32), Signal::SIGKILL).expect("kill -9 the postmaster");
+        // Nobody asks the handle: the pid must vanish (reaped), not linger
+        // as a zombie.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while let Some(s) = process::proc_stat(pid) {
+            assert!(
+                Instant::now() < deadline,
+                "postmaster {pid} still in /proc 5 s after kill -9 (state {})",
+                s.state
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let lock = std::fs::read_to_string(pg.data_dir().join("postmaster.pid"))
+            .expect("the killed postmaster left its lock file");
+        assert_eq!(lock.lines().next(), Some(pid.to_string().as_str()));
+
+        pg.restart()
+            .await
+            .expect("restart after an outside kill -9");
+        assert_ne!(pg.pid(), pid);
+        assert_eq!(pg.psql("SELECT v FROM t").await.expect("select"), "kept");
+        pg.teardown().expect("teardown");
     }
 }

@@ -41,12 +41,23 @@
 //! and a restarted postmaster would refuse to start while old backends still
 //! hold the shared memory.
 //!
-//! # Zombies
+//! # Zombies and reaping
+//!
+//! Every [`ChildProcess`] is reaped as soon as it exits, whoever killed it:
+//! a thread per incarnation blocks in `waitid(WEXITED | WNOWAIT)` on its pid
+//! (which waits without reaping) and then reaps it through the owned
+//! [`Child`] (`try_wait`, under the handle's lock), so the exit status stays
+//! with the handle and no other wait is raced. Without it, a child killed
+//! from outside (`kill -9` by an operator, the OOM killer) would stay a
+//! zombie for as long as nothing asked the handle about it; a zombie
+//! postmaster's pid still answers `kill(pid, 0)`, which is how Postgres
+//! checks the pid in an old `postmaster.pid`, so a new postmaster on the
+//! same data would refuse to start.
 //!
 //! A killed process that is not our child (a detached lab's, or a Postgres
 //! backend whose postmaster died) is reaped by PID 1, if PID 1 reaps at all
 //! (in some containers it does not). A zombie holds no resources, so liveness
-//! checks ([`pid_alive`]) count a zombie as gone.
+//! checks ([`pid_alive`], [`ProcStat::is_live`]) count a zombie as gone.
 
 use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
@@ -54,10 +65,11 @@ use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{self, Signal};
+use nix::sys::wait::{waitid, Id, WaitPidFlag};
 use nix::unistd::{Pid, User};
 use serde::{Deserialize, Serialize};
 
@@ -75,6 +87,8 @@ const KILL_FREEZE_ROUNDS: usize = 50;
 const LOG_TAIL_BYTES: u64 = 4096;
 /// How many lines from the end of a log an error quotes.
 const LOG_TAIL_LINES: usize = 25;
+/// Stack of a reaper thread (it only waits, then takes a lock).
+const REAPER_STACK: usize = 64 * 1024;
 
 /// How a child is tied to the process that started it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -186,7 +200,8 @@ impl ProcessSpec {
 #[derive(Debug)]
 pub struct ChildProcess {
     spec: ProcessSpec,
-    inner: Mutex<Inner>,
+    /// Shared (weakly) with the reaper thread of the current incarnation.
+    inner: Arc<Mutex<Inner>>,
 }
 
 #[derive(Debug)]
@@ -227,19 +242,34 @@ impl ChildProcess {
     pub fn spawn(spec: ProcessSpec) -> Result<Self, LabError> {
         let (child, pid, start_time) = launch(&spec)?;
         tracing::debug!(name = %spec.name, pid, program = %spec.program.display(), "Process started.");
-        Ok(ChildProcess {
+        let p = ChildProcess {
             spec,
-            inner: Mutex::new(Inner {
+            inner: Arc::new(Mutex::new(Inner {
                 child: Some(child),
                 pid,
                 start_time,
                 status: None,
-            }),
-        })
+            })),
+        };
+        p.watch(pid);
+        Ok(p)
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        lock_inner(&self.inner)
+    }
+
+    /// Start the reaper thread of incarnation `pid` (see the module docs).
+    fn watch(&self, pid: u32) {
+        let inner = Arc::downgrade(&self.inner);
+        let faked = crate::clock::is_faked(&self.spec.env);
+        let spawned = std::thread::Builder::new()
+            .name(format!("reap-{pid}"))
+            .stack_size(REAPER_STACK)
+            .spawn(move || reap_when_exited(inner, pid, faked));
+        if let Err(e) = spawned {
+            tracing::warn!(name = %self.spec.name, pid, error = %e, "Cannot start the reaper thread; the process is reaped only when next looked at.");
+        }
     }
 
     pub fn name(&self) -> &str {
@@ -379,13 +409,13 @@ impl ChildProcess {
     pub fn restart(&self) -> Result<(), LabError> {
         self.kill()?;
         let (child, pid, start_time) = launch(&self.spec)?;
-        let mut inner = self.lock();
-        *inner = Inner {
+        *self.lock() = Inner {
             child: Some(child),
             pid,
             start_time,
             status: None,
         };
+        self.watch(pid);
         tracing::debug!(name = %self.spec.name, pid, "Process restarted.");
         Ok(())
     }
@@ -441,9 +471,43 @@ impl ChildProcess {
     }
 }
 
+/// Wait (without reaping) until incarnation `pid` exits, then reap it
+/// through its handle, if the handle still exists and still holds that
+/// incarnation. Runs on a thread of its own.
+fn reap_when_exited(inner: Weak<Mutex<Inner>>, pid: u32, faked: bool) {
+    loop {
+        let id = Id::Pid(Pid::from_raw(pid as i32));
+        match waitid(id, WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT) {
+            Ok(_) => break,
+            Err(nix::errno::Errno::EINTR) => continue,
+            // ECHILD: already reaped (a kill, a drop), or disowned and gone.
+            Err(_) => return,
+        }
+    }
+    let Some(inner) = inner.upgrade() else {
+        return; // the handle was dropped (and its drop reaps)
+    };
+    let mut inner = lock_inner(&inner);
+    if inner.pid != pid || inner.status.is_some() || inner.child.is_none() {
+        return;
+    }
+    if let Some(status) = inner.poll_status() {
+        tracing::debug!(pid, %status, "Child exited; reaped.");
+        // As after a kill, right after the reap: a process that died
+        // without exiting cleanly left libfaketime's shared memory behind.
+        if faked {
+            crate::clock::forget_process(pid);
+        }
+    }
+}
+
+fn lock_inner(inner: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
+    inner.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 impl Drop for ChildProcess {
     fn drop(&mut self) {
-        let inner = self.inner.get_mut().unwrap_or_else(|p| p.into_inner());
+        let mut inner = lock_inner(&self.inner);
         if inner.child.is_none() || inner.poll_status().is_some() {
             return;
         }
@@ -454,6 +518,7 @@ impl Drop for ChildProcess {
         if let Some(child) = inner.child.as_mut() {
             let _ = child.wait();
         }
+        drop(inner);
         self.forget_faketime(pid);
     }
 }
@@ -510,6 +575,20 @@ pub enum StopOutcome {
 }
 
 impl ProcessRecord {
+    /// The record of this very process (`ezone demo` records itself in its
+    /// `lab.json`), stopped later with `stop_signal`; it has no log file of
+    /// its own (`log` is empty).
+    pub fn this_process(name: impl Into<String>, stop_signal: Signal) -> ProcessRecord {
+        let pid = std::process::id();
+        ProcessRecord {
+            name: name.into(),
+            pid,
+            start_time: proc_stat(pid).map(|s| s.start_time),
+            stop_signal: stop_signal.as_str().to_string(),
+            log: PathBuf::new(),
+        }
+    }
+
     /// Whether this very process (pid and start time) is alive (not a zombie).
     pub fn is_alive(&self) -> bool {
         pid_alive(self.pid, self.start_time)
@@ -590,6 +669,15 @@ pub struct ProcStat {
     pub start_time: u64,
 }
 
+impl ProcStat {
+    /// Whether the process still runs (or is stopped): not a zombie (`Z`,
+    /// exited but not reaped by its parent) nor dead (`X`). A zombie holds
+    /// no memory, files or ports, but its pid exists until it is reaped.
+    pub fn is_live(&self) -> bool {
+        !matches!(self.state, 'Z' | 'X')
+    }
+}
+
 /// Read `/proc/PID/stat`; `None` if there is no such process.
 pub fn proc_stat(pid: u32) -> Option<ProcStat> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -614,7 +702,7 @@ fn parse_stat(text: &str) -> Option<ProcStat> {
 pub fn pid_alive(pid: u32, start_time: Option<u64>) -> bool {
     match proc_stat(pid) {
         None => false,
-        Some(s) if s.state == 'Z' || s.state == 'X' => false,
+        Some(s) if !s.is_live() => false,
         Some(s) => start_time.is_none() || start_time == Some(s.start_time),
     }
 }
@@ -634,7 +722,7 @@ pub fn descendants(root: u32) -> Vec<u32> {
             continue;
         };
         if let Some(s) = proc_stat(pid) {
-            if s.state != 'Z' && s.state != 'X' {
+            if s.is_live() {
                 parent_of.push((pid, s.ppid));
             }
         }
@@ -683,7 +771,7 @@ fn kill_tree(root: u32) -> nix::Result<()> {
     let deadline = Instant::now() + KILL_GRACE;
     while tree
         .iter()
-        .any(|p| proc_stat(*p).is_some_and(|s| !matches!(s.state, 'Z' | 'X')))
+        .any(|p| proc_stat(*p).is_some_and(|s| s.is_live()))
     {
         if Instant::now() >= deadline {
             tracing::warn!(
@@ -865,6 +953,69 @@ mod tests {
         assert_eq!(s.state, 'S');
         assert_eq!(s.ppid, 1);
         assert_eq!(s.start_time, 98765);
+    }
+
+    #[test]
+    fn a_zombie_stat_line_is_not_live() {
+        let line = "4242 (postgres) Z 4000 4242 4242 0 -1 4227084 0 0 0 0 0 0 0 0 20 0 1 0 555 0 0";
+        let s = parse_stat(line).expect("parses");
+        assert_eq!(s.state, 'Z');
+        assert!(!s.is_live(), "a zombie is not live");
+        let dead = line.replace(" Z ", " X ");
+        assert!(!parse_stat(&dead).expect("parses").is_live());
+        for state in ['R', 'S', 'D', 'T', 't', 'I'] {
+            let l = line.replace(" Z ", &format!(" {state} "));
+            assert!(parse_stat(&l).expect("parses").is_live(), "{state}");
+        }
+    }
+
+    /// Wait up to 5 s for `pid`'s state to satisfy `f` (`None`: no such pid).
+    fn wait_state(pid: u32, f: impl Fn(Option<ProcStat>) -> bool) -> Option<ProcStat> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let s = proc_stat(pid);
+            if f(s) || Instant::now() >= deadline {
+                return s;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    #[test]
+    fn a_real_zombie_is_not_alive() {
+        // A plain std child that exits and is not waited for: a zombie.
+        let mut child = Command::new("/bin/true").spawn().expect("spawn true");
+        let pid = child.id();
+        let s = wait_state(pid, |s| s.is_some_and(|s| s.state == 'Z'));
+        assert_eq!(s.map(|s| s.state), Some('Z'), "never became a zombie");
+        assert!(!pid_alive(pid, None), "a zombie counts as gone");
+        assert!(
+            signal::kill(Pid::from_raw(pid as i32), None).is_ok(),
+            "kill(pid, 0) still finds a zombie (what Postgres checks)"
+        );
+        child.wait().expect("reap");
+        assert!(proc_stat(pid).is_none());
+    }
+
+    #[test]
+    fn a_child_killed_from_outside_is_reaped_at_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spec = ProcessSpec::new("sleeper", "/bin/sleep", dir.path(), "sleep.log").arg("30");
+        let p = ChildProcess::spawn(spec).expect("spawn sleep");
+        let pid = p.pid();
+        signal::kill(Pid::from_raw(pid as i32), Signal::SIGKILL).expect("kill -9");
+        // Nothing asks the handle: the reaper alone must make the pid go.
+        let s = wait_state(pid, |s| s.is_none());
+        assert!(s.is_none(), "pid {pid} not reaped: {s:?}");
+        assert!(!p.is_running());
+        assert!(p.exit_status().is_some_and(|s| !s.success()));
+
+        // The same after a restart: the new incarnation has its own reaper.
+        p.restart().expect("restart");
+        let pid = p.pid();
+        signal::kill(Pid::from_raw(pid as i32), Signal::SIGKILL).expect("kill -9");
+        let s = wait_state(pid, |s| s.is_none());
+        assert!(s.is_none(), "restarted pid {pid} not reaped: {s:?}");
     }
 
     #[test]

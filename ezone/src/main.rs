@@ -3,11 +3,23 @@
 use clap::{Parser, Subcommand};
 
 mod cmd;
+mod logging;
 
 /// ezone: multi-data-center routing and replication.
 #[derive(Debug, Parser)]
 #[command(name = "ezone", version, about, propagate_version = true)]
 struct Cli {
+    /// Log lines on stderr: text, or json (one object a line). Which lines:
+    /// RUST_LOG, or EZONE_LOG (RUST_LOG wins when both are set), default
+    /// `warn`.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = logging::FORMAT_ENV,
+        default_value_t = logging::LogFormat::Text
+    )]
+    log_format: logging::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -49,14 +61,8 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("EZONE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    logging::init(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -201,7 +201,7 @@ pub fn classify(e: &tokio_postgres::Error) -> DbError {
     match e.as_db_error() {
         Some(db) => classify_sqlstate(db.code().code(), db.message()),
         None => DbError::Unavailable {
-            detail: e.to_string(),
+            detail: ezone_replicator::chain(e),
         },
     }
 }
@@ -220,11 +220,11 @@ fn pool_error(e: PoolError) -> DbError {
                 ),
             },
             None => DbError::Unavailable {
-                detail: format!("cannot connect: {e}"),
+                detail: format!("cannot connect: {}", ezone_replicator::chain(&e)),
             },
         },
         other => DbError::Unavailable {
-            detail: other.to_string(),
+            detail: ezone_replicator::chain(&other),
         },
     }
 }
@@ -294,12 +294,13 @@ impl Db {
         (s.size, s.available)
     }
 
-    /// Opens one connection (a start-up check; failure is not fatal).
+    /// Runs `SELECT 1` on a pooled connection (the start-up check, whose
+    /// failure is not fatal, and `/readyz`).
     pub async fn ping(&self) -> Result<(), DbError> {
         let client = self.client().await?;
         let r = tokio::time::timeout(self.deadline, async {
             client
-                .simple_query("")
+                .simple_query("SELECT 1")
                 .await
                 .map(|_| ())
                 .map_err(|e| classify(&e))

@@ -6,8 +6,9 @@
 //! | `POST /orders` (`x-city-id`, router headers, `{"id","user","item","amount_cents"}`) | 201 new row, 200 same row again (a retry), 409 id taken by other values |
 //! | `PATCH /orders/{id}` (`x-city-id`, router headers, `{"status"}`) | 200 row, 404, 409 other city |
 //! | `GET /orders/{id}` | 200 row, 404 |
-//! | `GET /healthz` | 200 `ok` |
-//! | `GET /metrics` | Prometheus text |
+//! | `GET /healthz` | 200 `ok` while the process runs (touches nothing) |
+//! | `GET /readyz` | 200 when the pool runs `SELECT 1` within [`READY_TIMEOUT`], else 503 saying why |
+//! | `GET /metrics` | OpenMetrics text |
 //!
 //! Writes need `X-Ezone-Shard` and `X-Ezone-Epoch` (set by the router): a
 //! write without them did not come through a router and gets 400. A write
@@ -18,7 +19,7 @@
 //! the same id is safe), anything else 500. Every answer carries
 //! `X-Ezone-Served-By: <site>`.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -52,6 +53,11 @@ pub const MAX_TEXT_LEN: usize = 256;
 pub const MAX_STATUS_LEN: usize = 64;
 /// `Retry-After` on retryable refusals, in seconds.
 pub const RETRY_AFTER_SECS: u32 = 1;
+/// How long `/readyz` waits for `SELECT 1` (a pooled connection included).
+pub const READY_TIMEOUT: Duration = Duration::from_secs(2);
+/// Every endpoint, for a 404.
+const ENDPOINTS: &str =
+    "POST /orders, GET|PATCH /orders/{id}, GET /healthz, GET /readyz, GET /metrics (docs/orders.md)";
 
 /// The response body type.
 pub type Body = Full<Bytes>;
@@ -232,6 +238,7 @@ pub enum Target {
     Orders,
     Order(String),
     Healthz,
+    Readyz,
     Metrics,
     Unknown,
 }
@@ -241,6 +248,7 @@ pub fn target_of(path: &str) -> Target {
     match path {
         "/orders" | "/orders/" => Target::Orders,
         "/healthz" => Target::Healthz,
+        "/readyz" => Target::Readyz,
         "/metrics" => Target::Metrics,
         p => match p.strip_prefix("/orders/") {
             Some(seg) if !seg.is_empty() && !seg.contains('/') => {
@@ -322,25 +330,59 @@ impl App {
                 Route::healthz,
                 Ok(text(StatusCode::OK, "text/plain; charset=utf-8", "ok\n")),
             ),
+            (Target::Readyz, Method::GET | Method::HEAD) => {
+                (Route::readyz, Ok(self.readyz().await))
+            }
             (Target::Metrics, Method::GET) => (
                 Route::metrics,
                 Ok(text(
                     StatusCode::OK,
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    crate::metrics::CONTENT_TYPE,
                     self.metrics.encode(),
                 )),
             ),
             (Target::Orders, _) => (Route::other, Err(not_allowed("POST"))),
             (Target::Order(_), _) => (Route::other, Err(not_allowed("GET, HEAD, PATCH"))),
-            (Target::Healthz, _) => (Route::other, Err(not_allowed("GET, HEAD"))),
+            (Target::Healthz | Target::Readyz, _) => (Route::other, Err(not_allowed("GET, HEAD"))),
             (Target::Metrics, _) => (Route::other, Err(not_allowed("GET"))),
             (Target::Unknown, _) => (
                 Route::other,
                 Err(reject(
                     StatusCode::NOT_FOUND,
                     "not_found",
-                    "no such endpoint: see docs/orders.md",
+                    format!("no such endpoint: {ENDPOINTS}"),
                 )),
+            ),
+        }
+    }
+
+    /// `/readyz`: ready when the pool runs `SELECT 1` within
+    /// [`READY_TIMEOUT`] (not counted in `db_errors_total`: probes are not
+    /// requests).
+    async fn readyz(&self) -> Response<Body> {
+        const TEXT: &str = "text/plain; charset=utf-8";
+        let started = Instant::now();
+        match tokio::time::timeout(READY_TIMEOUT, self.db.ping()).await {
+            Ok(Ok(())) => text(
+                StatusCode::OK,
+                TEXT,
+                format!(
+                    "ready: Postgres ran SELECT 1 in {:.1} ms\n",
+                    started.elapsed().as_secs_f64() * 1000.0
+                ),
+            ),
+            Ok(Err(e)) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                TEXT,
+                format!("not ready: Postgres cannot run SELECT 1: {e}\n"),
+            ),
+            Err(_) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                TEXT,
+                format!(
+                    "not ready: Postgres did not run SELECT 1 within {} ms\n",
+                    READY_TIMEOUT.as_millis()
+                ),
             ),
         }
     }
@@ -431,11 +473,31 @@ impl App {
             DbError::Internal { .. } => {
                 tracing::error!(site = %self.site, op, id, error = %e, "Database operation failed.")
             }
+            // The fence refused the write (EZ001, or EZ003: the site's
+            // lease lapsed).
+            DbError::Fenced { .. } => self.fence_refused(op, id, e),
+            DbError::Unavailable { detail } if detail.starts_with("ezone fence:") => {
+                self.fence_refused(op, id, e)
+            }
             _ => {
                 tracing::debug!(site = %self.site, op, id, error = %e, "Database operation refused.")
             }
         }
         db_reject(e)
+    }
+
+    /// Logs a refusal of the fence: a warning at most once a second (a
+    /// router with a stale view, or a lapsed lease, refuses every write),
+    /// the others at debug.
+    fn fence_refused(&self, op: &'static str, id: &str, e: &DbError) {
+        static WARNED: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::new(None);
+        let mut warned = WARNED.lock().unwrap_or_else(|p| p.into_inner());
+        if warned.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
+            *warned = Some(Instant::now());
+            tracing::warn!(site = %self.site, op, id, error = %e, "The database fence refused a write; the client may retry through a router (further refusals within a second are logged at debug).")
+        } else {
+            tracing::debug!(site = %self.site, op, id, error = %e, "Database operation refused.")
+        }
     }
 
     fn refusal(&self, r: &Reject) -> Response<Body> {
@@ -696,6 +758,7 @@ mod tests {
         assert_eq!(target_of("/orders/a/b"), Target::Unknown);
         assert_eq!(target_of("/orders/%FF"), Target::Unknown);
         assert_eq!(target_of("/healthz"), Target::Healthz);
+        assert_eq!(target_of("/readyz"), Target::Readyz);
         assert_eq!(target_of("/metrics"), Target::Metrics);
         assert_eq!(target_of("/"), Target::Unknown);
     }
@@ -828,8 +891,11 @@ mod handler_tests {
         let (s, h, _) = call(&app, req("DELETE", "/orders/o-1", &[], "")).await;
         assert_eq!(s, 405);
         assert_eq!(h.get("allow").expect("allow"), "GET, HEAD, PATCH");
-        let (s, _, _) = call(&app, req("GET", "/nope", &[], "")).await;
+        let (s, _, v) = call(&app, req("GET", "/nope", &[], "")).await;
         assert_eq!(s, 404);
+        for endpoint in ["/orders", "/healthz", "/readyz", "/metrics"] {
+            assert!(v["detail"].as_str().unwrap_or("").contains(endpoint), "{v}");
+        }
 
         let text = app.metrics().encode();
         assert!(
@@ -840,5 +906,48 @@ mod handler_tests {
             text.contains("route=\"place_order\",status=\"503\""),
             "{text}"
         );
+    }
+
+    async fn raw(app: &App, r: Request<Body>) -> (u16, HeaderMap, String) {
+        let resp = app.handle(r).await;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        (status, headers, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn readyz_needs_the_database_healthz_does_not() {
+        let app = app();
+        let (s, _, body) = raw(&app, req("GET", "/healthz", &[], "")).await;
+        assert_eq!((s, body.as_str()), (200, "ok\n"));
+        let (s, h, body) = raw(&app, req("GET", "/readyz", &[], "")).await;
+        assert_eq!(s, 503, "{body}");
+        assert!(
+            body.starts_with("not ready: Postgres cannot run SELECT 1: "),
+            "{body}"
+        );
+        assert_eq!(h["content-type"], "text/plain; charset=utf-8");
+        assert_eq!(h["x-ezone-served-by"], "beijing");
+        let (s, h, _) = raw(&app, req("POST", "/readyz", &[], "")).await;
+        assert_eq!(
+            (s, &h["allow"]),
+            (405, &HeaderValue::from_static("GET, HEAD"))
+        );
+
+        let (s, h, body) = raw(&app, req("GET", "/metrics", &[], "")).await;
+        assert_eq!(s, 200);
+        let ct = h["content-type"].to_str().expect("content type");
+        ezone_replicator::metrics::lint::check_content_type(ct).expect("content type");
+        let e = ezone_replicator::metrics::lint::check(&body).unwrap_or_else(|e| panic!("{e}"));
+        // The probe is counted as a request, not as a database error.
+        assert_eq!(
+            e.value(
+                "ezone_orders_requests_total",
+                &[("route", "readyz"), ("status", "503")]
+            ),
+            Some(1.0)
+        );
+        assert_eq!(e.value("ezone_orders_db_errors_total", &[]), None);
     }
 }

@@ -1,4 +1,4 @@
-//! The order service's metrics, exported as Prometheus text on `/metrics`.
+//! The order service's metrics, exported as OpenMetrics text on `/metrics`.
 //!
 //! One registry per service instance (no global state). Labels are bounded:
 //! the route is one of a fixed set, the status an HTTP code, the error kind
@@ -16,6 +16,9 @@ use prometheus_client::registry::Registry;
 /// The metric name prefix.
 pub const PREFIX: &str = "ezone_orders";
 
+/// The `Content-Type` of [`Metrics::encode`]'s text.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
 /// Which handler answered (bounded).
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
 #[allow(non_camel_case_types)]
@@ -24,6 +27,7 @@ pub enum Route {
     update_order,
     get_order,
     healthz,
+    readyz,
     metrics,
     other,
 }
@@ -126,13 +130,21 @@ impl Metrics {
             .inc();
     }
 
-    /// Prometheus text exposition.
+    /// The OpenMetrics text exposition (ends with `# EOF`).
     pub fn encode(&self) -> String {
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             // Writing to a String cannot fail; keep the scrape well-formed anyway.
             out = "# EOF\n".to_string();
         }
+        out
+    }
+
+    /// The same metrics in the Prometheus text format 0.0.4, for tools that
+    /// read only that (`promtool check metrics`).
+    pub fn encode_prometheus_text(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry);
         out
     }
 }
@@ -163,5 +175,43 @@ mod tests {
             text.contains("ezone_orders_db_errors_total{kind=\"fenced\"} 1"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn the_exposition_is_strict_openmetrics() {
+        use ezone_replicator::metrics::lint;
+        let m = Metrics::new();
+        m.observe(Route::place_order, 201, Duration::from_millis(3));
+        m.observe(Route::readyz, 503, Duration::from_millis(1));
+        m.db_error(&crate::db::DbError::Fenced { detail: "x".into() });
+        m.db_error(&crate::db::DbError::Unavailable { detail: "x".into() });
+        let text = m.encode();
+        let e = lint::check(&text).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            e.value(
+                "ezone_orders_requests_total",
+                &[("route", "readyz"), ("status", "503")]
+            ),
+            Some(1.0)
+        );
+        assert_eq!(e.value("ezone_orders_fence_refusals_total", &[]), Some(1.0));
+        assert_eq!(
+            e.value("ezone_orders_db_errors_total", &[("kind", "unavailable")]),
+            Some(1.0)
+        );
+        let h = e.family("ezone_orders_request_seconds").expect("histogram");
+        assert_eq!(h.kind, "histogram");
+        for (family, kind) in [
+            ("ezone_orders_requests", "counter"),
+            ("ezone_orders_fence_refusals", "counter"),
+            ("ezone_orders_db_errors", "counter"),
+        ] {
+            assert_eq!(
+                e.family(family).map(|f| f.kind.as_str()),
+                Some(kind),
+                "{text}"
+            );
+        }
+        lint::promtool_or_skip("the order service's metrics", &m.encode_prometheus_text());
     }
 }

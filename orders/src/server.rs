@@ -160,7 +160,7 @@ async fn accept_loop(
             });
             let conn = builder.serve_connection(TokioIo::new(tcp), svc);
             if let Err(e) = watcher.watch(conn).await {
-                tracing::debug!(peer = %peer, error = %e, "Connection ended with an error.");
+                tracing::debug!(peer = %peer, error = %ezone_replicator::chain(&*e), "Connection ended with an error.");
             }
         });
     }

@@ -413,7 +413,7 @@ impl Drop for Applier {
 fn classify(target: &str, what: &str, e: tokio_postgres::Error) -> ApplyError {
     let detail = match e.as_db_error() {
         Some(db) => format!("{what}: {} ({})", db.message(), db.code().code()),
-        None => format!("{what}: {e}"),
+        None => format!("{what}: {}", crate::chain(&e)),
     };
     let transient = match e.code() {
         // No SQLSTATE: the connection broke.
@@ -604,7 +604,7 @@ impl Applier {
         let t2 = target.clone();
         let conn = tokio::spawn(async move {
             if let Err(e) = connection.await {
-                tracing::debug!(target = %t2, error = %e, "Target connection ended.");
+                tracing::warn!(target = %t2, error = %crate::chain(&e), "Lost the connection to the target Postgres; the link reconnects.");
             }
         });
         let a = Applier {

@@ -21,9 +21,9 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tokio_postgres::types::Type;
@@ -81,6 +81,18 @@ pub struct LinkStats {
     /// WAL the source keeps for this link's slot (`pg_current_wal_lsn() -
     /// restart_lsn`), sampled every [`SLOT_SAMPLE_INTERVAL`]; `-1` unknown.
     pub retained_wal_bytes: AtomicI64,
+    /// Streaming from the source now: from a successful
+    /// `START_REPLICATION` until that stream ends.
+    pub streaming: AtomicBool,
+    /// When the source last spoke on the stream (it accepted
+    /// `START_REPLICATION` at the link's position, or sent WAL data or a
+    /// keepalive), in [`monotonic_ms`]; 0: never.
+    pub source_heard_ms: AtomicU64,
+    /// The error the link last stopped streaming with (it restarts after a
+    /// transient one), for `/readyz`.
+    pub last_error: Mutex<Option<String>>,
+    /// The link stopped for good (a definite error: an operator must act).
+    pub stopped: AtomicBool,
 }
 
 /// How often the source's slot is sampled for retained WAL.
@@ -112,6 +124,57 @@ impl LinkStats {
 
     fn raise(cell: &AtomicU64, v: u64) {
         cell.fetch_max(v, Ordering::Relaxed);
+    }
+
+    /// The source just spoke on the stream.
+    pub fn heard_from_source(&self) {
+        self.source_heard_ms
+            .store(monotonic_ms(), Ordering::Relaxed);
+    }
+
+    /// How long ago the source last spoke on the stream (`None`: never).
+    pub fn source_silence(&self) -> Option<Duration> {
+        match self.source_heard_ms.load(Ordering::Relaxed) {
+            0 => None,
+            at => Some(Duration::from_millis(monotonic_ms().saturating_sub(at))),
+        }
+    }
+
+    /// The error the link last stopped streaming with, if any.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn set_error(&self, e: &LinkError) {
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+    }
+}
+
+/// Milliseconds on a monotonic clock since its first use in this process,
+/// plus one (so that 0 can mean "never").
+pub fn monotonic_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    let ms = START.get_or_init(Instant::now).elapsed().as_millis();
+    u64::try_from(ms).unwrap_or(u64::MAX - 1) + 1
+}
+
+/// Marks a link streaming while it lives (however the stream ends).
+struct Streaming<'a>(&'a LinkStats);
+
+impl<'a> Streaming<'a> {
+    fn start(stats: &'a LinkStats) -> Streaming<'a> {
+        stats.heard_from_source();
+        stats.streaming.store(true, Ordering::Relaxed);
+        Streaming(stats)
+    }
+}
+
+impl Drop for Streaming<'_> {
+    fn drop(&mut self) {
+        self.0.streaming.store(false, Ordering::Relaxed);
     }
 }
 
@@ -171,7 +234,13 @@ pub async fn ensure_source(cfg: &LinkConfig) -> Result<(), LinkError> {
     };
     let (client, conn) = tokio_postgres::connect(&cfg.source_dsn, tokio_postgres::NoTls)
         .await
-        .map_err(|e| setup(format!("connecting to {}: {e}", cfg.source.redacted())))?;
+        .map_err(|e| {
+            setup(format!(
+                "connecting to {}: {}",
+                cfg.source.redacted(),
+                crate::chain(&e)
+            ))
+        })?;
     let task = tokio::spawn(conn);
     let result = async {
         // One round trip for every check (over a WAN each one counts, at
@@ -194,10 +263,11 @@ pub async fn ensure_source(cfg: &LinkConfig) -> Result<(), LinkError> {
             .await
             .map_err(|e| {
                 setup(format!(
-                    "looking up tables {}, publication {} and slot {}: {e}",
+                    "looking up tables {}, publication {} and slot {}: {}",
                     cfg.tables.join(", "),
                     cfg.publication,
-                    cfg.slot
+                    cfg.slot,
+                    crate::chain(&e)
                 ))
             })?;
         let without_key: Vec<String> = row.get(0);
@@ -225,7 +295,11 @@ pub async fn ensure_source(cfg: &LinkConfig) -> Result<(), LinkError> {
                 cfg.tables.join(", ")
             );
             let fail = |e: tokio_postgres::Error| {
-                setup(format!("creating publication {}: {e}", cfg.publication))
+                setup(format!(
+                    "creating publication {}: {}",
+                    cfg.publication,
+                    crate::chain(&e)
+                ))
             };
             client.batch_execute("BEGIN").await.map_err(fail)?;
             let created = async {
@@ -282,7 +356,7 @@ pub async fn ensure_source(cfg: &LinkConfig) -> Result<(), LinkError> {
                             // attempt creates a new one and seeds again.
                             drop(applier);
                             if let Err(e) = rc.drop_slot(&cfg.slot, false).await {
-                                tracing::error!(link = %cfg.name, slot = %cfg.slot, error = %e, "Could not drop the slot of a failed seed: drop it by hand before restarting.");
+                                tracing::error!(link = %cfg.name, slot = %cfg.slot, error = %crate::chain(&e), "Could not drop the slot of a failed seed: drop it by hand before restarting.");
                             }
                             return Err(LinkError::Apply { link: cfg.name.clone(), source });
                         }
@@ -347,6 +421,8 @@ pub async fn run_once(
         )
         .await
         .map_err(source_err)?;
+    // The source accepted the link's position.
+    let _streaming = Streaming::start(stats);
     tracing::info!(link, start = %start, "Link streaming.");
     let mut assembler = Assembler::new();
     // Consecutive transactions already received are applied together in one
@@ -420,6 +496,7 @@ pub async fn run_once(
                 ),
             }));
         };
+        stats.heard_from_source();
         match ev {
             StreamEvent::XLogData { data, wal_end, .. } => {
                 LinkStats::raise(&stats.source_wal_end, wal_end.0);
@@ -669,7 +746,8 @@ async fn run_link(
             Ok(()) => return Ok(()),
             Err(e) if e.is_transient() => {
                 stats.restarts.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(link = %cfg.name, error = %e, "Link interrupted; restarting from the target's progress.");
+                stats.set_error(&e);
+                tracing::warn!(link = %cfg.name, error = %crate::chain(&e), "Link interrupted; restarting from the target's progress.");
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = stop.wait_for(|s| *s) => return Ok(()),
@@ -677,7 +755,9 @@ async fn run_link(
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
             Err(e) => {
-                tracing::error!(link = %cfg.name, error = %e, "Link stopped: an operator must act.");
+                stats.set_error(&e);
+                stats.stopped.store(true, Ordering::Relaxed);
+                tracing::error!(link = %cfg.name, error = %crate::chain(&e), "Link stopped: an operator must act.");
                 return Err(e);
             }
         }

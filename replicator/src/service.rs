@@ -1,10 +1,8 @@
 //! A replicator process: for this site, one link from every other site in
-//! the topology, each an owned task that restarts on transient errors; and a
-//! `/metrics` endpoint with each link's counters and lag.
+//! the topology, each an owned task that restarts on transient errors; and
+//! the admin endpoints (`/metrics`, `/healthz`, `/readyz`: [`crate::admin`]).
 
 use std::collections::{BTreeMap, HashMap};
-use std::convert::Infallible;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +13,6 @@ use tokio::task::JoinSet;
 use crate::apply::Ownership;
 use crate::config::{origin_name, slot_name, ReplicatorConfig};
 use crate::link::{run_with, LinkConfig, LinkError, LinkStats};
-use crate::rates::RateWindow;
 use crate::walsender::SourceConfig;
 
 #[derive(Debug, thiserror::Error)]
@@ -195,64 +192,11 @@ impl Service {
                     source,
                 })?;
             admin = l.local_addr().ok();
-            // Rates: the links' counters sampled once a second.
-            let rates: Arc<std::sync::Mutex<BTreeMap<String, RateWindow>>> = Arc::default();
-            {
-                let (links, rates, mut rx) = (links.clone(), rates.clone(), stop_rx.clone());
-                tasks.spawn(async move {
-                    loop {
-                        {
-                            let mut r = rates.lock().unwrap_or_else(|p| p.into_inner());
-                            let now = std::time::Instant::now();
-                            for (name, s) in &links {
-                                r.entry(name.clone()).or_default().push(
-                                    now,
-                                    s.applied_rows.load(Ordering::Relaxed),
-                                    s.applied_txns.load(Ordering::Relaxed),
-                                );
-                            }
-                        }
-                        tokio::select! {
-                            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
-                            _ = rx.wait_for(|s| *s) => return ("rates".to_string(), Ok(())),
-                        }
-                    }
-                });
-            }
-            let links = links.clone();
-            let mut rx = stop_rx.clone();
+            let state = Arc::new(crate::admin::Admin::new(links.clone()));
+            let rx = stop_rx.clone();
             tasks.spawn(async move {
-                loop {
-                    let accepted = tokio::select! {
-                        a = l.accept() => a,
-                        _ = rx.wait_for(|s| *s) => return ("admin".to_string(), Ok(())),
-                    };
-                    let Ok((tcp, _)) = accepted else { continue };
-                    let links = links.clone();
-                    let rates = rates.clone();
-                    tokio::spawn(async move {
-                        let svc = hyper::service::service_fn(
-                            move |req: hyper::Request<hyper::body::Incoming>| {
-                                let body = match req.uri().path() {
-                                    "/metrics" => {
-                                        let r =
-                                            rates.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                                        render(&links, &r)
-                                    }
-                                    _ => "ok\n".to_string(),
-                                };
-                                async move {
-                                    Ok::<_, Infallible>(hyper::Response::new(
-                                        http_body_util::Full::new(bytes::Bytes::from(body)),
-                                    ))
-                                }
-                            },
-                        );
-                        let _ = hyper::server::conn::http1::Builder::new()
-                            .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
-                            .await;
-                    });
-                }
+                crate::admin::serve(l, state, rx).await;
+                ("admin".to_string(), Ok(()))
             });
         }
         Ok(Service {
@@ -381,14 +325,14 @@ async fn keep_fence(
                             match crate::fence::install_schema(&client, &site).await {
                                 Ok(()) => Some((client, task)),
                                 Err(e) => {
-                                    tracing::error!(site = %site, error = %e, "Cannot install the fence's schema; retrying.");
+                                    tracing::error!(site = %site, error = %crate::chain(&e), "Cannot install the fence's schema; retrying.");
                                     task.abort();
                                     None
                                 }
                             }
                         }
                         Err(e) => {
-                            tracing::error!(site = %site, error = %e, "Cannot reach the site's Postgres to keep the fence; retrying.");
+                            tracing::error!(site = %site, error = %crate::chain(&e), "Cannot reach the site's Postgres to keep the fence; retrying.");
                             None
                         }
                     };
@@ -411,7 +355,7 @@ async fn keep_fence(
                             granted = until;
                         }
                         Err(e) => {
-                            tracing::error!(site = %site, error = %e, "Fence reconcile or lease renewal failed; retrying.");
+                            tracing::error!(site = %site, error = %crate::chain(&e), "Fence reconcile or lease renewal failed; retrying.");
                             if let Some((_, task)) = conn.take() {
                                 task.abort();
                             }
@@ -444,86 +388,10 @@ async fn keep_fence(
     }
 }
 
-/// One exported per-link metric: name, help, type, and how to read it.
-type MetricDef = (
-    &'static str,
-    &'static str,
-    &'static str,
-    fn(&LinkStats) -> String,
-);
-
-/// Every per-link metric, in the order exported.
-const METRICS: [MetricDef; 11] = [
-    ("ezone_replicator_applied_transactions_total", "Source transactions applied", "counter",
-        |s| s.applied_txns.load(Ordering::Relaxed).to_string()),
-    ("ezone_replicator_applied_rows_total", "Row changes applied", "counter",
-        |s| s.applied_rows.load(Ordering::Relaxed).to_string()),
-    ("ezone_replicator_applied_batches_total",
-        "Target transactions that applied source transactions (consecutive ones are batched)", "counter",
-        |s| s.applied_batches.load(Ordering::Relaxed).to_string()),
-    ("ezone_replicator_skipped_origin_transactions_total",
-        "Transactions not sent on because they carry an origin (loop prevention)", "counter",
-        |s| s.skipped_origin_txns.load(Ordering::Relaxed).to_string()),
-    ("ezone_replicator_conflicts_total", "Conflicts recorded at the target", "counter",
-        |s| s.conflicts.load(Ordering::Relaxed).to_string()),
-    ("ezone_replicator_markers_total", "Logical messages (markers) applied", "counter",
-        |s| s.markers.load(Ordering::Relaxed).to_string()),
-    ("ezone_replicator_restarts_total", "Link restarts after transient errors", "counter",
-        |s| s.restarts.load(Ordering::Relaxed).to_string()),
-    ("ezone_replicator_lag_bytes", "Source WAL not yet applied at the target", "gauge",
-        |s| s.lag_bytes().to_string()),
-    ("ezone_replicator_lag_seconds",
-        "Age of the last applied source commit while the link is behind; 0 when caught up", "gauge",
-        |s| s.lag_seconds().to_string()),
-    ("ezone_replicator_slot_retained_wal_bytes",
-        "WAL the source keeps for this link's slot (-1: unknown); a dead link shows here before the disk fills",
-        "gauge", |s| s.retained_wal_bytes.load(Ordering::Relaxed).to_string()),
-    ("ezone_replicator_applied_lsn",
-        "The source end LSN of the last transaction applied, as a number", "gauge",
-        |s| s.last_end_lsn.load(Ordering::Relaxed).to_string()),
-];
-
-/// A rate gauge: name, help, and which of (rows/s, transactions/s) it shows.
-type RateMetric = (&'static str, &'static str, fn((f64, f64)) -> f64);
-
-/// Prometheus text for every link's metrics, and its apply rates.
-pub fn render(
-    links: &BTreeMap<String, Arc<LinkStats>>,
-    rates: &BTreeMap<String, RateWindow>,
-) -> String {
-    let mut out = String::new();
-    for (name, help, kind, get) in METRICS {
-        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
-        for (link, s) in links {
-            out.push_str(&format!("{name}{{link=\"{link}\"}} {}\n", get(s)));
-        }
-    }
-    let rate_metrics: [RateMetric; 2] = [
-        (
-            "ezone_replicator_applied_rows_per_second",
-            "Rows applied per second over the last 10 s",
-            |r| r.0,
-        ),
-        (
-            "ezone_replicator_applied_transactions_per_second",
-            "Source transactions applied per second over the last 10 s",
-            |r| r.1,
-        ),
-    ];
-    for (name, help, pick) in rate_metrics {
-        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n"));
-        for link in links.keys() {
-            let v = rates.get(link).map(|w| pick(w.per_second())).unwrap_or(0.0);
-            out.push_str(&format!("{name}{{link=\"{link}\"}} {v:.1}\n"));
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::AtomicU32;
+    use std::sync::atomic::{AtomicU32, Ordering};
 
     fn unavailable() -> StoreError {
         StoreError::Unavailable {

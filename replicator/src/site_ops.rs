@@ -148,7 +148,7 @@ impl PgSites {
             };
             tokio::spawn(async move {
                 if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, "site connection ended");
+                    tracing::debug!(error = %crate::chain(&e), "site connection ended");
                 }
             });
             *guard = Some(client);
@@ -192,7 +192,7 @@ fn classify(site: &str, what: &str, e: &tokio_postgres::Error) -> SiteError {
                 || matches!(code, "40001" | "40P01" | "53300" | "55P03");
             (format!("{} (SQLSTATE {code})", db.message()), transient)
         }
-        None => (e.to_string(), true),
+        None => (crate::chain(e), true),
     };
     SiteError {
         site: site.into(),

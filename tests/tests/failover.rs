@@ -603,7 +603,7 @@ async fn a_site_cut_off_from_etcd_stops_accepting_before_the_survivor_starts() {
     link.partition();
     let (code, err) = failover(
         &ens,
-        &["site", "beijing", "--to", "shanghai", "--force"],
+        &["site", "beijing", "--to", "shanghai", "--force", "--yes"],
         &[],
     )
     .await;
@@ -803,7 +803,7 @@ async fn a_forced_failover_reports_exactly_the_writes_that_had_not_crossed() {
     }
     let (code, err) = failover(
         &ens,
-        &["site", "beijing", "--to", "shanghai", "--force"],
+        &["site", "beijing", "--to", "shanghai", "--force", "--yes"],
         &[],
     )
     .await;

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use ezone_chaos::postgres::PgCluster;
 use ezone_orders::workload::{Workload, WorkloadSpec};
+use ezone_replicator::metrics::lint;
 use ezone_tests::router::{client, send};
 use ezone_tests::{ezone_bin, Configured};
 
@@ -101,6 +102,14 @@ async fn install_serve_and_the_api_under_the_fence() {
     let r = send(&c, "GET", a, "/healthz", &[], "").await;
     assert_eq!((r.status, r.text().trim()), (200, "ok"));
     assert_eq!(r.headers["x-ezone-served-by"], "beijing");
+    // Ready: its pool runs SELECT 1.
+    let r = send(&c, "GET", a, "/readyz", &[], "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        r.text().starts_with("ready: Postgres ran SELECT 1"),
+        "{}",
+        r.text()
+    );
 
     // Created, with the router's stamp and the fence epoch.
     let r = send(&c, "POST", a, "/orders", &routed("010", "1"), order).await;
@@ -207,6 +216,17 @@ async fn install_serve_and_the_api_under_the_fence() {
     assert_eq!(q(&pg, "SELECT count(*) FROM orders").await, "1");
 
     let r = send(&c, "GET", a, "/metrics", &[], "").await;
+    assert_eq!(r.status, 200);
+    let ct = r.headers["content-type"].to_str().expect("content type");
+    lint::check_content_type(ct).unwrap_or_else(|e| panic!("{e}"));
+    let e = lint::check(&r.text()).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        e.value(
+            "ezone_orders_requests_total",
+            &[("route", "readyz"), ("status", "200")]
+        ),
+        Some(1.0)
+    );
     assert!(
         r.text().contains("ezone_orders_fence_refusals_total 1"),
         "{}",
@@ -295,4 +315,28 @@ async fn workload_against_one_service_every_ack_is_stored() {
         assert_eq!(body["city"], o.city.as_str());
         assert_eq!(body["site"], "shanghai");
     }
+}
+
+/// Up without its Postgres: alive (`/healthz`), not ready (`/readyz` says why).
+#[tokio::test]
+async fn without_postgres_alive_but_not_ready() {
+    // Port 9 on loopback: nothing listens, connections are refused at once.
+    let svc = Service::start(
+        "beijing",
+        "host=127.0.0.1 port=9 user=postgres dbname=ezone",
+    );
+    let c = client();
+    let r = send(&c, "GET", svc.addr, "/healthz", &[], "").await;
+    assert_eq!((r.status, r.text().trim()), (200, "ok"));
+    let r = send(&c, "GET", svc.addr, "/readyz", &[], "").await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(
+        r.text()
+            .starts_with("not ready: Postgres cannot run SELECT 1: "),
+        "{}",
+        r.text()
+    );
+    let r = send(&c, "GET", svc.addr, "/metrics", &[], "").await;
+    assert_eq!(r.status, 200);
+    lint::check(&r.text()).unwrap_or_else(|e| panic!("{e}"));
 }

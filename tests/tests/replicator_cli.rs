@@ -2,11 +2,15 @@
 //! (etcd, two Postgres 15 clusters, a 30 ms WAN through the fault proxy).
 //! Writes at both sites converge; a replicator killed with -9 and restarted
 //! resumes with nothing lost or doubled; a WAN partition heals and converges.
+//! The admin endpoints along the way: `/healthz`, `/readyz` (ready once
+//! streaming, not ready while the source is cut off, `?max_lag=`), and
+//! `/metrics` as strict OpenMetrics.
 
 use std::time::Duration;
 
 use ezone_chaos::lab::{Lab, LabSpec};
 use ezone_chaos::postgres::PgCluster;
+use ezone_replicator::metrics::lint;
 use ezone_tests::Configured;
 use ezone_topology::starter::starter;
 use ezone_topology::{EtcdStore, TopologyStore};
@@ -103,6 +107,32 @@ async fn replicators_converge_through_kill_and_partition() {
     let sh = replicator(&lab, "shanghai");
     wait_slots([a, b]).await;
 
+    // The admin endpoints: alive, ready once its link streams, and a lag
+    // bound a caught-up link meets.
+    let h = get(bj.admin, "/healthz").await;
+    assert_eq!((h.status, h.body.as_str()), (200, "ok\n"));
+    let r = until_status(bj.admin, "/readyz", 200, Duration::from_secs(30)).await;
+    assert!(r.body.starts_with("ready\n"), "{}", r.body);
+    assert!(
+        r.body.contains("shanghai->beijing: streaming"),
+        "{}",
+        r.body
+    );
+    until_status(sh.admin, "/readyz", 200, Duration::from_secs(30)).await;
+    until_status(bj.admin, "/readyz?max_lag=1s", 200, Duration::from_secs(30)).await;
+    let bad = get(bj.admin, "/readyz?max_lag=soon").await;
+    assert_eq!(bad.status, 400, "{}", bad.body);
+    assert!(
+        bad.body.contains("max_lag=\"soon\" is not a duration"),
+        "{}",
+        bad.body
+    );
+    let nf = get(bj.admin, "/status").await;
+    assert_eq!(nf.status, 404, "{}", nf.body);
+    for endpoint in ["/metrics", "/healthz", "/readyz"] {
+        assert!(nf.body.contains(endpoint), "{}", nf.body);
+    }
+
     for i in 0..100 {
         q(a, &format!("INSERT INTO orders VALUES ({i}, '010', 'bj')")).await;
         q(
@@ -140,10 +170,29 @@ async fn replicators_converge_through_kill_and_partition() {
         checksum(b).await,
         "a partition carries nothing"
     );
+    // Cut off from its source, the link is not ready (the source has said
+    // nothing for more than 10 s; later the stream times out and restarts),
+    // and /readyz says which link and why.
+    let r = until_status(bj.admin, "/readyz", 503, Duration::from_secs(45)).await;
+    assert!(
+        r.body.starts_with("not ready: 1 of 1 links\n"),
+        "{}",
+        r.body
+    );
+    assert!(
+        r.body
+            .contains("shanghai->beijing: streaming, but the source has said nothing for")
+            || r.body.contains("shanghai->beijing: not streaming"),
+        "{}",
+        r.body
+    );
+    assert_eq!(get(bj.admin, "/readyz?max_lag=1h").await.status, 503);
+    assert_eq!(get(bj.admin, "/healthz").await.status, 200);
     for l in &links {
         l.heal();
     }
     converge(a, b, 400).await;
+    until_status(bj.admin, "/readyz", 200, Duration::from_secs(60)).await;
     for pg in [a, b] {
         assert_eq!(
             q(pg, "SELECT count(*) FROM ezone_replication.conflicts").await,
@@ -183,16 +232,88 @@ async fn replicators_converge_through_kill_and_partition() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // The scrape as a scraper sees it: OpenMetrics, strictly; counters
+    // `_total`; no precomputed rates; the link's state.
+    let m = get(bj.admin, "/metrics").await;
+    assert_eq!(m.status, 200);
+    lint::check_content_type(&m.content_type).unwrap_or_else(|e| panic!("{e}"));
+    let e = lint::check(&m.body).unwrap_or_else(|e| panic!("{e}"));
+    let link = [("link", "shanghai->beijing")];
+    assert_eq!(
+        e.value("ezone_replicator_applied_rows_total", &link),
+        Some(150.0)
+    );
+    assert_eq!(e.value("ezone_replicator_streaming", &link), Some(1.0));
+    for f in e.families.values() {
+        if f.kind == "counter" {
+            assert!(
+                f.samples.iter().all(|s| s.name.ends_with("_total")),
+                "{f:?}"
+            );
+        }
+    }
     drop(bj);
 }
 
-async fn metrics(addr: std::net::SocketAddr) -> String {
+/// An answer from an admin endpoint.
+struct Got {
+    status: u16,
+    content_type: String,
+    body: String,
+}
+
+async fn get(addr: std::net::SocketAddr, path: &str) -> Got {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.expect("admin");
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
         .await
         .expect("write");
     let mut out = String::new();
     s.read_to_string(&mut out).await.expect("read");
-    out
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {out:?}"));
+    let content_type = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-type")
+                .then(|| v.trim().to_string())
+        })
+        .unwrap_or_default();
+    Got {
+        status,
+        content_type,
+        body: body.to_string(),
+    }
+}
+
+/// `path` again and again until it answers `status`.
+async fn until_status(
+    addr: std::net::SocketAddr,
+    path: &str,
+    status: u16,
+    within: Duration,
+) -> Got {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let got = get(addr, path).await;
+        if got.status == status {
+            return got;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{path} did not answer {status} within {within:?}: {} {}",
+            got.status,
+            got.body
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn metrics(addr: std::net::SocketAddr) -> String {
+    get(addr, "/metrics").await.body
 }

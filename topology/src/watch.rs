@@ -39,6 +39,8 @@ pub const FILE_POLL_INTERVAL: Duration = Duration::from_millis(200);
 /// Reconnect backoff bounds.
 pub const BACKOFF_MIN: Duration = Duration::from_millis(100);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// How often the etcd watcher repeats its warning while etcd stays unreachable.
+pub const OUTAGE_REPEAT: Duration = Duration::from_secs(60);
 
 /// Counters a watcher keeps (exported as metrics by the processes that use it).
 #[derive(Debug, Default)]
@@ -63,6 +65,8 @@ struct Shared {
     refusal_pending: AtomicBool,
     last_refusal: Mutex<Option<String>>,
     last_error: Mutex<Option<String>>,
+    /// Whether etcd answers (for the log lines only).
+    outage: Mutex<Outage>,
 }
 
 impl Shared {
@@ -77,6 +81,20 @@ impl Shared {
     fn note_error(&self, e: &StoreError) {
         if let Ok(mut last) = self.last_error.lock() {
             *last = Some(e.to_string());
+        }
+    }
+
+    /// The store could not be read or watched.
+    fn failed(&self, store: &str, error: &str) {
+        if let Ok(mut outage) = self.outage.lock() {
+            outage.failed(store, error);
+        }
+    }
+
+    /// The store answered.
+    fn reached(&self, store: &str) {
+        if let Ok(mut outage) = self.outage.lock() {
+            outage.reached(store);
         }
     }
 
@@ -160,6 +178,7 @@ impl Watcher {
             refusal_pending: AtomicBool::new(false),
             last_refusal: Mutex::new(None),
             last_error: Mutex::new(None),
+            outage: Mutex::new(Outage::default()),
         });
         let task = match store {
             AnyStore::Etcd(s) => tokio::spawn(run_etcd(*s, shared.clone())),
@@ -233,6 +252,42 @@ impl Watcher {
     }
 }
 
+/// Whether the etcd watcher reaches etcd, for its log lines: a warning at
+/// the first failure after a success (or at start), again once a minute
+/// while the failures last, and an info line when etcd answers again; the
+/// failures in between are at debug.
+#[derive(Default)]
+struct Outage {
+    /// When the failures began, and when that was last said.
+    since: Option<(Instant, Instant)>,
+    failures: u64,
+}
+
+impl Outage {
+    fn failed(&mut self, store: &str, error: &str) {
+        let now = Instant::now();
+        self.failures += 1;
+        match &mut self.since {
+            None => {
+                self.since = Some((now, now));
+                tracing::warn!(%store, error, "Cannot reach the topology store; retrying (the last good snapshot, if any, keeps serving).");
+            }
+            Some((since, said)) if now.duration_since(*said) >= OUTAGE_REPEAT => {
+                *said = now;
+                tracing::warn!(%store, error, failures = self.failures, down_for = ?now.duration_since(*since), "The topology store is still unreachable; retrying.");
+            }
+            Some(_) => tracing::debug!(%store, error, "Topology store unreachable; retrying."),
+        }
+    }
+
+    fn reached(&mut self, store: &str) {
+        if let Some((since, _)) = self.since.take() {
+            tracing::info!(%store, failures = self.failures, down_for = ?since.elapsed(), "The topology store is reachable again.");
+        }
+        self.failures = 0;
+    }
+}
+
 /// Why a watch stream ended.
 enum StreamEnd {
     /// Broken connection or error: back off and resume from the last revision.
@@ -253,6 +308,7 @@ async fn run_etcd(store: EtcdStore, shared: Arc<Shared>) {
             Some(rev) => rev,
             None => match store.read_raw().await {
                 Ok((r, rev)) => {
+                    shared.reached(&describe);
                     raw = r;
                     shared.stats.reloads.fetch_add(1, Ordering::Relaxed);
                     shared.offer(rev, layout.assemble(&describe, &raw));
@@ -261,7 +317,7 @@ async fn run_etcd(store: EtcdStore, shared: Arc<Shared>) {
                 }
                 Err(e) => {
                     shared.note_error(&e);
-                    tracing::debug!(error = %e, "Topology load failed; retrying.");
+                    shared.failed(&describe, &e.to_string());
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(BACKOFF_MAX);
                     continue;
@@ -289,7 +345,7 @@ async fn run_etcd(store: EtcdStore, shared: Arc<Shared>) {
                     store: describe.clone(),
                     detail: why.clone(),
                 });
-                tracing::debug!(reason = %why, "Topology watch broke; resuming.");
+                shared.failed(&describe, &why);
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(BACKOFF_MAX);
                 continue;
@@ -339,6 +395,7 @@ async fn follow(
                     Err(e) => return StreamEnd::Broken(e.to_string()),
                 };
                 last_heard = Instant::now();
+                shared.reached(describe);
                 if resp.canceled() {
                     if resp.compact_revision() > 0 {
                         return StreamEnd::Reload(format!(

@@ -29,7 +29,10 @@
 //!
 //! Processes log to `<lab dir>/ensemble/<site>/<part>.log` and are tied to
 //! the test ([`Supervision::Tied`]): dropping the ensemble (also during a
-//! panic) kills them, then drops the lab.
+//! panic) kills them, then drops the lab. The `ensemble` directory is
+//! removed with them, unless the lab keeps its files
+//! ([`crate::lab::LabSpec::keep_files`]). [`Ensemble::state`] is what a
+//! `lab.json` records for the whole of it (`ezone demo --dir`).
 //!
 //! **Threads:** start and restart spawn children tied to the calling thread
 //! (see [`crate::process`]): call them from a test's thread or a runtime
@@ -58,7 +61,7 @@ pub use topology::{
 
 use crate::check::{self, CheckError, HomeHistory, Report, Writes};
 use crate::lab::scratch::ScratchDir;
-use crate::lab::Lab;
+use crate::lab::{Lab, LabProcess, LabState, Role};
 use crate::process::Supervision;
 use crate::proxy::LinkHandle;
 use procs::Service;
@@ -72,6 +75,8 @@ pub const DEFAULT_POOL_SIZE: usize = 8;
 pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default `EZONE_LOG` of the processes.
 pub const DEFAULT_LOG_FILTER: &str = "info";
+/// The ensemble's directory inside the lab's.
+const DIR_NAME: &str = "ensemble";
 
 /// What ensemble to start.
 #[derive(Debug, Clone)]
@@ -194,7 +199,7 @@ impl Ensemble {
     pub async fn start(lab: Lab, spec: EnsembleSpec) -> Result<Ensemble, EnsembleError> {
         spec.validate()?;
         let began = Instant::now();
-        let dir = ScratchDir::create(&lab.dir().join("ensemble"))?;
+        let dir = ScratchDir::create(&lab.dir().join(DIR_NAME))?.keep_files(lab.keep_files());
         let layout = Layout::new(&spec, dir.path(), &lab)?;
         start::install(&lab, &layout).await?;
         let fronts = start::fronts(&lab, &layout).await?;
@@ -331,6 +336,34 @@ impl Ensemble {
         self.dir.path()
     }
 
+    /// What `lab.json` records for the whole ensemble: each site's router,
+    /// order service and replicator (the current incarnation of each), then
+    /// the lab's processes ([`Lab::state`]); the `ensemble` directory is
+    /// among the entries to remove unless the lab keeps its files.
+    pub fn state(&self) -> LabState {
+        let mut state = self.lab.state();
+        let mut processes = Vec::new();
+        for (site, p) in &self.sites {
+            for (role, svc) in [
+                (Role::Router, &p.front.router),
+                (Role::Orders, &p.front.orders),
+                (Role::Replicator, &p.replicator),
+            ] {
+                processes.push(LabProcess {
+                    role,
+                    site: Some(site.clone()),
+                    record: svc.process().record(),
+                });
+            }
+        }
+        processes.append(&mut state.processes);
+        state.processes = processes;
+        if !state.keep_files {
+            state.entries.push(DIR_NAME.to_string());
+        }
+        state
+    }
+
     /// The log file of `site`'s `part`.
     pub fn log_path(&self, site: &str, part: Part) -> Result<PathBuf, EnsembleError> {
         let p = self.site(site)?;
@@ -447,9 +480,9 @@ impl Ensemble {
         check::wait_identical(&self.dsns(), timeout).await
     }
 
-    /// Kill every process of the ensemble, remove its directory, then tear
-    /// the lab down (reporting the first failure). Dropping does the same
-    /// without reporting.
+    /// Kill every process of the ensemble, remove its directory (unless the
+    /// lab keeps its files), then tear the lab down (reporting the first
+    /// failure). Dropping does the same without reporting.
     pub async fn teardown(self) -> Result<(), EnsembleError> {
         let Ensemble {
             sites, dir, lab, ..

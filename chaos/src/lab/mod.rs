@@ -27,6 +27,12 @@
 //! Postgres clusters, then etcd (each killing its processes and removing its
 //! directory), then the sites' clock offset files (with
 //! [`LabSpec::clock_skew`]), then the lab's root directory.
+//!
+//! With [`LabSpec::keep_files`] (`ezone demo --dir`), teardown and drop
+//! stop every process the same way but remove nothing: the data
+//! directories, the logs, the clock files and the lab's directory stay for
+//! the operator, and the lab's [`LabState`] lists nothing for
+//! `ezone lab down` to remove.
 
 mod error;
 mod info;
@@ -81,6 +87,12 @@ pub struct LabSpec {
     /// (chaos runs turn it on for the `clock-skew` fault); on, it needs
     /// libfaketime (`apt-get install faketime libfaketime`).
     pub clock_skew: bool,
+    /// Leave everything the lab wrote on disk when it stops (teardown or
+    /// drop): etcd's and each Postgres's directory (data and logs), the
+    /// proxy's directory, the clock files, and the lab's directory itself;
+    /// an ensemble on the lab keeps its directory too. Processes are
+    /// stopped all the same. Off by default; `ezone demo --dir` turns it on.
+    pub keep_files: bool,
 }
 
 impl Default for LabSpec {
@@ -93,6 +105,7 @@ impl Default for LabSpec {
             supervision: Supervision::Tied,
             proxy: ProxyLaunch::InProcess,
             clock_skew: false,
+            keep_files: false,
         }
     }
 }
@@ -161,6 +174,7 @@ impl LabSpec {
 pub struct Lab {
     sites: Vec<String>,
     wan_rtt: Duration,
+    keep_files: bool,
     // Field order is drop order: WAN, Postgres, etcd, the clock files, then
     // the root dir.
     wan: Wan,
@@ -176,12 +190,13 @@ impl Lab {
     pub async fn start(spec: LabSpec) -> Result<Lab, LabError> {
         spec.validate()?;
         let began = Instant::now();
-        let root = LabRoot::new(spec.dir.as_deref())?;
-        let clocks = Clocks::new(spec.clock_skew, &spec.sites, root.path())?;
+        let root = LabRoot::new(spec.dir.as_deref(), spec.keep_files)?;
+        let clocks = Clocks::new(spec.clock_skew, &spec.sites, root.path(), spec.keep_files)?;
         let etcd = EtcdCluster::start_with(EtcdOptions {
             members: spec.etcd_members,
             dir: Some(root.path().to_path_buf()),
             supervision: spec.supervision,
+            keep_files: spec.keep_files,
             ..EtcdOptions::default()
         });
         let pgs = futures::future::try_join_all(spec.sites.iter().map(|site| {
@@ -189,6 +204,7 @@ impl Lab {
                 dir: Some(root.path().to_path_buf()),
                 supervision: spec.supervision,
                 clock: clocks.sites.get(site).cloned(),
+                keep_files: spec.keep_files,
                 ..PgOptions::new(site.clone())
             })
         }));
@@ -201,6 +217,7 @@ impl Lab {
             &postgres,
             spec.wan_rtt,
             root.path(),
+            spec.keep_files,
         )
         .await?;
         tracing::info!(
@@ -213,6 +230,7 @@ impl Lab {
         Ok(Lab {
             sites: spec.sites,
             wan_rtt: spec.wan_rtt,
+            keep_files: spec.keep_files,
             wan,
             postgres,
             etcd,
@@ -234,6 +252,12 @@ impl Lab {
     /// The WAN round trip the links started with.
     pub fn wan_rtt(&self) -> Duration {
         self.wan_rtt
+    }
+
+    /// Whether the lab leaves its files on disk when it stops
+    /// ([`LabSpec::keep_files`]).
+    pub fn keep_files(&self) -> bool {
+        self.keep_files
     }
 
     pub fn etcd(&self) -> &EtcdCluster {
@@ -358,7 +382,9 @@ impl Lab {
     }
 
     /// What `lab.json` records for this lab (processes stay owned by this
-    /// handle; see [`Lab::disown`]).
+    /// handle; see [`Lab::disown`]). With [`LabSpec::keep_files`] it lists
+    /// no entries to remove: `ezone lab down` then stops the processes and
+    /// leaves every file.
     pub fn state(&self) -> LabState {
         let mut processes = Vec::new();
         if let Some(p) = self.wan.process() {
@@ -382,12 +408,18 @@ impl Lab {
                 record,
             });
         }
+        let (created_dir, entries) = if self.keep_files {
+            (false, Vec::new())
+        } else {
+            (self.root.created(), self.entries())
+        };
         LabState::new(
             self.root.path().to_path_buf(),
-            self.root.created(),
-            self.entries(),
+            created_dir,
+            entries,
             processes,
             self.info(),
+            self.keep_files,
         )
     }
 
@@ -496,9 +528,11 @@ struct Clocks {
 }
 
 impl Clocks {
-    /// With `on`, find libfaketime and write `+0` to each site's file.
-    fn new(on: bool, sites: &[String], dir: &Path) -> Result<Clocks, LabError> {
+    /// With `on`, find libfaketime and write `+0` to each site's file;
+    /// with `keep`, the files stay when the lab stops.
+    fn new(on: bool, sites: &[String], dir: &Path, keep: bool) -> Result<Clocks, LabError> {
         let mut clocks = Clocks::default();
+        clocks.keep = keep;
         if !on {
             return Ok(clocks);
         }
@@ -524,7 +558,7 @@ impl Drop for Clocks {
 }
 
 /// The lab's own directory: a temp dir, or a given one (created if missing,
-/// and then removed again when empty).
+/// and then removed again when empty); with `keep`, left on disk.
 #[derive(Debug)]
 struct LabRoot {
     path: PathBuf,
@@ -534,15 +568,15 @@ struct LabRoot {
 }
 
 impl LabRoot {
-    fn new(dir: Option<&Path>) -> Result<Self, LabError> {
+    fn new(dir: Option<&Path>, keep: bool) -> Result<Self, LabError> {
         match dir {
             None => {
-                let temp = ScratchDir::temp("lab")?;
+                let temp = ScratchDir::temp("lab")?.keep_files(keep);
                 Ok(LabRoot {
                     path: temp.path().to_path_buf(),
                     temp: Some(temp),
                     created: true,
-                    keep: false,
+                    keep,
                 })
             }
             Some(dir) => {
@@ -555,7 +589,7 @@ impl LabRoot {
                     path,
                     temp: None,
                     created,
-                    keep: false,
+                    keep,
                 })
             }
         }
@@ -577,8 +611,11 @@ impl LabRoot {
     }
 
     /// Remove the directory now (a given one only if we created it and it
-    /// is empty by now), reporting failures.
+    /// is empty by now), reporting failures; a kept one is left.
     fn remove(mut self) -> Result<(), LabError> {
+        if self.keep {
+            return Ok(());
+        }
         self.keep = true; // drop has nothing left to do
         match self.temp.take() {
             Some(t) => t.remove(),

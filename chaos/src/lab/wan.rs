@@ -74,13 +74,16 @@ struct Ready {
 }
 
 impl Wan {
-    /// Start the proxy with a link per ordered pair of sites.
+    /// Start the proxy with a link per ordered pair of sites. With
+    /// `keep_files`, an external proxy's directory (config, log) stays on
+    /// disk when the WAN stops.
     pub(crate) async fn start(
         launch: &ProxyLaunch,
         supervision: Supervision,
         postgres: &BTreeMap<String, PgCluster>,
         rtt: Duration,
         root: &Path,
+        keep_files: bool,
     ) -> Result<Wan, LabError> {
         let specs = link_specs(postgres, rtt);
         match launch {
@@ -100,7 +103,7 @@ impl Wan {
                 })
             }
             ProxyLaunch::Command { program, args } => {
-                let dir = ScratchDir::create(&root.join("proxy"))?;
+                let dir = ScratchDir::create(&root.join("proxy"))?.keep_files(keep_files);
                 let mut attempt = 1;
                 loop {
                     match start_external(program, args, supervision, dir.path(), &specs).await {
@@ -150,7 +153,7 @@ impl Wan {
     }
 
     /// Stop the proxy (in process: every task, awaited; out of process:
-    /// kill -9) and remove its directory.
+    /// kill -9) and remove its directory (unless kept).
     pub(crate) async fn shutdown(self) -> Result<(), LabError> {
         match self {
             Wan::InProcess { proxy, links, .. } => {

@@ -5,17 +5,42 @@
 //! shanghai and back, planned; then the verification report: writes
 //! acknowledged, lost (must be 0), sites identical, dual writes (must be
 //! 0), the write-hold window of each switchover, and replication lag.
+//!
+//! Without `--dir` everything lives in a temp dir, removed at the end. With
+//! `--dir DIR` (which must be missing or empty):
+//! - the demo records its processes in `DIR/lab.json` while it runs (itself,
+//!   etcd, the postmasters, and each site's router, order service and
+//!   replicator), so `ezone lab status --dir DIR` lists them and
+//!   `ezone lab down --dir DIR` stops them (the demo first: on SIGTERM or
+//!   SIGINT it stops everything it started and exits);
+//! - when it stops its processes itself (at the end, on an error, or when
+//!   interrupted) it removes `lab.json`, so a later `lab down` finds nothing
+//!   running;
+//! - everything it wrote stays in `DIR`: the logs, the ensemble's configs,
+//!   etcd's and Postgres's data. Its last lines list the logs. A second
+//!   demo on the same `DIR` is refused until the directory is removed.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::bail;
+use anyhow::{bail, Context as _};
 use ezone_chaos::check::{homes_of, record_homes};
+use ezone_chaos::ensemble::Ensemble;
+use ezone_chaos::lab::{Lab, LabProcess, LabSpec, LabState, Role};
+use ezone_chaos::process::ProcessRecord;
 use ezone_topology::failover::driver::Outcome;
 use ezone_topology::TopologyStore;
+use nix::sys::signal::Signal;
 
 use crate::cmd::failover::printer;
+use crate::cmd::lab::interrupted;
 use crate::cmd::scenario::{self, ms};
+
+/// The demo's sites.
+const SITES: &[&str] = &["beijing", "shanghai"];
+/// How deep under `--dir` the closing list of logs looks.
+const LOG_DEPTH: usize = 3;
 
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
@@ -34,28 +59,92 @@ pub struct DemoArgs {
     /// WAN round-trip time between the sites.
     #[arg(long, default_value = "30ms", value_parser = humantime::parse_duration)]
     pub wan_rtt: Duration,
-    /// Where the lab lives (default: a temp dir, removed at the end).
-    #[arg(long)]
-    pub dir: Option<std::path::PathBuf>,
-    /// Keep everything running after the report until Ctrl-C.
+    /// Where the lab lives, missing or empty: its processes are recorded in
+    /// DIR/lab.json while it runs (for `ezone lab status|down --dir DIR`),
+    /// and its logs and data stay there after it exits. Default: a temp
+    /// dir, removed at the end.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Keep everything running after the report until Ctrl-C (or SIGTERM,
+    /// or `ezone lab down --dir DIR`).
     #[arg(long)]
     pub keep: bool,
 }
 
 pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
     let start = Instant::now();
+    let dir = match &a.dir {
+        Some(d) => Some(claim_dir(d)?),
+        None => None,
+    };
+    let result = demo(&a, dir.as_deref(), start).await;
+    if let Some(d) = &dir {
+        print_kept(d);
+    }
+    result
+}
+
+async fn demo(a: &DemoArgs, dir: Option<&Path>, start: Instant) -> anyhow::Result<()> {
     println!(
         "== ezone demo: sites beijing and shanghai, {} WAN round trip",
         ms(a.wan_rtt)
     );
     println!("== starting etcd, Postgres per site (with the fence), order services, routers, replicators");
-    let ens = scenario::start(
-        &["beijing", "shanghai"],
-        a.shards_per_site,
-        a.wan_rtt,
-        a.dir.clone(),
-    )
-    .await?;
+    // Declared before the ensemble: dropped after it, once its processes
+    // are gone.
+    let record = dir.map(StateFile::new);
+    let body = async {
+        let mut spec = LabSpec::new(SITES);
+        spec.wan_rtt = a.wan_rtt;
+        spec.dir = dir.map(Path::to_path_buf);
+        spec.keep_files = dir.is_some();
+        let lab = Lab::start(spec).await.context("starting the lab")?;
+        if let Some(r) = &record {
+            r.save(lab.state())?;
+        }
+        let ens = scenario::ensemble_on(lab, a.shards_per_site, |_| {}).await?;
+        if let Some(r) = &record {
+            r.save(ens.state())?;
+        }
+        let problems = drive(&ens, a, start).await?;
+        anyhow::Ok((ens, problems))
+    };
+    // Interrupted, the body is dropped, and with it whatever it started.
+    let (ens, problems) = tokio::select! {
+        r = body => r?,
+        () = interrupted() => bail!("interrupted; the demo stopped everything it had started"),
+    };
+    if a.keep {
+        let down = match dir {
+            Some(d) => format!(", or `ezone lab down --dir {}`", d.display()),
+            None => String::new(),
+        };
+        println!(
+            "\neverything is still running (Ctrl-C to stop{down}): try `ezone status --etcd {}`",
+            ens.etcd_endpoints().join(",")
+        );
+        interrupted().await;
+    }
+    let torn = ens.teardown().await;
+    if let Some(r) = record {
+        match &torn {
+            Ok(()) => r.remove()?,
+            // Something may still run: lab.json stays for `ezone lab down`.
+            Err(_) => r.disarm(),
+        }
+    }
+    torn?;
+    if problems.is_empty() {
+        println!("\ndemo OK in {:.1} s", start.elapsed().as_secs_f64());
+        Ok(())
+    } else {
+        bail!("demo FAILED: {}", problems.join("; "))
+    }
+}
+
+/// Everything between the start and the teardown: traffic, switchovers and
+/// the verification report; the problems found.
+async fn drive(ens: &Ensemble, a: &DemoArgs, start: Instant) -> anyhow::Result<Vec<String>> {
     for s in ens.sites() {
         println!(
             "   {s:<9} router http://{}  orders http://{}  postgres {}",
@@ -97,9 +186,9 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
         "\n== traffic: {} orders/s for every city, through both routers (live line every second)",
         a.rate
     );
-    let wl = scenario::traffic(&ens, &format!("demo{}", std::process::id()), a.rate)?;
+    let wl = scenario::traffic(ens, &format!("demo{}", std::process::id()), a.rate)?;
     let live = scenario::live_line(wl.progress_handle(), start);
-    let (lag, lag_task) = scenario::lag_sampler(&ens);
+    let (lag, lag_task) = scenario::lag_sampler(ens);
     tokio::time::sleep(a.pause).await;
 
     let moving: Vec<u32> = t0
@@ -119,7 +208,7 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
         ] {
             println!("\n== round {round}: planned switchover of {what}");
             for &shard in &moving {
-                let (out, took) = scenario::switch(&ens, &sites, shard, to, &observe).await?;
+                let (out, took) = scenario::switch(ens, &sites, shard, to, &observe).await?;
                 match out {
                     Outcome::Done { hold } => {
                         let h = hold.unwrap_or(took);
@@ -203,18 +292,141 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<()> {
     if !report.is_ok() {
         problems.push("the data checks failed (see the report)".into());
     }
-    if a.keep {
-        println!(
-            "\neverything is still running (Ctrl-C to stop): try `ezone status --etcd {}`",
-            ens.etcd_endpoints().join(",")
-        );
-        let _ = tokio::signal::ctrl_c().await;
+    Ok(problems)
+}
+
+/// `--dir`, absolute, if the demo may use it: missing or empty. A running
+/// lab or demo there, or the files an earlier demo kept, are refused with
+/// what to do.
+fn claim_dir(dir: &Path) -> anyhow::Result<PathBuf> {
+    let dir = std::path::absolute(dir)
+        .with_context(|| format!("cannot resolve --dir {}", dir.display()))?;
+    if let Some(state) = LabState::load(&dir)? {
+        let alive: Vec<String> = state
+            .alive()
+            .iter()
+            .map(|p| p.record.pid.to_string())
+            .collect();
+        if !alive.is_empty() {
+            bail!(
+                "a lab or demo is running in {} (pids {}): stop it with `ezone lab down --dir {}`, \
+                 or pick another --dir",
+                dir.display(),
+                alive.join(", "),
+                dir.display()
+            );
+        }
     }
-    ens.teardown().await?;
-    if problems.is_empty() {
-        println!("\ndemo OK in {:.1} s", start.elapsed().as_secs_f64());
+    match std::fs::read_dir(&dir) {
+        Ok(mut entries) => {
+            if entries.next().is_some() {
+                bail!(
+                    "--dir {} is not empty (an earlier `ezone demo --dir` keeps its logs and \
+                     data there): remove it (`rm -rf {}`) or pick another --dir",
+                    dir.display(),
+                    dir.display()
+                );
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(e).with_context(|| format!("cannot use --dir {}", dir.display()));
+        }
+    }
+    Ok(dir)
+}
+
+/// `DIR/lab.json` while the demo runs: saved as its processes come up (the
+/// demo itself first, so `ezone lab down` stops it before the rest), and
+/// removed once the demo has stopped them: by [`StateFile::remove`] after
+/// the teardown, or on drop (after a failure or an interruption, by then
+/// the dropped ensemble has killed its processes).
+struct StateFile {
+    dir: PathBuf,
+    armed: bool,
+}
+
+impl StateFile {
+    fn new(dir: &Path) -> Self {
+        StateFile {
+            dir: dir.to_path_buf(),
+            armed: true,
+        }
+    }
+
+    fn save(&self, state: LabState) -> anyhow::Result<()> {
+        let demo = LabProcess {
+            role: Role::Demo,
+            site: None,
+            record: ProcessRecord::this_process("ezone demo", Signal::SIGTERM),
+        };
+        state.with_owner(demo).save()?;
         Ok(())
-    } else {
-        bail!("demo FAILED: {}", problems.join("; "))
+    }
+
+    fn remove(mut self) -> anyhow::Result<()> {
+        self.armed = false;
+        let path = LabState::path(&self.dir);
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(e).with_context(|| format!("cannot remove {}", path.display()))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Leave `lab.json` for `ezone lab down`.
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for StateFile {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = std::fs::remove_file(LabState::path(&self.dir));
+        }
+    }
+}
+
+/// The closing lines with `--dir`: what was kept, and where the logs are.
+fn print_kept(dir: &Path) {
+    println!(
+        "\nfiles kept in {}: logs, the ensemble's configs, etcd's and Postgres's data \
+         (remove the directory when done)",
+        dir.display()
+    );
+    if LabState::path(dir).exists() {
+        println!(
+            "some processes may still run: `ezone lab status --dir {0}`, `ezone lab down --dir {0}`",
+            dir.display()
+        );
+    }
+    let mut logs = Vec::new();
+    log_files(dir, LOG_DEPTH, &mut logs);
+    logs.sort();
+    println!("logs:");
+    for l in &logs {
+        println!("   {}", l.display());
+    }
+}
+
+/// `*.log` files under `dir`, `depth` levels down, skipping data dirs.
+fn log_files(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        let Ok(kind) = e.file_type() else {
+            continue;
+        };
+        if kind.is_dir() {
+            if depth > 0 && e.file_name() != "data" {
+                log_files(&path, depth - 1, out);
+            }
+        } else if path.extension().is_some_and(|x| x == "log") {
+            out.push(path);
+        }
     }
 }

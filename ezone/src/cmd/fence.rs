@@ -1,12 +1,13 @@
 //! `ezone fence`: install the database fence on a site's Postgres and keep it
 //! in line with the topology (see `replicator/src/fence.rs` for what it does).
 
-use anyhow::Context;
+use anyhow::{anyhow, Context};
 use ezone_replicator::fence::{
     install_schema, install_table_sql, lease_until, reconcile, renew_lease, FenceKey,
 };
 use ezone_topology::{TopologyStore, Watcher};
 
+use crate::cmd::redact::redact_dsn;
 use crate::cmd::topo::StoreArgs;
 
 #[derive(Debug, clap::Subcommand)]
@@ -54,12 +55,20 @@ pub enum KeyArg {
 async fn connect(dsn: &str) -> anyhow::Result<tokio_postgres::Client> {
     let (client, conn) = tokio_postgres::connect(dsn, tokio_postgres::NoTls)
         .await
-        .with_context(|| format!("connecting to {dsn}"))?;
+        .with_context(|| format!("connecting to {}", redact_dsn(dsn)))?;
     tokio::spawn(conn);
     Ok(client)
 }
 
 pub async fn run(c: FenceCommand) -> anyhow::Result<()> {
+    // The errors name the DSN (the fence's own errors carry it as their
+    // target): never with its password.
+    run_inner(c)
+        .await
+        .map_err(|e| anyhow!(redact_dsn(&format!("{e:#}"))))
+}
+
+async fn run_inner(c: FenceCommand) -> anyhow::Result<()> {
     match c {
         FenceCommand::Install {
             dsn,

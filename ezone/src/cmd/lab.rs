@@ -9,6 +9,12 @@
 //!   then SIGKILL), checks it is gone, and removes what `up` created.
 //! - `ezone lab status --dir DIR` shows what runs.
 //!
+//! `ezone demo --dir DIR` records its processes in `DIR/lab.json` too (the
+//! demo itself, etcd, the postmasters, and each site's router, order service
+//! and replicator), marked as keeping its files: `status` lists them, and
+//! `down` stops them (the demo first) and removes only `lab.json`, leaving
+//! the demo's logs and data.
+//!
 //! The machinery lives in `ezone_chaos::lab`; this module is the command
 //! line around it.
 
@@ -26,7 +32,8 @@ pub enum LabCommand {
     /// Start a lab in DIR (etcd, one Postgres per site, the WAN fault proxy);
     /// it keeps running after this command exits. Prints its addresses as JSON.
     Up(UpArgs),
-    /// Stop the lab in DIR and remove what `up` created there. Idempotent.
+    /// Stop the lab (or `ezone demo --dir`) in DIR and remove what `up`
+    /// created there (a demo's files are kept). Idempotent.
     Down(DownArgs),
     /// Show what the lab in DIR runs.
     Status(StatusArgs),
@@ -109,6 +116,7 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
             args: vec!["chaos".into(), "proxy".into(), "serve".into()],
         },
         clock_skew: false,
+        keep_files: false,
     };
     spec.validate()?;
 
@@ -186,7 +194,7 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
 }
 
 /// SIGINT or SIGTERM.
-async fn interrupted() {
+pub(crate) async fn interrupted() {
     let term = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut s) => {
@@ -218,9 +226,18 @@ async fn down(a: DownArgs) -> anyhow::Result<()> {
     }
     if report.anything_was_running() {
         println!("Lab in {} is down.", dir.display());
+    } else if state.keep_files {
+        println!("Nothing was running in {}.", dir.display());
     } else {
         println!(
             "Nothing was running in {}; removed the lab's leftovers.",
+            dir.display()
+        );
+    }
+    if state.keep_files {
+        println!(
+            "Its files (logs, configs, etcd and Postgres data) are kept in {}; remove the \
+             directory when done.",
             dir.display()
         );
     }
@@ -263,12 +280,16 @@ fn status(a: StatusArgs) -> anyhow::Result<()> {
         } else {
             "NOT running"
         };
-        println!(
-            "  {:<28} pid {:<8} {running:<12} log {}",
-            p.record.name,
-            p.record.pid,
-            p.record.log.display()
+        let log = if p.record.log.as_os_str().is_empty() {
+            String::new()
+        } else {
+            format!(" log {}", p.record.log.display())
+        };
+        let line = format!(
+            "  {:<28} pid {:<8} {running:<11}{log}",
+            p.record.name, p.record.pid,
         );
+        println!("{}", line.trim_end());
     }
     println!("etcd:        {}", state.info.etcd.join(","));
     for (site, s) in &state.info.sites {

@@ -50,6 +50,16 @@ pub async fn start_on(
     tweak: impl FnOnce(&mut EnsembleSpec),
 ) -> anyhow::Result<Ensemble> {
     let lab = Lab::start(spec).await.context("starting the lab")?;
+    ensemble_on(lab, shards_per_site, tweak).await
+}
+
+/// The ensemble (this binary's routers, order services and replicators) on
+/// a started `lab`, which it then owns; [`start_on`]'s second half.
+pub async fn ensemble_on(
+    lab: Lab,
+    shards_per_site: u32,
+    tweak: impl FnOnce(&mut EnsembleSpec),
+) -> anyhow::Result<Ensemble> {
     let exe = std::env::current_exe().context("finding the ezone binary")?;
     let mut es = EnsembleSpec::new(exe);
     es.shards_per_site = shards_per_site;

@@ -1,27 +1,51 @@
-//! `ezone status`: the deployment at a glance. Sites, shards (home, state,
-//! epoch), replication lag per link (from each source's slot), conflicts
-//! pending at each site, switchovers in progress and forced failovers on
-//! record. `--json` for scripts. A site that cannot be reached is shown as
-//! such; it never makes the command fail.
+//! `ezone status`: the deployment at a glance. Sites (Postgres reachable,
+//! router ready when its admin address is given), shards (home, state,
+//! epoch), replication lag per link in bytes (from each source's slot) and
+//! seconds (the walsender's `replay_lag`), conflicts pending at each site,
+//! switchovers in progress and open forced failovers. `--json` for scripts;
+//! `--watch` redraws it every `--interval`. A site that cannot be reached
+//! is shown as such; it never makes the command fail.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::io::{IsTerminal, Write as _};
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{anyhow, Context};
 use ezone_replicator::site_ops::{pending_conflicts, pending_for, PendingConflicts};
-use ezone_topology::failover::driver::{ForcedRecord, Record};
-use ezone_topology::{ShardState, TopologyStore};
+use ezone_topology::failover::driver::{now_ms, ForcedRecord, Record};
+use ezone_topology::{AnyStore, ShardState, TopologyStore};
 use serde::Serialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::cmd::failover::when;
+use crate::cmd::redact::redact_dsn;
 use crate::cmd::topo::StoreArgs;
+
+/// How long a router's admin `/readyz` may take to answer.
+const READYZ_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, clap::Args)]
 pub struct StatusArgs {
     #[command(flatten)]
     pub store: StoreArgs,
-    /// Print JSON instead of tables.
+    /// Print JSON instead of tables (with --watch: one JSON object a line,
+    /// each interval).
     #[arg(long)]
     pub json: bool,
+    /// Keep showing it: redraw every --interval until Ctrl-C (on a
+    /// terminal the screen is cleared; otherwise each view follows a
+    /// separator line).
+    #[arg(long)]
+    pub watch: bool,
+    /// How often --watch redraws.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub interval: Duration,
+    /// A site's router admin address (SITE=HOST:PORT; repeatable): its
+    /// `/readyz` says whether the router is ready. The topology does not
+    /// hold it: without this, router readiness is not shown.
+    #[arg(long = "router-admin", value_parser = crate::cmd::topo::parse_site_dsn)]
+    pub router_admin: Vec<(String, String)>,
 }
 
 #[derive(Debug, Serialize)]
@@ -38,6 +62,11 @@ struct SiteStatus {
     /// that long ago, the site refuses writes; none: never granted or no
     /// fence). `i64::MAX` for a lease that never lapses.
     fence_lease_ms: Option<i64>,
+    /// The router's admin `/readyz` answered 200 (none: its admin address
+    /// was not given).
+    router_ready: Option<bool>,
+    /// Why it is not ready (the status or the error).
+    router_error: Option<String>,
     /// Unresolved conflicts by shard (summed per shard below).
     #[serde(skip)]
     pending: Vec<PendingConflicts>,
@@ -49,6 +78,11 @@ struct LinkStatus {
     active: bool,
     lag_bytes: Option<i64>,
     retained_wal_bytes: Option<i64>,
+    /// Seconds behind: `replay_lag` of the walsender serving the link (as
+    /// the replicator confirms what it applied); 0 when the link streams
+    /// and Postgres reports no lag (it clears it once caught up and idle);
+    /// none when nothing streams.
+    lag_seconds: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -83,6 +117,8 @@ async fn site_status(name: &str, router: &str, dsn: &str) -> SiteStatus {
         conflicts_pending: None,
         writable_shards: None,
         fence_lease_ms: None,
+        router_ready: None,
+        router_error: None,
         pending: Vec::new(),
     };
     let connected = tokio::time::timeout(
@@ -96,7 +132,7 @@ async fn site_status(name: &str, router: &str, dsn: &str) -> SiteStatus {
             client
         }
         Ok(Err(e)) => {
-            s.error = Some(e.to_string());
+            s.error = Some(redact_dsn(&ezone_replicator::chain(&e)));
             return s;
         }
         Err(_) => {
@@ -109,10 +145,12 @@ async fn site_status(name: &str, router: &str, dsn: &str) -> SiteStatus {
     // fence not installed) leaves that field empty.
     if let Ok(rows) = client
         .query(
-            "SELECT slot_name::text, active, \
-             pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint, \
-             pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint \
-             FROM pg_replication_slots WHERE slot_name LIKE 'ezone_to_%' ORDER BY 1",
+            "SELECT s.slot_name::text, s.active, \
+             pg_wal_lsn_diff(pg_current_wal_lsn(), s.confirmed_flush_lsn)::bigint, \
+             pg_wal_lsn_diff(pg_current_wal_lsn(), s.restart_lsn)::bigint, \
+             extract(epoch FROM r.replay_lag)::float8 \
+             FROM pg_replication_slots s LEFT JOIN pg_stat_replication r ON r.pid = s.active_pid \
+             WHERE s.slot_name LIKE 'ezone_to_%' ORDER BY 1",
             &[],
         )
         .await
@@ -120,11 +158,15 @@ async fn site_status(name: &str, router: &str, dsn: &str) -> SiteStatus {
         for r in rows {
             let slot: String = r.get(0);
             let target = slot.trim_start_matches("ezone_to_").to_string();
+            let active: bool = r.get(1);
+            let lag_bytes: Option<i64> = r.get(2);
+            let replay_lag: Option<f64> = r.get(4);
             s.links.push(LinkStatus {
                 link: format!("{name}->{target}"),
-                active: r.get(1),
-                lag_bytes: r.get(2),
+                active,
+                lag_bytes,
                 retained_wal_bytes: r.get(3),
+                lag_seconds: lag_seconds(active, lag_bytes, replay_lag),
             });
         }
     }
@@ -163,18 +205,76 @@ async fn site_status(name: &str, router: &str, dsn: &str) -> SiteStatus {
     s
 }
 
-pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
-    let store = args.store.open().await?;
+/// A link's lag in seconds from what Postgres reports: `replay_lag` when
+/// it has one; 0 for a streaming link without one (Postgres clears it once
+/// the receiver has caught up and the source is idle) or with no bytes
+/// behind; unknown when nothing streams.
+fn lag_seconds(active: bool, lag_bytes: Option<i64>, replay_lag: Option<f64>) -> Option<f64> {
+    match (replay_lag, active) {
+        (Some(s), _) if lag_bytes != Some(0) => Some(s.max(0.0)),
+        (_, true) => Some(0.0),
+        (_, false) if lag_bytes == Some(0) => Some(0.0),
+        _ => None,
+    }
+}
+
+/// `GET /readyz` at a router's admin address: ready (200), or why not.
+async fn router_ready(addr: &str) -> Result<(), String> {
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        stream
+            .write_all(
+                format!("GET /readyz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            )
+            .await
+            .map_err(|e| format!("send: {e}"))?;
+        let mut head = Vec::new();
+        let mut chunk = [0u8; 1024];
+        while !head.contains(&b'\n') && head.len() < 4096 {
+            let n = stream
+                .read(&mut chunk)
+                .await
+                .map_err(|e| format!("read: {e}"))?;
+            if n == 0 {
+                break;
+            }
+            head.extend_from_slice(&chunk[..n]);
+        }
+        let line = String::from_utf8_lossy(&head);
+        let line = line.lines().next().unwrap_or("").trim().to_string();
+        match line.split_whitespace().nth(1) {
+            Some("200") => Ok(()),
+            Some(code) => Err(format!("/readyz answered {code}")),
+            None => Err(format!("not an HTTP answer: {line:?}")),
+        }
+    };
+    match tokio::time::timeout(READYZ_TIMEOUT, exchange).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("no answer within {READYZ_TIMEOUT:?}")),
+    }
+}
+
+/// Everything `status` shows, read now.
+async fn collect(store: &AnyStore, admins: &HashMap<String, String>) -> anyhow::Result<Status> {
     let snap = store.load().await.context("loading the topology")?;
     let t = &snap.topology;
-    let mut sites = Vec::new();
-    let checks = t
-        .sites
-        .values()
-        .map(|s| site_status(&s.name, &s.router, &s.postgres));
-    for s in futures::future::join_all(checks).await {
-        sites.push(s);
-    }
+    let checks = t.sites.values().map(|s| async move {
+        let mut st = site_status(&s.name, &s.router, &s.postgres).await;
+        if let Some(addr) = admins.get(&s.name) {
+            match router_ready(addr).await {
+                Ok(()) => st.router_ready = Some(true),
+                Err(e) => {
+                    st.router_ready = Some(false);
+                    st.router_error = Some(e);
+                }
+            }
+        }
+        st
+    });
+    let sites = futures::future::join_all(checks).await;
     let mut cities: BTreeMap<u32, usize> = BTreeMap::new();
     for shard in t.routing.cities.values() {
         *cities.entry(*shard).or_default() += 1;
@@ -198,35 +298,124 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
         .filter_map(|b| serde_json::from_slice::<Record>(b).ok())
         .filter(|r| !r.finished)
         .collect();
+    // Closed ones (`ezone failover close-forced`) are history only.
     let forced_failovers = store
         .list_ops("forced/")
         .await?
         .values()
         .filter_map(|b| serde_json::from_slice::<ForcedRecord>(b).ok())
+        .filter(|r| r.closed_at_ms.is_none())
         .collect();
-    let st = Status {
+    Ok(Status {
         store: store.describe(),
         version: snap.version,
         sites,
         shards,
         switchovers_in_progress,
         forced_failovers,
-    };
+    })
+}
+
+pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
+    // A DSN in a message never shows its password.
+    run_inner(args)
+        .await
+        .map_err(|e| anyhow!(redact_dsn(&format!("{e:#}"))))
+}
+
+async fn run_inner(args: StatusArgs) -> anyhow::Result<()> {
+    let store = args.store.open().await?;
+    let admins: HashMap<String, String> = args.router_admin.iter().cloned().collect();
+    if args.watch {
+        return watch(&store, &admins, &args).await;
+    }
+    let st = collect(&store, &admins).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&st)?);
         return Ok(());
     }
-    print_text(&st);
+    print!("{}", render_text(&st, now_ms()));
     Ok(())
 }
 
-fn print_text(st: &Status) {
-    println!("topology: {} (version {})", st.store, st.version);
-    println!("\nsites:");
+/// `--watch`: the view every interval until Ctrl-C. On a terminal each
+/// view replaces the last (ANSI clear screen); otherwise (a pipe, a file)
+/// each follows a separator line. A view that cannot be read (etcd down)
+/// says why and the watch goes on.
+async fn watch(
+    store: &AnyStore,
+    admins: &HashMap<String, String>,
+    args: &StatusArgs,
+) -> anyhow::Result<()> {
+    let tty = std::io::stdout().is_terminal();
+    let interval = args.interval.max(Duration::from_millis(100));
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        let collected = tokio::select! {
+            st = collect(store, admins) => st,
+            _ = &mut ctrl_c => return Ok(()),
+        };
+        let now = now_ms();
+        let body = match (&collected, args.json) {
+            (Ok(st), true) => format!("{}\n", serde_json::to_string(st)?),
+            (Ok(st), false) => render_text(st, now),
+            (Err(e), true) => format!(
+                "{}\n",
+                serde_json::json!({ "error": redact_dsn(&format!("{e:#}")), "at_ms": now })
+            ),
+            (Err(e), false) => format!(
+                "cannot read the status: {}\n",
+                redact_dsn(&format!("{e:#}"))
+            ),
+        };
+        let frame = if args.json {
+            body
+        } else if tty {
+            format!(
+                "\x1b[H\x1b[2J{}  (every {}; Ctrl-C to quit)\n\n{body}",
+                when(now),
+                humantime::format_duration(interval)
+            )
+        } else {
+            format!("--- {} ---\n{body}", when(now))
+        };
+        let mut out = std::io::stdout().lock();
+        // A closed pipe ends the watch, like Ctrl-C.
+        if out
+            .write_all(frame.as_bytes())
+            .and_then(|_| out.flush())
+            .is_err()
+        {
+            return Ok(());
+        }
+        drop(out);
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = &mut ctrl_c => return Ok(()),
+        }
+    }
+}
+
+fn or_dash(v: Option<i64>) -> String {
+    v.map(|c| c.to_string()).unwrap_or_else(|| "-".into())
+}
+
+/// The text view (`now_ms`: for how long a switchover has been at its step).
+fn render_text(st: &Status, now_ms: u64) -> String {
+    let mut o = String::new();
+    let _ = writeln!(o, "topology: {} (version {})", st.store, st.version);
+    let _ = writeln!(o, "\nsites:");
     for s in &st.sites {
+        let ready = match (s.router_ready, &s.router_error) {
+            (None, _) => String::new(),
+            (Some(true), _) => "   router ready".to_string(),
+            (Some(false), e) => format!("   router NOT READY ({})", e.as_deref().unwrap_or("")),
+        };
         if !s.reachable {
-            println!(
-                "  {:<12} router {:<22} postgres UNREACHABLE: {}",
+            let _ = writeln!(
+                o,
+                "  {:<12} router {:<22} postgres UNREACHABLE: {}{ready}",
                 s.name,
                 s.router,
                 s.error.as_deref().unwrap_or("")
@@ -239,51 +428,61 @@ fn print_text(st: &Status) {
             Some(ms) if ms > 0 => format!("{:.1} s left", ms as f64 / 1000.0),
             Some(ms) => format!("LAPSED {:.1} s ago: refusing writes", -ms as f64 / 1000.0),
         };
-        println!(
-            "  {:<12} router {:<22} conflicts pending {:<6} writable shards {:<4} fence lease {}",
+        let _ = writeln!(
+            o,
+            "  {:<12} router {:<22} conflicts pending {:<6} writable shards {:<4} fence lease {}{ready}",
             s.name,
             s.router,
-            s.conflicts_pending
-                .map(|c| c.to_string())
-                .unwrap_or_else(|| "-".into()),
-            s.writable_shards
-                .map(|c| c.to_string())
-                .unwrap_or_else(|| "-".into()),
+            or_dash(s.conflicts_pending),
+            or_dash(s.writable_shards),
             lease,
         );
         for l in &s.links {
-            println!(
-                "      link {:<24} {:<8} lag {:>10} bytes   retained WAL {:>10} bytes",
+            let _ = writeln!(
+                o,
+                "      link {:<24} {:<8} lag {:>10} bytes   retained WAL {:>10} bytes   lag {:>8} s",
                 l.link,
                 if l.active { "active" } else { "INACTIVE" },
-                l.lag_bytes
-                    .map(|b| b.to_string())
-                    .unwrap_or_else(|| "-".into()),
-                l.retained_wal_bytes
-                    .map(|b| b.to_string())
+                or_dash(l.lag_bytes),
+                or_dash(l.retained_wal_bytes),
+                l.lag_seconds
+                    .map(|x| format!("{x:.3}"))
                     .unwrap_or_else(|| "-".into()),
             );
         }
     }
-    println!("\nshards:");
-    println!(
+    let _ = writeln!(o, "\nshards:");
+    let _ = writeln!(
+        o,
         "  {:>5}  {:<12} {:<7} {:>6}  {:>6}  conflicts",
         "id", "home", "state", "epoch", "cities"
     );
     for s in &st.shards {
-        println!(
+        let _ = writeln!(
+            o,
             "  {:>5}  {:<12} {:<7} {:>6}  {:>6}  {}",
             s.id, s.home, s.state, s.epoch, s.cities, s.conflicts_pending
         );
     }
     if st.switchovers_in_progress.is_empty() {
-        println!("\nswitchovers in progress: none");
+        let _ = writeln!(o, "\nswitchovers in progress: none");
     } else {
-        println!("\nswitchovers in progress:");
+        let _ = writeln!(o, "\nswitchovers in progress:");
         for r in &st.switchovers_in_progress {
             let sw = &r.switchover;
-            println!(
-                "  shard {} {} -> {} (from epoch {}), step {}, by {}",
+            let since = r
+                .history
+                .last()
+                .map(|m| {
+                    format!(
+                        " (for {:.1} s)",
+                        now_ms.saturating_sub(m.at_ms) as f64 / 1000.0
+                    )
+                })
+                .unwrap_or_default();
+            let _ = writeln!(
+                o,
+                "  shard {} {} -> {} (from epoch {}), step {}, by {}{since}",
                 sw.shard,
                 sw.from,
                 sw.to,
@@ -294,12 +493,89 @@ fn print_text(st: &Status) {
         }
     }
     for f in &st.forced_failovers {
-        println!(
-            "\nforced failover {} -> {}: {} shard(s); divergence point {}",
+        let state = if f.opened {
+            format!(
+                "; open: close it with `ezone failover close-forced {}` once its conflicts are repaired",
+                f.from
+            )
+        } else {
+            format!(
+                "; IN PROGRESS: {} takes the shards at {}",
+                f.to,
+                when(f.opens_at_ms)
+            )
+        };
+        let _ = writeln!(
+            o,
+            "\nforced failover {} -> {}: {} shard(s); divergence point {}{state}",
             f.from,
             f.to,
             f.shards.len(),
             f.divergence_lsn.as_deref().unwrap_or("(unknown)")
+        );
+    }
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lag_seconds_from_what_postgres_reports() {
+        assert_eq!(lag_seconds(true, Some(100), Some(1.5)), Some(1.5));
+        // Caught up and idle: Postgres clears replay_lag.
+        assert_eq!(lag_seconds(true, Some(100), None), Some(0.0));
+        assert_eq!(lag_seconds(true, Some(0), Some(2.0)), Some(0.0));
+        // Nothing streams: unknown, unless nothing is behind.
+        assert_eq!(lag_seconds(false, Some(100), None), None);
+        assert_eq!(lag_seconds(false, Some(0), None), Some(0.0));
+    }
+
+    fn sample() -> Status {
+        Status {
+            store: "file x".into(),
+            version: 7,
+            sites: vec![SiteStatus {
+                name: "beijing".into(),
+                router: "127.0.0.1:1".into(),
+                reachable: true,
+                error: None,
+                links: vec![LinkStatus {
+                    link: "beijing->shanghai".into(),
+                    active: true,
+                    lag_bytes: Some(120),
+                    retained_wal_bytes: Some(4096),
+                    lag_seconds: Some(0.25),
+                }],
+                conflicts_pending: Some(0),
+                writable_shards: Some(2),
+                fence_lease_ms: Some(9_000),
+                router_ready: None,
+                router_error: None,
+                pending: Vec::new(),
+            }],
+            shards: Vec::new(),
+            switchovers_in_progress: Vec::new(),
+            forced_failovers: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_text_view_keeps_its_columns_and_adds_lag_seconds() {
+        let mut st = sample();
+        let text = render_text(&st, 0);
+        assert!(text.contains(
+            "      link beijing->shanghai        active   lag        120 bytes   retained WAL       4096 bytes   lag    0.250 s\n"
+        ), "{text}");
+        assert!(text.contains("fence lease 9.0 s left\n"), "{text}");
+        assert!(text.contains("switchovers in progress: none"), "{text}");
+        st.sites[0].router_ready = Some(false);
+        st.sites[0].router_error = Some("connect: refused".into());
+        let text = render_text(&st, 0);
+        assert!(
+            text.contains("fence lease 9.0 s left   router NOT READY (connect: refused)\n"),
+            "{text}"
         );
     }
 }

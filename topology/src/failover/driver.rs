@@ -207,6 +207,10 @@ pub struct Record {
     /// The final fence action ran too: nothing is left to do.
     #[serde(default)]
     pub finished: bool,
+    /// When it finished (ms since the Unix epoch): the end of the last
+    /// step in `history`. Records from before it was kept have none.
+    #[serde(default)]
+    pub finished_at_ms: Option<u64>,
 }
 
 impl Record {
@@ -497,6 +501,7 @@ pub async fn switch_shard<S: TopologyStore, O: SiteOps>(
                 frozen_at_ms: None,
                 active_at_ms: None,
                 finished: false,
+                finished_at_ms: None,
             };
             persist(store, &lock, &r).await?;
             crash_point("start");
@@ -795,6 +800,9 @@ async fn drive<S: TopologyStore, O: SiteOps>(
         let over = sw.is_over();
         record.switchover = next;
         record.finished = over;
+        if over {
+            record.finished_at_ms = Some(now);
+        }
         if !over {
             record.history.push(StepMark {
                 step: record.switchover.step_name().into(),
@@ -1234,6 +1242,7 @@ pub async fn recover_abandoned<S: TopologyStore, O: SiteOps>(
                             reason: reason.clone(),
                         };
                         record.finished = true;
+                        record.finished_at_ms = Some(now_ms());
                         record.holder = opts.holder.clone();
                         persist(store, &lock, &record).await?;
                         lock.release().await.ok();
@@ -1305,6 +1314,13 @@ pub struct ForcedRecord {
     /// from before the two phases were opened at once.
     #[serde(default = "opened_by_default")]
     pub opened: bool,
+    /// When an operator closed it (`ezone failover close-forced`) after the
+    /// returning site's conflicts were repaired, and who: a closed record is
+    /// history only. Open (none) in records from before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub closed_at_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub closed_by: Option<String>,
 }
 
 fn opened_by_default() -> bool {
@@ -1355,6 +1371,7 @@ pub async fn force_moves<S: TopologyStore, O: SiteOps>(
             if let Ok(mut r) = serde_json::from_slice::<Record>(&bytes) {
                 if !r.finished {
                     r.finished = true;
+                    r.finished_at_ms = Some(now_ms());
                     observe(Progress::Note {
                         shard,
                         text: format!(
@@ -1421,6 +1438,8 @@ pub async fn force_moves<S: TopologyStore, O: SiteOps>(
         divergence_error: None,
         opens_at_ms: now_ms() + lapse.as_millis() as u64,
         opened: false,
+        closed_at_ms: None,
+        closed_by: None,
     };
     write_forced(store, &record).await?;
     open_forced(store, sites, record, opts, observe).await

@@ -167,6 +167,7 @@ async fn resume_after_crash(store: &FileStore, sw: Switchover, m: &Move) -> Outc
         frozen_at_ms: None,
         active_at_ms: None,
         finished: false,
+        finished_at_ms: None,
     };
     store
         .write_op("switchover/1", &serde_json::to_vec(&r).unwrap())
@@ -231,6 +232,10 @@ async fn a_planned_switchover_fences_waits_for_the_marker_and_flips() {
             "done"
         ]
     );
+    // The end of the last step (confirming the new home's fence) is kept.
+    assert!(r.finished);
+    let done_at = r.history.last().unwrap().at_ms;
+    assert!(r.finished_at_ms.is_some_and(|t| t >= done_at), "{r:?}");
     // A second run finds nothing to do.
     let (_tx, abort) = no_abort();
     let again = switch_shard(&store, &sites, &mv(&after, to), &opts(), abort, &quiet)
@@ -795,6 +800,7 @@ async fn abandoned(store: &FileStore, step: Step, age: Duration) -> (Shard, Stri
         frozen_at_ms: None,
         active_at_ms: None,
         finished: false,
+        finished_at_ms: None,
     };
     store
         .write_op("switchover/1", &serde_json::to_vec(&r).unwrap())
@@ -919,6 +925,8 @@ async fn a_forced_failover_whose_command_died_before_opening_is_opened_by_recove
         divergence_error: None,
         opens_at_ms: now_ms() + 300,
         opened: false,
+        closed_at_ms: None,
+        closed_by: None,
     };
     store
         .write_op("forced/beijing", &serde_json::to_vec(&r).unwrap())
@@ -947,4 +955,19 @@ async fn a_forced_failover_whose_command_died_before_opening_is_opened_by_recove
         serde_json::from_slice(&store.read_op("forced/beijing").await.unwrap().unwrap()).unwrap();
     assert!(stored.opened);
     assert_eq!(stored.divergence_lsn.as_deref(), Some("0/ABC"));
+}
+
+#[test]
+fn records_written_before_the_newer_fields_still_load() {
+    let old = r#"{"switchover":{"shard":3,"from":"beijing","to":"shanghai","epoch":4,"step":{"step":"done"}},
+        "holder":"h","history":[{"step":"start","at_ms":1}],"finished":true}"#;
+    let r: Record = serde_json::from_str(old).unwrap();
+    assert!(r.finished && r.finished_at_ms.is_none());
+    let old = r#"{"from":"beijing","to":"shanghai","at_ms":5,"holder":"h","shards":[[1,2,4]],
+        "divergence_lsn":"0/1"}"#;
+    let f: ForcedRecord = serde_json::from_str(old).unwrap();
+    assert!(f.opened && f.closed_at_ms.is_none() && f.closed_by.is_none());
+    // An open record is written as before: no closing fields.
+    let text = serde_json::to_string(&f).unwrap();
+    assert!(!text.contains("closed"), "{text}");
 }
