@@ -199,14 +199,14 @@ pub fn judge(stats: &LinkStats, now: u64, max_lag: Option<&MaxLag>) -> Result<St
         ));
     }
     let lag_bytes = stats.lag_bytes();
-    let lag_seconds = stats.lag_seconds();
+    let lag = stats.lag_seconds();
     if let Some(m) = max_lag {
-        if lag_bytes > 0 && stats.last_commit_time_us.load(Ordering::Relaxed) == 0 {
+        let Some(lag_seconds) = lag else {
             return Err(format!(
                 "behind by {lag_bytes} bytes with no transaction applied yet: its lag in seconds is unknown (max_lag={})",
                 m.written
             ));
-        }
+        };
         if lag_seconds > m.bound.as_secs_f64() {
             return Err(format!(
                 "lag {lag_seconds:.3}s ({lag_bytes} bytes) is over max_lag={}",
@@ -214,8 +214,9 @@ pub fn judge(stats: &LinkStats, now: u64, max_lag: Option<&MaxLag>) -> Result<St
             ));
         }
     }
+    let lag = lag.map_or("unknown".to_string(), |l| format!("{l:.3}s"));
     Ok(format!(
-        "streaming, the source spoke {:.1}s ago, lag {lag_seconds:.3}s ({lag_bytes} bytes)",
+        "streaming, the source spoke {:.1}s ago, lag {lag} ({lag_bytes} bytes)",
         silence.as_secs_f64()
     ))
 }
@@ -406,6 +407,13 @@ mod tests {
         let r = get(&a, "/readyz?max_lag=1h");
         assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
         assert!(r.body.contains("unknown"), "{}", r.body);
+        // ...and the metric says so (not the age of the year 2000).
+        assert_eq!(s.lag_seconds(), None);
+        let m = get(&a, "/metrics").body;
+        assert!(
+            m.contains("ezone_replicator_lag_seconds{link=\"beijing->shanghai\"} NaN"),
+            "{m}"
+        );
     }
 
     #[test]

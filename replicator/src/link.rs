@@ -107,19 +107,22 @@ impl LinkStats {
     }
 
     /// Seconds behind: how old the last applied source commit is, while the
-    /// link is behind; 0 when caught up.
-    pub fn lag_seconds(&self) -> f64 {
+    /// link is behind; 0 when caught up; `None` (unknown) while behind with
+    /// no transaction applied since the start (no commit time to age).
+    pub fn lag_seconds(&self) -> Option<f64> {
         if self.lag_bytes() == 0 {
-            return 0.0;
+            return Some(0.0);
         }
-        let last = crate::pgoutput::PgTimestamp(self.last_commit_time_us.load(Ordering::Relaxed));
-        match last.to_system_time() {
-            Some(t) => std::time::SystemTime::now()
+        let us = self.last_commit_time_us.load(Ordering::Relaxed);
+        if us == 0 {
+            return None;
+        }
+        let t = crate::pgoutput::PgTimestamp(us).to_system_time()?;
+        Some(
+            std::time::SystemTime::now()
                 .duration_since(t)
-                .map(|d| d.as_secs_f64())
-                .unwrap_or(0.0),
-            None => 0.0,
-        }
+                .map_or(0.0, |d| d.as_secs_f64()),
+        )
     }
 
     fn raise(cell: &AtomicU64, v: u64) {

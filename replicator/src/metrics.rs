@@ -117,8 +117,8 @@ fn defs() -> Vec<Def> {
         gauge(
             "lag",
             Some(Unit::Seconds),
-            "Age of the last applied source commit while the link is behind; 0 when caught up",
-            |s| Value::Float(s.lag_seconds()),
+            "Age of the last applied source commit while the link is behind; 0 when caught up; NaN while behind with nothing applied since the start",
+            |s| Value::Float(s.lag_seconds().unwrap_or(f64::NAN)),
         ),
         gauge(
             "slot_retained_wal",
