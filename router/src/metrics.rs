@@ -61,36 +61,28 @@ pub enum BounceOutcome {
 
 // Label values are lowercase, as Prometheus convention has them (the
 // derive would write the variant's name).
-impl EncodeLabelValue for HoldOutcome {
-    fn encode(
-        &self,
-        e: &mut prometheus_client::encoding::LabelValueEncoder<'_>,
-    ) -> std::fmt::Result {
-        std::fmt::Write::write_str(
-            e,
-            match self {
-                HoldOutcome::Released => "released",
-                HoldOutcome::Deadline => "deadline",
-                HoldOutcome::Overflow => "overflow",
-            },
-        )
-    }
+macro_rules! lowercase_label {
+    ($t:ty { $($v:ident => $s:literal),+ $(,)? }) => {
+        impl EncodeLabelValue for $t {
+            fn encode(
+                &self,
+                e: &mut prometheus_client::encoding::LabelValueEncoder<'_>,
+            ) -> std::fmt::Result {
+                std::fmt::Write::write_str(e, match self { $(Self::$v => $s),+ })
+            }
+        }
+    };
 }
 
-impl EncodeLabelValue for BounceOutcome {
-    fn encode(
-        &self,
-        e: &mut prometheus_client::encoding::LabelValueEncoder<'_>,
-    ) -> std::fmt::Result {
-        std::fmt::Write::write_str(
-            e,
-            match self {
-                BounceOutcome::Resent => "resent",
-                BounceOutcome::Refused => "refused",
-            },
-        )
-    }
-}
+lowercase_label!(HoldOutcome {
+    Released => "released",
+    Deadline => "deadline",
+    Overflow => "overflow",
+});
+lowercase_label!(BounceOutcome {
+    Resent => "resent",
+    Refused => "refused",
+});
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BounceLabels {

@@ -136,22 +136,6 @@ fn names(sites: &BTreeMap<String, String>) -> String {
     sites.keys().cloned().collect::<Vec<_>>().join(", ")
 }
 
-/// A DSN without its password, for messages.
-fn redact(dsn: &str) -> String {
-    if let Some((scheme, rest)) = dsn.split_once("://") {
-        // postgres://user:password@host/db
-        if let Some((userinfo, host)) = rest.split_once('@') {
-            let user = userinfo.split(':').next().unwrap_or("");
-            return format!("{scheme}://{user}@{host}");
-        }
-        return dsn.to_string();
-    }
-    dsn.split_whitespace()
-        .filter(|kv| !kv.starts_with("password="))
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 async fn connect(site: &str, dsn: &str) -> anyhow::Result<tokio_postgres::Client> {
     let (client, conn) = tokio::time::timeout(
         CONNECT_TIMEOUT,
@@ -161,11 +145,16 @@ async fn connect(site: &str, dsn: &str) -> anyhow::Result<tokio_postgres::Client
     .map_err(|_| {
         anyhow!(
             "site {site}: Postgres at {} did not answer within {}s",
-            redact(dsn),
+            super::redact::redact_dsn(dsn),
             CONNECT_TIMEOUT.as_secs()
         )
     })?
-    .with_context(|| format!("site {site}: connecting to Postgres at {}", redact(dsn)))?;
+    .with_context(|| {
+        format!(
+            "site {site}: connecting to Postgres at {}",
+            super::redact::redact_dsn(dsn)
+        )
+    })?;
     let site = site.to_string();
     tokio::spawn(async move {
         if let Err(e) = conn.await {
@@ -458,18 +447,6 @@ async fn resolve(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn dsns_are_redacted() {
-        assert_eq!(
-            redact("host=db port=5432 user=ezone password=s3cret dbname=ezone"),
-            "host=db port=5432 user=ezone dbname=ezone"
-        );
-        assert_eq!(
-            redact("postgres://ezone:s3cret@db:5432/ezone"),
-            "postgres://ezone@db:5432/ezone"
-        );
-    }
 
     #[test]
     fn site_dsn_flags_parse() {

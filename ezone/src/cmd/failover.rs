@@ -521,19 +521,7 @@ fn site_dsn(
 /// Connects to a site's Postgres and asks it one thing; why not, if not
 /// (never with the DSN's password).
 async fn probe(dsn: &str) -> Result<(), String> {
-    let connected = tokio::time::timeout(
-        PROBE_TIMEOUT,
-        tokio_postgres::connect(dsn, tokio_postgres::NoTls),
-    )
-    .await;
-    let client = match connected {
-        Err(_) => return Err(format!("no answer within {PROBE_TIMEOUT:?}")),
-        Ok(Err(e)) => return Err(redact_dsn(&ezone_replicator::chain(&e))),
-        Ok(Ok((client, conn))) => {
-            tokio::spawn(conn);
-            client
-        }
-    };
+    let client = super::pg::connect(dsn, PROBE_TIMEOUT).await?;
     match tokio::time::timeout(PROBE_TIMEOUT, client.simple_query("SELECT 1")).await {
         Err(_) => Err(format!(
             "connected, but no answer to a query within {PROBE_TIMEOUT:?}"
@@ -1325,19 +1313,7 @@ pub(crate) fn close_check(
 /// Unresolved conflicts at a site, counted as `ezone conflicts list` and
 /// `ezone status` count them.
 async fn count_pending(dsn: &str) -> Result<i64, String> {
-    let connected = tokio::time::timeout(
-        PROBE_TIMEOUT,
-        tokio_postgres::connect(dsn, tokio_postgres::NoTls),
-    )
-    .await;
-    let client = match connected {
-        Err(_) => return Err(format!("no answer within {PROBE_TIMEOUT:?}")),
-        Ok(Err(e)) => return Err(redact_dsn(&ezone_replicator::chain(&e))),
-        Ok(Ok((client, conn))) => {
-            tokio::spawn(conn);
-            client
-        }
-    };
+    let client = super::pg::connect(dsn, PROBE_TIMEOUT).await?;
     let pending = ezone_replicator::site_ops::pending_conflicts(&client)
         .await
         .map_err(|e| redact_dsn(&ezone_replicator::chain(&e)))?;

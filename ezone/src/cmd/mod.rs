@@ -11,6 +11,7 @@ pub mod failover;
 pub mod fence;
 pub mod lab;
 pub mod orders;
+pub mod pg;
 pub mod redact;
 pub mod replicator;
 pub mod router;

@@ -121,22 +121,10 @@ async fn site_status(name: &str, router: &str, dsn: &str) -> SiteStatus {
         router_error: None,
         pending: Vec::new(),
     };
-    let connected = tokio::time::timeout(
-        Duration::from_secs(3),
-        tokio_postgres::connect(dsn, tokio_postgres::NoTls),
-    )
-    .await;
-    let client = match connected {
-        Ok(Ok((client, conn))) => {
-            tokio::spawn(conn);
-            client
-        }
-        Ok(Err(e)) => {
-            s.error = Some(redact_dsn(&ezone_replicator::chain(&e)));
-            return s;
-        }
-        Err(_) => {
-            s.error = Some("no answer within 3 s".into());
+    let client = match super::pg::connect(dsn, Duration::from_secs(3)).await {
+        Ok(c) => c,
+        Err(e) => {
+            s.error = Some(e);
             return s;
         }
     };
