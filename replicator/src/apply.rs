@@ -33,7 +33,7 @@ use futures::FutureExt;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, NoTls};
 
-use crate::conflict::{self, Op, Policy, Resolution, ShardKey};
+use crate::conflict::{self, Op, Policy, Resolution, Right, ShardKey};
 use crate::lsn::Lsn;
 use crate::ownership::{self, Verdict};
 use crate::pgoutput::{Relation, TupleData};
@@ -268,13 +268,14 @@ impl Ownership {
 /// How often a change waiting for the view looks again.
 const VIEW_POLL: Duration = Duration::from_millis(5);
 
-/// The owner a verdict names for the conflict rules: the source when it may
-/// write the shard, else the home that may.
-fn owner_of(own: &Ownership, verdict: &Option<Verdict>) -> Option<String> {
+/// The conflict rules' reading of a verdict: the verdict decides, not the
+/// name of the home it carries (see [`conflict::Right`]).
+fn right_of(verdict: &Option<Verdict>) -> Right {
     match verdict {
-        Some(Verdict::Owner) => Some(own.source_site.clone()),
-        Some(Verdict::Foreign { home, .. }) => Some(home.clone()),
-        _ => None,
+        Some(Verdict::Owner) => Right::Owner,
+        Some(Verdict::Foreign { .. }) => Right::Foreign,
+        // judge() answers the other two only to be asked again.
+        Some(Verdict::AwaitView { .. } | Verdict::NeedHistory) | None => Right::Unjudged,
     }
 }
 
@@ -835,10 +836,7 @@ impl Applier {
                         target: target.clone(),
                         detail,
                     })?;
-                let owner = owner_of(own, &verdict);
-                if conflict::resolve_foreign(own.policy, &own.source_site, owner.as_deref())
-                    .is_some()
-                {
+                if conflict::resolve_foreign(own.policy, right_of(&verdict)).is_some() {
                     return Ok(None);
                 }
                 let id = Arc::as_ptr(rel) as usize;
@@ -1044,7 +1042,7 @@ impl Applier {
             for (ch, shape) in txn.changes.iter().zip(shapes) {
                 // Ownership first: a change made at a site that does not own
                 // the row's shard is a conflict whatever else happens.
-                let mut owner = None;
+                let mut right = Right::Unjudged;
                 let mut shard = None;
                 if let (Some(t), Some((rel, image)), Some(op)) = (&shape, row_image(ch), op_of(ch))
                 {
@@ -1066,15 +1064,13 @@ impl Applier {
                                 target: target.clone(),
                                 detail,
                             })?;
-                    owner = owner_of(own, &verdict);
-                    if let Some(res) =
-                        conflict::resolve_foreign(own.policy, &own.source_site, owner.as_deref())
-                    {
+                    right = right_of(&verdict);
+                    if let Some(res) = conflict::resolve_foreign(own.policy, right) {
                         let reason = match verdict {
                             Some(Verdict::Foreign { reason, .. }) => reason,
+                            // resolve_foreign answers only for a foreign verdict.
                             _ => format!(
-                                "the row's shard is homed at {}, not at {} where the change was made",
-                                owner.as_deref().unwrap_or("?"),
+                                "the change was made at {}, which did not own the row's shard",
                                 own.source_site
                             ),
                         };
@@ -1125,7 +1121,7 @@ impl Applier {
                                 own.policy,
                                 &own.source_site,
                                 &own.target_site,
-                                owner.as_deref(),
+                                right,
                                 commit_time,
                                 target_commit,
                             );

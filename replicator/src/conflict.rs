@@ -122,16 +122,35 @@ pub fn owner<'t>(t: &'t Topology, key: &ShardKey, value: &str) -> Option<&'t str
     t.shards.get(&id).map(|s| s.home.as_str())
 }
 
-/// A change from `source` for a row owned by `owner` (if known): applied?
-pub fn resolve_foreign(policy: Policy, source: &str, owner: Option<&str>) -> Option<Resolution> {
-    match owner {
-        Some(o) if o != source => Some(match policy {
+/// The ownership verdict on a change, as the conflict rules need it.
+///
+/// Decided from the verdict itself ([`crate::ownership::judge`]), never by
+/// comparing the source's name with the shard's home now: a site's own
+/// tail from before it lost a shard in a forced failover is foreign even
+/// when the shard has since come back to it (its home is the source again,
+/// but the survivor never had those writes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Right {
+    /// The source may write the row's shard under the change's epoch.
+    Owner,
+    /// It may not: the change is a conflict.
+    Foreign,
+    /// Not judged (the table has no shard key, the key maps to no shard,
+    /// or the applier has no topology).
+    Unjudged,
+}
+
+/// A change the source made with `right`: `None` applies it as usual, else
+/// it is a conflict, resolved as returned.
+pub fn resolve_foreign(policy: Policy, right: Right) -> Option<Resolution> {
+    match right {
+        Right::Foreign => Some(match policy {
             Policy::OwnerWins => Resolution::KeepTarget,
             // Timestamps decide existing rows; a change to a foreign shard
             // with no competing version is applied, and recorded.
             Policy::LastWriterWins => Resolution::ApplySource,
         }),
-        _ => None,
+        Right::Owner | Right::Unjudged => None,
     }
 }
 
@@ -140,13 +159,13 @@ pub fn resolve_exists(
     policy: Policy,
     source_site: &str,
     target_site: &str,
-    owner: Option<&str>,
+    right: Right,
     source_commit: SystemTime,
     target_commit: Option<SystemTime>,
 ) -> Resolution {
     match policy {
         Policy::OwnerWins => {
-            if owner == Some(source_site) {
+            if right == Right::Owner {
                 Resolution::ApplySource
             } else {
                 Resolution::KeepTarget
@@ -208,18 +227,16 @@ mod tests {
     #[test]
     fn foreign_changes() {
         assert_eq!(
-            resolve_foreign(Policy::OwnerWins, "beijing", Some("shanghai")),
+            resolve_foreign(Policy::OwnerWins, Right::Foreign),
             Some(Resolution::KeepTarget)
         );
+        assert_eq!(resolve_foreign(Policy::OwnerWins, Right::Owner), None);
+        assert_eq!(resolve_foreign(Policy::OwnerWins, Right::Unjudged), None);
         assert_eq!(
-            resolve_foreign(Policy::OwnerWins, "beijing", Some("beijing")),
-            None
-        );
-        assert_eq!(resolve_foreign(Policy::OwnerWins, "beijing", None), None);
-        assert_eq!(
-            resolve_foreign(Policy::LastWriterWins, "beijing", Some("shanghai")),
+            resolve_foreign(Policy::LastWriterWins, Right::Foreign),
             Some(Resolution::ApplySource)
         );
+        assert_eq!(resolve_foreign(Policy::LastWriterWins, Right::Owner), None);
     }
 
     #[test]
@@ -232,7 +249,7 @@ mod tests {
                 Policy::OwnerWins,
                 "beijing",
                 "shanghai",
-                Some("beijing"),
+                Right::Owner,
                 t0,
                 Some(t1),
                 ApplySource,
@@ -241,7 +258,7 @@ mod tests {
                 Policy::OwnerWins,
                 "beijing",
                 "shanghai",
-                Some("shanghai"),
+                Right::Foreign,
                 t1,
                 Some(t0),
                 KeepTarget,
@@ -250,7 +267,7 @@ mod tests {
                 Policy::OwnerWins,
                 "beijing",
                 "shanghai",
-                None,
+                Right::Unjudged,
                 t1,
                 Some(t0),
                 KeepTarget,
@@ -259,7 +276,7 @@ mod tests {
                 Policy::LastWriterWins,
                 "beijing",
                 "shanghai",
-                None,
+                Right::Unjudged,
                 t1,
                 Some(t0),
                 ApplySource,
@@ -268,7 +285,7 @@ mod tests {
                 Policy::LastWriterWins,
                 "beijing",
                 "shanghai",
-                None,
+                Right::Unjudged,
                 t0,
                 Some(t1),
                 KeepTarget,
@@ -277,7 +294,7 @@ mod tests {
                 Policy::LastWriterWins,
                 "beijing",
                 "shanghai",
-                None,
+                Right::Unjudged,
                 t0,
                 Some(t0),
                 ApplySource,
@@ -286,7 +303,7 @@ mod tests {
                 Policy::LastWriterWins,
                 "shanghai",
                 "beijing",
-                None,
+                Right::Unjudged,
                 t0,
                 Some(t0),
                 KeepTarget,
@@ -295,7 +312,7 @@ mod tests {
                 Policy::LastWriterWins,
                 "beijing",
                 "shanghai",
-                None,
+                Right::Unjudged,
                 t1,
                 None,
                 KeepTarget,

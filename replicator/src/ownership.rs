@@ -31,8 +31,11 @@ use ezone_topology::{Epoch, Shard};
 pub enum Verdict {
     /// The source site may write the row's shard under the change's epoch.
     Owner,
-    /// It may not: `home` owns the shard for this change, `reason` says why
-    /// (recorded with the conflict).
+    /// It may not; `reason` says why (recorded with the conflict). `home` is
+    /// the shard's home in the judge's view, for the record only: it may be
+    /// the source itself (a site's tail from a tenure it lost in a forced
+    /// failover, arriving after the shard came back to it), so a caller
+    /// decides by the variant, never by comparing `home` with the source.
     Foreign { home: String, reason: String },
     /// The change's epoch is newer than the view: wait for the view to
     /// reach `epoch`, then judge again.

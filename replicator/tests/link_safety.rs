@@ -282,3 +282,119 @@ async fn owner_wins_by_shard_key() {
     let _ = stop_tx.send(true);
     task.await.expect("join").expect("clean stop");
 }
+
+/// A site lost in a forced failover comes back and gets its shard back in a
+/// planned flip before its unreplicated tail has crossed. The tail was
+/// written under the tenure it lost: it stays a conflict (recorded, not
+/// applied) even though the shard's home is the tail's own site again,
+/// while what the site writes under its new tenure applies as usual.
+#[tokio::test]
+async fn a_lost_tenures_tail_stays_foreign_after_the_shard_comes_back() {
+    use ezone_replicator::apply::{HistoryFn, Ownership};
+    use ezone_replicator::conflict::{KeyKind, Policy, ShardKey};
+    use ezone_replicator::link::run_with;
+    use ezone_topology::history::{EpochEntry, ShardHistory, Transition};
+    use ezone_topology::ShardState;
+    let a = PgCluster::start("beijing").await.expect("pg");
+    let b = PgCluster::start("shanghai").await.expect("pg");
+    for pg in [&a, &b] {
+        q(
+            pg,
+            "CREATE TABLE orders (id bigint PRIMARY KEY, city text NOT NULL, note text)",
+        )
+        .await;
+    }
+    // Shanghai wrote row 9 while it held the shard (a conflicting version).
+    q(
+        &b,
+        "INSERT INTO orders VALUES (9, '010', 'shanghai, epoch 3')",
+    )
+    .await;
+    let cfg = link(&a, &b, &["public.orders"]);
+    ensure_source(&cfg).await.expect("source");
+    // Shard 1 (city 010): beijing at epoch 1, forced to shanghai (2, 3),
+    // handed back to beijing in a planned switchover (4, 5).
+    let mut t = ezone_topology::starter::starter(&["beijing", "shanghai"], 2);
+    let shard = t.shards.get_mut(&1).expect("shard 1");
+    assert_eq!(shard.home, "beijing");
+    shard.epoch = 5;
+    let topology = Arc::new(t);
+    let entry = |epoch, home: &str, state, how| EpochEntry {
+        epoch,
+        home: home.into(),
+        state,
+        how,
+        at_ms: 0,
+    };
+    let history = ShardHistory::new(vec![
+        entry(1, "beijing", ShardState::Active, Transition::Init),
+        entry(2, "shanghai", ShardState::Frozen, Transition::Forced),
+        entry(3, "shanghai", ShardState::Active, Transition::Forced),
+        entry(4, "shanghai", ShardState::Frozen, Transition::Freeze),
+        entry(5, "beijing", ShardState::Active, Transition::Flip),
+    ]);
+    let read_history: HistoryFn = Arc::new(move |_shard| {
+        let h = history.clone();
+        Box::pin(async move { Ok(h) })
+    });
+    let own = Ownership {
+        source_site: "beijing".into(),
+        target_site: "shanghai".into(),
+        policy: Policy::OwnerWins,
+        shard_keys: [(
+            "public.orders".to_string(),
+            ShardKey {
+                column: "city".into(),
+                kind: KeyKind::City,
+            },
+        )]
+        .into_iter()
+        .collect(),
+        topology: Some(Arc::new(move || Some(topology.clone()))),
+        history: Some(read_history),
+        ..Ownership::default()
+    };
+    // The tail: written at beijing under epoch 1 (stamped as the fence
+    // trigger stamps), a new row and a version of row 9.
+    q(
+        &a,
+        "BEGIN; SELECT pg_logical_emit_message(true, 'ezone.epoch', '1:1'); \
+         INSERT INTO orders VALUES (1, '010', 'tail'), (9, '010', 'beijing tail, epoch 1'); COMMIT",
+    )
+    .await;
+    let (stop_tx, stop) = watch::channel(false);
+    let task = tokio::spawn(run_with(cfg, own, Arc::new(LinkStats::default()), stop));
+    until(&b, "SELECT count(*) FROM ezone_replication.conflicts", "2").await;
+    // Beijing's writes under its new tenure (epoch 5) are its own.
+    q(
+        &a,
+        "BEGIN; SELECT pg_logical_emit_message(true, 'ezone.epoch', '1:5'); \
+         INSERT INTO orders VALUES (2, '010', 'epoch 5'); COMMIT",
+    )
+    .await;
+    until(&b, "SELECT count(*) FROM orders WHERE id = 2", "1").await;
+    assert_eq!(
+        q(
+            &b,
+            "SELECT string_agg(id || '=' || note, ';' ORDER BY id) FROM orders"
+        )
+        .await,
+        "2=epoch 5;9=shanghai, epoch 3",
+        "the lost tenure's tail was applied"
+    );
+    assert_eq!(
+        q(
+            &b,
+            "SELECT string_agg(kind || ':' || resolution || ':' || (remote_row->>'id'), ',' ORDER BY id) \
+             FROM ezone_replication.conflicts"
+        )
+        .await,
+        "foreign_shard:owner_wins:kept_target:1,foreign_shard:owner_wins:kept_target:9"
+    );
+    assert_eq!(
+        q(&b, "SELECT count(*) FROM ezone_replication.conflicts WHERE reason LIKE '%forced failover%'").await,
+        "2"
+    );
+    let _ = stop_tx.send(true);
+    task.await.expect("join").expect("clean stop");
+}

@@ -66,6 +66,13 @@ pub struct RunArgs {
     /// verdict here.
     #[arg(long)]
     report: Option<PathBuf>,
+    /// Run the lab in DIR (missing or empty) and keep it there afterwards:
+    /// every process's log, the configs, etcd's and each Postgres's data
+    /// (a violation's conflicts and rows can be read after the run by
+    /// starting that Postgres on its directory). Default: a temp dir,
+    /// removed at the end.
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
 }
 
 impl RunArgs {
@@ -117,7 +124,13 @@ pub async fn run(a: RunArgs) -> anyhow::Result<()> {
     eprintln!("== starting the ensemble");
     // Three etcd members, as production runs them: a member lost is no
     // outage, two lost is one (the etcd faults need them).
+    let kept = match &a.dir {
+        Some(d) => Some(super::demo::claim_dir(d)?),
+        None => None,
+    };
     let mut lab = LabSpec::new(sites);
+    lab.dir = kept.clone();
+    lab.keep_files = kept.is_some();
     lab.wan_rtt = Duration::from_millis(30);
     lab.etcd_members = 3;
     // Each site's processes under libfaketime (the clock-skew fault).
@@ -326,6 +339,9 @@ pub async fn run(a: RunArgs) -> anyhow::Result<()> {
         }
     }
     ens.teardown().await?;
+    if let Some(d) = &kept {
+        super::demo::print_kept(d);
+    }
     if ok {
         println!("replay: {replay}");
         Ok(())

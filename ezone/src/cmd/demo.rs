@@ -298,7 +298,7 @@ async fn drive(ens: &Ensemble, a: &DemoArgs, start: Instant) -> anyhow::Result<V
 /// `--dir`, absolute, if the demo may use it: missing or empty. A running
 /// lab or demo there, or the files an earlier demo kept, are refused with
 /// what to do.
-fn claim_dir(dir: &Path) -> anyhow::Result<PathBuf> {
+pub(crate) fn claim_dir(dir: &Path) -> anyhow::Result<PathBuf> {
     let dir = std::path::absolute(dir)
         .with_context(|| format!("cannot resolve --dir {}", dir.display()))?;
     if let Some(state) = LabState::load(&dir)? {
@@ -390,7 +390,7 @@ impl Drop for StateFile {
 }
 
 /// The closing lines with `--dir`: what was kept, and where the logs are.
-fn print_kept(dir: &Path) {
+pub(crate) fn print_kept(dir: &Path) {
     println!(
         "\nfiles kept in {}: logs, the ensemble's configs, etcd's and Postgres's data \
          (remove the directory when done)",
