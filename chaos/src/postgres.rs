@@ -14,8 +14,12 @@
 //! - **`fsync=off`** is safe for the chaos suite's purpose: it only loses
 //!   data when the *kernel* crashes. A killed postmaster's writes are already
 //!   in the page cache, so kill -9 loses nothing that was committed.
-//! - Authentication is `trust` on 127.0.0.1 for the `postgres` superuser;
-//!   this is a throwaway test cluster.
+//! - Authentication is `trust` on 127.0.0.1 for the `postgres` superuser
+//!   (a throwaway test cluster), or, with [`PgOptions::password`], SCRAM
+//!   over TCP with that password (the Unix socket stays `trust`): every
+//!   DSN the cluster hands out then carries it, so an ensemble on it
+//!   authenticates as production does, and a test can look for the
+//!   password where it must never appear (logs, errors, outputs).
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::fs::MetadataExt;
@@ -82,6 +86,9 @@ pub struct PgOptions {
     /// libfaketime with this site clock ([`crate::clock`]); `None`: the
     /// real clock. `initdb` and the clients always run on the real clock.
     pub clock: Option<SiteClock>,
+    /// The superuser's password, required over TCP (SCRAM-SHA-256); `None`:
+    /// `trust`.
+    pub password: Option<String>,
 }
 
 impl PgOptions {
@@ -94,6 +101,7 @@ impl PgOptions {
             database: DEFAULT_DATABASE.to_string(),
             clock: None,
             keep_files: false,
+            password: None,
         }
     }
 }
@@ -108,6 +116,7 @@ pub struct PgCluster {
     data_dir: PathBuf,
     database: String,
     ready_timeout: Duration,
+    password: Option<String>,
     // Field order matters: the process drops before its directory.
     process: ChildProcess,
     dir: ScratchDir,
@@ -134,6 +143,20 @@ impl PgCluster {
             hand_over(dir.path(), user)?;
         }
         let data_dir = dir.path().join("data");
+        // With a password, initdb reads it from a file (never a command
+        // line, which `ps` shows), removed once initdb is done.
+        let pwfile = dir.path().join("initdb.pw");
+        let auth: Vec<String> = match &opts.password {
+            None => vec!["-A".into(), "trust".into()],
+            Some(pw) => {
+                write_private(&pwfile, pw, os_user.as_deref())?;
+                vec![
+                    "--auth-local=trust".into(),
+                    "--auth-host=scram-sha-256".into(),
+                    format!("--pwfile={}", pwfile.display()),
+                ]
+            }
+        };
         let initdb = ProcessSpec::new(
             format!("initdb for site {}", opts.name),
             bin.join("initdb"),
@@ -142,19 +165,15 @@ impl PgCluster {
         )
         .arg("-D")
         .arg(&data_dir)
-        .args([
-            "-A",
-            "trust",
-            "-U",
-            PG_USER,
-            "--no-sync",
-            "-E",
-            "UTF8",
-            "--locale=C",
-        ])
+        .args(auth)
+        .args(["-U", PG_USER, "--no-sync", "-E", "UTF8", "--locale=C"])
         .env_remove_prefix("PG")
         .user(os_user.clone());
-        process::run_to_completion(initdb, INITDB_TIMEOUT).await?;
+        let ran = process::run_to_completion(initdb, INITDB_TIMEOUT).await;
+        if opts.password.is_some() {
+            let _ = std::fs::remove_file(&pwfile);
+        }
+        ran?;
 
         let mut attempt = 1;
         let (port, process) = loop {
@@ -177,6 +196,7 @@ impl PgCluster {
             data_dir,
             database: opts.database.clone(),
             ready_timeout: opts.ready_timeout,
+            password: opts.password.clone(),
             process,
             dir,
         };
@@ -206,7 +226,12 @@ impl PgCluster {
 
     /// libpq DSN: `host=127.0.0.1 port=P user=postgres dbname=DB`.
     pub fn dsn(&self, db: &str) -> String {
-        dsn(self.addr(), db)
+        dsn_with(self.addr(), db, self.password.as_deref())
+    }
+
+    /// The superuser's password, when the cluster requires one.
+    pub fn password(&self) -> Option<&str> {
+        self.password.as_deref()
     }
 
     /// The database created at start (`ezone`).
@@ -253,7 +278,7 @@ impl PgCluster {
 
     /// Run `sql` in database `db`.
     pub async fn psql_db(&self, db: &str, sql: &str) -> Result<String, LabError> {
-        psql(&self.bin, self.addr(), db, sql).await
+        psql_as(&self.bin, self.addr(), db, self.password.as_deref(), sql).await
     }
 
     /// kill -9 the postmaster and its backends: a crash.
@@ -358,11 +383,41 @@ async fn wait_postmaster(
 
 /// libpq DSN for the `postgres` superuser at `addr`.
 pub fn dsn(addr: SocketAddr, db: &str) -> String {
-    format!(
+    dsn_with(addr, db, None)
+}
+
+/// [`dsn`] with the superuser's password, if any (quoted as libpq's
+/// keyword/value format wants: single quotes, backslashes and quotes escaped).
+pub fn dsn_with(addr: SocketAddr, db: &str, password: Option<&str>) -> String {
+    let mut s = format!(
         "host={} port={} user={PG_USER} dbname={db}",
         addr.ip(),
         addr.port()
-    )
+    );
+    if let Some(pw) = password {
+        let quoted = pw.replace('\\', "\\\\").replace('\'', "\\'");
+        s.push_str(&format!(" password='{quoted}'"));
+    }
+    s
+}
+
+/// Writes `content` to a new file only its owner reads (`0600`), owned by
+/// `user` when given (initdb runs as that user and must read it).
+fn write_private(path: &Path, content: &str, user: Option<&str>) -> Result<(), LabError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let io = |e: std::io::Error| LabError::io("writing the initdb password file", path, e);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io)?;
+    f.write_all(content.as_bytes()).map_err(io)?;
+    if let Some(user) = user {
+        hand_over(path, user)?;
+    }
+    Ok(())
 }
 
 /// The postmaster's command line.
@@ -414,7 +469,7 @@ async fn pg_isready(bin: &Path, port: u16) -> Result<(), String> {
     let mut cmd = tokio::process::Command::new(bin.join("pg_isready"));
     cmd.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", PG_USER])
         .args(["-d", "postgres", "-t", "2"]);
-    let out = run_client(cmd)
+    let out = run_client(cmd, None)
         .await
         .map_err(|e| format!("cannot run pg_isready: {e}"))?;
     if out.status.success() {
@@ -426,17 +481,31 @@ async fn pg_isready(bin: &Path, port: u16) -> Result<(), String> {
 
 /// Run `sql` with psql against `addr`/`db`.
 pub async fn psql(bin: &Path, addr: SocketAddr, db: &str, sql: &str) -> Result<String, LabError> {
+    psql_as(bin, addr, db, None, sql).await
+}
+
+/// [`psql`] with the superuser's password (in psql's environment, never on
+/// its command line).
+pub async fn psql_as(
+    bin: &Path,
+    addr: SocketAddr,
+    db: &str,
+    password: Option<&str>,
+    sql: &str,
+) -> Result<String, LabError> {
     let mut cmd = tokio::process::Command::new(bin.join("psql"));
     cmd.args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1"])
         .args(["-h", &addr.ip().to_string(), "-p", &addr.port().to_string()])
         .args(["-U", PG_USER, "-d", db, "-c", sql]);
     let target = format!("{addr}/{db}");
-    let out = run_client(cmd).await.map_err(|e| LabError::Psql {
-        target: target.clone(),
-        sql: sql.to_string(),
-        status: "not started".to_string(),
-        stderr: format!("cannot run {}: {e}", bin.join("psql").display()),
-    })?;
+    let out = run_client(cmd, password)
+        .await
+        .map_err(|e| LabError::Psql {
+            target: target.clone(),
+            sql: sql.to_string(),
+            status: "not started".to_string(),
+            stderr: format!("cannot run {}: {e}", bin.join("psql").display()),
+        })?;
     if !out.status.success() {
         return Err(LabError::Psql {
             target,
@@ -454,11 +523,18 @@ pub async fn psql(bin: &Path, addr: SocketAddr, db: &str, sql: &str) -> Result<S
 
 /// Run a short-lived client (psql, pg_isready) with a clean `PG*`
 /// environment; killed if the caller stops waiting (e.g. a timeout).
-async fn run_client(mut cmd: tokio::process::Command) -> std::io::Result<std::process::Output> {
+async fn run_client(
+    mut cmd: tokio::process::Command,
+    password: Option<&str>,
+) -> std::io::Result<std::process::Output> {
     for (k, _) in std::env::vars_os() {
         if k.to_str().is_some_and(|k| k.starts_with("PG")) {
             cmd.env_remove(&k);
         }
+    }
+    // In the environment, never on the command line (which `ps` shows).
+    if let Some(pw) = password {
+        cmd.env("PGPASSWORD", pw);
     }
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())

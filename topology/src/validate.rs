@@ -24,6 +24,8 @@ pub enum Problem {
     SiteKeyMismatch { key: String, name: String },
     #[error("site {site:?} has an empty {field}: set it")]
     EmptySiteField { site: String, field: &'static str },
+    #[error("site {site:?}: the postgres DSN's password is `***`, a copy redacted by `ezone topo show`: put the real password back (`ezone topo show --json --reveal-secrets` prints it)")]
+    RedactedPassword { site: String },
     #[error("site {site:?} lists router {addr} more than once (router and more_routers): list each instance once")]
     DuplicateRouter { site: String, addr: String },
     #[error("shard {id} is defined more than once: shard ids must be unique")]
@@ -137,6 +139,11 @@ pub fn validate(t: &Topology) -> Result<(), Invalid> {
                 field: "postgres",
             });
         }
+        if redacted_password(&site.postgres) {
+            problems.push(Problem::RedactedPassword {
+                site: site.name.clone(),
+            });
+        }
     }
     let known = t.sites.keys().cloned().collect::<Vec<_>>().join(", ");
     for (key, shard) in &t.shards {
@@ -240,6 +247,14 @@ pub fn validate_transition(prev: &Topology, next: &Topology) -> Result<(), Inval
     }
 }
 
+/// A DSN whose password is the `***` that `ezone topo show` prints in
+/// place of it (keyword form `password=***` or `password='***'`, URI form
+/// `user:***@`): written back, every part would fail to log in.
+fn redacted_password(dsn: &str) -> bool {
+    let d = dsn.replace(' ', "");
+    d.contains("password=***") || d.contains("password='***'") || d.contains(":***@")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -270,6 +285,29 @@ mod tests {
             }]
         );
         assert!(err.to_string().contains("guangzhou"));
+    }
+
+    #[test]
+    fn a_redacted_password_is_refused() {
+        for dsn in [
+            "host=db user=ezone password=*** dbname=ezone",
+            "host=db password = '***' dbname=ezone",
+            "postgres://ezone:***@db/ezone",
+        ] {
+            let mut t = two_sites();
+            t.sites.get_mut("beijing").unwrap().postgres = dsn.into();
+            assert_eq!(
+                validate(&t).unwrap_err().0,
+                vec![Problem::RedactedPassword {
+                    site: "beijing".into()
+                }],
+                "{dsn}"
+            );
+        }
+        let mut t = two_sites();
+        t.sites.get_mut("beijing").unwrap().postgres =
+            "host=db user=ezone password=s3cr3t*** dbname=ezone".into();
+        validate(&t).unwrap();
     }
 
     #[test]

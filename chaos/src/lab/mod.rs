@@ -93,6 +93,10 @@ pub struct LabSpec {
     /// an ensemble on the lab keeps its directory too. Processes are
     /// stopped all the same. Off by default; `ezone demo --dir` turns it on.
     pub keep_files: bool,
+    /// Every site's Postgres requires this password over TCP (SCRAM), and
+    /// every DSN the lab hands out carries it ([`PgOptions::password`]);
+    /// `None` (the default): `trust`.
+    pub pg_password: Option<String>,
 }
 
 impl Default for LabSpec {
@@ -106,6 +110,7 @@ impl Default for LabSpec {
             proxy: ProxyLaunch::InProcess,
             clock_skew: false,
             keep_files: false,
+            pg_password: None,
         }
     }
 }
@@ -205,6 +210,7 @@ impl Lab {
                 supervision: spec.supervision,
                 clock: clocks.sites.get(site).cloned(),
                 keep_files: spec.keep_files,
+                password: spec.pg_password.clone(),
                 ..PgOptions::new(site.clone())
             })
         }));
@@ -322,7 +328,12 @@ impl Lab {
     /// DSN by which `from_site` reaches `pg_site`'s database `db` across
     /// the WAN.
     pub fn wan_dsn(&self, pg_site: &str, from_site: &str, db: &str) -> Result<String, LabError> {
-        Ok(postgres::dsn(self.wan_addr(pg_site, from_site)?, db))
+        let password = self.postgres.get(pg_site).and_then(|p| p.password());
+        Ok(postgres::dsn_with(
+            self.wan_addr(pg_site, from_site)?,
+            db,
+            password,
+        ))
     }
 
     /// The in-process proxy's handle for link `name` (`a->b`), to add

@@ -117,6 +117,7 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
         },
         clock_skew: false,
         keep_files: false,
+        pg_password: None,
     };
     spec.validate()?;
 

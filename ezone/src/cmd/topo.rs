@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use ezone_topology::doc::{load_file, TopologyDoc};
 use ezone_topology::store::layout::DEFAULT_PREFIX;
-use ezone_topology::{AnyStore, EtcdStore, FileStore, Snapshot, Topology, TopologyStore, Watcher};
+use ezone_topology::{AnyStore, EtcdStore, FileStore, Snapshot, TopologyStore, Watcher};
 
 /// Where the topology lives.
 #[derive(Debug, Clone, clap::Args)]
@@ -73,6 +73,10 @@ pub enum TopoCommand {
         /// Print the topology document as JSON.
         #[arg(long)]
         json: bool,
+        /// Print DSN passwords as stored (by default each is `***`; a
+        /// document with `***` in it is refused by `topo init`).
+        #[arg(long)]
+        reveal_secrets: bool,
     },
     /// Check a topology file without writing it anywhere.
     Validate {
@@ -121,16 +125,22 @@ pub async fn run(c: TopoCommand) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        TopoCommand::Show { store, json } => {
+        TopoCommand::Show {
+            store,
+            json,
+            reveal_secrets,
+        } => {
             let store = store.open().await?;
             let snap = store.load().await?;
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&TopologyDoc::from(&*snap.topology))?
-                );
+            let doc = if reveal_secrets {
+                TopologyDoc::from(&*snap.topology)
             } else {
-                print!("{}", render_table(&store.describe(), &snap));
+                redacted_doc(&snap.topology)
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&doc)?);
+            } else {
+                print!("{}", render_table(&store.describe(), snap.version, &doc));
             }
             Ok(())
         }
@@ -189,13 +199,23 @@ async fn watch(store: AnyStore, json: bool) -> anyhow::Result<()> {
     }
 }
 
+/// The topology as a document, every DSN's password replaced by `***`
+/// (what `topo show` and `topo watch` print).
+fn redacted_doc(t: &ezone_topology::Topology) -> TopologyDoc {
+    let mut doc = TopologyDoc::from(t);
+    for site in &mut doc.sites {
+        site.postgres = super::redact::redact_dsn(&site.postgres);
+    }
+    doc
+}
+
 fn print_version(prev: Option<&Snapshot>, snap: &Snapshot, json: bool) -> anyhow::Result<()> {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
     if json {
         let line = serde_json::json!({
             "version": snap.version,
-            "topology": TopologyDoc::from(&*snap.topology),
+            "topology": redacted_doc(&snap.topology),
         });
         writeln!(out, "{line}")?;
     } else {
@@ -245,19 +265,19 @@ async fn lock(
     Ok(())
 }
 
-/// The readable table of `ezone topo show`.
-pub fn render_table(store: &str, snap: &Snapshot) -> String {
+/// The readable table of `ezone topo show` (of the document as given:
+/// the caller redacts it).
+pub fn render_table(store: &str, version: i64, doc: &TopologyDoc) -> String {
     use std::fmt::Write;
-    let t: &Topology = &snap.topology;
     let mut s = String::new();
-    let _ = writeln!(s, "topology version {} from {store}", snap.version);
+    let _ = writeln!(s, "topology version {version} from {store}");
     let _ = writeln!(s);
     let _ = writeln!(
         s,
         "{:<12} {:<24} {:<30} POSTGRES",
         "SITE", "ROUTER", "UPSTREAMS"
     );
-    for site in t.sites.values() {
+    for site in &doc.sites {
         let _ = writeln!(
             s,
             "{:<12} {:<24} {:<30} {}",
@@ -273,8 +293,8 @@ pub fn render_table(store: &str, snap: &Snapshot) -> String {
         "{:<6} {:<12} {:<7} {:>6}  CITIES",
         "SHARD", "HOME", "STATE", "EPOCH"
     );
-    for shard in t.shards.values() {
-        let cities: Vec<&str> = t
+    for shard in &doc.shards {
+        let cities: Vec<&str> = doc
             .routing
             .cities
             .iter()
@@ -292,7 +312,7 @@ pub fn render_table(store: &str, snap: &Snapshot) -> String {
         );
     }
     let _ = writeln!(s);
-    let users: Vec<String> = t
+    let users: Vec<String> = doc
         .routing
         .user_shards
         .iter()
@@ -302,12 +322,12 @@ pub fn render_table(store: &str, snap: &Snapshot) -> String {
     let _ = writeln!(
         s,
         "default site for requests without a key: {}",
-        t.settings
+        doc.settings
             .default_site
             .as_deref()
             .unwrap_or("(the local site)")
     );
-    let _ = writeln!(s, "write hold deadline: {} ms", t.settings.write_hold_ms);
+    let _ = writeln!(s, "write hold deadline: {} ms", doc.settings.write_hold_ms);
     s
 }
 

@@ -1,0 +1,226 @@
+//! No secret in any output: the whole system runs with Postgres requiring a
+//! password (SCRAM over TCP, every DSN carrying it), through traffic, a
+//! planned switchover, a site's Postgres killed and back (so connection
+//! errors are logged with their causes), and the operator commands an
+//! operator runs (status, topology, history, conflicts, a dry run against
+//! the dead site). Then every log file every process wrote and every
+//! command's output is searched for the password: it must appear nowhere.
+//!
+//! Not searched, because they hold the secret by design today: the
+//! ensemble's own config files (a process's config names its DSN), the
+//! Postgres data directories, and etcd's data (the topology names each
+//! site's DSN): moving the password out of the topology and the configs
+//! (password files per process) is not built yet.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use ezone_chaos::ensemble::{Ensemble, EnsembleSpec, Part};
+use ezone_chaos::lab::{Lab, LabSpec};
+use ezone_tests::ezone_bin;
+use ezone_tests::router::{client, send};
+
+/// Runs `ezone ARGS --etcd ...`: its exit code, and its stdout and stderr
+/// together (failures must not leak either).
+async fn ezone(ens: &Ensemble, args: &[&str]) -> (i32, String) {
+    let out = tokio::time::timeout(
+        Duration::from_secs(90),
+        tokio::process::Command::new(ezone_bin())
+            .args(args)
+            .arg("--etcd")
+            .arg(ens.etcd_endpoints().join(","))
+            .env(
+                "RUST_LOG",
+                "debug,h2=info,tower=info,hyper_util=info,tokio_postgres=info",
+            )
+            .stdin(Stdio::null())
+            .output(),
+    )
+    .await
+    .expect("finished within 90 s")
+    .expect("run ezone");
+    let text = format!(
+        "$ ezone {}\n{}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+/// Every file under `dir`, but the ones that hold the secret by design.
+fn searched_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Ok(kind) = e.file_type() else { continue };
+        if kind.is_dir() {
+            // Postgres's and etcd's data directories.
+            if name == "data" || name.ends_with(".etcd") || name == "member" {
+                continue;
+            }
+            searched_files(&path, out);
+        } else if kind.is_file() && !name.ends_with(".toml") && !name.ends_with(".json") {
+            out.push(path);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_password_in_any_log_or_output() {
+    let password = format!("ez-S3cr3t-{:016x}", rand_u64());
+    let root = tempfile_dir();
+    let lab = Lab::start(LabSpec {
+        pg_password: Some(password.clone()),
+        dir: Some(root.clone()),
+        keep_files: true,
+        ..LabSpec::default()
+    })
+    .await
+    .expect("lab");
+    let mut spec = EnsembleSpec::new(ezone_bin());
+    // As talkative as an operator debugging would make it.
+    spec.log_filter = "debug,h2=info,hyper=info,tower=info,tonic=info".to_string();
+    let ens = Ensemble::start(lab, spec).await.expect("ensemble");
+    assert!(
+        ens.dsn("beijing").expect("dsn").contains(&password),
+        "the ensemble's DSNs carry the password (else this test proves nothing)"
+    );
+    let mut outputs = String::new();
+
+    // Traffic through both routers for a city of each site.
+    let http = client();
+    let mut n = 0;
+    for site in ["beijing", "shanghai"] {
+        let city = ens.city_homed_at(site).expect("a city");
+        for via in ["beijing", "shanghai"] {
+            n += 1;
+            let body = serde_json::json!({"id": format!("secret-{n}"), "user": "u1", "item": "tea", "amount_cents": 100});
+            let a = send(
+                &http,
+                "POST",
+                ens.router_http(via).expect("router"),
+                "/orders",
+                &[("x-city-id", &city), ("content-type", "application/json")],
+                body.to_string(),
+            )
+            .await;
+            assert!(a.status < 300, "{}: {:?}", a.status, a.body);
+        }
+    }
+
+    // A planned switchover and the operator's views.
+    let store = ens.store().await.expect("store");
+    use ezone_topology::TopologyStore;
+    let t0 = store.load().await.expect("load").topology;
+    let city = ens.city_homed_at("beijing").expect("a beijing city");
+    let shard = t0.routing.cities[&city].to_string();
+    let (code, out) = ezone(&ens, &["failover", "shard", &shard, "--to", "shanghai"]).await;
+    assert_eq!(code, 0, "{out}");
+    outputs += &out;
+    for args in [
+        &["status"][..],
+        &["topo", "show"],
+        &["topo", "show", "--json"],
+        &["failover", "history"],
+        &["conflicts", "list", "--site", "shanghai"],
+    ] {
+        let (code, out) = ezone(&ens, args).await;
+        assert_eq!(code, 0, "{out}");
+        if args[0] == "topo" {
+            assert!(
+                out.contains("***"),
+                "the DSN is shown, its password redacted: {out}"
+            );
+        }
+        outputs += &out;
+    }
+
+    // Shanghai's Postgres dies: connection errors everywhere, each logged
+    // and printed with its cause.
+    ens.kill("shanghai", Part::Postgres).expect("kill");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for args in [
+        &["status"][..],
+        &[
+            "failover",
+            "site",
+            "beijing",
+            "--to",
+            "shanghai",
+            "--dry-run",
+        ],
+        &["conflicts", "list", "--site", "shanghai"],
+    ] {
+        let (code, out) = ezone(&ens, args).await;
+        // Each names the site it could not reach.
+        assert!(
+            out.contains("shanghai") && out.len() > args.join(" ").len() + 20,
+            "exit {code}: {out}"
+        );
+        outputs += &out;
+    }
+    ens.restart("shanghai", Part::Postgres)
+        .await
+        .expect("restart");
+    ens.wait_converged(Duration::from_secs(60))
+        .await
+        .expect("converged after the restart");
+    outputs += &ezone(&ens, &["status"]).await.1;
+    ens.teardown().await.expect("teardown");
+
+    eprintln!("{outputs}");
+    // Every command's output, then every log file.
+    let mut hits: Vec<String> = outputs
+        .lines()
+        .filter(|l| l.contains(&password))
+        .map(|l| format!("command output: {l}"))
+        .collect();
+    let mut files = Vec::new();
+    searched_files(&root, &mut files);
+    assert!(
+        files.iter().any(|f| f.ends_with("replicator.log")),
+        "the processes' logs are searched: {files:?}"
+    );
+    for f in &files {
+        let Ok(bytes) = std::fs::read(f) else {
+            continue;
+        };
+        let text = String::from_utf8_lossy(&bytes);
+        for l in text.lines().filter(|l| l.contains(&password)) {
+            hits.push(format!("{}: {l}", f.display()));
+        }
+    }
+    let searched = files.len();
+    let _ = std::fs::remove_dir_all(&root);
+    assert!(
+        hits.is_empty(),
+        "the password appears {} time(s) in {searched} files and the command outputs:\n{}",
+        hits.len(),
+        hits.join("\n")
+    );
+}
+
+/// A fresh directory for the lab (kept after teardown for the search,
+/// removed by the test).
+fn tempfile_dir() -> PathBuf {
+    let d = std::env::temp_dir().join(format!("ezone-secrets-{:016x}", rand_u64()));
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
+
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.finish()
+}
