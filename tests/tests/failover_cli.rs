@@ -161,6 +161,53 @@ async fn history_close_forced_confirmation_dry_run_and_watch() {
         o.stderr
     );
     assert!(!o.stderr.contains("sekrit"), "{}", o.stderr);
+    // The same with --force: the lost site being unreachable is the case
+    // a forced failover is for; the dry run succeeds and says so.
+    let o = ezone(
+        &ens,
+        &[
+            "failover",
+            "site",
+            "shanghai",
+            "--to",
+            "beijing",
+            "--force",
+            "--dry-run",
+            "--dsn",
+            "shanghai=host=127.0.0.1 port=1 user=ezone dbname=ezone password=sekrit connect_timeout=2",
+        ],
+    )
+    .await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(
+        o.stderr.contains("shanghai: unreachable, as a lost site may be")
+            && o.stderr.contains("dry run: nothing changed"),
+        "{}",
+        o.stderr
+    );
+    assert!(!o.stderr.contains("sekrit"), "{}", o.stderr);
+    // ... but not when the survivor cannot be reached.
+    let o = ezone(
+        &ens,
+        &[
+            "failover",
+            "site",
+            "beijing",
+            "--to",
+            "shanghai",
+            "--force",
+            "--dry-run",
+            "--dsn",
+            "shanghai=host=127.0.0.1 port=1 user=ezone dbname=ezone connect_timeout=2",
+        ],
+    )
+    .await;
+    assert_ne!(o.code, 0, "{}", o.stderr);
+    assert!(
+        o.stderr.contains("shanghai must be reachable to take the shards"),
+        "{}",
+        o.stderr
+    );
 
     // status: lag in seconds beside the bytes.
     let o = ezone(&ens, &["status", "--json"]).await;

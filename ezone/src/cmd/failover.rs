@@ -590,6 +590,17 @@ async fn dry_run(
             }
         }
     }
+    if plan.mode == Mode::Forced && !down.contains(plan.to.as_str()) {
+        // The lost site being unreachable is what a forced failover is for:
+        // the dry run says so and succeeds; only the survivor must answer.
+        for (name, _) in &unreachable {
+            eprintln!(
+                "  {name}: unreachable, as a lost site may be: a forced failover goes ahead without it \
+                 (its writes that had not crossed become conflicts when it returns)"
+            );
+        }
+        unreachable.clear();
+    }
     if !unreachable.is_empty() {
         let named = unreachable
             .iter()
@@ -611,11 +622,10 @@ async fn dry_run(
                 "a planned switchover now would be refused: {} must be reachable",
                 plan.to
             ),
-            Mode::Forced if down.contains(plan.to.as_str()) => format!(
+            Mode::Forced => format!(
                 "a forced failover now would fail: {} must be reachable to take the shards",
                 plan.to
             ),
-            Mode::Forced => "a forced failover would go ahead without it (the lost site is not consulted)".to_string(),
         };
         bail!("unreachable: {named}: {what_now}");
     }
