@@ -191,7 +191,7 @@ async fn ezone(bin: &Path, etcd: &[String], args: &[&str]) -> (i32, String) {
         .args(args)
         .arg("--etcd")
         .arg(etcd.join(","))
-        .env("EZONE_LOG", "warn")
+        .env("RUST_LOG", "warn")
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true)
         .output();

@@ -285,7 +285,7 @@ fn failover_command(
         .arg(ens.etcd_endpoints().join(","))
         .arg("--lock-ttl")
         .arg("1s")
-        .env("EZONE_LOG", "warn")
+        .env("RUST_LOG", "warn")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())

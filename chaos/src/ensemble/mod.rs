@@ -73,8 +73,12 @@ pub const DEFAULT_SHARDS_PER_SITE: u32 = 2;
 pub const DEFAULT_POOL_SIZE: usize = 8;
 /// Default deadline for each step of bringing the ensemble up.
 pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(60);
-/// Default `EZONE_LOG` of the processes.
+/// Default log filter (`RUST_LOG`) of the processes.
 pub const DEFAULT_LOG_FILTER: &str = "info";
+/// The environment variable that overrides [`DEFAULT_LOG_FILTER`] (e.g.
+/// `EZONE_LAB_LOG=info,ezone_replicator=debug ezone chaos run ...`): the
+/// processes' own `RUST_LOG`, never inherited from the caller's.
+pub const LOG_FILTER_ENV: &str = "EZONE_LAB_LOG";
 /// The ensemble's directory inside the lab's.
 const DIR_NAME: &str = "ensemble";
 
@@ -89,7 +93,8 @@ pub struct EnsembleSpec {
     pub pool_size: usize,
     /// Deadline of each wait (a ready line, readiness of everything).
     pub ready_timeout: Duration,
-    /// `EZONE_LOG` for every process.
+    /// `RUST_LOG` for every process ([`LOG_FILTER_ENV`] or
+    /// [`DEFAULT_LOG_FILTER`] by default).
     pub log_filter: String,
     pub supervision: Supervision,
     /// Each site's replicator reaches etcd through fault-proxy links, one
@@ -119,7 +124,10 @@ impl EnsembleSpec {
             shards_per_site: DEFAULT_SHARDS_PER_SITE,
             pool_size: DEFAULT_POOL_SIZE,
             ready_timeout: DEFAULT_READY_TIMEOUT,
-            log_filter: DEFAULT_LOG_FILTER.to_string(),
+            log_filter: std::env::var(LOG_FILTER_ENV)
+                .ok()
+                .filter(|f| !f.trim().is_empty())
+                .unwrap_or_else(|| DEFAULT_LOG_FILTER.to_string()),
             supervision: Supervision::Tied,
             replicator_etcd_links: false,
             fence_lease_ms: DEFAULT_FENCE_LEASE_MS,

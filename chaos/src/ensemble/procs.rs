@@ -32,7 +32,7 @@ pub(crate) struct Launch<'a> {
     pub dir: &'a Path,
     /// File stem: `router` gives `router.toml`, `router.log`, `router.out`.
     pub stem: &'a str,
-    /// `EZONE_LOG`.
+    /// `RUST_LOG` of the process.
     pub log_filter: &'a str,
     pub supervision: Supervision,
     pub ready_timeout: Duration,
@@ -66,7 +66,10 @@ impl Service {
             .args(l.command.iter().copied())
             .arg("--config")
             .arg(&config)
-            .env("EZONE_LOG", l.log_filter)
+            // RUST_LOG, not EZONE_LOG: a RUST_LOG inherited from whoever
+            // started the ensemble would win over EZONE_LOG (and this wins
+            // over both).
+            .env("RUST_LOG", l.log_filter)
             .stdout_file(ready_file.clone())
             .supervision(l.supervision);
         let spec = match l.clock {

@@ -126,7 +126,7 @@ pub async fn run(a: SweepArgs) -> anyhow::Result<()> {
             .arg(a.rate.to_string())
             .arg("--report")
             .arg(&dir)
-            .env("EZONE_LOG", "warn")
+            .env("RUST_LOG", "warn")
             .stdin(std::process::Stdio::null())
             .kill_on_drop(true);
         if let Some(f) = &a.faults {

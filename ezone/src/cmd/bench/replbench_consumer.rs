@@ -193,7 +193,7 @@ impl Consumer {
                 )
                 .args(["replicator", "--config"])
                 .arg(config.as_path())
-                .env("EZONE_LOG", "warn")
+                .env("RUST_LOG", "warn")
                 .stdout_file(ready_file(at));
                 *child = Some(Box::new(
                     ChildProcess::spawn(spec).context("starting ezone replicator")?,
