@@ -92,7 +92,7 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", cmd::redact::describe(&e));
             std::process::ExitCode::FAILURE
         }
     }

@@ -190,7 +190,10 @@ async fn list(args: &SiteArgs, only: Option<&str>, all: bool, json: bool) -> any
         let client = match connect(site, dsn).await {
             Ok(c) => c,
             Err(e) => {
-                eprintln!("warning: {e:#}; its conflicts are not listed (start its Postgres, or pass --dsn {site}=DSN)");
+                eprintln!(
+                    "warning: {}; its conflicts are not listed (start its Postgres, or pass --dsn {site}=DSN)",
+                    super::redact::describe(&e)
+                );
                 unreachable += 1;
                 continue;
             }
@@ -384,7 +387,7 @@ async fn resolve(
                 site: name.clone(),
                 client,
             }),
-            Err(e) => down.push(format!("{e:#}")),
+            Err(e) => down.push(super::redact::describe(&e)),
         }
     }
     if !down.is_empty() {

@@ -210,7 +210,7 @@ pub async fn run(c: FailoverCommand) -> anyhow::Result<()> {
         FailoverCommand::Site { site, common } => move_shards(common, Pick::Site(site)).await,
     };
     // A DSN (from the topology or --dsn) never shows its password.
-    result.map_err(|e| anyhow!(redact_dsn(&format!("{e:#}"))))
+    result.map_err(|e| anyhow!(super::redact::describe(&e)))
 }
 
 async fn move_shards(common: Common, pick: Pick) -> anyhow::Result<()> {

@@ -65,7 +65,7 @@ pub async fn run(c: FenceCommand) -> anyhow::Result<()> {
     // target): never with its password.
     run_inner(c)
         .await
-        .map_err(|e| anyhow!(redact_dsn(&format!("{e:#}"))))
+        .map_err(|e| anyhow!(super::redact::describe(&e)))
 }
 
 async fn run_inner(c: FenceCommand) -> anyhow::Result<()> {

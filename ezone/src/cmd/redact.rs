@@ -1,6 +1,16 @@
 //! Passwords out of what the commands print: a DSN (or a message that
 //! contains one) with its password replaced by `***`.
 
+/// An error for a person to read: its message, then each cause not
+/// already quoted by the one before (errors that print their source in
+/// their own message would otherwise say it twice), SQLSTATEs with their
+/// message, and every DSN password as `***`. What the binary prints for
+/// any error, and what the commands put in their reports.
+pub fn describe(e: &anyhow::Error) -> String {
+    let err: &(dyn std::error::Error + 'static) = e.as_ref();
+    redact_dsn(&ezone_replicator::chain(err))
+}
+
 /// `text` with the password of every DSN in it replaced by `***`: the
 /// keyword form (`password=secret`, `password = 'it''s \' quoted'`) and the
 /// URI form (`postgres://user:secret@host/db`, `...?password=secret`).
@@ -106,7 +116,7 @@ fn redact_uris(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::redact_dsn;
+    use super::{describe, redact_dsn};
 
     #[test]
     fn keyword_form() {
@@ -183,5 +193,18 @@ mod tests {
         ] {
             assert_eq!(redact_dsn(plain), plain);
         }
+    }
+
+    #[test]
+    fn describe_says_each_cause_once_and_hides_passwords() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file");
+        let inner =
+            anyhow::Error::new(io).context("cannot read topology file t.toml: No such file");
+        let e = inner.context("connecting with host=db password=hunter2");
+        assert_eq!(
+            describe(&e),
+            // (an unquoted value runs to the next blank: the colon after it goes too)
+            "connecting with host=db password=*** cannot read topology file t.toml: No such file"
+        );
     }
 }

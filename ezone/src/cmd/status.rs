@@ -19,7 +19,6 @@ use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::cmd::failover::when;
-use crate::cmd::redact::redact_dsn;
 use crate::cmd::topo::StoreArgs;
 
 /// How long a router's admin `/readyz` may take to answer.
@@ -308,7 +307,7 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
     // A DSN in a message never shows its password.
     run_inner(args)
         .await
-        .map_err(|e| anyhow!(redact_dsn(&format!("{e:#}"))))
+        .map_err(|e| anyhow!(super::redact::describe(&e)))
 }
 
 async fn run_inner(args: StatusArgs) -> anyhow::Result<()> {
@@ -350,12 +349,9 @@ async fn watch(
             (Ok(st), false) => render_text(st, now),
             (Err(e), true) => format!(
                 "{}\n",
-                serde_json::json!({ "error": redact_dsn(&format!("{e:#}")), "at_ms": now })
+                serde_json::json!({ "error": super::redact::describe(e), "at_ms": now })
             ),
-            (Err(e), false) => format!(
-                "cannot read the status: {}\n",
-                redact_dsn(&format!("{e:#}"))
-            ),
+            (Err(e), false) => format!("cannot read the status: {}\n", super::redact::describe(e)),
         };
         let frame = if args.json {
             body
