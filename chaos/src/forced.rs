@@ -11,10 +11,12 @@
 //! client got an answer for at the lost site and that had not crossed with
 //! the conflicts recorded: none may be missing, none may be unexplained.
 //!
-//! The repair keeps, per conflict, the newer version: the survivor's row
-//! when the survivor itself wrote it after it took the shard over (a client
-//! got that answer later in real time), else the returning site's (the
-//! order or status the lost site acknowledged and the survivor never saw).
+//! The repair keeps, per conflict, the newer version: the row as the
+//! survivor holds it when it was written under a later fence epoch than the
+//! tail's change (by the survivor after it took the shard over, or by the
+//! lost site after the shard came back to it: a client got that answer
+//! later in real time), else the returning site's (the order or status the
+//! lost site acknowledged and the survivor never saw).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -430,7 +432,8 @@ async fn read_conflicts(
     let c = sql(&dsn).await?;
     let rows = c
         .query(
-            "SELECT c.id, coalesce(c.remote_row->>'id', c.local_row->>'id'), c.op, o.site \
+            "SELECT c.id, coalesce(c.remote_row->>'id', c.local_row->>'id'), c.op, \
+                    o.fence_epoch, (c.remote_row->>'fence_epoch')::bigint \
              FROM ezone_replication.conflicts c \
              LEFT JOIN public.orders o ON o.id = coalesce(c.remote_row->>'id', c.local_row->>'id') \
              WHERE c.link = $1 AND NOT c.resolved ORDER BY c.id",
@@ -441,19 +444,29 @@ async fn read_conflicts(
     Ok(rows
         .iter()
         .map(|r| {
-            let site: Option<String> = r.get(3);
+            let now: Option<i64> = r.get(3);
+            let tail: Option<i64> = r.get(4);
             ConflictSeen {
                 conflict: r.get(0),
                 order: r.get::<_, Option<String>>(1).unwrap_or_default(),
                 op: r.get(2),
-                kept: if site.as_deref() == Some(survivor) {
-                    "survivor".into()
-                } else {
-                    "returning".into()
-                },
+                kept: keep(now, tail).into(),
             }
         })
         .collect())
+}
+
+/// Which version a repair keeps: the row as the survivor holds it now when
+/// it was written under a later epoch than the tail's change (by the
+/// survivor after the takeover, or by the lost site itself after the shard
+/// came back to it: either way a client got that answer after the tail's),
+/// else the tail's (the returning site's) version. No row at the survivor:
+/// the tail's.
+fn keep(now_epoch: Option<i64>, tail_epoch: Option<i64>) -> &'static str {
+    match (now_epoch, tail_epoch) {
+        (Some(now), Some(tail)) if now > tail => "survivor",
+        _ => "returning",
+    }
 }
 
 #[cfg(test)]
@@ -570,5 +583,17 @@ mod tests {
         assert!(r.at_risk.is_empty() && r.is_ok(), "{r:?}");
         let r = at_risk_mismatches(&writes, "beijing", RETURNED, &[row("a", "cooking")], &[]);
         assert_eq!(r.unrecorded, ["a"].map(String::from).into());
+    }
+
+    #[test]
+    fn the_repair_keeps_the_version_written_under_the_later_epoch() {
+        // Written by the survivor (or the lost site, home again) since.
+        assert_eq!(keep(Some(5), Some(1)), "survivor");
+        // The survivor's row is older than the tail (it crossed before).
+        assert_eq!(keep(Some(1), Some(1)), "returning");
+        // Not at the survivor at all.
+        assert_eq!(keep(None, Some(1)), "returning");
+        // An image without the column: the tail's.
+        assert_eq!(keep(Some(3), None), "returning");
     }
 }
