@@ -29,7 +29,6 @@ use std::time::Duration;
 use deadpool_postgres::{
     Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime,
 };
-use ezone_replicator::fence::{SQLSTATE_FENCED, SQLSTATE_LEASE_LAPSED, SQLSTATE_UNMAPPED};
 use serde::{Deserialize, Serialize};
 use tokio_postgres::NoTls;
 
@@ -172,23 +171,17 @@ impl DbError {
 
 /// Classifies an error Postgres reported by its SQLSTATE (pure).
 pub fn classify_sqlstate(code: &str, message: &str) -> DbError {
+    use ezone_replicator::pg_error::{FenceRefusal, Kind};
     let detail = message.to_string();
-    match code {
-        SQLSTATE_FENCED => DbError::Fenced { detail },
-        SQLSTATE_UNMAPPED => DbError::Unmapped { detail },
-        // The site's fence lease lapsed (its replicator cannot read the
-        // topology): nothing committed; retry once it is renewed, or at
-        // the shard's new home.
-        SQLSTATE_LEASE_LAPSED => DbError::Unavailable { detail },
-        // query_canceled (statement_timeout), serialization failure, deadlock,
-        // admin/crash shutdown, cannot connect now, read-only (a standby),
-        // lock not available.
-        "57014" | "40001" | "40P01" | "57P01" | "57P02" | "57P03" | "25006" | "55P03" => {
-            DbError::Unavailable { detail }
-        }
-        // Connection exceptions and insufficient resources (too many
-        // connections, disk full, out of memory).
-        c if c.starts_with("08") || c.starts_with("53") => DbError::Unavailable { detail },
+    match Kind::of_code(code) {
+        Kind::Fence(FenceRefusal::NotWritable) => DbError::Fenced { detail },
+        Kind::Fence(FenceRefusal::Unmapped) => DbError::Unmapped { detail },
+        // Everything a retry can cure (ezone_replicator::pg_error's table):
+        // the connection, a statement timeout, a lost race, a short
+        // resource, a read-only standby, and the site's fence lease lapsed
+        // (its replicator cannot read the topology): nothing committed;
+        // retry, here once renewed or at the shard's new home.
+        kind if kind.transient_or(false) => DbError::Unavailable { detail },
         _ => DbError::Internal {
             detail: format!("{message} (SQLSTATE {code})"),
         },

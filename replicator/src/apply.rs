@@ -416,20 +416,9 @@ fn classify(target: &str, what: &str, e: tokio_postgres::Error) -> ApplyError {
         Some(db) => format!("{what}: {} ({})", db.message(), db.code().code()),
         None => format!("{what}: {}", crate::chain(&e)),
     };
-    let transient = match e.code() {
-        // No SQLSTATE: the connection broke.
-        None => true,
-        Some(c) => {
-            let code = c.code();
-            code.starts_with("08")       // connection exception
-                || code.starts_with("53") // insufficient resources
-                || code.starts_with("57") // operator intervention (shutdown)
-                || code == "40001"        // serialization failure
-                || code == "55006" // object in use: e.g. the origin still held by our own previous session
-                || code == "40P01"        // deadlock
-                || code == "55P03" // lock not available
-        }
-    };
+    // A write this applier does not understand stops the link rather than
+    // loop on it (crate::pg_error: `Other` is definite here).
+    let transient = crate::pg_error::Kind::of(&e).transient_or(false);
     if transient {
         ApplyError::Transient {
             target: target.to_string(),

@@ -25,6 +25,7 @@ pub mod link;
 pub mod lsn;
 pub mod metrics;
 pub mod ownership;
+pub mod pg_error;
 pub mod pgoutput;
 pub mod plan;
 pub mod repair;

@@ -174,7 +174,9 @@ impl RepairError {
         match self {
             RepairError::Db { code, .. } => match code.as_deref() {
                 None => true,
-                Some(c) => c.starts_with("08") || c.starts_with("57P"),
+                Some(c) => {
+                    crate::pg_error::Kind::of_code(c) == crate::pg_error::Kind::ConnectionLost
+                }
             },
             _ => false,
         }
@@ -189,7 +191,7 @@ fn db_hint(code: Option<&str>) -> &'static str {
         Some("55P03") => " (a lock wait timed out: another transaction holds the row or the conflict; re-run)",
         Some(c) if c.starts_with("23") => " (a constraint refused the row at this site: fix the data by hand, then re-run)",
         Some(c) if c.starts_with("22") => " (a value does not fit the column's type at this site: compare the table's shape at the sites)",
-        Some(c) if c.starts_with("08") || c.starts_with("57P") => " (connection lost: check the site's Postgres, then re-run; resolved conflicts are skipped)",
+        Some(c) if crate::pg_error::Kind::of_code(c) == crate::pg_error::Kind::ConnectionLost => " (connection lost: check the site's Postgres, then re-run; resolved conflicts are skipped)",
         Some(_) => "",
     }
 }

@@ -187,9 +187,7 @@ fn classify(site: &str, what: &str, e: &tokio_postgres::Error) -> SiteError {
     let (detail, retryable) = match e.as_db_error() {
         Some(db) => {
             let code = db.code().code();
-            let transient = code.starts_with("08")
-                || code.starts_with("57P")
-                || matches!(code, "40001" | "40P01" | "53300" | "55P03");
+            let transient = crate::pg_error::Kind::of_code(code).transient_or(false);
             (format!("{} (SQLSTATE {code})", db.message()), transient)
         }
         None => (crate::chain(e), true),

@@ -340,11 +340,12 @@ impl ServerError {
 /// after `wal_sender_timeout`), so a retry with backoff succeeds. If another
 /// consumer really holds the slot, the error repeats and the link's retry
 /// metrics and logs show it; it is never a reason to stop the link for good.
+///
+/// The codes are those of [`crate::pg_error`]'s table, shared by every part
+/// of ezone; a code the table does not name is transient here (a read-only
+/// stream cannot be left half-done by a retry).
 pub fn sqlstate_is_transient(code: &str) -> bool {
-    let class = code.get(..2).unwrap_or(code);
-    let definite_class = matches!(class, "28" | "42" | "22" | "3D" | "0A");
-    let definite_code = matches!(code, "55000" | "58P01" | "53400");
-    !(definite_class || definite_code)
+    crate::pg_error::Kind::of_code(code).transient_or(true)
 }
 
 /// What an operator (or the link) should do about a server error.
