@@ -166,9 +166,12 @@ impl ReplicatorConfig {
     }
 }
 
+/// What every ezone slot's name starts with (`ezone status` lists them by it).
+pub const SLOT_PREFIX: &str = "ezone_to_";
+
 /// Names of a link's objects, derived so that every site agrees.
 pub fn slot_name(target_site: &str) -> String {
-    format!("ezone_to_{}", target_site.replace('-', "_"))
+    format!("{SLOT_PREFIX}{}", target_site.replace('-', "_"))
 }
 
 /// The replication origin at the target for changes from `source_site`.

@@ -137,14 +137,14 @@ async fn site_status(name: &str, router: &str, dsn: &str) -> SiteStatus {
              pg_wal_lsn_diff(pg_current_wal_lsn(), s.restart_lsn)::bigint, \
              extract(epoch FROM r.replay_lag)::float8 \
              FROM pg_replication_slots s LEFT JOIN pg_stat_replication r ON r.pid = s.active_pid \
-             WHERE s.slot_name LIKE 'ezone_to_%' ORDER BY 1",
-            &[],
+             WHERE starts_with(s.slot_name::text, $1) ORDER BY 1",
+            &[&ezone_replicator::config::SLOT_PREFIX],
         )
         .await
     {
         for r in rows {
             let slot: String = r.get(0);
-            let target = slot.trim_start_matches("ezone_to_").to_string();
+            let target = slot.trim_start_matches(ezone_replicator::config::SLOT_PREFIX).to_string();
             let active: bool = r.get(1);
             let lag_bytes: Option<i64> = r.get(2);
             let replay_lag: Option<f64> = r.get(4);

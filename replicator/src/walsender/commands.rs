@@ -247,10 +247,7 @@ pub fn validate_slot_name(name: &str) -> Result<(), SourceError> {
     }
 }
 
-/// `"name"`, with `"` doubled.
-pub(crate) fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
+pub(crate) use crate::sql::quote_ident;
 
 /// `'text'`, with `'` doubled (the replication scanner has no backslash
 /// escapes; plain SQL with `standard_conforming_strings` on reads it the same).
