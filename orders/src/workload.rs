@@ -913,7 +913,7 @@ async fn send(s: &Shared, base: u64, order: &PlannedOrder, op: Op) -> Outcome {
     let targets = &s.spec.targets;
     let mut attempts: u32 = 0;
     let mut unanswered: u32 = 0;
-    let mut backoff = FIRST_BACKOFF;
+    let mut backoff = ezone_topology::backoff::Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
     let mut retried_on = Vec::new();
     loop {
         let target = targets[((base + u64::from(attempts)) % targets.len() as u64) as usize];
@@ -930,12 +930,12 @@ async fn send(s: &Shared, base: u64, order: &PlannedOrder, op: Op) -> Outcome {
             unanswered += 1;
         }
         let again = status.is_none_or(retryable);
-        let wait = retry_after.map_or(backoff, |r| r.min(backoff));
+        let next = backoff.next_wait();
+        let wait = retry_after.map_or(next, |r| r.min(next));
         if again && first.elapsed() + wait < s.spec.retry_deadline {
             s.counters.retried.fetch_add(1, Ordering::Relaxed);
             retried_on.push(retry_reason(status, &answer));
             tokio::time::sleep(wait).await;
-            backoff = (backoff * 2).min(MAX_BACKOFF);
             continue;
         }
         let acked = status.is_some_and(|s| s.is_success());

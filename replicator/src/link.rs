@@ -736,7 +736,8 @@ async fn run_link(
     stats: Arc<LinkStats>,
     stop: &mut watch::Receiver<bool>,
 ) -> Result<(), LinkError> {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff =
+        ezone_topology::backoff::Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
         if *stop.borrow() {
             return Ok(());
@@ -752,10 +753,9 @@ async fn run_link(
                 stats.set_error(&e);
                 tracing::warn!(link = %cfg.name, error = %crate::chain(&e), "Link interrupted; restarting from the target's progress.");
                 tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tokio::time::sleep(backoff.next_wait()) => {}
                     _ = stop.wait_for(|s| *s) => return Ok(()),
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
             Err(e) => {
                 stats.set_error(&e);

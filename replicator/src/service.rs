@@ -45,15 +45,15 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, StoreError>>,
 {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff =
+        ezone_topology::backoff::Backoff::new(Duration::from_millis(100), START_RETRY_MAX);
     let mut tries: u32 = 0;
     loop {
         match f().await {
             Err(StoreError::Unavailable { store, detail }) => {
                 tries += 1;
                 tracing::warn!(%store, %detail, tries, "The topology store is unavailable at start ({what}); retrying.");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(START_RETRY_MAX);
+                tokio::time::sleep(backoff.next_wait()).await;
             }
             other => return other,
         }

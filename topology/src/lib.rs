@@ -5,6 +5,7 @@
 //! The model, validation and hash are pure; the stores sit at the edge.
 #![forbid(unsafe_code)]
 
+pub mod backoff;
 pub mod diff;
 pub mod doc;
 pub mod failover;

@@ -302,7 +302,7 @@ async fn run_etcd(store: EtcdStore, shared: Arc<Shared>) {
     let mut raw: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     // The revision of the last state applied to `raw`; `None` = reload.
     let mut revision: Option<Version> = None;
-    let mut backoff = BACKOFF_MIN;
+    let mut backoff = crate::backoff::Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
     loop {
         let rev = match revision {
             Some(rev) => rev,
@@ -318,8 +318,7 @@ async fn run_etcd(store: EtcdStore, shared: Arc<Shared>) {
                 Err(e) => {
                     shared.note_error(&e);
                     shared.failed(&describe, &e.to_string());
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    tokio::time::sleep(backoff.next_wait()).await;
                     continue;
                 }
             },
@@ -346,12 +345,11 @@ async fn run_etcd(store: EtcdStore, shared: Arc<Shared>) {
                     detail: why.clone(),
                 });
                 shared.failed(&describe, &why);
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(BACKOFF_MAX);
+                tokio::time::sleep(backoff.next_wait()).await;
                 continue;
             }
         }
-        backoff = BACKOFF_MIN;
+        backoff.reset();
     }
 }
 

@@ -179,7 +179,7 @@ impl EtcdStore {
         Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
     {
         let deadline = tokio::time::Instant::now() + super::DEFAULT_REQUEST_TIMEOUT;
-        let mut pause = RETRY_PAUSE_MIN;
+        let mut pause = crate::backoff::Backoff::new(RETRY_PAUSE_MIN, RETRY_PAUSE_MAX);
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let budget = match repeat {
@@ -200,12 +200,12 @@ impl EtcdStore {
                 Err(_) => self.timed_out(what, budget),
             };
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            if left <= pause {
+            let wait = pause.next_wait();
+            if left <= wait {
                 return Err(failure);
             }
             tracing::debug!(store = %self.describe(), error = %failure, "etcd request failed; trying again.");
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(RETRY_PAUSE_MAX);
+            tokio::time::sleep(wait).await;
         }
     }
 
