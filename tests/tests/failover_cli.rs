@@ -180,7 +180,8 @@ async fn history_close_forced_confirmation_dry_run_and_watch() {
     .await;
     assert_eq!(o.code, 0, "{}", o.stderr);
     assert!(
-        o.stderr.contains("shanghai: unreachable, as a lost site may be")
+        o.stderr
+            .contains("shanghai: unreachable, as a lost site may be")
             && o.stderr.contains("dry run: nothing changed"),
         "{}",
         o.stderr
@@ -204,7 +205,8 @@ async fn history_close_forced_confirmation_dry_run_and_watch() {
     .await;
     assert_ne!(o.code, 0, "{}", o.stderr);
     assert!(
-        o.stderr.contains("shanghai must be reachable to take the shards"),
+        o.stderr
+            .contains("shanghai must be reachable to take the shards"),
         "{}",
         o.stderr
     );
