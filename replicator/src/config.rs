@@ -16,6 +16,12 @@ pub mod defaults {
     /// lapsed, before a replicator finishes or rolls it back. Longer than a
     /// re-run by hand right after a crash takes to grab the lock.
     pub const ABANDONED_SWITCHOVER_AFTER: Duration = Duration::from_secs(3);
+    /// How long a link stopped by a definite error (schema drift, a
+    /// missing publication, bad credentials) waits before it tries again,
+    /// in case an operator fixed the cause: long enough not to flood the
+    /// log with the same error, short enough that a fix is picked up
+    /// without restarting the process.
+    pub const STOPPED_LINK_RETRY: Duration = Duration::from_secs(60);
 }
 
 /// The whole file.
@@ -57,10 +63,19 @@ pub struct ReplicatorConfig {
     /// off. Every site's replicator does it; the shard lock picks one.
     #[serde(default = "d_abandoned", with = "humantime_serde")]
     pub abandoned_switchover_after: std::time::Duration,
+    /// A link stopped by a definite error tries again after this long (the
+    /// other links go on meanwhile); `"0s"`: it stays stopped until the
+    /// process restarts.
+    #[serde(default = "d_stopped_retry", with = "humantime_serde")]
+    pub stopped_link_retry: std::time::Duration,
 }
 
 fn d_abandoned() -> std::time::Duration {
     defaults::ABANDONED_SWITCHOVER_AFTER
+}
+
+fn d_stopped_retry() -> std::time::Duration {
+    defaults::STOPPED_LINK_RETRY
 }
 
 fn d_publication() -> String {

@@ -143,6 +143,12 @@ fn defs() -> Vec<Def> {
             |s| Value::Int(i64::from(s.streaming.load(Ordering::Relaxed))),
         ),
         gauge(
+            "link_stopped",
+            None,
+            "1 while the link is stopped by a definite error (schema drift, a missing publication, refused credentials) until it tries again; the other links go on",
+            |s| Value::Int(i64::from(s.stopped.load(Ordering::Relaxed))),
+        ),
+        gauge(
             "source_silence",
             Some(Unit::Seconds),
             "Seconds since the source last spoke on the link's stream (accepted its position, sent WAL or a keepalive); NaN if it never has",

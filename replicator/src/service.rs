@@ -181,7 +181,11 @@ impl Service {
             let stats = Arc::new(LinkStats::default());
             links.insert(link_name.clone(), stats.clone());
             let rx = stop_rx.clone();
-            tasks.spawn(async move { (link_name, run_with(lc, own, stats, rx).await) });
+            let retry = cfg.stopped_link_retry;
+            tasks.spawn(async move {
+                supervise(&link_name, lc, own, stats, rx, retry).await;
+                (link_name, Ok(()))
+            });
         }
         let mut admin = None;
         if let Some(a) = &cfg.admin {
@@ -208,7 +212,10 @@ impl Service {
         })
     }
 
-    /// Waits for a link to stop with a definite error (returned), or forever.
+    /// Waits for a part of the process (the fence keeper, the switchover
+    /// recovery) to fail for good (returned with the part's name), or
+    /// forever. Links never end the process: a link stopped by a definite
+    /// error is retried (see [`supervise`]) while the others go on.
     pub async fn wait_failure(&mut self) -> Option<(String, LinkError)> {
         while let Some(done) = self.tasks.join_next().await {
             if let Ok((name, Err(e))) = done {
@@ -223,6 +230,43 @@ impl Service {
     pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
         while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Runs one link until `stop`. A definite error stops this link only (the
+/// process and its other links go on; the link's /readyz and metrics say it
+/// stopped and why); after `retry` it is tried again, in case an operator
+/// fixed the cause (a column added, a publication created), so a fix needs
+/// no restart. `retry` zero: stopped until the process restarts.
+async fn supervise(
+    name: &str,
+    cfg: LinkConfig,
+    own: Ownership,
+    stats: Arc<crate::link::LinkStats>,
+    mut stop: watch::Receiver<bool>,
+    retry: std::time::Duration,
+) {
+    loop {
+        match run_with(cfg.clone(), own.clone(), stats.clone(), stop.clone()).await {
+            Ok(()) => return,
+            Err(e) => {
+                // run_with marked the link stopped and logged the error.
+                if retry.is_zero() {
+                    tracing::error!(link = %name, "The link stays stopped until this replicator restarts (stopped_link_retry = 0s); its other links go on.");
+                    let _ = stop.wait_for(|s| *s).await;
+                    return;
+                }
+                tracing::warn!(link = %name, error = %crate::chain(&e), retry_in = ?retry,
+                    "Link stopped; the other links go on, and this one tries again later in case the cause was fixed.");
+                tokio::select! {
+                    _ = tokio::time::sleep(retry) => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+                stats
+                    .stopped
+                    .store(false, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
     }
 }
 

@@ -24,6 +24,11 @@ struct Replicator {
 }
 
 fn replicator(lab: &Lab, site: &str) -> Replicator {
+    replicator_with(lab, site, "")
+}
+
+/// [`replicator`] with more top-level settings (`key = value` lines).
+fn replicator_with(lab: &Lab, site: &str, extra: &str) -> Replicator {
     let other = if site == "beijing" {
         "shanghai"
     } else {
@@ -32,7 +37,7 @@ fn replicator(lab: &Lab, site: &str) -> Replicator {
     // The other site's Postgres as reached from here: across the WAN.
     let source = lab.wan_dsn(other, site, DB).expect("wan dsn");
     let cfg = format!(
-        "site = \"{site}\"\ntables = [\"public.orders\"]\n[topology]\netcd = [\"{}\"]\n[sources.{other}]\ndsn = \"{source}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+        "site = \"{site}\"\ntables = [\"public.orders\"]\n{extra}\n[topology]\netcd = [\"{}\"]\n[sources.{other}]\ndsn = \"{source}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
         lab.etcd().client_urls()[0]
     );
     let proc = Configured::start(&["replicator"], "replicator.toml", &cfg);
@@ -288,6 +293,88 @@ async fn get(addr: std::net::SocketAddr, path: &str) -> Got {
         status,
         content_type,
         body: body.to_string(),
+    }
+}
+
+/// A definite error on a link (schema drift: a column the target lacks)
+/// stops that link, not the process: the replicator stays up, says which
+/// link stopped and why (/readyz, /metrics), and once an operator fixes the
+/// cause the link tries again by itself and the row arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_definite_link_error_stops_the_link_not_the_process() {
+    let lab = Lab::start(LabSpec::default()).await.expect("lab");
+    let (a, b) = (
+        lab.postgres("beijing").expect("bj"),
+        lab.postgres("shanghai").expect("sh"),
+    );
+    let mut t = starter(&["beijing", "shanghai"], 2);
+    for (name, pg) in [("beijing", a), ("shanghai", b)] {
+        t.sites.get_mut(name).expect("site").postgres = pg.dsn(DB);
+    }
+    let store = EtcdStore::connect(&lab.etcd().client_urls(), "/ezone")
+        .await
+        .expect("etcd");
+    store.init(&t, false).await.expect("topology");
+    for pg in [a, b] {
+        q(
+            pg,
+            "CREATE TABLE orders (id bigint PRIMARY KEY, city text NOT NULL, note text)",
+        )
+        .await;
+    }
+    let sh = replicator_with(&lab, "shanghai", "stopped_link_retry = \"1s\"");
+    until_status(sh.admin, "/readyz", 200, Duration::from_secs(30)).await;
+    q(a, "INSERT INTO orders VALUES (1, '010', 'before')").await;
+    until_rows(b, "1").await;
+
+    // Beijing's table gains a column shanghai's lacks: drift.
+    q(a, "ALTER TABLE orders ADD COLUMN tip bigint").await;
+    q(a, "INSERT INTO orders VALUES (2, '010', 'drift', 5)").await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = get(sh.admin, "/readyz").await;
+        let m = metrics(sh.admin).await;
+        if r.status == 503
+            && r.body.contains("beijing->shanghai: stopped for good")
+            && r.body.contains("tip")
+            && m.contains("ezone_replicator_link_stopped{link=\"beijing->shanghai\"} 1")
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the link did not report itself stopped: {} {}",
+            r.status,
+            r.body
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The process is up all along.
+    assert_eq!(get(sh.admin, "/healthz").await.status, 200);
+    assert_eq!(q(b, "SELECT count(*) FROM orders").await, "1", "nothing half-applied");
+
+    // The operator adds the column at shanghai: the link picks it up.
+    q(b, "ALTER TABLE orders ADD COLUMN tip bigint").await;
+    until_rows(b, "2").await;
+    assert_eq!(q(b, "SELECT tip FROM orders WHERE id = 2").await, "5");
+    until_status(sh.admin, "/readyz", 200, Duration::from_secs(30)).await;
+    assert!(
+        metrics(sh.admin)
+            .await
+            .contains("ezone_replicator_link_stopped{link=\"beijing->shanghai\"} 0"),
+        "the link no longer counts as stopped"
+    );
+}
+
+async fn until_rows(pg: &PgCluster, want: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while q(pg, "SELECT count(*) FROM orders").await != want {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} rows, want {want}",
+            q(pg, "SELECT count(*) FROM orders").await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

@@ -43,7 +43,7 @@ pub async fn run(args: ReplicatorArgs) -> anyhow::Result<()> {
     };
     service.shutdown().await;
     match failed {
-        Some((link, e)) => Err(anyhow::anyhow!("link {link} stopped: {e}")),
+        Some((part, e)) => Err(anyhow::anyhow!("{part} stopped: {e}")),
         None => Ok(()),
     }
 }
