@@ -5,6 +5,7 @@
 #   scripts/install-deps.sh            # the build, `make test`, `make demo`
 #   scripts/install-deps.sh --bench    # also nginx-light and wrk (`ezone bench router`)
 #   scripts/install-deps.sh --lab-demo # also python3 (`make lab-demo`, scripts/demo.sh)
+#   scripts/install-deps.sh --monitoring # also prometheus: `promtool`, which tests/tests/monitoring.rs runs if on PATH
 #
 # Each package is checked by what is actually used, not by its name:
 #
@@ -33,11 +34,13 @@ set -euo pipefail
 
 want_bench=
 want_lab_demo=
+want_monitoring=
 for arg in "$@"; do
   case $arg in
     --bench) want_bench=1 ;;
     --lab-demo) want_lab_demo=1 ;;
-    *) echo "usage: $0 [--bench] [--lab-demo]" >&2; exit 2 ;;
+    --monitoring) want_monitoring=1 ;;
+    *) echo "usage: $0 [--bench] [--lab-demo] [--monitoring]" >&2; exit 2 ;;
   esac
 done
 
@@ -95,6 +98,9 @@ check() {
   if [ -n "$want_lab_demo" ]; then
     have_cmd python3 || missing+=(python3)
   fi
+  if [ -n "$want_monitoring" ]; then
+    have_cmd promtool || missing+=(prometheus)
+  fi
 }
 
 # What is not a Debian package: the Rust toolchain (checked, never installed).
@@ -134,6 +140,8 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 echo "installing Debian packages: ${missing[*]}" >&2
+installed_prometheus=
+case " ${missing[*]} " in *" prometheus "*) installed_prometheus=1 ;; esac
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
@@ -150,6 +158,15 @@ elif [ -x /etc/init.d/etcd ]; then
 fi
 if have_cmd pg_ctlcluster; then
   pg_ctlcluster 15 main stop >/dev/null 2>&1 || true
+fi
+# Only promtool is wanted from the prometheus package, not the server it
+# starts (port 9090); stopped only when installed just now.
+if [ -n "$installed_prometheus" ]; then
+  if [ -d /run/systemd/system ] && have_cmd systemctl; then
+    systemctl stop prometheus.service >/dev/null 2>&1 || true
+  elif [ -x /etc/init.d/prometheus ]; then
+    /etc/init.d/prometheus stop >/dev/null 2>&1 || true
+  fi
 fi
 
 check
