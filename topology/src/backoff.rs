@@ -71,7 +71,10 @@ mod tests {
         for bound in [100, 200, 400, 800, 800, 800] {
             assert_eq!(b.bound(), bound * MS);
             let w = b.next_wait();
-            assert!(w >= bound * MS / 2 && w <= bound * MS, "{w:?} under {bound} ms");
+            assert!(
+                w >= bound * MS / 2 && w <= bound * MS,
+                "{w:?} under {bound} ms"
+            );
         }
         b.reset();
         assert_eq!(b.bound(), 100 * MS);

@@ -144,7 +144,9 @@ async fn site_status(name: &str, router: &str, dsn: &str) -> SiteStatus {
     {
         for r in rows {
             let slot: String = r.get(0);
-            let target = slot.trim_start_matches(ezone_replicator::config::SLOT_PREFIX).to_string();
+            let target = slot
+                .trim_start_matches(ezone_replicator::config::SLOT_PREFIX)
+                .to_string();
             let active: bool = r.get(1);
             let lag_bytes: Option<i64> = r.get(2);
             let replay_lag: Option<f64> = r.get(4);
