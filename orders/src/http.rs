@@ -479,6 +479,16 @@ impl App {
             DbError::Unavailable { detail } if detail.starts_with("ezone fence:") => {
                 self.fence_refused(op, id, e)
             }
+            // Postgres down, restarting or out of connections: a warning
+            // at most every 5 s (every request fails the same way).
+            DbError::Unavailable { .. } => {
+                static WARNED: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::new(None);
+                if first_in(&WARNED, Duration::from_secs(5)) {
+                    tracing::warn!(site = %self.site, op, id, error = %e, "Postgres is not serving this site's writes; requests get 503 until it does (further failures within 5 s are logged at debug).")
+                } else {
+                    tracing::debug!(site = %self.site, op, id, error = %e, "Database operation refused.")
+                }
+            }
             _ => {
                 tracing::debug!(site = %self.site, op, id, error = %e, "Database operation refused.")
             }
@@ -491,9 +501,7 @@ impl App {
     /// the others at debug.
     fn fence_refused(&self, op: &'static str, id: &str, e: &DbError) {
         static WARNED: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::new(None);
-        let mut warned = WARNED.lock().unwrap_or_else(|p| p.into_inner());
-        if warned.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
-            *warned = Some(Instant::now());
+        if first_in(&WARNED, Duration::from_secs(1)) {
             tracing::warn!(site = %self.site, op, id, error = %e, "The database fence refused a write; the client may retry through a router (further refusals within a second are logged at debug).")
         } else {
             tracing::debug!(site = %self.site, op, id, error = %e, "Database operation refused.")
@@ -588,6 +596,19 @@ fn row_json(status: StatusCode, row: &crate::db::Order) -> Response<Body> {
             StatusCode::INTERNAL_SERVER_ERROR,
             &json!({"error": "encoding", "detail": e.to_string()}),
         ),
+    }
+}
+
+/// Whether this is the first call in `every` on `last` (and then it
+/// counts from now): a warning repeated by every request is logged once a
+/// period.
+fn first_in(last: &std::sync::Mutex<Option<Instant>>, every: Duration) -> bool {
+    let mut last = last.lock().unwrap_or_else(|p| p.into_inner());
+    if last.is_none_or(|at| at.elapsed() >= every) {
+        *last = Some(Instant::now());
+        true
+    } else {
+        false
     }
 }
 
@@ -949,5 +970,13 @@ mod handler_tests {
             Some(1.0)
         );
         assert_eq!(e.value("ezone_orders_db_errors_total", &[]), None);
+    }
+
+    #[test]
+    fn a_repeated_warning_is_logged_once_a_period() {
+        let slot = std::sync::Mutex::new(None);
+        assert!(first_in(&slot, Duration::from_secs(60)));
+        assert!(!first_in(&slot, Duration::from_secs(60)));
+        assert!(first_in(&slot, Duration::ZERO));
     }
 }
