@@ -32,14 +32,14 @@ use crate::db::{Db, DbError, NewOrder, Placed, Stamp, Updated};
 use crate::metrics::{Metrics, Route};
 
 pub const X_CITY_ID: HeaderName = HeaderName::from_static("x-city-id");
-pub const X_EZONE_SHARD: HeaderName = HeaderName::from_static("x-ezone-shard");
-/// Set on a `503` whose write the database fence refused: nothing of it was
-/// committed, so the router may send it again to the shard's home once the
-/// move it ran into has landed (the router's `X_EZONE_FENCED`).
-pub const X_EZONE_FENCED: HeaderName = HeaderName::from_static("x-ezone-fenced");
-pub const X_EZONE_EPOCH: HeaderName = HeaderName::from_static("x-ezone-epoch");
-pub const X_EZONE_SITE: HeaderName = HeaderName::from_static("x-ezone-site");
-pub const X_EZONE_SERVED_BY: HeaderName = HeaderName::from_static("x-ezone-served-by");
+/// The router's stamp (shard, epoch, site) and the fenced-write mark the
+/// router acts on (set on a `503` whose write the database fence refused:
+/// nothing of it was committed, so the router may send it again to the
+/// shard's home once the move it ran into has landed): the names are the
+/// router's, defined once.
+pub use ezone_router::headers::{
+    X_EZONE_EPOCH, X_EZONE_FENCED, X_EZONE_SERVED_BY, X_EZONE_SHARD, X_EZONE_SITE,
+};
 
 /// The largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;

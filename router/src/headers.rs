@@ -41,6 +41,9 @@ pub const X_EZONE_PROBE: HeaderName = HeaderName::from_static("x-ezone-probe");
 /// of it was committed, so it may be sent again once the shard has moved
 /// (see `proxy`'s fenced writes).
 pub const X_EZONE_FENCED: HeaderName = HeaderName::from_static("x-ezone-fenced");
+/// Set by an upstream (the order service) on its answers: the site whose
+/// database served the request.
+pub const X_EZONE_SERVED_BY: HeaderName = HeaderName::from_static("x-ezone-served-by");
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
