@@ -1127,17 +1127,33 @@ async fn attempt<S: TopologyStore, O: SiteOps>(
             Ok(Some(Event::MarkerEmitted { lsn }))
         }
         Action::AwaitMarker { .. } => {
+            // The new home first (its catch-up is what the stall bound
+            // watches), then every other site: a third site must also have
+            // every write the old home accepted before the new home's
+            // first one can reach it (over another link, in no order of
+            // its own), else it could apply the new home's version of a
+            // row and then the old home's older one over it.
             let snap = store.load().await.map_err(StepError::Store)?;
-            let s = site_of(&snap.topology, &sw.to)?;
-            if sites
-                .marker_applied(s, &marker_token(sw))
-                .await
-                .map_err(StepError::Site)?
-            {
-                Ok(Some(Event::MarkerApplied))
-            } else {
-                Ok(None)
+            let token = marker_token(sw);
+            let mut waiting_for: Vec<&str> = vec![sw.to.as_str()];
+            waiting_for.extend(
+                snap.topology
+                    .sites
+                    .keys()
+                    .map(String::as_str)
+                    .filter(|name| *name != sw.from && *name != sw.to),
+            );
+            for name in waiting_for {
+                let s = site_of(&snap.topology, name)?;
+                if !sites
+                    .marker_applied(s, &token)
+                    .await
+                    .map_err(StepError::Site)?
+                {
+                    return Ok(None);
+                }
             }
+            Ok(Some(Event::MarkerApplied))
         }
         Action::Finished => Ok(Some(Event::FenceOpened)),
     }

@@ -24,6 +24,10 @@ struct FakeSites {
     links: Mutex<std::collections::HashMap<String, LinkState>>,
     /// The link's applied position, as `applied_from` answers it.
     applied: Mutex<Option<String>>,
+    /// Sites at which the marker has not arrived (whatever `marker_after`
+    /// says), and the sites asked, in order.
+    marker_missing_at: Mutex<std::collections::BTreeSet<String>>,
+    marker_asked: Mutex<Vec<String>>,
 }
 
 impl FakeSites {
@@ -37,6 +41,8 @@ impl FakeSites {
             conflicts_with_marker: Mutex::default(),
             links: Mutex::default(),
             applied: Mutex::new(Some("0/ABC".into())),
+            marker_missing_at: Mutex::default(),
+            marker_asked: Mutex::default(),
         }
     }
     fn calls(&self) -> Vec<String> {
@@ -80,7 +86,11 @@ impl SiteOps for FakeSites {
             .push(format!("marker {} {token}", site.name));
         Ok("0/1000".into())
     }
-    async fn marker_applied(&self, _site: &Site, _token: &str) -> Result<bool, SiteError> {
+    async fn marker_applied(&self, site: &Site, _token: &str) -> Result<bool, SiteError> {
+        self.marker_asked.lock().unwrap().push(site.name.clone());
+        if self.marker_missing_at.lock().unwrap().contains(&site.name) {
+            return Ok(false);
+        }
         let applied = self.polls.fetch_add(1, Ordering::SeqCst) >= self.marker_after;
         if applied {
             // What the catch-up brought with it.
@@ -970,4 +980,61 @@ fn records_written_before_the_newer_fields_still_load() {
     // An open record is written as before: no closing fields.
     let text = serde_json::to_string(&f).unwrap();
     assert!(!text.contains("closed"), "{text}");
+}
+
+/// With a third site, the flip waits until the marker has reached it too:
+/// it then has every write the old home accepted before the new home's
+/// first write can reach it over the other link.
+#[tokio::test]
+async fn a_third_site_has_the_old_homes_writes_before_the_flip() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FileStore::new(dir.path().join("topology.toml"));
+    store
+        .init(&starter(&["beijing", "shanghai", "shenzhen"], 1), false)
+        .await
+        .unwrap();
+    let before = shard1(&store).await;
+    let from = before.home.clone();
+    let to = if from == "shanghai" {
+        "beijing"
+    } else {
+        "shanghai"
+    };
+    let third = ["beijing", "shanghai", "shenzhen"]
+        .into_iter()
+        .find(|s| *s != from && *s != to)
+        .unwrap();
+    // The marker reaches the new home at once, the third site never: the
+    // switchover does not flip, and rolls back at its deadline.
+    let sites = FakeSites::new(0);
+    sites
+        .marker_missing_at
+        .lock()
+        .unwrap()
+        .insert(third.to_string());
+    let (_tx, abort) = no_abort();
+    let out = switch_shard(&store, &sites, &mv(&before, to), &opts(), abort, &quiet)
+        .await
+        .unwrap();
+    assert!(matches!(out, Outcome::RolledBack { .. }), "{out:?}");
+    let after = shard1(&store).await;
+    assert_eq!(
+        (after.home.as_str(), after.state),
+        (from.as_str(), ShardState::Active)
+    );
+    let asked = sites.marker_asked.lock().unwrap().clone();
+    assert!(
+        asked.iter().any(|s| s == to) && asked.iter().any(|s| s == third),
+        "{asked:?}"
+    );
+    assert!(!asked.iter().any(|s| *s == from), "{asked:?}");
+    // Once it arrives there too, the next run flips.
+    sites.marker_missing_at.lock().unwrap().clear();
+    let before = shard1(&store).await;
+    let (_tx, abort) = no_abort();
+    let out = switch_shard(&store, &sites, &mv(&before, to), &opts(), abort, &quiet)
+        .await
+        .unwrap();
+    assert!(matches!(out, Outcome::Done { .. }), "{out:?}");
+    assert_eq!(shard1(&store).await.home, to);
 }
