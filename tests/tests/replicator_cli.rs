@@ -351,7 +351,11 @@ async fn a_definite_link_error_stops_the_link_not_the_process() {
     }
     // The process is up all along.
     assert_eq!(get(sh.admin, "/healthz").await.status, 200);
-    assert_eq!(q(b, "SELECT count(*) FROM orders").await, "1", "nothing half-applied");
+    assert_eq!(
+        q(b, "SELECT count(*) FROM orders").await,
+        "1",
+        "nothing half-applied"
+    );
 
     // The operator adds the column at shanghai: the link picks it up.
     q(b, "ALTER TABLE orders ADD COLUMN tip bigint").await;
