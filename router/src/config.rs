@@ -37,6 +37,10 @@ pub mod defaults {
     pub const RETRY_BUDGET_PERCENT: u32 = 20;
     pub const MAX_RETRIES: u32 = 1;
     pub const PREFIX: &str = "/ezone";
+    /// Access log lines waiting for the writer at most (then dropped and
+    /// counted): at the writer's pace of a drain every 100 ms, room for
+    /// 160k requests a second, far above what one router serves.
+    pub const ACCESS_LOG_BUFFER_LINES: usize = 16 * 1024;
 }
 
 /// The whole file.
@@ -60,6 +64,10 @@ pub struct RouterConfig {
     pub limits: Limits,
     #[serde(default)]
     pub upstream: UpstreamConfig,
+    /// One JSON line per request (`docs/router.md`, "Access log"). Absent:
+    /// no access log.
+    #[serde(default)]
+    pub access_log: Option<AccessLogConfig>,
 }
 
 fn default_keys() -> Vec<KeySource> {
@@ -430,6 +438,77 @@ impl Default for UpstreamConfig {
     }
 }
 
+fn d_access_log_buffer() -> usize {
+    defaults::ACCESS_LOG_BUFFER_LINES
+}
+
+/// `[access_log]`: where the access log goes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLogConfig {
+    /// A file, appended to (created with mode 0640 if missing; its
+    /// directory must exist), or `-` (or `stdout`) for standard output.
+    pub path: PathBuf,
+    /// Lines waiting to be written at most; past it a line is dropped and
+    /// counted (`ezone_router_access_log_dropped_total`) rather than make
+    /// a request wait for the disk.
+    #[serde(default = "d_access_log_buffer")]
+    pub buffer_lines: usize,
+}
+
+impl AccessLogConfig {
+    /// Whether `path` names standard output rather than a file.
+    pub fn is_stdout(&self) -> bool {
+        self.path.as_os_str() == "-" || self.path.as_os_str() == "stdout"
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.path.as_os_str().is_empty() {
+            return Err(err(
+                "access_log.path",
+                "empty: set a file path, or \"-\" for standard output (or remove [access_log] for no access log)",
+            ));
+        }
+        if self.buffer_lines == 0 {
+            return Err(err(
+                "access_log.buffer_lines",
+                "must be at least 1 (or remove it for the default)",
+            ));
+        }
+        if self.is_stdout() {
+            return Ok(());
+        }
+        // Checked here rather than at the first request: a typo in the
+        // directory should stop `config validate` and the start, not
+        // silently log nowhere.
+        if self.path.is_dir() {
+            return Err(err(
+                "access_log.path",
+                format!(
+                    "{} is a directory: name a file in it, e.g. {}",
+                    self.path.display(),
+                    self.path.join("access.log").display()
+                ),
+            ));
+        }
+        // A bare file name's parent is "": the working directory.
+        let parent = match self.path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => std::path::Path::new("."),
+        };
+        if !parent.is_dir() {
+            return Err(err(
+                "access_log.path",
+                format!(
+                    "the directory {} does not exist: create it (writable by the router), or point access_log.path into an existing one",
+                    parent.display()
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// A config problem, naming the field and the fix.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("router config: {field}: {problem}")]
@@ -567,6 +646,9 @@ impl RouterConfig {
         if self.upstream.eject_after_failures == 0 {
             return Err(err("upstream.eject_after_failures", "must be at least 1"));
         }
+        if let Some(log) = &self.access_log {
+            log.validate()?;
+        }
         Ok(())
     }
 }
@@ -595,6 +677,64 @@ etcd = ["http://127.0.0.1:2379"]
         assert_eq!(c.timeouts.upstream_read(), Duration::from_secs(60));
         assert_eq!(c.timeouts.keepalive(), Duration::from_secs(75));
         assert_eq!(c.limits.max_connections, None);
+        assert!(c.access_log.is_none(), "no access log unless asked for");
+    }
+
+    #[test]
+    fn the_access_log_needs_an_existing_directory() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("access.log");
+        let c = RouterConfig::from_toml(&format!(
+            "{MIN}[access_log]\npath = {:?}\n",
+            file.display().to_string()
+        ))
+        .expect("a file in an existing directory");
+        let log = c.access_log.expect("access_log set");
+        assert_eq!(log.path, file);
+        assert_eq!(log.buffer_lines, defaults::ACCESS_LOG_BUFFER_LINES);
+        assert!(!log.is_stdout());
+        for stdout in ["-", "stdout"] {
+            let c = RouterConfig::from_toml(&format!("{MIN}[access_log]\npath = {stdout:?}\n"))
+                .expect("standard output");
+            assert!(c.access_log.expect("set").is_stdout());
+        }
+
+        let missing = dir.path().join("no-such-dir").join("access.log");
+        let e = RouterConfig::from_toml(&format!(
+            "{MIN}[access_log]\npath = {:?}\n",
+            missing.display().to_string()
+        ))
+        .unwrap_err();
+        assert_eq!(e.field, "access_log.path");
+        assert!(
+            e.problem.contains("no-such-dir"),
+            "names the directory: {e}"
+        );
+        assert!(e.problem.contains("create it"), "says the fix: {e}");
+
+        let e = RouterConfig::from_toml(&format!(
+            "{MIN}[access_log]\npath = {:?}\n",
+            dir.path().display().to_string()
+        ))
+        .unwrap_err();
+        assert_eq!(e.field, "access_log.path");
+        assert!(e.problem.contains("is a directory"), "{e}");
+
+        let e = RouterConfig::from_toml(&format!("{MIN}[access_log]\npath = \"\"\n")).unwrap_err();
+        assert_eq!(e.field, "access_log.path");
+        let e = RouterConfig::from_toml(&format!(
+            "{MIN}[access_log]\npath = \"-\"\nbuffer_lines = 0\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.field, "access_log.buffer_lines");
+        let e = RouterConfig::from_toml(&format!(
+            "{MIN}[access_log]\npath = \"-\"\nformat = \"combined\"\n"
+        ))
+        .unwrap_err();
+        assert!(
+            e.problem.contains("format"),
+            "unknown keys are refused: {e}"
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! I/O; sockets, TLS and the topology watcher sit at the edges.
 #![forbid(unsafe_code)]
 
+pub mod access_log;
 pub mod admin;
 pub mod balance;
 pub mod body;

@@ -287,6 +287,7 @@ pub struct Metrics {
     pub max_connections: Gauge,
     pub connections_shed: Counter,
     pub accept_errors: Counter,
+    pub access_log_dropped: Counter,
 }
 
 impl Metrics {
@@ -323,6 +324,7 @@ impl Metrics {
             max_connections: Gauge::default(),
             connections_shed: Counter::default(),
             accept_errors: Counter::default(),
+            access_log_dropped: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -415,6 +417,11 @@ impl Metrics {
             "accept_errors",
             "Failed accepts of client connections (out of file descriptors or memory, and the like)",
             m.accept_errors.clone(),
+        );
+        registry.register(
+            "access_log_dropped",
+            "Access log lines dropped: the writer's buffer was full (the disk or standard output too slow) or writing failed",
+            m.access_log_dropped.clone(),
         );
         registry.register(
             "topology_version",

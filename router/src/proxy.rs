@@ -43,6 +43,7 @@ use tokio::time::Instant;
 
 use ezone_topology::{Snapshot, Watcher};
 
+use crate::access_log::{AccessLog, Pending};
 use crate::body::{self, Body, BodyFault, BodyWatch, RequestBody};
 use crate::client::{Upstream, UpstreamClient, UpstreamError};
 use crate::config::{RouterConfig, UpstreamProtocol};
@@ -94,11 +95,19 @@ pub struct Router {
     /// The routing key fields (the `[[keys]]` header sources): each may
     /// appear once in a request, and `Connection` cannot remove them.
     key_headers: Vec<http::HeaderName>,
+    /// `[access_log]`, if set (its writer is started with the router).
+    pub(crate) access_log: Option<AccessLog>,
 }
 
 /// A request's outcome: the response, the site it went to (`none` if it
-/// went nowhere) and the shard it was routed by (for the metrics and logs).
-type Routed = (Response<Body>, String, Option<ShardRef>);
+/// went nowhere), the shard it was routed by (for the metrics and logs) and
+/// the endpoint it was sent to last, if any (for the access log).
+type Routed = (
+    Response<Body>,
+    String,
+    Option<ShardRef>,
+    Option<Arc<Upstream>>,
+);
 
 /// What [`Router::plan`] decided, without waiting for anything.
 enum Step<'a> {
@@ -196,6 +205,10 @@ pub struct Worker {
     pub(crate) client: UpstreamClient,
     budget: RetryBudget,
     stats: RequestStats,
+    /// The router's access log, behind this worker's own reference count:
+    /// each request takes a reference, and a shared count would be one
+    /// more cache line every worker writes per request.
+    access_log: Option<Arc<AccessLog>>,
     /// The watcher's snapshot last seen, and this worker's own copy of it.
     /// Every request holds a snapshot while it is in flight; cloning the
     /// watcher's `Arc` would have every worker increment and decrement one
@@ -212,6 +225,7 @@ impl Worker {
             client: UpstreamClient::new(&router.cfg, router.metrics.upstream_errors.clone()),
             budget: RetryBudget::new(router.cfg.upstream.retry_budget_percent),
             stats: RequestStats::new(index),
+            access_log: router.access_log.clone().map(Arc::new),
             router,
             snap: std::sync::Mutex::new(None),
         }
@@ -246,6 +260,18 @@ impl Worker {
             use tracing::Instrument;
             let started = Instant::now();
             let router = &*self.router;
+            // What the access log needs of the request, taken before it
+            // moves on; dropped unanswered (the client went away), it still
+            // sends its line.
+            let pending = self.access_log.as_ref().map(|log| {
+                Pending::new(
+                    log.clone(),
+                    started.into_std(),
+                    &req,
+                    conn.peer,
+                    &router.cfg.keys,
+                )
+            });
             let span = tracing::debug_span!(
                 "request",
                 site = %router.policy.site,
@@ -261,7 +287,7 @@ impl Worker {
                 Step::Forward(f) => Either::Right(Either::Left(router.forward(f, &self))),
                 Step::Slow(f) => Either::Right(Either::Right(f)),
             };
-            let (resp, site, shard) = routed.instrument(span.clone()).await;
+            let (resp, site, shard, upstream) = routed.instrument(span.clone()).await;
             if !span.is_disabled() {
                 if let Some(s) = shard {
                     span.record("shard", s.id);
@@ -288,7 +314,10 @@ impl Worker {
                 resp.status().as_u16(),
                 started.elapsed().as_secs_f64(),
             );
-            resp
+            match pending {
+                Some(p) => p.answered(resp, site, shard, upstream),
+                None => resp,
+            }
         }
     }
 }
@@ -366,6 +395,7 @@ impl Router {
             .collect();
         Router {
             key_headers,
+            access_log: None,
             site_value: HeaderValue::from_str(&cfg.site).ok(),
             peer_secret: cfg.routing.peer_secret.as_ref().and_then(|s| {
                 let mut v = HeaderValue::from_str(&s.0).ok()?;
@@ -490,7 +520,7 @@ impl Router {
         conn: ConnInfo,
         worker: &'a Worker,
     ) -> Step<'a> {
-        let none = |r| Step::Answer((r, "none".to_string(), None));
+        let none = |r| Step::Answer((r, "none".to_string(), None, None));
         // The client's protocol errors first: nothing else is looked at.
         if let Err(refusal) =
             headers::check_request(req.version(), req.uri(), req.headers(), &self.key_headers)
@@ -604,7 +634,7 @@ impl Router {
                 );
                 r.headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from(1u32));
-                (r, "none".into(), None)
+                (r, "none".into(), None, None)
             }
         }
     }
@@ -684,7 +714,7 @@ impl Router {
         let secs = deadline.as_secs().max(1);
         r.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(secs));
-        (r, "none".into(), Some(shard))
+        (r, "none".into(), Some(shard), None)
     }
 
     /// The shard a write may be sent again for after a fence refused it
@@ -742,7 +772,7 @@ impl Router {
                 after: total,
                 setting: "timeouts.request_ms",
             });
-            return (r, "none".into(), Some(shard));
+            return (r, "none".into(), Some(shard), None);
         };
         let body = match collected {
             Ok(b) => b,
@@ -751,7 +781,7 @@ impl Router {
                     after: self.cfg.timeouts.body_read(),
                     setting: "timeouts.body_read_ms",
                 });
-                return (r, "none".into(), Some(shard));
+                return (r, "none".into(), Some(shard), None);
             }
             Err(e) if is_body_too_large(&*e) => {
                 // Content-Length said it fits; the body did not (hyper
@@ -761,11 +791,11 @@ impl Router {
                     "request body longer than its Content-Length",
                     "body_too_large",
                 );
-                return (r, "none".into(), Some(shard));
+                return (r, "none".into(), Some(shard), None);
             }
             Err(e) => {
                 let r = self.body_refusal(&BodyFault::Broken(error_chain(&*e)));
-                return (r, "none".into(), Some(shard));
+                return (r, "none".into(), Some(shard), None);
             }
         };
         let deadline = self.hold_deadline(&target.snap);
@@ -801,7 +831,7 @@ impl Router {
                     .insert(header::RETRY_AFTER, HeaderValue::from(1u32));
                 r.headers_mut()
                     .insert(headers::X_EZONE_FENCED, HeaderValue::from_static("1"));
-                return (r, "none".into(), Some(shard));
+                return (r, "none".into(), Some(shard), None);
             };
             let key = extract(&self.cfg.keys, &parts.uri, &parts.headers);
             let (decision, snap) =
@@ -872,7 +902,12 @@ impl Router {
                 fallback,
             } => {
                 let label = fallback.map_or("rejected", |f| f.as_str());
-                return Err((self.reject(status, &reason, label), "none".into(), None));
+                return Err((
+                    self.reject(status, &reason, label),
+                    "none".into(),
+                    None,
+                    None,
+                ));
             }
             Decision::Hold { shard } => {
                 // `release` never yields Hold; be safe anyway.
@@ -880,6 +915,7 @@ impl Router {
                     error_response(StatusCode::SERVICE_UNAVAILABLE, "shard is frozen"),
                     "none".into(),
                     Some(shard),
+                    None,
                 ));
             }
             Decision::Local {
@@ -914,7 +950,7 @@ impl Router {
                         ),
                         "no_peer_secret",
                     );
-                    return Err((r, site, shard));
+                    return Err((r, site, shard, None));
                 }
                 self.count_fallback(fallback);
                 self.metrics
@@ -935,7 +971,7 @@ impl Router {
                 &format!("site {} has no upstreams in the topology", target.site),
                 "no_upstreams",
             );
-            return Err((r, target.site, target.shard));
+            return Err((r, target.site, target.shard, None));
         }
         Ok(target)
     }
@@ -1022,6 +1058,9 @@ impl Router {
             };
             let mut attempt = 0;
             let mut tried: Vec<Arc<Upstream>> = Vec::new();
+            // The endpoint tried last, whatever came of it (the access
+            // log's `upstream`): moved here, not cloned.
+            let mut last: Option<Arc<Upstream>> = None;
             let resp = loop {
                 attempt += 1;
                 let Some(up) =
@@ -1035,9 +1074,10 @@ impl Router {
                         "no_upstreams",
                     );
                 };
+                let up: &Arc<Upstream> = last.insert(up);
                 let sent = match &mut f.message {
                     Message::Encoded(head) => Either::Left(worker.client.exchange(
-                        &up,
+                        up,
                         head,
                         f.head_request,
                         f.idempotent,
@@ -1050,7 +1090,7 @@ impl Router {
                             );
                         };
                         // Boxed: the less common path, and a larger future.
-                        Either::Right(Box::pin(worker.client.send(&up, req, !f.target.remote)))
+                        Either::Right(Box::pin(worker.client.send(up, req, !f.target.remote)))
                     }
                 };
                 let in_flight = up.start();
@@ -1145,7 +1185,7 @@ impl Router {
                     }
                 }
             };
-            (resp, f.target.site, f.target.shard)
+            (resp, f.target.site, f.target.shard, last)
         }
     }
 
@@ -1253,12 +1293,14 @@ impl Router {
     ) -> Routed {
         let (mut parts, incoming) = req.into_parts();
         self.prepare_head(&mut parts, &conn, &target, true);
+        let mut chosen = None;
         let resp = self
-            .upgrade(parts, incoming, client_on, &target, worker)
+            .upgrade(parts, incoming, client_on, &target, worker, &mut chosen)
             .await;
-        (resp, target.site, target.shard)
+        (resp, target.site, target.shard, chosen)
     }
 
+    /// Sends an upgrade request; the endpoint it went to is put in `chosen`.
     async fn upgrade(
         &self,
         parts: http::request::Parts,
@@ -1266,6 +1308,7 @@ impl Router {
         client_on: hyper::upgrade::OnUpgrade,
         target: &Target,
         worker: &Worker,
+        chosen: &mut Option<Arc<Upstream>>,
     ) -> Response<Body> {
         let Some(upstream) =
             worker
@@ -1278,6 +1321,7 @@ impl Router {
                 "no_upstreams",
             );
         };
+        *chosen = Some(upstream.clone());
         let ep = &upstream.endpoint;
         let up = Request::from_parts(parts, incoming.into_body());
         // Upgrades need HTTP/1.1 to the upstream, on a connection of their own.

@@ -86,6 +86,8 @@ pub enum ServeError {
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
     #[error(transparent)]
+    AccessLog(#[from] crate::access_log::AccessLogError),
+    #[error(transparent)]
     Topology(#[from] ezone_topology::StoreError),
     #[error(
         "routing.peer_secret is not set, and the topology has other sites ({}) whose routers \
@@ -225,6 +227,8 @@ pub struct RunningRouter {
     threads: Vec<std::thread::JoinHandle<()>>,
     conns: Arc<Connections>,
     drain: Duration,
+    /// The access log's writer thread, if `[access_log]` is set.
+    access_log: Option<crate::access_log::Writer>,
 }
 
 fn builder(cfg: &RouterConfig, h2: bool) -> auto::Builder<TokioExecutor> {
@@ -273,7 +277,20 @@ impl RunningRouter {
         let mut control = JoinSet::new();
         check_peer_trust(&cfg, &watcher, &mut control).await?;
         let drain = cfg.timeouts.drain();
-        let router = Arc::new(Router::new(cfg.clone(), watcher));
+        let mut router = Router::new(cfg.clone(), watcher);
+        let access_log = match &cfg.access_log {
+            Some(c) => {
+                let (log, writer) =
+                    crate::access_log::Writer::start(c, router.metrics.access_log_dropped.clone())?;
+                router.access_log = Some(log);
+                if !c.is_stdout() {
+                    reopen_on_sighup(&writer, &mut control);
+                }
+                Some(writer)
+            }
+            None => None,
+        };
+        let router = Arc::new(router);
         let (stop, stop_rx) = watch::channel(false);
         let (done, done_rx) = watch::channel(false);
         let fds = raise_fd_limit();
@@ -376,6 +393,7 @@ impl RunningRouter {
             threads,
             conns,
             drain,
+            access_log,
         })
     }
 
@@ -397,13 +415,39 @@ impl RunningRouter {
         self.control.abort_all();
         while self.control.join_next().await.is_some() {}
         let threads = std::mem::take(&mut self.threads);
+        let access_log = self.access_log.take();
         let _ = tokio::task::spawn_blocking(move || {
             for t in threads {
                 let _ = t.join();
             }
+            // After the workers: the lines of the requests they were
+            // still serving (cut at the drain deadline) are in by now.
+            if let Some(w) = access_log {
+                w.finish();
+            }
         })
         .await;
     }
+}
+
+/// SIGHUP reopens the access log file, for log rotation (logrotate's
+/// `postrotate`: `kill -HUP`). Installed only when the log is a file: the
+/// signal's default (ending the process) is otherwise left alone.
+fn reopen_on_sighup(writer: &crate::access_log::Writer, control: &mut JoinSet<()>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "Cannot install a SIGHUP handler: the access log will not be reopened on SIGHUP (rotate it with copytruncate).");
+            return;
+        }
+    };
+    let reopen = writer.reopener();
+    control.spawn(async move {
+        while hup.recv().await.is_some() {
+            reopen.request();
+        }
+    });
 }
 
 /// A connection accepted by one worker and served by another (see
