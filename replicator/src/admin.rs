@@ -15,7 +15,6 @@
 //! quiet `status_interval` (3 s), so a live source is heard from at least
 //! every 6 s or so.
 
-use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -39,7 +38,7 @@ const TEXT: &str = "text/plain; charset=utf-8";
 
 /// What the admin endpoints serve.
 pub struct Admin {
-    links: BTreeMap<String, Arc<LinkStats>>,
+    links: crate::link_set::LinkSet,
     metrics: Metrics,
 }
 
@@ -61,7 +60,8 @@ fn text(status: StatusCode, body: String) -> Answer {
 
 impl Admin {
     /// The endpoints over these links (`source->target` to its stats).
-    pub fn new(links: BTreeMap<String, Arc<LinkStats>>) -> Admin {
+    pub fn new(links: impl Into<crate::link_set::LinkSet>) -> Admin {
+        let links = links.into();
         Admin {
             metrics: Metrics::new(links.clone()),
             links,
@@ -104,7 +104,8 @@ impl Admin {
         let now = monotonic_ms();
         let mut ready = Vec::new();
         let mut not_ready = Vec::new();
-        for (link, stats) in &self.links {
+        let links = self.links.snapshot();
+        for (link, stats) in &links {
             match judge(stats, now, max_lag) {
                 Ok(detail) => ready.push(format!("{link}: {detail}\n")),
                 Err(why) => not_ready.push(format!("{link}: {why}\n")),
@@ -118,11 +119,7 @@ impl Admin {
             body.extend(ready);
             text(StatusCode::OK, body)
         } else {
-            let mut body = format!(
-                "not ready: {} of {} links\n",
-                not_ready.len(),
-                self.links.len()
-            );
+            let mut body = format!("not ready: {} of {} links\n", not_ready.len(), links.len());
             body.extend(not_ready);
             text(StatusCode::SERVICE_UNAVAILABLE, body)
         }
@@ -282,7 +279,7 @@ mod tests {
             links
                 .iter()
                 .map(|(n, s)| (n.to_string(), s.clone()))
-                .collect(),
+                .collect::<std::collections::BTreeMap<_, _>>(),
         )
     }
 

@@ -22,6 +22,7 @@ pub mod config;
 pub mod conflict;
 pub mod fence;
 pub mod link;
+pub mod link_set;
 pub mod lsn;
 pub mod metrics;
 pub mod ownership;

@@ -9,9 +9,7 @@
 //! in the names, and rates are left to the query
 //! (`rate(ezone_replicator_applied_rows_total[1m])`).
 
-use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
@@ -162,23 +160,23 @@ type LinkLabel<'a> = [(&'static str, &'a str); 1];
 
 /// Reads every link's stats at scrape time.
 struct Links {
-    links: BTreeMap<String, Arc<LinkStats>>,
+    links: crate::link_set::LinkSet,
     defs: Vec<Def>,
 }
 
 impl std::fmt::Debug for Links {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Links")
-            .field("links", &self.links.keys().collect::<Vec<_>>())
-            .finish()
+        f.debug_struct("Links").field("links", &self.links).finish()
     }
 }
 
 impl Collector for Links {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        // One copy of the set per scrape: every family lists the same links.
+        let links = self.links.snapshot();
         for d in &self.defs {
             let mut family = encoder.encode_descriptor(d.name, d.help, d.unit.as_ref(), d.kind)?;
-            for (link, stats) in &self.links {
+            for (link, stats) in &links {
                 let labels: LinkLabel = [("link", link.as_str())];
                 let mut sample = family.encode_family(&labels)?;
                 match (d.read)(stats) {
@@ -199,10 +197,10 @@ pub struct Metrics {
 
 impl Metrics {
     /// Metrics over these links (`source->target` to its stats).
-    pub fn new(links: BTreeMap<String, Arc<LinkStats>>) -> Metrics {
+    pub fn new(links: impl Into<crate::link_set::LinkSet>) -> Metrics {
         let mut registry = Registry::with_prefix(PREFIX);
         registry.register_collector(Box::new(Links {
-            links,
+            links: links.into(),
             defs: defs(),
         }));
         Metrics { registry }
@@ -230,7 +228,9 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
     use std::sync::atomic::Ordering;
+    use std::sync::Arc;
 
     /// Two links with every counter and gauge set.
     fn links() -> BTreeMap<String, Arc<LinkStats>> {

@@ -13,6 +13,7 @@ use tokio::task::JoinSet;
 use crate::apply::Ownership;
 use crate::config::{origin_name, slot_name, ReplicatorConfig};
 use crate::link::{run_with, LinkConfig, LinkError, LinkStats};
+use crate::link_set::LinkSet;
 use crate::walsender::SourceConfig;
 
 #[derive(Debug, thiserror::Error)]
@@ -62,7 +63,8 @@ where
 
 /// The running links of one replicator.
 pub struct Service {
-    pub links: BTreeMap<String, Arc<LinkStats>>,
+    /// The links running now (the set follows the topology's sites).
+    pub links: LinkSet,
     /// Keeps the topology watcher (shared by the links) alive.
     _watcher: Arc<ezone_topology::Watcher>,
     pub admin: Option<std::net::SocketAddr>,
@@ -143,48 +145,27 @@ impl Service {
                 async move { ("fence".to_string(), keep_fence(site, dsn, st, w, rx).await) },
             );
         }
-        let mut links = BTreeMap::new();
+        // One link from each other site, now and as sites come and go.
+        let factory = Arc::new(LinkFactory {
+            cfg: cfg.clone(),
+            target_dsn: target_dsn.clone(),
+            topology: topology.clone(),
+            history: history.clone(),
+        });
+        let links = LinkSet::default();
+        let mut running = BTreeMap::new();
         for (name, site) in &t.sites {
             if *name == cfg.site {
                 continue;
             }
-            let dsn = cfg
-                .sources
-                .get(name)
-                .map(|o| o.dsn.clone())
-                .unwrap_or_else(|| site.postgres.clone());
-            let mut source = SourceConfig::from_dsn(&dsn).map_err(|e| ServiceError::Source {
-                site: name.clone(),
-                detail: e.to_string(),
-            })?;
-            let link_name = format!("{name}->{}", cfg.site);
-            source.application_name = format!("ezone {link_name}");
-            let lc = LinkConfig {
-                name: link_name.clone(),
-                source,
-                source_dsn: dsn,
-                target_dsn: target_dsn.clone(),
-                publication: cfg.publication.clone(),
-                slot: slot_name(&cfg.site),
-                origin: origin_name(name),
-                tables: cfg.tables.clone(),
-            };
-            let own = Ownership {
-                source_site: name.clone(),
-                target_site: cfg.site.clone(),
-                policy: cfg.conflict_policy,
-                shard_keys: cfg.shard_keys.clone().into_iter().collect(),
-                topology: Some(topology.clone()),
-                history: Some(history.clone()),
-                ..Ownership::default()
-            };
-            let stats = Arc::new(LinkStats::default());
-            links.insert(link_name.clone(), stats.clone());
-            let rx = stop_rx.clone();
-            let retry = cfg.stopped_link_retry;
+            running.insert(name.clone(), factory.spawn(name, site, &links)?);
+        }
+        {
+            let (factory, links, rx) = (factory.clone(), links.clone(), stop_rx.clone());
+            let sites = watcher.subscribe();
             tasks.spawn(async move {
-                supervise(&link_name, lc, own, stats, rx, retry).await;
-                (link_name, Ok(()))
+                follow_sites(factory, links, running, sites, rx).await;
+                ("links".to_string(), Ok(()))
             });
         }
         let mut admin = None;
@@ -267,6 +248,133 @@ async fn supervise(
                     .store(false, std::sync::atomic::Ordering::Relaxed);
             }
         }
+    }
+}
+
+/// What a link from one source site needs, for the links started at the
+/// beginning and for sites that join later.
+struct LinkFactory {
+    cfg: ReplicatorConfig,
+    target_dsn: String,
+    topology: crate::apply::TopologyFn,
+    history: crate::apply::HistoryFn,
+}
+
+/// A running link: its own stop, and its task.
+struct RunningLink {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl LinkFactory {
+    /// Starts the link `name -> here` (added to `links`).
+    fn spawn(
+        &self,
+        name: &str,
+        site: &ezone_topology::Site,
+        links: &LinkSet,
+    ) -> Result<RunningLink, ServiceError> {
+        let cfg = &self.cfg;
+        let dsn = cfg
+            .sources
+            .get(name)
+            .map(|o| o.dsn.clone())
+            .unwrap_or_else(|| site.postgres.clone());
+        let mut source = SourceConfig::from_dsn(&dsn).map_err(|e| ServiceError::Source {
+            site: name.to_string(),
+            detail: e.to_string(),
+        })?;
+        let link_name = format!("{name}->{}", cfg.site);
+        source.application_name = format!("ezone {link_name}");
+        let lc = LinkConfig {
+            name: link_name.clone(),
+            source,
+            source_dsn: dsn,
+            target_dsn: self.target_dsn.clone(),
+            publication: cfg.publication.clone(),
+            slot: slot_name(&cfg.site),
+            origin: origin_name(name),
+            tables: cfg.tables.clone(),
+        };
+        let own = Ownership {
+            source_site: name.to_string(),
+            target_site: cfg.site.clone(),
+            policy: cfg.conflict_policy,
+            shard_keys: cfg.shard_keys.clone().into_iter().collect(),
+            topology: Some(self.topology.clone()),
+            history: Some(self.history.clone()),
+            ..Ownership::default()
+        };
+        let stats = Arc::new(LinkStats::default());
+        links.insert(link_name.clone(), stats.clone());
+        let (stop, rx) = watch::channel(false);
+        let retry = cfg.stopped_link_retry;
+        let task = tokio::spawn(async move {
+            supervise(&link_name, lc, own, stats, rx, retry).await;
+        });
+        Ok(RunningLink { stop, task })
+    }
+}
+
+/// Keeps one link per other site of the topology: a site that appears gets
+/// its link started (its slot and publication are made at its Postgres, as
+/// at start), a site that leaves gets its link stopped. Until `stop`, which
+/// stops every link and waits for them.
+async fn follow_sites(
+    factory: Arc<LinkFactory>,
+    links: LinkSet,
+    mut running: BTreeMap<String, RunningLink>,
+    mut topology: watch::Receiver<Option<Arc<ezone_topology::Snapshot>>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let here = factory.cfg.site.clone();
+    loop {
+        let changed = tokio::select! {
+            changed = topology.changed() => changed.is_ok(),
+            _ = stop.wait_for(|s| *s) => break,
+        };
+        if !changed {
+            // The watcher is gone: keep the links as they are.
+            let _ = stop.wait_for(|s| *s).await;
+            break;
+        }
+        let Some(snap) = topology.borrow_and_update().clone() else {
+            continue;
+        };
+        let sites = &snap.topology.sites;
+        for (name, site) in sites {
+            if *name == here || running.contains_key(name) {
+                continue;
+            }
+            match factory.spawn(name, site, &links) {
+                Ok(link) => {
+                    tracing::info!(site = %name, version = snap.version, "A site joined the topology: its link to this site starts.");
+                    running.insert(name.clone(), link);
+                }
+                Err(e) => {
+                    tracing::error!(site = %name, error = %e, "A site joined the topology, but its link cannot be made; fix its postgres DSN in the topology (or [sources.SITE] here).");
+                }
+            }
+        }
+        let gone: Vec<String> = running
+            .keys()
+            .filter(|name| !sites.contains_key(*name))
+            .cloned()
+            .collect();
+        for name in gone {
+            if let Some(link) = running.remove(&name) {
+                tracing::warn!(site = %name, version = snap.version, "A site left the topology: its link to this site stops (its slot stays at its Postgres until dropped there).");
+                let _ = link.stop.send(true);
+                let _ = link.task.await;
+                links.remove(&format!("{name}->{here}"));
+            }
+        }
+    }
+    for link in running.values() {
+        let _ = link.stop.send(true);
+    }
+    for (_, link) in running {
+        let _ = link.task.await;
     }
 }
 

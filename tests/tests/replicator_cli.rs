@@ -370,6 +370,101 @@ async fn a_definite_link_error_stops_the_link_not_the_process() {
     );
 }
 
+/// The replicator's links follow the topology's sites: a site added while
+/// it runs gets its link (its rows arrive), a site removed loses it; no
+/// restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_site_added_to_the_topology_gets_a_link_without_a_restart() {
+    let lab = Lab::start(LabSpec::new(&["beijing", "shanghai", "shenzhen"]))
+        .await
+        .expect("lab");
+    let (a, b, c) = (
+        lab.postgres("beijing").expect("bj"),
+        lab.postgres("shanghai").expect("sh"),
+        lab.postgres("shenzhen").expect("sz"),
+    );
+    let mut two = starter(&["beijing", "shanghai"], 2);
+    for (name, pg) in [("beijing", a), ("shanghai", b)] {
+        two.sites.get_mut(name).expect("site").postgres = pg.dsn(DB);
+    }
+    let store = EtcdStore::connect(&lab.etcd().client_urls(), "/ezone")
+        .await
+        .expect("etcd");
+    store.init(&two, false).await.expect("topology");
+    for pg in [a, b, c] {
+        q(
+            pg,
+            "CREATE TABLE orders (id bigint PRIMARY KEY, city text NOT NULL, note text)",
+        )
+        .await;
+    }
+    let sh = replicator_with(&lab, "shanghai", "");
+    let r = until_status(sh.admin, "/readyz", 200, Duration::from_secs(30)).await;
+    assert!(!r.body.contains("shenzhen"), "{}", r.body);
+
+    // Shenzhen joins (a site with no shards yet).
+    let mut three = two.clone();
+    let mut sz = two.sites["beijing"].clone();
+    sz.name = "shenzhen".into();
+    sz.postgres = c.dsn(DB);
+    sz.router = "127.0.0.1:1".into();
+    sz.more_routers = vec![];
+    three.sites.insert("shenzhen".into(), sz);
+    store.init(&three, true).await.expect("add shenzhen");
+    q(
+        c,
+        "INSERT INTO orders VALUES (7, '0755', 'written at shenzhen')",
+    )
+    .await;
+    until_rows(b, "1").await;
+    assert_eq!(
+        q(b, "SELECT note FROM orders WHERE id = 7").await,
+        "written at shenzhen"
+    );
+    let r = until_status(sh.admin, "/readyz", 200, Duration::from_secs(30)).await;
+    assert!(
+        r.body.contains("shenzhen->shanghai: streaming"),
+        "{}",
+        r.body
+    );
+    assert!(
+        metrics(sh.admin)
+            .await
+            .contains("ezone_replicator_streaming{link=\"shenzhen->shanghai\"} 1"),
+        "the new link is on /metrics"
+    );
+
+    // Shenzhen leaves: its link stops and is no longer reported.
+    store.init(&two, true).await.expect("remove shenzhen");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = get(sh.admin, "/readyz").await;
+        if r.status == 200 && !r.body.contains("shenzhen") {
+            assert!(
+                r.body.contains("beijing->shanghai: streaming"),
+                "{}",
+                r.body
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "shenzhen's link is still reported: {} {}",
+            r.status,
+            r.body
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!metrics(sh.admin).await.contains("shenzhen"));
+    // The process still replicates what it should.
+    q(
+        a,
+        "INSERT INTO orders VALUES (8, '010', 'written at beijing')",
+    )
+    .await;
+    until_rows(b, "2").await;
+}
+
 async fn until_rows(pg: &PgCluster, want: &str) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while q(pg, "SELECT count(*) FROM orders").await != want {

@@ -32,7 +32,7 @@ pub async fn run(args: ReplicatorArgs) -> anyhow::Result<()> {
     println!(
         "{}",
         serde_json::json!({
-            "links": service.links.keys().collect::<Vec<_>>(),
+            "links": service.links.names(),
             "admin": service.admin.map(|a| a.to_string()),
         })
     );
