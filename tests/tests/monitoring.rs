@@ -234,7 +234,7 @@ fn replicator_metrics() -> ezone_replicator::metrics::Metrics {
         Arc::new(ezone_replicator::link::LinkStats::default()),
     )]
     .into_iter()
-    .collect();
+    .collect::<std::collections::BTreeMap<_, _>>();
     ezone_replicator::metrics::Metrics::new(links)
 }
 
