@@ -2,6 +2,9 @@
 # (Debian packages, as root) first.
 
 CARGO ?= cargo
+# Failpoints (FAILPOINTS=...) compiled in: the end-to-end tests and the chaos
+# suite need them. A release build (`cargo build --release`) has none.
+FEATURES ?= --features ezone/failpoints
 LAB_DIR ?= $(CURDIR)/.lab-demo
 
 .PHONY: demo test deps lint build unit chaos-long fuzz-long bench-topology clean-lab lab-demo
@@ -10,20 +13,20 @@ deps:
 	@scripts/install-deps.sh
 
 build: deps
-	$(CARGO) build --workspace --bins
+	$(CARGO) build --workspace --bins $(FEATURES)
 
 lint: deps
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy --workspace --all-targets $(FEATURES) -- -D warnings
 
 # The whole suite: unit tests, property tests, and end-to-end tests against
 # real etcd and Postgres started by the lab, and the quick chaos profile.
 # The long chaos profile is `make chaos-long`.
 test: deps lint build
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
-	  $(CARGO) nextest run --workspace --no-fail-fast; \
+	  $(CARGO) nextest run --workspace --no-fail-fast $(FEATURES); \
 	else \
-	  $(CARGO) test --workspace --no-fail-fast; \
+	  $(CARGO) test --workspace --no-fail-fast $(FEATURES); \
 	fi
 
 # Many seeds, longer runs, one `ezone chaos run` each, and a summary of the
@@ -32,7 +35,7 @@ test: deps lint build
 # CHAOS_ARGS passes options (e.g. `--seeds 1-20 --duration 60s`).
 CHAOS_ARGS ?= --seeds 1-100 --duration 120s
 chaos-long: deps build
-	EZONE_CHAOS_LONG=1 $(CARGO) test -p ezone-tests --test failover
+	EZONE_CHAOS_LONG=1 $(CARGO) test -p ezone-tests --test failover $(FEATURES)
 	target/debug/ezone chaos sweep --report target/chaos-long $(CHAOS_ARGS)
 
 # The router's HTTP/1 parsers against hyper's on many more generated and

@@ -6,8 +6,16 @@ mod cmd;
 mod logging;
 
 /// ezone: multi-data-center routing and replication.
+/// `--version`: says whether failpoints are compiled in (the tests that
+/// need them check).
+const VERSION: &str = if cfg!(feature = "failpoints") {
+    concat!(env!("CARGO_PKG_VERSION"), " (failpoints)")
+} else {
+    env!("CARGO_PKG_VERSION")
+};
+
 #[derive(Debug, Parser)]
-#[command(name = "ezone", version, about, propagate_version = true)]
+#[command(name = "ezone", version = VERSION, about, propagate_version = true)]
 struct Cli {
     /// Log lines on stderr: text, or json (one object a line). Which lines:
     /// RUST_LOG, or EZONE_LOG (RUST_LOG wins when both are set), default

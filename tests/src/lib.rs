@@ -6,6 +6,23 @@ use std::time::Duration;
 
 /// The `ezone` binary built from this workspace (`cargo build -p ezone` first;
 /// `make test` does). `EZONE_BIN` overrides.
+/// Panics, saying how to fix it, unless the `ezone` binary was built with
+/// failpoints (`FAILPOINTS=...`), which the calling test needs.
+pub fn require_failpoints() {
+    let out = std::process::Command::new(ezone_bin())
+        .arg("--version")
+        .output()
+        .expect("run ezone --version");
+    let version = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        version.contains("(failpoints)"),
+        "this test needs an ezone built with failpoints ({} says {:?}): run `make test`, or build with \
+         `cargo build --workspace --bins --features ezone/failpoints`",
+        ezone_bin().display(),
+        version.trim()
+    );
+}
+
 pub fn ezone_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("EZONE_BIN") {
         return PathBuf::from(p);

@@ -132,6 +132,7 @@ fn the_fixed_seeds_draw_every_kind() {
 /// in a violation that names lost orders, and say how to replay it.
 #[test]
 fn a_replicator_that_drops_transactions_is_caught() {
+    ezone_tests::require_failpoints();
     let dir = tempfile::tempdir().expect("report dir");
     let out = Command::new(ezone_bin())
         .args(["chaos", "run", "--seed", "1", "--faults", "kill-router"])

@@ -34,6 +34,9 @@ async fn failover(ens: &Ensemble, args: &[&str], env: &[(&str, &str)]) -> (i32, 
         .arg("1s")
         .env("EZONE_LOG", "warn");
     for (k, v) in env {
+        if *k == "FAILPOINTS" {
+            ezone_tests::require_failpoints();
+        }
         cmd.env(k, v);
     }
     let out = tokio::time::timeout(Duration::from_secs(90), cmd.output())
@@ -1009,6 +1012,7 @@ fn failover_paused_after_preflight(
     shard: u32,
     args: &[&str],
 ) -> tokio::process::Child {
+    ezone_tests::require_failpoints();
     tokio::process::Command::new(ezone_bin())
         .args(["failover", "shard", &shard.to_string(), "--to", "shanghai"])
         .args(args)

@@ -94,14 +94,29 @@ impl RunArgs {
     }
 }
 
+/// Whether this binary can inject `kind`: killing a switchover command at a
+/// step needs the failpoints compiled in.
+fn built_for(kind: FaultKind) -> Result<(), &'static str> {
+    if kind == FaultKind::SwitchoverKilled && !cfg!(feature = "failpoints") {
+        return Err("it was built without failpoints: build it with `cargo build --features ezone/failpoints` (make does)");
+    }
+    Ok(())
+}
+
 pub async fn run(a: RunArgs) -> anyhow::Result<()> {
     let kinds = match &a.faults {
         Some(list) => FaultKind::parse_list(list).map_err(anyhow::Error::msg)?,
-        None => supported_kinds(),
+        None => supported_kinds()
+            .into_iter()
+            .filter(|k| built_for(*k).is_ok())
+            .collect(),
     };
     for k in &kinds {
         if let Err(why) = supported(*k) {
             anyhow::bail!("fault kind {k} cannot be run yet: {why}; leave it out of --faults");
+        }
+        if let Err(why) = built_for(*k) {
+            anyhow::bail!("fault kind {k} cannot be run by this ezone: {why}");
         }
     }
     anyhow::ensure!(

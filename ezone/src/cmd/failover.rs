@@ -215,6 +215,8 @@ pub async fn run(c: FailoverCommand) -> anyhow::Result<()> {
 
 async fn move_shards(common: Common, pick: Pick) -> anyhow::Result<()> {
     // Simulated crashes for the tests (FAILPOINTS=switchover.frozen=return).
+    // FAILPOINTS=... (a build with the `failpoints` feature only).
+    #[cfg(feature = "failpoints")]
     let _scenario = fail::FailScenario::setup();
     let stdin_tty = std::io::stdin().is_terminal();
     // A forced failover from a script must say --yes: refused before

@@ -25,6 +25,8 @@ pub async fn run(args: ReplicatorArgs) -> anyhow::Result<()> {
         .with_context(|| format!("in {}", args.config.display()))?;
     // Failpoints from FAILPOINTS (the chaos suite's tests plant a bug with
     // them; unset, nothing changes).
+    // FAILPOINTS=... (a build with the `failpoints` feature only).
+    #[cfg(feature = "failpoints")]
     let _scenario = fail::FailScenario::setup();
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
