@@ -106,6 +106,13 @@ pub struct AtRisk {
     pub unexplained: BTreeSet<String>,
     /// Conflicts explained by an in-doubt write only (allowed, counted).
     pub in_doubt: BTreeSet<String>,
+    /// Orders whose row at the survivor shows not the last status
+    /// acknowledged at the lost site but one an in-doubt write of it set:
+    /// that write may have landed at the lost site after the acknowledged
+    /// one (a request stuck in a partition, delivered once it healed) and
+    /// crossed, so nothing of the order need be in the tail. Allowed,
+    /// counted (the register check judges the order's final status).
+    pub superseded_in_doubt: BTreeSet<String>,
 }
 
 impl AtRisk {
@@ -147,8 +154,31 @@ pub fn at_risk_mismatches(
             doubted.insert(w.order.as_str());
         }
     }
+    // Statuses an in-doubt write of each order may have set.
+    let mut doubtful_status: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for w in writes
+        .iter()
+        .filter(|w| w.invoke < returned_at && w.in_doubt)
+    {
+        if let Some(st) = &w.status {
+            doubtful_status
+                .entry(w.order.as_str())
+                .or_default()
+                .insert(st.as_str());
+        }
+    }
     let mut out = AtRisk::default();
     for (order, w) in &last_acked {
+        if let (Some(r), Some(_)) = (rows.get(order), &w.status) {
+            let shown = r.status.as_deref().unwrap_or("");
+            let by_doubt = doubtful_status
+                .get(order)
+                .is_some_and(|set| set.contains(shown));
+            if r.site.as_deref() == Some(lost) && w.status.as_deref() != Some(shown) && by_doubt {
+                out.superseded_in_doubt.insert(order.to_string());
+                continue;
+            }
+        }
         let crossed = match (rows.get(order), &w.status) {
             (None, _) => false,
             (Some(_), None) => true,
@@ -595,5 +625,31 @@ mod tests {
         assert_eq!(keep(None, Some(1)), "returning");
         // An image without the column: the tail's.
         assert_eq!(keep(Some(3), None), "returning");
+    }
+
+    #[test]
+    fn a_late_in_doubt_write_explains_a_row_behind_the_last_acknowledged() {
+        // "cooking" was sent first and its answer lost (in doubt), retried
+        // and acknowledged; "delivered" was acknowledged after it; the
+        // survivor's row shows "cooking": the stuck first attempt landed
+        // at beijing after "delivered" and crossed. Not at risk.
+        let mut first = w("a", Some("cooking"), "beijing", false, 10);
+        first.in_doubt = true;
+        let mut retry = w("a", Some("cooking"), "beijing", true, 20);
+        retry.in_doubt = true;
+        let last = w("a", Some("delivered"), "beijing", true, 30);
+        let writes = [first, retry, last];
+        let r = at_risk_mismatches(&writes, "beijing", RETURNED, &[row("a", "cooking")], &[]);
+        assert!(r.at_risk.is_empty() && r.is_ok(), "{r:?}");
+        assert_eq!(r.superseded_in_doubt, ["a"].map(String::from).into());
+        // Without the in-doubt write, the same row is a write at risk.
+        let r = at_risk_mismatches(
+            &writes[2..],
+            "beijing",
+            RETURNED,
+            &[row("a", "cooking")],
+            &[],
+        );
+        assert_eq!(r.unrecorded, ["a"].map(String::from).into());
     }
 }

@@ -109,13 +109,14 @@ pub fn judge_forced(rec: &ForcedRecord, writes: &[AnsweredWrite]) -> (Vec<String
     let r = at_risk_mismatches(writes, &rec.lost, returned_at, rows, &rec.conflicts);
     let mut lines = vec![format!(
         "{head}: {} acknowledged write(s) at risk (acknowledged at {}, not at {} when it opened), \
-         {} conflict(s) recorded, {} explained by an in-doubt write; unrecorded {} (must be 0), \
-         unexplained {} (must be 0)",
+         {} conflict(s) recorded, {} explained by an in-doubt write, {} superseded by a late \
+         in-doubt write; unrecorded {} (must be 0), unexplained {} (must be 0)",
         r.at_risk.len(),
         rec.lost,
         rec.survivor,
         rec.conflicts.len(),
         r.in_doubt.len(),
+        r.superseded_in_doubt.len(),
         r.unrecorded.len(),
         r.unexplained.len()
     )];
