@@ -173,11 +173,9 @@ async fn values_of_many_types_arrive_intact() {
 /// Ownership: with a shard key column and the topology, a change written at a
 /// site that does not own the row's shard is recorded and not applied (owner
 /// wins), and when both sites have the row, the owner's version is kept.
-#[tokio::test]
-async fn owner_wins_by_shard_key() {
-    use ezone_replicator::apply::Ownership;
-    use ezone_replicator::conflict::{KeyKind, Policy, ShardKey};
-    use ezone_replicator::link::run_with;
+/// Beijing and shanghai, each with an `orders` table keyed by id, with a
+/// city.
+async fn two_sites_with_orders() -> (PgCluster, PgCluster) {
     let a = PgCluster::start("beijing").await.expect("pg");
     let b = PgCluster::start("shanghai").await.expect("pg");
     for pg in [&a, &b] {
@@ -187,20 +185,17 @@ async fn owner_wins_by_shard_key() {
         )
         .await;
     }
-    // A row of a beijing-owned city already at shanghai with another version.
-    q(
-        &b,
-        "INSERT INTO orders VALUES (5, '010', 'shanghai version')",
-    )
-    .await;
-    let cfg = link(&a, &b, &["public.orders"]);
-    ensure_source(&cfg).await.expect("source");
-    // 010 -> shard 1 (beijing), 021 -> shard 2 (shanghai) in the starter topology.
-    let topology = std::sync::Arc::new(ezone_topology::starter::starter(
-        &["beijing", "shanghai"],
-        2,
-    ));
-    let own = Ownership {
+    (a, b)
+}
+
+/// The link beijing->shanghai's ownership rules: `public.orders` sharded by
+/// city, owner wins, judged against `topology` (and `history`, if given).
+fn city_owned(
+    topology: Arc<ezone_topology::Topology>,
+    history: Option<ezone_replicator::apply::HistoryFn>,
+) -> ezone_replicator::apply::Ownership {
+    use ezone_replicator::conflict::{KeyKind, Policy, ShardKey};
+    ezone_replicator::apply::Ownership {
         source_site: "beijing".into(),
         target_site: "shanghai".into(),
         policy: Policy::OwnerWins,
@@ -214,8 +209,29 @@ async fn owner_wins_by_shard_key() {
         .into_iter()
         .collect(),
         topology: Some(Arc::new(move || Some(topology.clone()))),
-        ..Ownership::default()
-    };
+        history,
+        ..ezone_replicator::apply::Ownership::default()
+    }
+}
+
+#[tokio::test]
+async fn owner_wins_by_shard_key() {
+    use ezone_replicator::link::run_with;
+    let (a, b) = two_sites_with_orders().await;
+    // A row of a beijing-owned city already at shanghai with another version.
+    q(
+        &b,
+        "INSERT INTO orders VALUES (5, '010', 'shanghai version')",
+    )
+    .await;
+    let cfg = link(&a, &b, &["public.orders"]);
+    ensure_source(&cfg).await.expect("source");
+    // 010 -> shard 1 (beijing), 021 -> shard 2 (shanghai) in the starter topology.
+    let topology = std::sync::Arc::new(ezone_topology::starter::starter(
+        &["beijing", "shanghai"],
+        2,
+    ));
+    let own = city_owned(topology, None);
     let (stop_tx, stop) = watch::channel(false);
     let task = tokio::spawn(run_with(cfg, own, Arc::new(LinkStats::default()), stop));
     q(
@@ -290,20 +306,11 @@ async fn owner_wins_by_shard_key() {
 /// while what the site writes under its new tenure applies as usual.
 #[tokio::test]
 async fn a_lost_tenures_tail_stays_foreign_after_the_shard_comes_back() {
-    use ezone_replicator::apply::{HistoryFn, Ownership};
-    use ezone_replicator::conflict::{KeyKind, Policy, ShardKey};
+    use ezone_replicator::apply::HistoryFn;
     use ezone_replicator::link::run_with;
     use ezone_topology::history::{EpochEntry, ShardHistory, Transition};
     use ezone_topology::ShardState;
-    let a = PgCluster::start("beijing").await.expect("pg");
-    let b = PgCluster::start("shanghai").await.expect("pg");
-    for pg in [&a, &b] {
-        q(
-            pg,
-            "CREATE TABLE orders (id bigint PRIMARY KEY, city text NOT NULL, note text)",
-        )
-        .await;
-    }
+    let (a, b) = two_sites_with_orders().await;
     // Shanghai wrote row 9 while it held the shard (a conflicting version).
     q(
         &b,
@@ -337,23 +344,7 @@ async fn a_lost_tenures_tail_stays_foreign_after_the_shard_comes_back() {
         let h = history.clone();
         Box::pin(async move { Ok(h) })
     });
-    let own = Ownership {
-        source_site: "beijing".into(),
-        target_site: "shanghai".into(),
-        policy: Policy::OwnerWins,
-        shard_keys: [(
-            "public.orders".to_string(),
-            ShardKey {
-                column: "city".into(),
-                kind: KeyKind::City,
-            },
-        )]
-        .into_iter()
-        .collect(),
-        topology: Some(Arc::new(move || Some(topology.clone()))),
-        history: Some(read_history),
-        ..Ownership::default()
-    };
+    let own = city_owned(topology, Some(read_history));
     // The tail: written at beijing under epoch 1 (stamped as the fence
     // trigger stamps), a new row and a version of row 9.
     q(

@@ -50,6 +50,31 @@ fn replicator_with(lab: &Lab, site: &str, extra: &str) -> Replicator {
     Replicator { _proc: proc, admin }
 }
 
+/// The topology of beijing and shanghai (the lab's Postgres as their DSNs)
+/// in the lab's etcd, and an `orders` table at both; the store and the
+/// topology written.
+async fn beijing_and_shanghai(lab: &Lab) -> (EtcdStore, ezone_topology::Topology) {
+    let mut t = starter(&["beijing", "shanghai"], 2);
+    for name in ["beijing", "shanghai"] {
+        let pg = lab.postgres(name).expect("site's Postgres");
+        t.sites.get_mut(name).expect("site").postgres = pg.dsn(DB);
+        create_orders(pg).await;
+    }
+    let store = EtcdStore::connect(&lab.etcd().client_urls(), "/ezone")
+        .await
+        .expect("etcd");
+    store.init(&t, false).await.expect("topology");
+    (store, t)
+}
+
+async fn create_orders(pg: &PgCluster) {
+    q(
+        pg,
+        "CREATE TABLE orders (id bigint PRIMARY KEY, city text NOT NULL, note text)",
+    )
+    .await;
+}
+
 async fn q(pg: &PgCluster, sql: &str) -> String {
     pg.psql_db(DB, sql).await.expect("psql").trim().to_string()
 }
@@ -93,21 +118,7 @@ async fn replicators_converge_through_kill_and_partition() {
         lab.postgres("beijing").expect("bj"),
         lab.postgres("shanghai").expect("sh"),
     );
-    let mut t = starter(&["beijing", "shanghai"], 2);
-    for (name, pg) in [("beijing", a), ("shanghai", b)] {
-        t.sites.get_mut(name).expect("site").postgres = pg.dsn(DB);
-    }
-    let store = EtcdStore::connect(&lab.etcd().client_urls(), "/ezone")
-        .await
-        .expect("etcd");
-    store.init(&t, false).await.expect("topology");
-    for pg in [a, b] {
-        q(
-            pg,
-            "CREATE TABLE orders (id bigint PRIMARY KEY, city text NOT NULL, note text)",
-        )
-        .await;
-    }
+    beijing_and_shanghai(&lab).await;
     let bj = replicator(&lab, "beijing");
     let sh = replicator(&lab, "shanghai");
     wait_slots([a, b]).await;
@@ -307,21 +318,7 @@ async fn a_definite_link_error_stops_the_link_not_the_process() {
         lab.postgres("beijing").expect("bj"),
         lab.postgres("shanghai").expect("sh"),
     );
-    let mut t = starter(&["beijing", "shanghai"], 2);
-    for (name, pg) in [("beijing", a), ("shanghai", b)] {
-        t.sites.get_mut(name).expect("site").postgres = pg.dsn(DB);
-    }
-    let store = EtcdStore::connect(&lab.etcd().client_urls(), "/ezone")
-        .await
-        .expect("etcd");
-    store.init(&t, false).await.expect("topology");
-    for pg in [a, b] {
-        q(
-            pg,
-            "CREATE TABLE orders (id bigint PRIMARY KEY, city text NOT NULL, note text)",
-        )
-        .await;
-    }
+    beijing_and_shanghai(&lab).await;
     let sh = replicator_with(&lab, "shanghai", "stopped_link_retry = \"1s\"");
     until_status(sh.admin, "/readyz", 200, Duration::from_secs(30)).await;
     q(a, "INSERT INTO orders VALUES (1, '010', 'before')").await;
@@ -383,21 +380,8 @@ async fn a_site_added_to_the_topology_gets_a_link_without_a_restart() {
         lab.postgres("shanghai").expect("sh"),
         lab.postgres("shenzhen").expect("sz"),
     );
-    let mut two = starter(&["beijing", "shanghai"], 2);
-    for (name, pg) in [("beijing", a), ("shanghai", b)] {
-        two.sites.get_mut(name).expect("site").postgres = pg.dsn(DB);
-    }
-    let store = EtcdStore::connect(&lab.etcd().client_urls(), "/ezone")
-        .await
-        .expect("etcd");
-    store.init(&two, false).await.expect("topology");
-    for pg in [a, b, c] {
-        q(
-            pg,
-            "CREATE TABLE orders (id bigint PRIMARY KEY, city text NOT NULL, note text)",
-        )
-        .await;
-    }
+    let (store, two) = beijing_and_shanghai(&lab).await;
+    create_orders(c).await;
     let sh = replicator_with(&lab, "shanghai", "");
     let r = until_status(sh.admin, "/readyz", 200, Duration::from_secs(30)).await;
     assert!(!r.body.contains("shenzhen"), "{}", r.body);
