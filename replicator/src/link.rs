@@ -210,6 +210,14 @@ pub enum LinkError {
     },
     #[error("link {link}: setting up the source: {detail}")]
     Setup { link: String, detail: String },
+    /// A table the link replicates has no primary key at the source: it
+    /// cannot be applied by key anywhere. Definite.
+    #[error("link {link}: source {server}: table {table} has no primary key: ezone replicates only tables with one; add a primary key (at every site) or remove the table from the replicator's tables")]
+    NoSourceKey {
+        link: String,
+        server: String,
+        table: String,
+    },
 }
 
 impl LinkError {
@@ -219,7 +227,9 @@ impl LinkError {
             LinkError::Source { source, .. } => source.is_transient(),
             LinkError::Apply { source, .. } => source.is_transient(),
             LinkError::Setup { .. } => true,
-            LinkError::Decode { .. } | LinkError::Assemble { .. } => false,
+            LinkError::Decode { .. }
+            | LinkError::Assemble { .. }
+            | LinkError::NoSourceKey { .. } => false,
         }
     }
 }
@@ -275,14 +285,10 @@ pub async fn ensure_source(cfg: &LinkConfig) -> Result<(), LinkError> {
             })?;
         let without_key: Vec<String> = row.get(0);
         if let Some(table) = without_key.first() {
-            return Err(LinkError::Apply {
+            return Err(LinkError::NoSourceKey {
                 link: cfg.name.clone(),
-                source: ApplyError::Definite {
-                    target: cfg.source.redacted(),
-                    detail: format!(
-                        "table {table} has no primary key: ezone replicates only tables with one; add a primary key or remove the table from the link"
-                    ),
-                },
+                server: cfg.source.redacted(),
+                table: table.clone(),
             });
         }
         let exists: bool = row.get(1);

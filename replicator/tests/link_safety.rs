@@ -85,6 +85,11 @@ async fn a_table_without_a_primary_key_is_refused_at_start() {
         msg.contains("public.events") && msg.contains("primary key"),
         "{msg}"
     );
+    // It names the side that lacks the key: the source, not a "target".
+    assert!(
+        msg.contains("source host=127.0.0.1") && !msg.contains("target"),
+        "{msg}"
+    );
     assert!(!err.is_transient());
     // Nothing was created at the source.
     assert_eq!(
