@@ -346,6 +346,20 @@ async fn a_definite_link_error_stops_the_link_not_the_process() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // The operator's view names the stopped link and why.
+    let out = std::process::Command::new(ezone_tests::ezone_bin())
+        .args(["status", "--etcd", &lab.etcd().client_urls()[0]])
+        .arg("--replicator-admin")
+        .arg(format!("shanghai={}", sh.admin))
+        .output()
+        .expect("ezone status");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(
+            "replicator NOT READY (/readyz answered 503: beijing->shanghai: stopped for good"
+        ) && text.contains("tip"),
+        "{text}"
+    );
     // The process is up all along.
     assert_eq!(get(sh.admin, "/healthz").await.status, 200);
     assert_eq!(

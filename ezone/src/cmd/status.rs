@@ -45,6 +45,11 @@ pub struct StatusArgs {
     /// hold it: without this, router readiness is not shown.
     #[arg(long = "router-admin", value_parser = crate::cmd::topo::parse_site_dsn)]
     pub router_admin: Vec<(String, String)>,
+    /// A site's replicator admin address (SITE=HOST:PORT; repeatable): its
+    /// `/readyz` says whether every link into the site streams, and names
+    /// a link that does not and why (a stopped link's error included).
+    #[arg(long = "replicator-admin", value_parser = crate::cmd::topo::parse_site_dsn)]
+    pub replicator_admin: Vec<(String, String)>,
 }
 
 #[derive(Debug, Serialize)]
@@ -66,6 +71,11 @@ struct SiteStatus {
     router_ready: Option<bool>,
     /// Why it is not ready (the status or the error).
     router_error: Option<String>,
+    /// The replicator's admin `/readyz` answered 200 (none: its admin
+    /// address was not given).
+    replicator_ready: Option<bool>,
+    /// Why not: the links that are not ready and why, or the error.
+    replicator_error: Option<String>,
     /// Unresolved conflicts by shard (summed per shard below).
     #[serde(skip)]
     pending: Vec<PendingConflicts>,
@@ -118,6 +128,8 @@ async fn site_status(name: &str, router: &str, dsn: &str) -> SiteStatus {
         fence_lease_ms: None,
         router_ready: None,
         router_error: None,
+        replicator_ready: None,
+        replicator_error: None,
         pending: Vec::new(),
     };
     let client = match super::pg::connect(dsn, Duration::from_secs(3)).await {
@@ -207,8 +219,10 @@ fn lag_seconds(active: bool, lag_bytes: Option<i64>, replay_lag: Option<f64>) ->
     }
 }
 
-/// `GET /readyz` at a router's admin address: ready (200), or why not.
-async fn router_ready(addr: &str) -> Result<(), String> {
+/// `GET /readyz` at an admin address (a router's or a replicator's): ready
+/// (200), or why not (the answer's reasons, one per line after the first,
+/// joined; or the connection's error).
+async fn admin_ready(addr: &str) -> Result<(), String> {
     let exchange = async {
         let mut stream = tokio::net::TcpStream::connect(addr)
             .await
@@ -220,9 +234,10 @@ async fn router_ready(addr: &str) -> Result<(), String> {
             )
             .await
             .map_err(|e| format!("send: {e}"))?;
-        let mut head = Vec::new();
-        let mut chunk = [0u8; 1024];
-        while !head.contains(&b'\n') && head.len() < 4096 {
+        // Connection: close: the answer ends at EOF (bounded, in case).
+        let mut answer = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while answer.len() < 64 * 1024 {
             let n = stream
                 .read(&mut chunk)
                 .await
@@ -230,13 +245,30 @@ async fn router_ready(addr: &str) -> Result<(), String> {
             if n == 0 {
                 break;
             }
-            head.extend_from_slice(&chunk[..n]);
+            answer.extend_from_slice(&chunk[..n]);
         }
-        let line = String::from_utf8_lossy(&head);
-        let line = line.lines().next().unwrap_or("").trim().to_string();
+        let text = String::from_utf8_lossy(&answer);
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let line = head.lines().next().unwrap_or("").trim().to_string();
         match line.split_whitespace().nth(1) {
             Some("200") => Ok(()),
-            Some(code) => Err(format!("/readyz answered {code}")),
+            Some(code) => {
+                // The first body line is the summary ("not ready: 1 of 2
+                // links"); the rest name what is not ready and why.
+                let why: Vec<&str> = body
+                    .lines()
+                    .skip(1)
+                    .map(str::trim)
+                    .filter(|l| {
+                        !l.is_empty() && !l.ends_with(": streaming") && !l.contains(": streaming,")
+                    })
+                    .collect();
+                if why.is_empty() {
+                    Err(format!("/readyz answered {code}"))
+                } else {
+                    Err(format!("/readyz answered {code}: {}", why.join("; ")))
+                }
+            }
             None => Err(format!("not an HTTP answer: {line:?}")),
         }
     };
@@ -246,18 +278,33 @@ async fn router_ready(addr: &str) -> Result<(), String> {
     }
 }
 
+/// The admin addresses given on the command line, by site.
+struct Admins {
+    routers: HashMap<String, String>,
+    replicators: HashMap<String, String>,
+}
+
 /// Everything `status` shows, read now.
-async fn collect(store: &AnyStore, admins: &HashMap<String, String>) -> anyhow::Result<Status> {
+async fn collect(store: &AnyStore, admins: &Admins) -> anyhow::Result<Status> {
     let snap = store.load().await.context("loading the topology")?;
     let t = &snap.topology;
     let checks = t.sites.values().map(|s| async move {
         let mut st = site_status(&s.name, &s.router, &s.postgres).await;
-        if let Some(addr) = admins.get(&s.name) {
-            match router_ready(addr).await {
+        if let Some(addr) = admins.routers.get(&s.name) {
+            match admin_ready(addr).await {
                 Ok(()) => st.router_ready = Some(true),
                 Err(e) => {
                     st.router_ready = Some(false);
                     st.router_error = Some(e);
+                }
+            }
+        }
+        if let Some(addr) = admins.replicators.get(&s.name) {
+            match admin_ready(addr).await {
+                Ok(()) => st.replicator_ready = Some(true),
+                Err(e) => {
+                    st.replicator_ready = Some(false);
+                    st.replicator_error = Some(e);
                 }
             }
         }
@@ -314,7 +361,10 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
 
 async fn run_inner(args: StatusArgs) -> anyhow::Result<()> {
     let store = args.store.open().await?;
-    let admins: HashMap<String, String> = args.router_admin.iter().cloned().collect();
+    let admins = Admins {
+        routers: args.router_admin.iter().cloned().collect(),
+        replicators: args.replicator_admin.iter().cloned().collect(),
+    };
     if args.watch {
         return watch(&store, &admins, &args).await;
     }
@@ -331,11 +381,7 @@ async fn run_inner(args: StatusArgs) -> anyhow::Result<()> {
 /// view replaces the last (ANSI clear screen); otherwise (a pipe, a file)
 /// each follows a separator line. A view that cannot be read (etcd down)
 /// says why and the watch goes on.
-async fn watch(
-    store: &AnyStore,
-    admins: &HashMap<String, String>,
-    args: &StatusArgs,
-) -> anyhow::Result<()> {
+async fn watch(store: &AnyStore, admins: &Admins, args: &StatusArgs) -> anyhow::Result<()> {
     let tty = std::io::stdout().is_terminal();
     let interval = args.interval.max(Duration::from_millis(100));
     let ctrl_c = tokio::signal::ctrl_c();
@@ -397,6 +443,14 @@ fn render_text(st: &Status, now_ms: u64) -> String {
             (None, _) => String::new(),
             (Some(true), _) => "   router ready".to_string(),
             (Some(false), e) => format!("   router NOT READY ({})", e.as_deref().unwrap_or("")),
+        };
+        let ready = match (s.replicator_ready, &s.replicator_error) {
+            (None, _) => ready,
+            (Some(true), _) => format!("{ready}   replicator ready"),
+            (Some(false), e) => format!(
+                "{ready}   replicator NOT READY ({})",
+                e.as_deref().unwrap_or("")
+            ),
         };
         if !s.reachable {
             let _ = writeln!(
@@ -539,6 +593,8 @@ mod tests {
                 fence_lease_ms: Some(9_000),
                 router_ready: None,
                 router_error: None,
+                replicator_ready: None,
+                replicator_error: None,
                 pending: Vec::new(),
             }],
             shards: Vec::new(),
@@ -561,6 +617,16 @@ mod tests {
         let text = render_text(&st, 0);
         assert!(
             text.contains("fence lease 9.0 s left   router NOT READY (connect: refused)\n"),
+            "{text}"
+        );
+        st.sites[0].replicator_ready = Some(false);
+        st.sites[0].replicator_error =
+            Some("/readyz answered 503: shanghai->beijing: stopped for good".into());
+        let text = render_text(&st, 0);
+        assert!(
+            text.contains(
+                "router NOT READY (connect: refused)   replicator NOT READY (/readyz answered 503: shanghai->beijing: stopped for good)\n"
+            ),
             "{text}"
         );
     }
