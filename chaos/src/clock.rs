@@ -58,7 +58,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::lab::LabError;
+use crate::error::LabError;
 
 /// An explicit path to the library (`libfaketimeMT.so.1` or
 /// `libfaketime.so.1`), tried first.

@@ -18,10 +18,10 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::lab::scratch::ScratchDir;
-use crate::lab::LabError;
+use crate::error::LabError;
 use crate::ports;
 use crate::process::{ChildProcess, ProcessRecord, ProcessSpec, Supervision};
+use crate::scratch::ScratchDir;
 
 /// How long a cluster (or a restarted member) may take to become healthy.
 pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -340,7 +340,7 @@ async fn start_members(
     for (i, name) in names.iter().enumerate() {
         let member_dir = dir.join(name);
         // A previous attempt (lost port race) may have left a data dir behind.
-        crate::lab::scratch::remove_dir_all_if_exists(&member_dir)
+        crate::scratch::remove_dir_all_if_exists(&member_dir)
             .map_err(|e| LabError::io("clear directory", &member_dir, e))?;
         std::fs::create_dir_all(&member_dir)
             .map_err(|e| LabError::io("create directory", &member_dir, e))?;

@@ -15,6 +15,7 @@
 pub mod check;
 pub mod clock;
 pub mod ensemble;
+pub mod error;
 pub mod etcd;
 pub mod forced;
 pub mod inject;
@@ -24,4 +25,5 @@ pub mod postgres;
 pub mod process;
 pub mod proxy;
 pub mod schedule;
+pub(crate) mod scratch;
 pub mod timeline;

@@ -11,13 +11,13 @@
 //! out ephemeral ports to outgoing connections too). The window is a few
 //! milliseconds and the ports are spread over the ephemeral range, so it is
 //! rare; the lab's start-up retries once on fresh ports when a child fails
-//! with "address already in use" ([`crate::lab::LabError::is_port_clash`]).
+//! with "address already in use" ([`crate::error::LabError::is_port_clash`]).
 
 use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::sync::Mutex;
 
-use crate::lab::LabError;
+use crate::error::LabError;
 
 /// Ports already handed out by this process.
 static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());

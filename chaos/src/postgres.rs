@@ -30,10 +30,10 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 
 use crate::clock::SiteClock;
-use crate::lab::scratch::ScratchDir;
-use crate::lab::LabError;
+use crate::error::LabError;
 use crate::ports;
 use crate::process::{self, ChildProcess, ProcessRecord, ProcessSpec, Supervision};
+use crate::scratch::ScratchDir;
 
 /// How long a start (or crash recovery) may take.
 pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(30);

@@ -73,7 +73,7 @@ use nix::sys::wait::{waitid, Id, WaitPidFlag};
 use nix::unistd::{Pid, User};
 use serde::{Deserialize, Serialize};
 
-use crate::lab::LabError;
+use crate::error::LabError;
 
 /// How often waits poll a process's state.
 const POLL: Duration = Duration::from_millis(20);

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use ezone_topology::StoreError;
 
-use crate::lab::LabError;
+use crate::error::LabError;
 use crate::proxy::ProxyError;
 
 /// An error from starting or driving an [`Ensemble`](super::Ensemble).

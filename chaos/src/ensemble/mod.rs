@@ -60,10 +60,10 @@ pub use topology::{
 };
 
 use crate::check::{self, CheckError, HomeHistory, Report, Writes};
-use crate::lab::scratch::ScratchDir;
 use crate::lab::{Lab, LabProcess, LabState, Role};
 use crate::process::Supervision;
 use crate::proxy::LinkHandle;
+use crate::scratch::ScratchDir;
 use procs::Service;
 use start::{site_dsn, Front, Layout, OrdersReady, ReplicatorReady, RouterReady};
 

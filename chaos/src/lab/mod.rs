@@ -34,9 +34,7 @@
 //! the operator, and the lab's [`LabState`] lists nothing for
 //! `ezone lab down` to remove.
 
-mod error;
 mod info;
-pub(crate) mod scratch;
 mod state;
 mod wan;
 
@@ -45,7 +43,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-pub use error::LabError;
+pub use crate::error::LabError;
 pub use info::{link_name, LabInfo, SiteInfo};
 pub use state::{LabProcess, LabState, Role, StopReport, STATE_FILE};
 pub use wan::ProxyLaunch;
@@ -55,7 +53,7 @@ use crate::etcd::{EtcdCluster, EtcdOptions};
 use crate::postgres::{self, PgCluster, PgOptions};
 use crate::process::{self, Supervision};
 use crate::proxy::{AdminClient, FaultProxy, LinkHandle};
-use scratch::ScratchDir;
+use crate::scratch::ScratchDir;
 use wan::Wan;
 
 /// The default WAN round-trip time between two sites.

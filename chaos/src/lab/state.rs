@@ -231,7 +231,7 @@ impl LabState {
         for name in entries {
             let path = self.dir.join(name);
             let result = if path.is_dir() {
-                super::scratch::remove_dir_all_if_exists(&path)
+                crate::scratch::remove_dir_all_if_exists(&path)
             } else {
                 remove_file_if_exists(&path)
             };

@@ -21,11 +21,11 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 
 use super::info::link_name;
-use super::scratch::ScratchDir;
 use super::LabError;
 use crate::postgres::PgCluster;
 use crate::process::{ChildProcess, ProcessRecord, ProcessSpec, Supervision};
 use crate::proxy::{FaultProxy, LinkHandle, LinkSpec, ProxyConfig, Toxics};
+use crate::scratch::ScratchDir;
 
 /// How long the proxy process may take to print its ready line.
 const READY_TIMEOUT: Duration = Duration::from_secs(15);

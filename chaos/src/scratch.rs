@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use tempfile::TempDir;
 
-use super::LabError;
+use crate::error::LabError;
 
 /// A directory removed when dropped (or by [`ScratchDir::remove`]), unless
 /// kept.
