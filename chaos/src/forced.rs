@@ -141,6 +141,8 @@ pub fn at_risk_mismatches(
         survivor_rows.iter().map(|r| (r.id.as_str(), r)).collect();
     let mut last_acked: BTreeMap<&str, &AnsweredWrite> = BTreeMap::new();
     let mut doubted: BTreeSet<&str> = BTreeSet::new();
+    // Statuses an in-doubt write of each order may have set.
+    let mut doubtful_status: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
     for w in writes.iter().filter(|w| w.invoke < returned_at) {
         if w.acked && w.site.as_deref() == Some(lost) {
             let e = last_acked.entry(w.order.as_str()).or_insert(w);
@@ -150,35 +152,19 @@ pub fn at_risk_mismatches(
         }
         if w.in_doubt {
             // An attempt whose answer was lost may have landed at the lost
-            // site even when another attempt was acknowledged elsewhere.
+            // site even when another attempt was acknowledged elsewhere
+            // (and after it, setting its status again).
             doubted.insert(w.order.as_str());
-        }
-    }
-    // Statuses an in-doubt write of each order may have set.
-    let mut doubtful_status: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
-    for w in writes
-        .iter()
-        .filter(|w| w.invoke < returned_at && w.in_doubt)
-    {
-        if let Some(st) = &w.status {
-            doubtful_status
-                .entry(w.order.as_str())
-                .or_default()
-                .insert(st.as_str());
+            if let Some(st) = &w.status {
+                doubtful_status
+                    .entry(w.order.as_str())
+                    .or_default()
+                    .insert(st.as_str());
+            }
         }
     }
     let mut out = AtRisk::default();
     for (order, w) in &last_acked {
-        if let (Some(r), Some(_)) = (rows.get(order), &w.status) {
-            let shown = r.status.as_deref().unwrap_or("");
-            let by_doubt = doubtful_status
-                .get(order)
-                .is_some_and(|set| set.contains(shown));
-            if r.site.as_deref() == Some(lost) && w.status.as_deref() != Some(shown) && by_doubt {
-                out.superseded_in_doubt.insert(order.to_string());
-                continue;
-            }
-        }
         let crossed = match (rows.get(order), &w.status) {
             (None, _) => false,
             (Some(_), None) => true,
@@ -190,7 +176,21 @@ pub fn at_risk_mismatches(
             (Some(r), Some(_)) if r.site.as_deref() != Some(lost) => true,
             (Some(r), Some(status)) => r.status.as_deref() == Some(status.as_str()),
         };
-        if !crossed {
+        // The lost site's row behind its last acknowledged status, at one
+        // an in-doubt write set: that write may have landed after the
+        // acknowledged one and crossed (see `superseded_in_doubt`).
+        let superseded = !crossed
+            && rows
+                .get(order)
+                .and_then(|r| r.status.as_deref())
+                .is_some_and(|shown| {
+                    doubtful_status
+                        .get(order)
+                        .is_some_and(|set| set.contains(shown))
+                });
+        if superseded {
+            out.superseded_in_doubt.insert(order.to_string());
+        } else if !crossed {
             out.at_risk.insert(order.to_string());
         }
     }

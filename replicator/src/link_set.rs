@@ -34,7 +34,12 @@ impl LinkSet {
     }
 
     pub fn names(&self) -> Vec<String> {
-        self.snapshot().into_keys().collect()
+        self.0
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect()
     }
 }
 

@@ -167,70 +167,26 @@ fn proto(v: Version) -> &'static str {
 }
 
 /// A time as RFC 3339 in UTC with milliseconds
-/// (`2026-11-27T10:15:30.123Z`). Written digit by digit into a fixed
-/// buffer: `core::fmt` with seven padded numbers took three times as long
-/// (measured: 160 ns against 50 ns a line).
+/// (`2026-11-27T10:15:30.123Z`), by humantime (digits into a fixed buffer,
+/// no allocation). A clock outside 1970..=9999 is not a clock to trust:
+/// shown at the nearest end (humantime would refuse it).
 struct Rfc3339(SystemTime);
 
-impl Rfc3339 {
-    fn digits(&self) -> [u8; 24] {
-        // A clock before 1970 is not a clock to trust: shown as the epoch.
-        let since = self.0.duration_since(UNIX_EPOCH).unwrap_or_default();
-        let secs = since.as_secs();
-        let (y, m, d) = civil_from_days(i64::try_from(secs / 86_400).unwrap_or(0));
-        let s = secs % 86_400;
-        let mut out = *b"0000-00-00T00:00:00.000Z";
-        let mut put = |at: usize, width: usize, mut v: u64| {
-            for i in (at..at + width).rev() {
-                out[i] = b'0' + (v % 10) as u8;
-                v /= 10;
-            }
-        };
-        // Four digits of year: past 9999 (or before 0) is not a real clock.
-        put(0, 4, u64::try_from(y.clamp(0, 9999)).unwrap_or(0));
-        put(5, 2, u64::from(m));
-        put(8, 2, u64::from(d));
-        put(11, 2, s / 3600);
-        put(14, 2, s / 60 % 60);
-        put(17, 2, s % 60);
-        put(20, 3, u64::from(since.subsec_millis()));
-        out
-    }
-}
+/// The last instant humantime formats (9999-12-31T23:59:59.999Z).
+const LAST_FORMATTABLE: Duration = Duration::from_millis(253_402_300_799_999);
 
 impl fmt::Display for Rfc3339 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let d = self.digits();
-        f.write_str(std::str::from_utf8(&d).map_err(|_| fmt::Error)?)
+        let since = self.0.duration_since(UNIX_EPOCH).unwrap_or_default();
+        let t = UNIX_EPOCH + since.min(LAST_FORMATTABLE);
+        fmt::Display::fmt(&humantime::format_rfc3339_millis(t), f)
     }
 }
 
 impl Serialize for Rfc3339 {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let d = self.digits();
-        let text = std::str::from_utf8(&d).map_err(serde::ser::Error::custom)?;
-        s.serialize_str(text)
+        s.collect_str(self)
     }
-}
-
-/// The proleptic Gregorian date of a day counted from 1970-01-01 (Howard
-/// Hinnant's `civil_from_days`): no date crate for one conversion.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097); // [0, 146096]
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365; // [0, 399]
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // [0, 365]
-    let mp = (5 * doy + 2) / 153; // [0, 11], from March
-    let d = doy - (153 * mp + 2) / 5 + 1; // [1, 31]
-    let m = if mp < 10 { mp + 3 } else { mp - 9 }; // [1, 12]
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    // Both in range by construction.
-    (
-        y,
-        u32::try_from(m).unwrap_or(1),
-        u32::try_from(d).unwrap_or(1),
-    )
 }
 
 /// The request path's end of the access log: never waits.

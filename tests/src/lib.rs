@@ -6,6 +6,24 @@ use std::time::Duration;
 
 /// The `ezone` binary built from this workspace (`cargo build -p ezone` first;
 /// `make test` does). `EZONE_BIN` overrides.
+/// Runs `ezone ARGS --etcd ENDPOINTS` with stdin closed and `RUST_LOG` set
+/// (never the caller's), and waits for it (at most 90 s).
+pub async fn ezone_against(etcd: &[String], args: &[&str], rust_log: &str) -> std::process::Output {
+    tokio::time::timeout(
+        Duration::from_secs(90),
+        tokio::process::Command::new(ezone_bin())
+            .args(args)
+            .arg("--etcd")
+            .arg(etcd.join(","))
+            .env("RUST_LOG", rust_log)
+            .stdin(std::process::Stdio::null())
+            .output(),
+    )
+    .await
+    .expect("finished within 90 s")
+    .expect("run ezone")
+}
+
 /// Panics, saying how to fix it, unless the `ezone` binary was built with
 /// failpoints (`FAILPOINTS=...`), which the calling test needs.
 pub fn require_failpoints() {

@@ -13,7 +13,6 @@
 //! (password files per process) is not built yet.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use ezone_chaos::ensemble::{Ensemble, EnsembleSpec, Part};
@@ -24,22 +23,12 @@ use ezone_tests::router::{client, send};
 /// Runs `ezone ARGS --etcd ...`: its exit code, and its stdout and stderr
 /// together (failures must not leak either).
 async fn ezone(ens: &Ensemble, args: &[&str]) -> (i32, String) {
-    let out = tokio::time::timeout(
-        Duration::from_secs(90),
-        tokio::process::Command::new(ezone_bin())
-            .args(args)
-            .arg("--etcd")
-            .arg(ens.etcd_endpoints().join(","))
-            .env(
-                "RUST_LOG",
-                "debug,h2=info,tower=info,hyper_util=info,tokio_postgres=info",
-            )
-            .stdin(Stdio::null())
-            .output(),
+    let out = ezone_tests::ezone_against(
+        &ens.etcd_endpoints(),
+        args,
+        "debug,h2=info,tower=info,hyper_util=info,tokio_postgres=info",
     )
-    .await
-    .expect("finished within 90 s")
-    .expect("run ezone");
+    .await;
     let text = format!(
         "$ ezone {}\n{}{}",
         args.join(" "),

@@ -278,6 +278,27 @@ async fn admin_ready(addr: &str) -> Result<(), String> {
     }
 }
 
+/// Whether the admin endpoint at `addr` (if given) is ready, and why not.
+async fn readiness(addr: Option<&String>) -> (Option<bool>, Option<String>) {
+    match addr {
+        None => (None, None),
+        Some(a) => match admin_ready(a).await {
+            Ok(()) => (Some(true), None),
+            Err(e) => (Some(false), Some(e)),
+        },
+    }
+}
+
+/// ` PART ready` or ` PART NOT READY (why)` after a site's line; nothing
+/// when the part's admin address was not given.
+fn ready_note(part: &str, ready: Option<bool>, why: &Option<String>) -> String {
+    match ready {
+        None => String::new(),
+        Some(true) => format!("   {part} ready"),
+        Some(false) => format!("   {part} NOT READY ({})", why.as_deref().unwrap_or("")),
+    }
+}
+
 /// The admin addresses given on the command line, by site.
 struct Admins {
     routers: HashMap<String, String>,
@@ -289,25 +310,13 @@ async fn collect(store: &AnyStore, admins: &Admins) -> anyhow::Result<Status> {
     let snap = store.load().await.context("loading the topology")?;
     let t = &snap.topology;
     let checks = t.sites.values().map(|s| async move {
-        let mut st = site_status(&s.name, &s.router, &s.postgres).await;
-        if let Some(addr) = admins.routers.get(&s.name) {
-            match admin_ready(addr).await {
-                Ok(()) => st.router_ready = Some(true),
-                Err(e) => {
-                    st.router_ready = Some(false);
-                    st.router_error = Some(e);
-                }
-            }
-        }
-        if let Some(addr) = admins.replicators.get(&s.name) {
-            match admin_ready(addr).await {
-                Ok(()) => st.replicator_ready = Some(true),
-                Err(e) => {
-                    st.replicator_ready = Some(false);
-                    st.replicator_error = Some(e);
-                }
-            }
-        }
+        let (mut st, router, replicator) = tokio::join!(
+            site_status(&s.name, &s.router, &s.postgres),
+            readiness(admins.routers.get(&s.name)),
+            readiness(admins.replicators.get(&s.name)),
+        );
+        (st.router_ready, st.router_error) = router;
+        (st.replicator_ready, st.replicator_error) = replicator;
         st
     });
     let sites = futures::future::join_all(checks).await;
@@ -439,19 +448,8 @@ fn render_text(st: &Status, now_ms: u64) -> String {
     let _ = writeln!(o, "topology: {} (version {})", st.store, st.version);
     let _ = writeln!(o, "\nsites:");
     for s in &st.sites {
-        let ready = match (s.router_ready, &s.router_error) {
-            (None, _) => String::new(),
-            (Some(true), _) => "   router ready".to_string(),
-            (Some(false), e) => format!("   router NOT READY ({})", e.as_deref().unwrap_or("")),
-        };
-        let ready = match (s.replicator_ready, &s.replicator_error) {
-            (None, _) => ready,
-            (Some(true), _) => format!("{ready}   replicator ready"),
-            (Some(false), e) => format!(
-                "{ready}   replicator NOT READY ({})",
-                e.as_deref().unwrap_or("")
-            ),
-        };
+        let ready = ready_note("router", s.router_ready, &s.router_error)
+            + &ready_note("replicator", s.replicator_ready, &s.replicator_error);
         if !s.reachable {
             let _ = writeln!(
                 o,
