@@ -11,6 +11,27 @@
 //! Readiness is etcd's own `/health` endpoint on the client URL (true once
 //! the member sees a leader and can serve a read), fetched with a minimal
 //! HTTP/1.0 GET so no HTTP client is needed.
+//!
+//! With [`EtcdOptions::tls`] the members serve their client URLs over TLS
+//! (`https://127.0.0.1:PORT`, with `--client-cert-auth` if asked), and
+//! `/health` is read from a plain-http `--listen-metrics-urls` port instead.
+//! Peers stay plain http on loopback. Certificates come from
+//! [`crate::certs::LabCerts`]:
+//!
+//! ```no_run
+//! # async fn f() -> Result<(), ezone_chaos::error::LabError> {
+//! use ezone_chaos::certs::{LabCerts, LOOPBACK_SANS};
+//! use ezone_chaos::etcd::{EtcdCluster, EtcdOptions, EtcdServerTls};
+//! let certs = LabCerts::generate(std::path::Path::new("/tmp/certs"))?;
+//! let server = certs.issue_server("etcd", LOOPBACK_SANS)?;
+//! let etcd = EtcdCluster::start_with(EtcdOptions {
+//!     tls: Some(EtcdServerTls::new(&server, certs.ca_file())),
+//!     ..EtcdOptions::default()
+//! })
+//! .await?;
+//! assert!(etcd.client_urls()[0].starts_with("https://"));
+//! # Ok(()) }
+//! ```
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -50,6 +71,39 @@ pub struct EtcdOptions {
     /// Leave the cluster's directory (data and each member's `etcd.log`) on
     /// disk when the cluster is dropped or torn down.
     pub keep_files: bool,
+    /// Serve clients over TLS. `None` (the default): plain http.
+    pub tls: Option<EtcdServerTls>,
+    /// etcd's `--auth-token-ttl`: how long a simple auth token lives unused.
+    /// `None` (the default): etcd's own, 300 s.
+    pub auth_token_ttl: Option<Duration>,
+}
+
+/// TLS for the members' client URLs (`--cert-file`, `--key-file`,
+/// `--trusted-ca-file`, `--client-cert-auth`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdServerTls {
+    /// PEM: the server certificate, for 127.0.0.1 (every member uses it).
+    pub cert_file: PathBuf,
+    /// PEM: its key.
+    pub key_file: PathBuf,
+    /// PEM: the CA(s) that client certificates must be signed by.
+    pub trusted_ca_file: PathBuf,
+    /// `--client-cert-auth`: refuse clients without a certificate signed by
+    /// `trusted_ca_file`. Default (from [`EtcdServerTls::new`]): true.
+    pub client_cert_auth: bool,
+}
+
+impl EtcdServerTls {
+    /// TLS with `server`'s certificate and key, requiring client
+    /// certificates signed by `trusted_ca_file`.
+    pub fn new(server: &crate::certs::IssuedCert, trusted_ca_file: &Path) -> Self {
+        EtcdServerTls {
+            cert_file: server.cert_file.clone(),
+            key_file: server.key_file.clone(),
+            trusted_ca_file: trusted_ca_file.to_path_buf(),
+            client_cert_auth: true,
+        }
+    }
 }
 
 impl Default for EtcdOptions {
@@ -60,6 +114,8 @@ impl Default for EtcdOptions {
             supervision: Supervision::Tied,
             ready_timeout: DEFAULT_READY_TIMEOUT,
             keep_files: false,
+            tls: None,
+            auth_token_ttl: None,
         }
     }
 }
@@ -80,6 +136,10 @@ pub struct EtcdMember {
     name: String,
     client_port: u16,
     peer_port: u16,
+    /// Where `/health` is served over plain http: the client port, or with
+    /// TLS a `--listen-metrics-urls` port.
+    health_port: u16,
+    tls: bool,
     dir: PathBuf,
     process: ChildProcess,
 }
@@ -126,7 +186,8 @@ impl EtcdCluster {
         }
     }
 
-    /// The client URLs (`http://127.0.0.1:PORT`), one per member.
+    /// The client URLs (`http://127.0.0.1:PORT`, or `https://` with TLS),
+    /// one per member.
     pub fn client_urls(&self) -> Vec<String> {
         self.members.iter().map(EtcdMember::client_url).collect()
     }
@@ -218,9 +279,15 @@ impl EtcdMember {
         &self.name
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT`, or `https://127.0.0.1:PORT` with TLS.
     pub fn client_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
+    }
+
+    /// Whether clients reach this member over TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls
     }
 
     pub fn peer_url(&self) -> String {
@@ -281,14 +348,14 @@ impl EtcdMember {
 
     /// Whether `/health` says true right now.
     pub async fn is_healthy(&self) -> bool {
-        matches!(probe_health(self.client_port).await, Ok(()))
+        matches!(probe_health(self.health_port).await, Ok(()))
     }
 
     /// Poll `/health` until it says true, the process exits, or `timeout`.
     pub async fn wait_healthy(&self, timeout: Duration) -> Result<(), LabError> {
         let deadline = Instant::now() + timeout;
         loop {
-            let last = match probe_health(self.client_port).await {
+            let last = match probe_health(self.health_port).await {
                 Ok(()) => return Ok(()),
                 Err(e) => e,
             };
@@ -324,6 +391,11 @@ async fn start_members(
     let names: Vec<String> = (0..n).map(|i| format!("etcd{i}")).collect();
     let client_ports = ports::free_ports(n)?;
     let peer_ports = ports::free_ports(n)?;
+    let health_ports = match opts.tls {
+        Some(_) => ports::free_ports(n)?,
+        None => client_ports.clone(),
+    };
+    let scheme = if opts.tls.is_some() { "https" } else { "http" };
     let initial_cluster = names
         .iter()
         .zip(&peer_ports)
@@ -344,9 +416,9 @@ async fn start_members(
             .map_err(|e| LabError::io("clear directory", &member_dir, e))?;
         std::fs::create_dir_all(&member_dir)
             .map_err(|e| LabError::io("create directory", &member_dir, e))?;
-        let client = format!("http://127.0.0.1:{}", client_ports[i]);
+        let client = format!("{scheme}://127.0.0.1:{}", client_ports[i]);
         let peer = format!("http://127.0.0.1:{}", peer_ports[i]);
-        let spec = ProcessSpec::new(
+        let mut spec = ProcessSpec::new(
             format!("etcd member {name}"),
             program,
             &member_dir,
@@ -379,12 +451,34 @@ async fn start_members(
         .args(["--logger", "zap", "--log-outputs", "stderr"])
         .env_remove_prefix("ETCD_")
         .supervision(opts.supervision);
+        if let Some(tls) = &opts.tls {
+            spec = spec
+                .arg("--cert-file")
+                .arg(&tls.cert_file)
+                .arg("--key-file")
+                .arg(&tls.key_file)
+                .arg("--trusted-ca-file")
+                .arg(&tls.trusted_ca_file)
+                .args([
+                    format!("--client-cert-auth={}", tls.client_cert_auth),
+                    "--listen-metrics-urls".to_string(),
+                    format!("http://127.0.0.1:{}", health_ports[i]),
+                ]);
+        }
+        if let Some(ttl) = opts.auth_token_ttl {
+            spec = spec.args([
+                "--auth-token-ttl".to_string(),
+                ttl.as_secs().max(1).to_string(),
+            ]);
+        }
         let process = ChildProcess::spawn(spec)?;
         tracing::debug!(member = %name, pid = process.pid(), client = %client, peer = %peer, "Etcd member started.");
         members.push(EtcdMember {
             name: name.clone(),
             client_port: client_ports[i],
             peer_port: peer_ports[i],
+            health_port: health_ports[i],
+            tls: opts.tls.is_some(),
             dir: member_dir,
             process,
         });
@@ -394,8 +488,8 @@ async fn start_members(
     Ok(members)
 }
 
-/// `GET /health` on a member's client port: `Ok` if it says true, else
-/// what it said (or why it could not be asked).
+/// `GET /health` on a member's plain-http port (client or metrics): `Ok`
+/// if it says true, else what it said (or why it could not be asked).
 async fn probe_health(client_port: u16) -> Result<(), String> {
     let exchange = async {
         let mut s = TcpStream::connect(("127.0.0.1", client_port))

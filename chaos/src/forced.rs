@@ -442,9 +442,7 @@ async fn wait_tail(ens: &Ensemble, lost: &str, survivor: &str) -> Result<(), Str
 }
 
 async fn sql(dsn: &str) -> Result<tokio_postgres::Client, String> {
-    let (c, conn) = tokio_postgres::connect(dsn, tokio_postgres::NoTls)
-        .await
-        .map_err(|e| e.to_string())?;
+    let (c, conn) = ezone_pg::connect(dsn).await.map_err(|e| e.to_string())?;
     tokio::spawn(async move {
         let _ = conn.await;
     });

@@ -4,6 +4,7 @@
 //!   bandwidth, partition, reset, slow close), changed at run time.
 //! - [`process`]: real child processes that can be killed (-9), paused
 //!   (SIGSTOP), resumed and restarted, and that never outlive the test.
+//! - [`certs`]: a throw-away CA issuing server and client certificates (PEM).
 //! - [`etcd`] and [`postgres`]: real etcd members and Postgres 15 clusters on
 //!   free loopback ports in temp dirs.
 //! - [`lab`]: the multi-site lab (`ezone lab up/down`) built from those parts.
@@ -12,6 +13,7 @@
 //!   [`inject`] applies one to a running ensemble.
 #![deny(unsafe_code)]
 
+pub mod certs;
 pub mod check;
 pub mod clock;
 pub mod ensemble;

@@ -20,6 +20,16 @@
 //!   DSN the cluster hands out then carries it, so an ensemble on it
 //!   authenticates as production does, and a test can look for the
 //!   password where it must never appear (logs, errors, outputs).
+//! - **TLS** is on by default ([`PgOptions::tls`]): the cluster makes its own
+//!   CA ([`crate::certs`]), a server certificate for the loopback names, and
+//!   a client certificate for the `postgres` role. `pg_hba.conf` accepts TCP
+//!   only over TLS and only with that client certificate
+//!   (`hostssl ... clientcert=verify-full`), for SQL and replication
+//!   connections alike; a plain TCP connection finds no `pg_hba.conf` entry.
+//!   Every DSN the cluster hands out says `sslmode=verify-full` with the CA
+//!   and the client certificate, so every test talks to it as a WAN
+//!   deployment should. The Unix socket stays `trust` (the lab's own psql
+//!   and pg_isready use TCP with the same files).
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::fs::MetadataExt;
@@ -29,6 +39,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
+use crate::certs::{IssuedCert, LabCerts, LOOPBACK_SANS};
 use crate::clock::SiteClock;
 use crate::error::LabError;
 use crate::ports;
@@ -89,6 +100,40 @@ pub struct PgOptions {
     /// The superuser's password, required over TCP (SCRAM-SHA-256); `None`:
     /// `trust`.
     pub password: Option<String>,
+    /// TCP only over TLS with a client certificate (see the module docs).
+    /// On by default.
+    pub tls: bool,
+}
+
+/// The files a client presents to a lab cluster with TLS on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientTls {
+    /// The cluster's CA: `sslrootcert`.
+    pub ca_file: PathBuf,
+    /// The `postgres` role's certificate: `sslcert`.
+    pub cert_file: PathBuf,
+    /// Its key: `sslkey`.
+    pub key_file: PathBuf,
+}
+
+impl ClientTls {
+    /// The DSN keys: `sslmode=verify-full` and the three files.
+    pub fn dsn_keys(&self) -> String {
+        format!(
+            "sslmode=verify-full sslrootcert={} sslcert={} sslkey={}",
+            ezone_pg::dsn::quote_value(&self.ca_file.to_string_lossy()),
+            ezone_pg::dsn::quote_value(&self.cert_file.to_string_lossy()),
+            ezone_pg::dsn::quote_value(&self.key_file.to_string_lossy()),
+        )
+    }
+
+    /// The same for libpq's tools, in their environment.
+    fn apply(&self, cmd: &mut tokio::process::Command) {
+        cmd.env("PGSSLMODE", "verify-full")
+            .env("PGSSLROOTCERT", &self.ca_file)
+            .env("PGSSLCERT", &self.cert_file)
+            .env("PGSSLKEY", &self.key_file);
+    }
 }
 
 impl PgOptions {
@@ -102,6 +147,7 @@ impl PgOptions {
             clock: None,
             keep_files: false,
             password: None,
+            tls: true,
         }
     }
 }
@@ -117,6 +163,7 @@ pub struct PgCluster {
     database: String,
     ready_timeout: Duration,
     password: Option<String>,
+    tls: Option<ClientTls>,
     // Field order matters: the process drops before its directory.
     process: ChildProcess,
     dir: ScratchDir,
@@ -174,6 +221,16 @@ impl PgCluster {
             let _ = std::fs::remove_file(&pwfile);
         }
         ran?;
+        let tls = if opts.tls {
+            Some(set_up_tls(
+                &opts,
+                dir.path(),
+                &data_dir,
+                os_user.as_deref(),
+            )?)
+        } else {
+            None
+        };
 
         let mut attempt = 1;
         let (port, process) = loop {
@@ -197,6 +254,7 @@ impl PgCluster {
             database: opts.database.clone(),
             ready_timeout: opts.ready_timeout,
             password: opts.password.clone(),
+            tls,
             process,
             dir,
         };
@@ -224,9 +282,21 @@ impl PgCluster {
         SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))
     }
 
-    /// libpq DSN: `host=127.0.0.1 port=P user=postgres dbname=DB`.
+    /// libpq DSN: `host=127.0.0.1 port=P user=postgres dbname=DB`, with
+    /// the password and the TLS files when the cluster has them.
     pub fn dsn(&self, db: &str) -> String {
-        dsn_with(self.addr(), db, self.password.as_deref())
+        self.dsn_at(self.addr(), db)
+    }
+
+    /// [`PgCluster::dsn`] for reaching the cluster at another address (a
+    /// proxy in front of it).
+    pub fn dsn_at(&self, addr: SocketAddr, db: &str) -> String {
+        dsn_with(addr, db, self.password.as_deref(), self.tls.as_ref())
+    }
+
+    /// The client's TLS files, when TLS is on.
+    pub fn client_tls(&self) -> Option<&ClientTls> {
+        self.tls.as_ref()
     }
 
     /// The superuser's password, when the cluster requires one.
@@ -278,7 +348,15 @@ impl PgCluster {
 
     /// Run `sql` in database `db`.
     pub async fn psql_db(&self, db: &str, sql: &str) -> Result<String, LabError> {
-        psql_as(&self.bin, self.addr(), db, self.password.as_deref(), sql).await
+        psql_as(
+            &self.bin,
+            self.addr(),
+            db,
+            self.password.as_deref(),
+            self.tls.as_ref(),
+            sql,
+        )
+        .await
     }
 
     /// kill -9 the postmaster and its backends: a crash.
@@ -381,14 +459,21 @@ async fn wait_postmaster(
     }
 }
 
-/// libpq DSN for the `postgres` superuser at `addr`.
+/// libpq DSN for the `postgres` superuser at `addr`, without TLS (a cluster
+/// started with [`PgOptions::tls`] off).
 pub fn dsn(addr: SocketAddr, db: &str) -> String {
-    dsn_with(addr, db, None)
+    dsn_with(addr, db, None, None)
 }
 
 /// [`dsn`] with the superuser's password, if any (quoted as libpq's
-/// keyword/value format wants: single quotes, backslashes and quotes escaped).
-pub fn dsn_with(addr: SocketAddr, db: &str, password: Option<&str>) -> String {
+/// keyword/value format wants: single quotes, backslashes and quotes
+/// escaped), and the TLS keys, if any.
+pub fn dsn_with(
+    addr: SocketAddr,
+    db: &str,
+    password: Option<&str>,
+    tls: Option<&ClientTls>,
+) -> String {
     let mut s = format!(
         "host={} port={} user={PG_USER} dbname={db}",
         addr.ip(),
@@ -398,7 +483,83 @@ pub fn dsn_with(addr: SocketAddr, db: &str, password: Option<&str>) -> String {
         let quoted = pw.replace('\\', "\\\\").replace('\'', "\\'");
         s.push_str(&format!(" password='{quoted}'"));
     }
+    if let Some(tls) = tls {
+        s.push(' ');
+        s.push_str(&tls.dsn_keys());
+    }
     s
+}
+
+/// The cluster's certificates, `ssl=on` and a `pg_hba.conf` that takes TCP
+/// only over TLS with the client certificate. Written after initdb (which
+/// writes its own `pg_hba.conf`), before the first start.
+fn set_up_tls(
+    opts: &PgOptions,
+    dir: &Path,
+    data_dir: &Path,
+    os_user: Option<&str>,
+) -> Result<ClientTls, LabError> {
+    let certs_dir = dir.join("certs");
+    let certs = LabCerts::generate(&certs_dir)?;
+    let server = certs.issue_server("postgres-server", LOOPBACK_SANS)?;
+    let client = certs.issue_client(PG_USER)?;
+    if let Some(user) = os_user {
+        // The server reads its key as the postgres OS user, and refuses a
+        // key others may read: hand the key over, keeping 0600.
+        hand_over(&server.key_file, user)?;
+        // The client key stays ours (libpq takes a key owned by the user it
+        // runs as, or by root with mode 0640) and its group becomes the
+        // postgres user's, so that a server-side client (a native
+        // subscription in the benchmarks) can read it too.
+        share_with_group(&client.key_file, user)?;
+    }
+    let IssuedCert {
+        cert_file: server_cert,
+        key_file: server_key,
+        ..
+    } = server;
+    let method = if opts.password.is_some() {
+        "scram-sha-256"
+    } else {
+        "trust"
+    };
+    let mut hba = String::from(
+        "# Written by the ezone lab: TCP only over TLS with a client certificate\n\
+         # whose name is the role (clientcert=verify-full); no hostnossl line, so\n\
+         # a plain TCP connection finds no entry and is refused.\n\
+         local all all trust\n\
+         local replication all trust\n",
+    );
+    for db in ["all", "replication"] {
+        for net in ["127.0.0.1/32", "::1/128"] {
+            hba.push_str(&format!(
+                "hostssl {db} all {net} {method} clientcert=verify-full\n"
+            ));
+        }
+    }
+    let hba_path = data_dir.join("pg_hba.conf");
+    std::fs::write(&hba_path, hba).map_err(|e| LabError::io("writing", &hba_path, e))?;
+    let conf = format!(
+        "\n# ezone lab: TLS\nssl = on\nssl_cert_file = '{}'\nssl_key_file = '{}'\nssl_ca_file = '{}'\n",
+        server_cert.display(),
+        server_key.display(),
+        certs.ca_file().display()
+    );
+    let conf_path = data_dir.join("postgresql.conf");
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&conf_path)
+            .map_err(|e| LabError::io("opening", &conf_path, e))?;
+        f.write_all(conf.as_bytes())
+            .map_err(|e| LabError::io("writing", &conf_path, e))?;
+    }
+    Ok(ClientTls {
+        ca_file: certs.ca_file().to_path_buf(),
+        cert_file: client.cert_file,
+        key_file: client.key_file,
+    })
 }
 
 /// Writes `content` to a new file only its owner reads (`0600`), owned by
@@ -469,7 +630,7 @@ async fn pg_isready(bin: &Path, port: u16) -> Result<(), String> {
     let mut cmd = tokio::process::Command::new(bin.join("pg_isready"));
     cmd.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", PG_USER])
         .args(["-d", "postgres", "-t", "2"]);
-    let out = run_client(cmd, None)
+    let out = run_client(cmd, None, None)
         .await
         .map_err(|e| format!("cannot run pg_isready: {e}"))?;
     if out.status.success() {
@@ -481,7 +642,7 @@ async fn pg_isready(bin: &Path, port: u16) -> Result<(), String> {
 
 /// Run `sql` with psql against `addr`/`db`.
 pub async fn psql(bin: &Path, addr: SocketAddr, db: &str, sql: &str) -> Result<String, LabError> {
-    psql_as(bin, addr, db, None, sql).await
+    psql_as(bin, addr, db, None, None, sql).await
 }
 
 /// [`psql`] with the superuser's password (in psql's environment, never on
@@ -491,6 +652,7 @@ pub async fn psql_as(
     addr: SocketAddr,
     db: &str,
     password: Option<&str>,
+    tls: Option<&ClientTls>,
     sql: &str,
 ) -> Result<String, LabError> {
     let mut cmd = tokio::process::Command::new(bin.join("psql"));
@@ -498,7 +660,7 @@ pub async fn psql_as(
         .args(["-h", &addr.ip().to_string(), "-p", &addr.port().to_string()])
         .args(["-U", PG_USER, "-d", db, "-c", sql]);
     let target = format!("{addr}/{db}");
-    let out = run_client(cmd, password)
+    let out = run_client(cmd, password, tls)
         .await
         .map_err(|e| LabError::Psql {
             target: target.clone(),
@@ -526,6 +688,7 @@ pub async fn psql_as(
 async fn run_client(
     mut cmd: tokio::process::Command,
     password: Option<&str>,
+    tls: Option<&ClientTls>,
 ) -> std::io::Result<std::process::Output> {
     for (k, _) in std::env::vars_os() {
         if k.to_str().is_some_and(|k| k.starts_with("PG")) {
@@ -535,6 +698,9 @@ async fn run_client(
     // In the environment, never on the command line (which `ps` shows).
     if let Some(pw) = password {
         cmd.env("PGPASSWORD", pw);
+    }
+    if let Some(tls) = tls {
+        tls.apply(&mut cmd);
     }
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -589,6 +755,16 @@ fn hand_over(dir: &Path, user: &str) -> Result<(), LabError> {
     check_reachable(dir, user, u.uid.as_raw(), u.gid.as_raw())?;
     nix::unistd::chown(dir, Some(u.uid), Some(u.gid))
         .map_err(|e| LabError::io("chown to the postgres user", dir, std::io::Error::from(e)))
+}
+
+/// Gives `path` to `user`'s group, mode 0640 (owner unchanged).
+fn share_with_group(path: &Path, user: &str) -> Result<(), LabError> {
+    use std::os::unix::fs::PermissionsExt;
+    let u = process::lookup_user(user)?;
+    nix::unistd::chown(path, None, Some(u.gid))
+        .map_err(|e| LabError::io("chgrp to the postgres group", path, std::io::Error::from(e)))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o640))
+        .map_err(|e| LabError::io("chmod 0640", path, e))
 }
 
 /// Every parent of `dir` must be searchable by `uid`/`gid`.

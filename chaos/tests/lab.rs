@@ -158,11 +158,16 @@ async fn postgres_survives_kill9_and_pause_blocks_queries() {
         pg.psql("SHOW wal_level").await.expect("show wal_level"),
         "logical"
     );
+    let tls = pg.client_tls().expect("TLS is on by default");
     assert_eq!(
         pg.dsn("ezone"),
         format!(
-            "host=127.0.0.1 port={} user=postgres dbname=ezone",
-            pg.port()
+            "host=127.0.0.1 port={} user=postgres dbname=ezone sslmode=verify-full \
+             sslrootcert={} sslcert={} sslkey={}",
+            pg.port(),
+            tls.ca_file.display(),
+            tls.cert_file.display(),
+            tls.key_file.display()
         )
     );
     if nix::unistd::geteuid().is_root() {
@@ -426,7 +431,13 @@ impl Wire {
 
 #[tokio::test]
 async fn wan_link_reaches_the_other_site_with_latency() {
-    let lab = Lab::start(LabSpec::default()).await.expect("start the lab");
+    // The test speaks the wire protocol by hand, in plain text.
+    let lab = Lab::start(LabSpec {
+        pg_tls: false,
+        ..LabSpec::default()
+    })
+    .await
+    .expect("start the lab");
     let beijing = lab.postgres("beijing").expect("beijing");
 
     let info = serde_json::to_value(lab.info()).expect("info as json");

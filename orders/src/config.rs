@@ -154,9 +154,10 @@ impl OrdersConfig {
         Ok(())
     }
 
-    /// The parsed DSN, with a host required.
-    pub fn pg_config(&self) -> Result<tokio_postgres::Config, ConfigError> {
-        let cfg = tokio_postgres::Config::from_str(&self.postgres).map_err(|e| {
+    /// The parsed DSN (the one parser of `ezone_pg`: keyword or URI form,
+    /// libpq's TLS keys), with a host and a user required.
+    pub fn pg_config(&self) -> Result<ezone_pg::Dsn, ConfigError> {
+        let cfg = ezone_pg::Dsn::parse(&self.postgres).map_err(|e| {
             invalid(
                 "postgres",
                 self.redacted_postgres(),
@@ -164,7 +165,7 @@ impl OrdersConfig {
                 "write a libpq DSN such as \"host=127.0.0.1 port=5432 user=postgres dbname=ezone\"",
             )
         })?;
-        if cfg.get_hosts().is_empty() {
+        if cfg.host_count() == 0 {
             return Err(invalid(
                 "postgres",
                 self.redacted_postgres(),
@@ -172,7 +173,7 @@ impl OrdersConfig {
                 "add host=... (an address or a Unix socket directory)",
             ));
         }
-        if cfg.get_user().is_none() {
+        if cfg.user().is_none() {
             return Err(invalid(
                 "postgres",
                 self.redacted_postgres(),

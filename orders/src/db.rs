@@ -30,7 +30,6 @@ use deadpool_postgres::{
     Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime,
 };
 use serde::{Deserialize, Serialize};
-use tokio_postgres::NoTls;
 
 use crate::config::OrdersConfig;
 
@@ -234,7 +233,17 @@ impl Db {
     /// Builds the pool (connections are made on first use, so the service
     /// starts even while its Postgres is down).
     pub fn new(cfg: &OrdersConfig) -> Result<Db, crate::config::ConfigError> {
-        let mut pg = cfg.pg_config()?;
+        let dsn = cfg.pg_config()?;
+        let tls = ezone_pg::Tls::new(dsn.tls());
+        if let Some(e) = tls.error() {
+            return Err(crate::config::ConfigError::Invalid {
+                field: "postgres",
+                value: cfg.redacted_postgres(),
+                problem: e.to_string(),
+                fix: "name readable PEM files in sslrootcert, sslcert and sslkey",
+            });
+        }
+        let mut pg = dsn.config().clone();
         let options = format!(
             "{} -c statement_timeout={}",
             pg.get_options().unwrap_or(""),
@@ -251,7 +260,7 @@ impl Db {
         let deadline = cfg.statement_timeout() + CLIENT_DEADLINE_MARGIN;
         let mgr = Manager::from_config(
             pg,
-            NoTls,
+            tls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },

@@ -31,7 +31,7 @@ use std::time::Duration;
 use futures::future::{BoxFuture, Either};
 use futures::FutureExt;
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 use crate::conflict::{self, Op, Policy, Resolution, Right, ShardKey};
 use crate::lsn::Lsn;
@@ -411,6 +411,22 @@ impl Drop for Applier {
     }
 }
 
+/// Connects as `dsn` says; a DSN that does not parse is definite.
+async fn connect(
+    dsn: &str,
+    target: &str,
+    what: &str,
+) -> Result<(Client, ezone_pg::Connection), ApplyError> {
+    match ezone_pg::connect(dsn).await {
+        Ok(c) => Ok(c),
+        Err(ezone_pg::ConnectError::Postgres(e)) => Err(classify(target, what, e)),
+        Err(e @ ezone_pg::ConnectError::Dsn(_)) => Err(ApplyError::Definite {
+            target: target.to_string(),
+            detail: format!("{what}: {e}"),
+        }),
+    }
+}
+
 fn classify(target: &str, what: &str, e: tokio_postgres::Error) -> ApplyError {
     let detail = match e.as_db_error() {
         Some(db) => format!("{what}: {} ({})", db.message(), db.code().code()),
@@ -588,9 +604,7 @@ impl Applier {
             .filter(|kv| !kv.starts_with("password="))
             .collect::<Vec<_>>()
             .join(" ");
-        let (client, connection) = tokio_postgres::connect(dsn, NoTls)
-            .await
-            .map_err(|e| classify(&target, "connecting", e))?;
+        let (client, connection) = connect(dsn, &target, "connecting").await?;
         let t2 = target.clone();
         let conn = tokio::spawn(async move {
             if let Err(e) = connection.await {
@@ -1270,9 +1284,12 @@ impl Applier {
     ) -> Result<Option<u64>, ApplyError> {
         use futures::{SinkExt, TryStreamExt};
         let target = self.target.clone();
-        let (source, conn) = tokio_postgres::connect(source_dsn, NoTls)
-            .await
-            .map_err(|e| classify(&target, "connecting to the source for the initial copy", e))?;
+        let (source, conn) = connect(
+            source_dsn,
+            &target,
+            "connecting to the source for the initial copy",
+        )
+        .await?;
         let conn_task = tokio::spawn(conn);
         let result = async {
             source

@@ -245,15 +245,13 @@ pub async fn ensure_source(cfg: &LinkConfig) -> Result<(), LinkError> {
         link: cfg.name.clone(),
         detail,
     };
-    let (client, conn) = tokio_postgres::connect(&cfg.source_dsn, tokio_postgres::NoTls)
-        .await
-        .map_err(|e| {
-            setup(format!(
-                "connecting to {}: {}",
-                cfg.source.redacted(),
-                crate::chain(&e)
-            ))
-        })?;
+    let (client, conn) = ezone_pg::connect(&cfg.source_dsn).await.map_err(|e| {
+        setup(format!(
+            "connecting to {}: {}",
+            cfg.source.redacted(),
+            crate::chain(&e)
+        ))
+    })?;
     let task = tokio::spawn(conn);
     let result = async {
         // One round trip for every check (over a WAN each one counts, at
@@ -700,9 +698,7 @@ pub async fn run_with(
 /// Samples the source slot's retained WAL until `stop`, reconnecting as needed.
 async fn sample_slot(cfg: LinkConfig, stats: Arc<LinkStats>, mut stop: watch::Receiver<bool>) {
     loop {
-        if let Ok((client, conn)) =
-            tokio_postgres::connect(&cfg.source_dsn, tokio_postgres::NoTls).await
-        {
+        if let Ok((client, conn)) = ezone_pg::connect(&cfg.source_dsn).await {
             let task = tokio::spawn(conn);
             loop {
                 let row = client

@@ -22,6 +22,7 @@
 //! | `Fence(NotWritable)` | `EZ001` the shard is not writable at this site | no, not here: at the shard's home |
 //! | `Fence(Unmapped)` | `EZ002` the key maps to no shard | no: map it in the topology |
 //! | `Auth` | class `28` (wrong password, no pg_hba.conf entry) | no: fix the credentials |
+//! | `Tls` | no SQLSTATE: a certificate file we cannot use, a server certificate that does not verify, a client certificate the server refused (`ezone_pg::is_tls_setup_error`) | no: fix the certificates |
 //! | `Integrity` | class `23` (unique, foreign key, not null, check) | no: the data |
 //! | `Request` | classes `42`, `22`, `3D`, `0A`; `55000` object not in prerequisite state; `58P01` undefined file (WAL a slot needs is gone) | no: the statement, schema or server setup |
 //! | `Other` | anything else | the caller's default |
@@ -39,6 +40,7 @@ pub enum Kind {
     ReadOnly,
     Fence(FenceRefusal),
     Auth,
+    Tls,
     Integrity,
     Request,
     Other,
@@ -109,6 +111,7 @@ impl Kind {
     pub fn of(e: &tokio_postgres::Error) -> Kind {
         match e.code() {
             Some(code) => Kind::of_code(code.code()),
+            None if ezone_pg::is_tls_setup_error(e) => Kind::Tls,
             None => Kind::ConnectionLost,
         }
     }
@@ -126,6 +129,7 @@ impl Kind {
             Kind::ConfigLimit
             | Kind::Fence(FenceRefusal::NotWritable | FenceRefusal::Unmapped)
             | Kind::Auth
+            | Kind::Tls
             | Kind::Integrity
             | Kind::Request => Some(false),
             Kind::Other => None,

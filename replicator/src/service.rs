@@ -469,7 +469,7 @@ async fn keep_fence(
                 let settings = &snap.topology.settings;
                 every = settings.fence_renew_every();
                 if conn.as_ref().is_none_or(|(c, _)| c.is_closed()) {
-                    conn = match tokio_postgres::connect(&dsn, tokio_postgres::NoTls).await {
+                    conn = match ezone_pg::connect(&dsn).await {
                         Ok((client, c)) => {
                             let task = tokio::spawn(async move {
                                 let _ = c.await;

@@ -129,14 +129,20 @@ impl PgSites {
         let mut guard = slot.lock().await;
         if guard.as_ref().is_none_or(|c| c.is_closed()) {
             let dsn = self.dsn(site);
-            let connected = tokio::time::timeout(
-                CONNECT_TIMEOUT,
-                tokio_postgres::connect(&dsn, tokio_postgres::NoTls),
-            )
-            .await;
+            let connected = tokio::time::timeout(CONNECT_TIMEOUT, ezone_pg::connect(&dsn)).await;
             let (client, conn) = match connected {
                 Ok(Ok(c)) => c,
-                Ok(Err(e)) => return Err(classify(&site.name, "connecting", &e)),
+                Ok(Err(ezone_pg::ConnectError::Postgres(e))) => {
+                    return Err(classify(&site.name, "connecting", &e))
+                }
+                Ok(Err(e @ ezone_pg::ConnectError::Dsn(_))) => {
+                    return Err(SiteError {
+                        site: site.name.clone(),
+                        what: "connecting".into(),
+                        detail: e.to_string(),
+                        retryable: false,
+                    })
+                }
                 Err(_) => {
                     return Err(SiteError {
                         site: site.name.clone(),
@@ -184,13 +190,10 @@ impl PgSites {
 /// schema) unless its SQLSTATE says the server is going away or the
 /// transaction lost a race; anything without a SQLSTATE is the connection.
 fn classify(site: &str, what: &str, e: &tokio_postgres::Error) -> SiteError {
-    let (detail, retryable) = match e.as_db_error() {
-        Some(db) => {
-            let code = db.code().code();
-            let transient = crate::pg_error::Kind::of_code(code).transient_or(false);
-            (format!("{} (SQLSTATE {code})", db.message()), transient)
-        }
-        None => (crate::chain(e), true),
+    let retryable = crate::pg_error::Kind::of(e).transient_or(false);
+    let detail = match e.as_db_error() {
+        Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
+        None => crate::chain(e),
     };
     SiteError {
         site: site.into(),

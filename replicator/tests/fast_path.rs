@@ -343,9 +343,7 @@ async fn target(pg: &PgCluster, db: &str) -> Target {
         .await
         .expect("create database");
     pg.psql_db(db, SCHEMA).await.expect("schema");
-    let (client, conn) = tokio_postgres::connect(&pg.dsn(db), tokio_postgres::NoTls)
-        .await
-        .expect("connect");
+    let (client, conn) = ezone_pg::connect(&pg.dsn(db)).await.expect("connect");
     tokio::spawn(conn);
     // Origins are the cluster's, not a database's: one per target.
     let applier = Applier::connect(&pg.dsn(db), "source->target", &format!("ezone_to_{db}"))

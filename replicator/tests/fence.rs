@@ -15,9 +15,7 @@ use ezone_topology::{ShardState, Topology};
 const DB: &str = "ezone";
 
 async fn client(pg: &PgCluster) -> tokio_postgres::Client {
-    let (c, conn) = tokio_postgres::connect(&pg.dsn(DB), tokio_postgres::NoTls)
-        .await
-        .expect("connect");
+    let (c, conn) = ezone_pg::connect(&pg.dsn(DB)).await.expect("connect");
     tokio::spawn(conn);
     c
 }

@@ -168,9 +168,7 @@ async fn killed_mid_stream_many_times_no_gap_no_duplicate() {
     // Writer: `rows` single-row transactions at the source, in the background.
     let writer_pg = a.dsn(DB);
     let writer = tokio::spawn(async move {
-        let (client, conn) = tokio_postgres::connect(&writer_pg, tokio_postgres::NoTls)
-            .await
-            .expect("connect writer");
+        let (client, conn) = ezone_pg::connect(&writer_pg).await.expect("connect writer");
         tokio::spawn(conn);
         for i in 0..rows {
             client

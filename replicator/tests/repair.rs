@@ -60,9 +60,7 @@ fn ownership(source: &str, target: &str, t: Arc<Topology>) -> Ownership {
 }
 
 async fn connect(pg: &PgCluster) -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(&pg.dsn(DB), tokio_postgres::NoTls)
-        .await
-        .expect("connect");
+    let (client, conn) = ezone_pg::connect(&pg.dsn(DB)).await.expect("connect");
     tokio::spawn(conn);
     client
 }
@@ -575,7 +573,7 @@ async fn records_from_before_the_op_column_read_as_null_and_are_decided_as_befor
     let has_op = "SELECT count(*) FROM pg_attribute \
         WHERE attrelid = 'ezone_replication.conflicts'::regclass AND attname = 'op'";
     let sites = || async {
-        let (beijing, conn) = tokio_postgres::connect(&pg.dsn("beijing"), tokio_postgres::NoTls)
+        let (beijing, conn) = ezone_pg::connect(&pg.dsn("beijing"))
             .await
             .expect("connect");
         tokio::spawn(conn);

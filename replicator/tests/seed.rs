@@ -49,9 +49,7 @@ async fn a_new_site_is_seeded_then_streams_from_exactly_that_point() {
     // Writes continue during the seed.
     let dsn = a.dsn(DB);
     let writer = tokio::spawn(async move {
-        let (c, conn) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls)
-            .await
-            .expect("connect");
+        let (c, conn) = ezone_pg::connect(&dsn).await.expect("connect");
         tokio::spawn(conn);
         for i in 5001..5300i64 {
             c.execute("INSERT INTO orders VALUES ($1, 'new', NULL)", &[&i])

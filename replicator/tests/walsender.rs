@@ -419,8 +419,13 @@ async fn password_authentication_scram_md5_and_cleartext() {
     wrong.password = Some("wrong".to_owned());
     let none = config(&pg);
 
-    let mut conn = connect_once_method_is(&right, AuthMethod::ScramSha256).await;
+    // Over TLS (the lab's default) SCRAM binds to the channel; without TLS
+    // it cannot.
+    let mut conn = connect_once_method_is(&right, AuthMethod::ScramSha256Plus).await;
     conn.identify_system().await.expect("works once logged in");
+    let mut plain = right.clone();
+    plain.tls.mode = ezone_pg::SslMode::Disable;
+    connect_once_method_is(&plain, AuthMethod::ScramSha256).await;
     assert_wrong_password(ReplicationConn::connect(&wrong).await);
     match ReplicationConn::connect(&none).await {
         Err(e @ SourceError::Auth { .. }) => {

@@ -174,7 +174,7 @@ async fn planned_switchovers_under_load_fail_nothing_and_lose_nothing() {
 /// Every conflict recorded at `site` (link, reason, the row's id), read
 /// from its database.
 async fn conflicts_at(ens: &Ensemble, site: &str) -> Vec<(String, String, Option<String>)> {
-    let (c, conn) = tokio_postgres::connect(&ens.dsn(site).expect("dsn"), tokio_postgres::NoTls)
+    let (c, conn) = ezone_pg::connect(&ens.dsn(site).expect("dsn"))
         .await
         .expect("connect");
     tokio::spawn(conn);
@@ -689,9 +689,7 @@ async fn a_site_cut_off_from_etcd_stops_accepting_before_the_survivor_starts() {
     // of the shard (created_at: the writing transaction's start, the same
     // clock on this machine): beijing's last before shanghai's first.
     let when = |dsn: String, site: &'static str| async move {
-        let (c, conn) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls)
-            .await
-            .expect("connect");
+        let (c, conn) = ezone_pg::connect(&dsn).await.expect("connect");
         tokio::spawn(conn);
         c.query_one(
             "SELECT extract(epoch FROM min(created_at))::float8, \
@@ -723,7 +721,7 @@ async fn a_site_cut_off_from_etcd_stops_accepting_before_the_survivor_starts() {
     eventually("beijing fenced for the moved shard", Duration::from_secs(30), || {
         let dsn_b = dsn_b.clone();
         async move {
-            let (c, conn) = tokio_postgres::connect(&dsn_b, tokio_postgres::NoTls).await.ok()?;
+            let (c, conn) = ezone_pg::connect(&dsn_b).await.ok()?;
             tokio::spawn(conn);
             let r = c
                 .query_opt(
@@ -750,7 +748,7 @@ async fn a_site_cut_off_from_etcd_stops_accepting_before_the_survivor_starts() {
         let dsn_s = dsn_s.clone();
         let ids = ids.clone();
         async move {
-            let (c, conn) = tokio_postgres::connect(&dsn_s, tokio_postgres::NoTls).await.ok()?;
+            let (c, conn) = ezone_pg::connect(&dsn_s).await.ok()?;
             tokio::spawn(conn);
             let rows = c.query("SELECT id FROM public.orders", &[]).await.ok()?;
             let mut have: BTreeSet<String> = rows.iter().map(|r| r.get(0)).collect();
@@ -847,9 +845,7 @@ async fn a_forced_failover_reports_exactly_the_writes_that_had_not_crossed() {
     // Back before its replicator: its fence still says shard S is its own,
     // but its lease lapsed while it was away, so it refuses by itself.
     {
-        let (c, conn) = tokio_postgres::connect(&dsn_b, tokio_postgres::NoTls)
-            .await
-            .expect("connect");
+        let (c, conn) = ezone_pg::connect(&dsn_b).await.expect("connect");
         tokio::spawn(conn);
         let e = c
             .execute(
@@ -872,7 +868,7 @@ async fn a_forced_failover_reports_exactly_the_writes_that_had_not_crossed() {
     eventually("beijing fenced for the moved shard", Duration::from_secs(30), || {
         let dsn_b = dsn_b.clone();
         async move {
-            let (c, conn) = tokio_postgres::connect(&dsn_b, tokio_postgres::NoTls).await.ok()?;
+            let (c, conn) = ezone_pg::connect(&dsn_b).await.ok()?;
             tokio::spawn(conn);
             let r = c
                 .query_opt(
@@ -895,9 +891,7 @@ async fn a_forced_failover_reports_exactly_the_writes_that_had_not_crossed() {
             let dsn_s = dsn_s.clone();
             let want = at_risk.len();
             async move {
-                let (c, conn) = tokio_postgres::connect(&dsn_s, tokio_postgres::NoTls)
-                    .await
-                    .ok()?;
+                let (c, conn) = ezone_pg::connect(&dsn_s).await.ok()?;
                 tokio::spawn(conn);
                 let rows = c.query(query, &[]).await.ok()?;
                 let ids: BTreeSet<String> = rows
@@ -910,9 +904,7 @@ async fn a_forced_failover_reports_exactly_the_writes_that_had_not_crossed() {
         .await;
     // Give any extra (wrong) conflict a moment to show up, then compare.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let (c, conn) = tokio_postgres::connect(&dsn_s, tokio_postgres::NoTls)
-        .await
-        .expect("connect");
+    let (c, conn) = ezone_pg::connect(&dsn_s).await.expect("connect");
     tokio::spawn(conn);
     let final_ids: BTreeSet<String> = c
         .query(query, &[])

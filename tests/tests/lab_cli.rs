@@ -11,7 +11,7 @@ use std::process::{Output, Stdio};
 use std::time::Duration;
 
 use ezone_chaos::lab::{LabInfo, LabState};
-use ezone_chaos::postgres::{find_pg_bin, psql};
+
 use ezone_chaos::process::pid_alive;
 use ezone_tests::ezone_bin;
 
@@ -88,9 +88,13 @@ async fn lab_up_status_down_end_to_end() {
     assert!(info.sites["beijing"]
         .postgres
         .starts_with("host=127.0.0.1 port="));
-    assert!(info.sites["beijing"]
-        .postgres
-        .ends_with(" user=postgres dbname=ezone"));
+    assert!(
+        info.sites["beijing"]
+            .postgres
+            .contains(" user=postgres dbname=ezone sslmode=verify-full sslrootcert="),
+        "{}",
+        info.sites["beijing"].postgres
+    );
     assert_eq!(
         info.wan.keys().collect::<Vec<_>>(),
         ["beijing->shanghai", "shanghai->beijing"]
@@ -117,16 +121,26 @@ async fn lab_up_status_down_end_to_end() {
     }
 
     // The WAN link beijing->shanghai is beijing's Postgres.
-    let bin = find_pg_bin().expect("postgres binaries");
     let beijing_port = info.sites["beijing"]
         .postgres
         .split_whitespace()
         .find_map(|kv| kv.strip_prefix("port="))
         .expect("port in dsn")
         .to_string();
-    let through_wan = psql(&bin, info.wan["beijing->shanghai"], "ezone", "SHOW port")
+    // Over TLS with the lab's client certificate, as every client of it.
+    let wan = info.wan["beijing->shanghai"];
+    let wan_dsn = info.sites["beijing"].postgres.replace(
+        &format!("port={beijing_port}"),
+        &format!("port={}", wan.port()),
+    );
+    let client = ezone_pg::connect_spawned(&wan_dsn)
         .await
-        .expect("query through the WAN link");
+        .expect("connect through the WAN link");
+    let through_wan: String = client
+        .query_one("SHOW port", &[])
+        .await
+        .expect("query through the WAN link")
+        .get(0);
     assert_eq!(through_wan, beijing_port);
 
     // The starter topology was written into etcd.

@@ -230,10 +230,9 @@ async fn error_chains_carry_the_sqlstate_and_the_cause() {
     use ezone_replicator::chain;
 
     let port = free_port().expect("port");
-    let refused = tokio_postgres::connect(
-        &format!("host=127.0.0.1 port={port} user=ezone dbname=ezone connect_timeout=5"),
-        tokio_postgres::NoTls,
-    )
+    let refused = ezone_pg::connect(&format!(
+        "host=127.0.0.1 port={port} user=ezone dbname=ezone connect_timeout=5"
+    ))
     .await
     .err()
     .expect("nothing listens there");
@@ -246,9 +245,7 @@ async fn error_chains_carry_the_sqlstate_and_the_cause() {
     let pg = ezone_chaos::postgres::PgCluster::start("logging")
         .await
         .expect("pg");
-    let (client, conn) = tokio_postgres::connect(&pg.dsn("ezone"), tokio_postgres::NoTls)
-        .await
-        .expect("connect");
+    let (client, conn) = ezone_pg::connect(&pg.dsn("ezone")).await.expect("connect");
     let conn = tokio::spawn(conn);
     let e = client
         .simple_query("SELECT * FROM no_such_table")

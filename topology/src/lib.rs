@@ -19,5 +19,8 @@ pub use model::{Epoch, RoutingTable, Settings, Shard, ShardId, ShardState, Site,
 pub mod store;
 pub mod watch;
 
-pub use store::{AnyStore, EtcdStore, FileStore, Snapshot, StoreError, TopologyStore};
+pub use store::{
+    AnyStore, EtcdAuth, EtcdOptions, EtcdStore, EtcdTls, FileStore, Snapshot, StoreError,
+    TopologyStore,
+};
 pub use watch::Watcher;

@@ -2,6 +2,26 @@
 //!
 //! These are plain values with no I/O. A [`Topology`] is what a store loads and
 //! what a watcher publishes, always after [`crate::validate`] accepted it.
+//!
+//! # Unknown fields
+//!
+//! None of these types refuses a field it does not know: a newer ezone may
+//! add fields to the topology in etcd while older readers still run (a
+//! rolling upgrade), and those must keep reading it. What an older version
+//! does not know it must not lose either: a read-modify-write (a shard's
+//! compare-and-swap, `ezone topo` commands, a file store's rewrite) writes
+//! the newer fields back unchanged. They are kept in [`Topology::extras`]
+//! (an [`Extras`]: one map per site, per shard, for the routing table, the
+//! settings and the top level), beside the structs rather than inside them,
+//! so that code building a [`Shard`] or a [`Site`] with a struct literal
+//! needs no change and a shard swapped in by compare-and-swap keeps the
+//! unknown fields its id had. [`crate::doc`] reads and writes them (the
+//! file document, and [`crate::doc::decode_piece`] /
+//! [`crate::doc::encode_piece`] for one etcd key), and says why files an
+//! operator writes by hand are still checked strictly.
+//!
+//! Deserialising one of these structs alone (`serde_json::from_slice::<Shard>`)
+//! accepts and *drops* unknown fields: to keep them, go through [`crate::doc`].
 
 use std::collections::BTreeMap;
 
@@ -19,7 +39,6 @@ pub const INITIAL_EPOCH: Epoch = 1;
 
 /// A data center: where a shard can be homed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Site {
     /// Its name (`beijing`, `shanghai`, ...). In etcd it is also the key.
     pub name: String,
@@ -68,7 +87,6 @@ impl std::fmt::Display for ShardState {
 
 /// One shard: its home site, state and epoch.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Shard {
     pub id: ShardId,
     pub home: String,
@@ -78,7 +96,6 @@ pub struct Shard {
 
 /// How keys map to shards.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RoutingTable {
     /// City id -> shard. City ids are opaque strings (`"010"`, `"021"`, ...).
     /// A city given twice is refused when read (JSON would otherwise keep
@@ -123,7 +140,6 @@ where
 
 /// Deployment-wide settings that every part reads.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Settings {
     /// Where a request with no shard key goes. `None` means "the local site".
     #[serde(default)]
@@ -198,11 +214,76 @@ impl Default for Settings {
     }
 }
 
+/// The fields of one object of the stored topology (a site, a shard, the
+/// routing table, the settings or the top level) that this version of
+/// ezone does not know, by name, with their values as read.
+pub type Extra = BTreeMap<String, serde_json::Value>;
+
+/// Every field of a stored topology that this version does not know, kept
+/// to be written back unchanged (see the [module docs](self)).
+///
+/// Only objects that had such fields have an entry. A key is never the name
+/// of a field this version knows (they are read into the structs).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Extras {
+    /// Beside `sites`, `shards`, `routing`, `settings`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub root: Extra,
+    /// Per site, by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sites: BTreeMap<String, Extra>,
+    /// Per shard, by id.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub shards: BTreeMap<ShardId, Extra>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub routing: Extra,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub settings: Extra,
+}
+
+impl Extras {
+    /// No unknown field anywhere.
+    pub fn is_empty(&self) -> bool {
+        self.root.is_empty()
+            && self.sites.values().all(BTreeMap::is_empty)
+            && self.shards.values().all(BTreeMap::is_empty)
+            && self.routing.is_empty()
+            && self.settings.is_empty()
+    }
+
+    /// The unknown fields of site `name`, if it has any.
+    pub fn site(&self, name: &str) -> Option<&Extra> {
+        self.sites.get(name).filter(|e| !e.is_empty())
+    }
+
+    /// The unknown fields of shard `id`, if it has any.
+    pub fn shard(&self, id: ShardId) -> Option<&Extra> {
+        self.shards.get(&id).filter(|e| !e.is_empty())
+    }
+
+    /// Keeps the unknown fields of site `name` (nothing if there are none).
+    pub fn set_site(&mut self, name: &str, extra: Extra) {
+        if extra.is_empty() {
+            self.sites.remove(name);
+        } else {
+            self.sites.insert(name.to_string(), extra);
+        }
+    }
+
+    /// Keeps the unknown fields of shard `id` (nothing if there are none).
+    pub fn set_shard(&mut self, id: ShardId, extra: Extra) {
+        if extra.is_empty() {
+            self.shards.remove(&id);
+        } else {
+            self.shards.insert(id, extra);
+        }
+    }
+}
+
 /// The whole topology: what a snapshot holds.
 ///
 /// Maps are ordered so that serialisation and display are deterministic.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Topology {
     pub sites: BTreeMap<String, Site>,
     pub shards: BTreeMap<ShardId, Shard>,
@@ -210,6 +291,11 @@ pub struct Topology {
     pub routing: RoutingTable,
     #[serde(default)]
     pub settings: Settings,
+    /// The fields a newer ezone wrote that this version does not know,
+    /// written back unchanged (see the [module docs](self)). A shard or
+    /// site replaced by a struct literal keeps its entry here.
+    #[serde(default, skip_serializing_if = "Extras::is_empty")]
+    pub extras: Extras,
 }
 
 impl Topology {

@@ -291,9 +291,34 @@ impl Outage {
 /// Why a watch stream ended.
 enum StreamEnd {
     /// Broken connection or error: back off and resume from the last revision.
-    Broken(String),
+    Broken(StoreError),
     /// Our revision is gone (compacted) or the store was reset: reload it all.
     Reload(String),
+}
+
+fn broken(store: &str, why: impl Into<String>) -> StreamEnd {
+    StreamEnd::Broken(StoreError::Unavailable {
+        store: store.to_string(),
+        detail: why.into(),
+    })
+}
+
+/// Notes a failure to read or watch etcd: an outage is logged as one
+/// (a warning now and then); a configuration etcd refuses (a certificate, a
+/// password) as an error each time it changes. Either way the watcher keeps
+/// trying: the fix may come from etcd's side.
+fn trouble(shared: &Shared, store: &str, e: &StoreError, said: &mut Option<String>) {
+    shared.note_error(e);
+    if e.is_retryable() {
+        *said = None;
+        shared.failed(store, &e.to_string());
+    } else {
+        let text = e.to_string();
+        if said.as_deref() != Some(text.as_str()) {
+            tracing::error!(error = %text, "The topology store refuses this process's configuration; retrying, but it needs fixing.");
+            *said = Some(text);
+        }
+    }
 }
 
 async fn run_etcd(store: EtcdStore, shared: Arc<Shared>) {
@@ -303,6 +328,7 @@ async fn run_etcd(store: EtcdStore, shared: Arc<Shared>) {
     // The revision of the last state applied to `raw`; `None` = reload.
     let mut revision: Option<Version> = None;
     let mut backoff = crate::backoff::Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
+    let mut said: Option<String> = None;
     loop {
         let rev = match revision {
             Some(rev) => rev,
@@ -316,8 +342,7 @@ async fn run_etcd(store: EtcdStore, shared: Arc<Shared>) {
                     rev
                 }
                 Err(e) => {
-                    shared.note_error(&e);
-                    shared.failed(&describe, &e.to_string());
+                    trouble(&shared, &describe, &e, &mut said);
                     tokio::time::sleep(backoff.next_wait()).await;
                     continue;
                 }
@@ -339,12 +364,8 @@ async fn run_etcd(store: EtcdStore, shared: Arc<Shared>) {
                 tracing::info!(reason = %why, "Reloading the whole topology.");
                 revision = None;
             }
-            StreamEnd::Broken(why) => {
-                shared.note_error(&StoreError::Unavailable {
-                    store: describe.clone(),
-                    detail: why.clone(),
-                });
-                shared.failed(&describe, &why);
+            StreamEnd::Broken(e) => {
+                trouble(&shared, &describe, &e, &mut said);
                 tokio::time::sleep(backoff.next_wait()).await;
                 continue;
             }
@@ -375,8 +396,10 @@ async fn follow(
     .await
     {
         Ok(Ok(s)) => s,
-        Ok(Err(e)) => return StreamEnd::Broken(e.to_string()),
-        Err(_) => return StreamEnd::Broken("creating the watch timed out".into()),
+        Ok(Err(e)) => {
+            return StreamEnd::Broken(store.classify_probing("watching the topology", e).await)
+        }
+        Err(_) => return broken(describe, "creating the watch timed out"),
     };
     let mut progress = tokio::time::interval(PROGRESS_INTERVAL);
     progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -389,8 +412,8 @@ async fn follow(
             msg = stream.message() => {
                 let resp = match msg {
                     Ok(Some(resp)) => resp,
-                    Ok(None) => return StreamEnd::Broken("the watch stream ended".into()),
-                    Err(e) => return StreamEnd::Broken(e.to_string()),
+                    Ok(None) => return broken(describe, "the watch stream ended"),
+                    Err(e) => return StreamEnd::Broken(store.classify_probing("watching the topology", e).await),
                 };
                 last_heard = Instant::now();
                 shared.reached(describe);
@@ -402,7 +425,24 @@ async fn follow(
                             resp.compact_revision()
                         ));
                     }
-                    return StreamEnd::Broken(format!("watch canceled: {}", resp.cancel_reason()));
+                    let reason = resp.cancel_reason();
+                    if let Some(auth) = &store.options().auth {
+                        // etcd checks the auth token when a watch is created
+                        // (a canceled watch, not an error etcd-client would
+                        // renew the token on), and forgets a token left unused
+                        // past --auth-token-ttl (300 s), which a long-lived
+                        // watch does not use: renew it for the next try.
+                        if reason.contains("permission denied") || reason.contains("auth token") {
+                            if let Err(e) = client.refresh_token().await {
+                                return StreamEnd::Broken(store.unavailable("renewing the etcd auth token", e));
+                            }
+                            return broken(describe, format!(
+                                "watch canceled: {reason} (auth token renewed; if this repeats, etcd user {:?} may not read the prefix)",
+                                auth.user
+                            ));
+                        }
+                    }
+                    return broken(describe, format!("watch canceled: {reason}"));
                 }
                 let header_rev = resp.header().map(|h| h.revision()).unwrap_or(0);
                 let applied = revision.unwrap_or(start);
@@ -435,10 +475,10 @@ async fn follow(
             }
             _ = progress.tick() => {
                 if last_heard.elapsed() > silence_limit {
-                    return StreamEnd::Broken(format!("no answer from etcd for {:?}", last_heard.elapsed()));
+                    return broken(describe, format!("no answer from etcd for {:?}", last_heard.elapsed()));
                 }
                 if let Err(e) = stream.request_progress().await {
-                    return StreamEnd::Broken(e.to_string());
+                    return StreamEnd::Broken(store.unavailable("asking etcd for watch progress", e));
                 }
             }
         }

@@ -17,7 +17,7 @@ pub enum CheckError {
     Connect {
         site: String,
         #[source]
-        source: tokio_postgres::Error,
+        source: ezone_pg::ConnectError,
     },
     #[error("cannot {what} at {site}: {source}")]
     Query {
@@ -33,7 +33,7 @@ pub enum CheckError {
 /// A session that renders values the same at every site (UTC, ISO dates),
 /// so that row text compares across sites.
 async fn connect(site: &str, dsn: &str) -> Result<tokio_postgres::Client, CheckError> {
-    let (client, conn) = tokio_postgres::connect(dsn, tokio_postgres::NoTls)
+    let (client, conn) = ezone_pg::connect(dsn)
         .await
         .map_err(|source| CheckError::Connect {
             site: site.to_string(),

@@ -84,7 +84,7 @@ async fn count(
     sql: &str,
     params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
 ) -> Result<i64, String> {
-    let (client, conn) = tokio_postgres::connect(dsn, tokio_postgres::NoTls)
+    let (client, conn) = ezone_pg::connect(dsn)
         .await
         .map_err(|e| format!("connect: {e}"))?;
     let driver = tokio::spawn(conn);

@@ -95,6 +95,11 @@ pub struct LabSpec {
     /// every DSN the lab hands out carries it ([`PgOptions::password`]);
     /// `None` (the default): `trust`.
     pub pg_password: Option<String>,
+    /// Every site's Postgres takes TCP only over TLS with a client
+    /// certificate, and every DSN the lab hands out verifies it
+    /// ([`PgOptions::tls`]). On by default; off only for a test that speaks
+    /// the wire protocol by hand.
+    pub pg_tls: bool,
 }
 
 impl Default for LabSpec {
@@ -109,6 +114,7 @@ impl Default for LabSpec {
             clock_skew: false,
             keep_files: false,
             pg_password: None,
+            pg_tls: true,
         }
     }
 }
@@ -209,6 +215,7 @@ impl Lab {
                 clock: clocks.sites.get(site).cloned(),
                 keep_files: spec.keep_files,
                 password: spec.pg_password.clone(),
+                tls: spec.pg_tls,
                 ..PgOptions::new(site.clone())
             })
         }));
@@ -326,11 +333,12 @@ impl Lab {
     /// DSN by which `from_site` reaches `pg_site`'s database `db` across
     /// the WAN.
     pub fn wan_dsn(&self, pg_site: &str, from_site: &str, db: &str) -> Result<String, LabError> {
-        let password = self.postgres.get(pg_site).and_then(|p| p.password());
+        let pg = self.postgres.get(pg_site);
         Ok(postgres::dsn_with(
             self.wan_addr(pg_site, from_site)?,
             db,
-            password,
+            pg.and_then(|p| p.password()),
+            pg.and_then(|p| p.client_tls()),
         ))
     }
 

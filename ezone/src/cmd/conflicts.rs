@@ -137,24 +137,21 @@ fn names(sites: &BTreeMap<String, String>) -> String {
 }
 
 async fn connect(site: &str, dsn: &str) -> anyhow::Result<tokio_postgres::Client> {
-    let (client, conn) = tokio::time::timeout(
-        CONNECT_TIMEOUT,
-        tokio_postgres::connect(dsn, tokio_postgres::NoTls),
-    )
-    .await
-    .map_err(|_| {
-        anyhow!(
-            "site {site}: Postgres at {} did not answer within {}s",
-            super::redact::redact_dsn(dsn),
-            CONNECT_TIMEOUT.as_secs()
-        )
-    })?
-    .with_context(|| {
-        format!(
-            "site {site}: connecting to Postgres at {}",
-            super::redact::redact_dsn(dsn)
-        )
-    })?;
+    let (client, conn) = tokio::time::timeout(CONNECT_TIMEOUT, ezone_pg::connect(dsn))
+        .await
+        .map_err(|_| {
+            anyhow!(
+                "site {site}: Postgres at {} did not answer within {}s",
+                super::redact::redact_dsn(dsn),
+                CONNECT_TIMEOUT.as_secs()
+            )
+        })?
+        .with_context(|| {
+            format!(
+                "site {site}: connecting to Postgres at {}",
+                super::redact::redact_dsn(dsn)
+            )
+        })?;
     let site = site.to_string();
     tokio::spawn(async move {
         if let Err(e) = conn.await {

@@ -53,7 +53,7 @@ pub enum KeyArg {
 }
 
 async fn connect(dsn: &str) -> anyhow::Result<tokio_postgres::Client> {
-    let (client, conn) = tokio_postgres::connect(dsn, tokio_postgres::NoTls)
+    let (client, conn) = ezone_pg::connect(dsn)
         .await
         .with_context(|| format!("connecting to {}", redact_dsn(dsn)))?;
     tokio::spawn(conn);

@@ -118,6 +118,7 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
         clock_skew: false,
         keep_files: false,
         pg_password: None,
+        pg_tls: true,
     };
     spec.validate()?;
 

@@ -35,7 +35,7 @@ pub async fn run(c: OrdersCommand) -> anyhow::Result<()> {
     match c {
         OrdersCommand::Install { dsn } => {
             let shown = redact_dsn(&dsn);
-            let (client, conn) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls)
+            let (client, conn) = ezone_pg::connect(&dsn)
                 .await
                 .with_context(|| format!("connecting to {shown}"))?;
             tokio::spawn(conn);

@@ -9,7 +9,7 @@ use super::redact::redact_dsn;
 /// A client of the Postgres at `dsn`, connected within `within`; else why
 /// not, with the DSN's password redacted.
 pub async fn connect(dsn: &str, within: Duration) -> Result<tokio_postgres::Client, String> {
-    match tokio::time::timeout(within, tokio_postgres::connect(dsn, tokio_postgres::NoTls)).await {
+    match tokio::time::timeout(within, ezone_pg::connect(dsn)).await {
         Err(_) => Err(format!("no answer within {within:?}")),
         Ok(Err(e)) => Err(redact_dsn(&ezone_replicator::chain(&e))),
         Ok(Ok((client, conn))) => {

@@ -13,9 +13,13 @@
 //! AuthenticationOk ----------------------> (done)
 //! ```
 //!
-//! SCRAM runs without channel binding (gs2 header `n,,`: we do not use TLS,
-//! so there is no channel to bind to). The server's final message is
-//! verified, so SCRAM also proves the *server* knows the password.
+//! Over TLS, SCRAM binds to the channel when the server offers
+//! `SCRAM-SHA-256-PLUS`: the proof then covers the server's certificate
+//! (`tls-server-end-point`), so a man in the middle with another certificate
+//! cannot relay the login. Over TLS without a PLUS offer the gs2 header is
+//! `y,,` (we could bind, the server did not offer), without TLS it is `n,,`.
+//! The server's final message is verified, so SCRAM also proves the
+//! *server* knows the password.
 //! A wrong password is the server's ErrorResponse (`28P01`), which the
 //! caller turns into a definite [`SourceError::Server`]; failures on our side
 //! (no password configured, a method we do not speak, a bad server signature)
@@ -25,7 +29,9 @@ use std::fmt;
 
 use fallible_iterator::FallibleIterator;
 use postgres_protocol::authentication::md5_hash;
-use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
+use postgres_protocol::authentication::sasl::{
+    ChannelBinding, ScramSha256, SCRAM_SHA_256, SCRAM_SHA_256_PLUS,
+};
 use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
 
@@ -44,6 +50,8 @@ pub enum AuthMethod {
     Md5,
     /// `scram-sha-256`, without channel binding.
     ScramSha256,
+    /// `scram-sha-256` bound to the TLS channel (`SCRAM-SHA-256-PLUS`).
+    ScramSha256Plus,
 }
 
 impl fmt::Display for AuthMethod {
@@ -53,6 +61,7 @@ impl fmt::Display for AuthMethod {
             AuthMethod::Cleartext => "password (cleartext)",
             AuthMethod::Md5 => "md5",
             AuthMethod::ScramSha256 => "SCRAM-SHA-256",
+            AuthMethod::ScramSha256Plus => "SCRAM-SHA-256-PLUS",
         })
     }
 }
@@ -60,10 +69,15 @@ impl fmt::Display for AuthMethod {
 const DURING: &str = "authentication";
 
 /// Runs the exchange until AuthenticationOk.
+///
+/// `binding` is the connection's channel-binding data: `None` without TLS,
+/// `Some(None)` over TLS with a certificate that has no binding digest,
+/// `Some(Some(data))` over TLS with `tls-server-end-point` data.
 pub(crate) async fn authenticate(
     session: &mut Session,
     user: &str,
     password: Option<&str>,
+    binding: Option<Option<Vec<u8>>>,
 ) -> Result<AuthMethod, SourceError> {
     let mut method = AuthMethod::Trust;
     loop {
@@ -102,14 +116,27 @@ pub(crate) async fn authenticate(
                         user,
                         format!(
                             "the server offers SASL mechanisms {mechanisms:?} but this client \
-                             speaks only {SCRAM_SHA_256} without channel binding. Fix: set \
+                             speaks {SCRAM_SHA_256} (with {SCRAM_SHA_256_PLUS} over TLS). Fix: set \
                              the pg_hba.conf method for this host to scram-sha-256 (or md5)"
                         ),
                     ));
                 }
                 let password = need_password(session, user, password, "scram-sha-256")?;
-                scram(session, user, password).await?;
-                method = AuthMethod::ScramSha256;
+                let plus = mechanisms.iter().any(|m| m == SCRAM_SHA_256_PLUS);
+                let (mechanism, channel) = match (&binding, plus) {
+                    (Some(Some(data)), true) => (
+                        SCRAM_SHA_256_PLUS,
+                        ChannelBinding::tls_server_end_point(data.clone()),
+                    ),
+                    (Some(_), _) => (SCRAM_SHA_256, ChannelBinding::unrequested()),
+                    (None, _) => (SCRAM_SHA_256, ChannelBinding::unsupported()),
+                };
+                scram(session, user, password, mechanism, channel).await?;
+                method = if mechanism == SCRAM_SHA_256_PLUS {
+                    AuthMethod::ScramSha256Plus
+                } else {
+                    AuthMethod::ScramSha256
+                };
             }
             Message::AuthenticationKerberosV5
             | Message::AuthenticationScmCredential
@@ -135,9 +162,15 @@ pub(crate) async fn authenticate(
 }
 
 /// The SCRAM-SHA-256 exchange after AuthenticationSASL.
-async fn scram(session: &mut Session, user: &str, password: &str) -> Result<(), SourceError> {
-    let mut scram = ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
-    frontend::sasl_initial_response(SCRAM_SHA_256, scram.message(), session.writer.buf())
+async fn scram(
+    session: &mut Session,
+    user: &str,
+    password: &str,
+    mechanism: &str,
+    channel: ChannelBinding,
+) -> Result<(), SourceError> {
+    let mut scram = ScramSha256::new(password.as_bytes(), channel);
+    frontend::sasl_initial_response(mechanism, scram.message(), session.writer.buf())
         .map_err(|e| auth_error(session, user, e.to_string()))?;
     session.flush(DURING).await?;
 

@@ -1,21 +1,17 @@
 //! Where a link's source Postgres is and how to log in to it:
-//! [`SourceConfig`], built in code or parsed from a libpq key=value DSN.
+//! [`SourceConfig`], built in code or parsed from a DSN by the one parser
+//! every ezone connection uses ([`ezone_pg::Dsn`]: libpq's keyword and URI
+//! forms, with libpq's TLS keys).
 //!
-//! The DSN syntax is libpq's (`conninfo_parse`): `key = value` pairs
-//! separated by whitespace; a value may be single-quoted to hold spaces or be
-//! empty (`password='a b'`, `password=''`); inside or outside quotes a
-//! backslash takes the next character literally (`'it\'s'`). The URI form
-//! (`postgresql://...`) is not accepted. Keys other than the ones below are
-//! refused rather than ignored, so that a typo does not silently change where
-//! we connect.
-//!
-//! The connection is plain TCP: TLS is not supported yet, so `sslmode` may
-//! only be `disable`, `allow` or `prefer` (all three connect without TLS
-//! here). The password is never printed: `Debug` and [`SourceConfig::redacted`]
-//! show `password=***`.
+//! TLS is as the DSN's `sslmode` says (`prefer` when it says nothing, as in
+//! libpq); see `ezone_pg::tls` for what each mode verifies. The password is
+//! never printed: `Debug` and [`SourceConfig::redacted`] show `password=***`.
 
 use std::fmt;
 use std::time::Duration;
+
+use ezone_pg::dsn::quote_value;
+use ezone_pg::TlsSettings;
 
 use super::error::SourceError;
 
@@ -45,10 +41,6 @@ pub const DEFAULT_STATUS_INTERVAL: Duration = Duration::from_secs(3);
 /// within this.
 pub const DEFAULT_RECEIVE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The keys [`SourceConfig::from_dsn`] accepts.
-const DSN_KEYS: &str =
-    "host, port, user, password, dbname, application_name, connect_timeout, sslmode";
-
 /// How to reach and log in to a source Postgres for logical replication.
 ///
 /// Not `Serialize` and not `Display`: it holds a password. Use
@@ -74,6 +66,8 @@ pub struct SourceConfig {
     pub status_interval: Duration,
     /// See [`DEFAULT_RECEIVE_TIMEOUT`].
     pub receive_timeout: Duration,
+    /// `sslmode` and the certificates (see `ezone_pg::tls`).
+    pub tls: TlsSettings,
 }
 
 impl SourceConfig {
@@ -94,91 +88,58 @@ impl SourceConfig {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             status_interval: DEFAULT_STATUS_INTERVAL,
             receive_timeout: DEFAULT_RECEIVE_TIMEOUT,
+            tls: TlsSettings::default(),
         }
     }
 
-    /// Parses a libpq key=value DSN such as
-    /// `host=10.0.0.5 port=5432 user=repl dbname=app password='s3 cret'`.
+    /// Parses a DSN in either of libpq's forms (keyword/value such as
+    /// `host=10.0.0.5 port=5432 user=repl dbname=app sslmode=verify-full
+    /// sslrootcert=/etc/ezone/ca.pem`, or a `postgresql://` URI) with the one
+    /// parser every ezone connection uses ([`ezone_pg::Dsn`]).
     ///
     /// `user` is required; `dbname` defaults to the user name, `host` to
     /// [`DEFAULT_HOST`], `port` to [`DEFAULT_PORT`]; `connect_timeout` is in
-    /// whole seconds (at least 1). The status interval and receive timeout
-    /// have no DSN key; set the fields. The result is validated.
+    /// whole seconds. One TCP host only (a link replicates from exactly one
+    /// server). The status interval and receive timeout have no DSN key; set
+    /// the fields. Keys that only matter to an SQL session (`options`,
+    /// `keepalives`, `target_session_attrs`) are accepted and not used. The
+    /// result is validated.
     pub fn from_dsn(dsn: &str) -> Result<Self, SourceError> {
-        if dsn.trim_start().starts_with("postgres://")
-            || dsn.trim_start().starts_with("postgresql://")
-        {
+        let parsed =
+            ezone_pg::Dsn::parse(dsn).map_err(|e| config_error(&e.key, "(not shown)", &e.why))?;
+        if parsed.host_count() > 1 {
             return Err(config_error(
-                "dsn",
-                "(a URI)",
-                "the URI form is not supported; write key=value pairs, e.g. \
-                 \"host=db1 port=5432 user=repl dbname=app\"",
+                "host",
+                "(several)",
+                "one host only: a link replicates from exactly one server",
             ));
         }
-        let mut config = SourceConfig::new(DEFAULT_HOST, DEFAULT_PORT, "", "");
-        let mut dbname = None;
-        for (key, value) in parse_pairs(dsn)? {
-            match key.as_str() {
-                "host" => config.host = value,
-                "port" => {
-                    config.port = value.parse().ok().filter(|p| *p != 0).ok_or_else(|| {
-                        config_error("port", &value, "expected a TCP port, 1 to 65535")
-                    })?;
-                }
-                "user" => config.user = value,
-                "password" => config.password = Some(value),
-                "dbname" => dbname = Some(value),
-                "application_name" => config.application_name = value,
-                "connect_timeout" => {
-                    let secs: u64 =
-                        value
-                            .trim()
-                            .parse()
-                            .ok()
-                            .filter(|s| *s >= 1)
-                            .ok_or_else(|| {
-                                config_error(
-                                    "connect_timeout",
-                                    &value,
-                                    "expected whole seconds, at least 1 (the replicator always \
-                                 bounds connection attempts)",
-                                )
-                            })?;
-                    config.connect_timeout = Duration::from_secs(secs);
-                }
-                "sslmode" => match value.as_str() {
-                    "disable" | "allow" | "prefer" => {}
-                    _ => {
-                        return Err(config_error(
-                            "sslmode",
-                            &value,
-                            "TLS is not supported yet by the replicator's source connection; \
-                             use sslmode=disable (or allow/prefer, which connect without TLS)",
-                        ))
-                    }
-                },
-                "replication" => {
-                    return Err(config_error(
-                        "replication",
-                        &value,
-                        "do not set it: the replicator always connects with \
-                         replication=database",
-                    ))
-                }
-                other => {
-                    return Err(config_error(
-                        other,
-                        if other.contains("pass") {
-                            "(hidden)"
-                        } else {
-                            &value
-                        },
-                        &format!("unknown DSN key; accepted keys are {DSN_KEYS}"),
-                    ))
-                }
+        let host = match parsed.host() {
+            Some(host) => host.to_owned(),
+            None if parsed.host_count() == 0 => DEFAULT_HOST.to_owned(),
+            None => {
+                return Err(config_error(
+                    "host",
+                    "(a Unix-domain socket)",
+                    "Unix-domain sockets are not supported: give a host name or IP address",
+                ))
             }
+        };
+        let user = parsed.user().unwrap_or_default().to_owned();
+        let mut config = SourceConfig::new(
+            host,
+            parsed.port(),
+            user.clone(),
+            parsed.dbname().map(str::to_owned).unwrap_or(user),
+        );
+        config.password = parsed.password();
+        if let Some(name) = parsed.config().get_application_name() {
+            config.application_name = name.to_owned();
         }
-        config.dbname = dbname.unwrap_or_else(|| config.user.clone());
+        if let Some(timeout) = parsed.config().get_connect_timeout() {
+            config.connect_timeout = *timeout;
+        }
+        config.tls = parsed.tls().clone();
         config.validate()?;
         Ok(config)
     }
@@ -291,6 +252,16 @@ impl SourceConfig {
         if self.password.is_some() {
             out.push_str(" password=***");
         }
+        out.push_str(&format!(" sslmode={}", self.tls.mode));
+        for (key, path) in [
+            ("sslrootcert", &self.tls.rootcert),
+            ("sslcert", &self.tls.cert),
+            ("sslkey", &self.tls.key),
+        ] {
+            if let Some(path) = path {
+                out.push_str(&format!(" {key}={}", quote_value(&path.to_string_lossy())));
+            }
+        }
         out
     }
 }
@@ -307,6 +278,7 @@ impl fmt::Debug for SourceConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("status_interval", &self.status_interval)
             .field("receive_timeout", &self.receive_timeout)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -320,84 +292,6 @@ fn config_error(field: &str, value: &str, why: &str) -> SourceError {
             format!("{value:?}")
         },
         why: why.to_owned(),
-    }
-}
-
-/// Quotes a value for a DSN when it needs it.
-fn quote_value(value: &str) -> String {
-    let plain = !value.is_empty()
-        && !value
-            .chars()
-            .any(|c| c.is_whitespace() || c == '\'' || c == '\\' || c == '=');
-    if plain {
-        return value.to_owned();
-    }
-    let mut out = String::with_capacity(value.len() + 2);
-    out.push('\'');
-    for c in value.chars() {
-        if c == '\'' || c == '\\' {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out.push('\'');
-    out
-}
-
-/// Splits a DSN into its key/value pairs, as libpq's `conninfo_parse` does.
-fn parse_pairs(dsn: &str) -> Result<Vec<(String, String)>, SourceError> {
-    let mut pairs = Vec::new();
-    let mut chars = dsn.chars().peekable();
-    loop {
-        while chars.next_if(|c| c.is_whitespace()).is_some() {}
-        if chars.peek().is_none() {
-            return Ok(pairs);
-        }
-        let mut key = String::new();
-        while let Some(c) = chars.next_if(|c| *c != '=' && !c.is_whitespace()) {
-            key.push(c);
-        }
-        while chars.next_if(|c| c.is_whitespace()).is_some() {}
-        if chars.next() != Some('=') {
-            return Err(config_error(
-                "dsn",
-                "(not shown)",
-                &format!("missing \"=\" after {key:?}; expected key=value pairs"),
-            ));
-        }
-        while chars.next_if(|c| c.is_whitespace()).is_some() {}
-        let mut value = String::new();
-        if chars.next_if_eq(&'\'').is_some() {
-            loop {
-                match chars.next() {
-                    None => {
-                        return Err(config_error(
-                            &key,
-                            "(not shown)",
-                            "unterminated quoted value: a closing ' is missing",
-                        ))
-                    }
-                    Some('\'') => break,
-                    Some('\\') => {
-                        if let Some(c) = chars.next() {
-                            value.push(c);
-                        }
-                    }
-                    Some(c) => value.push(c),
-                }
-            }
-        } else {
-            while let Some(c) = chars.next_if(|c| !c.is_whitespace()) {
-                if c == '\\' {
-                    if let Some(c) = chars.next() {
-                        value.push(c);
-                    }
-                } else {
-                    value.push(c);
-                }
-            }
-        }
-        pairs.push((key, value));
     }
 }
 
@@ -440,25 +334,38 @@ mod tests {
     #[test]
     fn refusals_name_the_key() {
         for (dsn, field) in [
-            ("user=u port=0", "port"),
-            ("user=u port=70000", "port"),
-            ("user=u port=x", "port"),
-            ("user=u sslmode=require", "sslmode"),
-            ("user=u bogus=1", "bogus"),
-            ("user=u replication=true", "replication"),
-            ("user=u connect_timeout=0", "connect_timeout"),
+            ("user=u port=70000", "dsn"),
+            ("user=u port=x", "dsn"),
+            ("user=u sslmode=verify-full", "sslrootcert"),
+            ("user=u sslmode=bogus", "sslmode"),
+            ("user=u bogus=1", "dsn"),
             ("user=u host=/var/run/postgresql", "host"),
             ("user=u host=a,b", "host"),
+            ("postgresql://u@a,b/db", "host"),
             ("host=h", "user"),
             ("user=u password='open", "password"),
             ("user=u host", "dsn"),
-            ("postgresql://u@h/db", "dsn"),
         ] {
             match SourceConfig::from_dsn(dsn) {
                 Err(SourceError::Config { field: f, .. }) => assert_eq!(f, field, "{dsn}"),
                 other => panic!("{dsn}: expected a config error on {field}, got {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn the_uri_form_and_tls_keys_are_read() {
+        let c = SourceConfig::from_dsn(
+            "postgresql://repl:pw@db1:6000/app?sslmode=verify-full&sslrootcert=/ca.pem\
+             &sslcert=/c.pem&sslkey=/k.pem",
+        )
+        .unwrap();
+        assert_eq!((c.host.as_str(), c.port), ("db1", 6000));
+        assert_eq!((c.user.as_str(), c.dbname.as_str()), ("repl", "app"));
+        assert_eq!(c.password.as_deref(), Some("pw"));
+        assert_eq!(c.tls.mode, ezone_pg::SslMode::VerifyFull);
+        let back = SourceConfig::from_dsn(&c.redacted()).unwrap();
+        assert_eq!(back.tls, c.tls);
     }
 
     #[test]

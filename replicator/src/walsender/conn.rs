@@ -23,6 +23,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use ezone_pg::PgStream;
 use fallible_iterator::FallibleIterator;
 use postgres_protocol::message::backend::{ErrorResponseBody, Message, NoticeResponseBody};
 use postgres_protocol::message::frontend;
@@ -208,12 +209,31 @@ impl ReplicationConn {
         config: &SourceConfig,
         server: &Arc<str>,
     ) -> Result<ReplicationConn, SourceError> {
-        let stream = TcpStream::connect((config.host.as_str(), config.port))
+        let tcp = TcpStream::connect((config.host.as_str(), config.port))
             .await
             .map_err(|source| SourceError::Connect {
                 server: server.to_string(),
                 source,
             })?;
+        let tls_config = if config.tls.mode.tries_tls() {
+            Some(config.tls.client_config().map_err(|e| SourceError::Tls {
+                server: server.to_string(),
+                why: e.to_string(),
+                transient: false,
+            })?)
+        } else {
+            None
+        };
+        let stream = match tls_config {
+            None => PgStream::Plain(tcp),
+            Some(tls_config) => PgStream::negotiate(tcp, config.tls.mode, tls_config, &config.host)
+                .await
+                .map_err(|e| SourceError::Tls {
+                    server: server.to_string(),
+                    transient: e.is_transient(),
+                    why: e.to_string(),
+                })?,
+        };
         // Status updates are small and must not wait for Nagle.
         stream
             .set_nodelay(true)
@@ -221,6 +241,7 @@ impl ReplicationConn {
                 server: server.to_string(),
                 source,
             })?;
+        let binding = stream.is_tls().then(|| stream.channel_binding());
         let (reader, writer) = wire::split(stream);
         let mut session = Session {
             reader,
@@ -241,8 +262,13 @@ impl ReplicationConn {
         })?;
         session.flush(DURING).await?;
 
-        let auth_method =
-            authenticate(&mut session, &config.user, config.password.as_deref()).await?;
+        let auth_method = authenticate(
+            &mut session,
+            &config.user,
+            config.password.as_deref(),
+            binding,
+        )
+        .await?;
 
         let mut parameters = HashMap::new();
         let mut backend_pid = None;

@@ -53,6 +53,19 @@ pub enum SourceError {
         source: io::Error,
     },
 
+    /// TLS could not be set up: the certificates, the server's `ssl`
+    /// setting, or a handshake cut by the network.
+    #[error("TLS with Postgres {server}: {why}")]
+    Tls {
+        /// `host:port/dbname`.
+        server: String,
+        /// What went wrong, and the fix.
+        why: String,
+        /// Whether another try may succeed unchanged (a handshake cut by the
+        /// network) or the setup must change (a certificate, `ssl=off`).
+        transient: bool,
+    },
+
     /// A step did not finish in time.
     #[error(
         "{during} with Postgres {server}{} timed out after {after:?}. Fix: check that the \
@@ -169,6 +182,7 @@ impl SourceError {
             | SourceError::Io { .. }
             | SourceError::Closed { .. } => true,
             SourceError::Server(e) => sqlstate_is_transient(&e.code),
+            SourceError::Tls { transient, .. } => *transient,
             SourceError::Config { .. }
             | SourceError::Auth { .. }
             | SourceError::Protocol { .. }
@@ -193,6 +207,15 @@ impl SourceError {
                 field: field.clone(),
                 value: value.clone(),
                 why: why.clone(),
+            },
+            SourceError::Tls {
+                server,
+                why,
+                transient,
+            } => SourceError::Tls {
+                server: server.clone(),
+                why: why.clone(),
+                transient: *transient,
             },
             SourceError::Connect { server, source } => SourceError::Connect {
                 server: server.clone(),
@@ -270,8 +293,10 @@ impl SourceError {
                     e.slot = Some(name.to_owned());
                 }
             }
-            SourceError::Config { .. } | SourceError::Connect { .. } | SourceError::Auth { .. } => {
-            }
+            SourceError::Config { .. }
+            | SourceError::Connect { .. }
+            | SourceError::Tls { .. }
+            | SourceError::Auth { .. } => {}
         }
         self
     }

@@ -18,10 +18,10 @@
 use std::io;
 
 use bytes::{Buf, BytesMut};
+use ezone_pg::PgStream;
 use postgres_protocol::message::backend::{Header, Message};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
 
 /// The largest backend message accepted: Postgres never builds a message
 /// larger than `MaxAllocSize` (1 GiB - 1), which also bounds one pgoutput
@@ -63,19 +63,33 @@ pub(crate) enum WireError {
 
 /// Reads whole backend messages.
 pub(crate) struct FrameReader {
-    half: OwnedReadHalf,
+    half: Box<dyn AsyncRead + Send + Unpin>,
     buf: BytesMut,
 }
 
 /// Buffers and sends frontend messages.
 pub(crate) struct FrameWriter {
-    half: OwnedWriteHalf,
+    half: Box<dyn AsyncWrite + Send + Unpin>,
     buf: BytesMut,
 }
 
-/// Splits a connected socket into its two framed halves.
-pub(crate) fn split(stream: TcpStream) -> (FrameReader, FrameWriter) {
-    let (read, write) = stream.into_split();
+/// Splits a connection into its two framed halves. A plain socket splits
+/// without a lock; a TLS one shares its session through tokio's split (one
+/// session encrypts both ways).
+pub(crate) fn split(stream: PgStream) -> (FrameReader, FrameWriter) {
+    let (read, write): (
+        Box<dyn AsyncRead + Send + Unpin>,
+        Box<dyn AsyncWrite + Send + Unpin>,
+    ) = match stream {
+        PgStream::Plain(tcp) => {
+            let (read, write) = tcp.into_split();
+            (Box::new(read), Box::new(write))
+        }
+        tls @ PgStream::Tls(_) => {
+            let (read, write) = tokio::io::split(tls);
+            (Box::new(read), Box::new(write))
+        }
+    };
     (
         FrameReader {
             half: read,

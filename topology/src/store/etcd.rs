@@ -2,6 +2,7 @@
 //! [`crate::store::layout`]), read at one revision, changed by transactions.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp};
@@ -10,6 +11,7 @@ use tonic::Code as tonic_code;
 
 use crate::history::{self, EpochEntry, Transition};
 use crate::model::{Epoch, Shard, Topology};
+use crate::store::etcd_options::EtcdOptions;
 use crate::store::layout::Layout;
 use crate::store::lock::{EtcdHeld, Held, LockGuard, LockInfo};
 use crate::store::{cas_successor, Snapshot, StoreError, TopologyStore, Version};
@@ -54,11 +56,198 @@ fn never_applied(e: &etcd_client::Error) -> bool {
     }
 }
 
+/// True if `e` says etcd was not reached at all (TCP), or had no leader:
+/// nothing about TLS.
+fn unreached(e: &etcd_client::Error) -> bool {
+    let text = e.to_string();
+    text.contains("tcp connect error") || text.contains("no leader")
+}
+
+/// Classifies an etcd error for `store` (see [`EtcdStore::unavailable`]).
+fn classify(store: &str, options: &EtcdOptions, what: &str, e: etcd_client::Error) -> StoreError {
+    use etcd_client::Error as E;
+    if let Some(fix) = refused_credentials(options, &e) {
+        return StoreError::Misconfigured {
+            store: store.to_string(),
+            detail: format!("{what}: {fix}"),
+        };
+    }
+    let definite = match &e {
+        E::GRpcStatus(status) => matches!(
+            status.code(),
+            tonic_code::InvalidArgument
+                | tonic_code::FailedPrecondition
+                | tonic_code::OutOfRange
+                | tonic_code::PermissionDenied
+                | tonic_code::Unauthenticated
+                | tonic_code::AlreadyExists
+        ),
+        E::InvalidArgs(_) | E::InvalidUri(_) => true,
+        _ => false,
+    };
+    let mut detail = format!("{what}: {e}");
+    if let (E::GRpcStatus(status), Some(auth)) = (&e, &options.auth) {
+        if status.code() == tonic_code::PermissionDenied {
+            detail.push_str(&format!(
+                "; etcd user {:?} needs a role with readwrite on the prefix \
+                 (etcdctl role grant-permission ROLE readwrite --prefix PREFIX; \
+                 etcdctl user grant-role {} ROLE)",
+                auth.user, auth.user
+            ));
+        }
+    }
+    if definite {
+        StoreError::Rejected {
+            store: store.to_string(),
+            detail,
+        }
+    } else {
+        StoreError::Unavailable {
+            store: store.to_string(),
+            detail,
+        }
+    }
+}
+
+/// If `e` is etcd (or the TLS handshake) refusing our credentials, what is
+/// wrong and the fix; such a failure repeats until the configuration (ours
+/// or etcd's) changes.
+fn refused_credentials(options: &EtcdOptions, e: &etcd_client::Error) -> Option<String> {
+    if let etcd_client::Error::GRpcStatus(status) = e {
+        let message = status.message();
+        if message.contains("authentication failed, invalid user ID or password") {
+            let user = options.auth.as_ref().map(|a| a.user.as_str()).unwrap_or("");
+            let source = match options.auth.as_ref().and_then(|a| a.password_file.as_ref()) {
+                Some(path) => format!("auth.password_file {}", path.display()),
+                None => format!("${}", super::etcd_options::PASSWORD_ENV),
+            };
+            return Some(format!(
+                "etcd refused user {user:?}: wrong password or no such user ({message}); \
+                 check the password in {source} and that the user exists (etcdctl user get {user})"
+            ));
+        }
+        if message.contains("user name is empty") && options.auth.is_none() {
+            return Some(format!(
+                "etcd has auth enabled and no etcd user is configured ({message}): \
+                 add auth.user and its password (auth.password_file or ${})",
+                super::etcd_options::PASSWORD_ENV
+            ));
+        }
+    }
+    let failure = tls_failure(e)?;
+    Some(tls_fix(options, failure))
+}
+
+/// What is wrong when a TLS session with etcd failed as `failure`, and the fix.
+fn tls_fix(options: &EtcdOptions, failure: TlsFailure) -> String {
+    let tls = options.tls.as_ref();
+    let ca = tls
+        .map(|t| t.ca_file.display().to_string())
+        .unwrap_or_else(|| "(none)".into());
+    let refused = |how: String| match tls.and_then(|t| t.cert_file.as_ref()) {
+        None => format!(
+            "etcd {how} and no client certificate is configured: etcd probably runs with \
+             --client-cert-auth; set tls.cert_file and tls.key_file to a certificate signed by \
+             a CA in etcd's --trusted-ca-file"
+        ),
+        Some(cert) => format!(
+            "etcd {how}: check that tls.cert_file {} is signed by a CA in etcd's \
+             --trusted-ca-file, is valid now and is for client authentication",
+            cert.display()
+        ),
+    };
+    match failure {
+        TlsFailure::ServerCertificate(why) => {
+            let name = tls
+                .and_then(|t| t.domain.clone())
+                .map(|d| format!("tls.domain {d:?}"))
+                .unwrap_or_else(|| "the endpoint's host".into());
+            format!(
+                "etcd's server certificate was not accepted ({why}): check that tls.ca_file {ca} \
+                 is the CA that signed it, that it is valid now, and that it names {name}"
+            )
+        }
+        TlsFailure::Alert(alert) => refused(format!("refused the TLS session ({alert})")),
+        TlsFailure::Closed => {
+            refused("closed the connection right after the TLS handshake".to_string())
+        }
+        TlsFailure::Other(why) => format!(
+            "the TLS handshake with etcd failed ({why}): is it serving TLS on that port \
+             (else use http://), and do tls.ca_file {ca} and the client certificate match it?"
+        ),
+    }
+}
+
+/// How a TLS handshake failed.
+enum TlsFailure {
+    /// We did not accept etcd's certificate.
+    ServerCertificate(String),
+    /// etcd ended the handshake with an alert (it did not accept ours, or
+    /// we sent none).
+    Alert(String),
+    /// etcd closed the connection after the handshake, before answering.
+    Closed,
+    /// Anything else rustls refused (not TLS on the other side, ...).
+    Other(String),
+}
+
+impl From<&rustls::Error> for TlsFailure {
+    fn from(e: &rustls::Error) -> Self {
+        match e {
+            rustls::Error::InvalidCertificate(why) => {
+                TlsFailure::ServerCertificate(format!("{why:?}"))
+            }
+            rustls::Error::AlertReceived(alert) => TlsFailure::Alert(format!("alert {alert:?}")),
+            other => TlsFailure::Other(other.to_string()),
+        }
+    }
+}
+
+/// The TLS failure somewhere in `e`'s chain of sources. rustls's error
+/// arrives typed from the handshake itself, but an alert etcd sends after
+/// it (TLS 1.3 refuses a client certificate only then) passes through h2,
+/// which keeps only its text, so the text is matched too.
+fn tls_failure(e: &etcd_client::Error) -> Option<TlsFailure> {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = next {
+        let inner = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .map(|inner| inner as &(dyn std::error::Error + 'static));
+        for candidate in [Some(err), inner].into_iter().flatten() {
+            if let Some(tls) = candidate.downcast_ref::<rustls::Error>() {
+                return Some(tls.into());
+            }
+        }
+        if let Some(inner) = inner {
+            // rustls's Display for the errors above.
+            let text = inner.to_string();
+            if let Some(why) = text.strip_prefix("invalid peer certificate: ") {
+                return Some(TlsFailure::ServerCertificate(why.to_string()));
+            }
+            if let Some(alert) = text.strip_prefix("received fatal alert: ") {
+                return Some(TlsFailure::Alert(format!("alert {alert}")));
+            }
+            if text.starts_with("peer sent no certificates")
+                || text.starts_with("peer is incompatible")
+                || text.starts_with("peer misbehaved")
+                || text.starts_with("received corrupt message")
+            {
+                return Some(TlsFailure::Other(text));
+            }
+        }
+        next = err.source();
+    }
+    None
+}
+
 /// The topology in etcd.
 #[derive(Clone)]
 pub struct EtcdStore {
     endpoints: Vec<String>,
     layout: Layout,
+    /// As connected (endpoints trimmed); for messages. No password in it.
+    options: Arc<EtcdOptions>,
     client: Client,
 }
 
@@ -80,34 +269,114 @@ pub(crate) fn connect_options() -> ConnectOptions {
 }
 
 impl EtcdStore {
-    /// Connects to etcd. The connection is lazy: an unreachable cluster shows
-    /// up as [`StoreError::Unavailable`] on the first call, not here, except
-    /// for malformed endpoints.
+    /// Connects to etcd over plain http, without a user: as
+    /// [`EtcdStore::connect_with`] with [`EtcdOptions::new`]. The connection
+    /// is lazy: an unreachable cluster shows up as
+    /// [`StoreError::Unavailable`] on the first call, not here, except for
+    /// malformed endpoints.
     pub async fn connect(endpoints: &[String], prefix: &str) -> Result<EtcdStore, StoreError> {
+        Self::connect_with(&EtcdOptions::new(endpoints), prefix).await
+    }
+
+    /// Connects to etcd as `options` say: TLS with a CA and optionally a
+    /// client certificate, and optionally an etcd user.
+    ///
+    /// Options that [`EtcdOptions::validate`] refuses are a
+    /// [`StoreError::Misconfigured`] naming the field and the fix, before
+    /// anything is sent. Without a user the connection is lazy, as for
+    /// [`EtcdStore::connect`]. With a user, etcd-client authenticates here:
+    /// a wrong password (or an unknown user) is a `Misconfigured` naming the
+    /// user; an unreachable etcd is tried again for up to
+    /// [`super::DEFAULT_REQUEST_TIMEOUT`], then is `Unavailable`. The token
+    /// is renewed whenever etcd says it expired (etcd-client's
+    /// `with_auto_token_refresh`; etcd forgets a simple token left unused
+    /// for `--auth-token-ttl`, 300 s, as under a long-lived watch), and the
+    /// watcher renews it when etcd cancels a new watch for want of one.
+    ///
+    /// A TLS handshake that fails for a certificate (etcd's not signed by
+    /// `tls.ca_file`, or not for the endpoint's name; ours missing or
+    /// refused by etcd) is a `Misconfigured` naming the files, on the first
+    /// request.
+    pub async fn connect_with(
+        options: &EtcdOptions,
+        prefix: &str,
+    ) -> Result<EtcdStore, StoreError> {
         let layout = Layout::new(prefix);
-        let endpoints: Vec<String> = endpoints
-            .iter()
-            .map(|e| e.trim().to_string())
-            .filter(|e| !e.is_empty())
-            .collect();
-        if endpoints.is_empty() {
-            return Err(StoreError::Unavailable {
-                store: "etcd".into(),
-                detail: "no endpoints given: pass --etcd http://HOST:PORT[,...] or set EZONE_ETCD"
-                    .into(),
-            });
+        let endpoints = options.endpoints();
+        let mut options = options.clone();
+        options.endpoints.clone_from(&endpoints);
+        let store_name = |endpoints: &[String]| {
+            format!("etcd {} prefix {}", endpoints.join(","), layout.prefix())
+        };
+        let loaded = options.load().map_err(|e| StoreError::Misconfigured {
+            store: store_name(&endpoints),
+            detail: e.to_string(),
+        })?;
+        let mut connect = connect_options();
+        if let Some(tls) = loaded.tls {
+            connect = connect.with_tls(tls);
         }
-        let client = Client::connect(&endpoints, Some(connect_options()))
-            .await
-            .map_err(|e| StoreError::Unavailable {
-                store: format!("etcd {}", endpoints.join(",")),
-                detail: e.to_string(),
-            })?;
-        Ok(EtcdStore {
-            endpoints,
-            layout,
-            client,
-        })
+        if let Some((user, password)) = &loaded.user {
+            connect = connect
+                .with_user(user.clone(), password.expose().to_string())
+                .with_auto_token_refresh(true);
+        }
+        let deadline = tokio::time::Instant::now() + super::DEFAULT_REQUEST_TIMEOUT;
+        let mut pause = crate::backoff::Backoff::new(RETRY_PAUSE_MIN, RETRY_PAUSE_MAX);
+        loop {
+            // With a user this authenticates (one request); without, it
+            // only checks the endpoints.
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let attempt = tokio::time::timeout(
+                left.min(ATTEMPT_TIMEOUT * 2),
+                Client::connect(&endpoints, Some(connect.clone())),
+            )
+            .await;
+            let failure = match attempt {
+                Ok(Ok(client)) => {
+                    tracing::debug!(
+                        store = %store_name(&endpoints),
+                        security = %options.security(),
+                        "Connected to etcd."
+                    );
+                    return Ok(EtcdStore {
+                        endpoints,
+                        layout,
+                        options: Arc::new(options),
+                        client,
+                    });
+                }
+                Ok(Err(e @ (etcd_client::Error::InvalidArgs(_) | etcd_client::Error::InvalidUri(_)))) => {
+                    StoreError::Misconfigured {
+                        store: store_name(&endpoints),
+                        detail: format!(
+                            "endpoints: {e}; give each as http://HOST:PORT, or https://HOST:PORT with tls"
+                        ),
+                    }
+                }
+                Ok(Err(e)) => classify(&store_name(&endpoints), &options, "connecting", e),
+                Err(_) => StoreError::Unavailable {
+                    store: store_name(&endpoints),
+                    detail: format!(
+                        "authenticating as etcd user {:?} timed out",
+                        options.auth.as_ref().map(|a| a.user.as_str()).unwrap_or("")
+                    ),
+                },
+            };
+            let wait = pause.next_wait();
+            if !matches!(failure, StoreError::Unavailable { .. })
+                || deadline.saturating_duration_since(tokio::time::Instant::now()) <= wait
+            {
+                return Err(failure);
+            }
+            tracing::debug!(error = %failure, "Connecting to etcd failed; trying again.");
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// The options this store was connected with (no password in them).
+    pub fn options(&self) -> &EtcdOptions {
+        &self.options
     }
 
     pub fn layout(&self) -> &Layout {
@@ -124,33 +393,52 @@ impl EtcdStore {
     }
 
     /// Classifies an etcd error: a request etcd understood and refused is
-    /// definite; anything about reaching etcd is transient.
+    /// definite ([`StoreError::Rejected`]); our credentials refused (a
+    /// certificate, the user's password) are [`StoreError::Misconfigured`];
+    /// anything else about reaching etcd is transient.
     pub(crate) fn unavailable(&self, what: &str, e: etcd_client::Error) -> StoreError {
-        use etcd_client::Error as E;
-        let definite = match &e {
-            E::GRpcStatus(status) => matches!(
-                status.code(),
-                tonic_code::InvalidArgument
-                    | tonic_code::FailedPrecondition
-                    | tonic_code::OutOfRange
-                    | tonic_code::PermissionDenied
-                    | tonic_code::Unauthenticated
-                    | tonic_code::AlreadyExists
-            ),
-            E::InvalidArgs(_) | E::InvalidUri(_) => true,
-            _ => false,
-        };
-        if definite {
-            StoreError::Rejected {
+        classify(&self.describe(), &self.options, what, e)
+    }
+
+    /// As [`EtcdStore::unavailable`]; and when that says "unavailable" over
+    /// TLS for a reason other than TCP (a connection closed, a transport
+    /// error), probes the endpoints' TLS (see [`super::etcd_probe`]): if
+    /// every endpoint that answers refuses our session, the error is
+    /// [`StoreError::Misconfigured`], naming the files and the fix.
+    pub(crate) async fn classify_probing(&self, what: &str, e: etcd_client::Error) -> StoreError {
+        let worth_probing = self.options.tls.is_some() && !unreached(&e);
+        let err = self.unavailable(what, e);
+        if !worth_probing || !matches!(err, StoreError::Unavailable { .. }) {
+            return err;
+        }
+        match self.probe_tls().await {
+            Some(failure) => StoreError::Misconfigured {
                 store: self.describe(),
-                detail: format!("{what}: {e}"),
-            }
-        } else {
-            StoreError::Unavailable {
-                store: self.describe(),
-                detail: format!("{what}: {e}"),
+                detail: format!("{what}: {}", tls_fix(&self.options, failure)),
+            },
+            None => err,
+        }
+    }
+
+    /// The TLS failure every reachable endpoint shows (at least one), if any.
+    async fn probe_tls(&self) -> Option<TlsFailure> {
+        use super::etcd_probe::{probe, Probe};
+        let tls = self.options.tls.as_ref()?;
+        let probes = futures::future::join_all(self.endpoints.iter().map(|e| probe(e, tls))).await;
+        let mut failure = None;
+        for p in probes {
+            match p {
+                Probe::Accepted => return None,
+                Probe::Unknown => {}
+                Probe::Refused(e) => {
+                    failure.get_or_insert(TlsFailure::from(&e));
+                }
+                Probe::Closed => {
+                    failure.get_or_insert(TlsFailure::Closed);
+                }
             }
         }
+        failure
     }
 
     fn timed_out(&self, what: &str, after: Duration) -> StoreError {
@@ -180,6 +468,9 @@ impl EtcdStore {
     {
         let deadline = tokio::time::Instant::now() + super::DEFAULT_REQUEST_TIMEOUT;
         let mut pause = crate::backoff::Backoff::new(RETRY_PAUSE_MIN, RETRY_PAUSE_MAX);
+        // TLS is probed after the first failure that may be about it, not
+        // after each.
+        let mut probed = false;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let budget = match repeat {
@@ -190,8 +481,13 @@ impl EtcdStore {
                 Ok(Ok(v)) => return Ok(v),
                 Ok(Err(e)) => {
                     let again = repeat == Repeat::Always || never_applied(&e);
-                    let err = self.unavailable(what, e);
-                    if !again || matches!(err, StoreError::Rejected { .. }) {
+                    let err = if probed {
+                        self.unavailable(what, e)
+                    } else {
+                        probed = self.options.tls.is_some() && !unreached(&e);
+                        self.classify_probing(what, e).await
+                    };
+                    if !again || !matches!(err, StoreError::Unavailable { .. }) {
                         return Err(err);
                     }
                     err
@@ -376,11 +672,14 @@ impl TopologyStore for EtcdStore {
         // The epoch we checked is the one in this exact value: compare it, so a
         // concurrent swap between our read and our write makes us lose.
         let observed = raw.get(&key).cloned().unwrap_or_default();
-        let value = serde_json::to_vec(next).map_err(|e| StoreError::Corrupt {
-            store: self.describe(),
-            key: key.clone(),
-            what: "shard",
-            detail: e.to_string(),
+        // A newer writer's fields on this shard go back unchanged.
+        let value = crate::doc::encode_piece(next, current.extras.shard(next.id)).map_err(|e| {
+            StoreError::Corrupt {
+                store: self.describe(),
+                key: key.clone(),
+                what: "shard",
+                detail: e.to_string(),
+            }
         })?;
         // The epoch's history entry goes in the same transaction: no reader
         // can see the epoch without it (see crate::history).
@@ -422,11 +721,10 @@ impl TopologyStore for EtcdStore {
         let key = self.layout.lock(name);
         let ttl_secs = i64::try_from(ttl.as_secs().max(1)).unwrap_or(i64::MAX);
         let mut client = self.client.clone();
-        let lease = client
-            .lease_grant(ttl_secs, None)
-            .await
-            .map_err(|e| self.unavailable("granting a lock lease", e))?
-            .id();
+        let lease = match client.lease_grant(ttl_secs, None).await {
+            Ok(r) => r.id(),
+            Err(e) => return Err(self.classify_probing("granting a lock lease", e).await),
+        };
         let info = serde_json::to_vec(&LockInfo::now(holder)).unwrap_or_default();
         let txn = Txn::new()
             .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])

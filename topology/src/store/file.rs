@@ -11,7 +11,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use nix::fcntl::{Flock, FlockArg};
 use tokio::sync::watch;
 
-use crate::doc::{load_file, DocError, TopologyDoc};
+use crate::doc::{load_stored_file, DocError, TopologyDoc};
 use crate::history::{self, EpochEntry, Transition};
 use crate::model::{Epoch, Shard, Topology};
 use crate::store::lock::{Held, LockGuard, LockInfo};
@@ -78,7 +78,7 @@ impl FileStore {
                 store: self.describe(),
             });
         };
-        let topology = load_file(&self.path).map_err(|e| match e {
+        let topology = load_stored_file(&self.path).map_err(|e| match e {
             DocError::Read { source, .. } => self.io(source),
             DocError::Invalid { invalid, .. } => StoreError::Invalid(invalid),
             DocError::Parse {

@@ -115,13 +115,22 @@ impl Layout {
     pub fn encode(&self, t: &Topology) -> Vec<(String, Vec<u8>)> {
         let mut out = Vec::new();
         for site in t.sites.values() {
-            out.push((self.site(&site.name), to_json(site)));
+            out.push((
+                self.site(&site.name),
+                to_json(site, t.extras.site(&site.name)),
+            ));
         }
         for shard in t.shards.values() {
-            out.push((self.shard(shard.id), to_json(shard)));
+            out.push((
+                self.shard(shard.id),
+                to_json(shard, t.extras.shard(shard.id)),
+            ));
         }
-        out.push((self.routing(), to_json(&t.routing)));
-        out.push((self.settings(), to_json(&t.settings)));
+        out.push((self.routing(), to_json(&t.routing, Some(&t.extras.routing))));
+        out.push((
+            self.settings(),
+            to_json(&t.settings, Some(&t.extras.settings)),
+        ));
         out
     }
 
@@ -138,15 +147,25 @@ impl Layout {
         for (key, value) in raw {
             match self.classify(key) {
                 KeyKind::Site(name) => {
-                    let site: Site = from_json(store, key, "site", value)?;
+                    let (site, extra): (Site, _) = from_json(store, key, "site", value)?;
+                    t.extras.set_site(&name, extra);
                     t.sites.insert(name, site);
                 }
                 KeyKind::Shard(id) => {
-                    let shard: Shard = from_json(store, key, "shard", value)?;
+                    let (shard, extra): (Shard, _) = from_json(store, key, "shard", value)?;
+                    t.extras.set_shard(id, extra);
                     t.shards.insert(id, shard);
                 }
-                KeyKind::Routing => routing = Some(from_json(store, key, "routing table", value)?),
-                KeyKind::Settings => settings = Some(from_json(store, key, "settings", value)?),
+                KeyKind::Routing => {
+                    let (r, extra) = from_json(store, key, "routing table", value)?;
+                    t.extras.routing = extra;
+                    routing = Some(r);
+                }
+                KeyKind::Settings => {
+                    let (s, extra) = from_json(store, key, "settings", value)?;
+                    t.extras.settings = extra;
+                    settings = Some(s);
+                }
                 KeyKind::Reserved => {}
                 KeyKind::Unknown => {
                     return Err(StoreError::UnknownKey {
@@ -166,10 +185,8 @@ impl Layout {
     }
 }
 
-fn to_json<T: serde::Serialize>(v: &T) -> Vec<u8> {
-    // Serialising these plain structs cannot fail (no maps with non-string
-    // keys, no custom serialisers that error).
-    serde_json::to_vec(v).unwrap_or_default()
+fn to_json<T: serde::Serialize>(v: &T, extra: Option<&crate::model::Extra>) -> Vec<u8> {
+    crate::doc::encode_piece(v, extra).unwrap_or_default()
 }
 
 fn from_json<T: serde::de::DeserializeOwned>(
@@ -177,8 +194,8 @@ fn from_json<T: serde::de::DeserializeOwned>(
     key: &str,
     what: &'static str,
     value: &[u8],
-) -> Result<T, StoreError> {
-    serde_json::from_slice(value).map_err(|e| StoreError::Corrupt {
+) -> Result<(T, crate::model::Extra), StoreError> {
+    crate::doc::decode_piece(value).map_err(|e| StoreError::Corrupt {
         store: store.to_string(),
         key: key.to_string(),
         what,

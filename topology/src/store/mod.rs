@@ -16,12 +16,17 @@ use crate::validate::Invalid;
 
 pub mod any;
 pub mod etcd;
+pub mod etcd_options;
+mod etcd_probe;
 pub mod file;
 pub mod layout;
 pub mod lock;
 
 pub use any::AnyStore;
 pub use etcd::EtcdStore;
+pub use etcd_options::{
+    EtcdAuth, EtcdOptions, EtcdOptionsProblem, EtcdTls, InvalidEtcdOptions, Password, PASSWORD_ENV,
+};
 pub use file::FileStore;
 pub use lock::{LockGuard, LockInfo};
 
@@ -46,6 +51,12 @@ pub enum StoreError {
     /// Retrying the same request will not help.
     #[error("topology store {store} refused the request: {detail}")]
     Rejected { store: String, detail: String },
+    /// The store cannot be used as configured: options that do not hold
+    /// together (a field and its fix), or etcd refusing our credentials (a
+    /// TLS certificate, an etcd user's password). Retrying will not help
+    /// until the configuration, ours or etcd's, changes.
+    #[error("topology store {store} cannot be used as configured: {detail}")]
+    Misconfigured { store: String, detail: String },
     /// Nothing has been written under this prefix / to this file yet.
     #[error("no topology in {store}: write one with `ezone topo init -f FILE`")]
     NotInitialized { store: String },

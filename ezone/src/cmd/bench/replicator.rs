@@ -101,7 +101,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
-use ezone_chaos::postgres::{self, PgCluster};
+use ezone_chaos::postgres::PgCluster;
 use ezone_chaos::proxy::{Direction, FaultProxy, LinkSpec, Toxics};
 use serde::Serialize;
 
@@ -505,7 +505,7 @@ async fn one_run(
         db: &db,
         source_dsn: match variant {
             Variant::Direct => source.dsn(&db),
-            Variant::Wan => postgres::dsn(ctx.wan_addr, &db),
+            Variant::Wan => source.dsn_at(ctx.wan_addr, &db),
         },
         run,
         dir: ctx.dir.path(),

@@ -1,0 +1,478 @@
+//! One DSN parser for every Postgres connection ezone makes.
+//!
+//! Both of libpq's forms are accepted:
+//!
+//! - keyword/value: `host=10.0.0.5 port=5432 user=repl dbname=app password='s3 cret'`
+//!   (`conninfo_parse`: pairs separated by whitespace; a value may be
+//!   single-quoted to hold spaces or be empty; a backslash takes the next
+//!   character literally);
+//! - URI: `postgresql://repl:s3%20cret@10.0.0.5:5432/app?sslmode=verify-full`.
+//!
+//! The parsing itself is tokio-postgres' [`tokio_postgres::Config`], so the
+//! applier, the order service, the commands and the walsender client agree on
+//! every key. It is extended only where tokio-postgres stops short of libpq:
+//! the TLS keys `sslmode` (all six of libpq's modes, where tokio-postgres
+//! knows three), `sslrootcert`, `sslcert` and `sslkey`, and `passfile`. Those
+//! are taken out of the DSN here, and the rest is handed to tokio-postgres,
+//! which refuses a key it does not know: a typo never silently changes where
+//! we connect.
+//!
+//! A parsed [`Dsn`] never shows its password: `Debug` and [`Dsn::redacted`]
+//! print `***`, and errors name the key, never a secret value.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use percent_encoding::percent_decode_str;
+use tokio_postgres::config::Host;
+
+use crate::passfile;
+use crate::tls::{SslMode, TlsSettings};
+
+/// The port when the DSN names none (libpq's).
+pub const DEFAULT_PORT: u16 = 5432;
+
+/// The keys ezone reads itself rather than tokio-postgres.
+const OWN_KEYS: [&str; 5] = ["sslmode", "sslrootcert", "sslcert", "sslkey", "passfile"];
+
+/// Why a DSN was refused. The message names the key and what is accepted;
+/// it never holds a password.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("Postgres DSN, {key}: {why}")]
+pub struct DsnError {
+    /// The DSN key (`sslmode`, `port`, ...) or `dsn` for the whole string.
+    pub key: String,
+    /// What is wrong and what is accepted.
+    pub why: String,
+}
+
+impl DsnError {
+    pub(crate) fn new(key: impl Into<String>, why: impl Into<String>) -> DsnError {
+        DsnError {
+            key: key.into(),
+            why: why.into(),
+        }
+    }
+}
+
+/// A parsed DSN: what tokio-postgres connects with, plus the TLS settings.
+#[derive(Clone)]
+pub struct Dsn {
+    config: tokio_postgres::Config,
+    tls: TlsSettings,
+    passfile: Option<PathBuf>,
+}
+
+impl Dsn {
+    /// Parses either form (see the module docs). A `passfile` is read here,
+    /// once: its matching line gives the password when the DSN has none.
+    pub fn parse(text: &str) -> Result<Dsn, DsnError> {
+        let trimmed = text.trim_start();
+        let (rest, own) =
+            if trimmed.starts_with("postgres://") || trimmed.starts_with("postgresql://") {
+                split_uri(trimmed)?
+            } else {
+                split_keywords(text)?
+            };
+        let mut config = tokio_postgres::Config::from_str(&rest).map_err(|e| {
+            // tokio-postgres names the option, never its value.
+            DsnError::new("dsn", e.to_string())
+        })?;
+        let mut tls = TlsSettings::default();
+        let mut passfile = None;
+        for (key, value) in own {
+            match key.as_str() {
+                "sslmode" => tls.mode = value.parse()?,
+                "sslrootcert" => tls.rootcert = Some(non_empty_path(&key, &value)?),
+                "sslcert" => tls.cert = Some(non_empty_path(&key, &value)?),
+                "sslkey" => tls.key = Some(non_empty_path(&key, &value)?),
+                "passfile" => passfile = Some(non_empty_path(&key, &value)?),
+                _ => unreachable!("split_* only returns OWN_KEYS"),
+            }
+        }
+        // libpq: with a root certificate named, `require` verifies the chain
+        // as `verify-ca` does (kept for compatibility with libpq's users).
+        if tls.mode == SslMode::Require && tls.rootcert.is_some() {
+            tls.mode = SslMode::VerifyCa;
+        }
+        tls.validate()?;
+        config.ssl_mode(tls.mode.for_tokio_postgres());
+        let mut dsn = Dsn {
+            config,
+            tls,
+            passfile,
+        };
+        if dsn.config.get_password().is_none() {
+            if let Some(path) = dsn.passfile.clone() {
+                if let Some(password) = passfile::lookup(&path, &dsn.lookup_key())? {
+                    dsn.config.password(password);
+                }
+            }
+        }
+        Ok(dsn)
+    }
+
+    /// What tokio-postgres connects with (its `sslmode` already mapped).
+    pub fn config(&self) -> &tokio_postgres::Config {
+        &self.config
+    }
+
+    /// The TLS settings (mode, root certificate, client certificate).
+    pub fn tls(&self) -> &TlsSettings {
+        &self.tls
+    }
+
+    /// Sets the password (one read from a file or the environment).
+    pub fn set_password(&mut self, password: &str) {
+        self.config.password(password);
+    }
+
+    /// Whether the DSN (or its passfile) gave a password.
+    pub fn has_password(&self) -> bool {
+        self.config.get_password().is_some()
+    }
+
+    /// The password, if any, as text.
+    pub fn password(&self) -> Option<String> {
+        self.config
+            .get_password()
+            .map(|p| String::from_utf8_lossy(p).into_owned())
+    }
+
+    /// Sets the connect timeout.
+    pub fn set_connect_timeout(&mut self, timeout: Duration) {
+        self.config.connect_timeout(timeout);
+    }
+
+    /// The first TCP host, if the DSN names one (a Unix socket is `None`).
+    pub fn host(&self) -> Option<&str> {
+        self.config.get_hosts().iter().find_map(|h| match h {
+            Host::Tcp(name) => Some(name.as_str()),
+            #[allow(unreachable_patterns)]
+            _ => None,
+        })
+    }
+
+    /// How many hosts the DSN names (libpq lets a DSN list several).
+    pub fn host_count(&self) -> usize {
+        self.config.get_hosts().len()
+    }
+
+    /// The first port, or [`DEFAULT_PORT`].
+    pub fn port(&self) -> u16 {
+        self.config
+            .get_ports()
+            .first()
+            .copied()
+            .unwrap_or(DEFAULT_PORT)
+    }
+
+    /// The user, if named.
+    pub fn user(&self) -> Option<&str> {
+        self.config.get_user()
+    }
+
+    /// The database, if named (libpq defaults it to the user).
+    pub fn dbname(&self) -> Option<&str> {
+        self.config.get_dbname()
+    }
+
+    /// `host:port/dbname`: how errors and logs name this server.
+    pub fn server(&self) -> String {
+        format!(
+            "{}:{}/{}",
+            self.host().unwrap_or("localhost"),
+            self.port(),
+            self.dbname().or(self.user()).unwrap_or("")
+        )
+    }
+
+    /// The DSN as keyword/value pairs with the password as `***`: for logs,
+    /// status and errors.
+    pub fn redacted(&self) -> String {
+        let mut out = format!(
+            "host={} port={}",
+            self.host().unwrap_or("localhost"),
+            self.port()
+        );
+        if let Some(user) = self.user() {
+            out.push_str(&format!(" user={}", quote_value(user)));
+        }
+        if let Some(db) = self.dbname() {
+            out.push_str(&format!(" dbname={}", quote_value(db)));
+        }
+        if self.has_password() {
+            out.push_str(" password=***");
+        }
+        out.push_str(&format!(" sslmode={}", self.tls.mode));
+        out
+    }
+
+    /// The key a passfile line must match: host, port, database, user.
+    fn lookup_key(&self) -> passfile::Key {
+        passfile::Key {
+            host: self.host().unwrap_or("localhost").to_owned(),
+            port: self.port(),
+            dbname: self.dbname().or(self.user()).unwrap_or_default().to_owned(),
+            user: self.user().unwrap_or_default().to_owned(),
+        }
+    }
+}
+
+impl FromStr for Dsn {
+    type Err = DsnError;
+
+    fn from_str(s: &str) -> Result<Dsn, DsnError> {
+        Dsn::parse(s)
+    }
+}
+
+impl fmt::Debug for Dsn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Dsn").field(&self.redacted()).finish()
+    }
+}
+
+fn non_empty_path(key: &str, value: &str) -> Result<PathBuf, DsnError> {
+    if value.is_empty() {
+        return Err(DsnError::new(
+            key,
+            "an empty path; name a PEM file or leave the key out",
+        ));
+    }
+    Ok(PathBuf::from(value))
+}
+
+/// The keyword form: ezone's keys out, the rest re-quoted for tokio-postgres.
+fn split_keywords(dsn: &str) -> Result<(String, Vec<(String, String)>), DsnError> {
+    let mut rest = String::with_capacity(dsn.len());
+    let mut own = Vec::new();
+    for (key, value) in parse_pairs(dsn)? {
+        if OWN_KEYS.contains(&key.as_str()) {
+            own.push((key, value));
+        } else {
+            if !rest.is_empty() {
+                rest.push(' ');
+            }
+            rest.push_str(&key);
+            rest.push('=');
+            rest.push_str(&quote_always(&value));
+        }
+    }
+    Ok((rest, own))
+}
+
+/// The URI form: ezone's keys out of the query, the rest left as written.
+fn split_uri(uri: &str) -> Result<(String, Vec<(String, String)>), DsnError> {
+    let Some((base, query)) = uri.split_once('?') else {
+        return Ok((uri.to_owned(), Vec::new()));
+    };
+    let mut kept = Vec::new();
+    let mut own = Vec::new();
+    for part in query.split('&').filter(|p| !p.is_empty()) {
+        let (raw_key, raw_value) = part
+            .split_once('=')
+            .ok_or_else(|| DsnError::new("dsn", "a URI parameter without '='; write key=value"))?;
+        let key = decode(raw_key)?;
+        if OWN_KEYS.contains(&key.as_str()) {
+            own.push((key, decode(raw_value)?));
+        } else {
+            kept.push(part);
+        }
+    }
+    let rest = if kept.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    };
+    Ok((rest, own))
+}
+
+fn decode(raw: &str) -> Result<String, DsnError> {
+    percent_decode_str(raw)
+        .decode_utf8()
+        .map(|s| s.into_owned())
+        .map_err(|_| DsnError::new("dsn", "a URI parameter is not UTF-8 once percent-decoded"))
+}
+
+/// Quotes a value for tokio-postgres' keyword parser, which takes
+/// single-quoted values with `\'` and `\\` escapes.
+fn quote_always(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() + 2);
+    out.push('\'');
+    for c in value.chars() {
+        if c == '\'' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('\'');
+    out
+}
+
+/// Quotes a value for a DSN when it needs it.
+pub fn quote_value(value: &str) -> String {
+    let plain = !value.is_empty()
+        && !value
+            .chars()
+            .any(|c| c.is_whitespace() || c == '\'' || c == '\\' || c == '=');
+    if plain {
+        value.to_owned()
+    } else {
+        quote_always(value)
+    }
+}
+
+/// Splits a keyword DSN into its pairs, as libpq's `conninfo_parse` does.
+fn parse_pairs(dsn: &str) -> Result<Vec<(String, String)>, DsnError> {
+    let mut pairs = Vec::new();
+    let mut chars = dsn.chars().peekable();
+    loop {
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        if chars.peek().is_none() {
+            return Ok(pairs);
+        }
+        let mut key = String::new();
+        while let Some(c) = chars.next_if(|c| *c != '=' && !c.is_whitespace()) {
+            key.push(c);
+        }
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        if chars.next() != Some('=') {
+            return Err(DsnError::new(
+                "dsn",
+                format!("missing \"=\" after {key:?}; expected key=value pairs"),
+            ));
+        }
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        let mut value = String::new();
+        if chars.next_if_eq(&'\'').is_some() {
+            loop {
+                match chars.next() {
+                    None => {
+                        return Err(DsnError::new(
+                            key,
+                            "unterminated quoted value: a closing ' is missing",
+                        ))
+                    }
+                    Some('\'') => break,
+                    Some('\\') => {
+                        if let Some(c) = chars.next() {
+                            value.push(c);
+                        }
+                    }
+                    Some(c) => value.push(c),
+                }
+            }
+        } else {
+            while let Some(c) = chars.next_if(|c| !c.is_whitespace()) {
+                if c == '\\' {
+                    if let Some(c) = chars.next() {
+                        value.push(c);
+                    }
+                } else {
+                    value.push(c);
+                }
+            }
+        }
+        pairs.push((key, value));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keyword_form_with_quotes_and_tls_keys() {
+        let d = Dsn::parse(
+            r"host=10.0.0.5 port=5433 user=repl password='s3 cr\'et' dbname=app sslmode=verify-full sslrootcert=/etc/ezone/ca.pem",
+        )
+        .unwrap();
+        assert_eq!(d.host(), Some("10.0.0.5"));
+        assert_eq!(d.port(), 5433);
+        assert_eq!(d.user(), Some("repl"));
+        assert_eq!(d.dbname(), Some("app"));
+        assert_eq!(d.password().as_deref(), Some("s3 cr'et"));
+        assert_eq!(d.tls().mode, SslMode::VerifyFull);
+        assert_eq!(d.tls().rootcert, Some(PathBuf::from("/etc/ezone/ca.pem")));
+        assert_eq!(
+            d.config().get_ssl_mode(),
+            tokio_postgres::config::SslMode::Require
+        );
+        assert!(!d.redacted().contains("s3"), "{}", d.redacted());
+        assert!(!format!("{d:?}").contains("s3"));
+    }
+
+    #[test]
+    fn uri_form_with_tls_keys() {
+        let d = Dsn::parse(
+            "postgresql://repl:s3%20cret@db1:6543/app?sslmode=verify-ca&sslrootcert=%2Fca.pem\
+             &application_name=x",
+        )
+        .unwrap();
+        assert_eq!(d.host(), Some("db1"));
+        assert_eq!(d.port(), 6543);
+        assert_eq!(d.password().as_deref(), Some("s3 cret"));
+        assert_eq!(d.tls().mode, SslMode::VerifyCa);
+        assert_eq!(d.tls().rootcert, Some(PathBuf::from("/ca.pem")));
+        assert_eq!(d.config().get_application_name(), Some("x"));
+    }
+
+    #[test]
+    fn require_with_a_root_certificate_verifies_the_chain_like_libpq() {
+        let d = Dsn::parse("host=h user=u sslmode=require sslrootcert=/ca.pem").unwrap();
+        assert_eq!(d.tls().mode, SslMode::VerifyCa);
+    }
+
+    #[test]
+    fn the_default_is_prefer_like_libpq() {
+        let d = Dsn::parse("host=h user=u").unwrap();
+        assert_eq!(d.tls().mode, SslMode::Prefer);
+    }
+
+    #[test]
+    fn refusals_name_the_key_and_never_the_password() {
+        for (dsn, key) in [
+            ("user=u sslmode=bogus", "sslmode"),
+            ("user=u sslmode=verify-full", "sslrootcert"),
+            ("user=u sslcert=/a.pem", "sslkey"),
+            ("user=u sslkey=/a.pem", "sslcert"),
+            ("user=u sslrootcert=", "sslrootcert"),
+            ("user=u bogus=1", "dsn"),
+            ("user=u password='open", "password"),
+            ("user=u host", "dsn"),
+        ] {
+            match Dsn::parse(dsn) {
+                Err(e) => assert_eq!(e.key, key, "{dsn}: {e}"),
+                Ok(d) => panic!("{dsn}: expected an error on {key}, got {d:?}"),
+            }
+        }
+        let e = Dsn::parse("user=u password=hunter22 bogus=1").unwrap_err();
+        assert!(!e.to_string().contains("hunter22"), "{e}");
+    }
+
+    #[test]
+    fn redacted_round_trips() {
+        let d = Dsn::parse("host=h port=7 user='a b' dbname=x password=p sslmode=require").unwrap();
+        let back = Dsn::parse(&d.redacted()).unwrap();
+        assert_eq!(back.host(), Some("h"));
+        assert_eq!(back.user(), Some("a b"));
+        assert_eq!(back.tls().mode, SslMode::Require);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn never_panics(text in "(?s).{0,80}") {
+            let _ = Dsn::parse(&text);
+        }
+
+        #[test]
+        fn never_panics_on_dsn_like_text(
+            text in "(host|port|user|sslmode|sslrootcert|password|postgresql://)[ =a-z0-9'\\\\%?&:/@-]{0,40}"
+        ) {
+            let _ = Dsn::parse(&text);
+        }
+    }
+}
