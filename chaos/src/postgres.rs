@@ -16,10 +16,12 @@
 //!   in the page cache, so kill -9 loses nothing that was committed.
 //! - Authentication is `trust` on 127.0.0.1 for the `postgres` superuser
 //!   (a throwaway test cluster), or, with [`PgOptions::password`], SCRAM
-//!   over TCP with that password (the Unix socket stays `trust`): every
-//!   DSN the cluster hands out then carries it, so an ensemble on it
-//!   authenticates as production does, and a test can look for the
-//!   password where it must never appear (logs, errors, outputs).
+//!   over TCP with that password (the Unix socket stays `trust`). The
+//!   password is in a password file in the cluster's directory (`pgpass`,
+//!   0600), and every DSN the cluster hands out names that file
+//!   (`passfile=`), never the password: an ensemble on it authenticates as
+//!   production does, with the secret out of the topology and the configs,
+//!   and a test can look for the password where it must never appear.
 //! - **TLS** is on by default ([`PgOptions::tls`]): the cluster makes its own
 //!   CA ([`crate::certs`]), a server certificate for the loopback names, and
 //!   a client certificate for the `postgres` role. `pg_hba.conf` accepts TCP
@@ -163,6 +165,7 @@ pub struct PgCluster {
     database: String,
     ready_timeout: Duration,
     password: Option<String>,
+    passfile: Option<PathBuf>,
     tls: Option<ClientTls>,
     // Field order matters: the process drops before its directory.
     process: ChildProcess,
@@ -221,6 +224,15 @@ impl PgCluster {
             let _ = std::fs::remove_file(&pwfile);
         }
         ran?;
+        let passfile = match &opts.password {
+            Some(pw) => {
+                let path = dir.path().join("pgpass");
+                // Ours, not the postgres user's: the clients read it.
+                write_private(&path, &passfile_line(pw), None)?;
+                Some(path)
+            }
+            None => None,
+        };
         let tls = if opts.tls {
             Some(set_up_tls(
                 &opts,
@@ -254,6 +266,7 @@ impl PgCluster {
             database: opts.database.clone(),
             ready_timeout: opts.ready_timeout,
             password: opts.password.clone(),
+            passfile,
             tls,
             process,
             dir,
@@ -291,7 +304,12 @@ impl PgCluster {
     /// [`PgCluster::dsn`] for reaching the cluster at another address (a
     /// proxy in front of it).
     pub fn dsn_at(&self, addr: SocketAddr, db: &str) -> String {
-        dsn_with(addr, db, self.password.as_deref(), self.tls.as_ref())
+        dsn_with(addr, db, self.passfile.as_deref(), self.tls.as_ref())
+    }
+
+    /// The password file the DSNs name, when the cluster has a password.
+    pub fn passfile(&self) -> Option<&Path> {
+        self.passfile.as_deref()
     }
 
     /// The client's TLS files, when TLS is on.
@@ -465,13 +483,12 @@ pub fn dsn(addr: SocketAddr, db: &str) -> String {
     dsn_with(addr, db, None, None)
 }
 
-/// [`dsn`] with the superuser's password, if any (quoted as libpq's
-/// keyword/value format wants: single quotes, backslashes and quotes
-/// escaped), and the TLS keys, if any.
+/// [`dsn`] naming the password file with the superuser's password, if any,
+/// and the TLS keys, if any.
 pub fn dsn_with(
     addr: SocketAddr,
     db: &str,
-    password: Option<&str>,
+    passfile: Option<&Path>,
     tls: Option<&ClientTls>,
 ) -> String {
     let mut s = format!(
@@ -479,9 +496,11 @@ pub fn dsn_with(
         addr.ip(),
         addr.port()
     );
-    if let Some(pw) = password {
-        let quoted = pw.replace('\\', "\\\\").replace('\'', "\\'");
-        s.push_str(&format!(" password='{quoted}'"));
+    if let Some(path) = passfile {
+        s.push_str(&format!(
+            " passfile={}",
+            ezone_pg::dsn::quote_value(&path.to_string_lossy())
+        ));
     }
     if let Some(tls) = tls {
         s.push(' ');
@@ -560,6 +579,13 @@ fn set_up_tls(
         cert_file: client.cert_file,
         key_file: client.key_file,
     })
+}
+
+/// A password file line for the superuser on any host, port and database,
+/// escaped as libpq's password file wants (`\\` and `\:`).
+fn passfile_line(password: &str) -> String {
+    let escaped = password.replace('\\', "\\\\").replace(':', "\\:");
+    format!("*:*:*:{PG_USER}:{escaped}\n")
 }
 
 /// Writes `content` to a new file only its owner reads (`0600`), owned by

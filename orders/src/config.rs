@@ -195,42 +195,7 @@ impl OrdersConfig {
     }
 }
 
-/// `dsn` with the value of `password=` (key=value form) or the password of a
-/// URL's userinfo replaced by `***`.
-pub fn redact_dsn(dsn: &str) -> String {
-    if dsn.starts_with("postgres://") || dsn.starts_with("postgresql://") {
-        // scheme://user:password@host/...
-        let Some((scheme, rest)) = dsn.split_once("://") else {
-            return dsn.to_string();
-        };
-        let Some((userinfo, host)) = rest.split_once('@') else {
-            return dsn.to_string();
-        };
-        return match userinfo.split_once(':') {
-            Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-            None => dsn.to_string(),
-        };
-    }
-    let mut out = Vec::new();
-    let mut words = dsn.split_whitespace().peekable();
-    while let Some(w) = words.next() {
-        match w.split_once('=') {
-            Some((k, v)) if k.trim() == "password" => {
-                out.push("password=***".to_string());
-                // A quoted password with spaces spans several words.
-                if v.starts_with('\'') && (v.len() == 1 || !v.ends_with('\'')) {
-                    for next in words.by_ref() {
-                        if next.ends_with('\'') {
-                            break;
-                        }
-                    }
-                }
-            }
-            _ => out.push(w.to_string()),
-        }
-    }
-    out.join(" ")
-}
+pub use ezone_pg::redact::redact_dsn;
 
 #[cfg(test)]
 mod tests {

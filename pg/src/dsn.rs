@@ -17,6 +17,13 @@
 //! which refuses a key it does not know: a typo never silently changes where
 //! we connect.
 //!
+//! As libpq does, what the DSN leaves out comes from the process's
+//! environment: `PGSSLMODE`, `PGSSLROOTCERT`, `PGSSLCERT`, `PGSSLKEY`, and
+//! the password from `PGPASSWORD`, else the password file `PGPASSFILE`
+//! (else `~/.pgpass` when it exists). That is how the secrets stay out of
+//! the topology: it names each site's database by host, port, database and
+//! user, and every host keeps its password and keys in its own files.
+//!
 //! A parsed [`Dsn`] never shows its password: `Debug` and [`Dsn::redacted`]
 //! print `***`, and errors name the key, never a secret value.
 
@@ -66,9 +73,18 @@ pub struct Dsn {
 }
 
 impl Dsn {
-    /// Parses either form (see the module docs). A `passfile` is read here,
-    /// once: its matching line gives the password when the DSN has none.
+    /// Parses either form (see the module docs), with the environment's
+    /// fallbacks. A password file is read here, once: its matching line
+    /// gives the password when the DSN and `PGPASSWORD` give none.
     pub fn parse(text: &str) -> Result<Dsn, DsnError> {
+        Dsn::parse_with_env(text, &|name| std::env::var(name).ok())
+    }
+
+    /// [`Dsn::parse`] with the environment read through `env`.
+    pub fn parse_with_env(
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Dsn, DsnError> {
         let trimmed = text.trim_start();
         let (rest, own) =
             if trimmed.starts_with("postgres://") || trimmed.starts_with("postgresql://") {
@@ -82,7 +98,23 @@ impl Dsn {
         })?;
         let mut tls = TlsSettings::default();
         let mut passfile = None;
-        for (key, value) in own {
+        // The environment first, so that the DSN's own keys override it.
+        let mut own_keys: Vec<(String, String)> = [
+            ("PGSSLMODE", "sslmode"),
+            ("PGSSLROOTCERT", "sslrootcert"),
+            ("PGSSLCERT", "sslcert"),
+            ("PGSSLKEY", "sslkey"),
+            ("PGPASSFILE", "passfile"),
+        ]
+        .into_iter()
+        .filter_map(|(var, key)| {
+            env(var)
+                .filter(|v| !v.is_empty())
+                .map(|v| (key.to_owned(), v))
+        })
+        .collect();
+        own_keys.extend(own);
+        for (key, value) in own_keys {
             match key.as_str() {
                 "sslmode" => tls.mode = value.parse()?,
                 "sslrootcert" => tls.rootcert = Some(non_empty_path(&key, &value)?),
@@ -99,13 +131,24 @@ impl Dsn {
         }
         tls.validate()?;
         config.ssl_mode(tls.mode.for_tokio_postgres());
+        if config.get_password().is_none() {
+            if let Some(password) = env("PGPASSWORD").filter(|p| !p.is_empty()) {
+                config.password(password);
+            }
+        }
         let mut dsn = Dsn {
             config,
             tls,
             passfile,
         };
         if dsn.config.get_password().is_none() {
-            if let Some(path) = dsn.passfile.clone() {
+            let file = dsn.passfile.clone().or_else(|| {
+                // libpq's default; used only when it is there.
+                env("HOME")
+                    .map(|home| PathBuf::from(home).join(".pgpass"))
+                    .filter(|p| p.is_file())
+            });
+            if let Some(path) = file {
                 if let Some(password) = passfile::lookup(&path, &dsn.lookup_key())? {
                     dsn.config.password(password);
                 }
@@ -233,6 +276,30 @@ impl fmt::Debug for Dsn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_tuple("Dsn").field(&self.redacted()).finish()
     }
+}
+
+/// Whether `text` writes a password into the DSN itself (a `password` key,
+/// or a URI's `user:password@`), without reading any file or the
+/// environment: what must never be stored where others read it (the
+/// topology in etcd). A DSN that does not parse names none.
+pub fn names_password(text: &str) -> bool {
+    let trimmed = text.trim_start();
+    if let Some(rest) = trimmed
+        .strip_prefix("postgresql://")
+        .or_else(|| trimmed.strip_prefix("postgres://"))
+    {
+        let authority = rest.split(['/', '?']).next().unwrap_or("");
+        let in_userinfo = authority
+            .rsplit_once('@')
+            .is_some_and(|(userinfo, _)| userinfo.contains(':'));
+        let in_query = rest.split_once('?').is_some_and(|(_, query)| {
+            query
+                .split('&')
+                .any(|kv| kv.split('=').next().is_some_and(|k| k == "password"))
+        });
+        return in_userinfo || in_query;
+    }
+    parse_pairs(text).is_ok_and(|pairs| pairs.iter().any(|(k, _)| k == "password"))
 }
 
 fn non_empty_path(key: &str, value: &str) -> Result<PathBuf, DsnError> {
@@ -451,6 +518,69 @@ mod tests {
         }
         let e = Dsn::parse("user=u password=hunter22 bogus=1").unwrap_err();
         assert!(!e.to_string().contains("hunter22"), "{e}");
+    }
+
+    #[test]
+    fn the_environment_fills_what_the_dsn_leaves_out() {
+        let dir = std::env::temp_dir().join(format!("ezone-pg-env-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pgpass = dir.join("pgpass");
+        std::fs::write(&pgpass, "db1:5432:app:repl:from-file\n").unwrap();
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&pgpass, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        let pgpass_text = pgpass.display().to_string();
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            let pgpass_text = pgpass_text.clone();
+            move |name: &str| -> Option<String> {
+                if name == "PGPASSFILE" {
+                    return Some(pgpass_text.clone());
+                }
+                vars.iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        let tls_env = env(&[
+            ("PGSSLMODE", "verify-full"),
+            ("PGSSLROOTCERT", "/etc/ezone/ca.pem"),
+            ("PGSSLCERT", "/etc/ezone/me.pem"),
+            ("PGSSLKEY", "/etc/ezone/me.key"),
+        ]);
+        let d = Dsn::parse_with_env("host=db1 user=repl dbname=app", &tls_env).unwrap();
+        assert_eq!(d.tls().mode, SslMode::VerifyFull);
+        assert_eq!(d.tls().key, Some(PathBuf::from("/etc/ezone/me.key")));
+        assert_eq!(d.password().as_deref(), Some("from-file"));
+        // The DSN's own keys win over the environment.
+        let d =
+            Dsn::parse_with_env("host=db1 user=repl dbname=app sslmode=disable", &tls_env).unwrap();
+        assert_eq!(d.tls().mode, SslMode::Disable);
+        // PGPASSWORD before the file; a line for another database: none.
+        let d = Dsn::parse_with_env(
+            "host=db1 user=repl dbname=app",
+            &env(&[("PGPASSWORD", "p")]),
+        )
+        .unwrap();
+        assert_eq!(d.password().as_deref(), Some("p"));
+        let d = Dsn::parse_with_env("host=db1 user=repl dbname=other", &env(&[])).unwrap();
+        assert_eq!(d.password(), None);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_password_written_into_the_dsn_is_seen_in_either_form() {
+        for (dsn, names) in [
+            ("host=h user=u password=x", true),
+            ("host=h user=u password=''", true),
+            ("host=h user=u passfile=/p", false),
+            ("postgresql://u:x@h/db", true),
+            ("postgresql://u@h/db?password=x", true),
+            ("postgresql://u@h:5432/db?sslmode=require", false),
+            ("postgres://h/db", false),
+        ] {
+            assert_eq!(names_password(dsn), names, "{dsn}");
+        }
     }
 
     #[test]

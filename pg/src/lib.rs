@@ -4,6 +4,7 @@
 //!   tokio-postgres' own, extended with libpq's TLS keys and `passfile`;
 //! - [`tls`]: `sslmode` as libpq means it, on rustls;
 //! - [`passfile`]: passwords from a libpq password file;
+//! - [`redact`]: DSN passwords out of text that is printed;
 //! - [`connect()`]: tokio-postgres connections with that TLS;
 //! - [`stream`]: the SSLRequest and handshake for clients that speak the
 //!   protocol themselves (the replicator's walsender client).
@@ -11,6 +12,7 @@
 pub mod connect;
 pub mod dsn;
 pub mod passfile;
+pub mod redact;
 pub mod stream;
 pub mod tls;
 

@@ -702,17 +702,14 @@ impl Applier {
         // The table's shape may have changed: prepared statements for it
         // would fail or be wrong.
         self.statements.clear();
-        let rows = self
-            .client
-            .query(
-                "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), \
-                        coalesce(a.attnum = ANY(i.indkey), false) \
-                 FROM pg_attribute a \
-                 LEFT JOIN pg_index i ON i.indrelid = a.attrelid AND i.indisprimary \
-                 WHERE a.attrelid = $1::text::regclass AND a.attnum > 0 AND NOT a.attisdropped \
-                 ORDER BY a.attnum",
-                &[&qualified],
-            )
+        let drift = |detail: String| ApplyError::Definite {
+            target: self.target.clone(),
+            detail: format!(
+                "reading the shape of {qualified}: {detail}: create the table at the target \
+                 (schema drift)"
+            ),
+        };
+        let table = crate::catalog::load(&self.client, &rel.namespace, &rel.name)
             .await
             .map_err(|e| {
                 let mut err = classify(
@@ -724,13 +721,15 @@ impl Applier {
                     detail.push_str(": create the table at the target (schema drift)");
                 }
                 err
-            })?;
-        let columns: Vec<ColumnInfo> = rows
+            })?
+            .ok_or_else(|| drift("no such table here".to_string()))?;
+        let columns: Vec<ColumnInfo> = table
+            .columns
             .iter()
-            .map(|r| ColumnInfo {
-                name: r.get(0),
-                type_name: r.get(1),
-                key: r.get(2),
+            .map(|c| ColumnInfo {
+                name: c.name.clone(),
+                type_name: c.type_name.clone(),
+                key: c.key.is_some(),
             })
             .collect();
         if !columns.iter().any(|c| c.key) {
@@ -741,16 +740,7 @@ impl Applier {
         }
         // Triggers (of the table or a partition) or rules that fire for
         // replayed rows: the fast path does not group this table's changes.
-        let replica_triggers: bool = self
-            .client
-            .query_one(
-                "SELECT EXISTS (SELECT 1 FROM pg_trigger WHERE tgenabled IN ('A', 'R') \
-                        AND (tgrelid = $1::text::regclass \
-                          OR tgrelid IN (SELECT relid FROM pg_partition_tree($1::text::regclass)))) \
-                     OR EXISTS (SELECT 1 FROM pg_rewrite WHERE ev_enabled IN ('A', 'R') \
-                        AND rulename <> '_RETURN' AND ev_class = $1::text::regclass)",
-                &[&qualified],
-            )
+        let replica_triggers = crate::catalog::replica_triggers(&self.client, &qualified)
             .await
             .map_err(|e| {
                 classify(
@@ -758,8 +748,7 @@ impl Applier {
                     &format!("reading the triggers of {qualified}"),
                     e,
                 )
-            })?
-            .get(0);
+            })?;
         let t = Arc::new(TableInfo {
             qualified,
             columns,

@@ -91,6 +91,24 @@ pub struct TopologySource {
     pub prefix: String,
     #[serde(default)]
     pub file: Option<PathBuf>,
+    /// etcd over TLS: `{ ca_file, cert_file, key_file }` (PEM).
+    #[serde(default)]
+    pub etcd_tls: Option<ezone_topology::store::EtcdTls>,
+    /// An etcd user: `{ user, password_file }` (else the password is in
+    /// `EZONE_ETCD_PASSWORD`).
+    #[serde(default)]
+    pub etcd_auth: Option<ezone_topology::store::EtcdAuth>,
+}
+
+impl TopologySource {
+    /// How to reach etcd.
+    pub fn etcd_options(&self) -> ezone_topology::store::EtcdOptions {
+        ezone_topology::store::EtcdOptions {
+            endpoints: self.etcd.clone(),
+            tls: self.etcd_tls.clone(),
+            auth: self.etcd_auth.clone(),
+        }
+    }
 }
 
 fn d_prefix() -> String {
@@ -176,6 +194,8 @@ impl ReplicatorConfig {
                 "topology",
                 "set either topology.etcd or topology.file, not both",
             )),
+            // etcd's TLS files and password are read, and refused with the
+            // file and the fix, when the replicator connects.
             _ => Ok(()),
         }
     }

@@ -18,6 +18,7 @@
 
 pub mod admin;
 pub mod apply;
+pub mod catalog;
 pub mod config;
 pub mod conflict;
 pub mod fence;

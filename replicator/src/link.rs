@@ -451,7 +451,22 @@ pub async fn run_once(
             } else {
                 tokio::select! {
                     done = applying => Waited::Applied(Box::new(done)),
-                    ev = stream.next() => Waited::Received(ev.map_err(source_err)?),
+                    ev = stream.next() => match ev {
+                        Ok(ev) => Waited::Received(ev),
+                        Err(e) => {
+                            // The source failed with a batch in flight at the
+                            // target: let that transaction finish (it does not
+                            // need the source) and count it, rather than drop
+                            // it half-way; it is confirmed by the next run,
+                            // which resumes from the target's origin.
+                            if let Some(applying) = in_flight.take() {
+                                if let (_, Ok(done)) = applying.await {
+                                    count(stats, &done);
+                                }
+                            }
+                            return Err(source_err(e));
+                        }
+                    },
                 }
             };
             match step {
@@ -639,6 +654,24 @@ fn finished(
     done: Flushed,
     idle_at: Option<Lsn>,
 ) {
+    count(stats, &done);
+    if let Some((end, commit_time)) = done.last {
+        stats.last_end_lsn.store(end.0, Ordering::Relaxed);
+        LinkStats::raise(&stats.caught_up_lsn, end.0);
+        LinkStats::raise(&stats.source_wal_end, end.0);
+        stats
+            .last_commit_time_us
+            .store(commit_time, Ordering::Relaxed);
+        stream.confirm(end);
+    }
+    for w in [done.idle_at, idle_at].into_iter().flatten() {
+        LinkStats::raise(&stats.caught_up_lsn, w.0);
+        stream.confirm(w);
+    }
+}
+
+/// Counts a committed batch's transactions, rows, conflicts and markers.
+fn count(stats: &LinkStats, done: &Flushed) {
     stats
         .applied_txns
         .fetch_add(done.applied_txns, Ordering::Relaxed);
@@ -654,19 +687,6 @@ fn finished(
     stats
         .markers
         .fetch_add(done.applied.markers.len() as u64, Ordering::Relaxed);
-    if let Some((end, commit_time)) = done.last {
-        stats.last_end_lsn.store(end.0, Ordering::Relaxed);
-        LinkStats::raise(&stats.caught_up_lsn, end.0);
-        LinkStats::raise(&stats.source_wal_end, end.0);
-        stats
-            .last_commit_time_us
-            .store(commit_time, Ordering::Relaxed);
-        stream.confirm(end);
-    }
-    for w in [done.idle_at, idle_at].into_iter().flatten() {
-        LinkStats::raise(&stats.caught_up_lsn, w.0);
-        stream.confirm(w);
-    }
 }
 
 /// Runs a link until `stop`: transient errors restart it (with backoff),

@@ -274,44 +274,15 @@ pub fn parse_relation(s: &str) -> Result<(String, String), RowError> {
     }
 }
 
-/// A table's shape at one site, from its catalog.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Table {
-    pub schema: String,
-    pub name: String,
-    /// In column (attnum) order.
-    pub columns: Vec<Column>,
+/// A table's shape at one site, from its catalog ([`crate::catalog`]).
+pub use crate::catalog::{Column, Table};
+
+/// Why a table cannot be repaired by key.
+trait NoKey {
+    fn no_key(&self) -> RowError;
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Column {
-    pub name: String,
-    /// `format_type(atttypid, atttypmod)` at this site.
-    pub type_name: String,
-    /// Position in the primary key (0-based), if part of it.
-    pub key: Option<usize>,
-    /// A generated column: computed by Postgres, never written.
-    pub generated: bool,
-}
-
-impl Table {
-    /// `"schema"."table"`, quoted.
-    pub fn qualified(&self) -> String {
-        format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name))
-    }
-
-    /// `schema.table`, for messages.
-    pub fn display_name(&self) -> String {
-        format!("{}.{}", self.schema, self.name)
-    }
-
-    /// The primary key columns, in key order.
-    pub fn key_columns(&self) -> Vec<&Column> {
-        let mut k: Vec<&Column> = self.columns.iter().filter(|c| c.key.is_some()).collect();
-        k.sort_by_key(|c| c.key);
-        k
-    }
-
+impl NoKey for Table {
     fn no_key(&self) -> RowError {
         RowError::NoPrimaryKey {
             table: self.display_name(),
@@ -972,45 +943,13 @@ pub async fn load_table<C: GenericClient + Sync>(
         site: site.to_string(),
         source,
     })?;
-    let rows = c
-        .query(
-            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), \
-                    a.attgenerated <> '', array_position(i.indkey::int2[], a.attnum) \
-             FROM pg_class c \
-             JOIN pg_namespace n ON n.oid = c.relnamespace \
-             JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
-             LEFT JOIN pg_index i ON i.indrelid = c.oid AND i.indisprimary \
-             WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p') \
-             ORDER BY a.attnum",
-            &[&schema, &name],
-        )
+    let table = crate::catalog::load(c, &schema, &name)
         .await
-        .map_err(|e| db(site, &format!("reading the shape of {schema}.{name}"), e))?;
-    if rows.is_empty() {
-        return Err(RepairError::NoTable {
+        .map_err(|e| db(site, &format!("reading the shape of {schema}.{name}"), e))?
+        .ok_or_else(|| RepairError::NoTable {
             site: site.to_string(),
             relation: format!("{schema}.{name}"),
-        });
-    }
-    let columns = rows
-        .iter()
-        .map(|r| {
-            Ok(Column {
-                name: r.try_get(0)?,
-                type_name: r.try_get(1)?,
-                generated: r.try_get(2)?,
-                key: r
-                    .try_get::<_, Option<i32>>(3)?
-                    .and_then(|p| usize::try_from(p).ok()),
-            })
-        })
-        .collect::<Result<Vec<_>, tokio_postgres::Error>>()
-        .map_err(|e| db(site, "reading a column of the table's shape", e))?;
-    let table = Table {
-        schema,
-        name,
-        columns,
-    };
+        })?;
     if table.key_columns().is_empty() {
         return Err(RepairError::Row {
             site: site.to_string(),

@@ -75,11 +75,12 @@ pub struct Service {
 impl Service {
     /// Reads the topology once and starts a link from each other site.
     pub async fn start(cfg: ReplicatorConfig) -> Result<Service, ServiceError> {
+        let etcd = cfg.topology.etcd_options();
         let store = match &cfg.topology.file {
             Some(f) => AnyStore::File(FileStore::new(f)),
             None => AnyStore::Etcd(Box::new(
                 until_available("connecting", || {
-                    EtcdStore::connect(&cfg.topology.etcd, &cfg.topology.prefix)
+                    EtcdStore::connect_with(&etcd, &cfg.topology.prefix)
                 })
                 .await?,
             )),

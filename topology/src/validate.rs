@@ -26,6 +26,8 @@ pub enum Problem {
     EmptySiteField { site: String, field: &'static str },
     #[error("site {site:?}: the postgres DSN's password is `***`, a copy redacted by `ezone topo show`: put the real password back (`ezone topo show --json --reveal-secrets` prints it)")]
     RedactedPassword { site: String },
+    #[error("site {site:?}: the postgres DSN holds a password, and the topology is read by every process at every site (and kept in etcd): remove it, and give each process the password locally: a password file (PGPASSFILE, ~/.pgpass, or passfile=/path in the DSN) or PGPASSWORD in its environment")]
+    PasswordInTopology { site: String },
     #[error("site {site:?} lists router {addr} more than once (router and more_routers): list each instance once")]
     DuplicateRouter { site: String, addr: String },
     #[error("shard {id} is defined more than once: shard ids must be unique")]
@@ -250,6 +252,28 @@ pub fn validate_transition(prev: &Topology, next: &Topology) -> Result<(), Inval
 /// A DSN whose password is the `***` that `ezone topo show` prints in
 /// place of it (keyword form `password=***` or `password='***'`, URI form
 /// `user:***@`): written back, every part would fail to log in.
+/// What must not be *written* into a topology: a password in a site's DSN
+/// (the topology is read by every process at every site, and kept in etcd).
+/// Checked where a topology is written from a file (`ezone topo init`,
+/// `topo validate`), not on reads: a topology written by an older version
+/// keeps working while it is moved out.
+pub fn secrets(t: &Topology) -> Result<(), Invalid> {
+    let problems: Vec<Problem> = t
+        .sites
+        .values()
+        .filter(|site| ezone_pg::dsn::names_password(&site.postgres))
+        .filter(|site| !redacted_password(&site.postgres))
+        .map(|site| Problem::PasswordInTopology {
+            site: site.name.clone(),
+        })
+        .collect();
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(Invalid(problems))
+    }
+}
+
 fn redacted_password(dsn: &str) -> bool {
     let d = dsn.replace(' ', "");
     d.contains("password=***") || d.contains("password='***'") || d.contains(":***@")
@@ -285,6 +309,36 @@ mod tests {
             }]
         );
         assert!(err.to_string().contains("guangzhou"));
+    }
+
+    #[test]
+    fn a_password_is_not_written_into_the_topology() {
+        for (dsn, refused) in [
+            ("host=db user=ezone password=s3cret dbname=ezone", true),
+            ("postgresql://ezone:s3cret@db/ezone", true),
+            (
+                "host=db user=ezone dbname=ezone passfile=/etc/ezone/pgpass",
+                false,
+            ),
+            ("host=db user=ezone dbname=ezone sslmode=verify-full", false),
+        ] {
+            let mut t = two_sites();
+            t.sites.get_mut("beijing").unwrap().postgres = dsn.into();
+            validate(&t).expect("a topology with a password still loads (older writers)");
+            match secrets(&t) {
+                Err(e) if refused => {
+                    assert_eq!(
+                        e.0,
+                        vec![Problem::PasswordInTopology {
+                            site: "beijing".into()
+                        }]
+                    );
+                    assert!(e.to_string().contains("PGPASSFILE"), "{e}");
+                }
+                Ok(()) if !refused => {}
+                other => panic!("{dsn}: {other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -61,6 +61,9 @@ pub(crate) struct Admin {
 pub(crate) struct Topology {
     pub etcd: Vec<String>,
     pub prefix: String,
+    /// etcd over TLS, when the lab's etcd takes only that.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub etcd_tls: Option<ezone_topology::store::EtcdTls>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -179,6 +182,7 @@ mod tests {
         Topology {
             etcd: vec!["http://127.0.0.1:2379".to_string()],
             prefix: "/ezone".to_string(),
+            etcd_tls: None,
         }
     }
 

@@ -218,7 +218,7 @@ impl Ensemble {
         );
         topology.settings.fence_lease_ms = spec.fence_lease_ms;
         topology.settings.clock_skew_ms = spec.clock_skew_ms;
-        topology::write(&lab.etcd().client_urls(), &topology).await?;
+        topology::write(&lab.etcd_options(), &topology).await?;
         let replicators = start::replicators(&lab, &layout).await?;
         // Both maps hold every site, in name order.
         let sites = fronts
@@ -315,9 +315,32 @@ impl Ensemble {
         self.lab.etcd().client_urls()
     }
 
+    /// How to reach etcd (endpoints, and TLS when the lab's etcd uses it).
+    pub fn etcd_options(&self) -> ezone_topology::store::EtcdOptions {
+        self.lab.etcd_options()
+    }
+
+    /// The `ezone` command-line flags that reach the lab's etcd (TLS
+    /// included), for running the CLI against the ensemble.
+    pub fn etcd_cli_args(&self) -> Vec<String> {
+        let options = self.lab.etcd_options();
+        let mut args = vec!["--etcd".to_string(), options.endpoints.join(",")];
+        if let Some(tls) = &options.tls {
+            args.push("--etcd-ca".into());
+            args.push(tls.ca_file.display().to_string());
+            if let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) {
+                args.push("--etcd-cert".into());
+                args.push(cert.display().to_string());
+                args.push("--etcd-key".into());
+                args.push(key.display().to_string());
+            }
+        }
+        args
+    }
+
     /// A client of the topology store (prefix [`TOPOLOGY_PREFIX`]).
     pub async fn store(&self) -> Result<EtcdStore, EnsembleError> {
-        topology::store(&self.etcd_endpoints()).await
+        topology::store(&self.lab.etcd_options()).await
     }
 
     /// `site`'s own Postgres DSN.

@@ -72,6 +72,7 @@ impl<'a> Layout<'a> {
             topology: config::Topology {
                 etcd: lab.etcd().client_urls(),
                 prefix: TOPOLOGY_PREFIX.to_string(),
+                etcd_tls: lab.etcd_options().tls,
             },
             clocks: lab.clocks().clone(),
         })

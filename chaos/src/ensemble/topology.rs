@@ -48,14 +48,12 @@ pub fn etcd_member_link_name(site: &str, member: usize) -> String {
 pub(crate) async fn add_etcd_links(lab: &Lab, site: &str) -> Result<Vec<String>, EnsembleError> {
     let mut urls = Vec::new();
     for (member, url) in lab.etcd().client_urls().into_iter().enumerate() {
-        let upstream: SocketAddr =
-            url.trim_start_matches("http://")
-                .parse()
-                .map_err(|_| EnsembleError::InvalidSpec {
-                    field: "replicator_etcd_links",
-                    value: url.clone(),
-                    why: "the lab's etcd client URL is not http://IP:PORT".to_string(),
-                })?;
+        let (scheme, address) = url.split_once("://").unwrap_or(("http", url.as_str()));
+        let upstream: SocketAddr = address.parse().map_err(|_| EnsembleError::InvalidSpec {
+            field: "replicator_etcd_links",
+            value: url.clone(),
+            why: "the lab's etcd client URL is not http(s)://IP:PORT".to_string(),
+        })?;
         let spec = LinkSpec {
             name: etcd_member_link_name(site, member),
             listen: any_port(),
@@ -67,7 +65,8 @@ pub(crate) async fn add_etcd_links(lab: &Lab, site: &str) -> Result<Vec<String>,
             Some(proxy) => proxy.add_link(spec).await?.listen_addr(),
             None => lab.admin_client().add_link(&spec).await?.listen,
         };
-        urls.push(format!("http://{listen}"));
+        // TLS passes through the proxy: the certificate names 127.0.0.1.
+        urls.push(format!("{scheme}://{listen}"));
     }
     Ok(urls)
 }
@@ -158,15 +157,20 @@ pub(crate) fn build(
 }
 
 /// Write `topology` to etcd, replacing whatever is there.
-pub(crate) async fn write(endpoints: &[String], topology: &Topology) -> Result<(), EnsembleError> {
-    let store = EtcdStore::connect(endpoints, TOPOLOGY_PREFIX).await?;
+pub(crate) async fn write(
+    etcd: &ezone_topology::store::EtcdOptions,
+    topology: &Topology,
+) -> Result<(), EnsembleError> {
+    let store = EtcdStore::connect_with(etcd, TOPOLOGY_PREFIX).await?;
     store.init(topology, true).await?;
     Ok(())
 }
 
 /// A connection to the ensemble's topology store.
-pub(crate) async fn store(endpoints: &[String]) -> Result<EtcdStore, EnsembleError> {
-    Ok(EtcdStore::connect(endpoints, TOPOLOGY_PREFIX).await?)
+pub(crate) async fn store(
+    etcd: &ezone_topology::store::EtcdOptions,
+) -> Result<EtcdStore, EnsembleError> {
+    Ok(EtcdStore::connect_with(etcd, TOPOLOGY_PREFIX).await?)
 }
 
 /// Every city of the routing table and its shard.

@@ -48,8 +48,9 @@ pub use info::{link_name, LabInfo, SiteInfo};
 pub use state::{LabProcess, LabState, Role, StopReport, STATE_FILE};
 pub use wan::ProxyLaunch;
 
+use crate::certs::{LabCerts, LOOPBACK_SANS};
 use crate::clock::{self, SiteClock};
-use crate::etcd::{EtcdCluster, EtcdOptions};
+use crate::etcd::{EtcdCluster, EtcdOptions, EtcdServerTls};
 use crate::postgres::{self, PgCluster, PgOptions};
 use crate::process::{self, Supervision};
 use crate::proxy::{AdminClient, FaultProxy, LinkHandle};
@@ -100,6 +101,10 @@ pub struct LabSpec {
     /// ([`PgOptions::tls`]). On by default; off only for a test that speaks
     /// the wire protocol by hand.
     pub pg_tls: bool,
+    /// etcd serves its clients over TLS only and requires a client
+    /// certificate (`--client-cert-auth`) signed by the lab's CA;
+    /// [`Lab::etcd_options`] says how to reach it. Off by default.
+    pub etcd_tls: bool,
 }
 
 impl Default for LabSpec {
@@ -115,6 +120,7 @@ impl Default for LabSpec {
             keep_files: false,
             pg_password: None,
             pg_tls: true,
+            etcd_tls: false,
         }
     }
 }
@@ -186,6 +192,8 @@ pub struct Lab {
     keep_files: bool,
     // Field order is drop order: WAN, Postgres, etcd, the clock files, then
     // the root dir.
+    /// A client's TLS for etcd, when [`LabSpec::etcd_tls`].
+    etcd_client: Option<ezone_topology::store::EtcdTls>,
     wan: Wan,
     postgres: BTreeMap<String, PgCluster>,
     etcd: EtcdCluster,
@@ -201,11 +209,25 @@ impl Lab {
         let began = Instant::now();
         let root = LabRoot::new(spec.dir.as_deref(), spec.keep_files)?;
         let clocks = Clocks::new(spec.clock_skew, &spec.sites, root.path(), spec.keep_files)?;
+        let (etcd_server_tls, etcd_client) = if spec.etcd_tls {
+            let certs = LabCerts::generate(&root.path().join("etcd-certs"))?;
+            let server = certs.issue_server("etcd", LOOPBACK_SANS)?;
+            let client = certs.issue_client("ezone")?;
+            let tls = ezone_topology::store::EtcdTls::new(certs.ca_file())
+                .with_identity(&client.cert_file, &client.key_file);
+            (
+                Some(EtcdServerTls::new(&server, certs.ca_file())),
+                Some(tls),
+            )
+        } else {
+            (None, None)
+        };
         let etcd = EtcdCluster::start_with(EtcdOptions {
             members: spec.etcd_members,
             dir: Some(root.path().to_path_buf()),
             supervision: spec.supervision,
             keep_files: spec.keep_files,
+            tls: etcd_server_tls,
             ..EtcdOptions::default()
         });
         let pgs = futures::future::try_join_all(spec.sites.iter().map(|site| {
@@ -239,6 +261,7 @@ impl Lab {
             "Lab is up."
         );
         Ok(Lab {
+            etcd_client,
             sites: spec.sites,
             wan_rtt: spec.wan_rtt,
             keep_files: spec.keep_files,
@@ -273,6 +296,16 @@ impl Lab {
 
     pub fn etcd(&self) -> &EtcdCluster {
         &self.etcd
+    }
+
+    /// How a client reaches the lab's etcd: its endpoints and, with
+    /// [`LabSpec::etcd_tls`], the CA and a client certificate.
+    pub fn etcd_options(&self) -> ezone_topology::store::EtcdOptions {
+        ezone_topology::store::EtcdOptions {
+            endpoints: self.etcd.client_urls(),
+            tls: self.etcd_client.clone(),
+            auth: None,
+        }
     }
 
     /// Site `site`'s Postgres.
@@ -337,7 +370,7 @@ impl Lab {
         Ok(postgres::dsn_with(
             self.wan_addr(pg_site, from_site)?,
             db,
-            pg.and_then(|p| p.password()),
+            pg.and_then(|p| p.passfile()),
             pg.and_then(|p| p.client_tls()),
         ))
     }

@@ -119,6 +119,7 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
         keep_files: false,
         pg_password: None,
         pg_tls: true,
+        etcd_tls: false,
     };
     spec.validate()?;
 

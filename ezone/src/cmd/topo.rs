@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use ezone_topology::doc::{load_file, TopologyDoc};
 use ezone_topology::store::layout::DEFAULT_PREFIX;
+use ezone_topology::store::{EtcdAuth, EtcdOptions, EtcdTls};
 use ezone_topology::{AnyStore, EtcdStore, FileStore, Snapshot, TopologyStore, Watcher};
 
 /// Where the topology lives.
@@ -27,6 +28,25 @@ pub struct StoreArgs {
     /// A topology file (TOML or JSON) instead of etcd.
     #[arg(long)]
     pub file: Option<PathBuf>,
+    /// The CA that signed etcd's certificate (PEM): etcd over TLS
+    /// (https:// endpoints).
+    #[arg(long, env = "EZONE_ETCD_CA")]
+    pub etcd_ca: Option<PathBuf>,
+    /// This client's certificate for etcd (PEM), when etcd asks for one
+    /// (`--client-cert-auth`); with --etcd-key.
+    #[arg(long, env = "EZONE_ETCD_CERT", requires = "etcd_key")]
+    pub etcd_cert: Option<PathBuf>,
+    /// The key of --etcd-cert (PEM).
+    #[arg(long, env = "EZONE_ETCD_KEY", requires = "etcd_cert")]
+    pub etcd_key: Option<PathBuf>,
+    /// An etcd user (etcd with auth enabled). The password comes from
+    /// --etcd-password-file, else the environment variable
+    /// EZONE_ETCD_PASSWORD, never the command line.
+    #[arg(long, env = "EZONE_ETCD_USER")]
+    pub etcd_user: Option<String>,
+    /// A file whose first line is the etcd user's password.
+    #[arg(long, env = "EZONE_ETCD_PASSWORD_FILE", requires = "etcd_user")]
+    pub etcd_password_file: Option<PathBuf>,
 }
 
 /// Parses a `--dsn SITE=DSN` override.
@@ -47,9 +67,27 @@ impl StoreArgs {
         if self.etcd.is_empty() {
             bail!("no topology store: pass --etcd http://HOST:PORT[,...] (or set EZONE_ETCD), or --file PATH");
         }
+        let options = self.etcd_options();
+        options.validate()?;
         Ok(AnyStore::Etcd(Box::new(
-            EtcdStore::connect(&self.etcd, &self.prefix).await?,
+            EtcdStore::connect_with(&options, &self.prefix).await?,
         )))
+    }
+
+    /// How to reach etcd: the endpoints, TLS and the user.
+    pub fn etcd_options(&self) -> EtcdOptions {
+        let mut options = EtcdOptions::new(&self.etcd);
+        if let Some(ca) = &self.etcd_ca {
+            let mut tls = EtcdTls::new(ca);
+            if let (Some(cert), Some(key)) = (&self.etcd_cert, &self.etcd_key) {
+                tls = tls.with_identity(cert, key);
+            }
+            options = options.with_tls(tls);
+        }
+        if let Some(user) = &self.etcd_user {
+            options = options.with_auth(EtcdAuth::new(user, self.etcd_password_file.clone()));
+        }
+        options
     }
 }
 
@@ -113,6 +151,8 @@ pub async fn run(c: TopoCommand) -> anyhow::Result<()> {
     match c {
         TopoCommand::Init { store, from, force } => {
             let topology = load_file(&from)?;
+            ezone_topology::validate::secrets(&topology)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", from.display()))?;
             let store = store.open().await?;
             let version = store.init(&topology, force).await?;
             println!(
@@ -146,6 +186,8 @@ pub async fn run(c: TopoCommand) -> anyhow::Result<()> {
         }
         TopoCommand::Validate { file } => {
             let t = load_file(&file)?;
+            ezone_topology::validate::secrets(&t)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
             println!(
                 "{} is valid: {} sites, {} shards, {} cities, {} user shards",
                 file.display(),
