@@ -129,12 +129,21 @@ impl ClientTls {
         )
     }
 
-    /// The same for libpq's tools, in their environment.
+    /// The same as libpq's environment variables, for its tools (psql,
+    /// pgbench).
+    pub fn env(&self) -> [(&'static str, PathBuf); 4] {
+        [
+            ("PGSSLMODE", PathBuf::from("verify-full")),
+            ("PGSSLROOTCERT", self.ca_file.clone()),
+            ("PGSSLCERT", self.cert_file.clone()),
+            ("PGSSLKEY", self.key_file.clone()),
+        ]
+    }
+
     fn apply(&self, cmd: &mut tokio::process::Command) {
-        cmd.env("PGSSLMODE", "verify-full")
-            .env("PGSSLROOTCERT", &self.ca_file)
-            .env("PGSSLCERT", &self.cert_file)
-            .env("PGSSLKEY", &self.key_file);
+        for (k, v) in self.env() {
+            cmd.env(k, v);
+        }
     }
 }
 

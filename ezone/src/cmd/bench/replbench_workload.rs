@@ -149,6 +149,8 @@ pub struct Pgbench {
     pub addr: SocketAddr,
     pub script: PathBuf,
     pub clients: u32,
+    /// The cluster's TLS files, when it takes TCP only over TLS.
+    pub tls: Option<ezone_chaos::postgres::ClientTls>,
 }
 
 impl Pgbench {
@@ -161,6 +163,7 @@ impl Pgbench {
             addr,
             script,
             clients,
+            tls,
         } = self;
         let clients = *clients;
         let threads = clients.min(2);
@@ -188,6 +191,9 @@ impl Pgbench {
         .arg("-f")
         .arg(script)
         .env_remove_prefix("PG");
+        for (k, v) in tls.iter().flat_map(|t| t.env()) {
+            spec = spec.env(k, v);
+        }
         let timeout = match pace {
             Pace::Count { txns } => {
                 let per_client = txns.div_ceil(u64::from(clients.max(1)));

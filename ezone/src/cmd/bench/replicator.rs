@@ -424,6 +424,7 @@ async fn bench(args: ReplicatorBench) -> anyhow::Result<()> {
         addr: source.addr(),
         script,
         clients: params.clients,
+        tls: source.client_tls().cloned(),
     };
     if !pgbench.bin.is_file() {
         bail!(
