@@ -76,6 +76,8 @@ pub struct IssuedCert {
 enum Role {
     Server,
     Client,
+    /// Both: a router that serves its peers and dials them.
+    Peer,
 }
 
 impl LabCerts {
@@ -143,6 +145,14 @@ impl LabCerts {
         self.issue(Role::Client, common_name, &[])
     }
 
+    /// A site router's certificate for peer mutual TLS: the DNS name
+    /// `<site>.<domain>` (the router's naming rule), usable as server and as
+    /// client certificate; written to `peer-<site>.pem` and `.key`.
+    pub fn issue_peer(&self, site: &str, domain: &str) -> Result<IssuedCert, LabError> {
+        let name = format!("{site}.{domain}");
+        self.issue(Role::Peer, &name, &[name.as_str()])
+    }
+
     fn issue(&self, role: Role, common_name: &str, sans: &[&str]) -> Result<IssuedCert, LabError> {
         if common_name.is_empty() {
             return Err(LabError::InvalidSpec {
@@ -161,10 +171,14 @@ impl LabCerts {
             KeyUsagePurpose::DigitalSignature,
             KeyUsagePurpose::KeyEncipherment,
         ];
-        params.extended_key_usages = vec![match role {
-            Role::Server => ExtendedKeyUsagePurpose::ServerAuth,
-            Role::Client => ExtendedKeyUsagePurpose::ClientAuth,
-        }];
+        params.extended_key_usages = match role {
+            Role::Server => vec![ExtendedKeyUsagePurpose::ServerAuth],
+            Role::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],
+            Role::Peer => vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+        };
         params.use_authority_key_identifier_extension = true;
         let cert = params
             .signed_by(&key, &self.ca, &self.ca_key)
@@ -174,6 +188,7 @@ impl LabCerts {
             match role {
                 Role::Server => "server",
                 Role::Client => "client",
+                Role::Peer => "peer",
             },
             file_stem(common_name)
         );

@@ -217,12 +217,12 @@ pub fn at_risk_mismatches(
 
 /// `ezone ARGS --etcd ...`, waited for; its exit code and stderr's tail.
 /// Both phases run their commands through it (phase one from a task that
-/// cannot borrow the ensemble, hence the endpoints).
+/// cannot borrow the ensemble, hence the etcd flags, TLS included:
+/// [`Ensemble::etcd_cli_args`]).
 async fn ezone(bin: &Path, etcd: &[String], args: &[&str]) -> (i32, String) {
     let out = tokio::process::Command::new(PathBuf::from(bin))
         .args(args)
-        .arg("--etcd")
-        .arg(etcd.join(","))
+        .args(etcd)
         .env("RUST_LOG", "warn")
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true)
@@ -254,7 +254,7 @@ pub fn begin(
     let killed_at = start.elapsed();
     let (lost_s, survivor_s) = (lost.to_string(), survivor.to_string());
     let bin = bin.to_path_buf();
-    let etcd = ens.etcd_endpoints();
+    let etcd = ens.etcd_cli_args();
     let survivor_dsn = ens.dsn(survivor).map_err(|e| e.to_string())?;
     let first_phase = tokio::spawn(async move {
         let mut rec = ForcedRecord {
@@ -373,7 +373,7 @@ pub async fn end(ens: &Ensemble, bin: &Path, run: ForcedRun, start: Instant) -> 
         // site's Postgres, which other faults may be holding down.
         let deadline = Instant::now() + COMMAND_RETRY_FOR;
         loop {
-            let (code, tail) = ezone(bin, &ens.etcd_endpoints(), &args).await;
+            let (code, tail) = ezone(bin, &ens.etcd_cli_args(), &args).await;
             note(
                 &mut rec,
                 format!(

@@ -281,8 +281,7 @@ fn failover_command(
     let mut cmd = tokio::process::Command::new(PathBuf::from(ezone_bin));
     cmd.arg("failover")
         .args(args)
-        .arg("--etcd")
-        .arg(ens.etcd_endpoints().join(","))
+        .args(ens.etcd_cli_args())
         .arg("--lock-ttl")
         .arg("1s")
         .env("RUST_LOG", "warn")

@@ -43,6 +43,15 @@
 //!
 //! HTTP/2 upstreams (`upstream.protocol = "h2c"`) multiplex many requests on
 //! one connection; they keep hyper-util's client, which does that well.
+//!
+//! Peer routers (another site's `router` and `more_routers`) are pooled the
+//! same way, both kinds. With `[peer_tls]` their connections are TLS
+//! ([`UpIo::Tls`], [`crate::peer_tls`]): this router's certificate as the
+//! client certificate, theirs checked against the CA and the site dialed.
+//! The handshake is part of making a connection (bounded by
+//! `timeouts.connect_ms` too, and like a refused connect it means nothing
+//! was sent); a pooled connection is used as a plain one is, the TLS
+//! session costing only its record framing and encryption.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -59,6 +68,8 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -69,6 +80,7 @@ use crate::body::{self, Body, BoxError};
 use crate::config::{RouterConfig, UpstreamProtocol};
 use crate::h1::{self, ChunkedDecoder, Framing, H1Error, Next};
 use crate::metrics::EndpointLabels;
+use crate::peer_tls::PeerTls;
 use crate::stall::Stall;
 use crate::upstream::{Endpoint, Endpoints, InFlight};
 
@@ -93,6 +105,16 @@ pub enum UpstreamError {
     /// No connection within `timeouts.connect_ms`: nothing was sent.
     #[error("connecting to {addr} took longer than {after:?} (timeouts.connect_ms)")]
     ConnectTimeout { addr: String, after: Duration },
+    /// The TLS handshake with a peer router failed (its certificate is not
+    /// the dialed site's, or not signed by `peer_tls.ca_file`; or it
+    /// refused ours): nothing was sent.
+    #[error("TLS handshake with the router at {addr} (as {name}) failed")]
+    Tls {
+        addr: String,
+        name: String,
+        #[source]
+        source: io::Error,
+    },
     /// The exchange failed after the connection was made (reset, closed
     /// before the response, malformed response, request body error).
     #[error(transparent)]
@@ -133,6 +155,9 @@ impl UpstreamError {
             UpstreamError::ConnectTimeout { after, .. } => {
                 format!("no connection within {after:?} (timeouts.connect_ms)")
             }
+            UpstreamError::Tls { name, source, .. } => {
+                format!("the TLS handshake as {name} failed: {source}")
+            }
             UpstreamError::Address { .. } => {
                 "its address in the topology does not make a URI".to_string()
             }
@@ -147,7 +172,9 @@ impl UpstreamError {
     /// True if the request was certainly not sent (safe to retry anything).
     pub fn is_connect(&self) -> bool {
         match self {
-            UpstreamError::Connect { .. } | UpstreamError::ConnectTimeout { .. } => true,
+            UpstreamError::Connect { .. }
+            | UpstreamError::ConnectTimeout { .. }
+            | UpstreamError::Tls { .. } => true,
             UpstreamError::Exchange(_)
             | UpstreamError::Io(_)
             | UpstreamError::Closed
@@ -185,6 +212,41 @@ pub(crate) struct Faults {
     errors: Family<EndpointLabels, Counter>,
 }
 
+/// How connections to an upstream are made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Dial {
+    /// Plain TCP: this site's upstreams, and peer routers without
+    /// `[peer_tls]`.
+    Plain,
+    /// TLS to a peer router, which must prove to be of the site this name
+    /// names (`<site>.<domain>`).
+    Peer(ServerName<'static>),
+    /// A peer router that must be dialed over TLS but cannot be (why):
+    /// its site's name makes no DNS name, or no peer TLS config is loaded.
+    /// Never dialed, and never in clear text.
+    Undialable(&'static str),
+}
+
+/// How a request wants its endpoint dialed.
+#[derive(Clone, Copy)]
+enum Want<'a> {
+    /// Plain TCP.
+    Plain,
+    /// Over TLS as a peer router (`None`: peer TLS is configured but not
+    /// loaded here).
+    Peer(Option<&'a PeerTls>),
+}
+
+/// How this client dials peer routers.
+enum PeerDialing {
+    /// In clear text (no `[peer_tls]`: the secret says who is asking).
+    Plain,
+    Tls(PeerTls),
+    /// `[peer_tls]` is configured but this client was not given its
+    /// configs: peers are not dialed at all.
+    Missing,
+}
+
 /// One worker's view of one upstream address: the shared endpoint state
 /// (health, ejection), this worker's requests in flight to it (for the
 /// balancing; see [`crate::upstream`]), and its idle connections.
@@ -192,19 +254,31 @@ pub struct Upstream {
     pub endpoint: Arc<Endpoint>,
     in_flight: AtomicU32,
     idle: Mutex<Idles>,
-    /// The site it was first picked for (its failures' label).
+    /// The site it was first picked for (its failures' label; for a peer
+    /// router dialed over TLS, the site it must prove to be).
     site: String,
+    dial: Dial,
     faults: Arc<Faults>,
 }
 
 impl Upstream {
-    fn new(endpoint: Arc<Endpoint>, site: &str, faults: Arc<Faults>) -> Upstream {
+    fn new(endpoint: Arc<Endpoint>, site: &str, dial: Dial, faults: Arc<Faults>) -> Upstream {
         Upstream {
             endpoint,
             in_flight: AtomicU32::new(0),
             idle: Mutex::new(Idles::default()),
             site: site.to_string(),
+            dial,
             faults,
+        }
+    }
+
+    /// Whether this handle is made the way a request for `site` needs
+    /// (`tls`: as a peer router over TLS).
+    fn fits(&self, site: &str, tls: bool) -> bool {
+        match &self.dial {
+            Dial::Plain => !tls,
+            Dial::Peer(_) | Dial::Undialable(_) => tls && self.site == site,
         }
     }
 
@@ -255,19 +329,107 @@ struct Upstreams {
 }
 
 impl Upstreams {
+    /// The handle on `addr` for `site`, dialed as `want`s.
     fn get(
         &mut self,
         endpoints: &Endpoints,
         site: &str,
         addr: &str,
+        want: Want<'_>,
         faults: &Arc<Faults>,
     ) -> Arc<Upstream> {
         if let Some(u) = self.by_addr.get(addr) {
-            return u.clone();
+            if u.fits(site, matches!(want, Want::Peer(_))) {
+                return u.clone();
+            }
         }
-        let u = Arc::new(Upstream::new(endpoints.get(addr), site, faults.clone()));
+        let dial = match want {
+            Want::Plain => Dial::Plain,
+            Want::Peer(Some(t)) => t.server_name(site).map_or(
+                Dial::Undialable("the site's name makes no DNS name for its certificate"),
+                Dial::Peer,
+            ),
+            Want::Peer(None) => Dial::Undialable("no peer TLS configuration is loaded"),
+        };
+        let u = Arc::new(Upstream::new(
+            endpoints.get(addr),
+            site,
+            dial,
+            faults.clone(),
+        ));
         self.by_addr.insert(addr.to_string(), u.clone());
         u
+    }
+}
+
+/// A connection to an upstream or a peer router: plain TCP, or TLS to a
+/// peer router (`[peer_tls]`).
+pub(crate) enum UpIo {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl UpIo {
+    fn is_tls(&self) -> bool {
+        matches!(self, UpIo::Tls(_))
+    }
+}
+
+impl AsyncRead for UpIo {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpIo::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            UpIo::Tls(s) => std::pin::Pin::new(&mut **s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for UpIo {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            UpIo::Plain(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            UpIo::Tls(s) => std::pin::Pin::new(&mut **s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            UpIo::Plain(s) => std::pin::Pin::new(s).poll_write_vectored(cx, bufs),
+            UpIo::Tls(s) => std::pin::Pin::new(&mut **s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            UpIo::Plain(s) => s.is_write_vectored(),
+            UpIo::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpIo::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
+            UpIo::Tls(s) => std::pin::Pin::new(&mut **s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpIo::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            UpIo::Tls(s) => std::pin::Pin::new(&mut **s).poll_shutdown(cx),
+        }
     }
 }
 
@@ -297,7 +459,7 @@ impl Checkin {
 
 /// A connection the router speaks HTTP/1.1 on itself.
 pub(crate) struct RawConn {
-    io: TcpStream,
+    io: UpIo,
     /// Bytes read and not yet used (a response head being read, body bytes).
     buf: BytesMut,
     /// How long a response body has kept the router waiting (its timer is
@@ -306,7 +468,7 @@ pub(crate) struct RawConn {
 }
 
 impl RawConn {
-    fn new(io: TcpStream) -> RawConn {
+    fn new(io: UpIo) -> RawConn {
         RawConn {
             io,
             buf: BytesMut::with_capacity(READ_BUF),
@@ -498,6 +660,8 @@ pub struct UpstreamClient {
     idle_timeout: Duration,
     /// For `upstream.protocol = "h2c"`.
     h2: Option<Client<HttpConnector, Body>>,
+    /// How peer routers are dialed (TLS with `[peer_tls]`).
+    peers: PeerDialing,
 }
 
 /// hyper-util's client; only for HTTP/2 upstreams and health checks.
@@ -522,7 +686,11 @@ pub fn legacy_client(cfg: &RouterConfig, h2c: bool) -> Client<HttpConnector, Bod
 impl UpstreamClient {
     /// A worker's client; `errors` is where it counts an upstream's
     /// failures after the response head (`ezone_router_upstream_errors_total`).
-    pub fn new(cfg: &RouterConfig, errors: Family<EndpointLabels, Counter>) -> UpstreamClient {
+    pub fn new(
+        cfg: &RouterConfig,
+        errors: Family<EndpointLabels, Counter>,
+        peer_tls: Option<PeerTls>,
+    ) -> UpstreamClient {
         UpstreamClient {
             upstreams: Mutex::default(),
             faults: Arc::new(Faults {
@@ -534,6 +702,11 @@ impl UpstreamClient {
             connect_timeout: cfg.timeouts.connect(),
             idle_timeout: cfg.timeouts.idle(),
             h2: (cfg.upstream.protocol == UpstreamProtocol::H2c).then(|| legacy_client(cfg, true)),
+            peers: match (peer_tls, cfg.peer_tls.is_some()) {
+                (Some(t), _) => PeerDialing::Tls(t),
+                (None, false) => PeerDialing::Plain,
+                (None, true) => PeerDialing::Missing,
+            },
         }
     }
 
@@ -554,30 +727,51 @@ impl UpstreamClient {
         u
     }
 
-    /// This worker's handle on `addr`, an endpoint of `site`.
-    pub fn upstream(&self, endpoints: &Endpoints, site: &str, addr: &str) -> Arc<Upstream> {
+    /// This worker's handle on `addr`, an endpoint of `site`: one of its
+    /// upstreams, or if `peer` one of its routers.
+    pub fn upstream(
+        &self,
+        endpoints: &Endpoints,
+        site: &str,
+        addr: &str,
+        peer: bool,
+    ) -> Arc<Upstream> {
+        let want = self.want(peer);
         self.upstreams(endpoints)
-            .get(endpoints, site, addr, &self.faults)
+            .get(endpoints, site, addr, want, &self.faults)
     }
 
-    /// Picks one of `addrs` (endpoints of `site`), preferring those not
-    /// `tried` yet: power of two choices on this worker's requests in
-    /// flight, among the available endpoints ([`crate::upstream::pick`]).
+    /// How an endpoint is dialed: a peer router (`peer`) over TLS with
+    /// `[peer_tls]`, anything else in clear text.
+    fn want(&self, peer: bool) -> Want<'_> {
+        match (&self.peers, peer) {
+            (_, false) | (PeerDialing::Plain, true) => Want::Plain,
+            (PeerDialing::Tls(t), true) => Want::Peer(Some(t)),
+            (PeerDialing::Missing, true) => Want::Peer(None),
+        }
+    }
+
+    /// Picks one of `addrs` (endpoints of `site`: its upstreams, or if
+    /// `peer` its routers), preferring those not `tried` yet: power of two
+    /// choices on this worker's requests in flight, among the available
+    /// endpoints ([`crate::upstream::pick`]).
     pub fn pick(
         &self,
         endpoints: &Endpoints,
         site: &str,
         addrs: &[String],
+        peer: bool,
         tried: &[Arc<Upstream>],
     ) -> Option<Arc<Upstream>> {
+        let want = self.want(peer);
         let mut u = self.upstreams(endpoints);
         // The common single-endpoint case needs no choice (and no allocation).
         if let [only] = addrs {
-            return Some(u.get(endpoints, site, only, &self.faults));
+            return Some(u.get(endpoints, site, only, want, &self.faults));
         }
         let all: Vec<Arc<Upstream>> = addrs
             .iter()
-            .map(|a| u.get(endpoints, site, a, &self.faults))
+            .map(|a| u.get(endpoints, site, a, want, &self.faults))
             .collect();
         drop(u);
         let fresh: Vec<&Arc<Upstream>> = all
@@ -615,16 +809,56 @@ impl UpstreamClient {
         Ok(tcp)
     }
 
-    /// A new hyper HTTP/1 connection to `addr`, driven by a task on this
+    /// A new connection to `slot`: TCP, and for a peer router with
+    /// `[peer_tls]` the TLS handshake (within the connect timeout too).
+    async fn open(&self, slot: &Upstream) -> Result<UpIo, UpstreamError> {
+        let addr = slot.addr();
+        let tls_error = |name: String, source| UpstreamError::Tls {
+            addr: addr.to_string(),
+            name,
+            source,
+        };
+        let undialable = |why: &'static str| {
+            tls_error(
+                format!("site {}", slot.site),
+                io::Error::new(io::ErrorKind::InvalidInput, why),
+            )
+        };
+        let (name, tls) = match (&slot.dial, &self.peers) {
+            (Dial::Plain, _) => return Ok(UpIo::Plain(self.tcp(addr).await?)),
+            (Dial::Undialable(why), _) => return Err(undialable(why)),
+            (Dial::Peer(name), PeerDialing::Tls(tls)) => (name, tls),
+            (Dial::Peer(_), _) => return Err(undialable("no peer TLS configuration is loaded")),
+        };
+        let tcp = self.tcp(addr).await?;
+        let shown = || name.to_str().into_owned();
+        match tokio::time::timeout(self.connect_timeout, tls.connect(name.clone(), tcp)).await {
+            Ok(Ok(s)) => Ok(UpIo::Tls(Box::new(s))),
+            Ok(Err(source)) => Err(tls_error(shown(), source)),
+            Err(_) => Err(tls_error(
+                shown(),
+                io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "no handshake within {:?} (timeouts.connect_ms)",
+                        self.connect_timeout
+                    ),
+                ),
+            )),
+        }
+    }
+
+    /// A new hyper HTTP/1 connection to `slot`, driven by a task on this
     /// worker.
     async fn connect(
         &self,
-        addr: &str,
+        slot: &Upstream,
         upgrades: bool,
     ) -> Result<SendRequest<Body>, UpstreamError> {
-        let tcp = self.tcp(addr).await?;
+        let addr = slot.addr();
+        let io = self.open(slot).await?;
         let (tx, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(tcp))
+            .handshake(TokioIo::new(io))
             .await
             .map_err(UpstreamError::Exchange)?;
         let endpoint = addr.to_string();
@@ -686,7 +920,7 @@ impl UpstreamClient {
                         tx
                     }
                     // Boxed: rare, and it would make every request's future larger.
-                    None => Box::pin(self.connect(addr, false)).await?,
+                    None => Box::pin(self.connect(slot, false)).await?,
                 };
                 match tx.try_send_request(req).await {
                     Ok(resp) => {
@@ -719,11 +953,11 @@ impl UpstreamClient {
     /// its own, which is never pooled: after a 101 it belongs to the upgrade.
     pub async fn send_upgrade(
         &self,
-        addr: &str,
+        upstream: &Upstream,
         mut req: Request<Body>,
     ) -> Result<Response<hyper::body::Incoming>, UpstreamError> {
         origin_form(&mut req);
-        let mut tx = self.connect(addr, true).await?;
+        let mut tx = self.connect(upstream, true).await?;
         Ok(tx.send_request(req).await?)
     }
 
@@ -782,9 +1016,15 @@ impl UpstreamClient {
                 let mut conn = match pooled.take() {
                     Some(c) => c,
                     // Boxed: rare, and it would make every request's future larger.
-                    None => RawConn::new(Box::pin(self.tcp(addr)).await?),
+                    None => RawConn::new(Box::pin(self.open(slot)).await?),
                 };
-                if let Err(e) = tokio::io::AsyncWriteExt::write_all(&mut conn.io, head).await {
+                let mut written = tokio::io::AsyncWriteExt::write_all(&mut conn.io, head).await;
+                // TLS may keep the records of a write back; a plain socket
+                // has sent it all.
+                if written.is_ok() && conn.io.is_tls() {
+                    written = tokio::io::AsyncWriteExt::flush(&mut conn.io).await;
+                }
+                if let Err(e) = written {
                     if reused {
                         tracing::debug!(endpoint = %addr, error = %e, "Pooled connection closed; resending on a new one.");
                         continue 'conn;
@@ -942,7 +1182,7 @@ mod tests {
 
     impl Client {
         fn up(&self, addr: &str) -> Arc<Upstream> {
-            self.c.upstream(&self.endpoints, "a", addr)
+            self.c.upstream(&self.endpoints, "a", addr, false)
         }
 
         async fn send(
@@ -994,7 +1234,7 @@ mod tests {
         )
         .expect("config");
         Client {
-            c: UpstreamClient::new(&cfg, Family::default()),
+            c: UpstreamClient::new(&cfg, Family::default(), None),
             endpoints: Endpoints::default(),
         }
     }
@@ -1377,7 +1617,7 @@ mod tests {
         .expect("config");
         let errors = Family::<EndpointLabels, Counter>::default();
         let c = Client {
-            c: UpstreamClient::new(&cfg, errors.clone()),
+            c: UpstreamClient::new(&cfg, errors.clone(), None),
             endpoints: Endpoints::default(),
         };
         for (n, own) in [(1, true), (2, false)] {
@@ -1460,7 +1700,7 @@ mod pick_tests {
             "site = \"a\"\n[listen]\nhttp = \"127.0.0.1:0\"\n[topology]\nfile = \"t.toml\"\n",
         )
         .expect("config");
-        UpstreamClient::new(&cfg, Family::default())
+        UpstreamClient::new(&cfg, Family::default(), None)
     }
 
     #[test]
@@ -1468,26 +1708,34 @@ mod pick_tests {
         let shared = Endpoints::default();
         let c = client();
         let addrs = vec!["a".to_string(), "b".to_string()];
-        let a = c.upstream(&shared, "s", "a");
+        let a = c.upstream(&shared, "s", "a", false);
         let _busy: Vec<_> = (0..5).map(|_| a.start()).collect();
         for _ in 0..50 {
-            assert_eq!(c.pick(&shared, "s", &addrs, &[]).expect("one").addr(), "b");
+            assert_eq!(
+                c.pick(&shared, "s", &addrs, false, &[])
+                    .expect("one")
+                    .addr(),
+                "b"
+            );
         }
         // Tried already: the other one, however loaded.
-        let b = c.upstream(&shared, "s", "b");
+        let b = c.upstream(&shared, "s", "b", false);
         assert_eq!(
-            c.pick(&shared, "s", &addrs, std::slice::from_ref(&b))
+            c.pick(&shared, "s", &addrs, false, std::slice::from_ref(&b))
                 .expect("one")
                 .addr(),
             "a"
         );
         // Another worker's load is its own.
         let other = client();
-        assert_eq!(other.upstream(&shared, "s", "a").in_flight(), 0);
+        assert_eq!(other.upstream(&shared, "s", "a", false).in_flight(), 0);
         // Health is shared.
         shared.get("b").set_healthy(false);
         assert_eq!(
-            other.pick(&shared, "s", &addrs, &[]).expect("one").addr(),
+            other
+                .pick(&shared, "s", &addrs, false, &[])
+                .expect("one")
+                .addr(),
             "a"
         );
     }
@@ -1496,9 +1744,9 @@ mod pick_tests {
     fn a_dropped_endpoint_is_not_used_after_the_topology_moves_on() {
         let shared = Endpoints::default();
         let c = client();
-        let old = c.upstream(&shared, "s", "a");
+        let old = c.upstream(&shared, "s", "a", false);
         shared.retain(&[]);
-        let new = c.upstream(&shared, "s", "a");
+        let new = c.upstream(&shared, "s", "a", false);
         assert!(!Arc::ptr_eq(&old.endpoint, &new.endpoint));
         assert!(Arc::ptr_eq(&new.endpoint, &shared.get("a")));
     }

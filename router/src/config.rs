@@ -41,6 +41,9 @@ pub mod defaults {
     /// counted): at the writer's pace of a drain every 100 ms, room for
     /// 160k requests a second, far above what one router serves.
     pub const ACCESS_LOG_BUFFER_LINES: usize = 16 * 1024;
+    /// The DNS domain under which a router's peer certificate names its
+    /// site: `<site>.ezone.internal` (`peer_tls.domain`).
+    pub const PEER_TLS_DOMAIN: &str = "ezone.internal";
 }
 
 /// The whole file.
@@ -68,6 +71,11 @@ pub struct RouterConfig {
     /// no access log.
     #[serde(default)]
     pub access_log: Option<AccessLogConfig>,
+    /// Mutual TLS between sites' routers (`docs/router.md`, "Peer TLS"),
+    /// with `listen.peer`. Absent: peers are told from clients by
+    /// `routing.peer_secret`.
+    #[serde(default)]
+    pub peer_tls: Option<PeerTlsConfig>,
 }
 
 fn default_keys() -> Vec<KeySource> {
@@ -110,6 +118,12 @@ pub struct ListenConfig {
     /// serves all.
     #[serde(default = "yes")]
     pub own_http1: bool,
+    /// The peer listener (with `[peer_tls]`): other sites' routers only,
+    /// over TLS with a client certificate signed by `peer_tls.ca_file`
+    /// (ALPN h2 and http/1.1). The topology's `router` and `more_routers`
+    /// addresses of this site must name it: they are what the others dial.
+    #[serde(default)]
+    pub peer: Option<SocketAddr>,
 }
 
 fn yes() -> bool {
@@ -133,6 +147,25 @@ pub struct TopologySource {
     pub prefix: String,
     #[serde(default)]
     pub file: Option<PathBuf>,
+    /// etcd over TLS: `{ ca_file, cert_file, key_file }` (PEM); its files
+    /// are read, and refused with the fix, when the router connects.
+    #[serde(default)]
+    pub etcd_tls: Option<ezone_topology::store::EtcdTls>,
+    /// An etcd user: `{ user, password_file }` (else the password is in
+    /// `EZONE_ETCD_PASSWORD`).
+    #[serde(default)]
+    pub etcd_auth: Option<ezone_topology::store::EtcdAuth>,
+}
+
+impl TopologySource {
+    /// How to reach etcd.
+    pub fn etcd_options(&self) -> ezone_topology::store::EtcdOptions {
+        ezone_topology::store::EtcdOptions {
+            endpoints: self.etcd.clone(),
+            tls: self.etcd_tls.clone(),
+            auth: self.etcd_auth.clone(),
+        }
+    }
 }
 
 fn default_prefix() -> String {
@@ -154,7 +187,8 @@ pub struct RoutingConfig {
     /// hop list, decided epoch and `X-Forwarded-Proto` are believed. Unset:
     /// no request is believed as a router's, nothing is forwarded to another
     /// site, and a router whose topology has other sites refuses to start
-    /// (docs/router.md, "Trust").
+    /// (docs/router.md, "Trust") unless `[peer_tls]` is set, which replaces
+    /// the secret (the two are refused together).
     #[serde(default)]
     pub peer_secret: Option<Secret>,
 }
@@ -438,6 +472,92 @@ impl Default for UpstreamConfig {
     }
 }
 
+fn d_peer_domain() -> String {
+    defaults::PEER_TLS_DOMAIN.to_string()
+}
+
+/// `[peer_tls]`: mutual TLS between sites' routers. Every router has a
+/// certificate, signed by one CA, that names its site as the DNS name
+/// `<site>.<domain>` (a subject alternative name) and serves as both its
+/// server certificate (on `listen.peer`) and its client certificate (when
+/// it forwards to another site's router). The three files are re-read when
+/// they change.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerTlsConfig {
+    /// This router's certificate chain (PEM, leaf first): exactly one DNS
+    /// name `<site>.<domain>` for this router's site; both the serverAuth
+    /// and clientAuth extended key usages.
+    pub cert_file: PathBuf,
+    /// Its private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// The CA (PEM; several during a CA rotation) that signs every site's
+    /// router certificate: peers' certificates must chain to it, both ways.
+    pub ca_file: PathBuf,
+    /// The domain of the sites' names in certificates.
+    #[serde(default = "d_peer_domain")]
+    pub domain: String,
+}
+
+impl PeerTlsConfig {
+    /// The DNS name a certificate of `site` carries, and that a router
+    /// dialing that site's router expects: `<site>.<domain>`.
+    pub fn site_name(&self, site: &str) -> String {
+        format!("{site}.{}", self.domain)
+    }
+
+    fn validate(&self, site: &str) -> Result<(), ConfigError> {
+        for (field, path) in [
+            ("peer_tls.cert_file", &self.cert_file),
+            ("peer_tls.key_file", &self.key_file),
+            ("peer_tls.ca_file", &self.ca_file),
+        ] {
+            if path.as_os_str().is_empty() {
+                return Err(err(field, "empty: set the path of a PEM file"));
+            }
+        }
+        if !valid_domain(&self.domain) {
+            return Err(err(
+                "peer_tls.domain",
+                format!(
+                    "{:?} is not a DNS domain: use lowercase labels of a-z, 0-9 and '-' separated by dots, without a leading or trailing dot (the default is {:?})",
+                    self.domain,
+                    defaults::PEER_TLS_DOMAIN
+                ),
+            ));
+        }
+        let name = self.site_name(site);
+        if site.len() > 63 || rustls::pki_types::ServerName::try_from(name.as_str()).is_err() {
+            return Err(err(
+                "site",
+                format!(
+                    "{site:?} does not make the DNS name {name:?} that a router certificate names its site by ([peer_tls]): a site name must be at most 63 characters and not start or end with '-'"
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A DNS domain as `peer_tls.domain` takes it: lowercase LDH labels.
+fn valid_domain(domain: &str) -> bool {
+    !domain.is_empty()
+        && domain.len() <= 180
+        && domain.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        })
+        && !domain
+            .rsplit('.')
+            .next()
+            .is_some_and(|tld| tld.bytes().all(|b| b.is_ascii_digit()))
+}
+
 fn d_access_log_buffer() -> usize {
     defaults::ACCESS_LOG_BUFFER_LINES
 }
@@ -541,6 +661,39 @@ impl RouterConfig {
                 "listen",
                 "no listener: set listen.http and/or listen.https",
             ));
+        }
+        match (&self.peer_tls, self.listen.peer) {
+            (Some(tls), Some(peer)) => {
+                tls.validate(&self.site)?;
+                // Port 0 asks the system for a free port: never the same one.
+                if peer.port() != 0
+                    && (Some(peer) == self.listen.http || Some(peer) == self.listen.https)
+                {
+                    return Err(err(
+                        "listen.peer",
+                        format!("{peer} is also listen.http or listen.https: the peer listener needs an address of its own"),
+                    ));
+                }
+                if self.routing.peer_secret.is_some() {
+                    return Err(err(
+                        "routing.peer_secret",
+                        "remove it: with [peer_tls] a peer router is known by its certificate on listen.peer, and a secret still believed on the public listeners would let whoever holds it pose as a router there",
+                    ));
+                }
+            }
+            (Some(_), None) => {
+                return Err(err(
+                    "listen.peer",
+                    "[peer_tls] is set but listen.peer is not: set it (e.g. \"0.0.0.0:8444\"), and point this site's router address in the topology at it: it is what other sites' routers dial",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(err(
+                    "peer_tls",
+                    "listen.peer is set but [peer_tls] is not: the peer listener takes only TLS with a client certificate; set peer_tls.cert_file, key_file and ca_file (or remove listen.peer)",
+                ))
+            }
+            (None, None) => {}
         }
         if self.listen.https.is_some()
             && (self.listen.tls_cert.is_none() || self.listen.tls_key.is_none())
@@ -790,14 +943,116 @@ etcd = ["http://127.0.0.1:2379"]
         );
     }
 
+    const PEER_TLS: &str = "[peer_tls]\ncert_file = \"/etc/ezone/peer.crt\"\nkey_file = \"/etc/ezone/peer.key\"\nca_file = \"/etc/ezone/peer-ca.crt\"\n";
+
+    /// `MIN` with the peer listener at `peer` and `rest` appended.
+    fn with_peer(peer: &str, rest: &str) -> String {
+        let listen = format!("http = \"127.0.0.1:8080\"\npeer = {peer:?}");
+        format!(
+            "{}{rest}",
+            MIN.replace("http = \"127.0.0.1:8080\"", &listen)
+        )
+    }
+
+    #[test]
+    fn peer_tls_needs_its_listener_and_replaces_the_secret() {
+        let c = RouterConfig::from_toml(&with_peer("127.0.0.1:8444", PEER_TLS)).expect("valid");
+        let tls = c.peer_tls.expect("[peer_tls]");
+        assert_eq!(tls.domain, defaults::PEER_TLS_DOMAIN);
+        assert_eq!(tls.site_name("beijing"), "beijing.ezone.internal");
+        assert_eq!(c.listen.peer, Some("127.0.0.1:8444".parse().expect("addr")));
+
+        // One without the other.
+        let e = RouterConfig::from_toml(&format!("{MIN}{PEER_TLS}")).unwrap_err();
+        assert_eq!(e.field, "listen.peer");
+        assert!(e.problem.contains("topology"), "says what dials it: {e}");
+        let e = RouterConfig::from_toml(&with_peer("127.0.0.1:8444", "")).unwrap_err();
+        assert_eq!(e.field, "peer_tls");
+        // Its own address.
+        let e = RouterConfig::from_toml(&with_peer("127.0.0.1:8080", PEER_TLS)).unwrap_err();
+        assert_eq!(e.field, "listen.peer");
+        // Not beside the secret.
+        let e = RouterConfig::from_toml(&with_peer(
+            "127.0.0.1:8444",
+            &format!("{PEER_TLS}[routing]\npeer_secret = \"0123456789abcdef\"\n"),
+        ))
+        .unwrap_err();
+        assert_eq!(e.field, "routing.peer_secret");
+        assert!(e.problem.contains("remove it"), "{e}");
+        // Files named, and nothing unknown.
+        let e = RouterConfig::from_toml(&with_peer(
+            "127.0.0.1:8444",
+            &PEER_TLS.replace("\"/etc/ezone/peer.key\"", "\"\""),
+        ))
+        .unwrap_err();
+        assert_eq!(e.field, "peer_tls.key_file");
+        let e = RouterConfig::from_toml(&with_peer(
+            "127.0.0.1:8444",
+            &PEER_TLS.replace("ca_file", "ca"),
+        ))
+        .unwrap_err();
+        assert!(e.problem.contains("ca"), "{e}");
+    }
+
+    #[test]
+    fn the_peer_tls_domain_and_the_site_make_a_dns_name() {
+        for good in ["ezone.internal", "corp.example", "a-1.b2.example"] {
+            let c = RouterConfig::from_toml(&with_peer(
+                "127.0.0.1:8444",
+                &format!("{PEER_TLS}domain = {good:?}\n"),
+            ))
+            .unwrap_or_else(|e| panic!("{good}: {e}"));
+            assert_eq!(
+                c.peer_tls.expect("set").site_name("beijing"),
+                format!("beijing.{good}")
+            );
+        }
+        for bad in [
+            "",
+            ".ezone.internal",
+            "ezone.internal.",
+            "Ezone.internal",
+            "ezone..internal",
+            "-ezone.internal",
+            "ezone.123",
+            "ezone internal",
+            "*.internal",
+        ] {
+            let e = RouterConfig::from_toml(&with_peer(
+                "127.0.0.1:8444",
+                &format!("{PEER_TLS}domain = {bad:?}\n"),
+            ))
+            .unwrap_err();
+            assert_eq!(e.field, "peer_tls.domain", "{bad:?}: {e}");
+        }
+        let long = "s".repeat(64);
+        let e = RouterConfig::from_toml(
+            &with_peer("127.0.0.1:8444", PEER_TLS)
+                .replace("site = \"beijing\"", &format!("site = {long:?}")),
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "site");
+        assert!(e.problem.contains("63"), "{e}");
+    }
+
     /// The example in docs/router.md is a valid config (the docs cannot drift).
     #[test]
     fn the_documented_example_parses() {
+        let c = RouterConfig::from_toml(documented("## Config")).unwrap();
+        assert!(c.peer_tls.is_none() && c.routing.peer_secret.is_some());
+        let c = RouterConfig::from_toml(documented("## Peer TLS")).unwrap();
+        let tls = c.peer_tls.expect("[peer_tls]");
+        assert_eq!(tls.site_name(&c.site), "beijing.ezone.internal");
+        assert!(c.listen.peer.is_some());
+    }
+
+    /// The first TOML block of the docs/router.md section `heading`.
+    fn documented(heading: &str) -> &'static str {
         let doc = include_str!("../../docs/router.md");
-        let start = doc.find("## Config").expect("a Config section");
+        let start = doc.find(&format!("{heading}\n")).expect("the section");
         let block = &doc[start..];
         let toml_start = block.find("```toml\n").expect("a toml block") + "```toml\n".len();
         let toml_end = block[toml_start..].find("```").expect("end of block") + toml_start;
-        RouterConfig::from_toml(&block[toml_start..toml_end]).unwrap();
+        &block[toml_start..toml_end]
     }
 }

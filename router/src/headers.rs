@@ -358,6 +358,19 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
 }
 
+/// The site of the last entry of the request's hop list (the router that
+/// sent it, if a router did), without its epoch. No allocation.
+pub fn last_hop(headers: &HeaderMap) -> Option<&str> {
+    let last = headers.get_all(X_EZONE_HOP).iter().next_back()?;
+    let entry = last
+        .to_str()
+        .ok()?
+        .rsplit(',')
+        .map(str::trim)
+        .find(|s| !s.is_empty())?;
+    Some(entry.split_once('@').map_or(entry, |(site, _)| site))
+}
+
 /// The sites already in the request's hop list.
 pub fn hops(headers: &HeaderMap) -> Vec<String> {
     hop_entries(headers).into_iter().map(|(s, _)| s).collect()
@@ -834,6 +847,37 @@ mod tests {
             &Forwarding { tls: false, ..fwd },
         );
         assert_eq!(h.get("x-forwarded-proto").unwrap(), "http");
+    }
+
+    #[test]
+    fn the_last_hop_is_the_router_that_sent_it() {
+        let with = |pairs: &[(&str, &str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in pairs {
+                h.append(
+                    HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    HeaderValue::from_str(v).unwrap(),
+                );
+            }
+            h
+        };
+        assert_eq!(last_hop(&with(&[])), None);
+        assert_eq!(
+            last_hop(&with(&[("x-ezone-hop", "beijing")])),
+            Some("beijing")
+        );
+        assert_eq!(
+            last_hop(&with(&[("x-ezone-hop", "beijing@3, shanghai@4")])),
+            Some("shanghai")
+        );
+        assert_eq!(
+            last_hop(&with(&[
+                ("x-ezone-hop", "beijing@3"),
+                ("x-ezone-hop", "shanghai@4,")
+            ])),
+            Some("shanghai")
+        );
+        assert_eq!(last_hop(&with(&[("x-ezone-hop", " , ")])), None);
     }
 
     #[test]

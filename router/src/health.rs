@@ -1,14 +1,18 @@
 //! Active health checks: every interval, GET the health path of each of this
 //! site's upstream endpoints, and probe each router of the other sites (a
-//! request with `X-Ezone-Probe`, the hop list and the peer secret, which the
-//! peer answers itself: `200` once it has a topology). A non-2xx answer, an
-//! error or a timeout marks the endpoint unhealthy until a check passes
-//! again; requests for a site go to its healthy routers. Passive ejection
-//! (in [`crate::upstream`]) covers the time between checks.
+//! request with `X-Ezone-Probe` and the hop list, which the peer answers
+//! itself: `200` once it has a topology). The probes go the way forwarded
+//! requests do: over TLS with this router's certificate to the peer
+//! listener with `[peer_tls]` (the peer's certificate checked the same way),
+//! else with the peer secret. A non-2xx answer, an error or a timeout marks
+//! the endpoint unhealthy until a check passes again; requests for a site
+//! go to its healthy routers. Passive ejection (in [`crate::upstream`])
+//! covers the time between checks.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::BytesMut;
 use http::{Request, StatusCode};
 use http_body_util::BodyExt;
 
@@ -16,6 +20,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 
 use crate::body::{self, Body};
+use crate::client::UpstreamClient;
 use crate::metrics::EndpointLabels;
 use crate::proxy::Router;
 
@@ -35,16 +40,27 @@ pub async fn run(router: std::sync::Weak<Router>) {
         // the watcher is gone.
         let _ = tokio::time::timeout(interval, changes.changed()).await;
     }
+    // Peer routers are probed over connections of the probes' own, made as
+    // a worker makes them (TLS with `[peer_tls]`), kept between rounds.
+    let probes = {
+        let Some(r) = router.upgrade() else { return };
+        UpstreamClient::new(
+            &r.cfg,
+            r.metrics.upstream_errors.clone(),
+            r.peer_tls.clone(),
+        )
+    };
     loop {
         let Some(r) = router.upgrade() else { return };
         let interval = Duration::from_millis(r.cfg.upstream.health_interval_ms);
-        check_all(&r).await;
+        check_all(&r, &probes).await;
+        probes.reap();
         drop(r);
         tokio::time::sleep(interval).await;
     }
 }
 
-async fn check_all(r: &Arc<Router>) {
+async fn check_all(r: &Arc<Router>, probes: &UpstreamClient) {
     let Some(snap) = r.watcher.current() else {
         return;
     };
@@ -65,8 +81,9 @@ async fn check_all(r: &Arc<Router>) {
         .iter()
         .map(|a| (r.policy.site.clone(), a.clone(), false))
         .collect();
-    // Without a secret this router forwards to no peer: nothing to check.
-    if r.peer_secret().is_some() {
+    // Without peer TLS or a secret this router forwards to no peer: nothing
+    // to check.
+    if r.knows_peers() {
         for (name, s) in &snap.topology.sites {
             if *name != r.policy.site {
                 targets.extend(s.routers().map(|a| (name.clone(), a.clone(), true)));
@@ -79,7 +96,7 @@ async fn check_all(r: &Arc<Router>) {
         let r = r.clone();
         async move {
             let ok = if *peer {
-                probe_peer(&r, addr, timeout).await
+                probe_peer(&r, probes, site, addr, timeout).await
             } else {
                 check_one(&r, addr, timeout).await
             };
@@ -97,20 +114,55 @@ async fn check_all(r: &Arc<Router>) {
     futures::future::join_all(checks).await;
 }
 
-/// Asks the peer router at `addr` whether it is up and has a topology.
-async fn probe_peer(r: &Router, addr: &str, timeout: Duration) -> bool {
-    let Some(secret) = r.peer_secret() else {
-        return false;
-    };
-    let Ok(req) = Request::get(format!("http://{addr}/"))
+/// Asks the router of `site` at `addr` whether it is up and has a topology.
+async fn probe_peer(
+    r: &Router,
+    probes: &UpstreamClient,
+    site: &str,
+    addr: &str,
+    timeout: Duration,
+) -> bool {
+    let mut req = Request::get("/")
+        .header(http::header::HOST, addr)
         .header(crate::headers::X_EZONE_PROBE, "1")
-        .header(crate::headers::X_EZONE_HOP, r.policy.site.as_str())
-        .header(crate::headers::X_EZONE_PEER, secret.clone())
-        .body(body::empty())
-    else {
+        .header(crate::headers::X_EZONE_HOP, r.policy.site.as_str());
+    // With peer TLS the certificate says who is asking (a secret is not
+    // allowed beside it).
+    if r.cfg.peer_tls.is_none() {
+        let Some(secret) = r.peer_secret() else {
+            return false;
+        };
+        req = req.header(crate::headers::X_EZONE_PEER, secret.clone());
+    }
+    let Ok(req) = req.body(()) else {
         return false;
     };
-    answered_ok(r.peer_health_client(), req, timeout).await
+    let (parts, ()) = req.into_parts();
+    let mut head = BytesMut::with_capacity(256);
+    crate::h1::encode_request_head(&parts, &mut head);
+    let up = probes.upstream(&r.endpoints, site, addr, true);
+    let asked = async {
+        match probes.exchange(&up, &head, false, true).await {
+            Ok(resp) => {
+                let ok = resp.status().is_success();
+                // Read to its end, so the connection is kept for the next.
+                let _ = resp.into_body().collect().await;
+                ok
+            }
+            Err(e) => {
+                // A certificate problem does not go away by itself: said
+                // once, when the router turns unhealthy for it.
+                if matches!(e, crate::client::UpstreamError::Tls { .. }) && up.endpoint.is_healthy()
+                {
+                    tracing::warn!(site, endpoint = addr, error = %crate::proxy::error_chain(&e), "Peer router probe failed: the TLS handshake did not pass.");
+                } else {
+                    tracing::debug!(site, endpoint = addr, error = %crate::proxy::error_chain(&e), "Peer router probe failed.");
+                }
+                false
+            }
+        }
+    };
+    tokio::time::timeout(timeout, asked).await.unwrap_or(false)
 }
 
 async fn check_one(r: &Router, addr: &str, timeout: Duration) -> bool {

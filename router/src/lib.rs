@@ -21,6 +21,7 @@ pub mod headers;
 pub mod health;
 pub mod hold;
 pub mod metrics;
+pub mod peer_tls;
 pub mod proxy;
 pub mod server;
 pub mod stall;

@@ -288,6 +288,11 @@ pub struct Metrics {
     pub connections_shed: Counter,
     pub accept_errors: Counter,
     pub access_log_dropped: Counter,
+    /// Connections on the peer listener whose client certificate passed,
+    /// by the site it names.
+    pub peer_connections: Family<SiteLabels, Counter>,
+    /// TLS handshakes on the peer listener that failed or were refused.
+    pub peer_handshake_failures: Counter,
 }
 
 impl Metrics {
@@ -325,6 +330,8 @@ impl Metrics {
             connections_shed: Counter::default(),
             accept_errors: Counter::default(),
             access_log_dropped: Counter::default(),
+            peer_connections: Family::default(),
+            peer_handshake_failures: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -412,6 +419,16 @@ impl Metrics {
             "connections_shed",
             "Idle client connections closed to make room at the connection cap (or when out of file descriptors)",
             m.connections_shed.clone(),
+        );
+        registry.register(
+            "peer_connections",
+            "Connections accepted on the peer listener, by the site their client certificate names",
+            m.peer_connections.clone(),
+        );
+        registry.register(
+            "peer_handshake_failures",
+            "TLS handshakes on the peer listener that failed: no client certificate, one not signed by peer_tls.ca_file or naming no site, or none in time",
+            m.peer_handshake_failures.clone(),
         );
         registry.register(
             "accept_errors",

@@ -64,6 +64,9 @@ pub struct ConnInfo {
     /// The peer's address as a header value (for `X-Forwarded-For`), made
     /// once per connection rather than once per request.
     peer_value: Option<HeaderValue>,
+    /// On the peer listener (`[peer_tls]`): the site the connection's
+    /// verified client certificate names. `None` on the public listeners.
+    pub peer_site: Option<Arc<str>>,
 }
 
 impl ConnInfo {
@@ -72,6 +75,16 @@ impl ConnInfo {
             peer,
             tls,
             peer_value: peer.and_then(|p| HeaderValue::from_str(&p.ip().to_string()).ok()),
+            peer_site: None,
+        }
+    }
+
+    /// A connection on the peer listener from a router of `site` (its
+    /// client certificate verified).
+    pub fn from_peer_router(peer: Option<SocketAddr>, site: Arc<str>) -> ConnInfo {
+        ConnInfo {
+            peer_site: Some(site),
+            ..ConnInfo::new(peer, true)
         }
     }
 }
@@ -84,14 +97,17 @@ pub struct Router {
     pub(crate) metrics: Metrics,
     /// For health checks (control plane); requests use a [`Worker`]'s client.
     health_client: Client<HttpConnector, Body>,
-    /// Peer routers are checked over HTTP/1.1, whatever the upstreams speak.
-    peer_health_client: Client<HttpConnector, Body>,
     pub(crate) endpoints: Endpoints,
     holds: HoldQueue,
     /// `X-Ezone-Site` for requests to this site's upstreams.
     site_value: Option<HeaderValue>,
     /// `routing.peer_secret` as a header value (validated as one).
     peer_secret: Option<HeaderValue>,
+    /// `[peer_tls]`: this router's certificate and the CA, for dialing
+    /// peers (set by `RunningRouter::start`, which loads the files). With
+    /// it, a request is believed as a peer router's only on the peer
+    /// listener.
+    pub(crate) peer_tls: Option<crate::peer_tls::PeerTls>,
     /// The routing key fields (the `[[keys]]` header sources): each may
     /// appear once in a request, and `Connection` cannot remove them.
     key_headers: Vec<http::HeaderName>,
@@ -222,7 +238,11 @@ impl Worker {
     /// Worker number `index` of `router`.
     pub fn new(router: Arc<Router>, index: usize) -> Worker {
         Worker {
-            client: UpstreamClient::new(&router.cfg, router.metrics.upstream_errors.clone()),
+            client: UpstreamClient::new(
+                &router.cfg,
+                router.metrics.upstream_errors.clone(),
+                router.peer_tls.clone(),
+            ),
             budget: RetryBudget::new(router.cfg.upstream.retry_budget_percent),
             stats: RequestStats::new(index),
             access_log: router.access_log.clone().map(Arc::new),
@@ -275,6 +295,7 @@ impl Worker {
             let span = tracing::debug_span!(
                 "request",
                 site = %router.policy.site,
+                from_site = conn.peer_site.as_deref(),
                 method = %req.method(),
                 shard = tracing::field::Empty,
                 epoch = tracing::field::Empty,
@@ -406,7 +427,7 @@ impl Router {
                 &cfg,
                 cfg.upstream.protocol == UpstreamProtocol::H2c,
             ),
-            peer_health_client: crate::client::legacy_client(&cfg, false),
+            peer_tls: None,
             holds: HoldQueue::new(cfg.limits.max_held),
             endpoints: Endpoints::default(),
             metrics: Metrics::with_workers(crate::server::worker_count(&cfg)),
@@ -428,13 +449,32 @@ impl Router {
         &self.health_client
     }
 
-    pub(crate) fn peer_health_client(&self) -> &Client<HttpConnector, Body> {
-        &self.peer_health_client
-    }
-
     /// `routing.peer_secret`, if set.
     pub(crate) fn peer_secret(&self) -> Option<&HeaderValue> {
         self.peer_secret.as_ref()
+    }
+
+    /// Whether this router can tell other sites' routers from clients
+    /// (`[peer_tls]` or `routing.peer_secret`): only then does it forward
+    /// to them, or believe anyone's hop list.
+    pub(crate) fn knows_peers(&self) -> bool {
+        self.cfg.peer_tls.is_some() || self.peer_secret.is_some()
+    }
+
+    /// Whether the request's hop information comes from a peer router.
+    /// With `[peer_tls]`: it came on the peer listener, whose client
+    /// certificate named a site, and its hop list ends with that site (the
+    /// forwarding router appends its own). Otherwise: it carries the
+    /// shared secret ([`headers::from_peer`]). On the public listeners with
+    /// `[peer_tls]`, never.
+    fn is_from_peer(&self, headers: &http::HeaderMap, conn: &ConnInfo) -> bool {
+        if self.cfg.peer_tls.is_some() {
+            return conn
+                .peer_site
+                .as_deref()
+                .is_some_and(|site| headers::last_hop(headers) == Some(site));
+        }
+        headers::from_peer(headers, self.peer_secret.as_ref())
     }
 
     fn hold_deadline(&self, snap: &Snapshot) -> Duration {
@@ -565,7 +605,21 @@ impl Router {
                 "body_too_large",
             ));
         }
-        let peer = headers::from_peer(req.headers(), self.peer_secret.as_ref());
+        let peer = self.is_from_peer(req.headers(), &conn);
+        // The peer listener is for routers' forwarded requests and probes
+        // only: one whose hop list does not end with the site the client
+        // certificate names is not one (and is not served as a client's,
+        // which could send it back and forth unseen).
+        if let (Some(site), false) = (conn.peer_site.as_deref(), peer) {
+            tracing::warn!(peer = ?conn.peer, from_site = site, hops = ?headers::hops(req.headers()), "A request on the peer listener without a hop list ending with its certificate's site; refused.");
+            return none(self.reject(
+                StatusCode::FORBIDDEN,
+                &format!(
+                    "the peer listener takes requests forwarded by other sites' routers: X-Ezone-Hop must end with the site your certificate names ({site})"
+                ),
+                "peer_hop_mismatch",
+            ));
+        }
         // A peer router's health check (`health`): this router is up and has
         // a topology. Answered here, never forwarded.
         if peer && req.headers().contains_key(headers::X_EZONE_PROBE) {
@@ -937,16 +991,16 @@ impl Router {
                 shard,
                 fallback,
             } => {
-                // Without the shared secret the other site's router could
-                // not tell this request from a client's (its hop list would
-                // be dropped, and a disagreement would loop unseen). The
-                // router refuses to start like this; a topology that gains
-                // a site later ends here.
-                if self.peer_secret.is_none() {
+                // Without peer TLS or the shared secret the other site's
+                // router could not tell this request from a client's (its
+                // hop list would be dropped, and a disagreement would loop
+                // unseen). The router refuses to start like this; a
+                // topology that gains a site later ends here.
+                if !self.knows_peers() {
                     let r = self.reject(
                         StatusCode::SERVICE_UNAVAILABLE,
                         &format!(
-                            "this router cannot forward to site {site}: routing.peer_secret is not set; set the same secret on every router of the deployment"
+                            "this router cannot forward to site {site}: neither [peer_tls] nor routing.peer_secret is set; set up peer TLS (or the same secret) on every router of the deployment"
                         ),
                         "no_peer_secret",
                     );
@@ -1063,11 +1117,13 @@ impl Router {
             let mut last: Option<Arc<Upstream>> = None;
             let resp = loop {
                 attempt += 1;
-                let Some(up) =
-                    worker
-                        .client
-                        .pick(&self.endpoints, &f.target.site, &f.target.addrs(), &tried)
-                else {
+                let Some(up) = worker.client.pick(
+                    &self.endpoints,
+                    &f.target.site,
+                    &f.target.addrs(),
+                    f.target.remote,
+                    &tried,
+                ) else {
                     break self.reject(
                         StatusCode::SERVICE_UNAVAILABLE,
                         "no upstream available",
@@ -1221,7 +1277,7 @@ impl Router {
                 .remote
                 .then(|| (self.policy.site.as_str(), target.shard.map(|s| s.epoch))),
             upgrade,
-            peer: headers::from_peer(request, self.peer_secret.as_ref()),
+            peer: self.is_from_peer(request, conn),
             peer_secret: self.peer_secret.as_ref(),
             keys: &self.key_headers,
         }
@@ -1310,11 +1366,13 @@ impl Router {
         worker: &Worker,
         chosen: &mut Option<Arc<Upstream>>,
     ) -> Response<Body> {
-        let Some(upstream) =
-            worker
-                .client
-                .pick(&self.endpoints, &target.site, &target.addrs(), &[])
-        else {
+        let Some(upstream) = worker.client.pick(
+            &self.endpoints,
+            &target.site,
+            &target.addrs(),
+            target.remote,
+            &[],
+        ) else {
             return self.reject(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "no upstream available",
@@ -1327,7 +1385,7 @@ impl Router {
         // Upgrades need HTTP/1.1 to the upstream, on a connection of their own.
         let mut resp = match tokio::time::timeout(
             self.cfg.timeouts.request(),
-            worker.client.send_upgrade(&ep.addr, up),
+            worker.client.send_upgrade(&upstream, up),
         )
         .await
         {

@@ -10,7 +10,11 @@
 //! on the caller's runtime (the control plane).
 //!
 //! Each connection is served by hyper's auto builder (HTTP/1.1, and HTTP/2 by
-//! ALPN on TLS or by prior knowledge on plain). On shutdown the workers stop
+//! ALPN on TLS or by prior knowledge on plain). The listeners: plain
+//! (`listen.http`), HTTPS (`listen.https`) and, with `[peer_tls]`, the peer
+//! listener (`listen.peer`), whose TLS handshake requires another site's
+//! router certificate and whose connections carry the site it names
+//! ([`crate::peer_tls`]). On shutdown the workers stop
 //! accepting, every connection is asked to finish its in-flight requests
 //! (HTTP/1.1 closes after the current response, HTTP/2 sends GOAWAY), and
 //! whatever is still open at the drain deadline is cut.
@@ -55,7 +59,8 @@ use crate::balance::{Balance, Open};
 use crate::body::Body;
 use crate::config::RouterConfig;
 use crate::conn::{Busy, ClientIo, ConnState, Connections, Counted, Expired, IdleBounds};
-use crate::metrics::WorkerLabels;
+use crate::metrics::{SiteLabels, WorkerLabels};
+use crate::peer_tls::PeerTls;
 use crate::proxy::{ConnInfo, Router, Worker};
 use crate::tls::ReloadingAcceptor;
 
@@ -90,10 +95,12 @@ pub enum ServeError {
     #[error(transparent)]
     Topology(#[from] ezone_topology::StoreError),
     #[error(
-        "routing.peer_secret is not set, and the topology has other sites ({}) whose routers \
-         this router forwards to and takes requests from: without a shared secret any client \
-         could pose as one of them. Set routing.peer_secret to the same secret (16 or more \
-         visible ASCII characters) on every router of the deployment.",
+        "neither [peer_tls] nor routing.peer_secret is set, and the topology has other sites \
+         ({}) whose routers this router forwards to and takes requests from: without either \
+         any client could pose as one of them. Set up peer TLS ([peer_tls] and listen.peer, \
+         see docs/router.md \"Peer TLS\") on every router of the deployment, or set \
+         routing.peer_secret to the same secret (16 or more visible ASCII characters) on \
+         every router.",
         sites.join(", ")
     )]
     NoPeerSecret { sites: Vec<String> },
@@ -125,7 +132,7 @@ async fn check_peer_trust(
     watcher: &Watcher,
     control: &mut JoinSet<()>,
 ) -> Result<(), ServeError> {
-    if cfg.routing.peer_secret.is_some() {
+    if cfg.routing.peer_secret.is_some() || cfg.peer_tls.is_some() {
         return Ok(());
     }
     let mut rx = watcher.subscribe();
@@ -148,7 +155,7 @@ async fn check_peer_trust(
                 let sites = other_sites(&snap, &site);
                 if !sites.is_empty() && warned != Some(snap.version) {
                     warned = Some(snap.version);
-                    tracing::error!(site = %site, peers = ?sites, version = snap.version, "The topology has other sites but routing.peer_secret is not set: requests for their shards are refused with 503. Set the same routing.peer_secret on every router and restart.");
+                    tracing::error!(site = %site, peers = ?sites, version = snap.version, "The topology has other sites but neither [peer_tls] nor routing.peer_secret is set: requests for their shards are refused with 503. Set up peer TLS (or the same routing.peer_secret) on every router and restart.");
                 }
             }
             if rx.changed().await.is_err() {
@@ -169,11 +176,23 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
+/// How a listener's connections start.
+#[derive(Clone)]
+enum Tls {
+    /// Plain TCP (`listen.http`).
+    None,
+    /// TLS, any client (`listen.https`).
+    Public(ReloadingAcceptor),
+    /// TLS with a client certificate from another site's router
+    /// (`listen.peer`, `[peer_tls]`).
+    Peer(PeerTls),
+}
+
 /// One listener's sockets: one per worker, all on the same port.
 struct Listener {
     what: &'static str,
     sockets: Vec<std::net::TcpListener>,
-    tls: Option<ReloadingAcceptor>,
+    tls: Tls,
     h2: bool,
 }
 
@@ -209,7 +228,7 @@ fn bind_reuseport(
 /// One worker's socket of one listener.
 struct WorkerSocket {
     socket: std::net::TcpListener,
-    tls: Option<ReloadingAcceptor>,
+    tls: Tls,
     h2: bool,
     what: &'static str,
 }
@@ -219,6 +238,8 @@ pub struct RunningRouter {
     pub router: Arc<Router>,
     pub http: Option<SocketAddr>,
     pub https: Option<SocketAddr>,
+    /// The peer listener (`listen.peer`, with `[peer_tls]`).
+    pub peer: Option<SocketAddr>,
     pub admin: Option<SocketAddr>,
     stop: watch::Sender<bool>,
     /// Sent when draining is over: workers then drop what is left.
@@ -266,10 +287,16 @@ impl RunningRouter {
     /// Loads the topology source, binds every listener and starts serving.
     /// Must be called on a tokio runtime (the control plane runs there).
     pub async fn start(cfg: RouterConfig) -> Result<RunningRouter, ServeError> {
+        // Loaded first: a peer certificate that does not name this router's
+        // site (or that its peers would refuse) stops the start.
+        let peer_tls = match &cfg.peer_tls {
+            Some(c) => Some(PeerTls::start(c, &cfg.site, TLS_RELOAD_POLL)?),
+            None => None,
+        };
         let store = match &cfg.topology.file {
             Some(f) => AnyStore::File(FileStore::new(f)),
             None => AnyStore::Etcd(Box::new(
-                EtcdStore::connect(&cfg.topology.etcd, &cfg.topology.prefix).await?,
+                EtcdStore::connect_with(&cfg.topology.etcd_options(), &cfg.topology.prefix).await?,
             )),
         };
         let workers = worker_count(&cfg);
@@ -278,17 +305,19 @@ impl RunningRouter {
         check_peer_trust(&cfg, &watcher, &mut control).await?;
         let drain = cfg.timeouts.drain();
         let mut router = Router::new(cfg.clone(), watcher);
+        router.peer_tls = peer_tls.clone();
         let access_log = match &cfg.access_log {
             Some(c) => {
                 let (log, writer) =
                     crate::access_log::Writer::start(c, router.metrics.access_log_dropped.clone())?;
                 router.access_log = Some(log);
-                if !c.is_stdout() {
-                    reopen_on_sighup(&writer, &mut control);
-                }
+                on_sighup((!c.is_stdout()).then(|| writer.reopener()), &mut control);
                 Some(writer)
             }
-            None => None,
+            None => {
+                on_sighup(None, &mut control);
+                None
+            }
         };
         let router = Arc::new(router);
         let (stop, stop_rx) = watch::channel(false);
@@ -319,7 +348,7 @@ impl RunningRouter {
             listeners.push(Listener {
                 what: "http",
                 sockets,
-                tls: None,
+                tls: Tls::None,
                 h2: cfg.listen.h2c,
             });
         }
@@ -333,7 +362,18 @@ impl RunningRouter {
             listeners.push(Listener {
                 what: "https",
                 sockets,
-                tls: Some(acceptor),
+                tls: Tls::Public(acceptor),
+                h2: true,
+            });
+        }
+        let mut peer = None;
+        if let (Some(addr), Some(tls)) = (cfg.listen.peer, peer_tls) {
+            let (bound, sockets) = bind_reuseport("listen.peer", addr, workers)?;
+            peer = Some(bound);
+            listeners.push(Listener {
+                what: "peer",
+                sockets,
+                tls: Tls::Peer(tls),
                 h2: true,
             });
         }
@@ -381,11 +421,12 @@ impl RunningRouter {
                 .map_err(|source| ServeError::Worker { index, source })?;
             threads.push(thread);
         }
-        tracing::info!(site = %cfg.site, workers, http = ?http, https = ?https, admin = ?admin, max_connections = cap, fd_limit = ?fds, "Router listening.");
+        tracing::info!(site = %cfg.site, workers, http = ?http, https = ?https, peer = ?peer, admin = ?admin, max_connections = cap, fd_limit = ?fds, "Router listening.");
         Ok(RunningRouter {
             router,
             http,
             https,
+            peer,
             admin,
             stop,
             done,
@@ -431,21 +472,25 @@ impl RunningRouter {
 }
 
 /// SIGHUP reopens the access log file, for log rotation (logrotate's
-/// `postrotate`: `kill -HUP`). Installed only when the log is a file: the
-/// signal's default (ending the process) is otherwise left alone.
-fn reopen_on_sighup(writer: &crate::access_log::Writer, control: &mut JoinSet<()>) {
+/// `postrotate`: `kill -HUP`, a service manager's reload). Handled whatever
+/// the config: a reload must never end the router (the signal's default),
+/// also without a log file to reopen (certificates are reloaded when their
+/// files change, see `crate::tls`).
+fn on_sighup(reopen: Option<crate::access_log::Reopen>, control: &mut JoinSet<()>) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hup = match signal(SignalKind::hangup()) {
         Ok(s) => s,
         Err(e) => {
-            tracing::warn!(error = %e, "Cannot install a SIGHUP handler: the access log will not be reopened on SIGHUP (rotate it with copytruncate).");
+            tracing::warn!(error = %e, "Cannot install a SIGHUP handler: the access log will not be reopened on SIGHUP (rotate it with copytruncate), and a SIGHUP ends the router.");
             return;
         }
     };
-    let reopen = writer.reopener();
     control.spawn(async move {
         while hup.recv().await.is_some() {
-            reopen.request();
+            match &reopen {
+                Some(reopen) => reopen.request(),
+                None => tracing::info!("SIGHUP: no access log file to reopen; nothing to do."),
+            }
         }
     });
 }
@@ -476,7 +521,7 @@ struct WorkerSetup {
 /// How a worker serves the connections of one listener.
 struct ListenerCtx {
     builder: auto::Builder<TokioExecutor>,
-    tls: Option<ReloadingAcceptor>,
+    tls: Tls,
     /// HTTP/1.1 (plain, or TLS without ALPN h2) goes to the router's own
     /// server first.
     own_http1: Option<crate::h1_server::Limits>,
@@ -894,7 +939,7 @@ fn serve(
         let header_read = timeouts.header_read();
         let state = Arc::new(ConnState::new(ctx.conns.epoch()));
         let _listed = ctx.conns.register(ctx.index, state.clone());
-        let conn = ConnInfo::new(Some(peer), l.tls.is_some());
+        let mut conn = ConnInfo::new(Some(peer), !matches!(l.tls, Tls::None));
         // Everything written to the client, under TLS if any, is held to
         // the send timeout.
         let tcp = ClientIo::new(tcp, state.clone(), timeouts.send());
@@ -908,14 +953,56 @@ fn serve(
         // until a request it does not take; then hyper serves the rest of
         // the connection, from that request on.
         let io: Box<dyn Io> = match &l.tls {
-            None => match &l.own_http1 {
+            Tls::None => match &l.own_http1 {
                 Some(limits) => match own_http1(tcp, limits, &ctx, &conn, &signals).await {
                     Some(io) => io,
                     None => return,
                 },
                 None => Box::new(tcp),
             },
-            Some(acceptor) => {
+            Tls::Peer(peer_tls) => {
+                let metrics = &ctx.worker.router.metrics;
+                let handshake = tokio::select! {
+                    r = tokio::time::timeout(header_read, peer_tls.accept(tcp)) => r,
+                    () = state.shed_requested() => return,
+                };
+                let (s, site) = match handshake {
+                    Ok(Ok(accepted)) => accepted,
+                    Ok(Err(e)) => {
+                        metrics.peer_handshake_failures.inc();
+                        // Counted; at debug level, as anyone can knock.
+                        tracing::debug!(peer = %peer, error = %e, "Peer TLS handshake refused (no client certificate, or not a site's router certificate signed by peer_tls.ca_file).");
+                        return;
+                    }
+                    Err(_) => {
+                        metrics.peer_handshake_failures.inc();
+                        tracing::debug!(peer = %peer, "Peer TLS handshake timed out.");
+                        return;
+                    }
+                };
+                metrics
+                    .peer_connections
+                    .get_or_create(&SiteLabels {
+                        site: site.to_string(),
+                    })
+                    .inc();
+                tracing::debug!(peer = %peer, from_site = %site, "Peer router connected.");
+                conn = ConnInfo::from_peer_router(Some(peer), site);
+                let h2 = s.get_ref().1.alpn_protocol() == Some(&b"h2"[..]);
+                if h2 {
+                    state.set_h2();
+                }
+                match &l.own_http1 {
+                    Some(limits) if !h2 => {
+                        match own_http1(s, limits, &ctx, &conn, &signals).await {
+                            Some(io) => io,
+                            None => return,
+                        }
+                    }
+                    _ => Box::new(s),
+                }
+            }
+            Tls::Public(acceptor) => {
                 let handshake = tokio::select! {
                     r = tokio::time::timeout(header_read, acceptor.accept(tcp)) => r,
                     () = state.shed_requested() => return,

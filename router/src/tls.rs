@@ -10,10 +10,13 @@
 //! handshake takes whatever config is current at that moment, so a rotated
 //! certificate is picked up without a restart and without dropping the
 //! connections already open (they keep the config they were accepted with).
+//! It is a [`Reloading`] of a [`ServerConfig`]; the peer TLS configs
+//! (`crate::peer_tls`: the peer listener's and the peer client's, from a
+//! certificate, a key and a CA file) are another, reloaded the same way.
 //!
 //! # Why polling
 //!
-//! A background task looks at both files' metadata (modification time, length
+//! A background task looks at the files' metadata (modification time, length
 //! and, on Unix, device and inode) every `poll` interval and reloads when any
 //! of it changed. We poll rather than subscribe to file events because:
 //!
@@ -78,25 +81,69 @@ pub enum TlsError {
         #[source]
         source: io::Error,
     },
-    #[error("tls_cert {} holds no certificate: expected one or more PEM 'CERTIFICATE' blocks, leaf first", path.display())]
-    NoCertificate { path: PathBuf },
+    #[error("{field} {} holds no certificate: expected one or more PEM 'CERTIFICATE' blocks, leaf first", path.display())]
+    NoCertificate { field: &'static str, path: PathBuf },
     #[error(
-        "tls_key {} holds no private key: expected a PEM 'PRIVATE KEY' block \
+        "{field} {} holds no private key: expected a PEM 'PRIVATE KEY' block \
          (PKCS#8), or 'RSA PRIVATE KEY' / 'EC PRIVATE KEY'",
         path.display()
     )]
-    NoPrivateKey { path: PathBuf },
+    NoPrivateKey { field: &'static str, path: PathBuf },
     #[error(
-        "tls_cert {} with tls_key {} was rejected: {source}; check that the key belongs to \
+        "{cert_field} {} with {key_field} {} was rejected: {source}; check that the key belongs to \
          the first (leaf) certificate and is RSA, ECDSA or Ed25519",
         cert.display(),
         key.display()
     )]
     Rejected {
+        cert_field: &'static str,
         cert: PathBuf,
+        key_field: &'static str,
         key: PathBuf,
         #[source]
-        source: rustls::Error,
+        source: Box<rustls::Error>,
+    },
+    /// A CA file with no certificate rustls can use as a trust anchor.
+    #[error("{field} {}: {problem}", path.display())]
+    Ca {
+        field: &'static str,
+        path: PathBuf,
+        problem: String,
+    },
+    /// This router's own peer certificate does not name its site
+    /// (`crate::peer_tls`).
+    #[error(
+        "peer_tls.cert_file {}: the certificate does not name this router's site {site:?}: \
+         a router's peer certificate must carry exactly one DNS name of the form \
+         <site>.{domain}, here {expected:?} (found {found}); issue one with the \
+         subject alternative name {expected} (and both the serverAuth and clientAuth \
+         extended key usages)",
+        path.display(),
+        found = if found.is_empty() { "none".to_string() } else { found.join(", ") }
+    )]
+    NotNamed {
+        path: PathBuf,
+        site: String,
+        domain: String,
+        expected: String,
+        found: Vec<String>,
+    },
+    /// This router's own peer certificate fails the checks its peers will
+    /// make of it (signed by the CA, in its validity period, usable for
+    /// the role).
+    #[error(
+        "peer_tls.cert_file {}: other sites' routers would refuse it {role}: {source}; \
+         it must be signed by the CA in peer_tls.ca_file {}, be within its validity \
+         period, and carry both the serverAuth and clientAuth extended key usages",
+        cert.display(),
+        ca.display()
+    )]
+    PeerUnusable {
+        cert: PathBuf,
+        ca: PathBuf,
+        role: &'static str,
+        #[source]
+        source: Box<rustls::Error>,
     },
     #[error("TLS certificate reload poll interval must be greater than zero (try {DEFAULT_RELOAD_POLL:?})")]
     ZeroPoll,
@@ -108,22 +155,28 @@ pub enum TlsError {
 /// PKCS#1 RSA or SEC1 EC) into a server config offering ALPN `h2` and
 /// `http/1.1`, using the `ring` provider. Each file is read once, whole.
 pub fn load_server_config(cert: &Path, key: &Path) -> Result<ServerConfig, TlsError> {
-    let chain = read_certs(cert)?;
-    let private_key = read_key(key)?;
+    let chain = read_certs("tls_cert", cert)?;
+    let private_key = read_key("tls_key", key)?;
     let rejected = |source| TlsError::Rejected {
+        cert_field: "tls_cert",
         cert: cert.to_path_buf(),
+        key_field: "tls_key",
         key: key.to_path_buf(),
-        source,
+        source: Box::new(source),
     };
-    let mut config =
-        ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .map_err(rejected)?
-            .with_no_client_auth()
-            .with_single_cert(chain, private_key)
-            .map_err(rejected)?;
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(rejected)?
+        .with_no_client_auth()
+        .with_single_cert(chain, private_key)
+        .map_err(rejected)?;
     config.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP11.to_vec()];
     Ok(config)
+}
+
+/// The crypto provider every config here is built with.
+pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
 }
 
 fn read_file(field: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
@@ -134,32 +187,42 @@ fn read_file(field: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
     })
 }
 
-fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let pem = read_file("tls_cert", path)?;
+/// The PEM certificates in the file `field` names: at least one.
+pub(crate) fn read_certs(
+    field: &'static str,
+    path: &Path,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = read_file(field, path)?;
     let chain = rustls_pemfile::certs(&mut pem.as_slice())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|source| TlsError::Pem {
-            field: "tls_cert",
+            field,
             path: path.to_path_buf(),
             source,
         })?;
     if chain.is_empty() {
         return Err(TlsError::NoCertificate {
+            field,
             path: path.to_path_buf(),
         });
     }
     Ok(chain)
 }
 
-fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    let pem = read_file("tls_key", path)?;
+/// The PEM private key in the file `field` names.
+pub(crate) fn read_key(
+    field: &'static str,
+    path: &Path,
+) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let pem = read_file(field, path)?;
     rustls_pemfile::private_key(&mut pem.as_slice())
         .map_err(|source| TlsError::Pem {
-            field: "tls_key",
+            field,
             path: path.to_path_buf(),
             source,
         })?
         .ok_or_else(|| TlsError::NoPrivateKey {
+            field,
             path: path.to_path_buf(),
         })
 }
@@ -170,26 +233,44 @@ pub fn negotiated_h2(stream: &TlsStream<TcpStream>) -> bool {
 }
 
 /// A TLS acceptor whose certificate follows the files on disk.
+pub type ReloadingAcceptor = Reloading<ServerConfig>;
+
+/// Something loaded from files (a TLS config) that follows them on disk:
+/// [`ReloadingAcceptor`] for the HTTPS listener, and the peer listener's
+/// and peer client's configs (`crate::peer_tls`), loaded together.
 ///
-/// Cheap to clone; all clones share one config and one watcher task, which
+/// Cheap to clone; all clones share one value and one watcher task, which
 /// ends when the last clone is dropped.
-#[derive(Clone)]
-pub struct ReloadingAcceptor {
-    inner: Arc<Inner>,
+pub struct Reloading<T> {
+    inner: Arc<Inner<T>>,
 }
 
-struct Inner {
-    state: Arc<State>,
+impl<T> Clone for Reloading<T> {
+    fn clone(&self) -> Self {
+        Reloading {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+struct Inner<T> {
+    state: Arc<State<T>>,
     /// Dropped with the last handle; the watcher task sees the channel close
     /// and returns.
     _stop: oneshot::Sender<()>,
 }
 
+/// Loads the value from the files (each read once, whole).
+type Loader<T> = Box<dyn Fn() -> Result<T, TlsError> + Send + Sync>;
+
 /// What the handles and the watcher task share.
-struct State {
-    cert: PathBuf,
-    key: PathBuf,
-    current: ArcSwap<ServerConfig>,
+struct State<T> {
+    /// What is loaded, for the log ("TLS certificate").
+    what: &'static str,
+    /// The files the value is loaded from: a change to any reloads it.
+    files: Vec<PathBuf>,
+    load: Loader<T>,
+    current: ArcSwap<T>,
     /// The file metadata of the last load attempt, good or bad. Held while
     /// reloading, so the watcher and `reload_now` never load concurrently.
     seen: Mutex<Fingerprint>,
@@ -197,12 +278,9 @@ struct State {
     failures: AtomicU64,
 }
 
-/// Metadata of both files; a change in any field means "reload".
+/// Metadata of every file; a change in any field means "reload".
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Fingerprint {
-    cert: Option<FileStamp>,
-    key: Option<FileStamp>,
-}
+struct Fingerprint(Vec<Option<FileStamp>>);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct FileStamp {
@@ -233,12 +311,15 @@ impl FileStamp {
     }
 }
 
-impl State {
+impl Fingerprint {
+    fn of(files: &[PathBuf]) -> Fingerprint {
+        Fingerprint(files.iter().map(|f| FileStamp::of(f)).collect())
+    }
+}
+
+impl<T> State<T> {
     fn fingerprint(&self) -> Fingerprint {
-        Fingerprint {
-            cert: FileStamp::of(&self.cert),
-            key: FileStamp::of(&self.key),
-        }
+        Fingerprint::of(&self.files)
     }
 
     fn seen(&self) -> MutexGuard<'_, Fingerprint> {
@@ -257,7 +338,7 @@ impl State {
         self.load_and_swap(trigger)
     }
 
-    /// Reloads if either file's metadata changed since the last attempt.
+    /// Reloads if any file's metadata changed since the last attempt.
     fn poll_once(&self) {
         let mut seen = self.seen();
         let now = self.fingerprint();
@@ -269,14 +350,19 @@ impl State {
         let _ = self.load_and_swap("file change");
     }
 
+    fn files(&self) -> String {
+        let names: Vec<String> = self.files.iter().map(|f| f.display().to_string()).collect();
+        names.join(", ")
+    }
+
     fn load_and_swap(&self, trigger: &'static str) -> Result<(), TlsError> {
-        match load_server_config(&self.cert, &self.key) {
-            Ok(config) => {
-                self.current.store(Arc::new(config));
+        match (self.load)() {
+            Ok(value) => {
+                self.current.store(Arc::new(value));
                 let reloads = self.reloads.fetch_add(1, Ordering::Relaxed) + 1;
                 info!(
-                    cert = %self.cert.display(),
-                    key = %self.key.display(),
+                    what = self.what,
+                    files = %self.files(),
                     trigger,
                     reloads,
                     "TLS certificate reloaded."
@@ -286,6 +372,7 @@ impl State {
             Err(error) => {
                 let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
                 warn!(
+                    what = self.what,
                     %error,
                     trigger,
                     failures,
@@ -302,37 +389,13 @@ impl ReloadingAcceptor {
     /// that checks both files every `poll` and reloads them on change. Must be
     /// called within a tokio runtime.
     pub fn start(cert: PathBuf, key: PathBuf, poll: Duration) -> Result<Self, TlsError> {
-        if poll.is_zero() {
-            return Err(TlsError::ZeroPoll);
-        }
-        let runtime = tokio::runtime::Handle::try_current().map_err(|_| TlsError::NoRuntime)?;
-        // Stat before reading, as in `State::reload`.
-        let stamp = Fingerprint {
-            cert: FileStamp::of(&cert),
-            key: FileStamp::of(&key),
-        };
-        let config = load_server_config(&cert, &key)?;
-        let state = Arc::new(State {
-            cert,
-            key,
-            current: ArcSwap::from_pointee(config),
-            seen: Mutex::new(stamp),
-            reloads: AtomicU64::new(0),
-            failures: AtomicU64::new(0),
-        });
-        let (stop_tx, stop_rx) = oneshot::channel();
-        let span = tracing::info_span!(
-            "tls_reload",
-            cert = %state.cert.display(),
-            key = %state.key.display(),
-        );
-        runtime.spawn(watch(Arc::clone(&state), poll, stop_rx).instrument(span));
-        Ok(Self {
-            inner: Arc::new(Inner {
-                state,
-                _stop: stop_tx,
-            }),
-        })
+        let files = vec![cert.clone(), key.clone()];
+        Reloading::start_with(
+            "TLS certificate",
+            files,
+            poll,
+            Box::new(move || load_server_config(&cert, &key)),
+        )
     }
 
     /// Runs the TLS handshake on `io` (a client's socket) with the config
@@ -345,9 +408,49 @@ impl ReloadingAcceptor {
     {
         TlsAcceptor::from(self.current()).accept(io).await
     }
+}
 
-    /// The config new handshakes use.
-    pub fn current(&self) -> Arc<ServerConfig> {
+impl<T: Send + Sync + 'static> Reloading<T> {
+    /// Loads the value once with `load` (failing if that fails) and starts
+    /// a task that checks `files` every `poll` and loads it again when any
+    /// of them changed. Must be called within a tokio runtime.
+    pub fn start_with(
+        what: &'static str,
+        files: Vec<PathBuf>,
+        poll: Duration,
+        load: Loader<T>,
+    ) -> Result<Self, TlsError> {
+        if poll.is_zero() {
+            return Err(TlsError::ZeroPoll);
+        }
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| TlsError::NoRuntime)?;
+        // Stat before reading, as in `State::reload`.
+        let stamp = Fingerprint::of(&files);
+        let value = load()?;
+        let state = Arc::new(State {
+            what,
+            files,
+            load,
+            current: ArcSwap::from_pointee(value),
+            seen: Mutex::new(stamp),
+            reloads: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+        });
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let span = tracing::info_span!("tls_reload", what, files = %state.files());
+        runtime.spawn(watch(Arc::clone(&state), poll, stop_rx).instrument(span));
+        Ok(Self {
+            inner: Arc::new(Inner {
+                state,
+                _stop: stop_tx,
+            }),
+        })
+    }
+}
+
+impl<T> Reloading<T> {
+    /// The value new handshakes use.
+    pub fn current(&self) -> Arc<T> {
         self.inner.state.current.load_full()
     }
 
@@ -361,7 +464,7 @@ impl ReloadingAcceptor {
         self.inner.state.failures.load(Ordering::Relaxed)
     }
 
-    /// Reloads both files now, whether or not they changed. On error the
+    /// Reloads every file now, whether or not they changed. On error the
     /// previous config keeps serving and the failure is counted. Blocking
     /// file I/O: fine for a signal handler or a test, not for a hot path.
     pub fn reload_now(&self) -> Result<(), TlsError> {
@@ -369,20 +472,24 @@ impl ReloadingAcceptor {
     }
 }
 
-impl std::fmt::Debug for ReloadingAcceptor {
+impl<T> std::fmt::Debug for Reloading<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ReloadingAcceptor")
-            .field("cert", &self.inner.state.cert)
-            .field("key", &self.inner.state.key)
+        f.debug_struct("Reloading")
+            .field("what", &self.inner.state.what)
+            .field("files", &self.inner.state.files)
             .field("reloads", &self.reloads())
             .field("reload_failures", &self.reload_failures())
             .finish()
     }
 }
 
-/// The watcher: one `stat` pair per tick, on the blocking pool (file systems
-/// can stall), until every handle is gone.
-async fn watch(state: Arc<State>, poll: Duration, mut stop: oneshot::Receiver<()>) {
+/// The watcher: one `stat` per file per tick, on the blocking pool (file
+/// systems can stall), until every handle is gone.
+async fn watch<T: Send + Sync + 'static>(
+    state: Arc<State<T>>,
+    poll: Duration,
+    mut stop: oneshot::Receiver<()>,
+) {
     let mut tick = tokio::time::interval(poll);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The first tick fires at once; the files were just loaded.
@@ -754,7 +861,7 @@ mod tests {
         let acceptor = ReloadingAcceptor::start(pki.cert_path(), pki.key_path(), POLL)
             .expect("start acceptor");
         let clone = acceptor.clone();
-        let state: Weak<State> = Arc::downgrade(&acceptor.inner.state);
+        let state: Weak<State<ServerConfig>> = Arc::downgrade(&acceptor.inner.state);
         drop(acceptor);
         // One handle left: the watcher still runs and still reloads.
         pki.issue("leaf-two", 2);

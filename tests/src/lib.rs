@@ -6,15 +6,19 @@ use std::time::Duration;
 
 /// The `ezone` binary built from this workspace (`cargo build -p ezone` first;
 /// `make test` does). `EZONE_BIN` overrides.
-/// Runs `ezone ARGS --etcd ENDPOINTS` with stdin closed and `RUST_LOG` set
-/// (never the caller's), and waits for it (at most 90 s).
-pub async fn ezone_against(etcd: &[String], args: &[&str], rust_log: &str) -> std::process::Output {
+/// Runs `ezone ARGS ETCD_ARGS` (`--etcd ENDPOINTS` and, for an etcd with
+/// TLS, its flags: `Ensemble::etcd_cli_args`) with stdin closed and
+/// `RUST_LOG` set (never the caller's), and waits for it (at most 90 s).
+pub async fn ezone_against(
+    etcd_args: &[String],
+    args: &[&str],
+    rust_log: &str,
+) -> std::process::Output {
     tokio::time::timeout(
         Duration::from_secs(90),
         tokio::process::Command::new(ezone_bin())
             .args(args)
-            .arg("--etcd")
-            .arg(etcd.join(","))
+            .args(etcd_args)
             .env("RUST_LOG", rust_log)
             .stdin(std::process::Stdio::null())
             .output(),

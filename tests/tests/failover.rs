@@ -28,8 +28,7 @@ async fn failover(ens: &Ensemble, args: &[&str], env: &[(&str, &str)]) -> (i32, 
     let mut cmd = tokio::process::Command::new(ezone_bin());
     cmd.arg("failover")
         .args(args)
-        .arg("--etcd")
-        .arg(ens.etcd_endpoints().join(","))
+        .args(ens.etcd_cli_args())
         .arg("--lock-ttl")
         .arg("1s")
         .env("EZONE_LOG", "warn");
@@ -958,8 +957,8 @@ async fn a_forced_failover_reports_exactly_the_writes_that_had_not_crossed() {
     assert_eq!(shard_of(&ens, shard).await, before_refusal);
     // `status` counts them against the shard.
     let out = tokio::process::Command::new(ezone_bin())
-        .args(["status", "--json", "--etcd"])
-        .arg(ens.etcd_endpoints().join(","))
+        .args(["status", "--json"])
+        .args(ens.etcd_cli_args())
         .output()
         .await
         .expect("status");
@@ -1008,8 +1007,7 @@ fn failover_paused_after_preflight(
     tokio::process::Command::new(ezone_bin())
         .args(["failover", "shard", &shard.to_string(), "--to", "shanghai"])
         .args(args)
-        .arg("--etcd")
-        .arg(ens.etcd_endpoints().join(","))
+        .args(ens.etcd_cli_args())
         .env("EZONE_LOG", "warn")
         .env("FAILPOINTS", "switchover.preflight_done=sleep(1500)")
         .stderr(std::process::Stdio::piped())
@@ -1166,8 +1164,8 @@ async fn status_and_dry_run_show_without_changing() {
     let store = ens.store().await.expect("store");
     assert_eq!(*store.load().await.expect("load").topology, t0);
     let out = tokio::process::Command::new(ezone_bin())
-        .args(["status", "--json", "--etcd"])
-        .arg(ens.etcd_endpoints().join(","))
+        .args(["status", "--json"])
+        .args(ens.etcd_cli_args())
         .output()
         .await
         .expect("status");

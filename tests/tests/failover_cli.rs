@@ -22,7 +22,7 @@ struct Out {
 
 /// Runs `ezone ARGS --etcd ...` with stdin not a terminal.
 async fn ezone(ens: &Ensemble, args: &[&str]) -> Out {
-    let out = ezone_tests::ezone_against(&ens.etcd_endpoints(), args, "warn").await;
+    let out = ezone_tests::ezone_against(&ens.etcd_cli_args(), args, "warn").await;
     Out {
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -182,8 +182,7 @@ async fn history_close_forced_confirmation_dry_run_and_watch() {
     let child = tokio::process::Command::new(ezone_bin())
         .args(["status", "--watch", "--interval", "1s", "--router-admin"])
         .arg(format!("beijing={admin}"))
-        .arg("--etcd")
-        .arg(ens.etcd_endpoints().join(","))
+        .args(ens.etcd_cli_args())
         .env("EZONE_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -196,6 +196,11 @@ fn router_metrics() -> ezone_router::metrics::Metrics {
             site: "shanghai".into(),
         })
         .inc();
+    m.peer_connections
+        .get_or_create(&SiteLabels {
+            site: "shanghai".into(),
+        })
+        .inc();
     m.fallbacks
         .get_or_create(&ReasonLabels {
             reason: "missing_key".into(),

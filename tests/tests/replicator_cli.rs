@@ -36,9 +36,19 @@ fn replicator_with(lab: &Lab, site: &str, extra: &str) -> Replicator {
     };
     // The other site's Postgres as reached from here: across the WAN.
     let source = lab.wan_dsn(other, site, DB).expect("wan dsn");
+    let etcd = lab.etcd_options();
+    let etcd_tls = match &etcd.tls {
+        Some(tls) => format!(
+            "etcd_tls = {{ ca_file = {:?}, cert_file = {:?}, key_file = {:?} }}\n",
+            tls.ca_file,
+            tls.cert_file.as_ref().expect("a client certificate"),
+            tls.key_file.as_ref().expect("its key")
+        ),
+        None => String::new(),
+    };
     let cfg = format!(
-        "site = \"{site}\"\ntables = [\"public.orders\"]\n{extra}\n[topology]\netcd = [\"{}\"]\n[sources.{other}]\ndsn = \"{source}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
-        lab.etcd().client_urls()[0]
+        "site = \"{site}\"\ntables = [\"public.orders\"]\n{extra}\n[topology]\netcd = [\"{}\"]\n{etcd_tls}[sources.{other}]\ndsn = \"{source}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+        etcd.endpoints[0]
     );
     let proc = Configured::start(&["replicator"], "replicator.toml", &cfg);
     assert!(
@@ -60,7 +70,7 @@ async fn beijing_and_shanghai(lab: &Lab) -> (EtcdStore, ezone_topology::Topology
         t.sites.get_mut(name).expect("site").postgres = pg.dsn(DB);
         create_orders(pg).await;
     }
-    let store = EtcdStore::connect(&lab.etcd().client_urls(), "/ezone")
+    let store = EtcdStore::connect_with(&lab.etcd_options(), "/ezone")
         .await
         .expect("etcd");
     store.init(&t, false).await.expect("topology");
@@ -348,7 +358,8 @@ async fn a_definite_link_error_stops_the_link_not_the_process() {
     }
     // The operator's view names the stopped link and why.
     let out = std::process::Command::new(ezone_tests::ezone_bin())
-        .args(["status", "--etcd", &lab.etcd().client_urls()[0]])
+        .arg("status")
+        .args(lab.etcd_cli_args())
         .arg("--replicator-admin")
         .arg(format!("shanghai={}", sh.admin))
         .output()

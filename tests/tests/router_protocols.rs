@@ -282,6 +282,30 @@ async fn a_dead_upstream_is_ejected_and_traffic_continues() {
     assert!(m.contains("ezone_router_upstream_healthy"), "{m}");
 }
 
+/// A service manager's reload (`ExecReload=kill -HUP`) must never end the
+/// router, also without an access log file to reopen.
+#[tokio::test]
+async fn sighup_without_an_access_log_does_not_end_the_router() {
+    let app = Upstream::start("app").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = router_with(&[&app], dir.path(), "").await;
+    let pid = nix::unistd::Pid::from_raw(r.proc.child.id() as i32);
+    for _ in 0..3 {
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).expect("SIGHUP");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let a = send(
+        &client(),
+        "GET",
+        r.http,
+        "/after-hup",
+        &[("x-city-id", "010")],
+        "",
+    )
+    .await;
+    assert_eq!(a.status, 200, "{:?}", a.body);
+}
+
 #[tokio::test]
 async fn sigterm_drains_in_flight_requests() {
     let app = Upstream::start("app").await;

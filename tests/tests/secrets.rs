@@ -23,7 +23,7 @@ use ezone_tests::router::{client, send};
 /// together (failures must not leak either).
 async fn ezone(ens: &Ensemble, args: &[&str]) -> (i32, String) {
     let out = ezone_tests::ezone_against(
-        &ens.etcd_endpoints(),
+        &ens.etcd_cli_args(),
         args,
         "debug,h2=info,tower=info,hyper_util=info,tokio_postgres=info",
     )
@@ -86,7 +86,7 @@ async fn no_password_in_any_log_or_output() {
             .contains(&password),
         "the processes read the password from {passfile} (else this test proves nothing)"
     );
-    let etcd = ens.etcd_endpoints().join(",");
+    let etcdctl = ens.lab().etcdctl_args();
     let mut outputs = String::new();
 
     // Traffic through both routers for a city of each site.
@@ -168,7 +168,8 @@ async fn no_password_in_any_log_or_output() {
     // Everything in etcd, read by etcd's own client.
     let dump = tokio::process::Command::new("etcdctl")
         .env("ETCDCTL_API", "3")
-        .args(["--endpoints", &etcd, "get", "", "--prefix"])
+        .args(&etcdctl)
+        .args(["get", "", "--prefix"])
         .output()
         .await
         .expect("etcdctl");

@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
@@ -45,11 +45,32 @@ pub(crate) struct RouterToml {
     pub topology: Topology,
     pub keys: Vec<KeySource>,
     pub routing: Routing,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer_tls: Option<PeerTls>,
+}
+
+/// How a router proves it is one to its peers.
+#[derive(Debug, Clone)]
+pub(crate) enum PeerTrust {
+    /// `routing.peer_secret`, shared by every router.
+    Secret(String),
+    /// `[peer_tls]`: this router's certificate (naming its site) and the CA.
+    Tls(PeerTls),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct PeerTls {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub ca_file: PathBuf,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct RouterListen {
     pub http: SocketAddr,
+    /// Other sites' routers only, over mutual TLS.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -77,8 +98,10 @@ pub(crate) struct KeySource {
 pub(crate) struct Routing {
     pub on_missing_key: &'static str,
     pub on_unknown_city: &'static str,
-    /// The same for every router of the ensemble (`routing.peer_secret`).
-    pub peer_secret: String,
+    /// The same for every router of the ensemble (`routing.peer_secret`),
+    /// when the routers do not use peer TLS.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer_secret: Option<String>,
 }
 
 /// `replicator.toml`.
@@ -117,11 +140,19 @@ impl OrdersToml {
 
 impl RouterToml {
     /// Header `x-city-id` (a city), no key -> this site, unknown city -> 404;
-    /// `peer_secret` shared by the ensemble's routers.
-    pub(crate) fn new(site: &str, topology: Topology, peer_secret: &str) -> Self {
+    /// `peer_secret` shared by the ensemble's routers, or peer TLS.
+    pub(crate) fn new(site: &str, topology: Topology, trust: &PeerTrust) -> Self {
+        let (peer, peer_secret, peer_tls) = match trust {
+            PeerTrust::Secret(s) => (None, Some(s.clone()), None),
+            PeerTrust::Tls(t) => (Some(any_port()), None, Some(t.clone())),
+        };
         RouterToml {
             site: site.to_string(),
-            listen: RouterListen { http: any_port() },
+            peer_tls,
+            listen: RouterListen {
+                http: any_port(),
+                peer,
+            },
             admin: Admin { listen: any_port() },
             topology,
             keys: vec![KeySource {
@@ -132,7 +163,7 @@ impl RouterToml {
             routing: Routing {
                 on_missing_key: "default_site",
                 on_unknown_city: "reject",
-                peer_secret: peer_secret.to_string(),
+                peer_secret,
             },
         }
     }
@@ -188,8 +219,12 @@ mod tests {
 
     #[test]
     fn router_config_has_the_documented_shape() {
-        let text =
-            toml::to_string(&RouterToml::new("beijing", topo(), "0123456789abcdef")).expect("toml");
+        let text = toml::to_string(&RouterToml::new(
+            "beijing",
+            topo(),
+            &PeerTrust::Secret("0123456789abcdef".into()),
+        ))
+        .expect("toml");
         let v: toml::Value = toml::from_str(&text).expect("parses back");
         assert_eq!(v["site"].as_str(), Some("beijing"));
         assert_eq!(v["listen"]["http"].as_str(), Some("127.0.0.1:0"));
@@ -202,6 +237,25 @@ mod tests {
             Some("0123456789abcdef")
         );
         // What the router itself accepts.
+        ezone_router::config::RouterConfig::from_toml(&text).expect("a valid router config");
+    }
+
+    #[test]
+    fn a_router_with_peer_tls_has_a_peer_listener_and_no_secret() {
+        let trust = PeerTrust::Tls(PeerTls {
+            cert_file: "/certs/peer-beijing.pem".into(),
+            key_file: "/certs/peer-beijing.key".into(),
+            ca_file: "/certs/ca.pem".into(),
+        });
+        let text = toml::to_string(&RouterToml::new("beijing", topo(), &trust)).expect("toml");
+        let v: toml::Value = toml::from_str(&text).expect("parses back");
+        assert_eq!(v["listen"]["peer"].as_str(), Some("127.0.0.1:0"));
+        assert!(v["routing"].get("peer_secret").is_none(), "{text}");
+        assert_eq!(
+            v["peer_tls"]["ca_file"].as_str(),
+            Some("/certs/ca.pem"),
+            "{text}"
+        );
         ezone_router::config::RouterConfig::from_toml(&text).expect("a valid router config");
     }
 

@@ -106,6 +106,10 @@ pub struct EnsembleSpec {
     /// clock-skew bound ([`DEFAULT_CLOCK_SKEW_MS`]).
     pub fence_lease_ms: u64,
     pub clock_skew_ms: u64,
+    /// The routers forward to each other over mutual TLS (a certificate per
+    /// site from an ensemble CA, each router's peer listener behind its WAN
+    /// link); off: over plain HTTP with a shared secret. On by default.
+    pub peer_tls: bool,
 }
 
 /// The ensemble's fence lease: shorter than a deployment's (10 s), so that
@@ -132,6 +136,7 @@ impl EnsembleSpec {
             replicator_etcd_links: false,
             fence_lease_ms: DEFAULT_FENCE_LEASE_MS,
             clock_skew_ms: DEFAULT_CLOCK_SKEW_MS,
+            peer_tls: true,
         }
     }
 
@@ -323,19 +328,7 @@ impl Ensemble {
     /// The `ezone` command-line flags that reach the lab's etcd (TLS
     /// included), for running the CLI against the ensemble.
     pub fn etcd_cli_args(&self) -> Vec<String> {
-        let options = self.lab.etcd_options();
-        let mut args = vec!["--etcd".to_string(), options.endpoints.join(",")];
-        if let Some(tls) = &options.tls {
-            args.push("--etcd-ca".into());
-            args.push(tls.ca_file.display().to_string());
-            if let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) {
-                args.push("--etcd-cert".into());
-                args.push(cert.display().to_string());
-                args.push("--etcd-key".into());
-                args.push(key.display().to_string());
-            }
-        }
-        args
+        self.lab.etcd_cli_args()
     }
 
     /// A client of the topology store (prefix [`TOPOLOGY_PREFIX`]).

@@ -11,16 +11,21 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::config::{self, OrdersToml, ReplicatorToml, RouterToml, Source};
+use super::config::{self, OrdersToml, PeerTls, PeerTrust, ReplicatorToml, RouterToml, Source};
 use super::error::EnsembleError;
 use super::procs::{self, Launch, Service};
 use super::topology::{self, RouterLink, SiteAddrs, TOPOLOGY_PREFIX};
 use super::EnsembleSpec;
+use crate::certs::LabCerts;
 use crate::clock::SiteClock;
 use crate::lab::Lab;
 
 /// How long `ezone orders install` may take.
 const INSTALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The domain of the routers' certificate names (`<site>.ezone.internal`,
+/// the router's default `peer_tls.domain`).
+const PEER_DOMAIN: &str = "ezone.internal";
 
 /// `ezone orders serve`'s ready line.
 #[derive(Debug, Deserialize)]
@@ -33,6 +38,8 @@ pub(super) struct OrdersReady {
 pub(super) struct RouterReady {
     pub http: Option<SocketAddr>,
     pub admin: Option<SocketAddr>,
+    #[serde(default)]
+    pub peer: Option<SocketAddr>,
 }
 
 /// `ezone replicator`'s ready line.
@@ -143,7 +150,19 @@ pub(super) async fn fronts(
     layout: &Layout<'_>,
 ) -> Result<BTreeMap<String, Front>, EnsembleError> {
     let mut spawned = Vec::new();
-    // The routers' shared secret: a client cannot pose as one of them.
+    // Peer TLS: one CA for the ensemble's routers, a certificate per site
+    // naming it (the router's rule: `<site>.ezone.internal`).
+    let router_ca = if layout.spec.peer_tls {
+        let dir = layout
+            .dir(&lab.sites()[0])
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join("router-certs");
+        Some(LabCerts::generate(&dir)?)
+    } else {
+        None
+    };
+    // Else the routers' shared secret: a client cannot pose as one of them.
     let peer_secret: String = {
         use rand::Rng;
         rand::thread_rng()
@@ -158,7 +177,18 @@ pub(super) async fn fronts(
         config::write(&l.config_path(), &orders_cfg)?;
         let orders = Service::spawn(&l)?;
         let l = layout.launch(site, "router", &["router"]);
-        let router_cfg = RouterToml::new(site, layout.topology.clone(), &peer_secret);
+        let trust = match &router_ca {
+            Some(ca) => {
+                let cert = ca.issue_peer(site, PEER_DOMAIN)?;
+                PeerTrust::Tls(PeerTls {
+                    cert_file: cert.cert_file,
+                    key_file: cert.key_file,
+                    ca_file: ca.ca_file().to_path_buf(),
+                })
+            }
+            None => PeerTrust::Secret(peer_secret.clone()),
+        };
+        let router_cfg = RouterToml::new(site, layout.topology.clone(), &trust);
         config::write(&l.config_path(), &router_cfg)?;
         let router = Service::spawn(&l)?;
         spawned.push((site, orders, orders_cfg, router, router_cfg));
@@ -177,9 +207,22 @@ pub(super) async fn fronts(
         };
         router_cfg.listen.http = http;
         router_cfg.admin.listen = admin;
+        // Other sites' routers dial the peer listener when there is one.
+        let for_peers = match (router_cfg.listen.peer, ready.peer) {
+            (None, _) => http,
+            (Some(_), Some(peer)) => {
+                router_cfg.listen.peer = Some(peer);
+                peer
+            }
+            (Some(_), None) => {
+                return Err(
+                    router.error(format!("its ready line lacks the peer address: {ready:?}"))
+                )
+            }
+        };
         config::write(router.config_path(), &router_cfg)?;
 
-        let router_link = topology::add_router_link(lab, site, http).await?;
+        let router_link = topology::add_router_link(lab, site, for_peers).await?;
         fronts.insert(
             site.clone(),
             Front {

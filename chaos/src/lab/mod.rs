@@ -103,7 +103,7 @@ pub struct LabSpec {
     pub pg_tls: bool,
     /// etcd serves its clients over TLS only and requires a client
     /// certificate (`--client-cert-auth`) signed by the lab's CA;
-    /// [`Lab::etcd_options`] says how to reach it. Off by default.
+    /// [`Lab::etcd_options`] says how to reach it. On by default.
     pub etcd_tls: bool,
 }
 
@@ -120,7 +120,7 @@ impl Default for LabSpec {
             keep_files: false,
             pg_password: None,
             pg_tls: true,
-            etcd_tls: false,
+            etcd_tls: true,
         }
     }
 }
@@ -306,6 +306,39 @@ impl Lab {
             tls: self.etcd_client.clone(),
             auth: None,
         }
+    }
+
+    /// The `ezone` command-line flags that reach the lab's etcd (TLS
+    /// included), for running the CLI against the lab.
+    pub fn etcd_cli_args(&self) -> Vec<String> {
+        let options = self.etcd_options();
+        let mut args = vec!["--etcd".to_string(), options.endpoints.join(",")];
+        if let Some(tls) = &options.tls {
+            args.push("--etcd-ca".into());
+            args.push(tls.ca_file.display().to_string());
+            if let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) {
+                args.push("--etcd-cert".into());
+                args.push(cert.display().to_string());
+                args.push("--etcd-key".into());
+                args.push(key.display().to_string());
+            }
+        }
+        args
+    }
+
+    /// `etcdctl`'s flags for the lab's etcd: the endpoints and, with TLS,
+    /// the CA and the client certificate.
+    pub fn etcdctl_args(&self) -> Vec<String> {
+        let options = self.etcd_options();
+        let mut args = vec![format!("--endpoints={}", options.endpoints.join(","))];
+        if let Some(tls) = &options.tls {
+            args.push(format!("--cacert={}", tls.ca_file.display()));
+            if let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) {
+                args.push(format!("--cert={}", cert.display()));
+                args.push(format!("--key={}", key.display()));
+            }
+        }
+        args
     }
 
     /// Site `site`'s Postgres.

@@ -120,8 +120,8 @@ async fn demo(a: &DemoArgs, dir: Option<&Path>, start: Instant) -> anyhow::Resul
             None => String::new(),
         };
         println!(
-            "\neverything is still running (Ctrl-C to stop{down}): try `ezone status --etcd {}`",
-            ens.etcd_endpoints().join(",")
+            "\neverything is still running (Ctrl-C to stop{down}): try `ezone status {}`",
+            ens.etcd_cli_args().join(" ")
         );
         interrupted().await;
     }

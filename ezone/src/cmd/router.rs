@@ -33,6 +33,7 @@ pub async fn run(args: RouterArgs) -> anyhow::Result<()> {
             "http": running.http.map(|a| a.to_string()),
             "https": running.https.map(|a| a.to_string()),
             "admin": running.admin.map(|a| a.to_string()),
+            "peer": running.peer.map(|a| a.to_string()),
         })
     );
     tokio::select! {
