@@ -23,16 +23,18 @@ pub struct Key {
 /// The password of the first line of `path` matching `key`, if any.
 pub fn lookup(path: &Path, key: &Key) -> Result<Option<String>, DsnError> {
     check_mode(path)?;
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        DsnError::new(
-            "passfile",
-            format!(
-                "cannot read {}: {e}; check the path and its permissions",
-                path.display()
-            ),
-        )
-    })?;
+    let text = std::fs::read_to_string(path).map_err(|e| unreadable(path, e))?;
     Ok(find(&text, key))
+}
+
+fn unreadable(path: &Path, e: std::io::Error) -> DsnError {
+    DsnError::new(
+        "passfile",
+        format!(
+            "cannot read {}: {e}; check the path and its permissions",
+            path.display()
+        ),
+    )
 }
 
 /// The password of the first matching line of a password file's text.
@@ -86,15 +88,7 @@ fn split_fields(line: &str) -> Vec<String> {
 #[cfg(unix)]
 fn check_mode(path: &Path) -> Result<(), DsnError> {
     use std::os::unix::fs::PermissionsExt;
-    let meta = std::fs::metadata(path).map_err(|e| {
-        DsnError::new(
-            "passfile",
-            format!(
-                "cannot read {}: {e}; check the path and its permissions",
-                path.display()
-            ),
-        )
-    })?;
+    let meta = std::fs::metadata(path).map_err(|e| unreadable(path, e))?;
     if meta.permissions().mode() & 0o077 != 0 {
         return Err(DsnError::new(
             "passfile",

@@ -4,14 +4,12 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 
 use serde::Deserialize;
 
 pub mod defaults {
     use std::time::Duration;
     pub const PUBLICATION: &str = "ezone_pub";
-    pub const PREFIX: &str = "/ezone";
     /// How long a switchover record must stand still, its command's lock
     /// lapsed, before a replicator finishes or rolls it back. Longer than a
     /// re-run by hand right after a crash takes to grab the lock.
@@ -82,38 +80,8 @@ fn d_publication() -> String {
     defaults::PUBLICATION.to_string()
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TopologySource {
-    #[serde(default)]
-    pub etcd: Vec<String>,
-    #[serde(default = "d_prefix")]
-    pub prefix: String,
-    #[serde(default)]
-    pub file: Option<PathBuf>,
-    /// etcd over TLS: `{ ca_file, cert_file, key_file }` (PEM).
-    #[serde(default)]
-    pub etcd_tls: Option<ezone_topology::store::EtcdTls>,
-    /// An etcd user: `{ user, password_file }` (else the password is in
-    /// `EZONE_ETCD_PASSWORD`).
-    #[serde(default)]
-    pub etcd_auth: Option<ezone_topology::store::EtcdAuth>,
-}
-
-impl TopologySource {
-    /// How to reach etcd.
-    pub fn etcd_options(&self) -> ezone_topology::store::EtcdOptions {
-        ezone_topology::store::EtcdOptions {
-            endpoints: self.etcd.clone(),
-            tls: self.etcd_tls.clone(),
-            auth: self.etcd_auth.clone(),
-        }
-    }
-}
-
-fn d_prefix() -> String {
-    defaults::PREFIX.to_string()
-}
+/// The `[topology]` table: etcd (with TLS and a user) or a file.
+pub use ezone_topology::store::TopologySource;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

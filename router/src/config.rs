@@ -36,7 +36,6 @@ pub mod defaults {
     pub const EJECT_MS: u64 = 5_000;
     pub const RETRY_BUDGET_PERCENT: u32 = 20;
     pub const MAX_RETRIES: u32 = 1;
-    pub const PREFIX: &str = "/ezone";
     /// Access log lines waiting for the writer at most (then dropped and
     /// counted): at the writer's pace of a drain every 100 ms, room for
     /// 160k requests a second, far above what one router serves.
@@ -137,40 +136,8 @@ pub struct AdminConfig {
     pub listen: SocketAddr,
 }
 
-/// Where the topology comes from: etcd endpoints or a file.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TopologySource {
-    #[serde(default)]
-    pub etcd: Vec<String>,
-    #[serde(default = "default_prefix")]
-    pub prefix: String,
-    #[serde(default)]
-    pub file: Option<PathBuf>,
-    /// etcd over TLS: `{ ca_file, cert_file, key_file }` (PEM); its files
-    /// are read, and refused with the fix, when the router connects.
-    #[serde(default)]
-    pub etcd_tls: Option<ezone_topology::store::EtcdTls>,
-    /// An etcd user: `{ user, password_file }` (else the password is in
-    /// `EZONE_ETCD_PASSWORD`).
-    #[serde(default)]
-    pub etcd_auth: Option<ezone_topology::store::EtcdAuth>,
-}
-
-impl TopologySource {
-    /// How to reach etcd.
-    pub fn etcd_options(&self) -> ezone_topology::store::EtcdOptions {
-        ezone_topology::store::EtcdOptions {
-            endpoints: self.etcd.clone(),
-            tls: self.etcd_tls.clone(),
-            auth: self.etcd_auth.clone(),
-        }
-    }
-}
-
-fn default_prefix() -> String {
-    defaults::PREFIX.to_string()
-}
+/// The `[topology]` table: etcd (with TLS and a user) or a file.
+pub use ezone_topology::store::TopologySource;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

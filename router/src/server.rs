@@ -988,18 +988,9 @@ fn serve(
                     .inc();
                 tracing::debug!(peer = %peer, from_site = %site, "Peer router connected.");
                 conn = ConnInfo::from_peer_router(Some(peer), site);
-                let h2 = s.get_ref().1.alpn_protocol() == Some(&b"h2"[..]);
-                if h2 {
-                    state.set_h2();
-                }
-                match &l.own_http1 {
-                    Some(limits) if !h2 => {
-                        match own_http1(s, limits, &ctx, &conn, &signals).await {
-                            Some(io) => io,
-                            None => return,
-                        }
-                    }
-                    _ => Box::new(s),
+                match after_handshake(s, l.own_http1.as_ref(), &ctx, &conn, &signals).await {
+                    Some(io) => io,
+                    None => return,
                 }
             }
             Tls::Public(acceptor) => {
@@ -1009,18 +1000,10 @@ fn serve(
                 };
                 match handshake {
                     Ok(Ok(s)) => {
-                        let h2 = s.get_ref().1.alpn_protocol() == Some(&b"h2"[..]);
-                        if h2 {
-                            state.set_h2();
-                        }
-                        match &l.own_http1 {
-                            Some(limits) if !h2 => {
-                                match own_http1(s, limits, &ctx, &conn, &signals).await {
-                                    Some(io) => io,
-                                    None => return,
-                                }
-                            }
-                            _ => Box::new(s),
+                        match after_handshake(s, l.own_http1.as_ref(), &ctx, &conn, &signals).await
+                        {
+                            Some(io) => io,
+                            None => return,
                         }
                     }
                     Ok(Err(e)) => {
@@ -1101,6 +1084,29 @@ fn serve(
 
 /// Serves `io` with the router's own HTTP/1.1 server; the connection for
 /// hyper if a request needs it (`None`: it is over).
+/// A TLS connection once its handshake is done: HTTP/2 (by ALPN) to hyper,
+/// HTTP/1.1 to the router's own server when it is on. `None`: the
+/// connection is finished.
+async fn after_handshake<IO>(
+    s: tokio_rustls::server::TlsStream<IO>,
+    own: Option<&crate::h1_server::Limits>,
+    ctx: &Arc<WorkerCtx>,
+    conn: &ConnInfo,
+    signals: &ConnSignals<'_>,
+) -> Option<Box<dyn Io>>
+where
+    tokio_rustls::server::TlsStream<IO>: Io + 'static,
+{
+    let h2 = s.get_ref().1.alpn_protocol() == Some(&b"h2"[..]);
+    if h2 {
+        signals.state.set_h2();
+    }
+    match own {
+        Some(limits) if !h2 => own_http1(s, limits, ctx, conn, signals).await,
+        _ => Some(Box::new(s)),
+    }
+}
+
 async fn own_http1<IO: Io + 'static>(
     io: IO,
     limits: &crate::h1_server::Limits,

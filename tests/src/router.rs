@@ -160,3 +160,34 @@ pub async fn send(
         body,
     }
 }
+
+/// One order for a city of each site of `ens`, POSTed through each site's
+/// router (so half of them cross to the other site's router); each must be
+/// acknowledged. Ids are `<prefix>-<n>`.
+pub async fn orders_through_every_router(ens: &ezone_chaos::ensemble::Ensemble, prefix: &str) {
+    let http = client();
+    let mut n = 0;
+    let sites = ens.lab().sites().to_vec();
+    for site in &sites {
+        let city = ens.city_homed_at(site).expect("a city");
+        for via in &sites {
+            n += 1;
+            let body = serde_json::json!({"id": format!("{prefix}-{n}"), "user": "u1", "item": "tea", "amount_cents": 100});
+            let a = send(
+                &http,
+                "POST",
+                ens.router_http(via).expect("router"),
+                "/orders",
+                &[("x-city-id", &city), ("content-type", "application/json")],
+                body.to_string(),
+            )
+            .await;
+            assert!(
+                a.status < 300,
+                "via {via} for {site}: {} {:?}",
+                a.status,
+                a.body
+            );
+        }
+    }
+}

@@ -17,7 +17,7 @@ use std::time::Duration;
 use ezone_chaos::ensemble::{Ensemble, EnsembleSpec, Part};
 use ezone_chaos::lab::{Lab, LabSpec};
 use ezone_tests::ezone_bin;
-use ezone_tests::router::{client, send};
+use ezone_tests::router::orders_through_every_router;
 
 /// Runs `ezone ARGS --etcd ...`: its exit code, and its stdout and stderr
 /// together (failures must not leak either).
@@ -90,25 +90,7 @@ async fn no_password_in_any_log_or_output() {
     let mut outputs = String::new();
 
     // Traffic through both routers for a city of each site.
-    let http = client();
-    let mut n = 0;
-    for site in ["beijing", "shanghai"] {
-        let city = ens.city_homed_at(site).expect("a city");
-        for via in ["beijing", "shanghai"] {
-            n += 1;
-            let body = serde_json::json!({"id": format!("secret-{n}"), "user": "u1", "item": "tea", "amount_cents": 100});
-            let a = send(
-                &http,
-                "POST",
-                ens.router_http(via).expect("router"),
-                "/orders",
-                &[("x-city-id", &city), ("content-type", "application/json")],
-                body.to_string(),
-            )
-            .await;
-            assert!(a.status < 300, "{}: {:?}", a.status, a.body);
-        }
-    }
+    orders_through_every_router(&ens, "secret").await;
 
     // A planned switchover and the operator's views.
     let store = ens.store().await.expect("store");

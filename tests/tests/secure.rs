@@ -17,7 +17,7 @@ use std::time::Duration;
 use ezone_chaos::ensemble::{Ensemble, EnsembleSpec};
 use ezone_chaos::lab::{Lab, LabSpec};
 use ezone_tests::ezone_bin;
-use ezone_tests::router::{client, send};
+use ezone_tests::router::orders_through_every_router;
 use ezone_topology::TopologyStore;
 
 /// `ezone ARGS` against the ensemble's etcd (TLS flags included).
@@ -69,30 +69,7 @@ async fn every_link_is_encrypted_and_an_unknown_client_is_refused() {
 
     // Traffic through both routers for a city of each site: half of it
     // crosses to the other site's router.
-    let http = client();
-    let mut n = 0;
-    for site in ["beijing", "shanghai"] {
-        let city = ens.city_homed_at(site).expect("a city");
-        for via in ["beijing", "shanghai"] {
-            n += 1;
-            let body = serde_json::json!({"id": format!("secure-{n}"), "user": "u1", "item": "tea", "amount_cents": 100});
-            let a = send(
-                &http,
-                "POST",
-                ens.router_http(via).expect("router"),
-                "/orders",
-                &[("x-city-id", &city), ("content-type", "application/json")],
-                body.to_string(),
-            )
-            .await;
-            assert!(
-                a.status < 300,
-                "via {via} for {site}: {} {:?}",
-                a.status,
-                a.body
-            );
-        }
-    }
+    orders_through_every_router(&ens, "secure").await;
 
     // A planned switchover through the CLI, over etcd's TLS.
     let store = ens.store().await.expect("store over TLS");

@@ -21,6 +21,7 @@ mod etcd_probe;
 pub mod file;
 pub mod layout;
 pub mod lock;
+pub mod source;
 
 pub use any::AnyStore;
 pub use etcd::EtcdStore;
@@ -29,6 +30,7 @@ pub use etcd_options::{
 };
 pub use file::FileStore;
 pub use lock::{LockGuard, LockInfo};
+pub use source::TopologySource;
 
 /// The version of a snapshot: the etcd revision it was read at, or, for a
 /// file, its modification time in milliseconds since the Unix epoch.

@@ -171,6 +171,11 @@ pub struct ReplicatorBench {
     /// A ~30 s sanity run: a small backlog and a short steady phase.
     #[arg(long)]
     quick: bool,
+    /// Both clusters take plain TCP (no TLS), for the cost of TLS side by
+    /// side with a default run (which encrypts every connection, ezone's and
+    /// the native subscription's alike, with verify-full).
+    #[arg(long)]
+    plain_tcp: bool,
     /// Print a JSON object instead of the tables.
     #[arg(long)]
     json: bool,
@@ -189,6 +194,8 @@ struct Params {
     clients: u32,
     accounts: u64,
     rows_per_txn: u64,
+    /// Every connection over TLS (verify-full), or plain TCP.
+    tls: bool,
     #[serde(skip)]
     wan_rtt: Duration,
     #[serde(skip)]
@@ -243,6 +250,7 @@ impl Params {
             clients: a.clients,
             accounts: a.accounts,
             rows_per_txn: ROWS_PER_TXN,
+            tls: !a.plain_tcp,
             wan_rtt: a.wan_rtt,
             variants,
             systems,
@@ -383,9 +391,13 @@ async fn bench(args: ReplicatorBench) -> anyhow::Result<()> {
         .tempdir()
         .context("creating the bench's temp dir")?;
     eprintln!("starting two Postgres clusters (source, target)...");
+    let options = |name: &str| ezone_chaos::postgres::PgOptions {
+        tls: !args.plain_tcp,
+        ..ezone_chaos::postgres::PgOptions::new(name)
+    };
     let (source, target) = tokio::try_join!(
-        PgCluster::start("bench-source"),
-        PgCluster::start("bench-target")
+        PgCluster::start_with(options("bench-source")),
+        PgCluster::start_with(options("bench-target"))
     )
     .context("starting the bench's Postgres clusters")?;
     for pg in [&source, &target] {
@@ -772,8 +784,14 @@ fn print_tables(r: &Report) {
         r.postgres, r.cpus
     );
     println!(
-        "workload: pgbench, {} clients; each transaction = account upsert + branch update + history insert ({} rows)",
-        p.clients, p.rows_per_txn
+        "workload: pgbench, {} clients; each transaction = account upsert + branch update + history insert ({} rows); {}",
+        p.clients,
+        p.rows_per_txn,
+        if p.tls {
+            "every connection over TLS (verify-full)"
+        } else {
+            "plain TCP (--plain-tcp)"
+        }
     );
     println!();
     println!(
