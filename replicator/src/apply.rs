@@ -448,24 +448,47 @@ fn classify(target: &str, what: &str, e: tokio_postgres::Error) -> ApplyError {
     }
 }
 
-/// Writes one conflict record, with both versions and the incoming change's
-/// operation, in the apply transaction.
-#[allow(clippy::too_many_arguments)]
-async fn record(
-    tx: &tokio_postgres::Transaction<'_>,
-    link: &str,
-    target: &str,
-    kind: &str,
+/// One conflict, as it is recorded in `ezone_replication.conflicts`.
+struct ConflictRecord<'a> {
+    /// `foreign_shard`, `insert_exists`, `update_missing`, `delete_missing`.
+    kind: &'a str,
+    /// The incoming change's operation.
     op: Op,
     shard: Option<ShardId>,
-    t: &TableInfo,
-    rel: &Relation,
-    image: &TupleData,
-    reason: &str,
-    resolution: &str,
-    txn: &SourceTxn,
+    table: &'a TableInfo,
+    rel: &'a Relation,
+    /// The incoming row image (the old one for a delete).
+    image: &'a TupleData,
+    reason: &'a str,
+    resolution: &'a str,
+}
+
+/// Where conflicts are recorded from: the link, its target and the source
+/// transaction being applied.
+struct RecordAt<'a> {
+    link: &'a str,
+    target: &'a str,
+    txn: &'a SourceTxn,
     commit_time: std::time::SystemTime,
+}
+
+/// Writes one conflict record, with both versions and the incoming change's
+/// operation, in the apply transaction.
+async fn record(
+    tx: &tokio_postgres::Transaction<'_>,
+    at: &RecordAt<'_>,
+    c: ConflictRecord<'_>,
 ) -> Result<(), ApplyError> {
+    let ConflictRecord {
+        kind,
+        op,
+        shard,
+        table: t,
+        rel,
+        image,
+        reason,
+        resolution,
+    } = c;
     let local = match sql::select_row(t, rel, image) {
         Ok(st) => tx
             .query_opt(st.sql.as_str(), &params(&st))
@@ -480,12 +503,12 @@ async fn record(
          (link, kind, op, relation, source_commit_lsn, source_commit_time, remote_row, local_row, reason, resolution, shard) \
          VALUES ($1, $2, $3, $4, $5::text::pg_lsn, $6, $7::text::jsonb, $8::text::jsonb, $9, $10, $11)",
         &[
-            &link,
+            &at.link,
             &kind,
             &op.as_str(),
             &t.qualified,
-            &txn.commit.commit_lsn.to_string(),
-            &commit_time,
+            &at.txn.commit.commit_lsn.to_string(),
+            &at.commit_time,
             &sql::image_json(rel, image),
             &local,
             &reason,
@@ -494,8 +517,8 @@ async fn record(
         ],
     )
     .await
-    .map_err(|e| classify(target, "recording a conflict", e))?;
-    tracing::warn!(link, kind, op = op.as_str(), relation = %t.qualified, lsn = %txn.commit.commit_lsn, resolution, "Replication conflict recorded.");
+    .map_err(|e| classify(at.target, "recording a conflict", e))?;
+    tracing::warn!(link = at.link, kind, op = op.as_str(), relation = %t.qualified, lsn = %at.txn.commit.commit_lsn, resolution, "Replication conflict recorded.");
     Ok(())
 }
 
@@ -1068,18 +1091,22 @@ impl Applier {
                         };
                         record(
                             &tx,
-                            &link,
-                            &target,
-                            "foreign_shard",
-                            op,
-                            shard,
-                            t,
-                            rel,
-                            image,
-                            &reason,
-                            res.as_str(own.policy),
-                            txn,
-                            commit_time,
+                            &RecordAt {
+                                link: &link,
+                                target: &target,
+                                txn,
+                                commit_time,
+                            },
+                            ConflictRecord {
+                                kind: "foreign_shard",
+                                op,
+                                shard,
+                                table: t,
+                                rel,
+                                image,
+                                reason: &reason,
+                                resolution: res.as_str(own.policy),
+                            },
                         )
                         .await?;
                         out.conflicts += 1;
@@ -1119,18 +1146,22 @@ impl Applier {
                             );
                             record(
                                 &tx,
-                                &link,
-                                &target,
-                                "insert_exists",
-                                Op::Insert,
-                                shard,
-                                &t,
-                                rel,
-                                new,
-                                "a row with this key already exists at the target",
-                                res.as_str(own.policy),
-                                txn,
-                                commit_time,
+                                &RecordAt {
+                                    link: &link,
+                                    target: &target,
+                                    txn,
+                                    commit_time,
+                                },
+                                ConflictRecord {
+                                    kind: "insert_exists",
+                                    op: Op::Insert,
+                                    shard,
+                                    table: &t,
+                                    rel,
+                                    image: new,
+                                    reason: "a row with this key already exists at the target",
+                                    resolution: res.as_str(own.policy),
+                                },
                             )
                             .await?;
                             out.conflicts += 1;
@@ -1223,18 +1254,22 @@ impl Applier {
                         // or overwrite; the change is recorded, not applied.
                         record(
                             &tx,
-                            &link,
-                            &target,
-                            kind,
-                            op,
-                            shard,
-                            &t,
-                            rel,
-                            image,
-                            reason,
-                            "recorded:not_applied",
-                            txn,
-                            commit_time,
+                            &RecordAt {
+                                link: &link,
+                                target: &target,
+                                txn,
+                                commit_time,
+                            },
+                            ConflictRecord {
+                                kind,
+                                op,
+                                shard,
+                                table: &t,
+                                rel,
+                                image,
+                                reason,
+                                resolution: "recorded:not_applied",
+                            },
                         )
                         .await?;
                     }
