@@ -85,6 +85,24 @@ impl Dsn {
         text: &str,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Dsn, DsnError> {
+        Dsn::parse_inner(text, env, true)
+    }
+
+    /// Checks the DSN as written (its form, its keys, their values),
+    /// reading neither the environment nor any file: for a DSN that other
+    /// hosts will use (a site's in the topology), whose password file and
+    /// certificates, and the environment that may name them
+    /// (`PGSSLROOTCERT`, ...), are each host's. So a mode that verifies
+    /// needs no `sslrootcert` here.
+    pub fn check(text: &str) -> Result<(), DsnError> {
+        Dsn::parse_inner(text, &|_| None, false).map(|_| ())
+    }
+
+    fn parse_inner(
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+        read_passfile: bool,
+    ) -> Result<Dsn, DsnError> {
         let trimmed = text.trim_start();
         let (rest, own) =
             if trimmed.starts_with("postgres://") || trimmed.starts_with("postgresql://") {
@@ -129,7 +147,11 @@ impl Dsn {
         if tls.mode == SslMode::Require && tls.rootcert.is_some() {
             tls.mode = SslMode::VerifyCa;
         }
-        tls.validate()?;
+        if read_passfile {
+            // Checked where the DSN is used: another host's environment
+            // may complete it.
+            tls.validate()?;
+        }
         config.ssl_mode(tls.mode.for_tokio_postgres());
         if config.get_password().is_none() {
             if let Some(password) = env("PGPASSWORD").filter(|p| !p.is_empty()) {
@@ -141,7 +163,7 @@ impl Dsn {
             tls,
             passfile,
         };
-        if dsn.config.get_password().is_none() {
+        if read_passfile && dsn.config.get_password().is_none() {
             let file = dsn.passfile.clone().or_else(|| {
                 // libpq's default; used only when it is there.
                 env("HOME")
@@ -581,6 +603,16 @@ mod tests {
         ] {
             assert_eq!(names_password(dsn), names, "{dsn}");
         }
+    }
+
+    #[test]
+    fn check_reads_no_file() {
+        Dsn::check("host=db user=u dbname=x passfile=/nonexistent/pgpass sslmode=verify-full sslrootcert=/nonexistent/ca.pem")
+            .expect("a DSN for another host: its files are not read here");
+        Dsn::check("host=db user=u dbname=x sslmode=verify-full")
+            .expect("the root certificate may come from each host's PGSSLROOTCERT");
+        let e = Dsn::check("host=db user=u sslmode=verify_full").unwrap_err();
+        assert_eq!(e.key, "sslmode");
     }
 
     #[test]

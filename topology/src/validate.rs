@@ -26,6 +26,8 @@ pub enum Problem {
     EmptySiteField { site: String, field: &'static str },
     #[error("site {site:?}: the postgres DSN's password is `***`, a copy redacted by `ezone topo show`: put the real password back (`ezone topo show --json --reveal-secrets` prints it)")]
     RedactedPassword { site: String },
+    #[error("site {site:?}: the postgres DSN is not one every process can use: {why}")]
+    BadDsn { site: String, why: String },
     #[error("site {site:?}: the postgres DSN holds a password, and the topology is read by every process at every site (and kept in etcd): remove it, and give each process the password locally: a password file (PGPASSFILE, ~/.pgpass, or passfile=/path in the DSN) or PGPASSWORD in its environment")]
     PasswordInTopology { site: String },
     #[error("site {site:?} lists router {addr} more than once (router and more_routers): list each instance once")]
@@ -257,16 +259,32 @@ pub fn validate_transition(prev: &Topology, next: &Topology) -> Result<(), Inval
 /// Checked where a topology is written from a file (`ezone topo init`,
 /// `topo validate`), not on reads: a topology written by an older version
 /// keeps working while it is moved out.
+///
+/// Also checked there: that each site's DSN parses as every process will
+/// parse it (its keys, `sslmode`, paired `sslcert`/`sslkey`), reading no
+/// file, as the files are each host's.
 pub fn secrets(t: &Topology) -> Result<(), Invalid> {
-    let problems: Vec<Problem> = t
+    let mut problems: Vec<Problem> = t
         .sites
         .values()
-        .filter(|site| ezone_pg::dsn::names_password(&site.postgres))
-        .filter(|site| !redacted_password(&site.postgres))
-        .map(|site| Problem::PasswordInTopology {
-            site: site.name.clone(),
+        .filter_map(|site| {
+            ezone_pg::Dsn::check(&site.postgres)
+                .err()
+                .map(|e| Problem::BadDsn {
+                    site: site.name.clone(),
+                    why: e.to_string(),
+                })
         })
         .collect();
+    problems.extend(
+        t.sites
+            .values()
+            .filter(|site| ezone_pg::dsn::names_password(&site.postgres))
+            .filter(|site| !redacted_password(&site.postgres))
+            .map(|site| Problem::PasswordInTopology {
+                site: site.name.clone(),
+            }),
+    );
     if problems.is_empty() {
         Ok(())
     } else {
@@ -309,6 +327,18 @@ mod tests {
             }]
         );
         assert!(err.to_string().contains("guangzhou"));
+    }
+
+    #[test]
+    fn a_dsn_that_does_not_parse_is_not_written_into_the_topology() {
+        let mut t = two_sites();
+        t.sites.get_mut("beijing").unwrap().postgres =
+            "host=db user=ezone dbname=ezone sslmode=verify_full".into();
+        let e = secrets(&t).unwrap_err();
+        assert!(
+            matches!(&e.0[..], [Problem::BadDsn { site, why }] if site == "beijing" && why.contains("sslmode")),
+            "{e}"
+        );
     }
 
     #[test]
