@@ -442,11 +442,9 @@ async fn wait_tail(ens: &Ensemble, lost: &str, survivor: &str) -> Result<(), Str
 }
 
 async fn sql(dsn: &str) -> Result<tokio_postgres::Client, String> {
-    let (c, conn) = ezone_pg::connect(dsn).await.map_err(|e| e.to_string())?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(c)
+    ezone_pg::connect_spawned(dsn)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// The unresolved conflicts on the link `lost->survivor`, each with the

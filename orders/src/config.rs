@@ -12,6 +12,7 @@
 //! The DSN may hold a password, so the config is not `Serialize` and its
 //! `Debug` shows the DSN redacted ([`OrdersConfig::redacted_postgres`]).
 
+pub use ezone_pg::redact::redact_dsn;
 use std::net::SocketAddr;
 use std::str::FromStr;
 use std::time::Duration;
@@ -194,8 +195,6 @@ impl OrdersConfig {
         redact_dsn(&self.postgres)
     }
 }
-
-pub use ezone_pg::redact::redact_dsn;
 
 #[cfg(test)]
 mod tests {

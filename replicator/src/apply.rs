@@ -1054,6 +1054,13 @@ impl Applier {
         let mut out = Applied::default();
         for (txn, shapes) in txns.iter().zip(all_shapes) {
             let commit_time = time_of(txn);
+            // Where this transaction's conflicts are recorded from.
+            let at = RecordAt {
+                link: &link,
+                target: &target,
+                txn,
+                commit_time,
+            };
             for (ch, shape) in txn.changes.iter().zip(shapes) {
                 // Ownership first: a change made at a site that does not own
                 // the row's shard is a conflict whatever else happens.
@@ -1091,12 +1098,7 @@ impl Applier {
                         };
                         record(
                             &tx,
-                            &RecordAt {
-                                link: &link,
-                                target: &target,
-                                txn,
-                                commit_time,
-                            },
+                            &at,
                             ConflictRecord {
                                 kind: "foreign_shard",
                                 op,
@@ -1146,12 +1148,7 @@ impl Applier {
                             );
                             record(
                                 &tx,
-                                &RecordAt {
-                                    link: &link,
-                                    target: &target,
-                                    txn,
-                                    commit_time,
-                                },
+                                &at,
                                 ConflictRecord {
                                     kind: "insert_exists",
                                     op: Op::Insert,
@@ -1254,12 +1251,7 @@ impl Applier {
                         // or overwrite; the change is recorded, not applied.
                         record(
                             &tx,
-                            &RecordAt {
-                                link: &link,
-                                target: &target,
-                                txn,
-                                commit_time,
-                            },
+                            &at,
                             ConflictRecord {
                                 kind,
                                 op,

@@ -33,17 +33,12 @@ pub enum CheckError {
 /// A session that renders values the same at every site (UTC, ISO dates),
 /// so that row text compares across sites.
 async fn connect(site: &str, dsn: &str) -> Result<tokio_postgres::Client, CheckError> {
-    let (client, conn) = ezone_pg::connect(dsn)
+    let client = ezone_pg::connect_spawned(dsn)
         .await
         .map_err(|source| CheckError::Connect {
             site: site.to_string(),
             source,
         })?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "Checker connection ended.");
-        }
-    });
     client
         .batch_execute(
             "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; SET IntervalStyle = 'postgres'; \

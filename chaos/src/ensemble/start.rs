@@ -143,6 +143,13 @@ pub(super) struct Front {
     pub router_link: RouterLink,
 }
 
+/// How the ensemble's routers trust each other: certificates from one CA,
+/// or one shared secret.
+enum Trust {
+    Ca(Box<LabCerts>),
+    Secret(String),
+}
+
 /// Steps 2 and 3: every site's front. All processes are spawned first,
 /// then their ready lines read.
 pub(super) async fn fronts(
@@ -151,25 +158,24 @@ pub(super) async fn fronts(
 ) -> Result<BTreeMap<String, Front>, EnsembleError> {
     let mut spawned = Vec::new();
     // Peer TLS: one CA for the ensemble's routers, a certificate per site
-    // naming it (the router's rule: `<site>.ezone.internal`).
+    // naming it (the router's rule: `<site>.ezone.internal`); else the
+    // routers' shared secret: a client cannot pose as one of them.
     let router_ca = if layout.spec.peer_tls {
         let dir = layout
             .dir(&lab.sites()[0])
             .parent()
             .unwrap_or(Path::new("."))
             .join("router-certs");
-        Some(LabCerts::generate(&dir)?)
+        Trust::Ca(Box::new(LabCerts::generate(&dir)?))
     } else {
-        None
-    };
-    // Else the routers' shared secret: a client cannot pose as one of them.
-    let peer_secret: String = {
         use rand::Rng;
-        rand::thread_rng()
-            .sample_iter(&rand::distributions::Alphanumeric)
-            .take(32)
-            .map(char::from)
-            .collect()
+        Trust::Secret(
+            rand::thread_rng()
+                .sample_iter(&rand::distributions::Alphanumeric)
+                .take(32)
+                .map(char::from)
+                .collect::<String>(),
+        )
     };
     for site in lab.sites() {
         let l = layout.launch(site, "orders", &["orders", "serve"]);
@@ -178,7 +184,7 @@ pub(super) async fn fronts(
         let orders = Service::spawn(&l)?;
         let l = layout.launch(site, "router", &["router"]);
         let trust = match &router_ca {
-            Some(ca) => {
+            Trust::Ca(ca) => {
                 let cert = ca.issue_peer(site, PEER_DOMAIN)?;
                 PeerTrust::Tls(PeerTls {
                     cert_file: cert.cert_file,
@@ -186,7 +192,7 @@ pub(super) async fn fronts(
                     ca_file: ca.ca_file().to_path_buf(),
                 })
             }
-            None => PeerTrust::Secret(peer_secret.clone()),
+            Trust::Secret(secret) => PeerTrust::Secret(secret.clone()),
         };
         let router_cfg = RouterToml::new(site, layout.topology.clone(), &trust);
         config::write(&l.config_path(), &router_cfg)?;

@@ -53,11 +53,9 @@ pub enum KeyArg {
 }
 
 async fn connect(dsn: &str) -> anyhow::Result<tokio_postgres::Client> {
-    let (client, conn) = ezone_pg::connect(dsn)
+    ezone_pg::connect_spawned(dsn)
         .await
-        .with_context(|| format!("connecting to {}", redact_dsn(dsn)))?;
-    tokio::spawn(conn);
-    Ok(client)
+        .with_context(|| format!("connecting to {}", redact_dsn(dsn)))
 }
 
 pub async fn run(c: FenceCommand) -> anyhow::Result<()> {

@@ -35,10 +35,9 @@ pub async fn run(c: OrdersCommand) -> anyhow::Result<()> {
     match c {
         OrdersCommand::Install { dsn } => {
             let shown = redact_dsn(&dsn);
-            let (client, conn) = ezone_pg::connect(&dsn)
+            let client = ezone_pg::connect_spawned(&dsn)
                 .await
                 .with_context(|| format!("connecting to {shown}"))?;
-            tokio::spawn(conn);
             let done = schema::install(&client)
                 .await
                 .with_context(|| format!("at {shown}"))?;

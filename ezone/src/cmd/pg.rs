@@ -9,12 +9,9 @@ use super::redact::redact_dsn;
 /// A client of the Postgres at `dsn`, connected within `within`; else why
 /// not, with the DSN's password redacted.
 pub async fn connect(dsn: &str, within: Duration) -> Result<tokio_postgres::Client, String> {
-    match tokio::time::timeout(within, ezone_pg::connect(dsn)).await {
+    match tokio::time::timeout(within, ezone_pg::connect_spawned(dsn)).await {
         Err(_) => Err(format!("no answer within {within:?}")),
         Ok(Err(e)) => Err(redact_dsn(&ezone_replicator::chain(&e))),
-        Ok(Ok((client, conn))) => {
-            tokio::spawn(conn);
-            Ok(client)
-        }
+        Ok(Ok(client)) => Ok(client),
     }
 }
