@@ -24,6 +24,7 @@
 #   libfaketime          /usr/lib/*/faketime/libfaketimeMT.so.1 (or $EZONE_LIBFAKETIME)  preloaded around a site's processes by
 #                                                                       `ezone chaos run` (the clock-skew fault) and its test
 #   faketime             `faketime` on PATH                             the command-line wrapper (and libfaketime's README), to try a skew by hand
+#   iproute2             `ip` in /usr/sbin, /sbin, /usr/bin or /bin     the network namespaces of the multi-host test (tests/tests/netns.rs)
 #
 # As root it installs what is missing (`apt-get update` once, then one
 # `apt-get install --no-install-recommends`); otherwise it prints the exact
@@ -91,6 +92,7 @@ check() {
   have_cmd psql || missing+=(postgresql-client-15)
   have_libfaketime || missing+=(libfaketime)
   have_cmd faketime || missing+=(faketime)
+  [ -x /usr/sbin/ip ] || [ -x /sbin/ip ] || [ -x /usr/bin/ip ] || [ -x /bin/ip ] || missing+=(iproute2)
   if [ -n "$want_bench" ]; then
     have_cmd nginx || missing+=(nginx-light)
     have_cmd wrk || missing+=(wrk)

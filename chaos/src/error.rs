@@ -125,6 +125,14 @@ pub enum LabError {
         stderr: String,
     },
 
+    /// Setting up the lab's network (namespaces, veths) failed.
+    #[error("cannot set up the lab's network: `{command}` failed ({status}): {stderr}; the lab needs root and iproute2, and removes what it made")]
+    Network {
+        command: String,
+        status: String,
+        stderr: String,
+    },
+
     /// A lab spec that cannot work.
     #[error("invalid lab spec: {field} = {value}: {why}")]
     InvalidSpec {

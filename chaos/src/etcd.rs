@@ -33,6 +33,7 @@
 //! # Ok(()) }
 //! ```
 
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -76,6 +77,9 @@ pub struct EtcdOptions {
     /// etcd's `--auth-token-ttl`: how long a simple auth token lives unused.
     /// `None` (the default): etcd's own, 300 s.
     pub auth_token_ttl: Option<Duration>,
+    /// The address every member listens on (clients, peers, metrics):
+    /// 127.0.0.1 by default. Its certificate must name it.
+    pub host: IpAddr,
 }
 
 /// TLS for the members' client URLs (`--cert-file`, `--key-file`,
@@ -116,6 +120,7 @@ impl Default for EtcdOptions {
             keep_files: false,
             tls: None,
             auth_token_ttl: None,
+            host: IpAddr::V4(Ipv4Addr::LOCALHOST),
         }
     }
 }
@@ -139,6 +144,8 @@ pub struct EtcdMember {
     /// Where `/health` is served over plain http: the client port, or with
     /// TLS a `--listen-metrics-urls` port.
     health_port: u16,
+    /// The address it listens on.
+    host: IpAddr,
     tls: bool,
     dir: PathBuf,
     process: ChildProcess,
@@ -279,10 +286,14 @@ impl EtcdMember {
         &self.name
     }
 
-    /// `http://127.0.0.1:PORT`, or `https://127.0.0.1:PORT` with TLS.
+    /// `http://HOST:PORT`, or `https://HOST:PORT` with TLS (HOST is
+    /// [`EtcdOptions::host`], 127.0.0.1 by default).
     pub fn client_url(&self) -> String {
         let scheme = if self.tls { "https" } else { "http" };
-        format!("{scheme}://127.0.0.1:{}", self.client_port)
+        format!(
+            "{scheme}://{}",
+            SocketAddr::new(self.host, self.client_port)
+        )
     }
 
     /// Whether clients reach this member over TLS.
@@ -291,7 +302,7 @@ impl EtcdMember {
     }
 
     pub fn peer_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.peer_port)
+        format!("http://{}", SocketAddr::new(self.host, self.peer_port))
     }
 
     pub fn client_port(&self) -> u16 {
@@ -348,14 +359,17 @@ impl EtcdMember {
 
     /// Whether `/health` says true right now.
     pub async fn is_healthy(&self) -> bool {
-        matches!(probe_health(self.health_port).await, Ok(()))
+        matches!(
+            probe_health(SocketAddr::new(self.host, self.health_port)).await,
+            Ok(())
+        )
     }
 
     /// Poll `/health` until it says true, the process exits, or `timeout`.
     pub async fn wait_healthy(&self, timeout: Duration) -> Result<(), LabError> {
         let deadline = Instant::now() + timeout;
         loop {
-            let last = match probe_health(self.health_port).await {
+            let last = match probe_health(SocketAddr::new(self.host, self.health_port)).await {
                 Ok(()) => return Ok(()),
                 Err(e) => e,
             };
@@ -399,7 +413,7 @@ async fn start_members(
     let initial_cluster = names
         .iter()
         .zip(&peer_ports)
-        .map(|(name, p)| format!("{name}=http://127.0.0.1:{p}"))
+        .map(|(name, p)| format!("{name}=http://{}", SocketAddr::new(opts.host, *p)))
         .collect::<Vec<_>>()
         .join(",");
     let token = format!(
@@ -416,8 +430,8 @@ async fn start_members(
             .map_err(|e| LabError::io("clear directory", &member_dir, e))?;
         std::fs::create_dir_all(&member_dir)
             .map_err(|e| LabError::io("create directory", &member_dir, e))?;
-        let client = format!("{scheme}://127.0.0.1:{}", client_ports[i]);
-        let peer = format!("http://127.0.0.1:{}", peer_ports[i]);
+        let client = format!("{scheme}://{}", SocketAddr::new(opts.host, client_ports[i]));
+        let peer = format!("http://{}", SocketAddr::new(opts.host, peer_ports[i]));
         let mut spec = ProcessSpec::new(
             format!("etcd member {name}"),
             program,
@@ -462,7 +476,7 @@ async fn start_members(
                 .args([
                     format!("--client-cert-auth={}", tls.client_cert_auth),
                     "--listen-metrics-urls".to_string(),
-                    format!("http://127.0.0.1:{}", health_ports[i]),
+                    format!("http://{}", SocketAddr::new(opts.host, health_ports[i])),
                 ]);
         }
         if let Some(ttl) = opts.auth_token_ttl {
@@ -478,6 +492,7 @@ async fn start_members(
             client_port: client_ports[i],
             peer_port: peer_ports[i],
             health_port: health_ports[i],
+            host: opts.host,
             tls: opts.tls.is_some(),
             dir: member_dir,
             process,
@@ -490,12 +505,12 @@ async fn start_members(
 
 /// `GET /health` on a member's plain-http port (client or metrics): `Ok`
 /// if it says true, else what it said (or why it could not be asked).
-async fn probe_health(client_port: u16) -> Result<(), String> {
+async fn probe_health(addr: SocketAddr) -> Result<(), String> {
     let exchange = async {
-        let mut s = TcpStream::connect(("127.0.0.1", client_port))
+        let mut s = TcpStream::connect(addr)
             .await
-            .map_err(|e| format!("cannot connect to 127.0.0.1:{client_port}: {e}"))?;
-        s.write_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+            .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+        s.write_all(format!("GET /health HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
             .await
             .map_err(|e| format!("cannot send /health request: {e}"))?;
         let mut buf = Vec::new();

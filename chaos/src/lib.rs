@@ -7,6 +7,8 @@
 //! - [`certs`]: a throw-away CA issuing server and client certificates (PEM).
 //! - [`etcd`] and [`postgres`]: real etcd members and Postgres 15 clusters on
 //!   free loopback ports in temp dirs.
+//! - [`netns`]: each site as a host of its own (a network namespace), or
+//!   all on loopback.
 //! - [`lab`]: the multi-site lab (`ezone lab up/down`) built from those parts.
 //! - [`clock`]: per-site clock skew through libfaketime (opt-in per lab).
 //! - [`schedule`]: seeded fault schedules, a pure function of the seed;
@@ -22,6 +24,7 @@ pub mod etcd;
 pub mod forced;
 pub mod inject;
 pub mod lab;
+pub mod netns;
 pub mod ports;
 pub mod postgres;
 pub mod process;

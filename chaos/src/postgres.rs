@@ -14,6 +14,9 @@
 //! - **`fsync=off`** is safe for the chaos suite's purpose: it only loses
 //!   data when the *kernel* crashes. A killed postmaster's writes are already
 //!   in the page cache, so kill -9 loses nothing that was committed.
+//! - **Where**: on 127.0.0.1 by default, or on a site's own address inside
+//!   its network namespace ([`PgOptions::host`], [`crate::netns`]); the
+//!   clients `pg_hba.conf` admits are [`PgOptions::clients`].
 //! - Authentication is `trust` on 127.0.0.1 for the `postgres` superuser
 //!   (a throwaway test cluster), or, with [`PgOptions::password`], SCRAM
 //!   over TCP with that password (the Unix socket stays `trust`). The
@@ -33,7 +36,7 @@
 //!   deployment should. The Unix socket stays `trust` (the lab's own psql
 //!   and pg_isready use TCP with the same files).
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -44,6 +47,7 @@ use nix::sys::signal::Signal;
 use crate::certs::{IssuedCert, LabCerts, LOOPBACK_SANS};
 use crate::clock::SiteClock;
 use crate::error::LabError;
+use crate::netns::Host;
 use crate::ports;
 use crate::process::{self, ChildProcess, ProcessRecord, ProcessSpec, Supervision};
 use crate::scratch::ScratchDir;
@@ -67,9 +71,9 @@ const START_ATTEMPTS: usize = 3;
 /// Longest Unix socket path (sun_path is 108 bytes with the NUL).
 const MAX_SOCKET_PATH: usize = 107;
 
-/// Server settings: logical replication on, small and fast for tests.
+/// Server settings: logical replication on, small and fast for tests
+/// (`listen_addresses` is the cluster's [`PgOptions::host`]).
 const SETTINGS: &[(&str, &str)] = &[
-    ("listen_addresses", "127.0.0.1"),
     ("wal_level", "logical"),
     ("max_wal_senders", "20"),
     ("max_replication_slots", "20"),
@@ -105,6 +109,16 @@ pub struct PgOptions {
     /// TCP only over TLS with a client certificate (see the module docs).
     /// On by default.
     pub tls: bool,
+    /// Where the cluster runs and listens: 127.0.0.1 here by default, or a
+    /// site's own address in its network namespace ([`crate::netns`]).
+    pub host: Host,
+    /// The networks clients connect from, as CIDR (`pg_hba.conf`); by
+    /// default loopback.
+    pub clients: Vec<String>,
+    /// More names (IP addresses) the server certificate carries, besides
+    /// the loopback names and the host's address: where a proxy in front
+    /// of it listens, since a client verifies the address it dials.
+    pub server_names: Vec<String>,
 }
 
 /// The files a client presents to a lab cluster with TLS on.
@@ -159,6 +173,9 @@ impl PgOptions {
             keep_files: false,
             password: None,
             tls: true,
+            host: Host::loopback(),
+            clients: vec!["127.0.0.1/32".to_string(), "::1/128".to_string()],
+            server_names: Vec::new(),
         }
     }
 }
@@ -169,6 +186,7 @@ impl PgOptions {
 pub struct PgCluster {
     name: String,
     bin: PathBuf,
+    host: IpAddr,
     port: u16,
     data_dir: PathBuf,
     database: String,
@@ -258,7 +276,8 @@ impl PgCluster {
             let port = ports::free_port()?;
             let spec = postmaster_spec(&opts, &bin, dir.path(), &data_dir, port, os_user.clone());
             let process = ChildProcess::spawn(spec)?;
-            match wait_postmaster(&bin, port, &process, opts.ready_timeout).await {
+            let addr = SocketAddr::new(opts.host.addr, port);
+            match wait_postmaster(&bin, addr, &process, opts.ready_timeout).await {
                 Ok(()) => break (port, process),
                 Err(e) if e.is_port_clash() && attempt < START_ATTEMPTS => {
                     tracing::warn!(site = %opts.name, port, attempt, "Postgres lost a port race; retrying on a fresh port.");
@@ -270,6 +289,7 @@ impl PgCluster {
         let cluster = PgCluster {
             name: opts.name.clone(),
             bin,
+            host: opts.host.addr,
             port,
             data_dir,
             database: opts.database.clone(),
@@ -299,9 +319,10 @@ impl PgCluster {
         self.port
     }
 
-    /// `127.0.0.1:PORT`.
+    /// `HOST:PORT`: `127.0.0.1:PORT` unless the cluster runs on a host of
+    /// its own ([`PgOptions::host`]).
     pub fn addr(&self) -> SocketAddr {
-        SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))
+        SocketAddr::new(self.host, self.port)
     }
 
     /// libpq DSN: `host=127.0.0.1 port=P user=postgres dbname=DB`, with
@@ -426,7 +447,7 @@ impl PgCluster {
     /// Poll `pg_isready` until the server accepts connections, the
     /// postmaster exits, or `timeout`.
     pub async fn wait_ready(&self, timeout: Duration) -> Result<(), LabError> {
-        wait_postmaster(&self.bin, self.port, &self.process, timeout).await
+        wait_postmaster(&self.bin, self.addr(), &self.process, timeout).await
     }
 
     /// kill -9 the cluster and remove its directory (unless
@@ -455,13 +476,13 @@ impl PgCluster {
 /// `timeout` passes.
 async fn wait_postmaster(
     bin: &Path,
-    port: u16,
+    addr: SocketAddr,
     process: &ChildProcess,
     timeout: Duration,
 ) -> Result<(), LabError> {
     let deadline = Instant::now() + timeout;
     loop {
-        let last = match pg_isready(bin, port).await {
+        let last = match pg_isready(bin, addr).await {
             Ok(()) => return Ok(()),
             Err(e) => e,
         };
@@ -529,7 +550,14 @@ fn set_up_tls(
 ) -> Result<ClientTls, LabError> {
     let certs_dir = dir.join("certs");
     let certs = LabCerts::generate(&certs_dir)?;
-    let server = certs.issue_server("postgres-server", LOOPBACK_SANS)?;
+    let mut names: Vec<String> = LOOPBACK_SANS.iter().map(|s| s.to_string()).collect();
+    for name in std::iter::once(opts.host.addr.to_string()).chain(opts.server_names.clone()) {
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let server = certs.issue_server("postgres-server", &names)?;
     let client = certs.issue_client(PG_USER)?;
     if let Some(user) = os_user {
         // The server reads its key as the postgres OS user, and refuses a
@@ -559,7 +587,7 @@ fn set_up_tls(
          local replication all trust\n",
     );
     for db in ["all", "replication"] {
-        for net in ["127.0.0.1/32", "::1/128"] {
+        for net in &opts.clients {
             hba.push_str(&format!(
                 "hostssl {db} all {net} {method} clientcert=verify-full\n"
             ));
@@ -642,6 +670,7 @@ fn postmaster_spec(
     .arg("-D")
     .arg(data_dir)
     .args(["-c", &format!("port={port}")])
+    .args(["-c", &format!("listen_addresses={}", opts.host.addr)])
     .args(["-c", &format!("unix_socket_directories={socket_dir}")]);
     for (k, v) in SETTINGS {
         spec = spec.args(["-c", &format!("{k}={v}")]);
@@ -649,6 +678,7 @@ fn postmaster_spec(
     let spec = spec
         .env_remove_prefix("PG")
         .user(os_user)
+        .netns(opts.host.netns.clone())
         .supervision(opts.supervision)
         .stop_signal(Signal::SIGINT);
     // The environment reaches the postmaster as is: it is exec'd directly,
@@ -661,9 +691,10 @@ fn postmaster_spec(
 }
 
 /// `pg_isready`: `Ok` when the server accepts connections, else what it said.
-async fn pg_isready(bin: &Path, port: u16) -> Result<(), String> {
+async fn pg_isready(bin: &Path, addr: SocketAddr) -> Result<(), String> {
     let mut cmd = tokio::process::Command::new(bin.join("pg_isready"));
-    cmd.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", PG_USER])
+    cmd.args(["-h", &addr.ip().to_string(), "-p", &addr.port().to_string()])
+        .args(["-U", PG_USER])
         .args(["-d", "postgres", "-t", "2"]);
     let out = run_client(cmd, None, None)
         .await

@@ -122,6 +122,10 @@ pub struct ProcessSpec {
     pub stdout: Option<PathBuf>,
     /// Run as this OS user (needs root): uid, gid, `HOME`, `USER`.
     pub user: Option<String>,
+    /// Run in this network namespace (`/run/netns/NAME`, needs root): the
+    /// child enters it before it drops to [`ProcessSpec::user`] and execs
+    /// ([`crate::netns`]). `None`: this process's own.
+    pub netns: Option<PathBuf>,
     pub supervision: Supervision,
     /// The polite stop signal for [`ChildProcess::terminate`] (Postgres:
     /// SIGINT, "fast shutdown"; SIGTERM would wait for clients).
@@ -146,6 +150,7 @@ impl ProcessSpec {
             log: dir.join(log_name),
             stdout: None,
             user: None,
+            netns: None,
             supervision: Supervision::Tied,
             stop_signal: Signal::SIGTERM,
         }
@@ -177,6 +182,11 @@ impl ProcessSpec {
 
     pub fn user(mut self, user: Option<String>) -> Self {
         self.user = user;
+        self
+    }
+
+    pub fn netns(mut self, netns: Option<PathBuf>) -> Self {
+        self.netns = netns;
         self
     }
 
@@ -865,13 +875,32 @@ fn launch(spec: &ProcessSpec) -> Result<(Child, u32, Option<u64>), LabError> {
         }
     }
     cmd.envs(spec.env.iter().map(|(k, v)| (k, v)));
-    if let Some(name) = &spec.user {
-        let user = lookup_user(name)?;
-        cmd.uid(user.uid.as_raw())
-            .gid(user.gid.as_raw())
-            .env("HOME", &user.dir)
-            .env("USER", name)
-            .env("LOGNAME", name);
+    let user = match &spec.user {
+        Some(name) => {
+            let user = lookup_user(name)?;
+            cmd.env("HOME", &user.dir)
+                .env("USER", name)
+                .env("LOGNAME", name);
+            Some(user)
+        }
+        None => None,
+    };
+    // Open here, entered in the child; kept open until the spawn is done.
+    let netns = match &spec.netns {
+        Some(path) => {
+            Some(File::open(path).map_err(|e| LabError::io("open network namespace", path, e))?)
+        }
+        None => None,
+    };
+    match (&user, &netns) {
+        // std drops privileges before any pre_exec hook runs, and a process
+        // that is no longer root cannot enter a namespace: the hook enters
+        // it first, then drops them itself.
+        (_, Some(ns)) => enter_netns_pre_exec(&mut cmd, ns, user.as_ref()),
+        (Some(user), None) => {
+            cmd.uid(user.uid.as_raw()).gid(user.gid.as_raw());
+        }
+        (None, None) => {}
     }
     if spec.supervision == Supervision::Tied {
         cmd.process_group(0);
@@ -907,6 +936,35 @@ pub fn lookup_user(name: &str) -> Result<User, LabError> {
             user: name.to_string(),
             reason: e.to_string(),
         }),
+    }
+}
+
+/// In the child: enter the network namespace open at `ns`, then become
+/// `user` (groups, gid, uid: the order std uses) if given.
+#[allow(unsafe_code)]
+fn enter_netns_pre_exec(cmd: &mut Command, ns: &File, user: Option<&User>) {
+    use std::os::fd::{AsRawFd, BorrowedFd};
+    let fd = ns.as_raw_fd();
+    let ids = user.map(|u| (u.uid, u.gid));
+    let hook = move || -> io::Result<()> {
+        // SAFETY: `fd` stays open in the parent until spawn returns, and
+        // so in the child (a copy of the parent's table) until exec.
+        let ns = unsafe { BorrowedFd::borrow_raw(fd) };
+        nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
+        if let Some((uid, gid)) = ids {
+            nix::unistd::setgroups(&[gid]).map_err(io::Error::from)?;
+            nix::unistd::setgid(gid).map_err(io::Error::from)?;
+            nix::unistd::setuid(uid).map_err(io::Error::from)?;
+        }
+        Ok(())
+    };
+    // SAFETY: as in `arm_pre_exec`: only raw system calls through nix
+    // (setns, setgroups, setgid, setuid), errors wrap the errno without
+    // allocating, no locks, and the captured values are plain integers.
+    // Registered before `arm_pre_exec`'s hook, so the death signal is armed
+    // after the uid change (which would clear it).
+    unsafe {
+        cmd.pre_exec(hook);
     }
 }
 

@@ -10,7 +10,7 @@
 //! which is why plain `Serialize` is fine here.
 
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -22,9 +22,9 @@ pub(crate) const ORDERS_TABLE: &str = "public.orders";
 /// The header that carries the city, and its key kind.
 pub(crate) const CITY_HEADER: &str = "x-city-id";
 
-/// `127.0.0.1:0`.
-pub(crate) fn any_port() -> SocketAddr {
-    SocketAddr::from((Ipv4Addr::LOCALHOST, 0))
+/// `HOST:0`: any port on a site's (or the WAN's) address.
+pub(crate) fn any_port(host: IpAddr) -> SocketAddr {
+    SocketAddr::new(host, 0)
 }
 
 /// `orders.toml`.
@@ -128,10 +128,10 @@ pub(crate) struct ShardKey {
 }
 
 impl OrdersToml {
-    pub(crate) fn new(site: &str, postgres: String, pool_size: usize) -> Self {
+    pub(crate) fn new(site: &str, host: IpAddr, postgres: String, pool_size: usize) -> Self {
         OrdersToml {
             site: site.to_string(),
-            listen: any_port(),
+            listen: any_port(host),
             postgres,
             pool_size,
         }
@@ -141,19 +141,21 @@ impl OrdersToml {
 impl RouterToml {
     /// Header `x-city-id` (a city), no key -> this site, unknown city -> 404;
     /// `peer_secret` shared by the ensemble's routers, or peer TLS.
-    pub(crate) fn new(site: &str, topology: Topology, trust: &PeerTrust) -> Self {
+    pub(crate) fn new(site: &str, host: IpAddr, topology: Topology, trust: &PeerTrust) -> Self {
         let (peer, peer_secret, peer_tls) = match trust {
             PeerTrust::Secret(s) => (None, Some(s.clone()), None),
-            PeerTrust::Tls(t) => (Some(any_port()), None, Some(t.clone())),
+            PeerTrust::Tls(t) => (Some(any_port(host)), None, Some(t.clone())),
         };
         RouterToml {
             site: site.to_string(),
             peer_tls,
             listen: RouterListen {
-                http: any_port(),
+                http: any_port(host),
                 peer,
             },
-            admin: Admin { listen: any_port() },
+            admin: Admin {
+                listen: any_port(host),
+            },
             topology,
             keys: vec![KeySource {
                 source: "header",
@@ -172,7 +174,12 @@ impl RouterToml {
 impl ReplicatorToml {
     /// Replicate `public.orders` (shard key: the city) from every source,
     /// and keep this site's fence in line with the topology.
-    pub(crate) fn new(site: &str, topology: Topology, sources: BTreeMap<String, Source>) -> Self {
+    pub(crate) fn new(
+        site: &str,
+        host: IpAddr,
+        topology: Topology,
+        sources: BTreeMap<String, Source>,
+    ) -> Self {
         let mut shard_keys = BTreeMap::new();
         shard_keys.insert(
             ORDERS_TABLE.to_string(),
@@ -187,7 +194,9 @@ impl ReplicatorToml {
             fence: true,
             topology,
             sources,
-            admin: Admin { listen: any_port() },
+            admin: Admin {
+                listen: any_port(host),
+            },
             shard_keys,
         }
     }
@@ -209,6 +218,8 @@ pub(crate) fn write(path: &Path, value: &impl Serialize) -> Result<(), EnsembleE
 mod tests {
     use super::*;
 
+    const LOCAL: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
     fn topo() -> Topology {
         Topology {
             etcd: vec!["http://127.0.0.1:2379".to_string()],
@@ -221,6 +232,7 @@ mod tests {
     fn router_config_has_the_documented_shape() {
         let text = toml::to_string(&RouterToml::new(
             "beijing",
+            LOCAL,
             topo(),
             &PeerTrust::Secret("0123456789abcdef".into()),
         ))
@@ -247,7 +259,8 @@ mod tests {
             key_file: "/certs/peer-beijing.key".into(),
             ca_file: "/certs/ca.pem".into(),
         });
-        let text = toml::to_string(&RouterToml::new("beijing", topo(), &trust)).expect("toml");
+        let text =
+            toml::to_string(&RouterToml::new("beijing", LOCAL, topo(), &trust)).expect("toml");
         let v: toml::Value = toml::from_str(&text).expect("parses back");
         assert_eq!(v["listen"]["peer"].as_str(), Some("127.0.0.1:0"));
         assert!(v["routing"].get("peer_secret").is_none(), "{text}");
@@ -268,7 +281,8 @@ mod tests {
                 dsn: "host=127.0.0.1 port=5 user=postgres dbname=ezone".to_string(),
             },
         );
-        let text = toml::to_string(&ReplicatorToml::new("beijing", topo(), sources)).expect("toml");
+        let text =
+            toml::to_string(&ReplicatorToml::new("beijing", LOCAL, topo(), sources)).expect("toml");
         let v: toml::Value = toml::from_str(&text).expect("parses back");
         assert_eq!(v["fence"].as_bool(), Some(true));
         assert_eq!(v["tables"][0].as_str(), Some("public.orders"));
@@ -287,8 +301,8 @@ mod tests {
 
     #[test]
     fn orders_config_has_the_documented_shape() {
-        let text =
-            toml::to_string(&OrdersToml::new("beijing", "host=x".to_string(), 8)).expect("toml");
+        let text = toml::to_string(&OrdersToml::new("beijing", LOCAL, "host=x".to_string(), 8))
+            .expect("toml");
         let v: toml::Value = toml::from_str(&text).expect("parses back");
         assert_eq!(v["pool_size"].as_integer(), Some(8));
         assert_eq!(v["listen"].as_str(), Some("127.0.0.1:0"));

@@ -39,6 +39,9 @@ pub(crate) struct Launch<'a> {
     /// The site's clock, when the lab skews clocks: the process runs under
     /// libfaketime reading the site's offset file ([`crate::clock`]).
     pub clock: Option<&'a SiteClock>,
+    /// The site's network namespace, when it is a host of its own
+    /// ([`crate::netns`]).
+    pub netns: Option<PathBuf>,
 }
 
 impl Launch<'_> {
@@ -71,6 +74,7 @@ impl Service {
             // over both).
             .env("RUST_LOG", l.log_filter)
             .stdout_file(ready_file.clone())
+            .netns(l.netns.clone())
             .supervision(l.supervision);
         let spec = match l.clock {
             Some(clock) => clock.apply(spec),

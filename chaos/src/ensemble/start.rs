@@ -5,7 +5,7 @@
 //! with the ports it reports, so a restart binds the same ones.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -19,6 +19,7 @@ use super::EnsembleSpec;
 use crate::certs::LabCerts;
 use crate::clock::SiteClock;
 use crate::lab::Lab;
+use crate::netns::Host;
 
 /// How long `ezone orders install` may take.
 const INSTALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -55,6 +56,8 @@ pub(super) struct Layout<'a> {
     topology: config::Topology,
     /// Each site's clock, when the lab skews clocks (else empty).
     clocks: BTreeMap<String, SiteClock>,
+    /// Each site's host: its address and network namespace.
+    hosts: BTreeMap<String, Host>,
 }
 
 impl<'a> Layout<'a> {
@@ -82,11 +85,23 @@ impl<'a> Layout<'a> {
                 etcd_tls: lab.etcd_options().tls,
             },
             clocks: lab.clocks().clone(),
+            hosts: lab
+                .sites()
+                .iter()
+                .map(|s| (s.clone(), lab.hosts().site(s)))
+                .collect(),
         })
     }
 
     fn dir(&self, site: &str) -> &Path {
         &self.dirs[site]
+    }
+
+    /// The address `site`'s processes listen on.
+    fn addr(&self, site: &str) -> IpAddr {
+        self.hosts
+            .get(site)
+            .map_or(IpAddr::V4(Ipv4Addr::LOCALHOST), |h| h.addr)
     }
 
     /// How to run `command` at `site`, its files named `<stem>.*`.
@@ -101,6 +116,7 @@ impl<'a> Layout<'a> {
             supervision: self.spec.supervision,
             ready_timeout: self.spec.ready_timeout,
             clock: self.clocks.get(site),
+            netns: self.hosts.get(site).and_then(|h| h.netns.clone()),
         }
     }
 }
@@ -179,7 +195,12 @@ pub(super) async fn fronts(
     };
     for site in lab.sites() {
         let l = layout.launch(site, "orders", &["orders", "serve"]);
-        let orders_cfg = OrdersToml::new(site, site_dsn(lab, site)?, layout.spec.pool_size);
+        let orders_cfg = OrdersToml::new(
+            site,
+            layout.addr(site),
+            site_dsn(lab, site)?,
+            layout.spec.pool_size,
+        );
         config::write(&l.config_path(), &orders_cfg)?;
         let orders = Service::spawn(&l)?;
         let l = layout.launch(site, "router", &["router"]);
@@ -194,7 +215,7 @@ pub(super) async fn fronts(
             }
             Trust::Secret(secret) => PeerTrust::Secret(secret.clone()),
         };
-        let router_cfg = RouterToml::new(site, layout.topology.clone(), &trust);
+        let router_cfg = RouterToml::new(site, layout.addr(site), layout.topology.clone(), &trust);
         config::write(&l.config_path(), &router_cfg)?;
         let router = Service::spawn(&l)?;
         spawned.push((site, orders, orders_cfg, router, router_cfg));
@@ -282,7 +303,7 @@ pub(super) async fn replicators(
         if layout.spec.replicator_etcd_links {
             topology.etcd = super::topology::add_etcd_links(lab, site).await?;
         }
-        let cfg = ReplicatorToml::new(site, topology, sources);
+        let cfg = ReplicatorToml::new(site, layout.addr(site), topology, sources);
         config::write(&l.config_path(), &cfg)?;
         spawned.push((site, Service::spawn(&l)?, cfg));
     }

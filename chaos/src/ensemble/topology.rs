@@ -56,7 +56,7 @@ pub(crate) async fn add_etcd_links(lab: &Lab, site: &str) -> Result<Vec<String>,
         })?;
         let spec = LinkSpec {
             name: etcd_member_link_name(site, member),
-            listen: any_port(),
+            listen: any_port(lab.hosts().wan().addr),
             upstream,
             upstream_toxics: Toxics::default(),
             downstream_toxics: Toxics::default(),
@@ -65,7 +65,8 @@ pub(crate) async fn add_etcd_links(lab: &Lab, site: &str) -> Result<Vec<String>,
             Some(proxy) => proxy.add_link(spec).await?.listen_addr(),
             None => lab.admin_client().add_link(&spec).await?.listen,
         };
-        // TLS passes through the proxy: the certificate names 127.0.0.1.
+        // TLS passes through the proxy: etcd's certificate names the WAN
+        // address the link listens on (127.0.0.1 on loopback).
         urls.push(format!("{scheme}://{listen}"));
     }
     Ok(urls)
@@ -103,7 +104,7 @@ pub(crate) async fn add_router_link(
     };
     let spec = LinkSpec {
         name: router_link_name(site),
-        listen: any_port(),
+        listen: any_port(lab.hosts().wan().addr),
         upstream: router,
         upstream_toxics: one_way.clone(),
         downstream_toxics: one_way,

@@ -51,6 +51,7 @@ pub use wan::ProxyLaunch;
 use crate::certs::{LabCerts, LOOPBACK_SANS};
 use crate::clock::{self, SiteClock};
 use crate::etcd::{EtcdCluster, EtcdOptions, EtcdServerTls};
+use crate::netns::{Hosts, Network};
 use crate::postgres::{self, PgCluster, PgOptions};
 use crate::process::{self, Supervision};
 use crate::proxy::{AdminClient, FaultProxy, LinkHandle};
@@ -105,6 +106,10 @@ pub struct LabSpec {
     /// certificate (`--client-cert-auth`) signed by the lab's CA;
     /// [`Lab::etcd_options`] says how to reach it. On by default.
     pub etcd_tls: bool,
+    /// All on this host's loopback (the default), or each site a host of
+    /// its own in a network namespace, reached from the others only across
+    /// the WAN proxy ([`crate::netns`]; needs root and iproute2).
+    pub network: Network,
 }
 
 impl Default for LabSpec {
@@ -121,6 +126,7 @@ impl Default for LabSpec {
             pg_password: None,
             pg_tls: true,
             etcd_tls: true,
+            network: Network::Loopback,
         }
     }
 }
@@ -180,6 +186,15 @@ impl LabSpec {
                     .to_string(),
             });
         }
+        if self.network == Network::Namespaces && self.supervision == Supervision::Detached {
+            return Err(LabError::InvalidSpec {
+                field: "network",
+                value: "namespaces".to_string(),
+                why: "the namespaces are removed with the lab's handle, so a detached lab \
+                      cannot use them"
+                    .to_string(),
+            });
+        }
         Ok(())
     }
 }
@@ -199,6 +214,9 @@ pub struct Lab {
     etcd: EtcdCluster,
     clocks: Clocks,
     root: LabRoot,
+    /// Where each part lives on the network; with namespaces, removed last,
+    /// once nothing runs in them.
+    hosts: Hosts,
 }
 
 impl Lab {
@@ -209,9 +227,19 @@ impl Lab {
         let began = Instant::now();
         let root = LabRoot::new(spec.dir.as_deref(), spec.keep_files)?;
         let clocks = Clocks::new(spec.clock_skew, &spec.sites, root.path(), spec.keep_files)?;
+        let hosts = Hosts::new(spec.network, &spec.sites)?;
+        let wan_addr = hosts.wan().addr;
+        // Beside the loopback names, the WAN address (where etcd and the
+        // proxy in front of each Postgres listen), which clients verify.
+        let mut server_names: Vec<String> = Vec::new();
+        if !LOOPBACK_SANS.contains(&wan_addr.to_string().as_str()) {
+            server_names.push(wan_addr.to_string());
+        }
         let (etcd_server_tls, etcd_client) = if spec.etcd_tls {
             let certs = LabCerts::generate(&root.path().join("etcd-certs"))?;
-            let server = certs.issue_server("etcd", LOOPBACK_SANS)?;
+            let mut names: Vec<&str> = LOOPBACK_SANS.to_vec();
+            names.extend(server_names.iter().map(String::as_str));
+            let server = certs.issue_server("etcd", &names)?;
             let client = certs.issue_client("ezone")?;
             let tls = ezone_topology::store::EtcdTls::new(certs.ca_file())
                 .with_identity(&client.cert_file, &client.key_file);
@@ -228,6 +256,7 @@ impl Lab {
             supervision: spec.supervision,
             keep_files: spec.keep_files,
             tls: etcd_server_tls,
+            host: wan_addr,
             ..EtcdOptions::default()
         });
         let pgs = futures::future::try_join_all(spec.sites.iter().map(|site| {
@@ -238,6 +267,9 @@ impl Lab {
                 keep_files: spec.keep_files,
                 password: spec.pg_password.clone(),
                 tls: spec.pg_tls,
+                host: hosts.site(site),
+                clients: hosts.clients().to_vec(),
+                server_names: server_names.clone(),
                 ..PgOptions::new(site.clone())
             })
         }));
@@ -249,6 +281,7 @@ impl Lab {
             spec.supervision,
             &postgres,
             spec.wan_rtt,
+            wan_addr,
             root.path(),
             spec.keep_files,
         )
@@ -270,7 +303,13 @@ impl Lab {
             etcd,
             clocks,
             root,
+            hosts,
         })
+    }
+
+    /// Where each part lives on the network ([`LabSpec::network`]).
+    pub fn hosts(&self) -> &Hosts {
+        &self.hosts
     }
 
     /// The sites, in the order given.

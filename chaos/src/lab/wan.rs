@@ -14,7 +14,7 @@
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -82,10 +82,11 @@ impl Wan {
         supervision: Supervision,
         postgres: &BTreeMap<String, PgCluster>,
         rtt: Duration,
+        host: IpAddr,
         root: &Path,
         keep_files: bool,
     ) -> Result<Wan, LabError> {
-        let specs = link_specs(postgres, rtt);
+        let specs = link_specs(postgres, rtt, host);
         match launch {
             ProxyLaunch::InProcess => {
                 let proxy = FaultProxy::new();
@@ -94,7 +95,7 @@ impl Wan {
                     let handle = proxy.add_link(spec).await?;
                     links.insert(handle.name().to_string(), handle);
                 }
-                let admin = proxy.serve_admin(any_port()).await?;
+                let admin = proxy.serve_admin(any_port(host)).await?;
                 tracing::info!(links = links.len(), admin = %admin, "WAN fault proxy is up (in process).");
                 Ok(Wan::InProcess {
                     proxy,
@@ -106,7 +107,8 @@ impl Wan {
                 let dir = ScratchDir::create(&root.join("proxy"))?.keep_files(keep_files);
                 let mut attempt = 1;
                 loop {
-                    match start_external(program, args, supervision, dir.path(), &specs).await {
+                    match start_external(program, args, supervision, dir.path(), &specs, host).await
+                    {
                         Ok((process, ready)) => {
                             tracing::info!(links = ready.links.len(), admin = %ready.admin, pid = process.pid(), "WAN fault proxy is up.");
                             return Ok(Wan::External {
@@ -182,14 +184,20 @@ impl Wan {
     }
 }
 
-/// `127.0.0.1:0`.
-fn any_port() -> SocketAddr {
-    SocketAddr::from((Ipv4Addr::LOCALHOST, 0))
+/// `HOST:0`.
+fn any_port(host: IpAddr) -> SocketAddr {
+    SocketAddr::new(host, 0)
 }
 
 /// One link per ordered pair (a, b), a != b: `a->b` forwards to a's Postgres
 /// with rtt/2 of latency each way.
-fn link_specs(postgres: &BTreeMap<String, PgCluster>, rtt: Duration) -> Vec<LinkSpec> {
+/// Each listens on `host` (where the WAN lives: 127.0.0.1, or the lab's
+/// WAN address with sites in namespaces).
+fn link_specs(
+    postgres: &BTreeMap<String, PgCluster>,
+    rtt: Duration,
+    host: IpAddr,
+) -> Vec<LinkSpec> {
     let one_way = Toxics {
         latency: rtt / 2,
         ..Toxics::default()
@@ -199,7 +207,7 @@ fn link_specs(postgres: &BTreeMap<String, PgCluster>, rtt: Duration) -> Vec<Link
         for b in postgres.keys().filter(|b| *b != a) {
             specs.push(LinkSpec {
                 name: link_name(a, b),
-                listen: any_port(),
+                listen: any_port(host),
                 upstream: pg.addr(),
                 upstream_toxics: one_way.clone(),
                 downstream_toxics: one_way.clone(),
@@ -216,10 +224,11 @@ async fn start_external(
     supervision: Supervision,
     dir: &Path,
     specs: &[LinkSpec],
+    host: IpAddr,
 ) -> Result<(ChildProcess, Ready), LabError> {
     let config_path = dir.join("proxy.json");
     let mut config = ProxyConfig {
-        admin: any_port(),
+        admin: any_port(host),
         links: specs.to_vec(),
     };
     write_json(&config_path, &config)?;

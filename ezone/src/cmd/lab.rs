@@ -120,6 +120,8 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
         pg_password: None,
         pg_tls: true,
         etcd_tls: false,
+        // A detached lab outlives this process; namespaces go with it.
+        network: ezone_chaos::netns::Network::Loopback,
     };
     spec.validate()?;
 
