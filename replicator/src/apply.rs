@@ -474,11 +474,7 @@ struct RecordAt<'a> {
 
 /// Writes one conflict record, with both versions and the incoming change's
 /// operation, in the apply transaction.
-async fn record(
-    tx: &tokio_postgres::Transaction<'_>,
-    at: &RecordAt<'_>,
-    c: ConflictRecord<'_>,
-) -> Result<(), ApplyError> {
+async fn record(tx: &Client, at: &RecordAt<'_>, c: ConflictRecord<'_>) -> Result<(), ApplyError> {
     let ConflictRecord {
         kind,
         op,
@@ -549,7 +545,7 @@ pub const MAX_CACHED_STATEMENTS: usize = 1000;
 /// Executes a statement, preparing it once per connection (all parameters
 /// are text: see [`crate::sql`]).
 async fn exec(
-    tx: &tokio_postgres::Transaction<'_>,
+    tx: &Client,
     cache: &mut HashMap<String, tokio_postgres::Statement>,
     st: &Statement,
 ) -> Result<u64, tokio_postgres::Error> {
@@ -559,7 +555,7 @@ async fn exec(
 
 /// The prepared form of `st` on this connection, preparing it on first use.
 async fn prepare(
-    tx: &tokio_postgres::Transaction<'_>,
+    tx: &Client,
     cache: &mut HashMap<String, tokio_postgres::Statement>,
     st: &Statement,
 ) -> Result<tokio_postgres::Statement, tokio_postgres::Error> {
@@ -568,7 +564,7 @@ async fn prepare(
 
 /// As [`prepare`], for a set statement (every parameter `text[]`).
 async fn prepare_set(
-    tx: &tokio_postgres::Transaction<'_>,
+    tx: &Client,
     cache: &mut HashMap<String, tokio_postgres::Statement>,
     st: &SetStatement<'_>,
 ) -> Result<tokio_postgres::Statement, tokio_postgres::Error> {
@@ -576,7 +572,7 @@ async fn prepare_set(
 }
 
 async fn prepare_typed(
-    tx: &tokio_postgres::Transaction<'_>,
+    tx: &Client,
     cache: &mut HashMap<String, tokio_postgres::Statement>,
     sql: &str,
     ty: Type,
@@ -611,6 +607,380 @@ async fn fall_back(
     tx.rollback()
         .await
         .map_err(|e| classify(&target, "ROLLBACK", e))
+}
+
+/// How the fast path's statements went.
+enum Steps {
+    /// Every statement touched exactly its rows.
+    Applied,
+    /// A statement touched fewer rows than it should: a conflict somewhere.
+    Conflict,
+    /// A statement failed (not the origin setup): the careful path says
+    /// whether the batch really fails.
+    Failed(ApplyError),
+}
+
+/// The origin setup's parameters for a transaction ending at `commit`: its
+/// end LSN and commit time.
+fn origin_setup(commit: &crate::pgoutput::Commit) -> (String, std::time::SystemTime) {
+    (
+        commit.end_lsn.to_string(),
+        commit
+            .commit_time
+            .to_system_time()
+            .unwrap_or(std::time::SystemTime::UNIX_EPOCH),
+    )
+}
+
+/// Runs the fast path's `steps` on `c`, inside a transaction (or savepoint)
+/// the caller opened and ends, with the origin advanced first when `setup`
+/// says. An `Err` is an error of the origin setup: it ends the transaction.
+async fn run_steps(
+    c: &Client,
+    cache: &mut HashMap<String, tokio_postgres::Statement>,
+    target: &str,
+    steps: &[plan::Step<'_>],
+    setup: Option<&(String, std::time::SystemTime)>,
+) -> Result<Steps, ApplyError> {
+    // Prepare what is new (sequential, once per statement text).
+    for step in steps {
+        let prepared = match &step.statement {
+            StepStatement::Row(st) => prepare(c, cache, st).await,
+            StepStatement::Set(st) => prepare_set(c, cache, st).await,
+        };
+        if let Err(e) = prepared {
+            return Ok(Steps::Failed(classify(target, "preparing a statement", e)));
+        }
+    }
+    // Prepared, so that it is sent (and runs) first, before a row statement
+    // that fails could abort the transaction under it.
+    let setup = match setup {
+        Some((end_lsn, commit_time)) => {
+            let prepared = match cache.get(ORIGIN_SETUP_SQL) {
+                Some(p) => p.clone(),
+                None => {
+                    let p = c
+                        .prepare_typed(ORIGIN_SETUP_SQL, &[Type::TEXT, Type::TIMESTAMPTZ])
+                        .await
+                        .map_err(|e| {
+                            classify(target, "preparing pg_replication_origin_xact_setup", e)
+                        })?;
+                    cache.insert(ORIGIN_SETUP_SQL.to_string(), p.clone());
+                    p
+                }
+            };
+            let params: [&(dyn ToSql + Sync); 2] = [end_lsn, commit_time];
+            Either::Left(async move { c.execute(&prepared, &params).await.map(Some) })
+        }
+        None => Either::Right(futures::future::ready(Ok(None))),
+    };
+    let param_refs: Vec<Vec<&(dyn ToSql + Sync)>> = steps
+        .iter()
+        .map(|step| match &step.statement {
+            StepStatement::Row(st) => params(st),
+            StepStatement::Set(st) => st.arrays.iter().map(|a| a as &(dyn ToSql + Sync)).collect(),
+        })
+        .collect();
+    // Every statement, in order, each with what it must touch; set
+    // statements run with the planner settings they need, and only they.
+    let mut futures = Vec::with_capacity(steps.len() + 2);
+    let mut expect = Vec::with_capacity(steps.len() + 2);
+    let mut set_planner = false;
+    for (step, p) in steps.iter().zip(&param_refs) {
+        let (sql, want) = match &step.statement {
+            StepStatement::Row(st) => (&st.sql, None),
+            StepStatement::Set(st) => (&st.sql, Some(st.rows as u64)),
+        };
+        if want.is_some() != set_planner {
+            set_planner = want.is_some();
+            let settings = if set_planner {
+                SET_PLANNER_SQL
+            } else {
+                RESET_PLANNER_SQL
+            };
+            futures.push(Either::Right(
+                c.batch_execute(settings).map(|r| r.map(|()| 0)),
+            ));
+            expect.push(Expect::Settings);
+        }
+        let Some(prepared) = cache.get(sql) else {
+            return Ok(Steps::Failed(ApplyError::Definite {
+                target: target.to_string(),
+                detail: format!("the statement `{sql}` was not prepared"),
+            }));
+        };
+        futures.push(Either::Left(c.execute(prepared, p)));
+        expect.push(match want {
+            None => Expect::Row(sql),
+            Some(n) => Expect::Set(sql, n),
+        });
+    }
+    let (setup, counts) = futures::future::join(setup, futures::future::join_all(futures)).await;
+    setup.map_err(|e| classify(target, "pg_replication_origin_xact_setup", e))?;
+    for (n, expect) in counts.into_iter().zip(expect) {
+        let n = match n {
+            Ok(n) => n,
+            Err(e) => {
+                let what = match expect {
+                    Expect::Settings => "setting the planner for set statements".to_string(),
+                    Expect::Row(sql) | Expect::Set(sql, _) => format!("applying `{sql}`"),
+                };
+                return Ok(Steps::Failed(classify(target, &what, e)));
+            }
+        };
+        // A row statement touches its row (0: a conflict); a set statement
+        // every one of its rows (fewer: a conflict somewhere).
+        let touched = match expect {
+            Expect::Settings => true,
+            Expect::Row(_) => n > 0,
+            Expect::Set(_, want) => n == want,
+        };
+        if !touched {
+            return Ok(Steps::Conflict);
+        }
+    }
+    Ok(Steps::Applied)
+}
+
+/// The careful path's changes, one statement at a time in source order, on
+/// `c` inside a transaction the caller opened (and ends): each change judged
+/// for ownership, each conflict recorded and resolved by the policy.
+/// `shapes`: each change's table ([`Applier::shapes`]).
+async fn apply_one_by_one(
+    c: &Client,
+    cache: &mut HashMap<String, tokio_postgres::Statement>,
+    target: &str,
+    link: &str,
+    txns: &[SourceTxn],
+    all_shapes: Vec<Vec<Option<Arc<TableInfo>>>>,
+    own: &Ownership,
+) -> Result<Applied, ApplyError> {
+    let target = target.to_string();
+    let link = link.to_string();
+    let topology = own.topology.as_ref().and_then(|f| f());
+    let topology = topology.as_deref();
+    let time_of = |txn: &SourceTxn| origin_setup(&txn.commit).1;
+    let shape_err = |e: ShapeError| ApplyError::Shape {
+        target: target.clone(),
+        source: e,
+    };
+    let mut out = Applied::default();
+    for (txn, shapes) in txns.iter().zip(all_shapes) {
+        let commit_time = time_of(txn);
+        // Where this transaction's conflicts are recorded from.
+        let at = RecordAt {
+            link: &link,
+            target: &target,
+            txn,
+            commit_time,
+        };
+        for (ch, shape) in txn.changes.iter().zip(shapes) {
+            // Ownership first: a change made at a site that does not own
+            // the row's shard is a conflict whatever else happens.
+            let mut right = Right::Unjudged;
+            let mut shard = None;
+            if let (Some(t), Some((rel, image)), Some(op)) = (&shape, row_image(ch), op_of(ch)) {
+                shard = own.shard_of(topology, rel, image);
+                if shard.is_none() && own.lacks_key(rel, image) {
+                    if let Ok(st) = sql::select_row(t, rel, image) {
+                        let row = c
+                            .query_opt(st.sql.as_str(), &params(&st))
+                            .await
+                            .map_err(|e| classify(&target, "reading the row's shard key", e))?
+                            .and_then(|r| r.get::<_, Option<String>>(0));
+                        shard = row.and_then(|row| own.shard_of_json(topology, rel, &row));
+                    }
+                }
+                let verdict =
+                    own.verdict(shard, txn)
+                        .await
+                        .map_err(|detail| ApplyError::Transient {
+                            target: target.clone(),
+                            detail,
+                        })?;
+                right = right_of(&verdict);
+                if let Some(res) = conflict::resolve_foreign(own.policy, right) {
+                    let reason = match verdict {
+                        Some(Verdict::Foreign { reason, .. }) => reason,
+                        // resolve_foreign answers only for a foreign verdict.
+                        _ => format!(
+                            "the change was made at {}, which did not own the row's shard",
+                            own.source_site
+                        ),
+                    };
+                    record(
+                        c,
+                        &at,
+                        ConflictRecord {
+                            kind: "foreign_shard",
+                            op,
+                            shard,
+                            table: t,
+                            rel,
+                            image,
+                            reason: &reason,
+                            resolution: res.as_str(own.policy),
+                        },
+                    )
+                    .await?;
+                    out.conflicts += 1;
+                    if res == Resolution::KeepTarget {
+                        continue;
+                    }
+                }
+            }
+            let conflict = match (ch, shape) {
+                (Change::Insert { rel, new }, Some(t)) => {
+                    let st = sql::insert(&t, rel, new).map_err(shape_err)?;
+                    let n = exec(c, cache, &st).await.map_err(|e| {
+                        classify(&target, &format!("INSERT into {}", t.qualified), e)
+                    })?;
+                    if n == 0 {
+                        // The row exists: the policy decides whose version stays.
+                        let target_commit = if own.policy == Policy::LastWriterWins {
+                            match sql::select_commit_time(&t, rel, new) {
+                                Ok(st) => c
+                                    .query_opt(st.sql.as_str(), &params(&st))
+                                    .await
+                                    .ok()
+                                    .flatten()
+                                    .and_then(|r| r.get::<_, Option<std::time::SystemTime>>(0)),
+                                Err(_) => None,
+                            }
+                        } else {
+                            None
+                        };
+                        let res = conflict::resolve_exists(
+                            own.policy,
+                            &own.source_site,
+                            &own.target_site,
+                            right,
+                            commit_time,
+                            target_commit,
+                        );
+                        record(
+                            c,
+                            &at,
+                            ConflictRecord {
+                                kind: "insert_exists",
+                                op: Op::Insert,
+                                shard,
+                                table: &t,
+                                rel,
+                                image: new,
+                                reason: "a row with this key already exists at the target",
+                                resolution: res.as_str(own.policy),
+                            },
+                        )
+                        .await?;
+                        out.conflicts += 1;
+                        if res == Resolution::ApplySource {
+                            let st = sql::update(&t, rel, None, new).map_err(shape_err)?;
+                            exec(c, cache, &st).await.map_err(|e| {
+                                classify(
+                                    &target,
+                                    &format!("UPDATE of {} (conflict resolution)", t.qualified),
+                                    e,
+                                )
+                            })?;
+                        }
+                        continue;
+                    }
+                    None
+                }
+                (Change::Update { rel, old, new }, Some(t)) => {
+                    let st = sql::update(&t, rel, old.as_ref(), new).map_err(shape_err)?;
+                    let n = exec(c, cache, &st)
+                        .await
+                        .map_err(|e| classify(&target, &format!("UPDATE of {}", t.qualified), e))?;
+                    (n == 0).then_some((
+                        t,
+                        "update_missing",
+                        Op::Update,
+                        rel,
+                        new,
+                        "the row to update does not exist at the target",
+                    ))
+                }
+                (Change::Delete { rel, old }, Some(t)) => {
+                    let st = sql::delete(&t, rel, old).map_err(shape_err)?;
+                    let n = exec(c, cache, &st).await.map_err(|e| {
+                        classify(&target, &format!("DELETE from {}", t.qualified), e)
+                    })?;
+                    (n == 0).then_some((
+                        t,
+                        "delete_missing",
+                        Op::Delete,
+                        rel,
+                        old.tuple(),
+                        "the row to delete does not exist at the target",
+                    ))
+                }
+                (
+                    Change::Truncate {
+                        rels,
+                        cascade,
+                        restart_identity,
+                    },
+                    _,
+                ) => {
+                    let names: Vec<String> = rels.iter().map(|r| sql::qualified(r)).collect();
+                    let stmt = format!(
+                        "TRUNCATE {}{}{}",
+                        names.join(", "),
+                        if *restart_identity {
+                            " RESTART IDENTITY"
+                        } else {
+                            ""
+                        },
+                        if *cascade { " CASCADE" } else { "" }
+                    );
+                    c.batch_execute(&stmt)
+                        .await
+                        .map_err(|e| classify(&target, "TRUNCATE", e))?;
+                    None
+                }
+                (Change::Message(m), _) => {
+                    c.execute(
+                        "INSERT INTO ezone_replication.markers (link, prefix, content, source_lsn) \
+                         VALUES ($1, $2, $3, $4::text::pg_lsn) ON CONFLICT DO NOTHING",
+                        &[&link, &m.prefix, &m.content.as_ref(), &m.lsn.to_string()],
+                    )
+                    .await
+                    .map_err(|e| classify(&target, "recording a marker", e))?;
+                    out.markers.push(m.prefix.clone());
+                    None
+                }
+                // A row change whose table was not resolved cannot happen:
+                // shapes were resolved for every row change above.
+                (_, None) => None,
+            };
+            match conflict {
+                None => out.rows += 1,
+                Some((t, kind, op, rel, image, reason)) => {
+                    out.conflicts += 1;
+                    // A row missing for an update or delete: nothing to keep
+                    // or overwrite; the change is recorded, not applied.
+                    record(
+                        c,
+                        &at,
+                        ConflictRecord {
+                            kind,
+                            op,
+                            shard,
+                            table: &t,
+                            rel,
+                            image,
+                            reason,
+                            resolution: "recorded:not_applied",
+                        },
+                    )
+                    .await?;
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn params(st: &Statement) -> Vec<&(dyn ToSql + Sync)> {
@@ -826,11 +1196,72 @@ impl Applier {
         let Some(last) = txns.last() else {
             return Ok(Some(Applied::default()));
         };
+        let Some(changes) = self.plan_fast(txns, own).await? else {
+            return Ok(None);
+        };
+        let planned: Vec<(&Change, &TableInfo)> =
+            changes.iter().map(|(ch, t)| (*ch, t.as_ref())).collect();
+        // Shape problems are reported by the careful path.
+        let Some(steps) = plan::plan(&planned) else {
+            return Ok(None);
+        };
+        let target = self.target.clone();
+        let mut cache = self.take_statements();
+        let tx = self
+            .client
+            .transaction()
+            .await
+            .map_err(|e| classify(&target, "BEGIN", e))?;
+        let setup = origin_setup(&last.commit);
+        let ran = run_steps(tx.client(), &mut cache, &target, &steps, Some(&setup)).await;
+        let outcome = match ran {
+            Ok(o) => o,
+            Err(e) => {
+                self.statements = cache;
+                return Err(e);
+            }
+        };
+        let applied = match outcome {
+            Steps::Applied => {
+                tx.commit()
+                    .await
+                    .map_err(|e| classify(&target, "COMMIT", e))?;
+                tracing::trace!(link = %self.link, changes = planned.len(), statements = steps.len(), "Batch applied on the fast path.");
+                Some(Applied {
+                    rows: planned.len() as u64,
+                    conflicts: 0,
+                    markers: Vec::new(),
+                    fast_path_statements: steps.len() as u64,
+                })
+            }
+            Steps::Conflict => {
+                // A conflict: undo and take the careful path.
+                tx.rollback()
+                    .await
+                    .map_err(|e| classify(&target, "ROLLBACK", e))?;
+                None
+            }
+            Steps::Failed(err) => {
+                fall_back(tx, &self.link, err).await?;
+                None
+            }
+        };
+        self.statements = cache;
+        Ok(applied)
+    }
+
+    /// Every change of `txns` with its table, if the whole batch may go the
+    /// fast path: row changes only, each with a shard key value where the
+    /// table has one, none of a row the source did not own. `None`: the
+    /// careful path decides.
+    async fn plan_fast<'t>(
+        &mut self,
+        txns: &'t [SourceTxn],
+        own: &Ownership,
+    ) -> Result<Option<Vec<(&'t Change, Arc<TableInfo>)>>, ApplyError> {
         let topology = own.topology.as_ref().and_then(|f| f());
         let topology = topology.as_deref();
         let target = self.target.clone();
-        // Every change and its table first; bail out to the careful path on
-        // anything that is not a plain row change of a row we may write.
         let mut changes = Vec::new();
         // The tables of this batch's relations (by the relation's address:
         // the batch holds them), so each is looked up once.
@@ -866,153 +1297,15 @@ impl Applier {
                 changes.push((ch, t));
             }
         }
-        let planned: Vec<(&Change, &TableInfo)> =
-            changes.iter().map(|(ch, t)| (*ch, t.as_ref())).collect();
-        // Shape problems are reported by the careful path.
-        let Some(steps) = plan::plan(&planned) else {
-            return Ok(None);
-        };
-        let mut cache = self.take_statements();
-        let tx = self
-            .client
-            .transaction()
-            .await
-            .map_err(|e| classify(&target, "BEGIN", e))?;
-        // Prepare what is new (sequential, once per statement text).
-        for step in &steps {
-            let prepared = match &step.statement {
-                StepStatement::Row(st) => prepare(&tx, &mut cache, st).await,
-                StepStatement::Set(st) => prepare_set(&tx, &mut cache, st).await,
-            };
-            if let Err(e) = prepared {
-                let err = classify(&target, "preparing a statement", e);
-                fall_back(tx, &self.link, err).await?;
-                self.statements = cache;
-                return Ok(None);
-            }
-        }
-        let commit_time = last
-            .commit
-            .commit_time
-            .to_system_time()
-            .unwrap_or(std::time::SystemTime::UNIX_EPOCH);
-        let end_lsn = last.commit.end_lsn.to_string();
-        let setup_params: [&(dyn ToSql + Sync); 2] = [&end_lsn, &commit_time];
-        // Prepared, so that it is sent (and runs) first, before a row
-        // statement that fails could abort the transaction under it.
-        let setup = match cache.get(ORIGIN_SETUP_SQL) {
-            Some(p) => p.clone(),
-            None => {
-                let p = tx
-                    .prepare_typed(ORIGIN_SETUP_SQL, &[Type::TEXT, Type::TIMESTAMPTZ])
-                    .await
-                    .map_err(|e| {
-                        classify(&target, "preparing pg_replication_origin_xact_setup", e)
-                    })?;
-                cache.insert(ORIGIN_SETUP_SQL.to_string(), p.clone());
-                p
-            }
-        };
-        let setup = tx.execute(&setup, &setup_params);
-        let param_refs: Vec<Vec<&(dyn ToSql + Sync)>> = steps
-            .iter()
-            .map(|step| match &step.statement {
-                StepStatement::Row(st) => params(st),
-                StepStatement::Set(st) => {
-                    st.arrays.iter().map(|a| a as &(dyn ToSql + Sync)).collect()
-                }
-            })
-            .collect();
-        // Every statement, in order, each with what it must touch; set
-        // statements run with the planner settings they need, and only they.
-        let mut futures = Vec::with_capacity(steps.len() + 2);
-        let mut expect = Vec::with_capacity(steps.len() + 2);
-        let mut set_planner = false;
-        for (step, p) in steps.iter().zip(&param_refs) {
-            let (sql, want) = match &step.statement {
-                StepStatement::Row(st) => (&st.sql, None),
-                StepStatement::Set(st) => (&st.sql, Some(st.rows as u64)),
-            };
-            if want.is_some() != set_planner {
-                set_planner = want.is_some();
-                let settings = if set_planner {
-                    SET_PLANNER_SQL
-                } else {
-                    RESET_PLANNER_SQL
-                };
-                futures.push(Either::Right(
-                    tx.batch_execute(settings).map(|r| r.map(|()| 0)),
-                ));
-                expect.push(Expect::Settings);
-            }
-            let Some(prepared) = cache.get(sql) else {
-                return Ok(None);
-            };
-            futures.push(Either::Left(tx.execute(prepared, p)));
-            expect.push(match want {
-                None => Expect::Row(sql),
-                Some(n) => Expect::Set(sql, n),
-            });
-        }
-        let (setup, counts) =
-            futures::future::join(setup, futures::future::join_all(futures)).await;
-        setup.map_err(|e| classify(&target, "pg_replication_origin_xact_setup", e))?;
-        for (n, expect) in counts.into_iter().zip(expect) {
-            let n = match n {
-                Ok(n) => n,
-                Err(e) => {
-                    let what = match expect {
-                        Expect::Settings => "setting the planner for set statements".to_string(),
-                        Expect::Row(sql) | Expect::Set(sql, _) => format!("applying `{sql}`"),
-                    };
-                    let err = classify(&target, &what, e);
-                    fall_back(tx, &self.link, err).await?;
-                    self.statements = cache;
-                    return Ok(None);
-                }
-            };
-            // A row statement touches its row (0: a conflict); a set
-            // statement every one of its rows (fewer: a conflict somewhere).
-            let touched = match expect {
-                Expect::Settings => true,
-                Expect::Row(_) => n > 0,
-                Expect::Set(_, want) => n == want,
-            };
-            if !touched {
-                // A conflict: undo and take the careful path.
-                tx.rollback()
-                    .await
-                    .map_err(|e| classify(&target, "ROLLBACK", e))?;
-                self.statements = cache;
-                return Ok(None);
-            }
-        }
-        tx.commit()
-            .await
-            .map_err(|e| classify(&target, "COMMIT", e))?;
-        self.statements = cache;
-        tracing::trace!(link = %self.link, changes = planned.len(), statements = steps.len(), "Batch applied on the fast path.");
-        Ok(Some(Applied {
-            rows: planned.len() as u64,
-            conflicts: 0,
-            markers: Vec::new(),
-            fast_path_statements: steps.len() as u64,
-        }))
+        Ok(Some(changes))
     }
 
-    /// The careful path: one statement at a time, conflicts recorded and
-    /// resolved by the policy as they are found.
-    async fn apply_sequential(
+    /// The target's shape of every row change of `txns` (`None` for a
+    /// truncate or a message), read before the apply transaction begins.
+    async fn shapes(
         &mut self,
         txns: &[SourceTxn],
-        own: &Ownership,
-    ) -> Result<Applied, ApplyError> {
-        let Some(last) = txns.last() else {
-            return Ok(Applied::default());
-        };
-        let topology = own.topology.as_ref().and_then(|f| f());
-        let topology = topology.as_deref();
-        // Resolve every table first (catalog reads outside the transaction).
+    ) -> Result<Vec<Vec<Option<Arc<TableInfo>>>>, ApplyError> {
         let mut all_shapes = Vec::with_capacity(txns.len());
         for txn in txns {
             let mut shapes = Vec::with_capacity(txn.changes.len());
@@ -1027,6 +1320,21 @@ impl Applier {
             }
             all_shapes.push(shapes);
         }
+        Ok(all_shapes)
+    }
+
+    /// The careful path: one statement at a time, conflicts recorded and
+    /// resolved by the policy as they are found.
+    async fn apply_sequential(
+        &mut self,
+        txns: &[SourceTxn],
+        own: &Ownership,
+    ) -> Result<Applied, ApplyError> {
+        let Some(last) = txns.last() else {
+            return Ok(Applied::default());
+        };
+        // Resolve every table first (catalog reads outside the transaction).
+        let all_shapes = self.shapes(txns).await?;
         let target = self.target.clone();
         let link = self.link.clone();
         let mut cache = self.take_statements();
@@ -1035,244 +1343,123 @@ impl Applier {
             .transaction()
             .await
             .map_err(|e| classify(&target, "BEGIN", e))?;
-        let time_of = |txn: &SourceTxn| {
-            txn.commit
-                .commit_time
-                .to_system_time()
-                .unwrap_or(std::time::SystemTime::UNIX_EPOCH)
-        };
-        tx.execute(
-            ORIGIN_SETUP_SQL,
-            &[&last.commit.end_lsn.to_string(), &time_of(last)],
+        let (end_lsn, commit_time) = origin_setup(&last.commit);
+        tx.execute(ORIGIN_SETUP_SQL, &[&end_lsn, &commit_time])
+            .await
+            .map_err(|e| classify(&target, "pg_replication_origin_xact_setup", e))?;
+        let out = apply_one_by_one(
+            tx.client(),
+            &mut cache,
+            &target,
+            &link,
+            txns,
+            all_shapes,
+            own,
         )
-        .await
-        .map_err(|e| classify(&target, "pg_replication_origin_xact_setup", e))?;
-        let shape_err = |e: ShapeError| ApplyError::Shape {
-            target: target.clone(),
-            source: e,
-        };
-        let mut out = Applied::default();
-        for (txn, shapes) in txns.iter().zip(all_shapes) {
-            let commit_time = time_of(txn);
-            // Where this transaction's conflicts are recorded from.
-            let at = RecordAt {
-                link: &link,
-                target: &target,
-                txn,
-                commit_time,
-            };
-            for (ch, shape) in txn.changes.iter().zip(shapes) {
-                // Ownership first: a change made at a site that does not own
-                // the row's shard is a conflict whatever else happens.
-                let mut right = Right::Unjudged;
-                let mut shard = None;
-                if let (Some(t), Some((rel, image)), Some(op)) = (&shape, row_image(ch), op_of(ch))
-                {
-                    shard = own.shard_of(topology, rel, image);
-                    if shard.is_none() && own.lacks_key(rel, image) {
-                        if let Ok(st) = sql::select_row(t, rel, image) {
-                            let row = tx
-                                .query_opt(st.sql.as_str(), &params(&st))
-                                .await
-                                .map_err(|e| classify(&target, "reading the row's shard key", e))?
-                                .and_then(|r| r.get::<_, Option<String>>(0));
-                            shard = row.and_then(|row| own.shard_of_json(topology, rel, &row));
-                        }
-                    }
-                    let verdict =
-                        own.verdict(shard, txn)
-                            .await
-                            .map_err(|detail| ApplyError::Transient {
-                                target: target.clone(),
-                                detail,
-                            })?;
-                    right = right_of(&verdict);
-                    if let Some(res) = conflict::resolve_foreign(own.policy, right) {
-                        let reason = match verdict {
-                            Some(Verdict::Foreign { reason, .. }) => reason,
-                            // resolve_foreign answers only for a foreign verdict.
-                            _ => format!(
-                                "the change was made at {}, which did not own the row's shard",
-                                own.source_site
-                            ),
-                        };
-                        record(
-                            &tx,
-                            &at,
-                            ConflictRecord {
-                                kind: "foreign_shard",
-                                op,
-                                shard,
-                                table: t,
-                                rel,
-                                image,
-                                reason: &reason,
-                                resolution: res.as_str(own.policy),
-                            },
-                        )
-                        .await?;
-                        out.conflicts += 1;
-                        if res == Resolution::KeepTarget {
-                            continue;
-                        }
-                    }
-                }
-                let conflict = match (ch, shape) {
-                    (Change::Insert { rel, new }, Some(t)) => {
-                        let st = sql::insert(&t, rel, new).map_err(shape_err)?;
-                        let n = exec(&tx, &mut cache, &st).await.map_err(|e| {
-                            classify(&target, &format!("INSERT into {}", t.qualified), e)
-                        })?;
-                        if n == 0 {
-                            // The row exists: the policy decides whose version stays.
-                            let target_commit = if own.policy == Policy::LastWriterWins {
-                                match sql::select_commit_time(&t, rel, new) {
-                                    Ok(st) => tx
-                                        .query_opt(st.sql.as_str(), &params(&st))
-                                        .await
-                                        .ok()
-                                        .flatten()
-                                        .and_then(|r| r.get::<_, Option<std::time::SystemTime>>(0)),
-                                    Err(_) => None,
-                                }
-                            } else {
-                                None
-                            };
-                            let res = conflict::resolve_exists(
-                                own.policy,
-                                &own.source_site,
-                                &own.target_site,
-                                right,
-                                commit_time,
-                                target_commit,
-                            );
-                            record(
-                                &tx,
-                                &at,
-                                ConflictRecord {
-                                    kind: "insert_exists",
-                                    op: Op::Insert,
-                                    shard,
-                                    table: &t,
-                                    rel,
-                                    image: new,
-                                    reason: "a row with this key already exists at the target",
-                                    resolution: res.as_str(own.policy),
-                                },
-                            )
-                            .await?;
-                            out.conflicts += 1;
-                            if res == Resolution::ApplySource {
-                                let st = sql::update(&t, rel, None, new).map_err(shape_err)?;
-                                exec(&tx, &mut cache, &st).await.map_err(|e| {
-                                    classify(
-                                        &target,
-                                        &format!("UPDATE of {} (conflict resolution)", t.qualified),
-                                        e,
-                                    )
-                                })?;
-                            }
-                            continue;
-                        }
-                        None
-                    }
-                    (Change::Update { rel, old, new }, Some(t)) => {
-                        let st = sql::update(&t, rel, old.as_ref(), new).map_err(shape_err)?;
-                        let n = exec(&tx, &mut cache, &st).await.map_err(|e| {
-                            classify(&target, &format!("UPDATE of {}", t.qualified), e)
-                        })?;
-                        (n == 0).then_some((
-                            t,
-                            "update_missing",
-                            Op::Update,
-                            rel,
-                            new,
-                            "the row to update does not exist at the target",
-                        ))
-                    }
-                    (Change::Delete { rel, old }, Some(t)) => {
-                        let st = sql::delete(&t, rel, old).map_err(shape_err)?;
-                        let n = exec(&tx, &mut cache, &st).await.map_err(|e| {
-                            classify(&target, &format!("DELETE from {}", t.qualified), e)
-                        })?;
-                        (n == 0).then_some((
-                            t,
-                            "delete_missing",
-                            Op::Delete,
-                            rel,
-                            old.tuple(),
-                            "the row to delete does not exist at the target",
-                        ))
-                    }
-                    (
-                        Change::Truncate {
-                            rels,
-                            cascade,
-                            restart_identity,
-                        },
-                        _,
-                    ) => {
-                        let names: Vec<String> = rels.iter().map(|r| sql::qualified(r)).collect();
-                        let stmt = format!(
-                            "TRUNCATE {}{}{}",
-                            names.join(", "),
-                            if *restart_identity {
-                                " RESTART IDENTITY"
-                            } else {
-                                ""
-                            },
-                            if *cascade { " CASCADE" } else { "" }
-                        );
-                        tx.batch_execute(&stmt)
-                            .await
-                            .map_err(|e| classify(&target, "TRUNCATE", e))?;
-                        None
-                    }
-                    (Change::Message(m), _) => {
-                        tx.execute(
-                        "INSERT INTO ezone_replication.markers (link, prefix, content, source_lsn) \
-                         VALUES ($1, $2, $3, $4::text::pg_lsn) ON CONFLICT DO NOTHING",
-                        &[&link, &m.prefix, &m.content.as_ref(), &m.lsn.to_string()],
-                    )
-                    .await
-                    .map_err(|e| classify(&target, "recording a marker", e))?;
-                        out.markers.push(m.prefix.clone());
-                        None
-                    }
-                    // A row change whose table was not resolved cannot happen:
-                    // shapes were resolved for every row change above.
-                    (_, None) => None,
-                };
-                match conflict {
-                    None => out.rows += 1,
-                    Some((t, kind, op, rel, image, reason)) => {
-                        out.conflicts += 1;
-                        // A row missing for an update or delete: nothing to keep
-                        // or overwrite; the change is recorded, not applied.
-                        record(
-                            &tx,
-                            &at,
-                            ConflictRecord {
-                                kind,
-                                op,
-                                shard,
-                                table: &t,
-                                rel,
-                                image,
-                                reason,
-                                resolution: "recorded:not_applied",
-                            },
-                        )
-                        .await?;
-                    }
-                }
-            }
-        }
+        .await?;
         tx.commit()
             .await
             .map_err(|e| classify(&target, "COMMIT", e))?;
         self.statements = cache;
         Ok(out)
+    }
+
+    /// Opens the target transaction a large source transaction is applied
+    /// in as it arrives ([`Applier::apply_part`], then
+    /// [`Applier::commit_streamed`]). Until then this applier holds an open
+    /// transaction: on any error the caller drops it (the connection closes
+    /// and the server rolls the transaction back).
+    pub async fn begin_streamed(&mut self) -> Result<(), ApplyError> {
+        self.client
+            .batch_execute("BEGIN")
+            .await
+            .map_err(|e| classify(&self.target, "BEGIN", e))
+    }
+
+    /// Applies a part of the large source transaction opened with
+    /// [`Applier::begin_streamed`] (a [`crate::txn::Assembler::take_open_part`]),
+    /// inside that target transaction: the fast path under a savepoint, and
+    /// the careful path for the part if the fast path cannot take it.
+    pub async fn apply_part(
+        &mut self,
+        part: &SourceTxn,
+        own: &Ownership,
+    ) -> Result<Applied, ApplyError> {
+        let txns = std::slice::from_ref(part);
+        let target = self.target.clone();
+        if let Some(changes) = self.plan_fast(txns, own).await? {
+            let planned: Vec<(&Change, &TableInfo)> =
+                changes.iter().map(|(ch, t)| (*ch, t.as_ref())).collect();
+            if let Some(steps) = plan::plan(&planned) {
+                let mut cache = self.take_statements();
+                let savepoint = |what: &'static str| {
+                    let c = &self.client;
+                    let target = &target;
+                    async move {
+                        c.batch_execute(what)
+                            .await
+                            .map_err(|e| classify(target, what, e))
+                    }
+                };
+                savepoint("SAVEPOINT ezone_part").await?;
+                let ran = run_steps(&self.client, &mut cache, &target, &steps, None).await;
+                let applied = match ran {
+                    Err(e) => {
+                        self.statements = cache;
+                        return Err(e);
+                    }
+                    Ok(Steps::Applied) => {
+                        savepoint("RELEASE SAVEPOINT ezone_part").await?;
+                        Some(Applied {
+                            rows: planned.len() as u64,
+                            conflicts: 0,
+                            markers: Vec::new(),
+                            fast_path_statements: steps.len() as u64,
+                        })
+                    }
+                    Ok(Steps::Failed(err)) if err.is_transient() => {
+                        self.statements = cache;
+                        return Err(err);
+                    }
+                    Ok(Steps::Conflict | Steps::Failed(_)) => {
+                        savepoint("ROLLBACK TO SAVEPOINT ezone_part").await?;
+                        savepoint("RELEASE SAVEPOINT ezone_part").await?;
+                        None
+                    }
+                };
+                self.statements = cache;
+                if let Some(applied) = applied {
+                    return Ok(applied);
+                }
+            }
+        }
+        let shapes = self.shapes(txns).await?;
+        let link = self.link.clone();
+        let mut cache = self.take_statements();
+        let out =
+            apply_one_by_one(&self.client, &mut cache, &target, &link, txns, shapes, own).await;
+        self.statements = cache;
+        out
+    }
+
+    /// Ends the large source transaction opened with
+    /// [`Applier::begin_streamed`]: the origin advanced to `commit`'s end in
+    /// the same target transaction, then COMMIT. The origin setup fails in
+    /// a transaction an error aborted, so a COMMIT that would only roll back
+    /// is never taken for a success.
+    pub async fn commit_streamed(
+        &mut self,
+        commit: &crate::pgoutput::Commit,
+    ) -> Result<(), ApplyError> {
+        let (end_lsn, commit_time) = origin_setup(commit);
+        self.client
+            .execute(ORIGIN_SETUP_SQL, &[&end_lsn, &commit_time])
+            .await
+            .map_err(|e| classify(&self.target, "pg_replication_origin_xact_setup", e))?;
+        self.client
+            .batch_execute("COMMIT")
+            .await
+            .map_err(|e| classify(&self.target, "COMMIT", e))
     }
 
     /// Seeds an empty target from the source's exported snapshot: every

@@ -20,6 +20,14 @@ pub mod defaults {
     /// log with the same error, short enough that a fix is picked up
     /// without restarting the process.
     pub const STOPPED_LINK_RETRY: Duration = Duration::from_secs(60);
+    /// A source transaction whose changes, decoded, take more memory than
+    /// this is applied as it arrives, in chunks inside one open target
+    /// transaction, instead of being held whole (see `link`'s module docs):
+    /// a link's memory stays bounded whatever size the source's
+    /// transactions are. 64 MiB is about 60,000 changes of a small row.
+    pub const LARGE_TRANSACTION_BYTES: usize = 64 * 1024 * 1024;
+    /// The least `large_transaction_bytes` accepted.
+    pub const MIN_LARGE_TRANSACTION_BYTES: usize = 64 * 1024;
 }
 
 /// The whole file.
@@ -66,6 +74,15 @@ pub struct ReplicatorConfig {
     /// process restarts.
     #[serde(default = "d_stopped_retry", with = "humantime_serde")]
     pub stopped_link_retry: std::time::Duration,
+    /// A source transaction bigger than this (its decoded changes, in
+    /// bytes) is applied as it arrives instead of held whole in memory
+    /// ([`defaults::LARGE_TRANSACTION_BYTES`]).
+    #[serde(default = "d_large_transaction_bytes")]
+    pub large_transaction_bytes: usize,
+}
+
+fn d_large_transaction_bytes() -> usize {
+    defaults::LARGE_TRANSACTION_BYTES
 }
 
 fn d_abandoned() -> std::time::Duration {
@@ -123,6 +140,18 @@ impl ReplicatorConfig {
         }
         if self.tables.is_empty() {
             return Err(err("tables", "no tables: list the tables to replicate"));
+        }
+        if self.large_transaction_bytes < defaults::MIN_LARGE_TRANSACTION_BYTES {
+            return Err(err(
+                "large_transaction_bytes",
+                format!(
+                    "{} is below the least, {}: a transaction that size is small enough to hold \
+                     (the default is {})",
+                    self.large_transaction_bytes,
+                    defaults::MIN_LARGE_TRANSACTION_BYTES,
+                    defaults::LARGE_TRANSACTION_BYTES
+                ),
+            ));
         }
         for (i, t) in self.tables.iter().enumerate() {
             let ok = !t.is_empty()

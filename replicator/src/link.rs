@@ -54,6 +54,10 @@ pub struct LinkConfig {
     pub origin: String,
     /// Tables to replicate (`schema.table` or `table`).
     pub tables: Vec<String>,
+    /// A source transaction whose decoded changes take more than this many
+    /// bytes is applied as it arrives, not held whole
+    /// ([`crate::config::defaults::LARGE_TRANSACTION_BYTES`]).
+    pub large_transaction_bytes: usize,
 }
 
 /// Counters for metrics and tests.
@@ -65,6 +69,9 @@ pub struct LinkStats {
     /// rows per batch is `applied_rows / applied_batches`.
     pub applied_batches: AtomicU64,
     pub skipped_origin_txns: AtomicU64,
+    /// Source transactions too large to hold whole, applied as they arrived
+    /// ([`LinkConfig::large_transaction_bytes`]).
+    pub large_txns: AtomicU64,
     pub conflicts: AtomicU64,
     pub markers: AtomicU64,
     pub restarts: AtomicU64,
@@ -537,6 +544,35 @@ pub async fn run_once(
                             in_flight = Some(start_batch(a, own, stats, &mut batch));
                         }
                     }
+                } else if assembler.open_bytes() > cfg.large_transaction_bytes {
+                    // Too large to hold whole: what came before it is
+                    // applied first, in order, then it, as it arrives.
+                    if let Some(applying) = in_flight.take() {
+                        let (a, done) = applying.await;
+                        applier = Some(a);
+                        let idle = if batch.txns.is_empty() {
+                            batch.idle_at.take()
+                        } else {
+                            None
+                        };
+                        finished(stats, &mut stream, done.map_err(apply_err)?, idle);
+                    }
+                    let Some(mut a) = applier.take() else {
+                        unreachable!("the applier is back once nothing is in flight");
+                    };
+                    if !batch.txns.is_empty() {
+                        let (back, done) = start_batch(a, own, stats, &mut batch).await;
+                        a = back;
+                        finished(stats, &mut stream, done.map_err(apply_err)?, None);
+                    }
+                    let done =
+                        apply_large(cfg, &mut a, &mut stream, &mut assembler, own, stats, stop)
+                            .await?;
+                    applier = Some(a);
+                    match done {
+                        Some(done) => finished(stats, &mut stream, done, None),
+                        None => return Ok(()),
+                    }
                 }
             }
             StreamEvent::Keepalive { wal_end, .. } => {
@@ -558,6 +594,151 @@ pub async fn run_once(
             }
         }
     }
+}
+
+/// Applies the open source transaction, too large to hold whole
+/// ([`LinkConfig::large_transaction_bytes`]), as it arrives: in parts of at
+/// most [`MAX_BATCH_ROWS`] changes (or that many bytes), each applied inside
+/// one target transaction opened for it, which commits with the origin
+/// advanced to the source transaction's end once its Commit arrives. The
+/// link's memory holds one part, not the transaction. Exactly once as for a
+/// whole transaction: nothing is committed before the Commit, and any error
+/// (or a stop) drops the target transaction, so the link restarts from the
+/// origin and the source sends the transaction again. A transaction the
+/// source replayed from another site is read through and skipped.
+///
+/// `None`: `stop` was set meanwhile.
+async fn apply_large(
+    cfg: &LinkConfig,
+    applier: &mut Applier,
+    stream: &mut crate::walsender::ReplicationStream,
+    assembler: &mut Assembler,
+    own: &Ownership,
+    stats: &LinkStats,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<Option<Flushed>, LinkError> {
+    let link = cfg.name.as_str();
+    let apply_err = |source| LinkError::Apply {
+        link: link.to_string(),
+        source,
+    };
+    let source_err = |source| LinkError::Source {
+        link: link.to_string(),
+        source,
+    };
+    let replayed = assembler.open_origin().is_some();
+    tracing::info!(
+        link,
+        bytes = assembler.open_bytes(),
+        limit = cfg.large_transaction_bytes,
+        replayed,
+        "A source transaction too large to hold whole: applying it as it arrives."
+    );
+    stats.large_txns.fetch_add(1, Ordering::Relaxed);
+    if !replayed {
+        applier.begin_streamed().await.map_err(apply_err)?;
+    }
+    let mut applied = crate::apply::Applied::default();
+    let mut parts = 0u64;
+    loop {
+        if let Some(part) = assembler.take_open_part() {
+            if !replayed && !part.changes.is_empty() {
+                let a = applier.apply_part(&part, own).await.map_err(apply_err)?;
+                merge(&mut applied, a);
+                parts += 1;
+            }
+        }
+        // Read on until another part's worth is there, or the Commit.
+        let txn = loop {
+            let ev = tokio::select! {
+                // A stop first: the open target transaction is dropped and
+                // the transaction sent again after a restart.
+                biased;
+                _ = stop.wait_for(|s| *s) => return Ok(None),
+                ev = stream.next() => ev.map_err(source_err)?,
+            };
+            let Some(ev) = ev else {
+                return Err(source_err(SourceError::Io {
+                    server: stream.server().to_string(),
+                    slot: Some(cfg.slot.clone()),
+                    during: "streaming a large transaction",
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "the source ended the stream",
+                    ),
+                }));
+            };
+            stats.heard_from_source();
+            match ev {
+                StreamEvent::XLogData { data, wal_end, .. } => {
+                    LinkStats::raise(&stats.source_wal_end, wal_end.0);
+                    let msg = pgoutput::decode(&data).map_err(|source| LinkError::Decode {
+                        link: link.to_string(),
+                        source,
+                    })?;
+                    let event = assembler.push(msg).map_err(|source| LinkError::Assemble {
+                        link: link.to_string(),
+                        source,
+                    })?;
+                    match event {
+                        Some(Event::Txn(txn)) => break Some(txn),
+                        // Not inside a transaction's changes; nothing to do
+                        // with one, as in the main loop.
+                        Some(Event::Message(_)) => {}
+                        None => {
+                            if assembler.open_changes() >= MAX_BATCH_ROWS
+                                || assembler.open_bytes() >= cfg.large_transaction_bytes
+                            {
+                                break None;
+                            }
+                        }
+                    }
+                }
+                // Inside a transaction: nothing to confirm.
+                StreamEvent::Keepalive { wal_end, .. } => {
+                    LinkStats::raise(&stats.source_wal_end, wal_end.0);
+                }
+            }
+        };
+        let Some(txn) = txn else {
+            continue;
+        };
+        // The Commit, with the changes since the last part.
+        let last = Some((txn.commit.end_lsn, txn.commit.commit_time.0));
+        if replayed {
+            stats.skipped_origin_txns.fetch_add(1, Ordering::Relaxed);
+            return Ok(Some(Flushed {
+                last,
+                idle_at: None,
+                applied_txns: 0,
+                applied,
+            }));
+        }
+        if !txn.changes.is_empty() {
+            let a = applier.apply_part(&txn, own).await.map_err(apply_err)?;
+            merge(&mut applied, a);
+            parts += 1;
+        }
+        applier
+            .commit_streamed(&txn.commit)
+            .await
+            .map_err(apply_err)?;
+        tracing::info!(link, parts, rows = applied.rows, conflicts = applied.conflicts, end = %txn.commit.end_lsn, "Large source transaction applied.");
+        return Ok(Some(Flushed {
+            last,
+            idle_at: None,
+            applied_txns: 1,
+            applied,
+        }));
+    }
+}
+
+/// Adds a part's outcome to the whole transaction's.
+fn merge(into: &mut crate::apply::Applied, part: crate::apply::Applied) {
+    into.rows += part.rows;
+    into.conflicts += part.conflicts;
+    into.markers.extend(part.markers);
+    into.fast_path_statements += part.fast_path_statements;
 }
 
 /// What the link waited for while a batch was being applied.

@@ -92,6 +92,11 @@ fn defs() -> Vec<Def> {
             |s| Value::Count(s.skipped_origin_txns.load(Ordering::Relaxed)),
         ),
         counter(
+            "large_transactions",
+            "Source transactions too large to hold whole (large_transaction_bytes), applied as they arrived in parts of one target transaction",
+            |s| Value::Count(s.large_txns.load(Ordering::Relaxed)),
+        ),
+        counter(
             "conflicts",
             "Conflicts recorded at the target (ezone_replication.conflicts)",
             |s| Value::Count(s.conflicts.load(Ordering::Relaxed)),

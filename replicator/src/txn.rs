@@ -96,6 +96,47 @@ struct Open {
     origin: Option<String>,
     changes: Vec<Change>,
     stamps: Vec<EpochStamp>,
+    /// The memory `changes` takes, about ([`Change::approx_bytes`]).
+    bytes: usize,
+}
+
+impl Change {
+    /// About how much memory this change takes once decoded: its values,
+    /// their handles and the row's vectors. A bound for a link's memory
+    /// ([`Assembler::open_bytes`]), not an exact count.
+    pub fn approx_bytes(&self) -> usize {
+        /// A change's own size (enum, vectors, the relation's handle).
+        const CHANGE: usize = 128;
+        /// A value's handle and its allocation's overhead.
+        const VALUE: usize = 48;
+        let tuple = |t: &TupleData| -> usize {
+            t.columns
+                .iter()
+                .map(|c| match c {
+                    crate::pgoutput::ColumnValue::Text(b)
+                    | crate::pgoutput::ColumnValue::Binary(b) => VALUE + b.len(),
+                    _ => VALUE,
+                })
+                .sum()
+        };
+        CHANGE
+            + match self {
+                Change::Insert { new, .. } => tuple(new),
+                Change::Update { old, new, .. } => {
+                    tuple(new) + old.as_ref().map_or(0, |o| tuple(o.tuple()))
+                }
+                Change::Delete { old, .. } => tuple(old.tuple()),
+                Change::Truncate { rels, .. } => rels.len() * 8,
+                Change::Message(m) => m.prefix.len() + m.content.len(),
+            }
+    }
+}
+
+impl Open {
+    fn add(&mut self, change: Change) {
+        self.bytes += change.approx_bytes();
+        self.changes.push(change);
+    }
 }
 
 /// Turns decoded messages into [`Event`]s.
@@ -138,6 +179,7 @@ impl Assembler {
                     origin: None,
                     changes: Vec::new(),
                     stamps: Vec::new(),
+                    bytes: 0,
                 });
             }
             LogicalMessage::Origin(o) => self.open("Origin")?.origin = Some(o.name),
@@ -149,13 +191,11 @@ impl Assembler {
             LogicalMessage::Type(_) => {}
             LogicalMessage::Insert(i) => {
                 let rel = self.rel(i.relation_oid)?;
-                self.open("Insert")?
-                    .changes
-                    .push(Change::Insert { rel, new: i.new });
+                self.open("Insert")?.add(Change::Insert { rel, new: i.new });
             }
             LogicalMessage::Update(u) => {
                 let rel = self.rel(u.relation_oid)?;
-                self.open("Update")?.changes.push(Change::Update {
+                self.open("Update")?.add(Change::Update {
                     rel,
                     old: u.old,
                     new: u.new,
@@ -163,9 +203,7 @@ impl Assembler {
             }
             LogicalMessage::Delete(d) => {
                 let rel = self.rel(d.relation_oid)?;
-                self.open("Delete")?
-                    .changes
-                    .push(Change::Delete { rel, old: d.old });
+                self.open("Delete")?.add(Change::Delete { rel, old: d.old });
             }
             LogicalMessage::Truncate(t) => {
                 let rels = t
@@ -174,7 +212,7 @@ impl Assembler {
                     .map(|oid| self.rel(*oid))
                     .collect::<Result<Vec<_>, _>>()?;
                 let (cascade, restart_identity) = (t.cascade(), t.restart_identity());
-                self.open("Truncate")?.changes.push(Change::Truncate {
+                self.open("Truncate")?.add(Change::Truncate {
                     rels,
                     cascade,
                     restart_identity,
@@ -193,8 +231,7 @@ impl Assembler {
                     }
                 } else if m.is_transactional() {
                     self.open("a transactional Message")?
-                        .changes
-                        .push(Change::Message(m));
+                        .add(Change::Message(m));
                 } else {
                     return Ok(Some(Event::Message(m)));
                 }
@@ -225,6 +262,51 @@ impl Assembler {
     /// Whether a transaction has begun and not yet committed.
     pub fn in_transaction(&self) -> bool {
         self.open.is_some()
+    }
+
+    /// About how much memory the open transaction's changes not yet taken
+    /// take (0 outside a transaction).
+    pub fn open_bytes(&self) -> usize {
+        self.open.as_ref().map_or(0, |o| o.bytes)
+    }
+
+    /// How many changes the open transaction holds, not yet taken.
+    pub fn open_changes(&self) -> usize {
+        self.open.as_ref().map_or(0, |o| o.changes.len())
+    }
+
+    /// The open transaction's origin, if it was replayed from another site.
+    pub fn open_origin(&self) -> Option<&str> {
+        self.open.as_ref().and_then(|o| o.origin.as_deref())
+    }
+
+    /// Takes the open transaction's changes so far, for a transaction too
+    /// large to hold whole: a [`SourceTxn`] with them, the stamps so far and
+    /// a commit made from the Begin (its commit LSN and time; the end LSN is
+    /// not known before the Commit, and is the commit LSN here). The
+    /// transaction stays open: its later changes, and then its Commit, come
+    /// out as usual, without the changes taken.
+    ///
+    /// Applying the parts in order in one target transaction is the same as
+    /// applying the whole: a change is judged by the stamp of its shard,
+    /// and the fence's trigger, running before the row is written, emits
+    /// that stamp before the change in the stream.
+    pub fn take_open_part(&mut self) -> Option<SourceTxn> {
+        let open = self.open.as_mut()?;
+        let changes = std::mem::take(&mut open.changes);
+        open.bytes = 0;
+        Some(SourceTxn {
+            begin: open.begin.clone(),
+            origin: open.origin.clone(),
+            changes,
+            commit: Commit {
+                flags: 0,
+                commit_lsn: open.begin.final_lsn,
+                end_lsn: open.begin.final_lsn,
+                commit_time: open.begin.commit_time,
+            },
+            stamps: open.stamps.clone(),
+        })
     }
 
     /// Drops a half-received transaction (the stream broke mid-way; it will
