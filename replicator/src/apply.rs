@@ -43,6 +43,23 @@ use crate::txn::{Change, SourceTxn};
 use ezone_topology::history::ShardHistory;
 use ezone_topology::{Epoch, ShardId, Topology};
 
+/// Whether the planted bug `apply.drop_batch` fires for this batch (see
+/// [`Applier::apply_batch`]); never without the `failpoints` feature.
+fn drop_batch_failpoint() -> bool {
+    fail::fail_point!("apply.drop_batch", |_| true);
+    false
+}
+
+/// The origin of lane `lane` of a link whose origin is `origin`: lane 0
+/// is the link's own, lane `i` is `<origin>#<i>` ([`crate::lanes`]).
+pub fn lane_origin(origin: &str, lane: usize) -> String {
+    if lane == 0 {
+        origin.to_string()
+    } else {
+        format!("{origin}#{lane}")
+    }
+}
+
 /// What went wrong applying, classified by what the link should do.
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
@@ -402,7 +419,54 @@ pub struct Applier {
     /// Prepared statements by SQL text: one round trip per row instead of
     /// two (parse + execute). Bounded by [`MAX_CACHED_STATEMENTS`].
     statements: HashMap<String, tokio_postgres::Statement>,
+    /// This batch's place in the link's commit order, when the link applies
+    /// over several lanes ([`crate::lanes`]): it commits only after the
+    /// batch before it has.
+    turn: Option<Turn>,
     conn: tokio::task::JoinHandle<()>,
+}
+
+/// A batch's place in its link's commit order.
+#[derive(Debug)]
+pub struct Turn {
+    /// Fires when the batch before this one has committed; `None`: there is
+    /// none in flight, or it was already awaited.
+    prev: Option<tokio::sync::oneshot::Receiver<()>>,
+    /// Fired once this batch has committed; dropped unfired if it does not,
+    /// which stops the batches after it from committing.
+    done: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Turn {
+    pub fn new(
+        prev: Option<tokio::sync::oneshot::Receiver<()>>,
+        done: tokio::sync::oneshot::Sender<()>,
+    ) -> Turn {
+        Turn {
+            prev,
+            done: Some(done),
+        }
+    }
+}
+
+/// Waits for the batch before this one to commit (at most once).
+async fn wait_turn(turn: &mut Option<Turn>, target: &str) -> Result<(), ApplyError> {
+    let Some(prev) = turn.as_mut().and_then(|t| t.prev.take()) else {
+        return Ok(());
+    };
+    prev.await.map_err(|_| ApplyError::Transient {
+        target: target.to_string(),
+        detail: "an earlier batch of this link did not commit, so this one is not committed \
+                 either (the link restarts from its progress)"
+            .to_string(),
+    })
+}
+
+/// This batch committed: the next one may.
+fn turn_done(turn: Option<Turn>) {
+    if let Some(done) = turn.and_then(|t| t.done) {
+        let _ = done.send(());
+    }
 }
 
 impl Drop for Applier {
@@ -1011,6 +1075,7 @@ impl Applier {
             origin: origin.to_string(),
             tables: HashMap::new(),
             statements: HashMap::new(),
+            turn: None,
             conn,
         };
         a.client
@@ -1063,14 +1128,40 @@ impl Applier {
             .await;
     }
 
+    /// The link's origin without a lane suffix (see [`lane_origin`]).
+    fn base_origin(&self) -> String {
+        match self.origin.split_once('#') {
+            Some((base, _)) => base.to_string(),
+            None => self.origin.clone(),
+        }
+    }
+
+    /// Sets this applier's place in its link's commit order for the next
+    /// batch ([`crate::lanes`]).
+    pub fn set_turn(&mut self, turn: Turn) {
+        self.turn = Some(turn);
+    }
+
+    /// For a batch with nothing to apply: wait for the one before it, then
+    /// let the next one commit.
+    pub async fn pass_turn(&mut self) -> Result<(), ApplyError> {
+        let mut turn = self.turn.take();
+        wait_turn(&mut turn, &self.target).await?;
+        turn_done(turn);
+        Ok(())
+    }
+
     /// The source position everything up to which has been applied here:
-    /// where the link restarts the source stream.
+    /// where the link restarts the source stream. With several lanes, the
+    /// furthest of their origins: they commit in source order, so all
+    /// before it is committed and nothing after it.
     pub async fn progress(&self) -> Result<Lsn, ApplyError> {
         let row = self
             .client
             .query_one(
-                "SELECT pg_replication_origin_progress($1, true)::text",
-                &[&self.origin],
+                "SELECT max(pg_replication_origin_progress(roname, true))::text \
+                 FROM pg_replication_origin WHERE roname = $1 OR starts_with(roname, $1 || '#')",
+                &[&self.base_origin()],
             )
             .await
             .map_err(|e| classify(&self.target, "reading the origin's progress", e))?;
@@ -1142,10 +1233,20 @@ impl Applier {
                     e,
                 )
             })?;
+        let unique_beyond_key = crate::catalog::unique_beyond_key(&self.client, &qualified)
+            .await
+            .map_err(|e| {
+                classify(
+                    &self.target,
+                    &format!("reading the unique indexes of {qualified}"),
+                    e,
+                )
+            })?;
         let t = Arc::new(TableInfo {
             qualified,
             columns,
             replica_triggers,
+            serial: replica_triggers || unique_beyond_key,
         });
         self.tables.insert(key, t.clone());
         Ok(t)
@@ -1169,11 +1270,54 @@ impl Applier {
         // (`FAILPOINTS=apply.drop_batch=3%return`): the batch is dropped as
         // if applied, its progress not recorded; the next batch's commit
         // moves the origin past it, so its changes are lost for good.
-        fail::fail_point!("apply.drop_batch", |_| Ok(Applied::default()));
+        if drop_batch_failpoint() {
+            self.pass_turn().await?;
+            return Ok(Applied::default());
+        }
+        let applied = self.apply_ordered(txns, own).await;
+        if applied.is_err() {
+            // Not committed: the batches after it must not commit either.
+            self.turn = None;
+        }
+        applied
+    }
+
+    /// [`Applier::apply_batch`] once the batch may begin: a batch with a
+    /// table whose changes may meet another batch's ([`TableInfo::serial`])
+    /// begins only after the batch before it committed.
+    async fn apply_ordered(
+        &mut self,
+        txns: &[SourceTxn],
+        own: &Ownership,
+    ) -> Result<Applied, ApplyError> {
+        if self.turn.is_some() && self.any_serial(txns).await? {
+            let mut turn = self.turn.take();
+            wait_turn(&mut turn, &self.target).await?;
+            self.turn = turn;
+        }
         if let Some(applied) = self.apply_pipelined(txns, own).await? {
             return Ok(applied);
         }
         self.apply_sequential(txns, own).await
+    }
+
+    /// Whether any row change of `txns` is of a [`TableInfo::serial`] table.
+    async fn any_serial(&mut self, txns: &[SourceTxn]) -> Result<bool, ApplyError> {
+        let mut seen: Vec<usize> = Vec::new();
+        for ch in txns.iter().flat_map(|t| &t.changes) {
+            let Some((rel, _)) = row_image(ch) else {
+                continue;
+            };
+            let id = Arc::as_ptr(rel) as usize;
+            if seen.contains(&id) {
+                continue;
+            }
+            seen.push(id);
+            if self.table(rel).await?.serial {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// The fast path: the batch's row changes are planned into few set
@@ -1207,6 +1351,7 @@ impl Applier {
         };
         let target = self.target.clone();
         let mut cache = self.take_statements();
+        let mut turn = self.turn.take();
         let tx = self
             .client
             .transaction()
@@ -1223,9 +1368,11 @@ impl Applier {
         };
         let applied = match outcome {
             Steps::Applied => {
+                wait_turn(&mut turn, &target).await?;
                 tx.commit()
                     .await
                     .map_err(|e| classify(&target, "COMMIT", e))?;
+                turn_done(turn.take());
                 tracing::trace!(link = %self.link, changes = planned.len(), statements = steps.len(), "Batch applied on the fast path.");
                 Some(Applied {
                     rows: planned.len() as u64,
@@ -1247,6 +1394,8 @@ impl Applier {
             }
         };
         self.statements = cache;
+        // Not committed here: the careful path takes the turn.
+        self.turn = turn;
         Ok(applied)
     }
 
@@ -1338,6 +1487,7 @@ impl Applier {
         let target = self.target.clone();
         let link = self.link.clone();
         let mut cache = self.take_statements();
+        let mut turn = self.turn.take();
         let tx = self
             .client
             .transaction()
@@ -1357,9 +1507,11 @@ impl Applier {
             own,
         )
         .await?;
+        wait_turn(&mut turn, &target).await?;
         tx.commit()
             .await
             .map_err(|e| classify(&target, "COMMIT", e))?;
+        turn_done(turn);
         self.statements = cache;
         Ok(out)
     }

@@ -89,6 +89,24 @@ pub async fn load<C: GenericClient + Sync>(
     }))
 }
 
+/// Whether the table has a unique index (or an exclusion constraint)
+/// beside its primary key: two changes of different rows can then wait on
+/// each other at the target.
+pub async fn unique_beyond_key<C: GenericClient + Sync>(
+    c: &C,
+    qualified: &str,
+) -> Result<bool, tokio_postgres::Error> {
+    c.query_one(
+        "SELECT EXISTS (SELECT 1 FROM pg_index WHERE indrelid = $1::text::regclass \
+                AND indisunique AND NOT indisprimary) \
+             OR EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = $1::text::regclass \
+                AND contype = 'x')",
+        &[&qualified],
+    )
+    .await?
+    .try_get(0)
+}
+
 /// Whether triggers (of the table or a partition) or rules fire for
 /// replayed rows at this site (enabled `ALWAYS` or `REPLICA`).
 pub async fn replica_triggers<C: GenericClient + Sync>(

@@ -26,6 +26,13 @@ pub mod defaults {
     /// a link's memory stays bounded whatever size the source's
     /// transactions are. 64 MiB is about 60,000 changes of a small row.
     pub const LARGE_TRANSACTION_BYTES: usize = 64 * 1024 * 1024;
+    /// Target connections each link applies over (`apply_workers`): batches
+    /// that touch disjoint rows run side by side, and commit in source order
+    /// (`lanes.rs`). Two keep a small target's cores busy; a bigger target
+    /// takes more.
+    pub const APPLY_WORKERS: usize = 2;
+    /// The most `apply_workers` accepted.
+    pub const MAX_APPLY_WORKERS: usize = 32;
     /// The least `large_transaction_bytes` accepted.
     pub const MIN_LARGE_TRANSACTION_BYTES: usize = 64 * 1024;
 }
@@ -79,6 +86,14 @@ pub struct ReplicatorConfig {
     /// ([`defaults::LARGE_TRANSACTION_BYTES`]).
     #[serde(default = "d_large_transaction_bytes")]
     pub large_transaction_bytes: usize,
+    /// Target connections each link applies over
+    /// ([`defaults::APPLY_WORKERS`]); 1 applies one batch at a time.
+    #[serde(default = "d_apply_workers")]
+    pub apply_workers: usize,
+}
+
+fn d_apply_workers() -> usize {
+    defaults::APPLY_WORKERS
 }
 
 fn d_large_transaction_bytes() -> usize {
@@ -140,6 +155,18 @@ impl ReplicatorConfig {
         }
         if self.tables.is_empty() {
             return Err(err("tables", "no tables: list the tables to replicate"));
+        }
+        if self.apply_workers == 0 || self.apply_workers > defaults::MAX_APPLY_WORKERS {
+            return Err(err(
+                "apply_workers",
+                format!(
+                    "{} is not between 1 and {}: the target connections each link applies over \
+                     (the default is {})",
+                    self.apply_workers,
+                    defaults::MAX_APPLY_WORKERS,
+                    defaults::APPLY_WORKERS
+                ),
+            ));
         }
         if self.large_transaction_bytes < defaults::MIN_LARGE_TRANSACTION_BYTES {
             return Err(err(

@@ -22,6 +22,7 @@ pub mod catalog;
 pub mod config;
 pub mod conflict;
 pub mod fence;
+pub mod lanes;
 pub mod link;
 pub mod link_set;
 pub mod lsn;

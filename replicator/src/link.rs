@@ -25,15 +25,16 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio_postgres::types::Type;
 
-use crate::apply::{Applier, ApplyError, Ownership};
+use crate::apply::{Applier, ApplyError, Ownership, Turn};
 use crate::lsn::Lsn;
 use crate::pgoutput::{self, DecodeError};
 use crate::txn::{AssembleError, Assembler, Event, SourceTxn};
 use crate::walsender::{ReplicationConn, SourceConfig, SourceError, StreamEvent};
-use futures::FutureExt;
+use futures::stream::FuturesOrdered;
+use futures::{FutureExt, StreamExt};
 
 /// One link's settings.
 #[derive(Clone)]
@@ -54,6 +55,9 @@ pub struct LinkConfig {
     pub origin: String,
     /// Tables to replicate (`schema.table` or `table`).
     pub tables: Vec<String>,
+    /// Target connections the link applies over ([`crate::lanes`]); 1:
+    /// one batch at a time.
+    pub apply_workers: usize,
     /// A source transaction whose decoded changes take more than this many
     /// bytes is applied as it arrives, not held whole
     /// ([`crate::config::defaults::LARGE_TRANSACTION_BYTES`]).
@@ -410,15 +414,20 @@ pub async fn run_once(
         link: link.to_string(),
         source,
     };
-    // The target (its progress) and the source's replication connection at
-    // once: over a WAN, the source's round trips are the long ones.
-    let ((applier, start), conn) = tokio::try_join!(
+    // The target (its lanes and progress) and the source's replication
+    // connection at once: over a WAN, the source's round trips are the long
+    // ones.
+    let lanes = cfg.apply_workers.max(1);
+    let ((mut idle, start), conn) = tokio::try_join!(
         async {
-            let applier = Applier::connect(&cfg.target_dsn, link, &cfg.origin)
-                .await
-                .map_err(apply_err)?;
-            let start = applier.progress().await.map_err(apply_err)?;
-            Ok((applier, start))
+            let appliers = futures::future::try_join_all((0..lanes).map(|lane| {
+                let origin = crate::apply::lane_origin(&cfg.origin, lane);
+                async move { Applier::connect(&cfg.target_dsn, link, &origin).await }
+            }))
+            .await
+            .map_err(apply_err)?;
+            let start = appliers[0].progress().await.map_err(apply_err)?;
+            Ok((appliers, start))
         },
         async {
             ReplicationConn::connect(&cfg.source)
@@ -437,61 +446,115 @@ pub async fn run_once(
         .map_err(source_err)?;
     // The source accepted the link's position.
     let _streaming = Streaming::start(stats);
-    tracing::info!(link, start = %start, "Link streaming.");
+    tracing::info!(link, start = %start, lanes, "Link streaming.");
     let mut assembler = Assembler::new();
     // Consecutive transactions already received are applied together in one
     // target transaction (see `Applier::apply_batch`): a busy source's many
-    // small transactions cost one BEGIN/COMMIT per batch, not each. One
-    // batch at a time is being applied (`in_flight`, which holds the
-    // applier) while the next is received and decoded: the target works
-    // while the stream is read, and the next batch is what arrived in the
-    // meantime. Batches still commit one after the other, in source order,
-    // and each is confirmed to the source only once committed.
-    let mut applier = Some(applier);
-    let mut in_flight: Option<InFlight<'_>> = None;
+    // small transactions cost one BEGIN/COMMIT per batch, not each. Batches
+    // are applied on the link's lanes (`idle` holds the free ones; each
+    // batch in `in_flight` holds its lane) while the next is received and
+    // decoded: the target works while the stream is read, and the next batch
+    // is what arrived in the meantime. A batch starts beside the ones in
+    // flight only if it touches none of their rows; batches commit one
+    // after the other, in source order (`lanes.rs`), come out of `in_flight`
+    // in that order, and each is confirmed to the source only once
+    // committed.
+    let mut in_flight: FuturesOrdered<InFlight<'_>> = FuturesOrdered::new();
+    let mut footprints = crate::lanes::InFlight::default();
+    // Fires when the youngest batch in flight has committed.
+    let mut last_commit: Option<oneshot::Receiver<()>> = None;
     let mut batch = Pending::default();
     loop {
-        let ev = if let Some(applying) = in_flight.as_mut() {
+        let ev = if !in_flight.is_empty() {
             let step = if batch.is_full() {
                 // Enough waiting: let the target catch up before reading on.
-                Waited::Applied(Box::new(applying.await))
+                match in_flight.next().await {
+                    Some(done) => Waited::Applied(Box::new(done)),
+                    None => continue,
+                }
             } else {
-                tokio::select! {
-                    done = applying => Waited::Applied(Box::new(done)),
-                    ev = stream.next() => match ev {
-                        Ok(ev) => Waited::Received(ev),
-                        Err(e) => {
-                            // The source failed with a batch in flight at the
-                            // target: let that transaction finish (it does not
-                            // need the source) and count it, rather than drop
-                            // it half-way; it is confirmed by the next run,
-                            // which resumes from the target's origin.
-                            if let Some(applying) = in_flight.take() {
-                                if let (_, Ok(done)) = applying.await {
-                                    count(stats, &done);
-                                }
-                            }
-                            return Err(source_err(e));
+                // A free lane and something pending: what is already there
+                // first; if nothing is, the pending batch starts beside the
+                // ones in flight (if it touches none of their rows).
+                let ready = if !batch.txns.is_empty() && !idle.is_empty() {
+                    stream.next().now_or_never()
+                } else {
+                    None
+                };
+                let received = match ready {
+                    Some(ev) => Some(ev),
+                    None => {
+                        if !batch.txns.is_empty()
+                            && try_start(
+                                &mut idle,
+                                &mut batch,
+                                &mut in_flight,
+                                &mut footprints,
+                                &mut last_commit,
+                                own,
+                                stats,
+                            )
+                        {
+                            continue;
                         }
+                        None
+                    }
+                };
+                let received = match received {
+                    Some(ev) => Waited::Received(ev.map_err(SourceFailed)),
+                    None => tokio::select! {
+                        Some(done) = in_flight.next() => Waited::Applied(Box::new(done)),
+                        ev = stream.next() => Waited::Received(ev.map_err(SourceFailed)),
                     },
+                };
+                match received {
+                    Waited::Received(Err(SourceFailed(e))) => {
+                        // The source failed with batches in flight at the
+                        // target: let them finish (they do not need the
+                        // source) and count those that commit, rather than
+                        // drop them half-way; they are confirmed by the next
+                        // run, which resumes from the target's origin.
+                        while let Some((_, result)) = in_flight.next().await {
+                            match result {
+                                Ok(done) => count(stats, &done),
+                                Err(_) => break,
+                            }
+                        }
+                        return Err(source_err(e));
+                    }
+                    other => other,
                 }
             };
             match step {
                 Waited::Applied(applied) => {
                     let (a, done) = *applied;
-                    in_flight = None;
-                    applier = Some(a);
-                    // A keepalive since, with nothing received after it:
-                    // caught up to it with this commit.
-                    let idle = if batch.txns.is_empty() {
+                    footprints.committed();
+                    idle.push(a);
+                    // A keepalive since, with nothing received after it and
+                    // nothing else in flight: caught up to it with this
+                    // commit.
+                    let caught_up = if batch.txns.is_empty() && in_flight.is_empty() {
                         batch.idle_at.take()
                     } else {
                         None
                     };
-                    finished(stats, &mut stream, done.map_err(apply_err)?, idle);
+                    finished(stats, &mut stream, done.map_err(apply_err)?, caught_up);
+                    if batch.is_full() {
+                        try_start(
+                            &mut idle,
+                            &mut batch,
+                            &mut in_flight,
+                            &mut footprints,
+                            &mut last_commit,
+                            own,
+                            stats,
+                        );
+                    }
                     continue;
                 }
-                Waited::Received(ev) => Some(ev),
+                Waited::Received(Ok(ev)) => Some(ev),
+                // Handled above.
+                Waited::Received(Err(SourceFailed(e))) => return Err(source_err(e)),
             }
         } else if batch.txns.is_empty() {
             tokio::select! {
@@ -507,11 +570,17 @@ pub async fn run_once(
                 .map_err(source_err)?
         };
         let Some(ev) = ev else {
-            // Nothing more is ready and the target is idle: apply what is
-            // pending.
-            if let Some(a) = applier.take() {
-                in_flight = Some(start_batch(a, own, stats, &mut batch));
-            }
+            // Nothing more is ready: apply what is pending if a lane is free
+            // and it may run now (else a batch in flight finishes first).
+            try_start(
+                &mut idle,
+                &mut batch,
+                &mut in_flight,
+                &mut footprints,
+                &mut last_commit,
+                own,
+                stats,
+            );
             continue;
         };
         let Some(ev) = ev else {
@@ -540,36 +609,48 @@ pub async fn run_once(
                 if let Some(Event::Txn(txn)) = event {
                     batch.push(txn);
                     if batch.is_full() {
-                        if let Some(a) = applier.take() {
-                            in_flight = Some(start_batch(a, own, stats, &mut batch));
-                        }
+                        try_start(
+                            &mut idle,
+                            &mut batch,
+                            &mut in_flight,
+                            &mut footprints,
+                            &mut last_commit,
+                            own,
+                            stats,
+                        );
                     }
                 } else if assembler.open_bytes() > cfg.large_transaction_bytes {
                     // Too large to hold whole: what came before it is
                     // applied first, in order, then it, as it arrives.
-                    if let Some(applying) = in_flight.take() {
-                        let (a, done) = applying.await;
-                        applier = Some(a);
-                        let idle = if batch.txns.is_empty() {
-                            batch.idle_at.take()
-                        } else {
-                            None
-                        };
-                        finished(stats, &mut stream, done.map_err(apply_err)?, idle);
-                    }
-                    let Some(mut a) = applier.take() else {
-                        unreachable!("the applier is back once nothing is in flight");
-                    };
-                    if !batch.txns.is_empty() {
-                        let (back, done) = start_batch(a, own, stats, &mut batch).await;
-                        a = back;
+                    while let Some((a, done)) = in_flight.next().await {
+                        footprints.committed();
+                        idle.push(a);
                         finished(stats, &mut stream, done.map_err(apply_err)?, None);
                     }
+                    if !batch.txns.is_empty() {
+                        try_start(
+                            &mut idle,
+                            &mut batch,
+                            &mut in_flight,
+                            &mut footprints,
+                            &mut last_commit,
+                            own,
+                            stats,
+                        );
+                        if let Some((a, done)) = in_flight.next().await {
+                            footprints.committed();
+                            idle.push(a);
+                            finished(stats, &mut stream, done.map_err(apply_err)?, None);
+                        }
+                    }
+                    let Some(mut a) = idle.pop() else {
+                        unreachable!("every lane is free once nothing is in flight");
+                    };
                     let done =
                         apply_large(cfg, &mut a, &mut stream, &mut assembler, own, stats, stop)
-                            .await?;
-                    applier = Some(a);
-                    match done {
+                            .await;
+                    idle.push(a);
+                    match done? {
                         Some(done) => finished(stats, &mut stream, done, None),
                         None => return Ok(()),
                     }
@@ -584,7 +665,7 @@ pub async fn run_once(
                 // that WAL. Never inside a transaction: its commit is not
                 // applied yet.
                 if !assembler.in_transaction() {
-                    if batch.txns.is_empty() && in_flight.is_none() {
+                    if batch.txns.is_empty() && in_flight.is_empty() {
                         LinkStats::raise(&stats.caught_up_lsn, wal_end.0);
                         stream.confirm(wal_end);
                     } else {
@@ -741,11 +822,14 @@ fn merge(into: &mut crate::apply::Applied, part: crate::apply::Applied) {
     into.fast_path_statements += part.fast_path_statements;
 }
 
-/// What the link waited for while a batch was being applied.
+/// What the link waited for while batches were being applied.
 enum Waited {
     Applied(Box<(Applier, Result<Flushed, ApplyError>)>),
-    Received(Option<StreamEvent>),
+    Received(Result<Option<StreamEvent>, SourceFailed>),
 }
+
+/// The stream failed while batches were in flight.
+struct SourceFailed(SourceError);
 
 /// The most row changes applied in one target transaction.
 pub const MAX_BATCH_ROWS: usize = 2_000;
@@ -756,6 +840,8 @@ pub const MAX_BATCH_TXNS: usize = 500;
 #[derive(Default)]
 struct Pending {
     txns: Vec<SourceTxn>,
+    /// The rows they touch ([`crate::lanes`]).
+    footprint: crate::lanes::Footprint,
     /// Row changes in `txns`.
     rows: usize,
     /// A keepalive seen between transactions while `txns` (or the batch
@@ -767,6 +853,12 @@ struct Pending {
 impl Pending {
     fn push(&mut self, txn: SourceTxn) {
         self.rows += txn.changes.len();
+        // Replayed transactions are not applied: they touch nothing.
+        if txn.origin.is_none() {
+            for ch in &txn.changes {
+                self.footprint.add(ch);
+            }
+        }
         self.txns.push(txn);
     }
 
@@ -788,6 +880,31 @@ struct Flushed {
     idle_at: Option<Lsn>,
     applied_txns: u64,
     applied: crate::apply::Applied,
+}
+
+/// Starts the pending batch on a free lane if it may run beside the batches
+/// in flight (it touches none of their rows): its turn in the commit order
+/// is after the youngest in flight. Whether it did.
+fn try_start<'a>(
+    idle: &mut Vec<Applier>,
+    batch: &mut Pending,
+    in_flight: &mut FuturesOrdered<InFlight<'a>>,
+    footprints: &mut crate::lanes::InFlight,
+    last_commit: &mut Option<oneshot::Receiver<()>>,
+    own: &'a Ownership,
+    stats: &LinkStats,
+) -> bool {
+    if batch.txns.is_empty() || !footprints.may_start(&batch.footprint) {
+        return false;
+    }
+    let Some(mut a) = idle.pop() else {
+        return false;
+    };
+    let (done, committed) = oneshot::channel();
+    a.set_turn(Turn::new(last_commit.replace(committed), done));
+    footprints.started(std::mem::take(&mut batch.footprint));
+    in_flight.push_back(start_batch(a, own, stats, batch));
+    true
 }
 
 /// Starts applying the pending batch (skipping replayed transactions) on
@@ -812,7 +929,11 @@ fn start_batch<'a>(
         .fetch_add(skipped.len() as u64, Ordering::Relaxed);
     Box::pin(async move {
         let applied = if ours.is_empty() {
-            Ok(crate::apply::Applied::default())
+            // Nothing to apply; still in the commit order.
+            applier
+                .pass_turn()
+                .await
+                .map(|()| crate::apply::Applied::default())
         } else {
             applier.apply_batch(&ours, own).await
         };

@@ -434,6 +434,7 @@ mod tests {
                 })
                 .collect(),
             replica_triggers: false,
+            serial: false,
         };
         (Arc::new(rel), t)
     }

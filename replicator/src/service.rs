@@ -295,6 +295,7 @@ impl LinkFactory {
             publication: cfg.publication.clone(),
             slot: slot_name(&cfg.site),
             origin: origin_name(name),
+            apply_workers: cfg.apply_workers,
             large_transaction_bytes: cfg.large_transaction_bytes,
             tables: cfg.tables.clone(),
         };

@@ -327,8 +327,9 @@ impl SiteOps for PgSites {
             Box::pin(async move {
                 let row = c
                     .query_opt(
-                        "SELECT remote_lsn::text FROM pg_replication_origin_status \
-                         WHERE external_id = $1",
+                        // The furthest of the link's lanes (`lanes.rs`).
+                        "SELECT max(remote_lsn)::text FROM pg_replication_origin_status \
+                         WHERE external_id = $1 OR starts_with(external_id, $1 || '#')",
                         &[&origin],
                     )
                     .await?;

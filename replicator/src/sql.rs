@@ -36,6 +36,11 @@ pub struct TableInfo {
     /// [`crate::plan`]), so such a trigger sees what it would see without
     /// ezone's grouping.
     pub replica_triggers: bool,
+    /// Changes of this table are applied only once every earlier batch of
+    /// the link has committed, never beside one ([`crate::lanes`]): a
+    /// unique index beyond the key lets changes of different rows wait on
+    /// each other, and a replica trigger may read or write any row.
+    pub serial: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -448,6 +453,7 @@ mod tests {
                 },
             ],
             replica_triggers: false,
+            serial: false,
         }
     }
 

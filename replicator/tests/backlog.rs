@@ -66,6 +66,7 @@ async fn a_backlog_drained_through_many_aborts_lands_exactly_once() {
         publication: "ezone_pub".into(),
         slot: "ezone_to_shanghai".into(),
         origin: "ezone_from_beijing".into(),
+        apply_workers: ezone_replicator::config::defaults::APPLY_WORKERS,
         large_transaction_bytes: ezone_replicator::config::defaults::LARGE_TRANSACTION_BYTES,
         tables: vec![
             "public.accounts".into(),

@@ -37,6 +37,7 @@ fn link(from: &PgCluster, to: &PgCluster, limit: usize) -> LinkConfig {
         publication: "ezone_pub".into(),
         slot: "ezone_to_shanghai".into(),
         origin: "ezone_from_beijing".into(),
+        apply_workers: ezone_replicator::config::defaults::APPLY_WORKERS,
         large_transaction_bytes: limit,
         tables: vec!["public.items".into()],
     }

@@ -28,6 +28,7 @@ fn link(name: &str, from: &PgCluster, to: &PgCluster, from_site: &str) -> LinkCo
         publication: "ezone_pub".into(),
         slot: format!("ezone_to_{}", name.split("->").nth(1).unwrap_or("x")),
         origin: format!("ezone_from_{from_site}"),
+        apply_workers: ezone_replicator::config::defaults::APPLY_WORKERS,
         large_transaction_bytes: ezone_replicator::config::defaults::LARGE_TRANSACTION_BYTES,
         tables: vec!["public.orders".into()],
     }

@@ -24,6 +24,7 @@ fn link(from: &PgCluster, to: &PgCluster, tables: &[&str]) -> LinkConfig {
         publication: "ezone_pub".into(),
         slot: "ezone_to_shanghai".into(),
         origin: "ezone_from_beijing".into(),
+        apply_workers: ezone_replicator::config::defaults::APPLY_WORKERS,
         large_transaction_bytes: ezone_replicator::config::defaults::LARGE_TRANSACTION_BYTES,
         tables: tables.iter().map(|t| t.to_string()).collect(),
     }

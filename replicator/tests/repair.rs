@@ -36,6 +36,7 @@ fn link(from: &PgCluster, from_site: &str, to: &PgCluster, to_site: &str) -> Lin
         publication: "ezone_pub".into(),
         slot: slot_name(to_site),
         origin: origin_name(from_site),
+        apply_workers: ezone_replicator::config::defaults::APPLY_WORKERS,
         large_transaction_bytes: ezone_replicator::config::defaults::LARGE_TRANSACTION_BYTES,
         tables: TABLES.iter().map(|t| t.to_string()).collect(),
     }

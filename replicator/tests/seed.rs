@@ -22,6 +22,7 @@ fn link(from: &PgCluster, to: &PgCluster) -> LinkConfig {
         publication: "ezone_pub".into(),
         slot: "ezone_to_guangzhou".into(),
         origin: "ezone_from_beijing".into(),
+        apply_workers: ezone_replicator::config::defaults::APPLY_WORKERS,
         large_transaction_bytes: ezone_replicator::config::defaults::LARGE_TRANSACTION_BYTES,
         tables: vec!["public.orders".into()],
     }

@@ -61,6 +61,7 @@ async fn links_out_of_one_source_starting_together_share_the_publication() {
                 publication: format!("ezone_pub_{round}"),
                 slot: format!("ezone_to_{to}_{round}"),
                 origin: format!("ezone_from_beijing_for_{to}_{round}"),
+                apply_workers: ezone_replicator::config::defaults::APPLY_WORKERS,
                 large_transaction_bytes:
                     ezone_replicator::config::defaults::LARGE_TRANSACTION_BYTES,
                 tables: vec!["public.orders".into()],
