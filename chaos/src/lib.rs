@@ -11,6 +11,8 @@
 //!   all on loopback.
 //! - [`lab`]: the multi-site lab (`ezone lab up/down`) built from those parts.
 //! - [`clock`]: per-site clock skew through libfaketime (opt-in per lab).
+//! - [`scenario`] (feature `scenario`): the ensemble with order traffic and
+//!   switchovers, shared by `ezone demo` and the benchmarks.
 //! - [`schedule`]: seeded fault schedules, a pure function of the seed;
 //!   [`inject`] applies one to a running ensemble.
 #![deny(unsafe_code)]
@@ -29,6 +31,7 @@ pub mod ports;
 pub mod postgres;
 pub mod process;
 pub mod proxy;
+pub mod scenario;
 pub mod schedule;
 pub(crate) mod scratch;
 pub mod timeline;

@@ -38,7 +38,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{Epoch, ShardId, ShardState};
 
+pub mod batch;
+pub mod close;
 pub mod driver;
+pub mod dry_run;
+pub mod operations;
 pub mod plan;
 
 /// Where a switchover is.

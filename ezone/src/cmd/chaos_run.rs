@@ -19,10 +19,11 @@ use anyhow::Context as _;
 use ezone_chaos::check::{homes_of, HomeHistory};
 use ezone_chaos::inject::{self, supported, supported_kinds};
 use ezone_chaos::lab::LabSpec;
+use ezone_chaos::scenario;
 use ezone_chaos::schedule::{schedule, FaultKind, ScheduleSpec, CLOCK_SKEW_MAX_MS};
 use ezone_chaos::timeline;
 
-use crate::cmd::{chaos_report, scenario};
+use crate::cmd::chaos_report;
 
 /// The ensemble's clock-skew bound: above every skew the schedule draws
 /// (the design's promise holds inside the bound).
@@ -150,12 +151,12 @@ pub async fn run(a: RunArgs) -> anyhow::Result<()> {
     lab.etcd_members = 3;
     // Each site's processes under libfaketime (the clock-skew fault).
     lab.clock_skew = true;
-    let ens = scenario::start_on(lab, 2, |es| {
+    let exe = std::env::current_exe().context("finding the ezone binary")?;
+    let ens = scenario::start(&exe, lab, 2, |es| {
         es.replicator_etcd_links = true;
         es.clock_skew_ms = CLOCK_SKEW_BOUND_MS;
     })
     .await?;
-    let exe = std::env::current_exe().context("finding the ezone binary")?;
     let homes_at_start = homes_of(ens.initial_topology());
     let wl = scenario::traffic_with(&ens, &format!("chaos{}", a.seed), a.rate, |w| {
         w.seed = a.seed;

@@ -29,13 +29,14 @@ use ezone_chaos::check::{homes_of, record_homes};
 use ezone_chaos::ensemble::Ensemble;
 use ezone_chaos::lab::{Lab, LabProcess, LabSpec, LabState, Role};
 use ezone_chaos::process::ProcessRecord;
+use ezone_chaos::scenario;
+use ezone_orders::workload::ProgressHandle;
 use ezone_topology::failover::driver::Outcome;
 use ezone_topology::TopologyStore;
 use nix::sys::signal::Signal;
 
 use crate::cmd::failover::printer;
 use crate::cmd::lab::interrupted;
-use crate::cmd::scenario::{self, ms};
 
 /// The demo's sites.
 const SITES: &[&str] = &["beijing", "shanghai"];
@@ -102,7 +103,8 @@ async fn demo(a: &DemoArgs, dir: Option<&Path>, start: Instant) -> anyhow::Resul
         if let Some(r) = &record {
             r.save(lab.state())?;
         }
-        let ens = scenario::ensemble_on(lab, a.shards_per_site, |_| {}).await?;
+        let exe = std::env::current_exe().context("finding the ezone binary")?;
+        let ens = scenario::ensemble_on(exe, lab, a.shards_per_site, |_| {}).await?;
         if let Some(r) = &record {
             r.save(ens.state())?;
         }
@@ -187,7 +189,7 @@ async fn drive(ens: &Ensemble, a: &DemoArgs, start: Instant) -> anyhow::Result<V
         a.rate
     );
     let wl = scenario::traffic(ens, &format!("demo{}", std::process::id()), a.rate)?;
-    let live = scenario::live_line(wl.progress_handle(), start);
+    let live = live_line(wl.progress_handle(), start);
     let (lag, lag_task) = scenario::lag_sampler(ens);
     tokio::time::sleep(a.pause).await;
 
@@ -293,6 +295,32 @@ async fn drive(ens: &Ensemble, a: &DemoArgs, start: Instant) -> anyhow::Result<V
         problems.push("the data checks failed (see the report)".into());
     }
     Ok(problems)
+}
+
+/// Prints a traffic line every second until dropped (aborted).
+fn live_line(p: ProgressHandle, start: Instant) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut last = p.get();
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let now = p.get();
+            eprintln!(
+                "[{:>8.3}s] traffic: {:>5} orders/s acked, total sent {} acked {} failed {} retried {} in flight {}",
+                start.elapsed().as_secs_f64(),
+                now.acked.saturating_sub(last.acked),
+                now.sent,
+                now.acked,
+                now.failed,
+                now.retried,
+                now.in_flight
+            );
+            last = now;
+        }
+    })
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1e3)
 }
 
 /// `--dir`, absolute, if the demo may use it: missing or empty. A running

@@ -15,6 +15,5 @@ pub mod pg;
 pub mod redact;
 pub mod replicator;
 pub mod router;
-pub mod scenario;
 pub mod status;
 pub mod topo;

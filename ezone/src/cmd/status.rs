@@ -14,11 +14,11 @@ use std::time::Duration;
 use anyhow::{anyhow, Context};
 use ezone_replicator::site_ops::{pending_conflicts, pending_for, PendingConflicts};
 use ezone_topology::failover::driver::{now_ms, ForcedRecord, Record};
+use ezone_topology::failover::operations::when;
 use ezone_topology::{AnyStore, ShardState, TopologyStore};
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::cmd::failover::when;
 use crate::cmd::topo::StoreArgs;
 
 /// How long a router's admin `/readyz` may take to answer.

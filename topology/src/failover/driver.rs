@@ -1189,7 +1189,7 @@ pub async fn recover_abandoned<S: TopologyStore, O: SiteOps>(
         if r.opened || now_ms() < r.opens_at_ms + abandoned_after.as_millis() as u64 {
             continue;
         }
-        let name = format!("forced-{}", r.from);
+        let name = forced_lock_name(&r.from);
         let lock = match store.lock(&name, &opts.holder, opts.lock_ttl).await {
             Ok(l) => l,
             Err(StoreError::Locked { .. }) => continue,
@@ -1353,6 +1353,12 @@ pub fn forced_name(from: &str) -> String {
     format!("forced/{from}")
 }
 
+/// The lock of `from`'s forced failover record: whoever opens it (a
+/// replicator's recovery) or closes it holds it.
+pub fn forced_lock_name(from: &str) -> String {
+    format!("forced-{from}")
+}
+
 /// The forced failover of the shards in `moves` (all homed at one lost
 /// site) to their target, in two phases, without consulting the old home:
 ///
@@ -1466,10 +1472,11 @@ pub async fn force_moves<S: TopologyStore, O: SiteOps>(
     open_forced(store, sites, record, opts, observe).await
 }
 
-async fn read_forced<S: TopologyStore>(
+/// `from`'s forced-failover record, if there is one that parses.
+pub(super) async fn read_forced<S: TopologyStore>(
     store: &S,
     from: &str,
-) -> Result<Option<ForcedRecord>, DriveError> {
+) -> Result<Option<ForcedRecord>, StoreError> {
     Ok(store
         .read_op(&forced_name(from))
         .await?
@@ -1651,4 +1658,4 @@ async fn open_forced<S: TopologyStore, O: SiteOps>(
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

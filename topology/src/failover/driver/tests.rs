@@ -1,5 +1,7 @@
 //! The driver against a real file store and scripted sites: every path of
-//! the machine, crashes resumed from the record, abort, lost answers.
+//! the machine, crashes resumed from the record, abort, lost answers. The
+//! scripted sites and the set-up are shared with the tests of the modules
+//! built on the driver (`failover/batch.rs`).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -11,7 +13,7 @@ use crate::store::FileStore;
 
 /// Scripted sites: records every call; the marker shows up after
 /// `marker_after` polls (`usize::MAX`: never).
-struct FakeSites {
+pub(crate) struct FakeSites {
     calls: Mutex<Vec<String>>,
     polls: AtomicUsize,
     marker_after: usize,
@@ -31,7 +33,7 @@ struct FakeSites {
 }
 
 impl FakeSites {
-    fn new(marker_after: usize) -> FakeSites {
+    pub(crate) fn new(marker_after: usize) -> FakeSites {
         FakeSites {
             calls: Mutex::new(Vec::new()),
             polls: AtomicUsize::new(0),
@@ -127,7 +129,7 @@ impl SiteOps for FakeSites {
     }
 }
 
-async fn setup() -> (tempfile::TempDir, FileStore) {
+pub(crate) async fn setup() -> (tempfile::TempDir, FileStore) {
     let dir = tempfile::tempdir().unwrap();
     let store = FileStore::new(dir.path().join("topology.toml"));
     store
@@ -137,7 +139,7 @@ async fn setup() -> (tempfile::TempDir, FileStore) {
     (dir, store)
 }
 
-fn opts() -> Options {
+pub(crate) fn opts() -> Options {
     let mut o = Options::new("test");
     o.timeout = Duration::from_millis(500);
     o.poll = Duration::from_millis(1);
@@ -468,7 +470,7 @@ async fn two_operators_cannot_switch_one_shard() {
 }
 
 /// Sets the topology's fence lease and clock-skew bound.
-async fn with_lease(store: &FileStore, lease_ms: u64, skew_ms: u64) {
+pub(crate) async fn with_lease(store: &FileStore, lease_ms: u64, skew_ms: u64) {
     let mut t = (*store.load().await.unwrap().topology).clone();
     t.settings.fence_lease_ms = lease_ms;
     t.settings.clock_skew_ms = skew_ms;

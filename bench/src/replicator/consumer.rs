@@ -28,8 +28,8 @@ use ezone_topology::starter::starter;
 use ezone_topology::{FileStore, TopologyStore};
 use serde::Serialize;
 
-use super::cpu;
-use super::replbench_workload::{sql, PUBLICATION, TABLES};
+use super::workload::{sql, PUBLICATION, TABLES};
+use crate::cpu;
 
 /// The target session name of the ezone applier, to find its backend.
 const EZONE_APPLY_APP: &str = "ezone_bench_apply";

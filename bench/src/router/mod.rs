@@ -25,9 +25,9 @@
 //!
 //! Every process started here is a [`ChildProcess`] tied to this one: it is
 //! killed (with its whole tree) when its guard drops, on success, on error,
-//! on Ctrl-C (the run is raced against the signal so that guards do drop),
-//! and by the kernel's parent-death signal if this process is killed
-//! outright. The temp dir (configs, logs, wrk output) goes with its guard
+//! on Ctrl-C (`ezone bench` races the run against the signal so that guards
+//! do drop), and by the kernel's parent-death signal if this process is
+//! killed outright. The temp dir (configs, logs, wrk output) goes with its guard
 //! unless `--keep-dir` is given.
 
 use std::net::SocketAddr;
@@ -39,8 +39,14 @@ use ezone_chaos::ports::free_addr;
 use ezone_chaos::process::ChildProcess;
 use serde::Serialize;
 
-use super::wrk::{WrkErrors, WrkResult, WrkRun};
-use super::{cpu, ezone_router, nginx, probe, upstream, wrk};
+use crate::cpu;
+use wrk::{WrkErrors, WrkResult, WrkRun};
+
+mod ezone;
+mod nginx;
+mod probe;
+pub mod upstream;
+mod wrk;
 
 /// The city every request names: the starter topology maps it to shard 1,
 /// homed at the first (here: the only) site.
@@ -94,27 +100,28 @@ impl Target {
     }
 }
 
+/// `ezone bench router`'s options.
 #[derive(Debug, clap::Args)]
 pub struct RouterBench {
     /// Measured run per target (whole seconds; wrk's -d).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
-    duration: Duration,
+    pub duration: Duration,
     /// Warm-up run per target before the measured one (whole seconds; 0s: none).
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
-    warmup: Duration,
+    pub warmup: Duration,
     /// wrk connections (kept open, HTTP/1.1 keep-alive).
     #[arg(long, default_value_t = 64)]
-    connections: u32,
+    pub connections: u32,
     /// wrk threads.
     #[arg(long, default_value_t = 2)]
-    threads: u32,
+    pub threads: u32,
     /// Upstream response body size in bytes.
     #[arg(long, default_value_t = upstream::DEFAULT_BODY_BYTES)]
-    body_bytes: usize,
+    pub body_bytes: usize,
     /// Proxy workers: nginx worker_processes and the router's tokio worker
     /// threads (TOKIO_WORKER_THREADS).
     #[arg(long, default_value_t = 2)]
-    proxy_workers: u32,
+    pub proxy_workers: u32,
     /// Which targets to run, in order.
     #[arg(
         long,
@@ -122,41 +129,41 @@ pub struct RouterBench {
         value_delimiter = ',',
         default_value = "direct,nginx,ezone"
     )]
-    targets: Vec<Target>,
+    pub targets: Vec<Target>,
     /// Print a JSON object instead of the table.
     #[arg(long)]
-    json: bool,
+    pub json: bool,
     /// The ezone binary whose `router` and `bench upstream` are run (default: this one).
     #[arg(long)]
-    ezone_bin: Option<PathBuf>,
+    pub ezone_bin: Option<PathBuf>,
     /// The nginx binary (default: `nginx` on PATH, then /usr/sbin/nginx).
     #[arg(long)]
-    nginx: Option<PathBuf>,
+    pub nginx: Option<PathBuf>,
     /// The wrk binary (default: `wrk` on PATH).
     #[arg(long)]
-    wrk: Option<PathBuf>,
+    pub wrk: Option<PathBuf>,
     /// Keep the temp dir (configs, logs, wrk output) and print its path.
     #[arg(long)]
-    keep_dir: bool,
+    pub keep_dir: bool,
     /// nginx as a bare `proxy_pass` (only `Host` and the client's own
     /// headers go upstream). By default nginx sets the same forwarding
     /// headers the router does (`X-Forwarded-For`, `X-Forwarded-Proto`,
     /// `Via` and the three `X-Ezone-*`), so the upstream gets the same
     /// request from both and the comparison is of the same work.
     #[arg(long)]
-    nginx_minimal_headers: bool,
+    pub nginx_minimal_headers: bool,
     /// Run the targets this many times, alternating (nginx, ezone, nginx,
     /// ezone, ...), and report each round's ratios and their median: on a
     /// shared machine the speed drifts by more than the difference being
     /// measured, and the median of side-by-side pairs is what holds
     /// (a single pair moved from 0.77x to 1.11x between rounds here).
     #[arg(long, default_value_t = 3)]
-    rounds: u32,
+    pub rounds: u32,
 }
 
 /// One target's measured run.
 #[derive(Debug, Clone, Serialize)]
-struct Measured {
+pub struct Measured {
     requests: u64,
     duration_seconds: f64,
     requests_per_second: f64,
@@ -180,7 +187,7 @@ struct Measured {
 
 /// One row: measured, or why not.
 #[derive(Debug, Clone, Serialize)]
-struct Row {
+pub struct Row {
     /// 1-based.
     round: u32,
     target: Target,
@@ -192,14 +199,15 @@ struct Row {
 
 /// ezone / nginx; `None` where either side is missing (or zero).
 #[derive(Debug, Clone, Copy, Serialize)]
-struct Ratios {
+pub struct Ratios {
     throughput: Option<f64>,
     p99: Option<f64>,
     cpu: Option<f64>,
 }
 
+/// The run's settings, as the report states them.
 #[derive(Debug, Clone, Serialize)]
-struct Params {
+pub struct Params {
     duration_seconds: u64,
     warmup_seconds: u64,
     connections: u32,
@@ -213,8 +221,10 @@ struct Params {
     clock_ticks_per_second: u64,
 }
 
+/// What `ezone bench router` found: the rows, each round's ratios and their
+/// median. `--json` prints it as is; the table is [`Report::table`].
 #[derive(Debug, Clone, Serialize)]
-struct Report {
+pub struct Report {
     params: Params,
     targets: Vec<Row>,
     /// Each round's ezone/nginx (from the same round's runs).
@@ -223,15 +233,11 @@ struct Report {
     ezone_over_nginx: Ratios,
 }
 
-/// Runs the bench; Ctrl-C stops it with every child process killed.
-pub async fn run(args: RouterBench) -> anyhow::Result<()> {
-    tokio::select! {
-        r = bench(args) => r,
-        r = tokio::signal::ctrl_c() => {
-            r.context("listening for Ctrl-C")?;
-            bail!("interrupted; every process the bench started has been stopped")
-        }
-    }
+/// A finished run: the report, and the temp dir if `--keep-dir` kept it.
+#[derive(Debug)]
+pub struct Run {
+    pub report: Report,
+    pub kept_dir: Option<PathBuf>,
 }
 
 /// Whole seconds of `d`, for wrk's `-d`.
@@ -259,7 +265,9 @@ struct Ctx {
     nginx_same_headers: bool,
 }
 
-async fn bench(args: RouterBench) -> anyhow::Result<()> {
+/// Runs the bench. Every process it starts is killed when it returns, and
+/// when the future is dropped (raced against Ctrl-C, say).
+pub async fn run(args: &RouterBench) -> anyhow::Result<Run> {
     let seconds = whole_seconds("--duration", args.duration)?;
     if seconds == 0 {
         bail!("--duration must be at least 1s");
@@ -287,12 +295,7 @@ async fn bench(args: RouterBench) -> anyhow::Result<()> {
             "wrk not found on PATH; install it (apt-get install wrk) or pass --wrk PATH",
         )?,
     };
-    let ezone_bin = match &args.ezone_bin {
-        Some(p) => p.clone(),
-        None => {
-            std::env::current_exe().context("finding this ezone binary (or pass --ezone-bin)")?
-        }
-    };
+    let ezone_bin = crate::ezone_bin(args.ezone_bin.as_deref())?;
 
     let tmp = tempfile::Builder::new()
         .prefix("ezone-bench-router-")
@@ -394,19 +397,24 @@ async fn bench(args: RouterBench) -> anyhow::Result<()> {
         ezone_over_nginx: median_ratios(&per_round(&rows, args.rounds)),
         targets: rows,
     };
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print!("{}", table(&report));
+    let kept_dir = args.keep_dir.then(|| tmp.keep());
+    Ok(Run { report, kept_dir })
+}
+
+impl Report {
+    /// An error unless at least one target was measured (the rows say why
+    /// each was not).
+    pub fn check(&self) -> anyhow::Result<()> {
+        if self.targets.iter().all(|r| r.result.is_none()) {
+            bail!("no target could be measured (see the reasons above)");
+        }
+        Ok(())
     }
-    if args.keep_dir {
-        let kept = tmp.keep();
-        eprintln!("kept configs, logs and wrk output in {}", kept.display());
+
+    /// The table `ezone bench router` prints.
+    pub fn table(&self) -> String {
+        table(self)
     }
-    if report.targets.iter().all(|r| r.result.is_none()) {
-        bail!("no target could be measured (see the reasons above)");
-    }
-    Ok(())
 }
 
 /// Starts the target's proxy (if any), waits for it, measures, stops it.
@@ -433,7 +441,7 @@ async fn run_target(ctx: &Ctx, target: Target) -> anyhow::Result<Measured> {
         }
         Target::Ezone => {
             let listen = free_addr()?;
-            let proxy = ezone_router::spawn(
+            let proxy = ezone::spawn(
                 &ctx.ezone_bin,
                 &ctx.dir,
                 listen,

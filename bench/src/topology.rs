@@ -1,6 +1,3 @@
-//! `ezone bench`: benchmarks, each reported against a baseline run side by
-//! side in the same run. Numbers are printed, never asserted.
-//!
 //! `ezone bench topology`: watch propagation, from an etcd write to the
 //! moment a [`Watcher`] serves the new validated snapshot, next to the same
 //! write observed by a bare etcd watch (no decoding, no validation): the
@@ -14,65 +11,44 @@ use ezone_topology::store::layout::Layout;
 use ezone_topology::{AnyStore, EtcdStore, ShardState, TopologyStore, Watcher};
 use hdrhistogram::Histogram;
 
-mod cpu;
-mod ezone_router;
-mod failover;
-mod nginx;
-mod probe;
-mod propagation;
-mod replbench_consumer;
-mod replbench_stats;
-mod replbench_workload;
-mod replicator;
-mod router;
-mod upstream;
-mod wrk;
+use crate::latency::{histogram, micros, ms};
 
-#[derive(Debug, clap::Subcommand)]
-pub enum BenchCommand {
-    /// Topology watch propagation: etcd write -> watcher has the new snapshot.
-    Topology(TopologyBench),
-    /// Router throughput, latency and CPU: ezone router vs nginx vs direct.
-    Router(router::RouterBench),
-    /// Topology propagation: etcd write -> a running router routes by it.
-    Propagation(propagation::PropagationBench),
-    /// Replication: ezone's link vs native logical replication (backlog drain, lag, CPU).
-    Replicator(replicator::ReplicatorBench),
-    /// Failover: write-hold window per planned switchover and forced failover time, under load.
-    Failover(failover::FailoverBench),
-    /// The router bench's upstream server, run standalone (started by `bench router`).
-    #[command(hide = true)]
-    Upstream(upstream::UpstreamArgs),
-}
-
+/// `ezone bench topology`'s options.
 #[derive(Debug, clap::Args)]
 pub struct TopologyBench {
     /// etcd endpoints; without them the bench starts its own one-member etcd.
     #[arg(long, env = "EZONE_ETCD", value_delimiter = ',')]
-    etcd: Vec<String>,
+    pub etcd: Vec<String>,
     /// Key prefix to write under (a starter topology is created there if empty).
     #[arg(long, default_value = "/ezone-bench")]
-    prefix: String,
+    pub prefix: String,
     /// How many changes to time.
     #[arg(long, default_value_t = 500)]
-    changes: u32,
+    pub changes: u32,
     /// Print one summary line instead of the table.
     #[arg(long)]
-    quiet_table: bool,
+    pub quiet_table: bool,
 }
 
-pub async fn run(c: BenchCommand) -> anyhow::Result<()> {
-    match c {
-        BenchCommand::Topology(b) => topology(b).await,
-        BenchCommand::Router(args) => router::run(args).await,
-        BenchCommand::Propagation(args) => propagation::run(args).await,
-        BenchCommand::Replicator(args) => replicator::run(args).await,
-        BenchCommand::Failover(args) => failover::run(args).await,
-        BenchCommand::Upstream(args) => upstream::serve(args).await,
-    }
+/// What `ezone bench topology` measured, each path timed from just before
+/// the write (µs).
+#[derive(Debug)]
+pub struct Report {
+    changes: u32,
+    endpoints: Vec<String>,
+    /// The CAS write acknowledged.
+    cas: Histogram<u64>,
+    /// A bare etcd watch sees it (the baseline).
+    bare: Histogram<u64>,
+    /// ezone's watcher serves the snapshot.
+    ours: Histogram<u64>,
+    /// The watcher's snapshots accepted and refused over the run.
+    accepted: u64,
+    refused: u64,
 }
 
-async fn topology(b: TopologyBench) -> anyhow::Result<()> {
+/// Runs the bench: `b.changes` shard changes, each a real CAS, timed.
+pub async fn run(b: &TopologyBench) -> anyhow::Result<Report> {
     // Keep a self-started etcd alive for the whole run.
     let mut _own_etcd = None;
     let endpoints = if b.etcd.is_empty() {
@@ -122,9 +98,9 @@ async fn topology(b: TopologyBench) -> anyhow::Result<()> {
     // The first message confirms the watch was created.
     raw.message().await?;
 
-    let mut ours = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-    let mut bare = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-    let mut cas = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut ours = histogram()?;
+    let mut bare = histogram()?;
+    let mut cas = histogram()?;
     let mut shard = base.topology.shards[&shard_id].clone();
     for _ in 0..b.changes {
         // Alternate the measured path: each change is a real CAS (epoch bump,
@@ -169,51 +145,65 @@ async fn topology(b: TopologyBench) -> anyhow::Result<()> {
         cas.record(micros(t_cas))?;
     }
     let stats = watcher.stats();
-    let row = |name: &str, h: &Histogram<u64>| {
+    Ok(Report {
+        changes: b.changes,
+        endpoints,
+        cas,
+        bare,
+        ours,
+        accepted: stats.accepted.load(std::sync::atomic::Ordering::Relaxed),
+        refused: stats.refused.load(std::sync::atomic::Ordering::Relaxed),
+    })
+}
+
+impl Report {
+    /// One line: the watcher's p50 and p99, and the baseline's p50.
+    pub fn summary_line(&self) -> String {
         format!(
-            "{name:<34} {:>9.3} {:>9.3} {:>9.3} {:>9.3}",
-            ms(h.value_at_quantile(0.5)),
-            ms(h.value_at_quantile(0.99)),
-            ms(h.max()),
-            h.mean() / 1000.0
-        )
-    };
-    if b.quiet_table {
-        println!(
             "{} changes: watcher p50 {:.3} ms, p99 {:.3} ms (bare etcd watch p50 {:.3} ms)",
-            b.changes,
-            ms(ours.value_at_quantile(0.5)),
-            ms(ours.value_at_quantile(0.99)),
-            ms(bare.value_at_quantile(0.5)),
-        );
-        return Ok(());
+            self.changes,
+            ms(self.ours.value_at_quantile(0.5)),
+            ms(self.ours.value_at_quantile(0.99)),
+            ms(self.bare.value_at_quantile(0.5)),
+        )
     }
-    println!(
-        "topology watch propagation, {} changes, etcd {}",
-        b.changes,
-        endpoints.join(",")
-    );
-    println!(
-        "{:<34} {:>9} {:>9} {:>9} {:>9}",
-        "path (ms, from before the write)", "p50", "p99", "max", "mean"
-    );
-    println!("{}", row("CAS write acknowledged", &cas));
-    println!("{}", row("bare etcd watch sees it (baseline)", &bare));
-    println!("{}", row("ezone watcher serves the snapshot", &ours));
-    println!(
-        "ratio ezone/bare: p50 {:.2}, p99 {:.2}; snapshots accepted {}, refused {}",
-        ours.value_at_quantile(0.5) as f64 / bare.value_at_quantile(0.5).max(1) as f64,
-        ours.value_at_quantile(0.99) as f64 / bare.value_at_quantile(0.99).max(1) as f64,
-        stats.accepted.load(std::sync::atomic::Ordering::Relaxed),
-        stats.refused.load(std::sync::atomic::Ordering::Relaxed),
-    );
-    Ok(())
-}
 
-fn micros(d: Duration) -> u64 {
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1)
-}
-
-fn ms(us: u64) -> f64 {
-    us as f64 / 1000.0
+    /// The table: each path's p50, p99, max and mean, and the ratios.
+    pub fn table(&self) -> String {
+        use std::fmt::Write;
+        let row = |name: &str, h: &Histogram<u64>| {
+            format!(
+                "{name:<34} {:>9.3} {:>9.3} {:>9.3} {:>9.3}",
+                ms(h.value_at_quantile(0.5)),
+                ms(h.value_at_quantile(0.99)),
+                ms(h.max()),
+                h.mean() / 1000.0
+            )
+        };
+        let (ours, bare) = (&self.ours, &self.bare);
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "topology watch propagation, {} changes, etcd {}",
+            self.changes,
+            self.endpoints.join(",")
+        );
+        let _ = writeln!(
+            out,
+            "{:<34} {:>9} {:>9} {:>9} {:>9}",
+            "path (ms, from before the write)", "p50", "p99", "max", "mean"
+        );
+        let _ = writeln!(out, "{}", row("CAS write acknowledged", &self.cas));
+        let _ = writeln!(out, "{}", row("bare etcd watch sees it (baseline)", bare));
+        let _ = writeln!(out, "{}", row("ezone watcher serves the snapshot", ours));
+        let _ = writeln!(
+            out,
+            "ratio ezone/bare: p50 {:.2}, p99 {:.2}; snapshots accepted {}, refused {}",
+            ours.value_at_quantile(0.5) as f64 / bare.value_at_quantile(0.5).max(1) as f64,
+            ours.value_at_quantile(0.99) as f64 / bare.value_at_quantile(0.99).max(1) as f64,
+            self.accepted,
+            self.refused,
+        );
+        out
+    }
 }

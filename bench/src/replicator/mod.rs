@@ -89,10 +89,11 @@
 //! # Clean-up
 //!
 //! Postgres clusters, pgbench and the replicator are [`ChildProcess`]es tied
-//! to this process (killed on drop, on error, on Ctrl-C because the run is
-//! raced against the signal, and by the parent-death signal if this process
-//! is killed outright); the cluster directories and the bench's temp dir
-//! (configs, pgbench and replicator logs) are removed with their guards.
+//! to this process (killed on drop, on error, on Ctrl-C because `ezone
+//! bench` races the run against the signal, and by the parent-death signal
+//! if this process is killed outright); the cluster directories and the
+//! bench's temp dir (configs, pgbench and replicator logs) are removed with
+//! their guards.
 //!
 //! [`ChildProcess`]: ezone_chaos::process::ChildProcess
 
@@ -105,13 +106,19 @@ use ezone_chaos::postgres::PgCluster;
 use ezone_chaos::proxy::{Direction, FaultProxy, LinkSpec, Toxics};
 use serde::Serialize;
 
-use super::cpu;
-use super::replbench_consumer::{Consumer, Proc, RunPlace, System};
-use super::replbench_stats::{parse_integer_lines, per_second, ratio, summarise_lag, LagSummary};
-use super::replbench_workload::{
+use crate::cpu;
+use consumer::{Consumer, Proc, RunPlace};
+use stats::{parse_integer_lines, per_second, ratio, summarise_lag, LagSummary};
+use workload::{
     mark_seen_sql, mark_sql, pgbench_script, source_schema_sql, sql, target_schema_sql, Pace,
     Pgbench, CHECKSUM_SQL, LAG_MICROS_SQL, ROWS_PER_TXN, TARGET_HISTORY_TRIGGER_SQL,
 };
+
+pub use consumer::System;
+
+mod consumer;
+mod stats;
+mod workload;
 
 /// Defaults of a full run (about 2-3 minutes on a 2-core machine).
 const BACKLOG_TXNS: u64 = 20_000;
@@ -135,24 +142,25 @@ pub enum Variant {
     Wan,
 }
 
+/// `ezone bench replicator`'s options.
 #[derive(Debug, clap::Args)]
 pub struct ReplicatorBench {
     /// Backlog written while the consumer is stopped, in transactions of 3 row
     /// changes each [default: 20000; 2000 with --quick].
     #[arg(long)]
-    backlog_txns: Option<u64>,
+    pub backlog_txns: Option<u64>,
     /// Steady load offered during the lag phase, transactions/s (pgbench -R).
     #[arg(long, default_value_t = 200)]
-    rate: u32,
+    pub rate: u32,
     /// Length of the steady phase, whole seconds (pgbench -T) [default: 20s; 4s with --quick].
     #[arg(long, value_parser = humantime::parse_duration)]
-    duration: Option<Duration>,
+    pub duration: Option<Duration>,
     /// Round trip of the WAN variant (half added each way by the fault proxy).
     #[arg(long, default_value = "30ms", value_parser = humantime::parse_duration)]
-    wan_rtt: Duration,
+    pub wan_rtt: Duration,
     /// Which variants to run, in order.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "direct,wan")]
-    variants: Vec<Variant>,
+    pub variants: Vec<Variant>,
     /// Which systems to run (the first goes first in the first variant; the
     /// order alternates between variants).
     #[arg(
@@ -161,32 +169,32 @@ pub struct ReplicatorBench {
         value_delimiter = ',',
         default_value = "ezone,native"
     )]
-    systems: Vec<System>,
+    pub systems: Vec<System>,
     /// pgbench connections at the source, for the backlog and the steady load.
     #[arg(long, default_value_t = 4)]
-    clients: u32,
+    pub clients: u32,
     /// Account keys the upserts pick from (uniformly).
     #[arg(long, default_value_t = 100_000)]
-    accounts: u64,
+    pub accounts: u64,
     /// A ~30 s sanity run: a small backlog and a short steady phase.
     #[arg(long)]
-    quick: bool,
+    pub quick: bool,
     /// Both clusters take plain TCP (no TLS), for the cost of TLS side by
     /// side with a default run (which encrypts every connection, ezone's and
     /// the native subscription's alike, with verify-full).
     #[arg(long)]
-    plain_tcp: bool,
+    pub plain_tcp: bool,
     /// Print a JSON object instead of the tables.
     #[arg(long)]
-    json: bool,
+    pub json: bool,
     /// The ezone binary whose `replicator` is run (default: this one).
     #[arg(long)]
-    ezone_bin: Option<PathBuf>,
+    pub ezone_bin: Option<PathBuf>,
 }
 
 /// The run's settings, resolved and checked.
 #[derive(Debug, Clone, Serialize)]
-struct Params {
+pub struct Params {
     backlog_txns: u64,
     rate: u32,
     steady_seconds: u64,
@@ -267,7 +275,7 @@ impl Params {
 
 /// CPU of the consumer's processes over a window.
 #[derive(Debug, Clone, Serialize)]
-struct CpuReport {
+pub struct CpuReport {
     /// All processes together; `None` if one of them restarted in the window.
     seconds: Option<f64>,
     per_10k_rows: Option<f64>,
@@ -277,14 +285,14 @@ struct CpuReport {
 }
 
 #[derive(Debug, Clone, Serialize)]
-struct ProcCpu {
+pub struct ProcCpu {
     role: &'static str,
     pid: u32,
     seconds: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
-struct DrainReport {
+pub struct DrainReport {
     txns: u64,
     rows: u64,
     wal_bytes: u64,
@@ -306,7 +314,7 @@ struct DrainReport {
 }
 
 #[derive(Debug, Clone, Serialize)]
-struct SteadyReport {
+pub struct SteadyReport {
     offered_tps: u32,
     seconds: u64,
     txns: u64,
@@ -319,7 +327,7 @@ struct SteadyReport {
 }
 
 #[derive(Debug, Clone, Serialize)]
-struct RunReport {
+pub struct RunReport {
     variant: Variant,
     label: String,
     added_rtt_ms: f64,
@@ -333,7 +341,7 @@ struct RunReport {
 }
 
 #[derive(Debug, Clone, Serialize)]
-struct RatioReport {
+pub struct RatioReport {
     variant: Variant,
     label: String,
     drain_rows_per_second: Option<f64>,
@@ -344,24 +352,16 @@ struct RatioReport {
     steady_cpu_per_10k_rows: Option<f64>,
 }
 
+/// What `ezone bench replicator` found: every run, and ezone / native per
+/// variant. `--json` prints it as is; the tables are [`Report::table`].
 #[derive(Debug, Serialize)]
-struct Report {
+pub struct Report {
     params: Params,
     postgres: String,
     cpus: usize,
     runs: Vec<RunReport>,
     /// ezone / native, per variant.
     ratios: Vec<RatioReport>,
-}
-
-pub async fn run(args: ReplicatorBench) -> anyhow::Result<()> {
-    tokio::select! {
-        r = bench(args) => r,
-        r = tokio::signal::ctrl_c() => {
-            r.context("listening for Ctrl-C")?;
-            bail!("interrupted; every process the bench started has been stopped")
-        }
-    }
 }
 
 /// What every run shares.
@@ -378,14 +378,11 @@ struct Ctx {
     dir: tempfile::TempDir,
 }
 
-async fn bench(args: ReplicatorBench) -> anyhow::Result<()> {
-    let params = Params::from_args(&args)?;
-    let ezone_bin = match &args.ezone_bin {
-        Some(p) => p.clone(),
-        None => {
-            std::env::current_exe().context("finding this ezone binary (or pass --ezone-bin)")?
-        }
-    };
+/// Runs the bench. Every process it starts is stopped when it returns, and
+/// killed when the future is dropped (raced against Ctrl-C, say).
+pub async fn run(args: &ReplicatorBench) -> anyhow::Result<Report> {
+    let params = Params::from_args(args)?;
+    let ezone_bin = crate::ezone_bin(args.ezone_bin.as_deref())?;
     let dir = tempfile::Builder::new()
         .prefix("ezone-bench-replicator-")
         .tempdir()
@@ -479,19 +476,13 @@ async fn bench(args: ReplicatorBench) -> anyhow::Result<()> {
         .iter()
         .filter_map(|&v| ratios(&params, &runs, v))
         .collect();
-    let report = Report {
+    Ok(Report {
         params,
         postgres: version.trim().to_string(),
         cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
         runs,
         ratios,
-    };
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print_tables(&report);
-    }
-    Ok(())
+    })
 }
 
 /// One system, one variant: fresh database, backlog drain, steady lag, check.
@@ -776,14 +767,25 @@ fn times(v: Option<f64>) -> String {
     v.map_or_else(|| "n/a".to_string(), |x| format!("{x:.2}x"))
 }
 
-fn print_tables(r: &Report) {
+impl Report {
+    /// The tables `ezone bench replicator` prints.
+    pub fn table(&self) -> String {
+        tables(self)
+    }
+}
+
+fn tables(r: &Report) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
     let p = &r.params;
     let first = r.runs.first();
-    println!(
+    let _ = writeln!(
+        out,
         "ezone bench replicator: PostgreSQL {} source -> target on this machine ({} CPUs), ezone replicator vs native logical replication",
         r.postgres, r.cpus
     );
-    println!(
+    let _ = writeln!(
+        out,
         "workload: pgbench, {} clients; each transaction = account upsert + branch update + history insert ({} rows); {}",
         p.clients,
         p.rows_per_txn,
@@ -793,14 +795,16 @@ fn print_tables(r: &Report) {
             "plain TCP (--plain-tcp)"
         }
     );
-    println!();
-    println!(
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
         "backlog drain: {} txns ({} rows, {:.1} MB WAL) written with the consumer stopped; timed from consumer start",
         first.map_or(p.backlog_txns, |r| r.drain.txns),
         first.map_or(p.backlog_txns * p.rows_per_txn, |r| r.drain.rows),
         first.map_or(0.0, |r| r.drain.wal_bytes as f64 / 1e6),
     );
-    println!(
+    let _ = writeln!(
+        out,
         "{:<10} {:<7} {:>8} {:>8} {:>8} {:>8} {:>12} {:>13} {:>13} {:>6}",
         "variant",
         "system",
@@ -815,7 +819,8 @@ fn print_tables(r: &Report) {
     );
     for run in &r.runs {
         let d = &run.drain;
-        println!(
+        let _ = writeln!(
+            out,
             "{:<10} {:<7} {:>8.2} {:>8.2} {:>8} {:>8} {:>12} {:>13} {:>13} {:>6}",
             run.label,
             run.system.name(),
@@ -829,12 +834,14 @@ fn print_tables(r: &Report) {
             if run.data_identical { "ok" } else { "DIFF" },
         );
     }
-    println!();
-    println!(
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
         "steady lag: {} txn/s offered for {} s; lag of every transaction = source commit -> applied at the target",
         p.rate, p.steady_seconds
     );
-    println!(
+    let _ = writeln!(
+        out,
         "{:<10} {:<7} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>13} {:>9}",
         "variant",
         "system",
@@ -849,7 +856,8 @@ fn print_tables(r: &Report) {
     );
     for run in &r.runs {
         let s = &run.steady;
-        println!(
+        let _ = writeln!(
+            out,
             "{:<10} {:<7} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>13} {:>9}",
             run.label,
             run.system.name(),
@@ -864,8 +872,8 @@ fn print_tables(r: &Report) {
                 .map_or_else(|| "-".to_string(), |c| c.to_string()),
         );
     }
-    println!();
-    println!("CPU by process (seconds, drain / steady):");
+    let _ = writeln!(out);
+    let _ = writeln!(out, "CPU by process (seconds, drain / steady):");
     for run in &r.runs {
         let parts: Vec<String> = run
             .drain
@@ -882,7 +890,8 @@ fn print_tables(r: &Report) {
             ),
             _ => String::new(),
         };
-        println!(
+        let _ = writeln!(
+            out,
             "  {:<10} {:<7} {}{batches}",
             run.label,
             run.system.name(),
@@ -890,11 +899,13 @@ fn print_tables(r: &Report) {
         );
     }
     if !r.ratios.is_empty() {
-        println!();
-        println!(
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
             "ezone / native (throughput: higher is better for ezone; lag and CPU: lower is better)"
         );
-        println!(
+        let _ = writeln!(
+            out,
             "{:<10} {:>13} {:>13} {:>14} {:>8} {:>8} {:>15}",
             "variant",
             "drain rows/s",
@@ -905,7 +916,8 @@ fn print_tables(r: &Report) {
             "steady CPU/10k"
         );
         for x in &r.ratios {
-            println!(
+            let _ = writeln!(
+                out,
                 "{:<10} {:>13} {:>13} {:>14} {:>8} {:>8} {:>15}",
                 x.label,
                 times(x.drain_rows_per_second),
@@ -917,6 +929,8 @@ fn print_tables(r: &Report) {
             );
         }
     }
-    println!();
-    println!("not comparable one to one: native applies inside the target server with synchronous_commit=off; ezone applies over SQL from its own process (its target backend's CPU is counted on its side) with synchronous_commit=on; fsync=off and autovacuum=off on both clusters; see `ezone bench replicator --help` and the module docs");
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,"not comparable one to one: native applies inside the target server with synchronous_commit=off; ezone applies over SQL from its own process (its target backend's CPU is counted on its side) with synchronous_commit=on; fsync=off and autovacuum=off on both clusters; see `ezone bench replicator --help` and the module docs");
+    out
 }

@@ -25,7 +25,7 @@ use anyhow::{bail, Context};
 use ezone_chaos::postgres::{PgCluster, PG_USER};
 use ezone_chaos::process::{ChildProcess, ProcessSpec};
 
-use super::replbench_stats::{parse_pgbench, PgbenchSummary};
+use super::stats::{parse_pgbench, PgbenchSummary};
 
 /// Replicated tables, as both consumers are told them.
 pub const TABLES: &[&str] = &[

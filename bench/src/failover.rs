@@ -15,33 +15,38 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use ezone_chaos::ensemble::Part;
+use ezone_chaos::lab::LabSpec;
+use ezone_chaos::scenario;
 use ezone_orders::workload::History;
 use ezone_topology::failover::driver::{force_moves, Options, Outcome};
 use ezone_topology::failover::plan::{plan_site, Mode};
 use ezone_topology::TopologyStore;
 
-use crate::cmd::scenario::{self, ms};
-
+/// `ezone bench failover`'s options.
 #[derive(Debug, clap::Args)]
 pub struct FailoverBench {
     /// Orders per second through the routers, in every phase.
     #[arg(long, default_value_t = 200)]
-    rate: u32,
+    pub rate: u32,
     /// Planned switchovers to time.
     #[arg(long, default_value_t = 20)]
-    switchovers: u32,
+    pub switchovers: u32,
     /// Length of the baseline phase.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
-    baseline: Duration,
+    pub baseline: Duration,
     /// Pause between switchovers.
     #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
-    gap: Duration,
+    pub gap: Duration,
     /// WAN round-trip time.
     #[arg(long, default_value = "30ms", value_parser = humantime::parse_duration)]
-    wan_rtt: Duration,
+    pub wan_rtt: Duration,
     /// Skip the forced failover phase.
     #[arg(long)]
-    no_forced: bool,
+    pub no_forced: bool,
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1e3)
 }
 
 fn pct(sorted: &[Duration], q: f64) -> Duration {
@@ -52,10 +57,12 @@ fn pct(sorted: &[Duration], q: f64) -> Duration {
     sorted[rank - 1]
 }
 
-fn row(name: &str, h: &History) {
+fn row(out: &mut String, name: &str, h: &History) {
+    use std::fmt::Write;
     let l = h.latencies();
     let (p50, p99, max) = l.map(|l| (l.p50, l.p99, l.max)).unwrap_or_default();
-    println!(
+    let _ = writeln!(
+        out,
         "{name:<22} {:>8} {:>8} {:>8} {:>10} {:>10} {:>10}",
         h.outcomes.len(),
         h.failed().len(),
@@ -91,9 +98,30 @@ async fn place_once(
     Some(resp.status().as_u16())
 }
 
-pub async fn run(b: FailoverBench) -> anyhow::Result<()> {
+/// What `ezone bench failover` measured.
+#[derive(Debug)]
+pub struct Report {
+    wan_rtt: Duration,
+    rate: u32,
+    /// Phase 1: no switchovers.
+    baseline: History,
+    /// Phase 2: the same load during the switchovers.
+    planned: History,
+    /// Each switchover's write-hold window, sorted.
+    holds: Vec<Duration>,
+    rolled_back: usize,
+    /// Phase 3 (`None`: skipped): command start to the first write
+    /// acknowledged at the survivor, if one was within 30 s.
+    forced_to_write: Option<Option<Duration>>,
+}
+
+/// Runs the three phases on an ensemble of its own, torn down at the end.
+pub async fn run(b: &FailoverBench) -> anyhow::Result<Report> {
     eprintln!("starting the ensemble (etcd, 2 Postgres sites, order services, routers, replicators; WAN {})", ms(b.wan_rtt));
-    let ens = scenario::start(&["beijing", "shanghai"], 2, b.wan_rtt, None).await?;
+    let exe = std::env::current_exe().context("finding the ezone binary")?;
+    let mut lab = LabSpec::new(&["beijing", "shanghai"]);
+    lab.wan_rtt = b.wan_rtt;
+    let ens = scenario::start(exe, lab, 2, |_| {}).await?;
     let t0 = ens.initial_topology().clone();
 
     eprintln!(
@@ -182,45 +210,75 @@ pub async fn run(b: FailoverBench) -> anyhow::Result<()> {
         }
     }
 
-    println!(
-        "\nezone bench failover: 2 sites, WAN round trip {}, {} orders/s through both routers",
-        ms(b.wan_rtt),
-        b.rate
-    );
-    println!(
-        "\n{:<22} {:>8} {:>8} {:>8} {:>10} {:>10} {:>10}",
-        "write latency", "orders", "failed", "retries", "p50", "p99", "max"
-    );
-    row("baseline (no flips)", &base);
-    row("during switchovers", &planned);
-    if let (Some(b0), Some(p0)) = (base.latencies(), planned.latencies()) {
-        println!(
-            "{:<22} {:>8} {:>8} {:>8} {:>9.2}x {:>9.2}x {:>9.2}x",
-            "ratio",
-            "",
-            "",
-            "",
-            p0.p50.as_secs_f64() / b0.p50.as_secs_f64().max(1e-9),
-            p0.p99.as_secs_f64() / b0.p99.as_secs_f64().max(1e-9),
-            p0.max.as_secs_f64() / b0.max.as_secs_f64().max(1e-9)
-        );
-    }
-    println!(
-        "\nwrite-hold window per planned switchover ({} done, {} rolled back): p50 {}  p99 {}  max {}  (target p99 < 1 s)",
-        holds.len(),
-        rolled_back,
-        ms(pct(&holds, 0.5)),
-        ms(pct(&holds, 0.99)),
-        ms(holds.last().copied().unwrap_or_default())
-    );
-    match forced_to_write {
-        Some(d) => println!(
-            "forced failover: command start -> first write acknowledged at the survivor: {}",
-            ms(d)
-        ),
-        None if b.no_forced => {}
-        None => println!("forced failover: no write succeeded at the survivor within 30 s"),
-    }
     ens.teardown().await?;
-    Ok(())
+    Ok(Report {
+        wan_rtt: b.wan_rtt,
+        rate: b.rate,
+        baseline: base,
+        planned,
+        holds,
+        rolled_back,
+        forced_to_write: (!b.no_forced).then_some(forced_to_write),
+    })
+}
+
+impl Report {
+    /// The tables `ezone bench failover` prints.
+    pub fn table(&self) -> String {
+        use std::fmt::Write;
+        let (base, planned, holds) = (&self.baseline, &self.planned, &self.holds);
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "\nezone bench failover: 2 sites, WAN round trip {}, {} orders/s through both routers",
+            ms(self.wan_rtt),
+            self.rate
+        );
+        let _ = writeln!(
+            out,
+            "\n{:<22} {:>8} {:>8} {:>8} {:>10} {:>10} {:>10}",
+            "write latency", "orders", "failed", "retries", "p50", "p99", "max"
+        );
+        row(&mut out, "baseline (no flips)", base);
+        row(&mut out, "during switchovers", planned);
+        if let (Some(b0), Some(p0)) = (base.latencies(), planned.latencies()) {
+            let _ = writeln!(
+                out,
+                "{:<22} {:>8} {:>8} {:>8} {:>9.2}x {:>9.2}x {:>9.2}x",
+                "ratio",
+                "",
+                "",
+                "",
+                p0.p50.as_secs_f64() / b0.p50.as_secs_f64().max(1e-9),
+                p0.p99.as_secs_f64() / b0.p99.as_secs_f64().max(1e-9),
+                p0.max.as_secs_f64() / b0.max.as_secs_f64().max(1e-9)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "\nwrite-hold window per planned switchover ({} done, {} rolled back): p50 {}  p99 {}  max {}  (target p99 < 1 s)",
+            holds.len(),
+            self.rolled_back,
+            ms(pct(holds, 0.5)),
+            ms(pct(holds, 0.99)),
+            ms(holds.last().copied().unwrap_or_default())
+        );
+        match self.forced_to_write {
+            Some(Some(d)) => {
+                let _ = writeln!(
+                    out,
+                    "forced failover: command start -> first write acknowledged at the survivor: {}",
+                    ms(d)
+                );
+            }
+            None => {}
+            Some(None) => {
+                let _ = writeln!(
+                    out,
+                    "forced failover: no write succeeded at the survivor within 30 s"
+                );
+            }
+        }
+        out
+    }
 }

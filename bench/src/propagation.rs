@@ -22,11 +22,27 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
+use crate::latency::{histogram, micros, ms};
+
+/// `ezone bench propagation`'s options.
 #[derive(Debug, clap::Args)]
 pub struct PropagationBench {
     /// How many moves to time.
     #[arg(long, default_value_t = 200)]
+    pub changes: u32,
+}
+
+/// What `ezone bench propagation` measured, each path timed from just
+/// before the etcd write (µs).
+#[derive(Debug)]
+pub struct Report {
     changes: u32,
+    /// The CAS write acknowledged.
+    cas: Histogram<u64>,
+    /// A bare watcher has the snapshot.
+    watched: Histogram<u64>,
+    /// The router routes by it (probed).
+    routed: Histogram<u64>,
 }
 
 /// A one-line HTTP server answering its name, until the process ends.
@@ -50,7 +66,9 @@ async fn named_upstream(name: &'static str) -> anyhow::Result<SocketAddr> {
     Ok(addr)
 }
 
-pub async fn run(b: PropagationBench) -> anyhow::Result<()> {
+/// Runs the bench: `b.changes` moves of one shard between two sites, each
+/// timed until the router follows it.
+pub async fn run(b: &PropagationBench) -> anyhow::Result<Report> {
     if b.changes == 0 {
         bail!("--changes must be at least 1");
     }
@@ -96,9 +114,9 @@ pub async fn run(b: PropagationBench) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let mut cas = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-    let mut watched = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-    let mut routed = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut cas = histogram()?;
+    let mut watched = histogram()?;
+    let mut routed = histogram()?;
     let mut home = "a";
     for _ in 0..b.changes {
         let cur = store.load().await?.topology.shards[&1].clone();
@@ -130,38 +148,51 @@ pub async fn run(b: PropagationBench) -> anyhow::Result<()> {
             }
         };
         let (w, r) = tokio::join!(w, r);
-        cas.record(us(t_cas))?;
-        watched.record(us(
-            w.context("the watcher did not see a change within 10 s")?
+        cas.record(micros(t_cas))?;
+        watched.record(micros(
+            w.context("the watcher did not see a change within 10 s")?,
         ))?;
-        routed.record(us(
-            r.context("the router did not follow a change within 10 s")?
+        routed.record(micros(
+            r.context("the router did not follow a change within 10 s")?,
         ))?;
     }
     router.shutdown().await;
-    println!(
-        "topology propagation to a router, {} moves of one shard between two sites",
-        b.changes
-    );
-    println!(
-        "{:<40} {:>9} {:>9} {:>9}",
-        "from before the etcd write (ms)", "p50", "p99", "max"
-    );
-    for (name, h) in [
-        ("CAS write acknowledged", &cas),
-        ("bare watcher has the snapshot", &watched),
-        ("router routes by it (probed)", &routed),
-    ] {
-        println!(
-            "{name:<40} {:>9.3} {:>9.3} {:>9.3}",
-            h.value_at_quantile(0.5) as f64 / 1000.0,
-            h.value_at_quantile(0.99) as f64 / 1000.0,
-            h.max() as f64 / 1000.0
-        );
-    }
-    Ok(())
+    Ok(Report {
+        changes: b.changes,
+        cas,
+        watched,
+        routed,
+    })
 }
 
-fn us(d: Duration) -> u64 {
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1)
+impl Report {
+    /// The table: each path's p50, p99 and max.
+    pub fn table(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "topology propagation to a router, {} moves of one shard between two sites",
+            self.changes
+        );
+        let _ = writeln!(
+            out,
+            "{:<40} {:>9} {:>9} {:>9}",
+            "from before the etcd write (ms)", "p50", "p99", "max"
+        );
+        for (name, h) in [
+            ("CAS write acknowledged", &self.cas),
+            ("bare watcher has the snapshot", &self.watched),
+            ("router routes by it (probed)", &self.routed),
+        ] {
+            let _ = writeln!(
+                out,
+                "{name:<40} {:>9.3} {:>9.3} {:>9.3}",
+                ms(h.value_at_quantile(0.5)),
+                ms(h.value_at_quantile(0.99)),
+                ms(h.max())
+            );
+        }
+        out
+    }
 }
