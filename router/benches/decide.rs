@@ -16,8 +16,8 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use ezone_router::decide::{decide, Decision, FallbackAction, Policy};
-use ezone_router::extract::{extract, KeyKind, KeySource};
+use ezone_router::policy::decide::{decide, Decision, FallbackAction, Policy};
+use ezone_router::policy::extract::{extract, KeyKind, KeySource};
 use ezone_topology::starter::starter;
 use http::{HeaderMap, HeaderValue, Method, Uri};
 

@@ -50,11 +50,11 @@ use prometheus_client::metrics::counter::Counter;
 use serde::{Serialize, Serializer};
 use tokio::sync::mpsc;
 
-use crate::body::{self, Body, BoxError};
-use crate::client::Upstream;
 use crate::config::AccessLogConfig;
-use crate::decide::ShardRef;
-use crate::extract::{extract, Key, KeySource};
+use crate::policy::decide::ShardRef;
+use crate::policy::extract::{extract, Key, KeySource};
+use crate::upstream::body::{self, Body, BoxError};
+use crate::upstream::client::Upstream;
 
 /// How often the writer empties the channel (and so the longest a line
 /// waits before it is written and flushed, when the writer keeps up).
@@ -485,18 +485,18 @@ impl Pending {
         })
     }
 
-    /// The request was answered with `resp` (routed to `site`, `none` for
-    /// nowhere, by `shard`, sent to `upstream`): the response whose body
-    /// sends the line once the client's connection is done with it.
+    /// The request was answered with `resp` (routed to `site`, if anywhere,
+    /// by `shard`, sent to `upstream`): the response whose body sends the
+    /// line once the client's connection is done with it.
     pub(crate) fn answered(
         mut self: Box<Self>,
         resp: Response<Body>,
-        site: String,
+        site: Option<String>,
         shard: Option<ShardRef>,
         upstream: Option<Arc<Upstream>>,
     ) -> Response<Body> {
         self.status = resp.status().as_u16();
-        self.site = (site != "none").then_some(site);
+        self.site = site;
         self.shard = shard.map(|s| s.id);
         self.upstream = upstream;
         resp.map(|body| {

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::decide::FallbackAction;
-use crate::extract::{KeyKind, KeySource};
+use crate::policy::decide::FallbackAction;
+use crate::policy::extract::{KeyKind, KeySource};
 
 /// Defaults, named so that docs and code agree.
 pub mod defaults {
@@ -112,7 +112,7 @@ pub struct ListenConfig {
     #[serde(default)]
     pub tls_key: Option<PathBuf>,
     /// Serve HTTP/1.1 requests without a body (plain, or TLS unless ALPN
-    /// chose h2) with the router's own HTTP/1 server (`h1_server`); from the
+    /// chose h2) with the router's own HTTP/1 server (`http1::server`); from the
     /// first other request on, the connection is hyper's. `false`: hyper
     /// serves all.
     #[serde(default = "yes")]
@@ -612,6 +612,15 @@ fn err(field: &str, problem: impl Into<String>) -> ConfigError {
 }
 
 impl RouterConfig {
+    /// The number of data-plane threads: `listen.workers`, else the number
+    /// of CPUs.
+    pub fn worker_count(&self) -> usize {
+        self.listen
+            .workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+            .max(1)
+    }
+
     /// Parses and validates a TOML document.
     pub fn from_toml(text: &str) -> Result<RouterConfig, ConfigError> {
         let cfg: RouterConfig = toml::from_str(text).map_err(|e| err("(file)", e.to_string()))?;

@@ -484,6 +484,10 @@ struct SiteStats {
 /// chose itself, looked up on every request: FNV, not SipHash.
 type FnvHashMap<K, V> = HashMap<K, V, fnv::FnvBuildHasher>;
 
+/// The `site` and `shard` labels of a request that went nowhere (refused,
+/// or answered by the router itself).
+pub const NOWHERE: &str = "none";
+
 /// One worker's handles on the per-request metrics
 /// (`requests_total{site,shard,status}` and `request_seconds{site}`).
 ///
@@ -536,7 +540,7 @@ impl RequestStats {
                 m.requests
                     .get_or_create(&RequestLabels {
                         site: site.to_string(),
-                        shard: shard.map_or_else(|| "none".to_string(), |s| s.to_string()),
+                        shard: shard.map_or_else(|| NOWHERE.to_string(), |s| s.to_string()),
                         status,
                     })
                     .clone()

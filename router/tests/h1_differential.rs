@@ -2,8 +2,8 @@
 //! against hyper, on the same bytes.
 //!
 //! The router parses HTTP/1 itself on its two hot paths: upstream
-//! *responses* in `ezone_router::h1` (the client side) and client
-//! *requests* in `ezone_router::h1_server` (the server side, with
+//! *responses* in `ezone_router::http1::codec` (the client side) and client
+//! *requests* in `ezone_router::http1::server` (the server side, with
 //! `httparse`, handing anything unusual to hyper). Everything those parsers
 //! accept is forwarded, so they must agree with the reference — hyper, which
 //! serves every other exchange of the router — on everything the router
@@ -19,15 +19,15 @@
 //! mutated (bytes flipped, inserted, deleted, the message truncated):
 //!
 //! - responses: `h1::parse_response_head` + `h1::next` + the body read with
-//!   the framing `next` chose (the way `client.rs` reads it, fed in random
+//!   the framing `next` chose (the way `upstream/client.rs` reads it, fed in random
 //!   splits) against hyper's HTTP/1 client (`client::conn::http1`, built as
-//!   `client.rs` builds it) answered with the same bytes over an in-memory
+//!   `upstream/client.rs` builds it) answered with the same bytes over an in-memory
 //!   pipe, for a GET or a HEAD: whether the head is taken; if both take it,
 //!   the status, version, reason phrase, header fields (names and values,
 //!   in order), and the body's bytes and trailer fields (or both fail on
 //!   the body);
 //! - requests: `h1_server::serve` against hyper's HTTP/1 server
-//!   (`server::conn::http1`, with the limits `server.rs` gives it), each
+//!   (`server::conn::http1`, with the limits `server/worker.rs` gives it), each
 //!   over an in-memory pipe: whether the first request head is taken,
 //!   refused (and with which status) or, by `serve` only, handed over to
 //!   hyper (fine by construction: hyper then serves it; the bytes handed
@@ -87,10 +87,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use ezone_router::body::RequestBody;
-use ezone_router::h1::{self, Chunk, ChunkedDecoder, Framing, H1Error, Next};
-use ezone_router::h1_server::{self, Ended, Limits, Signals};
-use ezone_router::headers::{check_request, Refusal};
+use ezone_router::http1::codec::{self as h1, Chunk, ChunkedDecoder, Framing, H1Error, Next};
+use ezone_router::http1::server::{self as h1_server, Ended, Limits, Signals};
+use ezone_router::policy::headers::{check_request, Refusal};
+use ezone_router::upstream::body::RequestBody;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, Uri, Version};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Body as _;
@@ -105,7 +105,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const DEFAULT_CASES: u32 = 512;
 
 /// The request head limit both servers get: the router's default
-/// `limits.max_header_bytes` (as `server.rs` passes it to both).
+/// `limits.max_header_bytes` (as `server/worker.rs` passes it to both).
 const HEAD_LIMIT: usize = 16 * 1024;
 /// Both servers' field count limit (the router's default, hyper's too).
 const MAX_FIELDS: usize = 100;
@@ -174,14 +174,14 @@ enum Allowed {
     /// section), in bytes" (64 KiB; hyper's client allows 16 KiB of
     /// trailers).
     TrailersOverHyperLimit,
-    // --- Requests (`h1_server.rs`) ---
-    /// h1_server.rs module doc: "A head whose body cannot be framed safely
+    // --- Requests (`http1/server.rs`) ---
+    /// http1/server.rs module doc: "A head whose body cannot be framed safely
     /// (a `Transfer-Encoding` other than `chunked`, or one with a
     /// `Content-Length`) is taken here rather than handed to hyper (which
     /// would read such a body one way or another), so the request path
     /// refuses it". Checked: `headers::check_request` refuses it.
     UnframableBodyTaken,
-    /// h1_server.rs module doc: "What this path answers itself: a head that
+    /// http1/server.rs module doc: "What this path answers itself: a head that
     /// does not parse (400) or is too large (431), each followed by closing
     /// the connection, as hyper does". hyper does, but once its first read
     /// (8 KiB) did not hold a whole head it parses again only when the
@@ -190,14 +190,14 @@ enum Allowed {
     /// end before the connection does (hyper: closed without an answer) or
     /// before hyper's buffer limit (hyper: 431), is 400 from `serve`.
     HyperWaitsForTheHeadEnd,
-    /// h1_server.rs module doc: "Anything else that arrives on the
+    /// http1/server.rs module doc: "Anything else that arrives on the
     /// connection — ... HTTP/2 prior knowledge — hands the connection, with
     /// every byte read so far, to hyper". To know, `serve` waits for the
     /// preface's first line ("PRI * HTTP/2.0"); a connection that ends in
     /// the middle of it is closed without an answer, where hyper's HTTP/1
     /// server may already have answered 400.
     CutHttp2Preface,
-    /// h1_server.rs module doc: repeated `Content-Length: 0` fields. hyper's
+    /// http1/server.rs module doc: repeated `Content-Length: 0` fields. hyper's
     /// server keeps only the first of equal lengths; `serve` keeps them all
     /// as sent, so the request path sees (and may pass on) both.
     RepeatedContentLength,
@@ -880,7 +880,7 @@ impl Feeder<'_> {
 }
 
 /// The router's client side over `input`, read `split` bytes at a time,
-/// as `client.rs` reads it.
+/// as `upstream/client.rs` reads it.
 fn router_response(input: &[u8], method: &Method, split: usize) -> RouterRead {
     let mut r = Feeder {
         input,
@@ -960,7 +960,7 @@ fn router_response(input: &[u8], method: &Method, split: usize) -> RouterRead {
     out.read = Read::Answered(Answer {
         status: head.status.as_u16(),
         version: head.version,
-        // As `client.rs` passes it on.
+        // As `upstream/client.rs` passes it on.
         reason: head
             .reason
             .filter(|r| hyper::ext::ReasonPhrase::try_from(r.clone()).is_ok())
@@ -971,7 +971,7 @@ fn router_response(input: &[u8], method: &Method, split: usize) -> RouterRead {
     out
 }
 
-/// hyper's HTTP/1 client (as `client.rs` builds it), asking with `method`
+/// hyper's HTTP/1 client (as `upstream/client.rs` builds it), asking with `method`
 /// and answered with `input` (then the end of the connection).
 async fn hyper_response(input: &[u8], method: &Method) -> Read<String> {
     let (client, mut server) = tokio::io::duplex(1 << 20);
@@ -1559,7 +1559,7 @@ async fn router_request(input: &[u8]) -> Served {
                 bodyless,
             ));
         }
-        std::future::ready(Response::new(ezone_router::body::empty()))
+        std::future::ready(Response::new(ezone_router::upstream::body::empty()))
     };
     let serving = async {
         match h1_server::serve(server, &limits, handler, &NoSignals).await {

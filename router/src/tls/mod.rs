@@ -11,7 +11,7 @@
 //! certificate is picked up without a restart and without dropping the
 //! connections already open (they keep the config they were accepted with).
 //! It is a [`Reloading`] of a [`ServerConfig`]; the peer TLS configs
-//! (`crate::peer_tls`: the peer listener's and the peer client's, from a
+//! ([`peer`]: the peer listener's and the peer client's, from a
 //! certificate, a key and a CA file) are another, reloaded the same way.
 //!
 //! # Why polling
@@ -40,6 +40,8 @@
 //!
 //! The watcher task lives exactly as long as the acceptor: the last dropped
 //! handle drops a oneshot sender, which ends the task promptly.
+
+pub mod peer;
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -111,7 +113,7 @@ pub enum TlsError {
         problem: String,
     },
     /// This router's own peer certificate does not name its site
-    /// (`crate::peer_tls`).
+    /// (`crate::tls::peer`).
     #[error(
         "peer_tls.cert_file {}: the certificate does not name this router's site {site:?}: \
          a router's peer certificate must carry exactly one DNS name of the form \
@@ -237,7 +239,7 @@ pub type ReloadingAcceptor = Reloading<ServerConfig>;
 
 /// Something loaded from files (a TLS config) that follows them on disk:
 /// [`ReloadingAcceptor`] for the HTTPS listener, and the peer listener's
-/// and peer client's configs (`crate::peer_tls`), loaded together.
+/// and peer client's configs (`crate::tls::peer`), loaded together.
 ///
 /// Cheap to clone; all clones share one value and one watcher task, which
 /// ends when the last clone is dropped.

@@ -23,7 +23,7 @@
 //! the way its peers will: it names this router's site and nothing else of
 //! the form `<site>.<domain>`, chains to the CA, is within its validity
 //! period and is usable as both server and client certificate. A reload
-//! that fails this keeps the previous certificate (see [`crate::tls`]).
+//! that fails this keeps the previous certificate (see [`super`]).
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -42,8 +42,8 @@ use rustls::{
 use tokio::net::TcpStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
+use super::{self as tls, Reloading, TlsError, ALPN_H2, ALPN_HTTP11};
 use crate::config::PeerTlsConfig;
-use crate::tls::{self, Reloading, TlsError, ALPN_H2, ALPN_HTTP11};
 
 /// What a peer certificate's files load into: both directions' configs.
 pub struct PeerConfigs {

@@ -12,8 +12,8 @@ use ezone_topology::ShardId;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use crate::decide::{release, Decision, Policy};
 use crate::metrics::{HoldLabels, HoldOutcome, Metrics};
+use crate::policy::decide::{release, Decision, Policy};
 
 /// How a hold ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,7 +131,7 @@ impl HoldQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decide::FallbackAction;
+    use crate::policy::decide::FallbackAction;
     use ezone_topology::starter::starter;
     use ezone_topology::{ShardState, Snapshot};
 

@@ -1,7 +1,7 @@
 //! HTTP/1.1 message framing for the router's own upstream exchanges: the
 //! request head written, the response head parsed, the response body's
 //! framing decided and chunked bodies decoded. Pure: bytes in, values out;
-//! the sockets are in [`crate::client`].
+//! the sockets are the upstream client's (`upstream::client`).
 //!
 //! Only what a proxy that sends requests *without a body* needs (requests
 //! with a body, upgrades and HTTP/2 upstreams go through hyper). The rules
@@ -102,7 +102,7 @@ fn valid_value(b: &[u8]) -> bool {
     b.iter().all(|&c| c == b'\t' || (c >= 0x20 && c != 0x7f))
 }
 
-impl crate::headers::FieldSink for HeadWriter<'_> {
+impl crate::policy::headers::FieldSink for HeadWriter<'_> {
     fn field(&mut self, name: &HeaderName, value: &HeaderValue) {
         self.0.put_slice(name.as_str().as_bytes());
         self.0.put_slice(b": ");
@@ -126,7 +126,7 @@ impl crate::headers::FieldSink for HeadWriter<'_> {
 /// Writes the head of a request without a body as it is: the request line
 /// and its header fields.
 pub fn encode_request_head(parts: &http::request::Parts, out: &mut BytesMut) {
-    use crate::headers::FieldSink;
+    use crate::policy::headers::FieldSink;
     encode_request_line(&parts.method, &parts.uri, out);
     let mut w = HeadWriter(out);
     for (k, v) in &parts.headers {

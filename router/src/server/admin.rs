@@ -9,8 +9,8 @@ use std::sync::Arc;
 use http::{header, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use crate::body::{self, Body};
 use crate::proxy::Router;
+use crate::upstream::body::{self, Body};
 
 /// Refreshes the topology gauges from the watcher (done at scrape time so the
 /// request path never touches them).

@@ -1,7 +1,7 @@
 //! The router's own HTTP/1.1 server side, for the request almost every
 //! client sends: HTTP/1.1, no body, no upgrade.
 //!
-//! Like the client side ([`crate::client`]), this takes the common case off
+//! Like the client side (`upstream::client`), this takes the common case off
 //! hyper's general machinery (Pingora writes its own HTTP/1 for the same
 //! reason): the head is parsed with `httparse` straight into the request
 //! the router decides on, the request is handled in the connection's own
@@ -53,11 +53,10 @@ use std::time::Duration;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
-use hyper::body::Body as _;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::Instant;
 
-use crate::body::{Body, RequestBody};
+use crate::error::BoxError;
 use crate::stall::deadline;
 
 /// Limits for the heads this path reads.
@@ -126,15 +125,12 @@ const COALESCE: usize = 16 * 1024;
 // Not boxed: the large variant is the common one, moved once.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
-enum Parsed {
+enum Parsed<R> {
     /// Not all there yet.
     Partial,
     /// A request to handle (its head taken off the buffer); `close`: the
     /// client asked for the connection to end after it.
-    Request {
-        req: Request<RequestBody>,
-        close: bool,
-    },
+    Request { req: Request<R>, close: bool },
     /// Not for this path: hand the connection over.
     Handover,
     /// Answer this and close.
@@ -142,8 +138,9 @@ enum Parsed {
 }
 
 /// Serves requests on `io` until the connection ends or a request needs
-/// hyper. `handle` answers one request.
-pub async fn serve<IO, H, F, S>(
+/// hyper. `handle` answers one request; the requests this path takes have
+/// no body, so each is made with `R::default()` (an empty body) as its body.
+pub async fn serve<IO, H, F, S, R, B>(
     mut io: IO,
     limits: &Limits,
     mut handle: H,
@@ -151,9 +148,12 @@ pub async fn serve<IO, H, F, S>(
 ) -> Ended<IO>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
-    H: FnMut(Request<RequestBody>) -> F,
-    F: Future<Output = Response<Body>>,
+    H: FnMut(Request<R>) -> F,
+    F: Future<Output = Response<B>>,
     S: Signals,
+    R: Default,
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
 {
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut out = BytesMut::with_capacity(READ_CHUNK);
@@ -255,7 +255,7 @@ where
 
 /// Reads a request head from the front of `buf` (consuming it if this path
 /// takes the request).
-fn parse(buf: &mut BytesMut, limits: &Limits) -> Parsed {
+fn parse<R: Default>(buf: &mut BytesMut, limits: &Limits) -> Parsed<R> {
     if buf.is_empty() {
         return Parsed::Partial;
     }
@@ -403,7 +403,7 @@ fn parse(buf: &mut BytesMut, limits: &Limits) -> Parsed {
         };
         headers.append(name, value);
     }
-    let mut req = Request::new(RequestBody::Empty);
+    let mut req = Request::new(R::default());
     *req.method_mut() = method;
     *req.uri_mut() = uri;
     *req.version_mut() = Version::HTTP_11;
@@ -416,13 +416,18 @@ fn parse(buf: &mut BytesMut, limits: &Limits) -> Parsed {
 /// it cannot frame; an upstream's hop-by-hop fields never get here). Returns
 /// whether the connection must now close. An error means the connection is
 /// not usable any more.
-async fn write_response<IO: AsyncWrite + Unpin>(
+async fn write_response<IO, B>(
     io: &mut IO,
     out: &mut BytesMut,
-    resp: Response<Body>,
+    resp: Response<B>,
     head_request: bool,
     mut close: bool,
-) -> io::Result<bool> {
+) -> io::Result<bool>
+where
+    IO: AsyncWrite + Unpin,
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
     let (parts, mut body) = resp.into_parts();
     let status = parts.status;
     // No body for these, whatever the body says (RFC 9112 6.3); their
@@ -546,9 +551,9 @@ async fn write_response<IO: AsyncWrite + Unpin>(
 }
 
 /// The body's next frame if it has one ready, without waiting.
-async fn poll_once(
-    body: &mut Body,
-) -> Poll<Option<Result<hyper::body::Frame<Bytes>, crate::body::BoxError>>> {
+async fn poll_once<B: hyper::body::Body + Unpin>(
+    body: &mut B,
+) -> Poll<Option<Result<hyper::body::Frame<B::Data>, B::Error>>> {
     std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *body).poll_frame(cx))).await
 }
 
@@ -559,11 +564,12 @@ async fn refuse<IO: AsyncWrite + Unpin>(
     status: StatusCode,
     why: &str,
 ) -> io::Result<()> {
-    let mut resp = Response::new(crate::body::full(format!("ezone: {why}\n")));
+    let text = Bytes::from(crate::error::answer_text(why));
+    let mut resp = Response::new(http_body_util::Full::new(text));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
+        HeaderValue::from_static(crate::error::ANSWER_CONTENT_TYPE),
     );
     write_response(io, out, resp, false, true).await?;
     io.shutdown().await
@@ -676,6 +682,25 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Prefixed<IO> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http_body_util::combinators::BoxBody;
+    use http_body_util::{BodyExt, Empty, Full};
+
+    /// What the handlers take (this path's requests have no body) and
+    /// answer (any body).
+    type Req = Request<Empty<Bytes>>;
+    type Resp = Response<BoxBody<Bytes, BoxError>>;
+
+    fn full(b: impl Into<Bytes>) -> BoxBody<Bytes, BoxError> {
+        Full::new(b.into()).map_err(|e| match e {}).boxed()
+    }
+
+    fn boxed<B>(b: B) -> BoxBody<Bytes, BoxError>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + Sync + 'static,
+        B::Error: Into<BoxError>,
+    {
+        b.map_err(Into::into).boxed()
+    }
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use tokio::sync::Notify;
 
@@ -757,17 +782,13 @@ mod tests {
     }
 
     /// Answers `METHOD PATH` (and the `x-n` field, if sent) as the body.
-    async fn echo(req: Request<RequestBody>) -> Response<Body> {
+    async fn echo(req: Req) -> Resp {
         let n = req
             .headers()
             .get("x-n")
             .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
             .unwrap_or_default();
-        let mut resp = Response::new(crate::body::full(format!(
-            "{} {}{n}",
-            req.method(),
-            req.uri()
-        )));
+        let mut resp = Response::new(full(format!("{} {}{n}", req.method(), req.uri())));
         resp.headers_mut()
             .insert("x-upstream", HeaderValue::from_static("echo"));
         resp
@@ -795,8 +816,8 @@ mod tests {
         handler: H,
     ) -> (String, Outcome)
     where
-        H: FnMut(Request<RequestBody>) -> F,
-        F: Future<Output = Response<Body>>,
+        H: FnMut(Req) -> F,
+        F: Future<Output = Resp>,
     {
         let (mut client, server) = tokio::io::duplex(1 << 20);
         let drain = TestDrain::default();
@@ -956,7 +977,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_answer_that_says_close_ends_the_connection() {
-        let handler = |req: Request<RequestBody>| async move {
+        let handler = |req: Req| async move {
             let mut resp = echo(req).await;
             resp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -1007,9 +1028,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_body_of_unknown_length_is_chunked_and_informational_statuses_have_none() {
-        let handler = |req: Request<RequestBody>| async move {
+        let handler = |req: Req| async move {
             if req.uri().path() == "/304" {
-                let mut r = Response::new(crate::body::full("ignored"));
+                let mut r = Response::new(full("ignored"));
                 *r.status_mut() = StatusCode::NOT_MODIFIED;
                 r.headers_mut()
                     .insert(header::CONTENT_LENGTH, HeaderValue::from_static("7"));
@@ -1021,7 +1042,7 @@ mod tests {
                 ))),
                 Ok(hyper::body::Frame::data(Bytes::from(vec![b'w'; 17]))),
             ]);
-            Response::new(crate::body::boxed(http_body_util::StreamBody::new(frames)))
+            Response::new(boxed(http_body_util::StreamBody::new(frames)))
         };
         let (out, _) = exchange_with(
             b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET /304 HTTP/1.1\r\nHost: x\r\n\r\n",
@@ -1146,7 +1167,7 @@ mod tests {
         let (mut client, server) = tokio::io::duplex(1 << 16);
         let drain = TestDrain::default();
         let gate = Notify::new();
-        let handler = |req: Request<RequestBody>| {
+        let handler = |req: Req| {
             let gate = &gate;
             async move {
                 gate.notified().await;
@@ -1177,7 +1198,7 @@ mod tests {
         let (mut client, server) = tokio::io::duplex(1 << 16);
         let drain = TestDrain::default();
         let gate = Notify::new();
-        let handler = |req: Request<RequestBody>| {
+        let handler = |req: Req| {
             let gate = &gate;
             async move {
                 if req.uri().path() == "/slow" {

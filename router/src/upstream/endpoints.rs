@@ -4,13 +4,13 @@
 //!
 //! The pools are rebuilt from the topology (a site's `upstreams`, or its
 //! `router` for cross-site forwarding) whenever it changes; an endpoint that
-//! survives a rebuild keeps its counters. Health checks live in
-//! [`crate::health`]; this module only holds the state they write.
+//! survives a rebuild keeps its counters. Health checks live in the server
+//! (`server::health`); this module only holds the state they write.
 //!
 //! What every worker must agree on (health, ejection) is shared
 //! ([`Endpoint`]); what changes with every request (requests in flight, for
 //! the balancing) is counted by each worker for itself (in
-//! [`crate::client`]'s per-address state), so the request path writes no
+//! [`super::pool::Upstream`], a worker's own), so the request path writes no
 //! memory another worker reads: each worker balances its own requests, as
 //! nginx's worker processes do. A worker keeps its own handles on the shared
 //! endpoints and refreshes them when [`Endpoints::generation`] moves.

@@ -39,7 +39,7 @@ pub const X_EZONE_PEER: HeaderName = HeaderName::from_static("x-ezone-peer");
 pub const X_EZONE_PROBE: HeaderName = HeaderName::from_static("x-ezone-probe");
 /// On an upstream's `503`: the database fence refused the write and nothing
 /// of it was committed, so it may be sent again once the shard has moved
-/// (see `proxy`'s fenced writes).
+/// (see `proxy::write`).
 pub const X_EZONE_FENCED: HeaderName = HeaderName::from_static("x-ezone-fenced");
 /// Set by an upstream (the order service) on its answers: the site whose
 /// database served the request.
@@ -449,7 +449,7 @@ pub struct Forwarding<'a> {
 }
 
 /// Where the header fields of a forwarded request go: a [`HeaderMap`] (for
-/// hyper) or an encoded head ([`crate::h1::HeadWriter`]).
+/// hyper) or an encoded head (`http1::codec::HeadWriter`).
 pub trait FieldSink {
     /// A field with a value as it is.
     fn field(&mut self, name: &HeaderName, value: &HeaderValue);

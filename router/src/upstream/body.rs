@@ -29,10 +29,11 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::BodyExt;
 use hyper::body::{Frame, Incoming, SizeHint};
 
-use crate::client::{Checkin, RawBody, Upstream, UpstreamError};
+use super::error::UpstreamError;
+use super::pool::{Checkin, Upstream};
+use super::raw::RawBody;
+pub use crate::error::BoxError;
 use crate::stall::Stall;
-
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A request or response body.
 pub struct Body {
@@ -47,7 +48,7 @@ enum Kind {
     /// the worker's pool once the body has been read to the end.
     Upstream(UpstreamBody),
     /// The same, read by the router's own HTTP/1 exchange.
-    Raw(RawBody),
+    Raw(RawBody<Body>),
     /// Anything else, boxed.
     Boxed(BoxBody<Bytes, BoxError>),
 }
@@ -57,10 +58,10 @@ struct UpstreamBody {
     inner: Incoming,
     /// Returned to the pool on drop if the body was read to its end (a body
     /// dropped half-read leaves its connection unusable: it is closed).
-    conn: Option<Checkin>,
+    conn: Option<Checkin<Body>>,
     done: bool,
     /// Who sent it: a stall counts against it.
-    from: Option<Arc<Upstream>>,
+    from: Option<Arc<Upstream<Body>>>,
     stall: Stall,
 }
 
@@ -125,8 +126,15 @@ pub enum RequestBody {
     /// From hyper's server connection: it may stream a body.
     Hyper(Incoming),
     /// None: a request read by the router's own HTTP/1 server, which only
-    /// takes requests without a body (see `crate::h1_server`).
+    /// takes requests without a body (see `crate::http1::server`).
     Empty,
+}
+
+/// What the router's own HTTP/1 server makes a request with: no body.
+impl Default for RequestBody {
+    fn default() -> Self {
+        RequestBody::Empty
+    }
 }
 
 impl RequestBody {
@@ -232,7 +240,7 @@ impl BodyWatch {
                 setting: "timeouts.body_read_ms",
             }
         } else {
-            BodyFault::Broken(crate::proxy::error_chain(&**e))
+            BodyFault::Broken(crate::error::chain(&**e))
         };
         let _ = self.0.fault.set(fault);
     }
@@ -325,7 +333,7 @@ pub fn empty() -> Body {
 }
 
 /// An upstream response body read by the router's own HTTP/1 exchange.
-pub(crate) fn raw(b: RawBody) -> Body {
+pub(crate) fn raw(b: RawBody<Body>) -> Body {
     Body { kind: Kind::Raw(b) }
 }
 
@@ -345,8 +353,8 @@ where
 /// stalls (`timeouts.upstream_read_ms`) fails and counts against `from`.
 pub(crate) fn upstream(
     inner: Incoming,
-    conn: Option<Checkin>,
-    from: Option<Arc<Upstream>>,
+    conn: Option<Checkin<Body>>,
+    from: Option<Arc<Upstream<Body>>>,
 ) -> Body {
     Body {
         kind: Kind::Upstream(UpstreamBody {

@@ -1,42 +1,11 @@
-//! Listeners, connections and lifecycle: a thread per core.
+//! A data-plane worker thread: its own single-thread runtime, its socket
+//! of every listener and their accept loops, the connections handed to it
+//! by other workers ([`super::balance`]), and each connection served from
+//! its TLS handshake to its end: the router's own HTTP/1.1 server first
+//! where it is on, hyper's for the rest, both calling `Worker::handle`.
 //!
-//! The data plane runs on `workers` threads, each with its own single-thread
-//! tokio runtime, its own `SO_REUSEPORT` listener socket (the kernel spreads
-//! connections over them) and its own upstream connection pools. A request
-//! is handled start to finish on one thread: no cross-thread wake-ups, which
-//! on a small machine cost more CPU than the proxying itself (measured: the
-//! same router on a shared multi-thread runtime used ~15% more CPU per
-//! request). The topology watcher, health checks and the admin listener run
-//! on the caller's runtime (the control plane).
-//!
-//! Each connection is served by hyper's auto builder (HTTP/1.1, and HTTP/2 by
-//! ALPN on TLS or by prior knowledge on plain). The listeners: plain
-//! (`listen.http`), HTTPS (`listen.https`) and, with `[peer_tls]`, the peer
-//! listener (`listen.peer`), whose TLS handshake requires another site's
-//! router certificate and whose connections carry the site it names
-//! ([`crate::peer_tls`]). On shutdown the workers stop
-//! accepting, every connection is asked to finish its in-flight requests
-//! (HTTP/1.1 closes after the current response, HTTP/2 sends GOAWAY), and
-//! whatever is still open at the drain deadline is cut.
-//!
-//! Every phase of a connection is bounded (`[timeouts]`): the TLS handshake
-//! and each request head (`header_read_ms`), an idle connection
-//! (`keepalive_ms`: HTTP/1.1 between requests, HTTP/2 with no stream open,
-//! then GOAWAY), the request body (`body_read_ms`, in `crate::body`), the
-//! answer the client must take (`send_ms`, in [`ClientIo`]), the upstream's
-//! answer (`request_ms`, `upstream_read_ms`). The head and idle bounds are
-//! kept here rather than by hyper, which arms, allocates and cancels a
-//! timer for every request of a keep-alive connection (measured: ~4% of the
-//! router's CPU per request). Here a connection counts its requests in
-//! flight and notes when it last went idle ([`ConnState`]); one timer per
-//! connection checks that, re-armed at most about once per timeout period.
-//!
-//! The number of client connections is capped (`limits.max_connections`,
-//! by default from the file descriptor limit, which is raised to its hard
-//! limit at start): at the cap the accept loops stop accepting and shed the
-//! connections idle the longest ([`Connections`]). Accept errors (out of
-//! file descriptors or memory) back off, from 10 ms doubling to 1 s, and
-//! are logged at most once a second.
+//! What bounds a connection's phases, and why here rather than in hyper, is
+//! in the parent module's docs.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -48,26 +17,21 @@ use futures::FutureExt;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use ezone_topology::{AnyStore, EtcdStore, FileStore, Watcher};
-
-use crate::balance::{Balance, Open};
-use crate::body::Body;
+use super::balance::{Balance, Open};
+use super::conn::{Busy, ClientIo, ConnState, Connections, Counted, Expired, IdleBounds};
 use crate::config::RouterConfig;
-use crate::conn::{Busy, ClientIo, ConnState, Connections, Counted, Expired, IdleBounds};
+use crate::http1::server as h1_server;
 use crate::metrics::{SiteLabels, WorkerLabels};
-use crate::peer_tls::PeerTls;
 use crate::proxy::{ConnInfo, Router, Worker};
+use crate::tls::peer::PeerTls;
 use crate::tls::ReloadingAcceptor;
+use crate::upstream::body::{Body, BoxError, RequestBody};
 
-/// How often TLS certificate files are checked for changes.
-pub const TLS_RELOAD_POLL: Duration = Duration::from_secs(2);
-/// The listen backlog of each worker's socket.
-pub const LISTEN_BACKLOG: u32 = 1024;
 /// hyper's HTTP/1 header count limit when none is set.
 const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
 /// An accept error's first back-off, doubled for each one in a row...
@@ -75,110 +39,18 @@ const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
 /// ...up to this.
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
-#[derive(Debug, thiserror::Error)]
-pub enum ServeError {
-    #[error("cannot listen on {what} {addr}: {source} (is another process using it?)")]
-    Bind {
-        what: &'static str,
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
-    #[error("cannot start router worker thread {index}: {source}")]
-    Worker {
-        index: usize,
-        source: std::io::Error,
-    },
-    #[error(transparent)]
-    Tls(#[from] crate::tls::TlsError),
-    #[error(transparent)]
-    AccessLog(#[from] crate::access_log::AccessLogError),
-    #[error(transparent)]
-    Topology(#[from] ezone_topology::StoreError),
-    #[error(
-        "neither [peer_tls] nor routing.peer_secret is set, and the topology has other sites \
-         ({}) whose routers this router forwards to and takes requests from: without either \
-         any client could pose as one of them. Set up peer TLS ([peer_tls] and listen.peer, \
-         see docs/router.md \"Peer TLS\") on every router of the deployment, or set \
-         routing.peer_secret to the same secret (16 or more visible ASCII characters) on \
-         every router.",
-        sites.join(", ")
-    )]
-    NoPeerSecret { sites: Vec<String> },
-}
-
-/// How long a router without `routing.peer_secret` waits at start for the
-/// topology, to refuse to run if it names other sites. If none arrives in
-/// time (etcd down), the router starts; cross-site requests are then refused
-/// per request (see `proxy`) and an error is logged once the topology shows
-/// other sites.
-pub const PEER_CHECK_WAIT: Duration = Duration::from_secs(5);
-
-/// The sites other than `site` in `snap`'s topology: the peers whose
-/// routers this one forwards to.
-fn other_sites(snap: &ezone_topology::Snapshot, site: &str) -> Vec<String> {
-    snap.topology
-        .sites
-        .keys()
-        .filter(|s| *s != site)
-        .cloned()
-        .collect()
-}
-
-/// Without a peer secret: refuses to start if the topology (once loaded,
-/// within [`PEER_CHECK_WAIT`]) has other sites, and from then on logs an
-/// error for each topology version that does.
-async fn check_peer_trust(
-    cfg: &RouterConfig,
-    watcher: &Watcher,
-    control: &mut JoinSet<()>,
-) -> Result<(), ServeError> {
-    if cfg.routing.peer_secret.is_some() || cfg.peer_tls.is_some() {
-        return Ok(());
-    }
-    let mut rx = watcher.subscribe();
-    let first = tokio::time::timeout(PEER_CHECK_WAIT, rx.wait_for(|s| s.is_some()))
-        .await
-        .ok()
-        .and_then(|r| r.ok().and_then(|s| s.clone()));
-    if let Some(snap) = first {
-        let sites = other_sites(&snap, &cfg.site);
-        if !sites.is_empty() {
-            return Err(ServeError::NoPeerSecret { sites });
-        }
-    }
-    let site = cfg.site.clone();
-    control.spawn(async move {
-        let mut warned = None;
-        loop {
-            let snap = rx.borrow_and_update().clone();
-            if let Some(snap) = snap {
-                let sites = other_sites(&snap, &site);
-                if !sites.is_empty() && warned != Some(snap.version) {
-                    warned = Some(snap.version);
-                    tracing::error!(site = %site, peers = ?sites, version = snap.version, "The topology has other sites but neither [peer_tls] nor routing.peer_secret is set: requests for their shards are refused with 503. Set up peer TLS (or the same routing.peer_secret) on every router and restart.");
-                }
-            }
-            if rx.changed().await.is_err() {
-                return;
-            }
-        }
-    });
-    Ok(())
-}
-
-/// A client connection's byte stream: plain TCP or TLS.
 trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Io for T {}
 
 /// Resolves once `stop` is true (or its sender is gone). The `Ref` that
 /// `wait_for` returns is dropped here, so callers stay `Send`.
-async fn stopped(stop: &mut watch::Receiver<bool>) {
+pub(super) async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
 /// How a listener's connections start.
 #[derive(Clone)]
-enum Tls {
+pub(super) enum Tls {
     /// Plain TCP (`listen.http`).
     None,
     /// TLS, any client (`listen.https`).
@@ -188,68 +60,12 @@ enum Tls {
     Peer(PeerTls),
 }
 
-/// One listener's sockets: one per worker, all on the same port.
-struct Listener {
-    what: &'static str,
-    sockets: Vec<std::net::TcpListener>,
-    tls: Tls,
-    h2: bool,
-}
-
-/// Binds `workers` `SO_REUSEPORT` sockets on `addr` (the first one picks the
-/// port if `addr` has port 0). Returned as std sockets: each worker registers
-/// its own with its own runtime.
-fn bind_reuseport(
-    what: &'static str,
-    addr: SocketAddr,
-    workers: usize,
-) -> Result<(SocketAddr, Vec<std::net::TcpListener>), ServeError> {
-    let err = |source| ServeError::Bind { what, addr, source };
-    let mut bound = addr;
-    let mut out = Vec::with_capacity(workers);
-    for _ in 0..workers {
-        let socket = if addr.is_ipv4() {
-            TcpSocket::new_v4()
-        } else {
-            TcpSocket::new_v6()
-        }
-        .map_err(err)?;
-        socket.set_reuseaddr(true).map_err(err)?;
-        socket.set_reuseport(true).map_err(err)?;
-        socket.set_nodelay(true).map_err(err)?;
-        socket.bind(bound).map_err(err)?;
-        let listener = socket.listen(LISTEN_BACKLOG).map_err(err)?;
-        bound = listener.local_addr().map_err(err)?;
-        out.push(listener.into_std().map_err(err)?);
-    }
-    Ok((bound, out))
-}
-
 /// One worker's socket of one listener.
-struct WorkerSocket {
-    socket: std::net::TcpListener,
-    tls: Tls,
-    h2: bool,
-    what: &'static str,
-}
-
-/// A running router.
-pub struct RunningRouter {
-    pub router: Arc<Router>,
-    pub http: Option<SocketAddr>,
-    pub https: Option<SocketAddr>,
-    /// The peer listener (`listen.peer`, with `[peer_tls]`).
-    pub peer: Option<SocketAddr>,
-    pub admin: Option<SocketAddr>,
-    stop: watch::Sender<bool>,
-    /// Sent when draining is over: workers then drop what is left.
-    done: watch::Sender<bool>,
-    control: JoinSet<()>,
-    threads: Vec<std::thread::JoinHandle<()>>,
-    conns: Arc<Connections>,
-    drain: Duration,
-    /// The access log's writer thread, if `[access_log]` is set.
-    access_log: Option<crate::access_log::Writer>,
+pub(super) struct WorkerSocket {
+    pub socket: std::net::TcpListener,
+    pub tls: Tls,
+    pub h2: bool,
+    pub what: &'static str,
 }
 
 fn builder(cfg: &RouterConfig, h2: bool) -> auto::Builder<TokioExecutor> {
@@ -275,229 +91,9 @@ fn builder(cfg: &RouterConfig, h2: bool) -> auto::Builder<TokioExecutor> {
     b
 }
 
-/// The number of data-plane threads: `listen.workers`, else the number of CPUs.
-pub fn worker_count(cfg: &RouterConfig) -> usize {
-    cfg.listen
-        .workers
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-        .max(1)
-}
-
-impl RunningRouter {
-    /// Loads the topology source, binds every listener and starts serving.
-    /// Must be called on a tokio runtime (the control plane runs there).
-    pub async fn start(cfg: RouterConfig) -> Result<RunningRouter, ServeError> {
-        // Loaded first: a peer certificate that does not name this router's
-        // site (or that its peers would refuse) stops the start.
-        let peer_tls = match &cfg.peer_tls {
-            Some(c) => Some(PeerTls::start(c, &cfg.site, TLS_RELOAD_POLL)?),
-            None => None,
-        };
-        let store = match &cfg.topology.file {
-            Some(f) => AnyStore::File(FileStore::new(f)),
-            None => AnyStore::Etcd(Box::new(
-                EtcdStore::connect_with(&cfg.topology.etcd_options(), &cfg.topology.prefix).await?,
-            )),
-        };
-        let workers = worker_count(&cfg);
-        let watcher = Watcher::start(store);
-        let mut control = JoinSet::new();
-        check_peer_trust(&cfg, &watcher, &mut control).await?;
-        let drain = cfg.timeouts.drain();
-        let mut router = Router::new(cfg.clone(), watcher);
-        router.peer_tls = peer_tls.clone();
-        let access_log = match &cfg.access_log {
-            Some(c) => {
-                let (log, writer) =
-                    crate::access_log::Writer::start(c, router.metrics.access_log_dropped.clone())?;
-                router.access_log = Some(log);
-                on_sighup((!c.is_stdout()).then(|| writer.reopener()), &mut control);
-                Some(writer)
-            }
-            None => {
-                on_sighup(None, &mut control);
-                None
-            }
-        };
-        let router = Arc::new(router);
-        let (stop, stop_rx) = watch::channel(false);
-        let (done, done_rx) = watch::channel(false);
-        let fds = raise_fd_limit();
-        let cap = cfg.limits.connection_cap(fds);
-        if let (Some(fds), Some(set)) = (fds, cfg.limits.max_connections) {
-            if set > cfg.limits.connection_cap(Some(fds)) {
-                tracing::warn!(max_connections = set, fd_limit = fds, "limits.max_connections is more than the file descriptor limit leaves room for (two per connection); accepting may fail before the cap is reached.");
-            }
-        }
-        router
-            .metrics
-            .max_connections
-            .set(i64::try_from(cap).unwrap_or(i64::MAX));
-        let conns = Arc::new(Connections::new(
-            workers,
-            cap,
-            router.metrics.connections.clone(),
-        ));
-        control.spawn(crate::health::run(Arc::downgrade(&router)));
-
-        let mut listeners = Vec::new();
-        let mut http = None;
-        if let Some(addr) = cfg.listen.http {
-            let (bound, sockets) = bind_reuseport("listen.http", addr, workers)?;
-            http = Some(bound);
-            listeners.push(Listener {
-                what: "http",
-                sockets,
-                tls: Tls::None,
-                h2: cfg.listen.h2c,
-            });
-        }
-        let mut https = None;
-        if let (Some(addr), Some(cert), Some(key)) =
-            (cfg.listen.https, &cfg.listen.tls_cert, &cfg.listen.tls_key)
-        {
-            let acceptor = ReloadingAcceptor::start(cert.clone(), key.clone(), TLS_RELOAD_POLL)?;
-            let (bound, sockets) = bind_reuseport("listen.https", addr, workers)?;
-            https = Some(bound);
-            listeners.push(Listener {
-                what: "https",
-                sockets,
-                tls: Tls::Public(acceptor),
-                h2: true,
-            });
-        }
-        let mut peer = None;
-        if let (Some(addr), Some(tls)) = (cfg.listen.peer, peer_tls) {
-            let (bound, sockets) = bind_reuseport("listen.peer", addr, workers)?;
-            peer = Some(bound);
-            listeners.push(Listener {
-                what: "peer",
-                sockets,
-                tls: Tls::Peer(tls),
-                h2: true,
-            });
-        }
-        let mut admin = None;
-        if let Some(a) = &cfg.admin {
-            let l = TcpListener::bind(a.listen)
-                .await
-                .map_err(|source| ServeError::Bind {
-                    what: "admin.listen",
-                    addr: a.listen,
-                    source,
-                })?;
-            admin = l.local_addr().ok();
-            control.spawn(admin_loop(l, router.clone(), stop_rx.clone()));
-        }
-
-        // Hand each worker its socket of every listener.
-        let mut per_worker: Vec<Vec<WorkerSocket>> = (0..workers).map(|_| Vec::new()).collect();
-        for l in listeners {
-            for (i, s) in l.sockets.into_iter().enumerate() {
-                per_worker[i].push(WorkerSocket {
-                    socket: s,
-                    tls: l.tls.clone(),
-                    h2: l.h2,
-                    what: l.what,
-                });
-            }
-        }
-        let (balance, inboxes) = Balance::new(workers);
-        let mut threads = Vec::with_capacity(workers);
-        for (index, (sockets, inbox)) in per_worker.into_iter().zip(inboxes).enumerate() {
-            let w = WorkerSetup {
-                index,
-                router: router.clone(),
-                sockets,
-                balance: balance.clone(),
-                inbox,
-                stop: stop_rx.clone(),
-                done: done_rx.clone(),
-                conns: conns.clone(),
-            };
-            let thread = std::thread::Builder::new()
-                .name(format!("ezone-worker-{index}"))
-                .spawn(move || worker(w))
-                .map_err(|source| ServeError::Worker { index, source })?;
-            threads.push(thread);
-        }
-        tracing::info!(site = %cfg.site, workers, http = ?http, https = ?https, peer = ?peer, admin = ?admin, max_connections = cap, fd_limit = ?fds, "Router listening.");
-        Ok(RunningRouter {
-            router,
-            http,
-            https,
-            peer,
-            admin,
-            stop,
-            done,
-            control,
-            threads,
-            conns,
-            drain,
-            access_log,
-        })
-    }
-
-    /// Stops accepting, lets in-flight requests finish up to the drain
-    /// deadline, then stops everything.
-    pub async fn shutdown(mut self) {
-        let _ = self.stop.send(true);
-        if tokio::time::timeout(self.drain, self.conns.wait_idle())
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                deadline = ?self.drain,
-                open = self.conns.open(),
-                "Drain deadline passed; cutting the remaining connections."
-            );
-        }
-        let _ = self.done.send(true);
-        self.control.abort_all();
-        while self.control.join_next().await.is_some() {}
-        let threads = std::mem::take(&mut self.threads);
-        let access_log = self.access_log.take();
-        let _ = tokio::task::spawn_blocking(move || {
-            for t in threads {
-                let _ = t.join();
-            }
-            // After the workers: the lines of the requests they were
-            // still serving (cut at the drain deadline) are in by now.
-            if let Some(w) = access_log {
-                w.finish();
-            }
-        })
-        .await;
-    }
-}
-
-/// SIGHUP reopens the access log file, for log rotation (logrotate's
-/// `postrotate`: `kill -HUP`, a service manager's reload). Handled whatever
-/// the config: a reload must never end the router (the signal's default),
-/// also without a log file to reopen (certificates are reloaded when their
-/// files change, see `crate::tls`).
-fn on_sighup(reopen: Option<crate::access_log::Reopen>, control: &mut JoinSet<()>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut hup = match signal(SignalKind::hangup()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, "Cannot install a SIGHUP handler: the access log will not be reopened on SIGHUP (rotate it with copytruncate), and a SIGHUP ends the router.");
-            return;
-        }
-    };
-    control.spawn(async move {
-        while hup.recv().await.is_some() {
-            match &reopen {
-                Some(reopen) => reopen.request(),
-                None => tracing::info!("SIGHUP: no access log file to reopen; nothing to do."),
-            }
-        }
-    });
-}
-
 /// A connection accepted by one worker and served by another (see
-/// [`crate::balance`]).
-struct Handoff {
+/// [`super::balance`]).
+pub(super) struct Handoff {
     tcp: std::net::TcpStream,
     peer: SocketAddr,
     /// The listener it came in on: its position in every worker's list.
@@ -507,15 +103,15 @@ struct Handoff {
 }
 
 /// Everything a worker thread starts with.
-struct WorkerSetup {
-    index: usize,
-    router: Arc<Router>,
-    sockets: Vec<WorkerSocket>,
-    balance: Arc<Balance<Handoff>>,
-    inbox: tokio::sync::mpsc::UnboundedReceiver<Handoff>,
-    stop: watch::Receiver<bool>,
-    done: watch::Receiver<bool>,
-    conns: Arc<Connections>,
+pub(super) struct WorkerSetup {
+    pub index: usize,
+    pub router: Arc<Router>,
+    pub sockets: Vec<WorkerSocket>,
+    pub balance: Arc<Balance<Handoff>>,
+    pub inbox: tokio::sync::mpsc::UnboundedReceiver<Handoff>,
+    pub stop: watch::Receiver<bool>,
+    pub done: watch::Receiver<bool>,
+    pub conns: Arc<Connections>,
 }
 
 /// How a worker serves the connections of one listener.
@@ -524,7 +120,7 @@ struct ListenerCtx {
     tls: Tls,
     /// HTTP/1.1 (plain, or TLS without ALPN h2) goes to the router's own
     /// server first.
-    own_http1: Option<crate::h1_server::Limits>,
+    own_http1: Option<h1_server::Limits>,
 }
 
 /// A worker's state shared by its accept loops and its connections.
@@ -539,7 +135,7 @@ struct WorkerCtx {
 }
 
 /// One data-plane thread: its own runtime, its own sockets, its own pools.
-fn worker(setup: WorkerSetup) {
+pub(super) fn worker(setup: WorkerSetup) {
     let WorkerSetup {
         index,
         router,
@@ -583,7 +179,7 @@ fn worker(setup: WorkerSetup) {
                     builder: builder(&router.cfg, s.h2),
                     tls: s.tls.clone(),
                     own_http1: router.cfg.listen.own_http1.then(|| {
-                        crate::h1_server::Limits {
+                        h1_server::Limits {
                             // As hyper's buffer (see `builder`).
                             max_head_bytes: router.cfg.limits.max_header_bytes.max(8192),
                             max_headers: router.cfg.limits.max_headers,
@@ -657,7 +253,7 @@ struct ConnSignals<'a> {
     state: &'a ConnState,
 }
 
-impl crate::h1_server::Signals for ConnSignals<'_> {
+impl h1_server::Signals for ConnSignals<'_> {
     fn is_draining(&self) -> bool {
         self.drain.stopping.load(Ordering::Relaxed) || self.state.is_shed()
     }
@@ -742,7 +338,7 @@ struct Tracked {
 
 impl hyper::body::Body for Tracked {
     type Data = bytes::Bytes;
-    type Error = crate::body::BoxError;
+    type Error = BoxError;
 
     fn poll_frame(
         self: std::pin::Pin<&mut Self>,
@@ -862,30 +458,6 @@ fn out_of_descriptors(e: &std::io::Error) -> bool {
     use nix::errno::Errno;
     e.raw_os_error()
         .is_some_and(|n| matches!(Errno::from_raw(n), Errno::EMFILE | Errno::ENFILE))
-}
-
-/// Raises this process's file descriptor limit to its hard limit; the
-/// limit in effect (`None`: unknown).
-fn raise_fd_limit() -> Option<u64> {
-    use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
-    if soft >= hard {
-        return Some(soft);
-    }
-    match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
-        Ok(()) => {
-            tracing::debug!(
-                from = soft,
-                to = hard,
-                "File descriptor limit raised to its hard limit."
-            );
-            Some(hard)
-        }
-        Err(e) => {
-            tracing::warn!(soft, hard, error = %e, "Cannot raise the file descriptor limit; keeping it.");
-            Some(soft)
-        }
-    }
 }
 
 /// Serves the connections other workers hand to this one.
@@ -1023,7 +595,7 @@ fn serve(
             let worker = ctx.worker.clone();
             service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                 let busy = state.enter(req.version());
-                let req = req.map(crate::body::RequestBody::Hyper);
+                let req = req.map(RequestBody::Hyper);
                 // A combinator, not an `async` block: a block would keep
                 // a second copy of the request (see `proxy`'s docs).
                 worker.clone().handle(req, conn.clone()).map(move |resp| {
@@ -1089,7 +661,7 @@ fn serve(
 /// connection is finished.
 async fn after_handshake<IO>(
     s: tokio_rustls::server::TlsStream<IO>,
-    own: Option<&crate::h1_server::Limits>,
+    own: Option<&h1_server::Limits>,
     ctx: &Arc<WorkerCtx>,
     conn: &ConnInfo,
     signals: &ConnSignals<'_>,
@@ -1109,42 +681,18 @@ where
 
 async fn own_http1<IO: Io + 'static>(
     io: IO,
-    limits: &crate::h1_server::Limits,
+    limits: &h1_server::Limits,
     ctx: &Arc<WorkerCtx>,
     conn: &ConnInfo,
     signals: &ConnSignals<'_>,
 ) -> Option<Box<dyn Io>> {
     let worker = &ctx.worker;
     let handle = |req| worker.clone().handle(req, conn.clone());
-    match crate::h1_server::serve(io, limits, handle, signals).await {
-        crate::h1_server::Ended::Closed => None,
-        crate::h1_server::Ended::Handover { io, read } => {
-            Some(Box::new(crate::h1_server::Prefixed::new(read, io)))
+    match h1_server::serve(io, limits, handle, signals).await {
+        h1_server::Ended::Closed => None,
+        h1_server::Ended::Handover { io, read } => {
+            Some(Box::new(h1_server::Prefixed::new(read, io)))
         }
-    }
-}
-
-async fn admin_loop(listener: TcpListener, router: Arc<Router>, mut stop: watch::Receiver<bool>) {
-    loop {
-        let (tcp, _) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(_) => {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = stopped(&mut stop) => return,
-        };
-        let router = router.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req| crate::admin::handle(router.clone(), req));
-            let _ = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
-                .serve_connection(TokioIo::new(tcp), svc)
-                .await;
-        });
     }
 }
 

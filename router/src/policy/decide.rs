@@ -5,7 +5,7 @@
 use ezone_topology::{Shard, ShardId, ShardState, Topology};
 use http::{Method, StatusCode};
 
-use crate::extract::Key;
+use crate::policy::extract::Key;
 
 /// What to do when a request has no key, or names a city the table lacks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -5,7 +5,7 @@
 //!
 //! - **Requests without a body** (nearly all reads, and most traffic) go over
 //!   the router's own HTTP/1.1 exchange ([`UpstreamClient::exchange`],
-//!   framing in [`crate::h1`]): the head, encoded once, is written straight
+//!   framing in [`crate::http1::codec`]): the head, encoded once, is written straight
 //!   to the socket and the response read back in the request's own task; its
 //!   body is read from the socket as the client's connection takes it
 //!   ([`RawBody`]). No connection task, no channels, and a retry resends the
@@ -32,7 +32,7 @@
 //! thread that drives it, so checkout is a `pop` and checkin a `push` on
 //! the worker's own list (behind a mutex that is never contended: only its
 //! worker touches it), and the connection goes back when the response body,
-//! which carries it ([`crate::body`]), reaches its end. A body dropped before
+//! which carries it ([`super::body`]), reaches its end. A body dropped before
 //! its end takes its connection with it (hyper closes it).
 //!
 //! Failures keep their meaning for the retry rules ([`UpstreamError::is_connect`]):
@@ -46,196 +46,44 @@
 //!
 //! Peer routers (another site's `router` and `more_routers`) are pooled the
 //! same way, both kinds. With `[peer_tls]` their connections are TLS
-//! ([`UpIo::Tls`], [`crate::peer_tls`]): this router's certificate as the
+//! ([`UpIo::Tls`], [`crate::tls::peer`]): this router's certificate as the
 //! client certificate, theirs checked against the CA and the site dialed.
 //! The handshake is part of making a connection (bounded by
 //! `timeouts.connect_ms` too, and like a refused connect it means nothing
 //! was sent); a pooled connection is used as a plain one is, the TLS
 //! session costing only its record framing and encryption.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::io;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
 use http::{Request, Response, Uri};
-use hyper::body::{Frame, SizeHint};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use rustls::pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::time::Instant;
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 
-use crate::body::{self, Body, BoxError};
+use super::body::{self, Body};
+use super::endpoints::Endpoints;
+use super::error::UpstreamError;
+use super::io::{RawConn, UpIo};
+#[cfg(test)]
+use super::pool::Idles;
+use super::pool::{self, Dial, Faults, Upstreams, Want, MAX_IDLE_PER_ADDR};
+use super::raw::RawBody;
 use crate::config::{RouterConfig, UpstreamProtocol};
-use crate::h1::{self, ChunkedDecoder, Framing, H1Error, Next};
+use crate::http1::codec::{self as h1, Next};
 use crate::metrics::EndpointLabels;
-use crate::peer_tls::PeerTls;
-use crate::stall::Stall;
-use crate::upstream::{Endpoint, Endpoints, InFlight};
+use crate::tls::peer::PeerTls;
 
-/// The most idle connections kept per upstream address, per worker (of
-/// each kind).
-pub const MAX_IDLE_PER_ADDR: usize = 1024;
-/// A connection's read buffer: its initial size, and the least free space
-/// a read is given.
-const READ_BUF: usize = 8 * 1024;
-const MIN_READ: usize = 1024;
-
-/// Why an upstream exchange failed, classified for the retry rules.
-#[derive(Debug, thiserror::Error)]
-pub enum UpstreamError {
-    /// No connection: nothing was sent, so any request may be retried.
-    #[error("cannot connect to {addr}")]
-    Connect {
-        addr: String,
-        #[source]
-        source: std::io::Error,
-    },
-    /// No connection within `timeouts.connect_ms`: nothing was sent.
-    #[error("connecting to {addr} took longer than {after:?} (timeouts.connect_ms)")]
-    ConnectTimeout { addr: String, after: Duration },
-    /// The TLS handshake with a peer router failed (its certificate is not
-    /// the dialed site's, or not signed by `peer_tls.ca_file`; or it
-    /// refused ours): nothing was sent.
-    #[error("TLS handshake with the router at {addr} (as {name}) failed")]
-    Tls {
-        addr: String,
-        name: String,
-        #[source]
-        source: io::Error,
-    },
-    /// The exchange failed after the connection was made (reset, closed
-    /// before the response, malformed response, request body error).
-    #[error(transparent)]
-    Exchange(#[from] hyper::Error),
-    /// The router's own exchange failed on the socket.
-    #[error("upstream connection failed")]
-    Io(#[source] io::Error),
-    /// The upstream closed the connection before a complete response head.
-    #[error("upstream closed the connection before sending a response head")]
-    Closed,
-    /// The upstream's response is not valid HTTP/1.
-    #[error("invalid response from the upstream")]
-    Malformed(#[source] H1Error),
-    /// The upstream sent nothing of its response body for `after` while the
-    /// router waited for it.
-    #[error("the upstream sent nothing for {after:?} in the middle of its response body (timeouts.upstream_read_ms)")]
-    Stalled { after: Duration },
-    /// The upstream address does not make a URI (HTTP/2 upstreams).
-    #[error("upstream address {addr:?} is not usable: {source}")]
-    Address {
-        addr: String,
-        #[source]
-        source: http::Error,
-    },
-    /// An HTTP/2 upstream's client failed.
-    #[error(transparent)]
-    H2(#[from] hyper_util::client::legacy::Error),
-}
-
-impl UpstreamError {
-    /// What went wrong, as a client may be told: never the endpoint's
-    /// address (the log has that), so an answer does not reveal the
-    /// internal network. `addr` (the endpoint) is masked from anything the
-    /// underlying errors say, in case one names it.
-    pub fn client_reason(&self, addr: &str) -> String {
-        let reason = match self {
-            UpstreamError::Connect { source, .. } => format!("cannot connect: {source}"),
-            UpstreamError::ConnectTimeout { after, .. } => {
-                format!("no connection within {after:?} (timeouts.connect_ms)")
-            }
-            UpstreamError::Tls { name, source, .. } => {
-                format!("the TLS handshake as {name} failed: {source}")
-            }
-            UpstreamError::Address { .. } => {
-                "its address in the topology does not make a URI".to_string()
-            }
-            other => crate::proxy::error_chain(other),
-        };
-        if addr.is_empty() || !reason.contains(addr) {
-            return reason;
-        }
-        reason.replace(addr, "the endpoint")
-    }
-
-    /// True if the request was certainly not sent (safe to retry anything).
-    pub fn is_connect(&self) -> bool {
-        match self {
-            UpstreamError::Connect { .. }
-            | UpstreamError::ConnectTimeout { .. }
-            | UpstreamError::Tls { .. } => true,
-            UpstreamError::Exchange(_)
-            | UpstreamError::Io(_)
-            | UpstreamError::Closed
-            | UpstreamError::Malformed(_)
-            | UpstreamError::Stalled { .. }
-            | UpstreamError::Address { .. } => false,
-            UpstreamError::H2(e) => e.is_connect(),
-        }
-    }
-}
-
-/// An idle connection, and since when.
-struct Idle<C> {
-    conn: C,
-    since: Instant,
-}
-
-/// One address's idle connections (most recently used last).
-#[derive(Default)]
-struct Idles {
-    /// hyper's (requests with a body).
-    hyper: Vec<Idle<SendRequest<Body>>>,
-    /// The router's own (requests without one).
-    raw: Vec<Idle<RawConn>>,
-}
-
-/// How an upstream's failures after its response head are counted: a
-/// response body that stalls fails the way an exchange does before it.
-pub(crate) struct Faults {
-    /// `timeouts.upstream_read_ms`.
-    read_timeout: Duration,
-    eject_after: u32,
-    eject_for: Duration,
-    /// `ezone_router_upstream_errors_total`.
-    errors: Family<EndpointLabels, Counter>,
-}
-
-/// How connections to an upstream are made.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Dial {
-    /// Plain TCP: this site's upstreams, and peer routers without
-    /// `[peer_tls]`.
-    Plain,
-    /// TLS to a peer router, which must prove to be of the site this name
-    /// names (`<site>.<domain>`).
-    Peer(ServerName<'static>),
-    /// A peer router that must be dialed over TLS but cannot be (why):
-    /// its site's name makes no DNS name, or no peer TLS config is loaded.
-    /// Never dialed, and never in clear text.
-    Undialable(&'static str),
-}
-
-/// How a request wants its endpoint dialed.
-#[derive(Clone, Copy)]
-enum Want<'a> {
-    /// Plain TCP.
-    Plain,
-    /// Over TLS as a peer router (`None`: peer TLS is configured but not
-    /// loaded here).
-    Peer(Option<&'a PeerTls>),
-}
+/// One worker's handle on one upstream address (see [`pool::Upstream`]),
+/// its idle hyper connections carrying the router's [`Body`].
+pub type Upstream = pool::Upstream<Body>;
 
 /// How this client dials peer routers.
 enum PeerDialing {
@@ -247,414 +95,9 @@ enum PeerDialing {
     Missing,
 }
 
-/// One worker's view of one upstream address: the shared endpoint state
-/// (health, ejection), this worker's requests in flight to it (for the
-/// balancing; see [`crate::upstream`]), and its idle connections.
-pub struct Upstream {
-    pub endpoint: Arc<Endpoint>,
-    in_flight: AtomicU32,
-    idle: Mutex<Idles>,
-    /// The site it was first picked for (its failures' label; for a peer
-    /// router dialed over TLS, the site it must prove to be).
-    site: String,
-    dial: Dial,
-    faults: Arc<Faults>,
-}
-
-impl Upstream {
-    fn new(endpoint: Arc<Endpoint>, site: &str, dial: Dial, faults: Arc<Faults>) -> Upstream {
-        Upstream {
-            endpoint,
-            in_flight: AtomicU32::new(0),
-            idle: Mutex::new(Idles::default()),
-            site: site.to_string(),
-            dial,
-            faults,
-        }
-    }
-
-    /// Whether this handle is made the way a request for `site` needs
-    /// (`tls`: as a peer router over TLS).
-    fn fits(&self, site: &str, tls: bool) -> bool {
-        match &self.dial {
-            Dial::Plain => !tls,
-            Dial::Peer(_) | Dial::Undialable(_) => tls && self.site == site,
-        }
-    }
-
-    pub fn addr(&self) -> &str {
-        &self.endpoint.addr
-    }
-
-    /// How long its response body may keep the router waiting.
-    pub(crate) fn read_timeout(&self) -> Duration {
-        self.faults.read_timeout
-    }
-
-    /// Its response body stalled: counted against it as an exchange that
-    /// fails before the head is (`ezone_router_upstream_errors_total`,
-    /// passive ejection).
-    pub(crate) fn stalled(&self) {
-        let f = &self.faults;
-        tracing::warn!(site = %self.site, endpoint = %self.endpoint.addr, timeout = ?f.read_timeout, "Upstream stalled in the middle of a response body; cutting the answer off.");
-        f.errors
-            .get_or_create(&EndpointLabels {
-                site: self.site.clone(),
-                endpoint: self.endpoint.addr.clone(),
-            })
-            .inc();
-        self.endpoint.record_failure(f.eject_after, f.eject_for);
-    }
-
-    /// This worker's requests in flight to it.
-    pub fn in_flight(&self) -> u32 {
-        self.in_flight.load(Ordering::Relaxed)
-    }
-
-    /// Counts a request in flight until the guard is dropped.
-    pub fn start(&self) -> InFlight<'_> {
-        InFlight::start(&self.in_flight)
-    }
-
-    fn idle(&self) -> MutexGuard<'_, Idles> {
-        self.idle.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-/// A worker's upstreams by address, as of an [`Endpoints::generation`].
-#[derive(Default)]
-struct Upstreams {
-    generation: u64,
-    by_addr: HashMap<String, Arc<Upstream>>,
-}
-
-impl Upstreams {
-    /// The handle on `addr` for `site`, dialed as `want`s.
-    fn get(
-        &mut self,
-        endpoints: &Endpoints,
-        site: &str,
-        addr: &str,
-        want: Want<'_>,
-        faults: &Arc<Faults>,
-    ) -> Arc<Upstream> {
-        if let Some(u) = self.by_addr.get(addr) {
-            if u.fits(site, matches!(want, Want::Peer(_))) {
-                return u.clone();
-            }
-        }
-        let dial = match want {
-            Want::Plain => Dial::Plain,
-            Want::Peer(Some(t)) => t.server_name(site).map_or(
-                Dial::Undialable("the site's name makes no DNS name for its certificate"),
-                Dial::Peer,
-            ),
-            Want::Peer(None) => Dial::Undialable("no peer TLS configuration is loaded"),
-        };
-        let u = Arc::new(Upstream::new(
-            endpoints.get(addr),
-            site,
-            dial,
-            faults.clone(),
-        ));
-        self.by_addr.insert(addr.to_string(), u.clone());
-        u
-    }
-}
-
-/// A connection to an upstream or a peer router: plain TCP, or TLS to a
-/// peer router (`[peer_tls]`).
-pub(crate) enum UpIo {
-    Plain(TcpStream),
-    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
-}
-
-impl UpIo {
-    fn is_tls(&self) -> bool {
-        matches!(self, UpIo::Tls(_))
-    }
-}
-
-impl AsyncRead for UpIo {
-    fn poll_read(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            UpIo::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
-            UpIo::Tls(s) => std::pin::Pin::new(&mut **s).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for UpIo {
-    fn poll_write(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            UpIo::Plain(s) => std::pin::Pin::new(s).poll_write(cx, buf),
-            UpIo::Tls(s) => std::pin::Pin::new(&mut **s).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            UpIo::Plain(s) => std::pin::Pin::new(s).poll_write_vectored(cx, bufs),
-            UpIo::Tls(s) => std::pin::Pin::new(&mut **s).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            UpIo::Plain(s) => s.is_write_vectored(),
-            UpIo::Tls(s) => s.is_write_vectored(),
-        }
-    }
-
-    fn poll_flush(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            UpIo::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
-            UpIo::Tls(s) => std::pin::Pin::new(&mut **s).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            UpIo::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
-            UpIo::Tls(s) => std::pin::Pin::new(&mut **s).poll_shutdown(cx),
-        }
-    }
-}
-
-/// A hyper connection lent to one exchange; see [`crate::body`] for when it
-/// comes back.
-pub(crate) struct Checkin {
-    tx: SendRequest<Body>,
-    slot: Arc<Upstream>,
-}
-
-impl Checkin {
-    /// Puts the connection back into its pool (unless the upstream has
-    /// closed it, or the pool is full).
-    pub(crate) fn checkin(self) {
-        if self.tx.is_closed() {
-            return;
-        }
-        let mut idle = self.slot.idle();
-        if idle.hyper.len() < MAX_IDLE_PER_ADDR {
-            idle.hyper.push(Idle {
-                conn: self.tx,
-                since: Instant::now(),
-            });
-        }
-    }
-}
-
-/// A connection the router speaks HTTP/1.1 on itself.
-pub(crate) struct RawConn {
-    io: UpIo,
-    /// Bytes read and not yet used (a response head being read, body bytes).
-    buf: BytesMut,
-    /// How long a response body has kept the router waiting (its timer is
-    /// kept with the connection, for every response on it).
-    stall: Stall,
-}
-
-impl RawConn {
-    fn new(io: UpIo) -> RawConn {
-        RawConn {
-            io,
-            buf: BytesMut::with_capacity(READ_BUF),
-            stall: Stall::new(),
-        }
-    }
-
-    /// Reads what the socket has into the buffer: `Ok(0)` at its end.
-    ///
-    /// Through tokio's `AsyncRead`, which knows that a read that did not
-    /// fill the buffer drained the socket, and so does not need a second
-    /// read (that fails with `EAGAIN`) to learn that it must wait.
-    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.buf.capacity() - self.buf.len() < MIN_READ {
-            self.buf.reserve(READ_BUF);
-        }
-        let read = tokio::io::AsyncReadExt::read_buf(&mut self.io, &mut self.buf);
-        std::pin::pin!(read).poll(cx)
-    }
-
-    /// True if an idle connection can take a request: the upstream has not
-    /// closed it (nor sent anything unasked). Costs no system call unless
-    /// the socket has signalled something since it was last read.
-    fn still_open(&mut self) -> bool {
-        if !self.buf.is_empty() {
-            return false;
-        }
-        let mut cx = Context::from_waker(Waker::noop());
-        self.poll_fill(&mut cx).is_pending()
-    }
-}
-
-/// Where a [`RawBody`] is.
-enum RawState {
-    Length(u64),
-    Chunked(ChunkedDecoder),
-    Eof,
-    Done,
-}
-
-/// A response body read from one of the router's own connections. The
-/// connection goes back to its pool when the body has been read to its end
-/// (if the upstream allows reuse); a body dropped before that closes it.
-pub(crate) struct RawBody {
-    conn: Option<RawConn>,
-    slot: Arc<Upstream>,
-    state: RawState,
-    reusable: bool,
-}
-
-impl RawBody {
-    fn new(conn: RawConn, slot: Arc<Upstream>, framing: Framing, reusable: bool) -> RawBody {
-        let state = match framing {
-            Framing::Empty | Framing::Length(0) => RawState::Done,
-            Framing::Length(n) => RawState::Length(n),
-            Framing::Chunked => RawState::Chunked(ChunkedDecoder::default()),
-            Framing::Eof => RawState::Eof,
-        };
-        RawBody {
-            conn: Some(conn),
-            slot,
-            state,
-            reusable,
-        }
-    }
-
-    fn fail(&mut self, e: BoxError) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        self.conn = None;
-        self.state = RawState::Done;
-        Poll::Ready(Some(Err(e)))
-    }
-
-    pub(crate) fn poll_frame(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        loop {
-            let Some(conn) = self.conn.as_mut() else {
-                return Poll::Ready(None);
-            };
-            match &mut self.state {
-                RawState::Done => return Poll::Ready(None),
-                RawState::Length(left) => {
-                    if !conn.buf.is_empty() {
-                        let n = usize::try_from(*left)
-                            .unwrap_or(usize::MAX)
-                            .min(conn.buf.len());
-                        let data = h1::take_bytes(&mut conn.buf, n);
-                        *left -= n as u64;
-                        if *left == 0 {
-                            self.state = RawState::Done;
-                        }
-                        return Poll::Ready(Some(Ok(Frame::data(data))));
-                    }
-                }
-                RawState::Chunked(dec) => match dec.decode(&mut conn.buf) {
-                    Ok(Some(h1::Chunk::Data(data))) => {
-                        return Poll::Ready(Some(Ok(Frame::data(data))))
-                    }
-                    Ok(Some(h1::Chunk::Trailers(t))) => {
-                        self.state = RawState::Done;
-                        return Poll::Ready(Some(Ok(Frame::trailers(t))));
-                    }
-                    Ok(Some(h1::Chunk::End)) => {
-                        self.state = RawState::Done;
-                        return Poll::Ready(None);
-                    }
-                    Ok(None) => {}
-                    Err(e) => return self.fail(Box::new(UpstreamError::Malformed(e))),
-                },
-                RawState::Eof => {
-                    if !conn.buf.is_empty() {
-                        let n = conn.buf.len();
-                        return Poll::Ready(Some(Ok(Frame::data(h1::take_bytes(
-                            &mut conn.buf,
-                            n,
-                        )))));
-                    }
-                }
-            }
-            // The buffer holds nothing usable: read more.
-            let filled = match conn.poll_fill(cx) {
-                Poll::Ready(r) => {
-                    conn.stall.progress();
-                    r
-                }
-                Poll::Pending => {
-                    let limit = self.slot.read_timeout();
-                    if conn.stall.poll_expired(cx, limit).is_ready() {
-                        self.slot.stalled();
-                        return self.fail(Box::new(UpstreamError::Stalled { after: limit }));
-                    }
-                    return Poll::Pending;
-                }
-            };
-            match filled {
-                Ok(0) => {
-                    if matches!(self.state, RawState::Eof) {
-                        self.state = RawState::Done;
-                        self.conn = None;
-                        return Poll::Ready(None);
-                    }
-                    return self.fail(Box::new(UpstreamError::Io(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "the upstream closed the connection in the middle of the response body",
-                    ))));
-                }
-                Ok(_) => {}
-                Err(e) => return self.fail(Box::new(UpstreamError::Io(e))),
-            }
-        }
-    }
-
-    pub(crate) fn is_end_stream(&self) -> bool {
-        matches!(self.state, RawState::Done)
-    }
-
-    pub(crate) fn size_hint(&self) -> SizeHint {
-        match self.state {
-            RawState::Done => SizeHint::with_exact(0),
-            RawState::Length(n) => SizeHint::with_exact(n),
-            _ => SizeHint::default(),
-        }
-    }
-}
-
-impl Drop for RawBody {
-    fn drop(&mut self) {
-        if let (RawState::Done, true, Some(conn)) = (&self.state, self.reusable, self.conn.take()) {
-            // Anything left over was not asked for: do not reuse.
-            if conn.buf.is_empty() {
-                let mut idle = self.slot.idle();
-                if idle.raw.len() < MAX_IDLE_PER_ADDR {
-                    idle.raw.push(Idle {
-                        conn,
-                        since: Instant::now(),
-                    });
-                }
-            }
-        }
-    }
-}
-
 /// One worker's upstream connections.
 pub struct UpstreamClient {
-    upstreams: Mutex<Upstreams>,
+    upstreams: Mutex<Upstreams<Body>>,
     faults: Arc<Faults>,
     connect_timeout: Duration,
     idle_timeout: Duration,
@@ -693,12 +136,12 @@ impl UpstreamClient {
     ) -> UpstreamClient {
         UpstreamClient {
             upstreams: Mutex::default(),
-            faults: Arc::new(Faults {
-                read_timeout: cfg.timeouts.upstream_read(),
-                eject_after: cfg.upstream.eject_after_failures,
-                eject_for: Duration::from_millis(cfg.upstream.eject_ms),
+            faults: Arc::new(Faults::new(
+                cfg.timeouts.upstream_read(),
+                cfg.upstream.eject_after_failures,
+                Duration::from_millis(cfg.upstream.eject_ms),
                 errors,
-            }),
+            )),
             connect_timeout: cfg.timeouts.connect(),
             idle_timeout: cfg.timeouts.idle(),
             h2: (cfg.upstream.protocol == UpstreamProtocol::H2c).then(|| legacy_client(cfg, true)),
@@ -717,7 +160,7 @@ impl UpstreamClient {
 
     /// This worker's upstreams, refreshed if an endpoint has been dropped
     /// since it last looked (then its handles, and idle connections, go).
-    fn upstreams(&self, endpoints: &Endpoints) -> MutexGuard<'_, Upstreams> {
+    fn upstreams(&self, endpoints: &Endpoints) -> MutexGuard<'_, Upstreams<Body>> {
         let mut u = self.upstreams.lock().unwrap_or_else(|p| p.into_inner());
         let generation = endpoints.generation();
         if u.generation != generation {
@@ -754,7 +197,7 @@ impl UpstreamClient {
     /// Picks one of `addrs` (endpoints of `site`: its upstreams, or if
     /// `peer` its routers), preferring those not `tried` yet: power of two
     /// choices on this worker's requests in flight, among the available
-    /// endpoints ([`crate::upstream::pick`]).
+    /// endpoints ([`super::endpoints::pick`]).
     pub fn pick(
         &self,
         endpoints: &Endpoints,
@@ -783,7 +226,7 @@ impl UpstreamClient {
         } else {
             fresh
         };
-        crate::upstream::pick(&candidates, |c| &c.endpoint, |c| c.in_flight()).cloned()
+        super::endpoints::pick(&candidates, |c| &c.endpoint, |c| c.in_flight()).cloned()
     }
 
     /// A new TCP connection to `addr` (`host:port`), within the connect
@@ -881,7 +324,7 @@ impl UpstreamClient {
     /// Sends `req` to `addr`: over HTTP/2 if `h2` and the upstreams speak
     /// it (`upstream.protocol = "h2c"`), else over HTTP/1.1 on a pooled
     /// connection. The URI is rewritten to the form the protocol needs (the
-    /// head's `Host` is the one [`crate::headers::forwarded_fields`] wrote:
+    /// head's `Host` is the one `policy::headers::forwarded_fields` wrote:
     /// never `addr`). An HTTP/1 response body returns its connection to the
     /// pool once read to its end.
     pub fn send<'a>(
@@ -925,10 +368,7 @@ impl UpstreamClient {
                 match tx.try_send_request(req).await {
                     Ok(resp) => {
                         let (parts, incoming) = resp.into_parts();
-                        let conn = Checkin {
-                            tx,
-                            slot: slot.clone(),
-                        };
+                        let conn = pool::Checkin::new(tx, slot.clone());
                         return Ok(Response::from_parts(
                             parts,
                             body::upstream(incoming, Some(conn), Some(slot.clone())),
@@ -1085,7 +525,7 @@ impl UpstreamClient {
     /// `f` of the idle connections to `addr`; 0 if there is no such upstream
     /// (for tests).
     #[cfg(test)]
-    fn count_idle(&self, addr: &str, f: impl FnOnce(&Idles) -> usize) -> usize {
+    fn count_idle(&self, addr: &str, f: impl FnOnce(&Idles<Body>) -> usize) -> usize {
         self.upstreams
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -1120,7 +560,7 @@ fn is_reset(e: &io::Error) -> bool {
 }
 
 /// A response from a parsed head and its body.
-fn response(head: h1::ResponseHead, body: RawBody) -> Response<Body> {
+fn response(head: h1::ResponseHead, body: RawBody<Body>) -> Response<Body> {
     let mut resp = Response::new(body::raw(body));
     *resp.status_mut() = head.status;
     *resp.version_mut() = head.version;
@@ -1167,10 +607,12 @@ fn absolute(addr: &str, uri: &Uri) -> Result<Uri, UpstreamError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::{Bytes, BytesMut};
     use http_body_util::BodyExt;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
+    use tokio::time::Instant;
 
     const WAIT: Duration = Duration::from_secs(5);
 

@@ -6,7 +6,7 @@
 //! listener with `[peer_tls]` (the peer's certificate checked the same way),
 //! else with the peer secret. A non-2xx answer, an error or a timeout marks
 //! the endpoint unhealthy until a check passes again; requests for a site
-//! go to its healthy routers. Passive ejection (in [`crate::upstream`])
+//! go to its healthy routers. Passive ejection (`upstream::endpoints`)
 //! covers the time between checks.
 
 use std::sync::Arc;
@@ -19,10 +19,14 @@ use http_body_util::BodyExt;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 
-use crate::body::{self, Body};
-use crate::client::UpstreamClient;
+use crate::error;
+use crate::http1::codec as h1;
 use crate::metrics::EndpointLabels;
+use crate::policy::headers;
 use crate::proxy::Router;
+use crate::upstream::body::{self, Body};
+use crate::upstream::client::UpstreamClient;
+use crate::upstream::error::UpstreamError;
 
 /// Runs until the router is dropped (holds only a weak reference). The
 /// first round runs as soon as a topology is loaded (not an interval after
@@ -124,22 +128,22 @@ async fn probe_peer(
 ) -> bool {
     let mut req = Request::get("/")
         .header(http::header::HOST, addr)
-        .header(crate::headers::X_EZONE_PROBE, "1")
-        .header(crate::headers::X_EZONE_HOP, r.policy.site.as_str());
+        .header(headers::X_EZONE_PROBE, "1")
+        .header(headers::X_EZONE_HOP, r.policy.site.as_str());
     // With peer TLS the certificate says who is asking (a secret is not
     // allowed beside it).
     if r.cfg.peer_tls.is_none() {
         let Some(secret) = r.peer_secret() else {
             return false;
         };
-        req = req.header(crate::headers::X_EZONE_PEER, secret.clone());
+        req = req.header(headers::X_EZONE_PEER, secret.clone());
     }
     let Ok(req) = req.body(()) else {
         return false;
     };
     let (parts, ()) = req.into_parts();
     let mut head = BytesMut::with_capacity(256);
-    crate::h1::encode_request_head(&parts, &mut head);
+    h1::encode_request_head(&parts, &mut head);
     let up = probes.upstream(&r.endpoints, site, addr, true);
     let asked = async {
         match probes.exchange(&up, &head, false, true).await {
@@ -152,11 +156,10 @@ async fn probe_peer(
             Err(e) => {
                 // A certificate problem does not go away by itself: said
                 // once, when the router turns unhealthy for it.
-                if matches!(e, crate::client::UpstreamError::Tls { .. }) && up.endpoint.is_healthy()
-                {
-                    tracing::warn!(site, endpoint = addr, error = %crate::proxy::error_chain(&e), "Peer router probe failed: the TLS handshake did not pass.");
+                if matches!(e, UpstreamError::Tls { .. }) && up.endpoint.is_healthy() {
+                    tracing::warn!(site, endpoint = addr, error = %error::chain(&e), "Peer router probe failed: the TLS handshake did not pass.");
                 } else {
-                    tracing::debug!(site, endpoint = addr, error = %crate::proxy::error_chain(&e), "Peer router probe failed.");
+                    tracing::debug!(site, endpoint = addr, error = %error::chain(&e), "Peer router probe failed.");
                 }
                 false
             }
