@@ -293,16 +293,6 @@ impl SiteClock {
         faketime_env(&self.lib, &self.file)
     }
 
-    /// Add this clock to a process spec: inherited `FAKETIME*` dropped, the
-    /// library and its variables set.
-    pub fn apply(&self, spec: crate::process::ProcessSpec) -> crate::process::ProcessSpec {
-        self.env()
-            .into_iter()
-            .fold(spec.env_remove_prefix(ENV_REMOVE_PREFIX), |s, (k, v)| {
-                s.env(k, v)
-            })
-    }
-
     /// Skew the site's wall clock by `offset_ms` (negative: behind); every
     /// process of the site reads it within [`APPLY_WITHIN`].
     pub fn set_offset(&self, offset_ms: i64) -> Result<(), LabError> {
@@ -418,12 +408,8 @@ mod tests {
     fn apply_drops_inherited_faketime_and_sets_the_env() {
         let dir = tempfile::tempdir().expect("tempdir");
         let clock = SiteClock::create(dir.path(), "x", Path::new("/lib/f.so")).expect("create");
-        let spec = clock.apply(crate::process::ProcessSpec::new(
-            "p",
-            "/bin/true",
-            dir.path(),
-            "p.log",
-        ));
+        let spec = crate::process::ProcessSpec::new("p", "/bin/true", dir.path(), "p.log")
+            .clock(Some(&clock));
         assert!(spec.env_remove_prefixes.iter().any(|p| p == "FAKETIME"));
         assert!(is_faked(&spec.env));
     }

@@ -684,10 +684,7 @@ fn postmaster_spec(
     // The environment reaches the postmaster as is: it is exec'd directly,
     // with only its uid and gid changed when we are root (no runuser/su
     // in between to filter it).
-    match &opts.clock {
-        Some(clock) => clock.apply(spec),
-        None => spec,
-    }
+    spec.clock(opts.clock.as_ref())
 }
 
 /// `pg_isready`: `Ok` when the server accepts connections, else what it said.

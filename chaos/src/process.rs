@@ -200,6 +200,18 @@ impl ProcessSpec {
         self
     }
 
+    /// Run under a site's skewable clock ([`crate::clock`]), if given:
+    /// inherited `FAKETIME*` dropped, libfaketime and its variables set.
+    pub fn clock(self, clock: Option<&crate::clock::SiteClock>) -> Self {
+        let Some(clock) = clock else {
+            return self;
+        };
+        clock.env().into_iter().fold(
+            self.env_remove_prefix(crate::clock::ENV_REMOVE_PREFIX),
+            |s, (k, v)| s.env(k, v),
+        )
+    }
+
     pub fn stdout_file(mut self, path: PathBuf) -> Self {
         self.stdout = Some(path);
         self

@@ -128,6 +128,32 @@ pub async fn connect_spawned(dsn: &str) -> Result<Client, ConnectError> {
     Ok(client)
 }
 
+/// Why a [`probe`] found no answering server.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("cannot connect: {0}")]
+    Connect(#[source] ConnectError),
+    #[error("no answer within {0:?}")]
+    ConnectTimeout(std::time::Duration),
+    #[error("connected, but no answer to a query within {0:?}")]
+    QueryTimeout(std::time::Duration),
+    #[error("connected, but the query failed: {0}")]
+    Query(#[source] tokio_postgres::Error),
+}
+
+/// Whether the server at `dsn` answers: connects and runs one trivial
+/// query, each within `within` (a dry run's probe of a site).
+pub async fn probe(dsn: &str, within: std::time::Duration) -> Result<(), ProbeError> {
+    let client = match tokio::time::timeout(within, connect_spawned(dsn)).await {
+        Err(_) => return Err(ProbeError::ConnectTimeout(within)),
+        Ok(c) => c.map_err(ProbeError::Connect)?,
+    };
+    match tokio::time::timeout(within, client.simple_query("SELECT 1")).await {
+        Err(_) => Err(ProbeError::QueryTimeout(within)),
+        Ok(r) => r.map(|_| ()).map_err(ProbeError::Query),
+    }
+}
+
 /// Spawns a connection's task.
 pub fn spawn(conn: impl Future<Output = Result<(), tokio_postgres::Error>> + Send + 'static) {
     tokio::spawn(async move {

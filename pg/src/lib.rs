@@ -17,7 +17,8 @@ pub mod stream;
 pub mod tls;
 
 pub use connect::{
-    connect, connect_dsn, connect_spawned, is_tls_setup_error, spawn, ConnectError, Connection, Tls,
+    connect, connect_dsn, connect_spawned, is_tls_setup_error, probe, spawn, ConnectError,
+    Connection, ProbeError, Tls,
 };
 pub use dsn::{Dsn, DsnError};
 pub use stream::{NegotiateError, PgStream};

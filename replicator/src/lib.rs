@@ -34,6 +34,7 @@ pub mod plan;
 pub mod repair;
 pub mod service;
 pub mod site_ops;
+pub mod site_report;
 pub mod sql;
 pub mod txn;
 pub mod walsender;

@@ -125,7 +125,7 @@ async fn site_offset_moves_postgres_and_site_processes_wall_clock() {
     .args(["--test-threads", "1"])
     .env(PROBE_ENV, "1")
     .stdout_file(out.clone());
-    let probe = ChildProcess::spawn(clock.apply(probe_spec)).expect("spawn the probe");
+    let probe = ChildProcess::spawn(probe_spec.clock(Some(&clock))).expect("spawn the probe");
     eventually("the probe's first line", SHOWS_WITHIN, || async {
         probe_last(&out)
     })

@@ -74,6 +74,8 @@ pub struct RunPlace<'a> {
     /// The bench's temp dir (configs, logs).
     pub dir: &'a Path,
     pub ezone_bin: &'a Path,
+    /// ezone's lanes (`apply_workers`).
+    pub apply_workers: usize,
 }
 
 /// A process whose CPU counts as the consumer's.
@@ -150,9 +152,11 @@ impl Consumer {
                 let config = at.dir.join(format!("replicator-{}.toml", at.run));
                 let text = format!(
                     "site = {dst:?}\ntables = {tables:?}\npublication = {PUBLICATION:?}\n\
-                     target_dsn = {target_dsn:?}\n[topology]\nfile = {file:?}\n\
+                     target_dsn = {target_dsn:?}\napply_workers = {workers}\n\
+                     [topology]\nfile = {file:?}\n\
                      [admin]\nlisten = \"127.0.0.1:0\"\n[sources.{src}]\ndsn = {source:?}\n",
                     tables = TABLES,
+                    workers = at.apply_workers,
                     file = topology.display().to_string(),
                     source = at.source_dsn,
                 );
@@ -248,11 +252,13 @@ impl Consumer {
     async fn try_processes(&self, at: &RunPlace<'_>) -> anyhow::Result<Option<Vec<Proc>>> {
         let walsender = slot_pid(at, &self.slot()).await?;
         let (apply_role, apply_sql) = match self {
+            // Every lane's backend (the replicator's target connections
+            // carry the application name).
             Consumer::Ezone { .. } => (
                 "target backend",
                 format!(
                     "SELECT pid FROM pg_stat_activity WHERE application_name = '{EZONE_APPLY_APP}' \
-                     AND datname = '{}' ORDER BY backend_start DESC LIMIT 1",
+                     AND datname = '{}' ORDER BY backend_start DESC",
                     at.db
                 ),
             ),
@@ -264,15 +270,21 @@ impl Consumer {
                 ),
             ),
         };
-        let apply = parse_pid(&sql(at.target, at.db, &apply_sql).await?)?;
-        let (Some(walsender), Some(apply)) = (walsender, apply) else {
+        let applies = parse_pids(&sql(at.target, at.db, &apply_sql).await?)?;
+        let lanes = match self {
+            Consumer::Ezone { .. } => at.apply_workers,
+            Consumer::Native { .. } => 1,
+        };
+        let Some(walsender) = walsender.filter(|_| applies.len() >= lanes) else {
             return Ok(None);
         };
         let mut procs = Vec::new();
         if let Consumer::Ezone { child: Some(c), .. } = self {
             procs.push(Proc::new("replicator", c.pid())?);
         }
-        procs.push(Proc::new(apply_role, apply)?);
+        for apply in applies {
+            procs.push(Proc::new(apply_role, apply)?);
+        }
         procs.push(Proc::new("source walsender", walsender)?);
         Ok(Some(procs))
     }
@@ -435,6 +447,18 @@ async fn slot_pid(at: &RunPlace<'_>, slot: &str) -> anyhow::Result<Option<u32>> 
 }
 
 /// A pid from psql's output: empty (no row) is `None`.
+/// Every pid in psql's output, one a line.
+fn parse_pids(out: &str) -> anyhow::Result<Vec<u32>> {
+    out.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(|p| {
+            p.parse::<u32>()
+                .with_context(|| format!("{p:?} is not a pid"))
+        })
+        .collect()
+}
+
 fn parse_pid(out: &str) -> anyhow::Result<Option<u32>> {
     let first = out.lines().map(str::trim).find(|l| !l.is_empty());
     match first {

@@ -184,6 +184,10 @@ pub struct ReplicatorBench {
     /// the native subscription's alike, with verify-full).
     #[arg(long)]
     pub plain_tcp: bool,
+    /// Target connections (lanes) ezone's link applies over: the
+    /// replicator's `apply_workers` [default: the replicator's default].
+    #[arg(long)]
+    pub apply_workers: Option<usize>,
     /// Print a JSON object instead of the tables.
     #[arg(long)]
     pub json: bool,
@@ -204,6 +208,8 @@ pub struct Params {
     rows_per_txn: u64,
     /// Every connection over TLS (verify-full), or plain TCP.
     tls: bool,
+    /// ezone's lanes (`apply_workers`).
+    apply_workers: usize,
     #[serde(skip)]
     wan_rtt: Duration,
     #[serde(skip)]
@@ -240,6 +246,17 @@ impl Params {
         if a.accounts == 0 {
             bail!("--accounts must be at least 1");
         }
+        let apply_workers = a
+            .apply_workers
+            .unwrap_or(ezone_replicator::config::defaults::APPLY_WORKERS);
+        if apply_workers == 0
+            || apply_workers > ezone_replicator::config::defaults::MAX_APPLY_WORKERS
+        {
+            bail!(
+                "--apply-workers {apply_workers}: use 1 to {}",
+                ezone_replicator::config::defaults::MAX_APPLY_WORKERS
+            );
+        }
         if a.variants.is_empty() || a.systems.is_empty() {
             bail!("--variants and --systems each need at least one value");
         }
@@ -259,6 +276,7 @@ impl Params {
             accounts: a.accounts,
             rows_per_txn: ROWS_PER_TXN,
             tls: !a.plain_tcp,
+            apply_workers,
             wan_rtt: a.wan_rtt,
             variants,
             systems,
@@ -514,6 +532,7 @@ async fn one_run(
         run,
         dir: ctx.dir.path(),
         ezone_bin: &ctx.ezone_bin,
+        apply_workers: ctx.params.apply_workers,
     };
     let mut consumer = Consumer::prepare(system, &at).await?;
 

@@ -76,10 +76,7 @@ impl Service {
             .stdout_file(ready_file.clone())
             .netns(l.netns.clone())
             .supervision(l.supervision);
-        let spec = match l.clock {
-            Some(clock) => clock.apply(spec),
-            None => spec,
-        };
+        let spec = spec.clock(l.clock);
         let process = ChildProcess::spawn(spec)?;
         Ok(Service {
             process,

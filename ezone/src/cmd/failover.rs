@@ -477,14 +477,14 @@ fn site_dsn(
 /// Connects to a site's Postgres and asks it one thing; why not, if not
 /// (never with the DSN's password).
 async fn probe(dsn: &str) -> Result<(), String> {
-    let client = super::pg::connect(dsn, PROBE_TIMEOUT).await?;
-    match tokio::time::timeout(PROBE_TIMEOUT, client.simple_query("SELECT 1")).await {
-        Err(_) => Err(format!(
-            "connected, but no answer to a query within {PROBE_TIMEOUT:?}"
-        )),
-        Ok(Err(e)) => Err(redact_dsn(&ezone_replicator::chain(&e))),
-        Ok(Ok(_)) => Ok(()),
-    }
+    use ezone_pg::ProbeError;
+    ezone_pg::probe(dsn, PROBE_TIMEOUT)
+        .await
+        .map_err(|e| match e {
+            ProbeError::Connect(e) => redact_dsn(&ezone_replicator::chain(&e)),
+            ProbeError::Query(e) => redact_dsn(&ezone_replicator::chain(&e)),
+            timeout => timeout.to_string(),
+        })
 }
 
 /// `--dry-run` (`failover/dry_run.rs`): each site involved probed, then

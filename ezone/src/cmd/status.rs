@@ -12,7 +12,7 @@ use std::io::{IsTerminal, Write as _};
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
-use ezone_replicator::site_ops::{pending_conflicts, pending_for, PendingConflicts};
+use ezone_replicator::site_ops::{pending_for, PendingConflicts};
 use ezone_topology::failover::driver::{now_ms, ForcedRecord, Record};
 use ezone_topology::failover::operations::when;
 use ezone_topology::{AnyStore, ShardState, TopologyStore};
@@ -81,18 +81,8 @@ struct SiteStatus {
     pending: Vec<PendingConflicts>,
 }
 
-#[derive(Debug, Serialize)]
-struct LinkStatus {
-    link: String,
-    active: bool,
-    lag_bytes: Option<i64>,
-    retained_wal_bytes: Option<i64>,
-    /// Seconds behind: `replay_lag` of the walsender serving the link (as
-    /// the replicator confirms what it applied); 0 when the link streams
-    /// and Postgres reports no lag (it clears it once caught up and idle);
-    /// none when nothing streams.
-    lag_seconds: Option<f64>,
-}
+/// An outgoing link, as its source sees it.
+type LinkStatus = ezone_replicator::site_report::LinkReport;
 
 #[derive(Debug, Serialize)]
 struct ShardStatus {
@@ -140,83 +130,13 @@ async fn site_status(name: &str, router: &str, dsn: &str) -> SiteStatus {
         }
     };
     s.reachable = true;
-    // Each query stands alone: a missing schema (replicator never ran,
-    // fence not installed) leaves that field empty.
-    if let Ok(rows) = client
-        .query(
-            "SELECT s.slot_name::text, s.active, \
-             pg_wal_lsn_diff(pg_current_wal_lsn(), s.confirmed_flush_lsn)::bigint, \
-             pg_wal_lsn_diff(pg_current_wal_lsn(), s.restart_lsn)::bigint, \
-             extract(epoch FROM r.replay_lag)::float8 \
-             FROM pg_replication_slots s LEFT JOIN pg_stat_replication r ON r.pid = s.active_pid \
-             WHERE starts_with(s.slot_name::text, $1) ORDER BY 1",
-            &[&ezone_replicator::config::SLOT_PREFIX],
-        )
-        .await
-    {
-        for r in rows {
-            let slot: String = r.get(0);
-            let target = slot
-                .trim_start_matches(ezone_replicator::config::SLOT_PREFIX)
-                .to_string();
-            let active: bool = r.get(1);
-            let lag_bytes: Option<i64> = r.get(2);
-            let replay_lag: Option<f64> = r.get(4);
-            s.links.push(LinkStatus {
-                link: format!("{name}->{target}"),
-                active,
-                lag_bytes,
-                retained_wal_bytes: r.get(3),
-                lag_seconds: lag_seconds(active, lag_bytes, replay_lag),
-            });
-        }
-    }
-    if let Ok(r) = client
-        .query_one(
-            "SELECT count(*) FROM ezone_replication.conflicts WHERE NOT resolved",
-            &[],
-        )
-        .await
-    {
-        s.conflicts_pending = Some(r.get(0));
-    }
-    if let Ok(p) = pending_conflicts(&client).await {
-        s.pending = p;
-    }
-    if let Ok(Some(r)) = client
-        .query_opt(
-            "SELECT CASE WHEN valid_until = 'infinity' THEN 9223372036854775807 \
-             ELSE (extract(epoch FROM valid_until - clock_timestamp()) * 1000)::bigint END \
-             FROM ezone_fence.lease",
-            &[],
-        )
-        .await
-    {
-        s.fence_lease_ms = r.get(0);
-    }
-    if let Ok(r) = client
-        .query_one(
-            "SELECT count(*) FROM ezone_fence.shards WHERE writable",
-            &[],
-        )
-        .await
-    {
-        s.writable_shards = Some(r.get(0));
-    }
+    let report = ezone_replicator::site_report::read(name, &client).await;
+    s.links = report.links;
+    s.conflicts_pending = report.conflicts_pending;
+    s.pending = report.pending;
+    s.fence_lease_ms = report.fence_lease_ms;
+    s.writable_shards = report.writable_shards;
     s
-}
-
-/// A link's lag in seconds from what Postgres reports: `replay_lag` when
-/// it has one; 0 for a streaming link without one (Postgres clears it once
-/// the receiver has caught up and the source is idle) or with no bytes
-/// behind; unknown when nothing streams.
-fn lag_seconds(active: bool, lag_bytes: Option<i64>, replay_lag: Option<f64>) -> Option<f64> {
-    match (replay_lag, active) {
-        (Some(s), _) if lag_bytes != Some(0) => Some(s.max(0.0)),
-        (_, true) => Some(0.0),
-        (_, false) if lag_bytes == Some(0) => Some(0.0),
-        _ => None,
-    }
 }
 
 /// `GET /readyz` at an admin address (a router's or a replicator's): ready
@@ -558,17 +478,6 @@ fn render_text(st: &Status, now_ms: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn lag_seconds_from_what_postgres_reports() {
-        assert_eq!(lag_seconds(true, Some(100), Some(1.5)), Some(1.5));
-        // Caught up and idle: Postgres clears replay_lag.
-        assert_eq!(lag_seconds(true, Some(100), None), Some(0.0));
-        assert_eq!(lag_seconds(true, Some(0), Some(2.0)), Some(0.0));
-        // Nothing streams: unknown, unless nothing is behind.
-        assert_eq!(lag_seconds(false, Some(100), None), None);
-        assert_eq!(lag_seconds(false, Some(0), None), Some(0.0));
-    }
 
     fn sample() -> Status {
         Status {
