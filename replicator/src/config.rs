@@ -28,9 +28,13 @@ pub mod defaults {
     pub const LARGE_TRANSACTION_BYTES: usize = 64 * 1024 * 1024;
     /// Target connections each link applies over (`apply_workers`): batches
     /// that touch disjoint rows run side by side, and commit in source order
-    /// (`lanes.rs`). Two keep a small target's cores busy; a bigger target
-    /// takes more.
-    pub const APPLY_WORKERS: usize = 2;
+    /// (`lanes.rs`). One by default: measured on 2026-12-04 with `ezone
+    /// bench replicator` (pgbench's TPC-B-like writes, whose every
+    /// transaction updates a hot branch row), two lanes drained a backlog at
+    /// 0.40x native against 0.52x with one, since such batches always meet
+    /// and only got smaller. Raise it for workloads whose batches touch
+    /// disjoint rows.
+    pub const APPLY_WORKERS: usize = 1;
     /// The most `apply_workers` accepted.
     pub const MAX_APPLY_WORKERS: usize = 32;
     /// The least `large_transaction_bytes` accepted.

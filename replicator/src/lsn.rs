@@ -13,6 +13,11 @@
 //! digits on each side (so zero-padded forms such as `0/016B3748` are accepted),
 //! nothing else, in either case.
 //!
+//! The text form itself is tokio-postgres' [`PgLsn`]'s (its `Display` and
+//! `FromStr`); `Lsn` adds what `PgLsn` lacks: serde in that text form, the
+//! arithmetic of lag, and `pg_lsn_in`'s strictness (PgLsn also takes more
+//! than eight digits, or a sign).
+//!
 //! `Lsn(0)` is `InvalidXLogRecPtr`: Postgres uses it for "no position", for
 //! example `START_REPLICATION ... LOGICAL 0/0` means "from the slot's confirmed
 //! position".
@@ -21,6 +26,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use tokio_postgres::types::PgLsn;
 
 /// A position in the WAL, in bytes (Postgres' `XLogRecPtr` / `pg_lsn`).
 ///
@@ -79,9 +85,21 @@ impl From<Lsn> for u64 {
     }
 }
 
+impl From<PgLsn> for Lsn {
+    fn from(lsn: PgLsn) -> Self {
+        Lsn(u64::from(lsn))
+    }
+}
+
+impl From<Lsn> for PgLsn {
+    fn from(lsn: Lsn) -> Self {
+        PgLsn::from(lsn.0)
+    }
+}
+
 impl fmt::Display for Lsn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:X}/{:X}", self.0 >> 32, self.0 & 0xFFFF_FFFF)
+        PgLsn::from(*self).fmt(f)
     }
 }
 
@@ -103,20 +121,15 @@ impl FromStr for Lsn {
         let err = || ParseLsnError {
             input: s.to_owned(),
         };
+        // pg_lsn_in's rule first: 1 to 8 hex digits on each side.
         let (hi, lo) = s.split_once('/').ok_or_else(err)?;
-        let half = |part: &str| -> Option<u64> {
-            let ok_len = (1..=8).contains(&part.len());
-            let ok_digits = part.bytes().all(|b| b.is_ascii_hexdigit());
-            if ok_len && ok_digits {
-                u64::from_str_radix(part, 16).ok()
-            } else {
-                None
-            }
+        let half_ok = |part: &str| {
+            (1..=8).contains(&part.len()) && part.bytes().all(|b| b.is_ascii_hexdigit())
         };
-        match (half(hi), half(lo)) {
-            (Some(hi), Some(lo)) => Ok(Lsn((hi << 32) | lo)),
-            _ => Err(err()),
+        if !(half_ok(hi) && half_ok(lo)) {
+            return Err(err());
         }
+        s.parse::<PgLsn>().map(Lsn::from).map_err(|_| err())
     }
 }
 
