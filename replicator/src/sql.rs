@@ -285,11 +285,14 @@ fn key_rows(t: &TableInfo, key: &[usize], first: usize, before: &[String]) -> (S
 }
 
 /// Many rows of [`insert`]: `INSERT INTO t (cols) SELECT
-/// unnest($1::text[])::type, ...`. `cols` are indexes into `t.columns`, in
-/// the order of the arrays. Without `ON CONFLICT`: a row that exists fails
-/// the statement (a unique violation, as any other error on the fast path),
-/// so the apply rolls back and takes the careful path, which records the
-/// conflict. (A plain insert costs less than a speculative one.)
+/// unnest($1::text[])::type, ... ON CONFLICT DO NOTHING`. `cols` are
+/// indexes into `t.columns`, in the order of the arrays. A row that exists
+/// is skipped, so the statement inserts fewer rows than it was given: the
+/// fast path sees a conflict by the count, rolls back and takes the careful
+/// path, which records it. Without `ON CONFLICT` the same row would fail
+/// the statement with a unique violation: the same outcome, but an error in
+/// the target's log for every conflict, and the pipelined statements after
+/// it refused too.
 pub fn insert_set_sql(t: &TableInfo, cols: &[usize]) -> String {
     let names: Vec<String> = cols
         .iter()
@@ -301,7 +304,7 @@ pub fn insert_set_sql(t: &TableInfo, cols: &[usize]) -> String {
         .map(|(i, &c)| unnest_cast(t, i + 1, c))
         .collect();
     format!(
-        "INSERT INTO {} ({}) SELECT {}",
+        "INSERT INTO {} ({}) SELECT {} ON CONFLICT DO NOTHING",
         t.qualified,
         names.join(", "),
         values.join(", ")
@@ -553,7 +556,8 @@ mod tests {
         assert_eq!(
             insert_set_sql(&t, &[0, 1, 2]),
             "INSERT INTO \"public\".\"orders\" (\"id\", \"note\", \"big\") \
-             SELECT unnest($1::text[])::bigint, unnest($2::text[])::text, unnest($3::text[])::text"
+             SELECT unnest($1::text[])::bigint, unnest($2::text[])::text, unnest($3::text[])::text \
+             ON CONFLICT DO NOTHING"
         );
         // The set columns' arrays first, then the key's.
         assert_eq!(

@@ -396,3 +396,44 @@ async fn a_lost_tenures_tail_stays_foreign_after_the_shard_comes_back() {
     let _ = stop_tx.send(true);
     task.await.expect("join").expect("clean stop");
 }
+
+/// A set of inserts with one key the target already has: the fast path's
+/// set statement skips it (`ON CONFLICT DO NOTHING`) and sees the conflict
+/// by its count, so the careful path records it, and the target's log holds
+/// no unique violation from the attempt.
+#[tokio::test]
+async fn a_conflicting_insert_set_leaves_no_error_in_the_targets_log() {
+    let a = PgCluster::start("beijing").await.expect("pg");
+    let b = PgCluster::start("shanghai").await.expect("pg");
+    for pg in [&a, &b] {
+        q(pg, "CREATE TABLE orders (id bigint PRIMARY KEY, note text)").await;
+    }
+    let cfg = link(&a, &b, &["public.orders"]);
+    ensure_source(&cfg).await.expect("source");
+    q(&b, "INSERT INTO orders VALUES (5, 'target version')").await;
+    let stats = Arc::new(LinkStats::default());
+    let (stop_tx, stop) = watch::channel(false);
+    let task = tokio::spawn(run(cfg, stats.clone(), stop));
+    q(
+        &a,
+        "INSERT INTO orders SELECT g, 'source ' || g FROM generate_series(1, 10) g",
+    )
+    .await;
+    until(
+        &b,
+        "SELECT count(*) || ':' || (SELECT count(*) FROM ezone_replication.conflicts WHERE kind = 'insert_exists') FROM orders",
+        "10:1",
+    )
+    .await;
+    assert_eq!(
+        q(&b, "SELECT note FROM orders WHERE id = 5").await,
+        "target version"
+    );
+    let log = std::fs::read_to_string(b.log_path()).expect("target log");
+    assert!(
+        !log.contains("duplicate key value"),
+        "the fast path left a unique violation in the target's log:\n{log}"
+    );
+    let _ = stop_tx.send(true);
+    task.await.expect("join").expect("clean stop");
+}

@@ -74,13 +74,18 @@ pub struct RunArgs {
     /// removed at the end.
     #[arg(long, value_name = "DIR")]
     dir: Option<PathBuf>,
+    /// Each site a host of its own: a network namespace with its own
+    /// address and loopback, reaching the other sites only through the WAN
+    /// proxy (needs root and iproute2).
+    #[arg(long)]
+    netns: bool,
 }
 
 impl RunArgs {
     /// The command line that replays this run.
     fn replay(&self, faults: &[FaultKind]) -> String {
         format!(
-            "ezone chaos run --seed {} --duration {}s --sites {} --faults {} --rate {} --quiet {}s",
+            "ezone chaos run --seed {} --duration {}s --sites {} --faults {} --rate {} --quiet {}s{}",
             self.seed,
             self.duration.as_secs(),
             self.sites,
@@ -90,7 +95,8 @@ impl RunArgs {
                 .collect::<Vec<_>>()
                 .join(","),
             self.rate,
-            self.quiet.as_secs()
+            self.quiet.as_secs(),
+            if self.netns { " --netns" } else { "" }
         )
     }
 }
@@ -151,6 +157,9 @@ pub async fn run(a: RunArgs) -> anyhow::Result<()> {
     lab.etcd_members = 3;
     // Each site's processes under libfaketime (the clock-skew fault).
     lab.clock_skew = true;
+    if a.netns {
+        lab.network = ezone_chaos::netns::Network::Namespaces;
+    }
     let exe = std::env::current_exe().context("finding the ezone binary")?;
     let ens = scenario::start(&exe, lab, 2, |es| {
         es.replicator_etcd_links = true;
