@@ -8,8 +8,11 @@
 //! Pure parts, unit-tested without I/O: [`lsn`] (WAL positions),
 //! [`pgoutput`] (the decoder of `pgoutput` messages and the CopyBoth framing
 //! around them), [`txn`] (whole source transactions and their epoch
-//! stamps), [`plan`] (set statements for the fast path), [`conflict`] and
-//! [`ownership`] (who may write a shard, judged by the write's epoch).
+//! stamps), [`plan`] (set statements for the fast path), [`ownership`]
+//! (who may write a shard, judged by the write's epoch), [`conflict`] (what
+//! is done and recorded about a conflict: [`conflict::decide`]), [`lanes`]
+//! (which batches may run side by side), [`confirm`] (what a link confirms
+//! to its source, and when).
 //! At the edges: [`walsender`] (the source connection), [`apply`] (the
 //! target), [`link`] and [`service`] (the running links), [`admin`] and
 //! [`metrics`] (`/metrics`, `/healthz`, `/readyz`), [`fence`],
@@ -20,6 +23,7 @@ pub mod admin;
 pub mod apply;
 pub mod catalog;
 pub mod config;
+pub mod confirm;
 pub mod conflict;
 pub mod fence;
 pub mod lanes;

@@ -29,6 +29,7 @@ use tokio::sync::{oneshot, watch};
 use tokio_postgres::types::Type;
 
 use crate::apply::{Applier, ApplyError, Ownership, Turn};
+use crate::confirm::ConfirmTracker;
 use crate::lsn::Lsn;
 use crate::pgoutput::{self, DecodeError};
 use crate::txn::{AssembleError, Assembler, Event, SourceTxn};
@@ -417,10 +418,10 @@ pub async fn run_once(
     // The target (its lanes and progress) and the source's replication
     // connection at once: over a WAN, the source's round trips are the long
     // ones.
-    let lanes = cfg.apply_workers.max(1);
-    let ((mut idle, start), conn) = tokio::try_join!(
+    let lane_count = cfg.apply_workers.max(1);
+    let ((idle, start), conn) = tokio::try_join!(
         async {
-            let appliers = futures::future::try_join_all((0..lanes).map(|lane| {
+            let appliers = futures::future::try_join_all((0..lane_count).map(|lane| {
                 let origin = crate::apply::lane_origin(&cfg.origin, lane);
                 async move { Applier::connect(&cfg.target_dsn, link, &origin).await }
             }))
@@ -446,29 +447,33 @@ pub async fn run_once(
         .map_err(source_err)?;
     // The source accepted the link's position.
     let _streaming = Streaming::start(stats);
-    tracing::info!(link, start = %start, lanes, "Link streaming.");
+    tracing::info!(link, start = %start, lanes = lane_count, "Link streaming.");
     let mut assembler = Assembler::new();
     // Consecutive transactions already received are applied together in one
     // target transaction (see `Applier::apply_batch`): a busy source's many
     // small transactions cost one BEGIN/COMMIT per batch, not each. Batches
-    // are applied on the link's lanes (`idle` holds the free ones; each
-    // batch in `in_flight` holds its lane) while the next is received and
-    // decoded: the target works while the stream is read, and the next batch
-    // is what arrived in the meantime. A batch starts beside the ones in
-    // flight only if it touches none of their rows; batches commit one
-    // after the other, in source order (`lanes.rs`), come out of `in_flight`
-    // in that order, and each is confirmed to the source only once
-    // committed.
-    let mut in_flight: FuturesOrdered<InFlight<'_>> = FuturesOrdered::new();
-    let mut footprints = crate::lanes::InFlight::default();
-    // Fires when the youngest batch in flight has committed.
-    let mut last_commit: Option<oneshot::Receiver<()>> = None;
+    // are applied on the link's lanes (`Lanes`: the free ones, and the
+    // batches in flight, each holding its lane) while the next is received
+    // and decoded: the target works while the stream is read, and the next
+    // batch is what arrived in the meantime. A batch starts beside the ones
+    // in flight only if it touches none of their rows; batches commit one
+    // after the other, in source order (`lanes.rs`), and come out of
+    // `in_flight` in that order. What is confirmed to the source, and when,
+    // is `confirm`'s to say (`confirm.rs`): a batch once committed, a
+    // keepalive once all before it is.
+    let mut lanes = Lanes {
+        idle,
+        in_flight: FuturesOrdered::new(),
+        footprints: crate::lanes::InFlight::default(),
+        last_commit: None,
+    };
+    let mut confirm = ConfirmTracker::new();
     let mut batch = Pending::default();
     loop {
-        let ev = if !in_flight.is_empty() {
+        let ev = if !lanes.in_flight.is_empty() {
             let step = if batch.is_full() {
                 // Enough waiting: let the target catch up before reading on.
-                match in_flight.next().await {
+                match lanes.in_flight.next().await {
                     Some(done) => Waited::Applied(Box::new(done)),
                     None => continue,
                 }
@@ -476,7 +481,7 @@ pub async fn run_once(
                 // A free lane and something pending: what is already there
                 // first; if nothing is, the pending batch starts beside the
                 // ones in flight (if it touches none of their rows).
-                let ready = if !batch.txns.is_empty() && !idle.is_empty() {
+                let ready = if !batch.txns.is_empty() && !lanes.idle.is_empty() {
                     stream.next().now_or_never()
                 } else {
                     None
@@ -485,15 +490,7 @@ pub async fn run_once(
                     Some(ev) => Some(ev),
                     None => {
                         if !batch.txns.is_empty()
-                            && try_start(
-                                &mut idle,
-                                &mut batch,
-                                &mut in_flight,
-                                &mut footprints,
-                                &mut last_commit,
-                                own,
-                                stats,
-                            )
+                            && lanes.try_start(&mut batch, &mut confirm, own, stats)
                         {
                             continue;
                         }
@@ -503,7 +500,7 @@ pub async fn run_once(
                 let received = match received {
                     Some(ev) => Waited::Received(ev.map_err(SourceFailed)),
                     None => tokio::select! {
-                        Some(done) = in_flight.next() => Waited::Applied(Box::new(done)),
+                        Some(done) = lanes.in_flight.next() => Waited::Applied(Box::new(done)),
                         ev = stream.next() => Waited::Received(ev.map_err(SourceFailed)),
                     },
                 };
@@ -514,7 +511,7 @@ pub async fn run_once(
                         // source) and count those that commit, rather than
                         // drop them half-way; they are confirmed by the next
                         // run, which resumes from the target's origin.
-                        while let Some((_, result)) = in_flight.next().await {
+                        while let Some((_, result)) = lanes.in_flight.next().await {
                             match result {
                                 Ok(done) => count(stats, &done),
                                 Err(_) => break,
@@ -528,27 +525,10 @@ pub async fn run_once(
             match step {
                 Waited::Applied(applied) => {
                     let (a, done) = *applied;
-                    footprints.committed();
-                    idle.push(a);
-                    // A keepalive since, with nothing received after it and
-                    // nothing else in flight: caught up to it with this
-                    // commit.
-                    let caught_up = if batch.txns.is_empty() && in_flight.is_empty() {
-                        batch.idle_at.take()
-                    } else {
-                        None
-                    };
-                    finished(stats, &mut stream, done.map_err(apply_err)?, caught_up);
+                    lanes.landed(a);
+                    finished(stats, &mut stream, &mut confirm, done.map_err(apply_err)?);
                     if batch.is_full() {
-                        try_start(
-                            &mut idle,
-                            &mut batch,
-                            &mut in_flight,
-                            &mut footprints,
-                            &mut last_commit,
-                            own,
-                            stats,
-                        );
+                        lanes.try_start(&mut batch, &mut confirm, own, stats);
                     }
                     continue;
                 }
@@ -572,15 +552,7 @@ pub async fn run_once(
         let Some(ev) = ev else {
             // Nothing more is ready: apply what is pending if a lane is free
             // and it may run now (else a batch in flight finishes first).
-            try_start(
-                &mut idle,
-                &mut batch,
-                &mut in_flight,
-                &mut footprints,
-                &mut last_commit,
-                own,
-                stats,
-            );
+            lanes.try_start(&mut batch, &mut confirm, own, stats);
             continue;
         };
         let Some(ev) = ev else {
@@ -608,50 +580,37 @@ pub async fn run_once(
                 })?;
                 if let Some(Event::Txn(txn)) = event {
                     batch.push(txn);
+                    confirm.received();
                     if batch.is_full() {
-                        try_start(
-                            &mut idle,
-                            &mut batch,
-                            &mut in_flight,
-                            &mut footprints,
-                            &mut last_commit,
-                            own,
-                            stats,
-                        );
+                        lanes.try_start(&mut batch, &mut confirm, own, stats);
                     }
                 } else if assembler.open_bytes() > cfg.large_transaction_bytes {
                     // Too large to hold whole: what came before it is
                     // applied first, in order, then it, as it arrives.
-                    while let Some((a, done)) = in_flight.next().await {
-                        footprints.committed();
-                        idle.push(a);
-                        finished(stats, &mut stream, done.map_err(apply_err)?, None);
+                    while let Some((a, done)) = lanes.in_flight.next().await {
+                        lanes.landed(a);
+                        finished(stats, &mut stream, &mut confirm, done.map_err(apply_err)?);
                     }
                     if !batch.txns.is_empty() {
-                        try_start(
-                            &mut idle,
-                            &mut batch,
-                            &mut in_flight,
-                            &mut footprints,
-                            &mut last_commit,
-                            own,
-                            stats,
-                        );
-                        if let Some((a, done)) = in_flight.next().await {
-                            footprints.committed();
-                            idle.push(a);
-                            finished(stats, &mut stream, done.map_err(apply_err)?, None);
+                        lanes.try_start(&mut batch, &mut confirm, own, stats);
+                        if let Some((a, done)) = lanes.in_flight.next().await {
+                            lanes.landed(a);
+                            finished(stats, &mut stream, &mut confirm, done.map_err(apply_err)?);
                         }
                     }
-                    let Some(mut a) = idle.pop() else {
+                    let Some(mut a) = lanes.idle.pop() else {
                         unreachable!("every lane is free once nothing is in flight");
                     };
                     let done =
                         apply_large(cfg, &mut a, &mut stream, &mut assembler, own, stats, stop)
                             .await;
-                    idle.push(a);
+                    lanes.idle.push(a);
                     match done? {
-                        Some(done) => finished(stats, &mut stream, done, None),
+                        Some(done) => {
+                            // A batch of its own, the only one in flight.
+                            confirm.started(done.last.map(|(end, _)| end));
+                            finished(stats, &mut stream, &mut confirm, done);
+                        }
                         None => return Ok(()),
                     }
                 }
@@ -664,13 +623,8 @@ pub async fn run_once(
                 // what is being applied) is applied, and the source may free
                 // that WAL. Never inside a transaction: its commit is not
                 // applied yet.
-                if !assembler.in_transaction() {
-                    if batch.txns.is_empty() && in_flight.is_empty() {
-                        LinkStats::raise(&stats.caught_up_lsn, wal_end.0);
-                        stream.confirm(wal_end);
-                    } else {
-                        batch.idle_at = Some(batch.idle_at.map_or(wal_end, |w| w.max(wal_end)));
-                    }
+                if let Some(to) = confirm.keepalive(wal_end, assembler.in_transaction()) {
+                    caught_up(stats, &mut stream, to);
                 }
             }
         }
@@ -790,7 +744,6 @@ async fn apply_large(
             stats.skipped_origin_txns.fetch_add(1, Ordering::Relaxed);
             return Ok(Some(Flushed {
                 last,
-                idle_at: None,
                 applied_txns: 0,
                 applied,
             }));
@@ -807,7 +760,6 @@ async fn apply_large(
         tracing::info!(link, parts, rows = applied.rows, conflicts = applied.conflicts, end = %txn.commit.end_lsn, "Large source transaction applied.");
         return Ok(Some(Flushed {
             last,
-            idle_at: None,
             applied_txns: 1,
             applied,
         }));
@@ -844,10 +796,6 @@ struct Pending {
     footprint: crate::lanes::Footprint,
     /// Row changes in `txns`.
     rows: usize,
-    /// A keepalive seen between transactions while `txns` (or the batch
-    /// being applied) was not empty: it may be confirmed once they are
-    /// committed.
-    idle_at: Option<Lsn>,
 }
 
 impl Pending {
@@ -875,36 +823,53 @@ type InFlight<'a> =
 struct Flushed {
     /// The last transaction's end and commit time.
     last: Option<(Lsn, i64)>,
-    /// A keepalive position seen after the batch's transactions: confirmed
-    /// with them.
-    idle_at: Option<Lsn>,
     applied_txns: u64,
     applied: crate::apply::Applied,
 }
 
-/// Starts the pending batch on a free lane if it may run beside the batches
-/// in flight (it touches none of their rows): its turn in the commit order
-/// is after the youngest in flight. Whether it did.
-fn try_start<'a>(
-    idle: &mut Vec<Applier>,
-    batch: &mut Pending,
-    in_flight: &mut FuturesOrdered<InFlight<'a>>,
-    footprints: &mut crate::lanes::InFlight,
-    last_commit: &mut Option<oneshot::Receiver<()>>,
-    own: &'a Ownership,
-    stats: &LinkStats,
-) -> bool {
-    if batch.txns.is_empty() || !footprints.may_start(&batch.footprint) {
-        return false;
+/// A link's lanes while it streams ([`crate::lanes`]).
+struct Lanes<'a> {
+    /// The free lanes.
+    idle: Vec<Applier>,
+    /// The batches being applied, each holding its lane, in commit order.
+    in_flight: FuturesOrdered<InFlight<'a>>,
+    /// The rows the batches in flight touch.
+    footprints: crate::lanes::InFlight,
+    /// Fires when the youngest batch in flight has committed.
+    last_commit: Option<oneshot::Receiver<()>>,
+}
+
+impl<'a> Lanes<'a> {
+    /// Starts the pending batch on a free lane if it may run beside the
+    /// batches in flight (it touches none of their rows): its turn in the
+    /// commit order is after the youngest in flight. Whether it did.
+    fn try_start(
+        &mut self,
+        batch: &mut Pending,
+        confirm: &mut ConfirmTracker,
+        own: &'a Ownership,
+        stats: &LinkStats,
+    ) -> bool {
+        if batch.txns.is_empty() || !self.footprints.may_start(&batch.footprint) {
+            return false;
+        }
+        let Some(mut a) = self.idle.pop() else {
+            return false;
+        };
+        let (done, committed) = oneshot::channel();
+        a.set_turn(Turn::new(self.last_commit.replace(committed), done));
+        self.footprints
+            .started(std::mem::take(&mut batch.footprint));
+        confirm.started(batch.txns.last().map(|t| t.commit.end_lsn));
+        self.in_flight.push_back(start_batch(a, own, stats, batch));
+        true
     }
-    let Some(mut a) = idle.pop() else {
-        return false;
-    };
-    let (done, committed) = oneshot::channel();
-    a.set_turn(Turn::new(last_commit.replace(committed), done));
-    footprints.started(std::mem::take(&mut batch.footprint));
-    in_flight.push_back(start_batch(a, own, stats, batch));
-    true
+
+    /// A batch came out of `in_flight` (committed or not): its lane is free.
+    fn landed(&mut self, a: Applier) {
+        self.footprints.committed();
+        self.idle.push(a);
+    }
 }
 
 /// Starts applying the pending batch (skipping replayed transactions) on
@@ -916,7 +881,6 @@ fn start_batch<'a>(
     pending: &mut Pending,
 ) -> InFlight<'a> {
     pending.rows = 0;
-    let idle_at = pending.idle_at.take();
     let txns = std::mem::take(&mut pending.txns);
     let last = txns
         .last()
@@ -939,7 +903,6 @@ fn start_batch<'a>(
         };
         let done = applied.map(|applied| Flushed {
             last,
-            idle_at,
             applied_txns: ours.len() as u64,
             applied,
         });
@@ -947,29 +910,34 @@ fn start_batch<'a>(
     })
 }
 
-/// Counts an applied batch and confirms its end to the source: committed
-/// at the target (or nothing to commit), the source may now forget it.
-/// `idle_at`: a keepalive received since, with nothing pending after it.
+/// Counts the oldest batch in flight, just committed at the target (or
+/// with nothing to commit), and confirms to the source what its commit
+/// lets the link confirm ([`ConfirmTracker::committed`]): the source may
+/// now forget it.
 fn finished(
     stats: &LinkStats,
     stream: &mut crate::walsender::ReplicationStream,
+    confirm: &mut ConfirmTracker,
     done: Flushed,
-    idle_at: Option<Lsn>,
 ) {
     count(stats, &done);
     if let Some((end, commit_time)) = done.last {
         stats.last_end_lsn.store(end.0, Ordering::Relaxed);
-        LinkStats::raise(&stats.caught_up_lsn, end.0);
         LinkStats::raise(&stats.source_wal_end, end.0);
         stats
             .last_commit_time_us
             .store(commit_time, Ordering::Relaxed);
-        stream.confirm(end);
     }
-    for w in [done.idle_at, idle_at].into_iter().flatten() {
-        LinkStats::raise(&stats.caught_up_lsn, w.0);
-        stream.confirm(w);
+    if let Some(to) = confirm.committed() {
+        caught_up(stats, stream, to);
     }
+}
+
+/// Everything of interest up to `to` is applied: confirmed to the source,
+/// and the link's lag counts from there.
+fn caught_up(stats: &LinkStats, stream: &mut crate::walsender::ReplicationStream, to: Lsn) {
+    LinkStats::raise(&stats.caught_up_lsn, to.0);
+    stream.confirm(to);
 }
 
 /// Counts a committed batch's transactions, rows, conflicts and markers.

@@ -69,7 +69,7 @@ use serde::Serialize;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, GenericClient, Row};
 
-use crate::conflict::Op;
+use crate::conflict::{Kind, Op};
 use crate::sql::{quote_ident, Statement};
 
 /// The replication origin repair transactions carry (the links skip them).
@@ -561,12 +561,12 @@ pub fn choose(
             let op = op
                 .map(|s| Op::parse(s).ok_or(Undecidable::UnknownOp))
                 .transpose()?;
-            if kind == "delete_missing" || op == Some(Op::Delete) {
+            if kind == Kind::DeleteMissing.as_str() || op == Some(Op::Delete) {
                 return Ok(Version::Absent);
             }
             let remote = remote.ok_or(Undecidable::NoRemoteRow)?;
             // NULL op (an older record): the change may have been a delete.
-            if op.is_none() && kind == "foreign_shard" && key_only(table, remote) {
+            if op.is_none() && kind == Kind::ForeignShard.as_str() && key_only(table, remote) {
                 return Err(Undecidable::KeyOnlyImage);
             }
             Ok(Version::Row(remote.clone()))

@@ -15,6 +15,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::conflict::Op;
 use crate::fence::{EpochStamp, EPOCH_MESSAGE_PREFIX};
 use crate::pgoutput::{Begin, Commit, LogicalMessage, Message, Oid, OldTuple, Relation, TupleData};
 use ezone_topology::{Epoch, ShardId};
@@ -101,6 +102,27 @@ struct Open {
 }
 
 impl Change {
+    /// The relation and the row image a row change is about (the new row,
+    /// or the old one for a delete); `None` for truncates and messages.
+    pub fn row_image(&self) -> Option<(&Arc<Relation>, &TupleData)> {
+        match self {
+            Change::Insert { rel, new } | Change::Update { rel, new, .. } => Some((rel, new)),
+            Change::Delete { rel, old } => Some((rel, old.tuple())),
+            Change::Truncate { .. } | Change::Message(_) => None,
+        }
+    }
+
+    /// The operation of a row change, as a conflict records it; `None` for
+    /// truncates and messages (never recorded as conflicts).
+    pub fn op(&self) -> Option<Op> {
+        match self {
+            Change::Insert { .. } => Some(Op::Insert),
+            Change::Update { .. } => Some(Op::Update),
+            Change::Delete { .. } => Some(Op::Delete),
+            Change::Truncate { .. } | Change::Message(_) => None,
+        }
+    }
+
     /// About how much memory this change takes once decoded: its values,
     /// their handles and the row's vectors. A bound for a link's memory
     /// ([`Assembler::open_bytes`]), not an exact count.
