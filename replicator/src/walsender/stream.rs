@@ -314,8 +314,17 @@ impl Pump {
         loop {
             // Room for one more event, serving timers and commands meanwhile.
             // Not reading while the caller is behind is the backpressure.
-            let permit = loop {
-                tokio::select! {
+            // When there is room at once, no select (and no timer) is set
+            // up for it: that is the common case, once per message.
+            let permit = match events.try_reserve() {
+                Ok(permit) => Some(permit),
+                Err(mpsc::error::TrySendError::Closed(())) => return Ok(()),
+                Err(mpsc::error::TrySendError::Full(())) => None,
+            };
+            let permit = match permit {
+                Some(permit) => permit,
+                None => loop {
+                    tokio::select! {
                     biased;
                     command = self.commands.recv() => match command {
                         Some(command) => self.handle(command).await?,
@@ -327,8 +336,29 @@ impl Pump {
                         // The stream handle is gone.
                         Err(_) => return Ok(()),
                     },
-                }
+                    }
+                },
             };
+            // A message already read (a socket read, or a TLS record,
+            // holds several): handled without a select. The timers and
+            // commands are served as soon as the buffer runs dry, a read's
+            // worth of messages later at most.
+            let buffered = self
+                .session
+                .reader
+                .buffered_frame()
+                .map_err(|e| self.session.wire_error(STREAMING, e))?;
+            if let Some(frame) = buffered {
+                self.last_received = Instant::now();
+                match self.on_frame(frame).await? {
+                    Step::Event(event) => {
+                        permit.send(Ok(Some(event)));
+                        continue;
+                    }
+                    Step::Nothing => {}
+                    Step::End => return Ok(()),
+                }
+            }
             // Read until a frame gives an event.
             let waiting_since = Instant::now();
             loop {

@@ -126,6 +126,12 @@ impl FrameReader {
         }
     }
 
+    /// A whole message already read into the buffer, if there is one: no
+    /// read, no waiting.
+    pub(crate) fn buffered_frame(&mut self) -> Result<Option<Frame>, WireError> {
+        self.take_frame()
+    }
+
     /// Cuts one frame off the buffer if it is complete.
     fn take_frame(&mut self) -> Result<Option<Frame>, WireError> {
         let header = match Header::parse(&self.buf) {
