@@ -556,28 +556,13 @@ pub async fn run_once(
             continue;
         };
         let Some(ev) = ev else {
-            return Err(source_err(SourceError::Io {
-                server: stream.server().to_string(),
-                slot: Some(cfg.slot.clone()),
-                during: "streaming",
-                source: std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "the source ended the stream",
-                ),
-            }));
+            return Err(stream_ended(cfg, &stream, "streaming"));
         };
         stats.heard_from_source();
         match ev {
             StreamEvent::XLogData { data, wal_end, .. } => {
                 LinkStats::raise(&stats.source_wal_end, wal_end.0);
-                let msg = pgoutput::decode(&data).map_err(|source| LinkError::Decode {
-                    link: link.to_string(),
-                    source,
-                })?;
-                let event = assembler.push(msg).map_err(|source| LinkError::Assemble {
-                    link: link.to_string(),
-                    source,
-                })?;
+                let event = assemble(link, &mut assembler, &data)?;
                 if let Some(Event::Txn(txn)) = event {
                     batch.push(txn);
                     confirm.received();
@@ -629,6 +614,43 @@ pub async fn run_once(
             }
         }
     }
+}
+
+/// The source ended the stream (the link restarts from its progress).
+fn stream_ended(
+    cfg: &LinkConfig,
+    stream: &crate::walsender::ReplicationStream,
+    during: &'static str,
+) -> LinkError {
+    LinkError::Source {
+        link: cfg.name.clone(),
+        source: SourceError::Io {
+            server: stream.server().to_string(),
+            slot: Some(cfg.slot.clone()),
+            during,
+            source: std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the source ended the stream",
+            ),
+        },
+    }
+}
+
+/// Decodes one pgoutput message into `assembler`: an event once one is
+/// whole.
+fn assemble(
+    link: &str,
+    assembler: &mut Assembler,
+    data: &[u8],
+) -> Result<Option<Event>, LinkError> {
+    let msg = pgoutput::decode(data).map_err(|source| LinkError::Decode {
+        link: link.to_string(),
+        source,
+    })?;
+    assembler.push(msg).map_err(|source| LinkError::Assemble {
+        link: link.to_string(),
+        source,
+    })
 }
 
 /// Applies the open source transaction, too large to hold whole
@@ -693,29 +715,13 @@ async fn apply_large(
                 ev = stream.next() => ev.map_err(source_err)?,
             };
             let Some(ev) = ev else {
-                return Err(source_err(SourceError::Io {
-                    server: stream.server().to_string(),
-                    slot: Some(cfg.slot.clone()),
-                    during: "streaming a large transaction",
-                    source: std::io::Error::new(
-                        std::io::ErrorKind::UnexpectedEof,
-                        "the source ended the stream",
-                    ),
-                }));
+                return Err(stream_ended(cfg, stream, "streaming a large transaction"));
             };
             stats.heard_from_source();
             match ev {
                 StreamEvent::XLogData { data, wal_end, .. } => {
                     LinkStats::raise(&stats.source_wal_end, wal_end.0);
-                    let msg = pgoutput::decode(&data).map_err(|source| LinkError::Decode {
-                        link: link.to_string(),
-                        source,
-                    })?;
-                    let event = assembler.push(msg).map_err(|source| LinkError::Assemble {
-                        link: link.to_string(),
-                        source,
-                    })?;
-                    match event {
+                    match assemble(link, assembler, &data)? {
                         Some(Event::Txn(txn)) => break Some(txn),
                         // Not inside a transaction's changes; nothing to do
                         // with one, as in the main loop.

@@ -60,24 +60,15 @@ async fn two_sites() -> (PgCluster, PgCluster) {
     (a, b)
 }
 
-/// Peak resident memory of this process (`VmHWM`), in KiB.
-fn peak_rss_kib() -> u64 {
+/// A memory figure of this process from `/proc/self/status`, in KiB:
+/// `VmHWM` (the peak resident set) or `VmRSS` (the current one).
+fn status_kib(field: &str) -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").expect("status");
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM")
-}
-
-/// Current resident memory of this process (`VmRSS`), in KiB.
-fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
+        .unwrap_or_else(|| panic!("{field} in /proc/self/status"))
 }
 
 #[tokio::test]
@@ -222,7 +213,7 @@ async fn memory_stays_bounded_while_a_large_update_crosses() {
 
     // Reset the peak (Linux: "5" to clear_refs), then let the UPDATE cross.
     std::fs::write("/proc/self/clear_refs", "5").expect("reset VmHWM");
-    let before = rss_kib();
+    let before = status_kib("VmRSS");
     q(&a, "UPDATE items SET v = v || ' updated'").await;
     let committed = std::time::Instant::now();
     // One row shows the whole transaction (it commits at once there).
@@ -236,7 +227,7 @@ async fn memory_stays_bounded_while_a_large_update_crosses() {
     let took = committed.elapsed();
     let want = q(&a, CHECKSUM).await;
     until_within(&b, CHECKSUM, &want, Duration::from_secs(60)).await;
-    let grew_mib = peak_rss_kib().saturating_sub(before) / 1024;
+    let grew_mib = status_kib("VmHWM").saturating_sub(before) / 1024;
     // Held whole, 200,000 decoded changes (old and new rows) take some
     // 200 MB here; in parts, one part and the stream's buffer.
     eprintln!(

@@ -35,8 +35,8 @@ use postgres_protocol::authentication::sasl::{
 use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
 
-use super::conn::Session;
 use super::error::SourceError;
+use super::session::Session;
 use super::wire::Frame;
 
 /// How we logged in.

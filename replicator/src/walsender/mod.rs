@@ -58,6 +58,7 @@ mod config;
 mod conn;
 pub mod error;
 pub mod progress;
+mod session;
 mod stream;
 mod wire;
 

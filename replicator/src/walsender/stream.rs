@@ -50,9 +50,10 @@ use tokio::task::JoinHandle;
 use tokio::time::{sleep_until, Instant};
 use tracing::Instrument;
 
-use super::conn::{Session, StreamSettings};
+use super::conn::StreamSettings;
 use super::error::SourceError;
 use super::progress::Progress;
+use super::session::Session;
 use super::wire::{self, Frame};
 use crate::lsn::Lsn;
 use crate::pgoutput::{decode_copy_data, PgTimestamp, ReplicationMessage};
