@@ -6,6 +6,9 @@ CARGO ?= cargo
 # suite need them. A release build (`cargo build --release`) has none.
 FEATURES ?= --features ezone/failpoints
 LAB_DIR ?= $(CURDIR)/.lab-demo
+# Where cargo puts the build (CARGO_TARGET_DIR when set, as cargo does).
+TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
+EZONE := $(TARGET_DIR)/debug/ezone
 
 .PHONY: demo test deps lint build unit chaos-long fuzz-long bench-topology clean-lab lab-demo
 
@@ -36,7 +39,7 @@ test: deps lint build
 CHAOS_ARGS ?= --seeds 1-100 --duration 120s
 chaos-long: deps build
 	EZONE_CHAOS_LONG=1 $(CARGO) test -p ezone-tests --test failover $(FEATURES)
-	target/debug/ezone chaos sweep --report target/chaos-long $(CHAOS_ARGS)
+	$(EZONE) chaos sweep --report $(TARGET_DIR)/chaos-long $(CHAOS_ARGS)
 
 # The router's HTTP/1 parsers against hyper's on many more generated and
 # mutated messages than `make test` runs (512 per property there).
@@ -51,13 +54,13 @@ fuzz-long: deps
 # back, and a verification report. DEMO_ARGS passes options (e.g.
 # `--rounds 3 --rate 300 --keep`).
 demo: build
-	target/debug/ezone demo $(DEMO_ARGS)
+	$(EZONE) demo $(DEMO_ARGS)
 
 bench-topology: build
 	$(CARGO) run --release -p ezone -- bench topology
 
 clean-lab:
-	-target/debug/ezone lab down --dir "$(LAB_DIR)"
+	-$(EZONE) lab down --dir "$(LAB_DIR)"
 
 # The lab alone (etcd, Postgres per site, WAN proxy), left running for manual work.
 lab-demo: build
