@@ -43,6 +43,18 @@ use crate::error::LabError;
 /// Subject alternative names for a server on this machine.
 pub const LOOPBACK_SANS: &[&str] = &["127.0.0.1", "localhost", "::1"];
 
+/// A lab server's names: [`LOOPBACK_SANS`] and `more` (addresses its
+/// clients dial it at), each once, for [`LabCerts::issue_server`].
+pub fn server_names<'a>(more: impl IntoIterator<Item = &'a str>) -> Vec<&'a str> {
+    let mut names: Vec<&str> = LOOPBACK_SANS.to_vec();
+    for name in more {
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    names
+}
+
 /// A CA in memory, and the directory its files go to.
 pub struct LabCerts {
     dir: PathBuf,

@@ -239,24 +239,13 @@ impl Namespaces {
             ns.run(&["link", "set", &inner, "netns", &name])?;
             ns.run(&["addr", "add", &format!("{outer_addr}/24"), "dev", &outer])?;
             ns.run(&["link", "set", &outer, "up"])?;
-            let inside = |args: &[&str]| -> Vec<String> {
-                ["-n", name.as_str()]
-                    .iter()
-                    .chain(args)
-                    .map(|s| s.to_string())
-                    .collect()
-            };
-            ns.run_owned(inside(&["link", "set", &inner, "name", "eth0"]))?;
-            ns.run_owned(inside(&[
-                "addr",
-                "add",
-                &format!("{inner_addr}/24"),
-                "dev",
-                "eth0",
-            ]))?;
-            ns.run_owned(inside(&["link", "set", "eth0", "up"]))?;
-            ns.run_owned(inside(&["link", "set", "lo", "up"]))?;
-            ns.run_owned(inside(&["route", "add", "default", "via", &outer_addr]))?;
+            // Inside the site's namespace (`ip -n NAME ...`).
+            let cidr = format!("{inner_addr}/24");
+            ns.run(&["-n", &name, "link", "set", &inner, "name", "eth0"])?;
+            ns.run(&["-n", &name, "addr", "add", &cidr, "dev", "eth0"])?;
+            ns.run(&["-n", &name, "link", "set", "eth0", "up"])?;
+            ns.run(&["-n", &name, "link", "set", "lo", "up"])?;
+            ns.run(&["-n", &name, "route", "add", "default", "via", &outer_addr])?;
         }
         tracing::info!(
             bridge = %ns.bridge,
@@ -279,11 +268,6 @@ impl Namespaces {
 
     fn run(&self, args: &[&str]) -> Result<(), LabError> {
         run_ip(&self.ip, args)
-    }
-
-    fn run_owned(&self, args: Vec<String>) -> Result<(), LabError> {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        run_ip(&self.ip, &args)
     }
 }
 

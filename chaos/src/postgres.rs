@@ -44,7 +44,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-use crate::certs::{IssuedCert, LabCerts, LOOPBACK_SANS};
+use crate::certs::{server_names, IssuedCert, LabCerts};
 use crate::clock::SiteClock;
 use crate::error::LabError;
 use crate::netns::Host;
@@ -550,13 +550,10 @@ fn set_up_tls(
 ) -> Result<ClientTls, LabError> {
     let certs_dir = dir.join("certs");
     let certs = LabCerts::generate(&certs_dir)?;
-    let mut names: Vec<String> = LOOPBACK_SANS.iter().map(|s| s.to_string()).collect();
-    for name in std::iter::once(opts.host.addr.to_string()).chain(opts.server_names.clone()) {
-        if !names.contains(&name) {
-            names.push(name);
-        }
-    }
-    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let host = opts.host.addr.to_string();
+    let names = server_names(
+        std::iter::once(host.as_str()).chain(opts.server_names.iter().map(String::as_str)),
+    );
     let server = certs.issue_server("postgres-server", &names)?;
     let client = certs.issue_client(PG_USER)?;
     if let Some(user) = os_user {

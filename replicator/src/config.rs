@@ -242,9 +242,43 @@ pub fn origin_name(source_site: &str) -> String {
     format!("ezone_from_{source_site}")
 }
 
+/// The origin of lane `lane` of a link whose origin is `origin` (see
+/// `lanes.rs`): lane 0 is the link's own, lane `i` is `<origin>#<i>`.
+pub fn lane_origin(origin: &str, lane: usize) -> String {
+    if lane == 0 {
+        origin.to_string()
+    } else {
+        format!("{origin}#{lane}")
+    }
+}
+
+/// The link's origin a lane's origin belongs to ([`lane_origin`] undone).
+pub fn link_origin(lane_origin: &str) -> &str {
+    lane_origin
+        .split_once('#')
+        .map_or(lane_origin, |(link, _)| link)
+}
+
+/// SQL: the names (`roname`) of every origin of the link whose origin is
+/// `$1`, its lanes' included. The link's progress is the furthest of them.
+pub const LINK_ORIGINS_SQL: &str =
+    "SELECT roname FROM pg_replication_origin WHERE roname = $1 OR starts_with(roname, $1 || '#')";
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lanes_origin_names_its_link() {
+        assert_eq!(lane_origin("ezone_from_beijing", 0), "ezone_from_beijing");
+        assert_eq!(lane_origin("ezone_from_beijing", 3), "ezone_from_beijing#3");
+        for lane in 0..4 {
+            assert_eq!(
+                link_origin(&lane_origin("ezone_from_beijing", lane)),
+                "ezone_from_beijing"
+            );
+        }
+    }
 
     const MIN: &str =
         "site = \"shanghai\"\ntables = [\"public.orders\"]\n[topology]\nfile = \"t.toml\"\n";

@@ -422,7 +422,7 @@ pub async fn run_once(
     let ((idle, start), conn) = tokio::try_join!(
         async {
             let appliers = futures::future::try_join_all((0..lane_count).map(|lane| {
-                let origin = crate::apply::lane_origin(&cfg.origin, lane);
+                let origin = crate::config::lane_origin(&cfg.origin, lane);
                 async move { Applier::connect(&cfg.target_dsn, link, &origin).await }
             }))
             .await
@@ -468,7 +468,10 @@ pub async fn run_once(
         last_commit: None,
     };
     let mut confirm = ConfirmTracker::new();
-    let mut batch = Pending::default();
+    let mut batch = Pending {
+        track_rows: lane_count > 1,
+        ..Pending::default()
+    };
     loop {
         let ev = if !lanes.in_flight.is_empty() {
             let step = if batch.is_full() {
@@ -798,8 +801,10 @@ pub const MAX_BATCH_TXNS: usize = 500;
 #[derive(Default)]
 struct Pending {
     txns: Vec<SourceTxn>,
-    /// The rows they touch ([`crate::lanes`]).
+    /// The rows they touch ([`crate::lanes`]), kept only when the link has
+    /// more than one lane (with one, no batch ever runs beside another).
     footprint: crate::lanes::Footprint,
+    track_rows: bool,
     /// Row changes in `txns`.
     rows: usize,
 }
@@ -808,7 +813,7 @@ impl Pending {
     fn push(&mut self, txn: SourceTxn) {
         self.rows += txn.changes.len();
         // Replayed transactions are not applied: they touch nothing.
-        if txn.origin.is_none() {
+        if self.track_rows && txn.origin.is_none() {
             for ch in &txn.changes {
                 self.footprint.add(ch);
             }

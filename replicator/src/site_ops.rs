@@ -328,8 +328,11 @@ impl SiteOps for PgSites {
                 let row = c
                     .query_opt(
                         // The furthest of the link's lanes (`lanes.rs`).
-                        "SELECT max(remote_lsn)::text FROM pg_replication_origin_status \
-                         WHERE external_id = $1 OR starts_with(external_id, $1 || '#')",
+                        &format!(
+                            "SELECT max(remote_lsn)::text FROM pg_replication_origin_status \
+                             WHERE external_id IN ({})",
+                            crate::config::LINK_ORIGINS_SQL
+                        ),
                         &[&origin],
                     )
                     .await?;

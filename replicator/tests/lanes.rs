@@ -19,7 +19,6 @@ use std::time::Duration;
 use common::{q, until_within, DB};
 use ezone_chaos::postgres::PgCluster;
 use ezone_replicator::link::{ensure_source, run, LinkConfig, LinkStats};
-use ezone_replicator::walsender::SourceConfig;
 use tokio::sync::watch;
 
 const ACCOUNTS: i64 = 100_000;
@@ -27,16 +26,8 @@ const OPENING: i64 = 1000;
 
 fn link(from: &PgCluster, to: &PgCluster) -> LinkConfig {
     LinkConfig {
-        name: "beijing->shanghai".into(),
-        source: SourceConfig::from_dsn(&from.dsn(DB)).expect("dsn"),
-        source_dsn: from.dsn(DB),
-        target_dsn: to.dsn(DB),
-        publication: "ezone_pub".into(),
-        slot: "ezone_to_shanghai".into(),
-        origin: "ezone_from_beijing".into(),
         apply_workers: 4,
-        large_transaction_bytes: ezone_replicator::config::defaults::LARGE_TRANSACTION_BYTES,
-        tables: vec!["public.accounts".into(), "public.audit".into()],
+        ..common::beijing_to_shanghai(from, to, &["public.accounts", "public.audit"])
     }
 }
 
@@ -44,8 +35,13 @@ const CHECKSUM: &str = "SELECT (SELECT count(*) || ':' || md5(string_agg(id || '
      || '/' || (SELECT count(*) || ':' || coalesce(md5(string_agg(seq || ':' || from_id || '>' || to_id || ':' || amount, ',' ORDER BY seq)), '') FROM audit)";
 
 /// Audit rows are `1..k` and the money is all there.
-const PREFIX_AND_TOTAL: &str = "SELECT (SELECT count(*) = coalesce(max(seq), 0) FROM audit) \
-     AND (SELECT sum(balance) FROM accounts) = 100000000";
+fn prefix_and_total() -> String {
+    format!(
+        "SELECT (SELECT count(*) = coalesce(max(seq), 0) FROM audit) \
+         AND (SELECT sum(balance) FROM accounts) = {}",
+        ACCOUNTS * OPENING
+    )
+}
 
 #[tokio::test]
 async fn lanes_commit_in_source_order_and_exactly_once_through_kills() {
@@ -110,7 +106,7 @@ async fn lanes_commit_in_source_order_and_exactly_once_through_kills() {
         for _ in 0..3 {
             tokio::time::sleep(Duration::from_millis(60 + (runs * 41) % 120)).await;
             assert_eq!(
-                q(&b, PREFIX_AND_TOTAL).await,
+                q(&b, &prefix_and_total()).await,
                 "t",
                 "the target holds a gap in the audit or money that is not all there"
             );
@@ -134,7 +130,7 @@ async fn lanes_commit_in_source_order_and_exactly_once_through_kills() {
         q(&b, "SELECT count(*) FROM audit").await,
         written.to_string()
     );
-    assert_eq!(q(&b, PREFIX_AND_TOTAL).await, "t");
+    assert_eq!(q(&b, &prefix_and_total()).await, "t");
     assert_eq!(
         q(&b, "SELECT count(*) FROM ezone_replication.conflicts").await,
         "0",

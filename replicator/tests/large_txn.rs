@@ -22,7 +22,6 @@ use std::time::Duration;
 use common::{q, until, until_within, DB};
 use ezone_chaos::postgres::PgCluster;
 use ezone_replicator::link::{ensure_source, run, LinkConfig, LinkStats};
-use ezone_replicator::walsender::SourceConfig;
 use tokio::sync::watch;
 
 /// 256 KiB: a few thousand changes of a small row.
@@ -30,16 +29,8 @@ const SMALL_LIMIT: usize = 256 * 1024;
 
 fn link(from: &PgCluster, to: &PgCluster, limit: usize) -> LinkConfig {
     LinkConfig {
-        name: "beijing->shanghai".into(),
-        source: SourceConfig::from_dsn(&from.dsn(DB)).expect("dsn"),
-        source_dsn: from.dsn(DB),
-        target_dsn: to.dsn(DB),
-        publication: "ezone_pub".into(),
-        slot: "ezone_to_shanghai".into(),
-        origin: "ezone_from_beijing".into(),
-        apply_workers: ezone_replicator::config::defaults::APPLY_WORKERS,
         large_transaction_bytes: limit,
-        tables: vec!["public.items".into()],
+        ..common::beijing_to_shanghai(from, to, &["public.items"])
     }
 }
 
@@ -48,16 +39,7 @@ const CHECKSUM: &str =
     "SELECT count(*) || ':' || coalesce(md5(string_agg(id || '=' || v, ',' ORDER BY id)), '') FROM items";
 
 async fn two_sites() -> (PgCluster, PgCluster) {
-    let a = PgCluster::start("beijing").await.expect("pg");
-    let b = PgCluster::start("shanghai").await.expect("pg");
-    for pg in [&a, &b] {
-        q(
-            pg,
-            "CREATE TABLE items (id bigint PRIMARY KEY, v text NOT NULL)",
-        )
-        .await;
-    }
-    (a, b)
+    common::two_sites_with("CREATE TABLE items (id bigint PRIMARY KEY, v text NOT NULL)").await
 }
 
 /// A memory figure of this process from `/proc/self/status`, in KiB:

@@ -9,25 +9,13 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{q, until, DB};
+use common::{q, until};
 use ezone_chaos::postgres::PgCluster;
 use ezone_replicator::link::{ensure_source, run, LinkConfig, LinkStats};
-use ezone_replicator::walsender::SourceConfig;
 use tokio::sync::watch;
 
 fn link(from: &PgCluster, to: &PgCluster, tables: &[&str]) -> LinkConfig {
-    LinkConfig {
-        name: "beijing->shanghai".into(),
-        source: SourceConfig::from_dsn(&from.dsn(DB)).expect("dsn"),
-        source_dsn: from.dsn(DB),
-        target_dsn: to.dsn(DB),
-        publication: "ezone_pub".into(),
-        slot: "ezone_to_shanghai".into(),
-        origin: "ezone_from_beijing".into(),
-        apply_workers: ezone_replicator::config::defaults::APPLY_WORKERS,
-        large_transaction_bytes: ezone_replicator::config::defaults::LARGE_TRANSACTION_BYTES,
-        tables: tables.iter().map(|t| t.to_string()).collect(),
-    }
+    common::beijing_to_shanghai(from, to, tables)
 }
 
 #[tokio::test]
@@ -183,16 +171,10 @@ async fn values_of_many_types_arrive_intact() {
 /// Beijing and shanghai, each with an `orders` table keyed by id, with a
 /// city.
 async fn two_sites_with_orders() -> (PgCluster, PgCluster) {
-    let a = PgCluster::start("beijing").await.expect("pg");
-    let b = PgCluster::start("shanghai").await.expect("pg");
-    for pg in [&a, &b] {
-        q(
-            pg,
-            "CREATE TABLE orders (id bigint PRIMARY KEY, city text NOT NULL, note text)",
-        )
-        .await;
-    }
-    (a, b)
+    common::two_sites_with(
+        "CREATE TABLE orders (id bigint PRIMARY KEY, city text NOT NULL, note text)",
+    )
+    .await
 }
 
 /// The link beijing->shanghai's ownership rules: `public.orders` sharded by
@@ -403,11 +385,8 @@ async fn a_lost_tenures_tail_stays_foreign_after_the_shard_comes_back() {
 /// no unique violation from the attempt.
 #[tokio::test]
 async fn a_conflicting_insert_set_leaves_no_error_in_the_targets_log() {
-    let a = PgCluster::start("beijing").await.expect("pg");
-    let b = PgCluster::start("shanghai").await.expect("pg");
-    for pg in [&a, &b] {
-        q(pg, "CREATE TABLE orders (id bigint PRIMARY KEY, note text)").await;
-    }
+    let (a, b) =
+        common::two_sites_with("CREATE TABLE orders (id bigint PRIMARY KEY, note text)").await;
     let cfg = link(&a, &b, &["public.orders"]);
     ensure_source(&cfg).await.expect("source");
     q(&b, "INSERT INTO orders VALUES (5, 'target version')").await;

@@ -5,7 +5,7 @@
 //! with the ports it reports, so a restart binds the same ones.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -101,7 +101,7 @@ impl<'a> Layout<'a> {
     fn addr(&self, site: &str) -> IpAddr {
         self.hosts
             .get(site)
-            .map_or(IpAddr::V4(Ipv4Addr::LOCALHOST), |h| h.addr)
+            .map_or_else(|| Host::loopback().addr, |h| h.addr)
     }
 
     /// How to run `command` at `site`, its files named `<stem>.*`.

@@ -48,7 +48,7 @@ pub use info::{link_name, LabInfo, SiteInfo};
 pub use state::{LabProcess, LabState, Role, StopReport, STATE_FILE};
 pub use wan::ProxyLaunch;
 
-use crate::certs::{LabCerts, LOOPBACK_SANS};
+use crate::certs::{server_names, LabCerts};
 use crate::clock::{self, SiteClock};
 use crate::etcd::{EtcdCluster, EtcdOptions, EtcdServerTls};
 use crate::netns::{Hosts, Network};
@@ -231,15 +231,10 @@ impl Lab {
         let wan_addr = hosts.wan().addr;
         // Beside the loopback names, the WAN address (where etcd and the
         // proxy in front of each Postgres listen), which clients verify.
-        let mut server_names: Vec<String> = Vec::new();
-        if !LOOPBACK_SANS.contains(&wan_addr.to_string().as_str()) {
-            server_names.push(wan_addr.to_string());
-        }
+        let wan_name = wan_addr.to_string();
         let (etcd_server_tls, etcd_client) = if spec.etcd_tls {
             let certs = LabCerts::generate(&root.path().join("etcd-certs"))?;
-            let mut names: Vec<&str> = LOOPBACK_SANS.to_vec();
-            names.extend(server_names.iter().map(String::as_str));
-            let server = certs.issue_server("etcd", &names)?;
+            let server = certs.issue_server("etcd", &server_names([wan_name.as_str()]))?;
             let client = certs.issue_client("ezone")?;
             let tls = ezone_topology::store::EtcdTls::new(certs.ca_file())
                 .with_identity(&client.cert_file, &client.key_file);
@@ -269,7 +264,7 @@ impl Lab {
                 tls: spec.pg_tls,
                 host: hosts.site(site),
                 clients: hosts.clients().to_vec(),
-                server_names: server_names.clone(),
+                server_names: vec![wan_name.clone()],
                 ..PgOptions::new(site.clone())
             })
         }));

@@ -78,16 +78,6 @@ fn drop_batch_failpoint() -> bool {
     false
 }
 
-/// The origin of lane `lane` of a link whose origin is `origin`: lane 0
-/// is the link's own, lane `i` is `<origin>#<i>` ([`crate::lanes`]).
-pub fn lane_origin(origin: &str, lane: usize) -> String {
-    if lane == 0 {
-        origin.to_string()
-    } else {
-        format!("{origin}#{lane}")
-    }
-}
-
 /// How one transaction went.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Applied {
@@ -216,14 +206,6 @@ impl Applier {
             .await;
     }
 
-    /// The link's origin without a lane suffix (see [`lane_origin`]).
-    fn base_origin(&self) -> String {
-        match self.origin.split_once('#') {
-            Some((base, _)) => base.to_string(),
-            None => self.origin.clone(),
-        }
-    }
-
     /// Sets this applier's place in its link's commit order for the next
     /// batch ([`crate::lanes`]).
     pub fn set_turn(&mut self, turn: Turn) {
@@ -247,9 +229,12 @@ impl Applier {
         let row = self
             .client
             .query_one(
-                "SELECT max(pg_replication_origin_progress(roname, true))::text \
-                 FROM pg_replication_origin WHERE roname = $1 OR starts_with(roname, $1 || '#')",
-                &[&self.base_origin()],
+                &format!(
+                    "SELECT max(pg_replication_origin_progress(roname, true))::text \
+                     FROM ({}) o",
+                    crate::config::LINK_ORIGINS_SQL
+                ),
+                &[&crate::config::link_origin(&self.origin)],
             )
             .await
             .map_err(|e| classify(&self.target, "reading the origin's progress", e))?;
@@ -378,7 +363,8 @@ impl Applier {
         txns: &[SourceTxn],
         own: &Ownership,
     ) -> Result<Applied, ApplyError> {
-        if self.turn.is_some() && self.any_serial(txns).await? {
+        // Only a batch beside one still in flight asks which tables it has.
+        if self.turn.as_mut().is_some_and(Turn::waits) && self.any_serial(txns).await? {
             let mut turn = self.turn.take();
             wait_turn(&mut turn, &self.target).await?;
             self.turn = turn;

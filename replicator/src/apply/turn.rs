@@ -25,6 +25,23 @@ impl Turn {
             done: Some(done),
         }
     }
+
+    /// Whether the batch before this one may still be in flight: it has
+    /// not been seen to commit (or to fail) yet. A batch started after the
+    /// one before it landed (always, with one lane) has nothing to wait for.
+    pub(super) fn waits(&mut self) -> bool {
+        use tokio::sync::oneshot::error::TryRecvError;
+        match self.prev.as_mut().map(|p| p.try_recv()) {
+            None => false,
+            // Committed: nothing left to wait for.
+            Some(Ok(())) => {
+                self.prev = None;
+                false
+            }
+            // Still in flight, or failed: `wait_turn` says which.
+            Some(Err(TryRecvError::Empty | TryRecvError::Closed)) => true,
+        }
+    }
 }
 
 /// Waits for the batch before this one to commit (at most once).

@@ -340,58 +340,57 @@ impl Pump {
                     }
                 },
             };
-            // A message already read (a socket read, or a TLS record,
-            // holds several): handled without a select. The timers and
-            // commands are served as soon as the buffer runs dry, a read's
-            // worth of messages later at most.
-            let buffered = self
-                .session
-                .reader
-                .buffered_frame()
-                .map_err(|e| self.session.wire_error(STREAMING, e))?;
-            if let Some(frame) = buffered {
+            // Read until a frame gives an event. A message already read (a
+            // socket read, or a TLS record, holds several) is taken without
+            // a select; the timers and commands are served whenever the
+            // buffer runs dry, a read's worth of messages later at most.
+            let waiting_since = Instant::now();
+            loop {
+                let buffered = self
+                    .session
+                    .reader
+                    .buffered_frame()
+                    .map_err(|e| self.session.wire_error(STREAMING, e))?;
+                let frame = match buffered {
+                    Some(frame) => frame,
+                    None => {
+                        let quiet_limit =
+                            self.last_received.max(waiting_since) + self.settings.receive_timeout;
+                        tokio::select! {
+                            biased;
+                            command = self.commands.recv() => {
+                                match command {
+                                    Some(command) => self.handle(command).await?,
+                                    None => return Ok(()),
+                                }
+                                continue;
+                            }
+                            frame = self.session.reader.read_frame() => {
+                                frame.map_err(|e| self.session.wire_error(STREAMING, e))?
+                            }
+                            _ = sleep_until(self.next_status) => {
+                                self.periodic_status().await?;
+                                continue;
+                            }
+                            _ = sleep_until(quiet_limit) => {
+                                return Err(SourceError::Timeout {
+                                    server: self.session.server.to_string(),
+                                    slot: None,
+                                    during: "waiting for the replication stream (nothing received)",
+                                    after: self.settings.receive_timeout,
+                                });
+                            }
+                        }
+                    }
+                };
                 self.last_received = Instant::now();
                 match self.on_frame(frame).await? {
                     Step::Event(event) => {
                         permit.send(Ok(Some(event)));
-                        continue;
+                        break;
                     }
                     Step::Nothing => {}
                     Step::End => return Ok(()),
-                }
-            }
-            // Read until a frame gives an event.
-            let waiting_since = Instant::now();
-            loop {
-                let quiet_limit =
-                    self.last_received.max(waiting_since) + self.settings.receive_timeout;
-                tokio::select! {
-                    biased;
-                    command = self.commands.recv() => match command {
-                        Some(command) => self.handle(command).await?,
-                        None => return Ok(()),
-                    },
-                    frame = self.session.reader.read_frame() => {
-                        self.last_received = Instant::now();
-                        let frame = frame.map_err(|e| self.session.wire_error(STREAMING, e))?;
-                        match self.on_frame(frame).await? {
-                            Step::Event(event) => {
-                                permit.send(Ok(Some(event)));
-                                break;
-                            }
-                            Step::Nothing => {}
-                            Step::End => return Ok(()),
-                        }
-                    }
-                    _ = sleep_until(self.next_status) => self.periodic_status().await?,
-                    _ = sleep_until(quiet_limit) => {
-                        return Err(SourceError::Timeout {
-                            server: self.session.server.to_string(),
-                            slot: None,
-                            during: "waiting for the replication stream (nothing received)",
-                            after: self.settings.receive_timeout,
-                        });
-                    }
                 }
             }
         }

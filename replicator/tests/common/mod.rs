@@ -5,6 +5,9 @@
 use std::time::Duration;
 
 use ezone_chaos::postgres::PgCluster;
+use ezone_replicator::config::defaults;
+use ezone_replicator::link::LinkConfig;
+use ezone_replicator::walsender::SourceConfig;
 
 /// The database every test creates at each site.
 pub const DB: &str = "ezone";
@@ -33,5 +36,32 @@ pub async fn until_within(pg: &PgCluster, sql: &str, want: &str, within: Duratio
             "{sql}: got {got:?}, want {want:?} (waited {within:?})"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Two sites, beijing and shanghai, each with `schema` run in [`DB`].
+pub async fn two_sites_with(schema: &str) -> (PgCluster, PgCluster) {
+    let a = PgCluster::start("beijing").await.expect("pg");
+    let b = PgCluster::start("shanghai").await.expect("pg");
+    for pg in [&a, &b] {
+        q(pg, schema).await;
+    }
+    (a, b)
+}
+
+/// The link beijing->shanghai from `from` to `to` over `tables`, with the
+/// replicator's defaults.
+pub fn beijing_to_shanghai(from: &PgCluster, to: &PgCluster, tables: &[&str]) -> LinkConfig {
+    LinkConfig {
+        name: "beijing->shanghai".into(),
+        source: SourceConfig::from_dsn(&from.dsn(DB)).expect("dsn"),
+        source_dsn: from.dsn(DB),
+        target_dsn: to.dsn(DB),
+        publication: "ezone_pub".into(),
+        slot: "ezone_to_shanghai".into(),
+        origin: "ezone_from_beijing".into(),
+        apply_workers: defaults::APPLY_WORKERS,
+        large_transaction_bytes: defaults::LARGE_TRANSACTION_BYTES,
+        tables: tables.iter().map(|t| t.to_string()).collect(),
     }
 }
