@@ -10,6 +10,8 @@
 //! - [`netns`]: each site as a host of its own (a network namespace), or
 //!   all on loopback.
 //! - [`lab`]: the multi-site lab (`ezone lab up/down`) built from those parts.
+//! - `sysv_shm`: the System V segment a killed postmaster leaves, released
+//!   with its cluster (else they fill the kernel's table within a day).
 //! - [`clock`]: per-site clock skew through libfaketime (opt-in per lab).
 //! - [`scenario`] (feature `scenario`): the ensemble with order traffic and
 //!   switchovers, shared by `ezone demo` and the benchmarks.
@@ -34,4 +36,5 @@ pub mod proxy;
 pub mod scenario;
 pub mod schedule;
 pub(crate) mod scratch;
+pub(crate) mod sysv_shm;
 pub mod timeline;

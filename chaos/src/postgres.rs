@@ -51,6 +51,7 @@ use crate::netns::Host;
 use crate::ports;
 use crate::process::{self, ChildProcess, ProcessRecord, ProcessSpec, Supervision};
 use crate::scratch::ScratchDir;
+use crate::sysv_shm;
 
 /// How long a start (or crash recovery) may take.
 pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -194,9 +195,28 @@ pub struct PgCluster {
     password: Option<String>,
     passfile: Option<PathBuf>,
     tls: Option<ClientTls>,
-    // Field order matters: the process drops before its directory.
+    // Field order matters: the process drops first, then its shared memory
+    // segment is released, then the directory goes.
     process: ChildProcess,
+    shm: ShmRelease,
     dir: ScratchDir,
+}
+
+/// Releases the cluster's System V segment when dropped (after the
+/// postmaster is killed, before its data directory goes): see
+/// [`crate::sysv_shm`]. Disarmed for a cluster that outlives its handle.
+#[derive(Debug)]
+struct ShmRelease {
+    data_dir: PathBuf,
+    armed: bool,
+}
+
+impl Drop for ShmRelease {
+    fn drop(&mut self) {
+        if self.armed {
+            sysv_shm::release(&self.data_dir);
+        }
+    }
 }
 
 impl PgCluster {
@@ -219,7 +239,17 @@ impl PgCluster {
         if let Some(user) = &os_user {
             hand_over(dir.path(), user)?;
         }
+        sysv_shm::sweep_orphans(match &os_user {
+            Some(user) => process::lookup_user(user)?.uid.as_raw(),
+            None => nix::unistd::geteuid().as_raw(),
+        });
         let data_dir = dir.path().join("data");
+        // Declared before any postmaster: an error below drops the process
+        // first, then this releases its segment.
+        let shm = ShmRelease {
+            data_dir: data_dir.clone(),
+            armed: true,
+        };
         // With a password, initdb reads it from a file (never a command
         // line, which `ps` shows), removed once initdb is done.
         let pwfile = dir.path().join("initdb.pw");
@@ -298,6 +328,7 @@ impl PgCluster {
             passfile,
             tls,
             process,
+            shm,
             dir,
         };
         cluster
@@ -454,9 +485,12 @@ impl PgCluster {
     /// [`PgOptions::keep_files`]), reporting failures (dropping it does the
     /// same, failures only logged).
     pub fn teardown(self) -> Result<(), LabError> {
-        let PgCluster { process, dir, .. } = self;
+        let PgCluster {
+            process, shm, dir, ..
+        } = self;
         process.kill()?;
         drop(process);
+        drop(shm);
         dir.remove()
     }
 
@@ -467,7 +501,8 @@ impl PgCluster {
 
     /// Let the postmaster outlive this handle (detached labs); returns its
     /// record and the directory, which is kept.
-    pub fn disown(self) -> (ProcessRecord, PathBuf) {
+    pub fn disown(mut self) -> (ProcessRecord, PathBuf) {
+        self.shm.armed = false;
         (self.process.disown(), self.dir.keep())
     }
 }

@@ -488,3 +488,55 @@ async fn wan_link_reaches_the_other_site_with_latency() {
 
     lab.teardown().await.expect("teardown");
 }
+
+/// The System V segment named on line 7 of the cluster's `postmaster.pid`.
+fn shm_id(pg: &PgCluster) -> i32 {
+    let text =
+        std::fs::read_to_string(pg.data_dir().join("postmaster.pid")).expect("postmaster.pid");
+    let line = text.lines().nth(6).expect("line 7 of postmaster.pid");
+    line.split_whitespace()
+        .nth(1)
+        .and_then(|id| id.parse().ok())
+        .unwrap_or_else(|| panic!("no segment id in {line:?}"))
+}
+
+fn shm_exists(id: i32) -> bool {
+    std::fs::read_to_string("/proc/sysvipc/shm")
+        .expect("/proc/sysvipc/shm")
+        .lines()
+        .skip(1)
+        .any(|l| l.split_whitespace().nth(1) == Some(&id.to_string()))
+}
+
+/// A postmaster killed with -9 cannot remove its System V segment; a lab
+/// cluster that goes (dropped after a crash, or torn down while running)
+/// must, or a day of test runs fills the kernel's table and no Postgres
+/// starts on the machine any more.
+#[tokio::test]
+async fn a_cluster_that_goes_leaves_no_shared_memory_segment() {
+    let crashed = PgCluster::start("beijing").await.expect("start postgres");
+    let crashed_id = shm_id(&crashed);
+    assert!(
+        shm_exists(crashed_id),
+        "segment {crashed_id} of a running postmaster"
+    );
+    crashed.kill().expect("kill -9 postgres");
+    assert!(
+        shm_exists(crashed_id),
+        "a killed postmaster leaves its segment (the case this guards against)"
+    );
+    drop(crashed);
+    assert!(
+        !shm_exists(crashed_id),
+        "segment {crashed_id} outlived its dropped cluster"
+    );
+
+    let running = PgCluster::start("shanghai").await.expect("start postgres");
+    let running_id = shm_id(&running);
+    assert!(shm_exists(running_id));
+    running.teardown().expect("teardown");
+    assert!(
+        !shm_exists(running_id),
+        "segment {running_id} outlived teardown"
+    );
+}
