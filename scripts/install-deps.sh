@@ -3,7 +3,8 @@
 # need; `make test`, `make demo` and `make build` run it first.
 #
 #   scripts/install-deps.sh            # the build, `make test`, `make demo`
-#   scripts/install-deps.sh --bench    # also nginx-light and wrk (`ezone bench router`)
+#   scripts/install-deps.sh --bench    # also nginx-light and wrk (`ezone bench router`), postgresql-15-pglogical
+#                                      # (the third system of `ezone bench replicator`)
 #   scripts/install-deps.sh --lab-demo # also python3 (`make lab-demo`, scripts/demo.sh)
 #   scripts/install-deps.sh --monitoring # also prometheus: `promtool`, which tests/tests/monitoring.rs runs if on PATH
 #
@@ -96,6 +97,8 @@ check() {
   if [ -n "$want_bench" ]; then
     have_cmd nginx || missing+=(nginx-light)
     have_cmd wrk || missing+=(wrk)
+    # The bench looks for pglogical's server library next to the Postgres it runs.
+    [ -f "$(dirname "${EZONE_PG_BIN:-/usr/lib/postgresql/15/bin}")/lib/pglogical.so" ] || missing+=(postgresql-15-pglogical)
   fi
   if [ -n "$want_lab_demo" ]; then
     have_cmd python3 || missing+=(python3)

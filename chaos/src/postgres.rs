@@ -120,6 +120,9 @@ pub struct PgOptions {
     /// the loopback names and the host's address: where a proxy in front
     /// of it listens, since a client verifies the address it dials.
     pub server_names: Vec<String>,
+    /// Server settings besides the lab's own (`-c key=value`, given after
+    /// them, so one here wins): an extension to preload, say.
+    pub settings: Vec<(String, String)>,
 }
 
 /// The files a client presents to a lab cluster with TLS on.
@@ -177,6 +180,7 @@ impl PgOptions {
             host: Host::loopback(),
             clients: vec!["127.0.0.1/32".to_string(), "::1/128".to_string()],
             server_names: Vec::new(),
+            settings: Vec::new(),
         }
     }
 }
@@ -705,6 +709,9 @@ fn postmaster_spec(
     .args(["-c", &format!("listen_addresses={}", opts.host.addr)])
     .args(["-c", &format!("unix_socket_directories={socket_dir}")]);
     for (k, v) in SETTINGS {
+        spec = spec.args(["-c", &format!("{k}={v}")]);
+    }
+    for (k, v) in &opts.settings {
         spec = spec.args(["-c", &format!("{k}={v}")]);
     }
     let spec = spec

@@ -16,6 +16,16 @@
 //!   and its source walsender (the slot's `active_pid`). Stopped with
 //!   `DISABLE`, then `DROP SUBSCRIPTION` (which drops the source slot); see
 //!   [`Consumer::stop`] for why not a bare DROP.
+//! - **pglogical** (2.x, where Debian's `postgresql-15-pglogical` is
+//!   installed; both clusters then preload it): a provider node with the
+//!   tables in its `default` replication set at the source, a subscriber node
+//!   and `pglogical.create_subscription(.., synchronize_structure := false,
+//!   synchronize_data := false)` at the target. Its slot is made when the
+//!   subscription first starts, so the bench waits for `replicating`, then
+//!   disables the subscription (`immediate`) before the backlog and enables
+//!   it to drain. CPU: the `pglogical apply` worker and its source walsender.
+//!   Stopped with `alter_subscription_disable`, then `drop_subscription`
+//!   (which drops the source slot).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -50,6 +60,8 @@ pub enum System {
     Ezone,
     /// Postgres' built-in logical replication (a subscription).
     Native,
+    /// pglogical 2 (a subscription of its own), if installed.
+    Pglogical,
 }
 
 impl System {
@@ -57,6 +69,7 @@ impl System {
         match self {
             System::Ezone => "ezone",
             System::Native => "native",
+            System::Pglogical => "pglogical",
         }
     }
 }
@@ -118,6 +131,11 @@ pub enum Consumer {
     },
     Native {
         subscription: String,
+    },
+    Pglogical {
+        subscription: String,
+        /// The source slot pglogical made for it.
+        slot: String,
     },
 }
 
@@ -182,6 +200,7 @@ impl Consumer {
                 .await?;
                 Ok(Consumer::Native { subscription })
             }
+            System::Pglogical => prepare_pglogical(at).await,
         }
     }
 
@@ -209,6 +228,15 @@ impl Consumer {
                     at.target,
                     at.db,
                     &format!("ALTER SUBSCRIPTION {subscription} ENABLE"),
+                )
+                .await?;
+                Ok(())
+            }
+            Consumer::Pglogical { subscription, .. } => {
+                sql(
+                    at.target,
+                    at.db,
+                    &format!("SELECT pglogical.alter_subscription_enable('{subscription}', true)"),
                 )
                 .await?;
                 Ok(())
@@ -269,11 +297,21 @@ impl Consumer {
                      AND relid IS NULL AND pid IS NOT NULL"
                 ),
             ),
+            // One apply worker per pglogical subscription; the run's
+            // database has only this one.
+            Consumer::Pglogical { .. } => (
+                "apply worker",
+                format!(
+                    "SELECT pid FROM pg_stat_activity WHERE backend_type LIKE 'pglogical apply%' \
+                     AND datname = '{}'",
+                    at.db
+                ),
+            ),
         };
         let applies = parse_pids(&sql(at.target, at.db, &apply_sql).await?)?;
         let lanes = match self {
             Consumer::Ezone { .. } => at.apply_workers,
-            Consumer::Native { .. } => 1,
+            Consumer::Native { .. } | Consumer::Pglogical { .. } => 1,
         };
         let Some(walsender) = walsender.filter(|_| applies.len() >= lanes) else {
             return Ok(None);
@@ -295,6 +333,7 @@ impl Consumer {
             Consumer::Ezone { slot, .. } => slot.clone(),
             // A subscription's slot is named after it by default.
             Consumer::Native { subscription } => subscription.clone(),
+            Consumer::Pglogical { slot, .. } => slot.clone(),
         }
     }
 
@@ -302,11 +341,13 @@ impl Consumer {
         match self {
             Consumer::Ezone { .. } => System::Ezone,
             Consumer::Native { .. } => System::Native,
+            Consumer::Pglogical { .. } => System::Pglogical,
         }
     }
 
-    /// ezone's recorded conflicts at the target (`None` for native, which
-    /// stops on a conflict instead of recording it).
+    /// ezone's recorded conflicts at the target (`None` for the others:
+    /// native stops on a conflict, pglogical resolves it by its setting and
+    /// logs it, neither records it).
     pub async fn conflicts(&self, at: &RunPlace<'_>) -> anyhow::Result<Option<u64>> {
         match self {
             Consumer::Ezone { .. } => {
@@ -320,12 +361,12 @@ impl Consumer {
                     format!("reading the conflict count {n:?}")
                 })?))
             }
-            Consumer::Native { .. } => Ok(None),
+            Consumer::Native { .. } | Consumer::Pglogical { .. } => Ok(None),
         }
     }
 
     /// ezone's target transactions so far (its `applied_batches_total`
-    /// over all links, from `/metrics`); `None` for native.
+    /// over all links, from `/metrics`); `None` for the others.
     pub async fn batches(&self, at: &RunPlace<'_>) -> anyhow::Result<Option<u64>> {
         if !matches!(self, Consumer::Ezone { .. }) {
             return Ok(None);
@@ -429,8 +470,101 @@ impl Consumer {
                 .await?;
                 Ok(())
             }
+            Consumer::Pglogical { subscription, slot } => {
+                disable_pglogical(at, &subscription, &slot).await?;
+                // Drops the slot at the source too (through the provider DSN).
+                sql(
+                    at.target,
+                    at.db,
+                    &format!("SELECT pglogical.drop_subscription('{subscription}')"),
+                )
+                .await?;
+                Ok(())
+            }
         }
     }
+}
+
+/// The pglogical nodes, the replication set and a subscription that has
+/// made its slot and is disabled again (see the module docs).
+async fn prepare_pglogical(at: &RunPlace<'_>) -> anyhow::Result<Consumer> {
+    let subscription = format!("pgl_sub_{}", at.run);
+    let mut provider = format!(
+        "CREATE EXTENSION pglogical; \
+         SELECT pglogical.create_node(node_name := 'src{}', dsn := '{}');",
+        at.run,
+        at.source.dsn(at.db)
+    );
+    for table in TABLES {
+        provider.push_str(&format!(
+            " SELECT pglogical.replication_set_add_table('default', '{table}', false);"
+        ));
+    }
+    sql(at.source, at.db, &provider).await?;
+    sql(
+        at.target,
+        at.db,
+        &format!(
+            "CREATE EXTENSION pglogical; \
+             SELECT pglogical.create_node(node_name := 'dst{run}', dsn := '{target}'); \
+             SELECT pglogical.create_subscription(subscription_name := '{subscription}', \
+               provider_dsn := '{source}', replication_sets := ARRAY['default'], \
+               synchronize_structure := false, synchronize_data := false, forward_origins := '{{}}')",
+            run = at.run,
+            target = at.target.dsn(at.db),
+            source = at.source_dsn,
+        ),
+    )
+    .await?;
+    let deadline = tokio::time::Instant::now() + PROCESSES_WITHIN;
+    let slot = loop {
+        let out = sql(
+            at.target,
+            at.db,
+            &format!(
+                "SELECT status || ' ' || coalesce(slot_name, '') \
+                 FROM pglogical.show_subscription_status('{subscription}')"
+            ),
+        )
+        .await?;
+        match out.trim().split_once(' ') {
+            Some(("replicating", slot)) if !slot.is_empty() => break slot.to_string(),
+            _ if tokio::time::Instant::now() >= deadline => bail!(
+                "pglogical subscription {subscription} is not replicating within {}s (status {:?}); \
+                 see the target's postgres.log",
+                PROCESSES_WITHIN.as_secs(),
+                out.trim()
+            ),
+            _ => tokio::time::sleep(POLL).await,
+        }
+    };
+    disable_pglogical(at, &subscription, &slot).await?;
+    Ok(Consumer::Pglogical { subscription, slot })
+}
+
+/// Disable a pglogical subscription at once and wait until its slot is free.
+async fn disable_pglogical(
+    at: &RunPlace<'_>,
+    subscription: &str,
+    slot: &str,
+) -> anyhow::Result<()> {
+    sql(
+        at.target,
+        at.db,
+        &format!("SELECT pglogical.alter_subscription_disable('{subscription}', true)"),
+    )
+    .await?;
+    let deadline = tokio::time::Instant::now() + SLOT_RELEASE_WITHIN;
+    while slot_pid(at, slot).await?.is_some() {
+        if tokio::time::Instant::now() >= deadline {
+            bail!(
+                "slot {slot} is still in use {}s after pglogical subscription {subscription} was disabled",
+                SLOT_RELEASE_WITHIN.as_secs()
+            );
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    Ok(())
 }
 
 /// The pid of the walsender holding `slot`, if it is held.

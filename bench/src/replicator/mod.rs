@@ -1,6 +1,6 @@
 //! `ezone bench replicator`: ezone's replication link next to Postgres'
-//! built-in logical replication, same machine, same clusters, same workload,
-//! one run.
+//! built-in logical replication and, where it is installed, pglogical 2;
+//! same machine, same clusters, same workload, one run.
 //!
 //! ```text
 //!   pgbench ──▶ source Postgres ── slot (pgoutput) ──▶ consumer ──▶ target Postgres
@@ -8,6 +8,7 @@
 //!                        direct, or through the fault proxy with
 //!                        half the WAN round trip added each way
 //!   consumer = `ezone replicator` (child process)  |  CREATE SUBSCRIPTION (apply worker)
+//!              |  pglogical.create_subscription (its apply worker)
 //! ```
 //!
 //! # What is measured
@@ -86,6 +87,13 @@
 //!   row is the last of its transaction, so only the commit remains; for
 //!   ezone one more local round trip, for native none).
 //!
+//! - **pglogical** is preloaded at both clusters whenever it is one of the
+//!   systems, so every system's runs see the same servers. Its apply worker
+//!   applies rows inside the target server like native's. On Postgres 15,
+//!   pglogical 2.4.2's supervisor never takes the signal barrier that DROP
+//!   DATABASE waits for, so with it loaded the runs' databases are kept (idle,
+//!   their slots and subscriptions dropped) until the clusters go.
+//!
 //! # Clean-up
 //!
 //! Postgres clusters, pgbench and the replicator are [`ChildProcess`]es tied
@@ -162,14 +170,10 @@ pub struct ReplicatorBench {
     #[arg(long, value_enum, value_delimiter = ',', default_value = "direct,wan")]
     pub variants: Vec<Variant>,
     /// Which systems to run (the first goes first in the first variant; the
-    /// order alternates between variants).
-    #[arg(
-        long,
-        value_enum,
-        value_delimiter = ',',
-        default_value = "ezone,native"
-    )]
-    pub systems: Vec<System>,
+    /// order alternates between variants) [default: ezone,native, and
+    /// pglogical where its package, postgresql-15-pglogical, is installed].
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub systems: Option<Vec<System>>,
     /// pgbench connections at the source, for the backlog and the steady load.
     #[arg(long, default_value_t = 4)]
     pub clients: u32,
@@ -210,6 +214,9 @@ pub struct Params {
     tls: bool,
     /// ezone's lanes (`apply_workers`).
     apply_workers: usize,
+    /// Both clusters preload pglogical (it is one of the systems), for
+    /// every system's runs alike.
+    pglogical_loaded: bool,
     #[serde(skip)]
     wan_rtt: Duration,
     #[serde(skip)]
@@ -257,15 +264,29 @@ impl Params {
                 ezone_replicator::config::defaults::MAX_APPLY_WORKERS
             );
         }
-        if a.variants.is_empty() || a.systems.is_empty() {
+        let pglogical = pglogical_library();
+        let systems = match &a.systems {
+            Some(s) => s.clone(),
+            None if pglogical.is_some() => vec![System::Ezone, System::Native, System::Pglogical],
+            None => vec![System::Ezone, System::Native],
+        };
+        if a.variants.is_empty() || systems.is_empty() {
             bail!("--variants and --systems each need at least one value");
+        }
+        let pglogical_loaded = systems.contains(&System::Pglogical);
+        if pglogical_loaded && pglogical.is_none() {
+            bail!(
+                "--systems pglogical: pglogical is not installed for this Postgres (no pglogical.so \
+                 next to its bin directory); install Debian's postgresql-15-pglogical \
+                 (`scripts/install-deps.sh --bench` as root does), or leave it out of --systems"
+            );
         }
         if a.variants.contains(&Variant::Wan) && a.wan_rtt.is_zero() {
             bail!("--wan-rtt 0s: give the WAN a round trip, or run --variants direct");
         }
         let mut variants = a.variants.clone();
         variants.dedup();
-        let mut systems = a.systems.clone();
+        let mut systems = systems;
         systems.dedup();
         Ok(Params {
             backlog_txns,
@@ -277,6 +298,7 @@ impl Params {
             rows_per_txn: ROWS_PER_TXN,
             tls: !a.plain_tcp,
             apply_workers,
+            pglogical_loaded,
             wan_rtt: a.wan_rtt,
             variants,
             systems,
@@ -290,6 +312,21 @@ impl Params {
         }
     }
 }
+
+/// pglogical's server library for the Postgres the bench runs, if installed.
+fn pglogical_library() -> Option<PathBuf> {
+    let bin = ezone_chaos::postgres::find_pg_bin().ok()?;
+    let lib = bin.parent()?.join("lib").join("pglogical.so");
+    lib.is_file().then_some(lib)
+}
+
+/// Server settings pglogical needs: preloaded, and workers for its
+/// supervisor, a manager per database that has the extension and the apply
+/// worker, beside native's launcher and workers (8 by default).
+const PGLOGICAL_SETTINGS: &[(&str, &str)] = &[
+    ("shared_preload_libraries", "pglogical"),
+    ("max_worker_processes", "32"),
+];
 
 /// CPU of the consumer's processes over a window.
 #[derive(Debug, Clone, Serialize)]
@@ -362,6 +399,8 @@ pub struct RunReport {
 pub struct RatioReport {
     variant: Variant,
     label: String,
+    /// What ezone is divided by.
+    baseline: System,
     drain_rows_per_second: Option<f64>,
     apply_rows_per_second: Option<f64>,
     drain_cpu_per_10k_rows: Option<f64>,
@@ -370,7 +409,7 @@ pub struct RatioReport {
     steady_cpu_per_10k_rows: Option<f64>,
 }
 
-/// What `ezone bench replicator` found: every run, and ezone / native per
+/// What `ezone bench replicator` found: every run, and ezone / each baseline per
 /// variant. `--json` prints it as is; the tables are [`Report::table`].
 #[derive(Debug, Serialize)]
 pub struct Report {
@@ -378,7 +417,7 @@ pub struct Report {
     postgres: String,
     cpus: usize,
     runs: Vec<RunReport>,
-    /// ezone / native, per variant.
+    /// ezone / each other system, per variant.
     ratios: Vec<RatioReport>,
 }
 
@@ -406,8 +445,17 @@ pub async fn run(args: &ReplicatorBench) -> anyhow::Result<Report> {
         .tempdir()
         .context("creating the bench's temp dir")?;
     eprintln!("starting two Postgres clusters (source, target)...");
+    let settings: Vec<(String, String)> = if params.pglogical_loaded {
+        PGLOGICAL_SETTINGS
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    } else {
+        Vec::new()
+    };
     let options = |name: &str| ezone_chaos::postgres::PgOptions {
         tls: !args.plain_tcp,
+        settings: settings.clone(),
         ..ezone_chaos::postgres::PgOptions::new(name)
     };
     let (source, target) = tokio::try_join!(
@@ -489,17 +537,18 @@ pub async fn run(args: &ReplicatorBench) -> anyhow::Result<Report> {
             tracing::warn!(site = %pg.name(), error = %e, "Postgres did not stop politely; it is killed.");
         }
     }
-    let ratios = params
-        .variants
-        .iter()
-        .filter_map(|&v| ratios(&params, &runs, v))
-        .collect();
+    let mut ratio_rows = Vec::new();
+    for &v in &params.variants {
+        for baseline in [System::Native, System::Pglogical] {
+            ratio_rows.extend(ratios(&params, &runs, v, baseline));
+        }
+    }
     Ok(Report {
         params,
         postgres: version.trim().to_string(),
         cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
         runs,
-        ratios,
+        ratios: ratio_rows,
     })
 }
 
@@ -653,8 +702,14 @@ async fn one_run(
     }
     let conflicts = consumer.conflicts(&at).await?;
     consumer.stop(&at).await?;
-    for pg in [target, source] {
-        sql(pg, "postgres", &format!("DROP DATABASE {db} WITH (FORCE)")).await?;
+    // With pglogical preloaded the run's database stays (idle, its slot and
+    // subscription gone): on Postgres 15 pglogical 2.4.2's supervisor never
+    // takes the signal barrier DROP DATABASE waits for, so the DROP would
+    // hang, and ending the supervisor ends pglogical for the cluster.
+    if !p.pglogical_loaded {
+        for pg in [target, source] {
+            sql(pg, "postgres", &format!("DROP DATABASE {db} WITH (FORCE)")).await?;
+        }
     }
     Ok(RunReport {
         variant,
@@ -748,13 +803,14 @@ fn cpu_report(
     }
 }
 
-/// ezone / native for one variant, when both ran.
-fn ratios(p: &Params, runs: &[RunReport], v: Variant) -> Option<RatioReport> {
+/// ezone / `baseline` for one variant, when both ran.
+fn ratios(p: &Params, runs: &[RunReport], v: Variant, baseline: System) -> Option<RatioReport> {
     let find = |s: System| runs.iter().find(|r| r.variant == v && r.system == s);
-    let (e, n) = (find(System::Ezone)?, find(System::Native)?);
+    let (e, n) = (find(System::Ezone)?, find(baseline)?);
     Some(RatioReport {
         variant: v,
         label: p.variant_label(v),
+        baseline,
         drain_rows_per_second: ratio(e.drain.rows_per_second, n.drain.rows_per_second),
         apply_rows_per_second: ratio(e.drain.apply_rows_per_second, n.drain.apply_rows_per_second),
         drain_cpu_per_10k_rows: ratio(e.drain.cpu.per_10k_rows, n.drain.cpu.per_10k_rows),
@@ -800,8 +856,14 @@ fn tables(r: &Report) -> String {
     let first = r.runs.first();
     let _ = writeln!(
         out,
-        "ezone bench replicator: PostgreSQL {} source -> target on this machine ({} CPUs), ezone replicator vs native logical replication",
-        r.postgres, r.cpus
+        "ezone bench replicator: PostgreSQL {} source -> target on this machine ({} CPUs), ezone replicator vs {}",
+        r.postgres,
+        r.cpus,
+        if p.pglogical_loaded {
+            "native logical replication and pglogical (preloaded at both clusters for every run)"
+        } else {
+            "native logical replication"
+        }
     );
     let _ = writeln!(
         out,
@@ -824,7 +886,7 @@ fn tables(r: &Report) -> String {
     );
     let _ = writeln!(
         out,
-        "{:<10} {:<7} {:>8} {:>8} {:>8} {:>8} {:>12} {:>13} {:>13} {:>6}",
+        "{:<10} {:<9} {:>8} {:>8} {:>8} {:>8} {:>12} {:>13} {:>13} {:>6}",
         "variant",
         "system",
         "drain s",
@@ -840,7 +902,7 @@ fn tables(r: &Report) -> String {
         let d = &run.drain;
         let _ = writeln!(
             out,
-            "{:<10} {:<7} {:>8.2} {:>8.2} {:>8} {:>8} {:>12} {:>13} {:>13} {:>6}",
+            "{:<10} {:<9} {:>8.2} {:>8.2} {:>8} {:>8} {:>12} {:>13} {:>13} {:>6}",
             run.label,
             run.system.name(),
             d.seconds,
@@ -861,7 +923,7 @@ fn tables(r: &Report) -> String {
     );
     let _ = writeln!(
         out,
-        "{:<10} {:<7} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>13} {:>9}",
+        "{:<10} {:<9} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>13} {:>9}",
         "variant",
         "system",
         "txns",
@@ -877,7 +939,7 @@ fn tables(r: &Report) -> String {
         let s = &run.steady;
         let _ = writeln!(
             out,
-            "{:<10} {:<7} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>13} {:>9}",
+            "{:<10} {:<9} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>13} {:>9}",
             run.label,
             run.system.name(),
             s.txns,
@@ -911,7 +973,7 @@ fn tables(r: &Report) -> String {
         };
         let _ = writeln!(
             out,
-            "  {:<10} {:<7} {}{batches}",
+            "  {:<10} {:<9} {}{batches}",
             run.label,
             run.system.name(),
             parts.join(", ")
@@ -921,12 +983,13 @@ fn tables(r: &Report) -> String {
         let _ = writeln!(out);
         let _ = writeln!(
             out,
-            "ezone / native (throughput: higher is better for ezone; lag and CPU: lower is better)"
+            "ezone / baseline (throughput: higher is better for ezone; lag and CPU: lower is better)"
         );
         let _ = writeln!(
             out,
-            "{:<10} {:>13} {:>13} {:>14} {:>8} {:>8} {:>15}",
+            "{:<10} {:<9} {:>13} {:>13} {:>14} {:>8} {:>8} {:>15}",
             "variant",
+            "baseline",
             "drain rows/s",
             "apply rows/s",
             "drain CPU/10k",
@@ -937,8 +1000,9 @@ fn tables(r: &Report) -> String {
         for x in &r.ratios {
             let _ = writeln!(
                 out,
-                "{:<10} {:>13} {:>13} {:>14} {:>8} {:>8} {:>15}",
+                "{:<10} {:<9} {:>13} {:>13} {:>14} {:>8} {:>8} {:>15}",
                 x.label,
+                x.baseline.name(),
                 times(x.drain_rows_per_second),
                 times(x.apply_rows_per_second),
                 times(x.drain_cpu_per_10k_rows),
@@ -950,6 +1014,6 @@ fn tables(r: &Report) -> String {
     }
     let _ = writeln!(out);
     let _ = writeln!(
-        out,"not comparable one to one: native applies inside the target server with synchronous_commit=off; ezone applies over SQL from its own process (its target backend's CPU is counted on its side) with synchronous_commit=on; fsync=off and autovacuum=off on both clusters; see `ezone bench replicator --help` and the module docs");
+        out,"not comparable one to one: native (and pglogical) apply inside the target server, native with synchronous_commit=off; ezone applies over SQL from its own process (its target backend's CPU is counted on its side) with synchronous_commit=on; fsync=off and autovacuum=off on both clusters; see `ezone bench replicator --help` and the module docs");
     out
 }
