@@ -105,12 +105,46 @@ pub struct LinkStats {
     pub last_error: Mutex<Option<String>>,
     /// The link stopped for good (a definite error: an operator must act).
     pub stopped: AtomicBool,
+    /// Target connections the link applies over now (its `apply_workers`;
+    /// 0 before it first streams).
+    pub lane_count: AtomicU64,
+    /// Each lane's numbers, by lane index (only the first `lane_count` are
+    /// used).
+    pub lanes: [LaneStats; crate::config::defaults::MAX_APPLY_WORKERS],
+    /// Batches that found a lane free but had to wait because they touch
+    /// rows of a batch in flight ([`crate::lanes`]): more lanes would not
+    /// have helped them.
+    pub held_back_batches: AtomicU64,
+}
+
+/// One apply lane's numbers ([`crate::lanes`]).
+#[derive(Debug, Default)]
+pub struct LaneStats {
+    /// Batches this lane committed.
+    pub batches: AtomicU64,
+    /// Microseconds this lane held a batch, from its start to its commit
+    /// (waiting for its turn to commit included).
+    pub busy_us: AtomicU64,
+}
+
+impl LaneStats {
+    fn committed(&self, since: Instant) {
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        let us = u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.busy_us.fetch_add(us, Ordering::Relaxed);
+    }
 }
 
 /// How often the source's slot is sampled for retained WAL.
 pub const SLOT_SAMPLE_INTERVAL: Duration = Duration::from_secs(5);
 
 impl LinkStats {
+    /// Lane `i`'s numbers (the last lane's for an index past the end, which
+    /// a valid config never gives).
+    pub fn lane(&self, i: usize) -> &LaneStats {
+        &self.lanes[i.min(self.lanes.len() - 1)]
+    }
+
     /// Bytes of source WAL not yet applied (0 when caught up).
     pub fn lag_bytes(&self) -> u64 {
         self.source_wal_end
@@ -423,7 +457,10 @@ pub async fn run_once(
         async {
             let appliers = futures::future::try_join_all((0..lane_count).map(|lane| {
                 let origin = crate::config::lane_origin(&cfg.origin, lane);
-                async move { Applier::connect(&cfg.target_dsn, link, &origin).await }
+                async move {
+                    let a = Applier::connect(&cfg.target_dsn, link, &origin).await?;
+                    Ok(a.on_lane(lane))
+                }
             }))
             .await
             .map_err(apply_err)?;
@@ -447,6 +484,7 @@ pub async fn run_once(
         .map_err(source_err)?;
     // The source accepted the link's position.
     let _streaming = Streaming::start(stats);
+    stats.lane_count.store(lane_count as u64, Ordering::Relaxed);
     tracing::info!(link, start = %start, lanes = lane_count, "Link streaming.");
     let mut assembler = Assembler::new();
     // Consecutive transactions already received are applied together in one
@@ -589,9 +627,13 @@ pub async fn run_once(
                     let Some(mut a) = lanes.idle.pop() else {
                         unreachable!("every lane is free once nothing is in flight");
                     };
+                    let began = Instant::now();
                     let done =
                         apply_large(cfg, &mut a, &mut stream, &mut assembler, own, stats, stop)
                             .await;
+                    if matches!(done, Ok(Some(_))) {
+                        stats.lane(a.lane()).committed(began);
+                    }
                     lanes.idle.push(a);
                     match done? {
                         Some(done) => {
@@ -807,6 +849,8 @@ struct Pending {
     track_rows: bool,
     /// Row changes in `txns`.
     rows: usize,
+    /// It found a lane free but touched rows of a batch in flight.
+    held_back: bool,
 }
 
 impl Pending {
@@ -859,9 +903,13 @@ impl<'a> Lanes<'a> {
         batch: &mut Pending,
         confirm: &mut ConfirmTracker,
         own: &'a Ownership,
-        stats: &LinkStats,
+        stats: &'a LinkStats,
     ) -> bool {
-        if batch.txns.is_empty() || !self.footprints.may_start(&batch.footprint) {
+        if batch.txns.is_empty() {
+            return false;
+        }
+        if !self.footprints.may_start(&batch.footprint) {
+            batch.held_back |= !self.idle.is_empty();
             return false;
         }
         let Some(mut a) = self.idle.pop() else {
@@ -888,10 +936,14 @@ impl<'a> Lanes<'a> {
 fn start_batch<'a>(
     mut applier: Applier,
     own: &'a Ownership,
-    stats: &LinkStats,
+    stats: &'a LinkStats,
     pending: &mut Pending,
 ) -> InFlight<'a> {
     pending.rows = 0;
+    if std::mem::take(&mut pending.held_back) {
+        stats.held_back_batches.fetch_add(1, Ordering::Relaxed);
+    }
+    let began = Instant::now();
     let txns = std::mem::take(&mut pending.txns);
     let last = txns
         .last()
@@ -912,10 +964,13 @@ fn start_batch<'a>(
         } else {
             applier.apply_batch(&ours, own).await
         };
-        let done = applied.map(|applied| Flushed {
-            last,
-            applied_txns: ours.len() as u64,
-            applied,
+        let done = applied.map(|applied| {
+            stats.lane(applier.lane()).committed(began);
+            Flushed {
+                last,
+                applied_txns: ours.len() as u64,
+                applied,
+            }
         });
         (applier, done)
     })

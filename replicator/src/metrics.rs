@@ -31,6 +31,8 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Value {
     Count(u64),
+    /// A counter of seconds.
+    Seconds(f64),
     Int(i64),
     Float(f64),
 }
@@ -152,6 +154,17 @@ fn defs() -> Vec<Def> {
             |s| Value::Int(i64::from(s.stopped.load(Ordering::Relaxed))),
         ),
         gauge(
+            "lanes",
+            None,
+            "Target connections the link applies over (its apply_workers; 0 before it first streams)",
+            |s| Value::Int(i64::try_from(s.lane_count.load(Ordering::Relaxed)).unwrap_or(i64::MAX)),
+        ),
+        counter(
+            "held_back_batches",
+            "Batches that found a lane free but waited because they touch rows of a batch in flight (more lanes would not have helped them)",
+            |s| Value::Count(s.held_back_batches.load(Ordering::Relaxed)),
+        ),
+        gauge(
             "source_silence",
             Some(Unit::Seconds),
             "Seconds since the source last spoke on the link's stream (accepted its position, sent WAL or a keepalive); NaN if it never has",
@@ -160,13 +173,42 @@ fn defs() -> Vec<Def> {
     ]
 }
 
+/// One per-lane metric: like [`Def`], read from one lane's stats.
+struct LaneDef {
+    name: &'static str,
+    unit: Option<Unit>,
+    help: &'static str,
+    read: fn(&crate::link::LaneStats) -> Value,
+}
+
+/// Every per-lane metric (all counters), labelled `link` and `lane`.
+fn lane_defs() -> Vec<LaneDef> {
+    vec![
+        LaneDef {
+            name: "lane_applied_batches",
+            unit: None,
+            help: "Target transactions committed on this lane of the link",
+            read: |l| Value::Count(l.batches.load(Ordering::Relaxed)),
+        },
+        LaneDef {
+            name: "lane_busy",
+            unit: Some(Unit::Seconds),
+            help: "Time this lane held a batch, from its start to its commit (waiting for its turn to commit included); its rate is the lane's utilisation",
+            read: |l| Value::Seconds(l.busy_us.load(Ordering::Relaxed) as f64 / 1e6),
+        },
+    ]
+}
+
 /// One link's label set.
 type LinkLabel<'a> = [(&'static str, &'a str); 1];
+/// One lane's label set.
+type LaneLabel<'a> = [(&'static str, &'a str); 2];
 
 /// Reads every link's stats at scrape time.
 struct Links {
     links: crate::link_set::LinkSet,
     defs: Vec<Def>,
+    lane_defs: Vec<LaneDef>,
 }
 
 impl std::fmt::Debug for Links {
@@ -184,14 +226,37 @@ impl Collector for Links {
             for (link, stats) in &links {
                 let labels: LinkLabel = [("link", link.as_str())];
                 let mut sample = family.encode_family(&labels)?;
-                match (d.read)(stats) {
-                    Value::Count(v) => sample.encode_counter::<NoLabelSet, _, u64>(&v, None)?,
-                    Value::Int(v) => sample.encode_gauge(&v)?,
-                    Value::Float(v) => sample.encode_gauge(&v)?,
+                encode_value(&mut sample, (d.read)(stats))?;
+            }
+        }
+        for d in &self.lane_defs {
+            let kind = MetricType::Counter;
+            let mut family = encoder.encode_descriptor(d.name, d.help, d.unit.as_ref(), kind)?;
+            for (link, stats) in &links {
+                let count = usize::try_from(stats.lane_count.load(Ordering::Relaxed))
+                    .unwrap_or(usize::MAX)
+                    .min(stats.lanes.len());
+                for (i, lane) in stats.lanes[..count].iter().enumerate() {
+                    let index = i.to_string();
+                    let labels: LaneLabel = [("link", link.as_str()), ("lane", index.as_str())];
+                    let mut sample = family.encode_family(&labels)?;
+                    encode_value(&mut sample, (d.read)(lane))?;
                 }
             }
         }
         Ok(())
+    }
+}
+
+fn encode_value(
+    sample: &mut prometheus_client::encoding::MetricEncoder<'_>,
+    value: Value,
+) -> Result<(), std::fmt::Error> {
+    match value {
+        Value::Count(v) => sample.encode_counter::<NoLabelSet, _, u64>(&v, None),
+        Value::Seconds(v) => sample.encode_counter::<NoLabelSet, _, u64>(&v, None),
+        Value::Int(v) => sample.encode_gauge(&v),
+        Value::Float(v) => sample.encode_gauge(&v),
     }
 }
 
@@ -207,6 +272,7 @@ impl Metrics {
         registry.register_collector(Box::new(Links {
             links: links.into(),
             defs: defs(),
+            lane_defs: lane_defs(),
         }));
         Metrics { registry }
     }
@@ -253,6 +319,11 @@ mod tests {
         a.retained_wal_bytes.store(65536, Ordering::Relaxed);
         a.streaming.store(true, Ordering::Relaxed);
         a.heard_from_source();
+        a.lane_count.store(2, Ordering::Relaxed);
+        a.held_back_batches.store(5, Ordering::Relaxed);
+        a.lanes[0].batches.store(6, Ordering::Relaxed);
+        a.lanes[0].busy_us.store(1_500_000, Ordering::Relaxed);
+        a.lanes[1].batches.store(1, Ordering::Relaxed);
         let b = LinkStats::default();
         b.retained_wal_bytes.store(-1, Ordering::Relaxed);
         [("beijing->shanghai", a), ("guangzhou->shanghai", b)]
@@ -279,9 +350,34 @@ mod tests {
             ("ezone_replicator_slot_retained_wal_bytes", 65536.0),
             ("ezone_replicator_applied_lsn_bytes", 4000.0),
             ("ezone_replicator_streaming", 1.0),
+            ("ezone_replicator_lanes", 2.0),
+            ("ezone_replicator_held_back_batches_total", 5.0),
         ] {
             assert_eq!(e.value(name, &ab), Some(want), "{name}:\n{text}");
         }
+        // Per lane: as many lanes as the link has; none before it streams.
+        for (lane, batches, busy) in [("0", 6.0, 1.5), ("1", 1.0, 0.0)] {
+            let l = [("link", "beijing->shanghai"), ("lane", lane)];
+            assert_eq!(
+                e.value("ezone_replicator_lane_applied_batches_total", &l),
+                Some(batches),
+                "lane {lane}:\n{text}"
+            );
+            assert_eq!(
+                e.value("ezone_replicator_lane_busy_seconds_total", &l),
+                Some(busy),
+                "lane {lane}:\n{text}"
+            );
+        }
+        assert_eq!(
+            e.family("ezone_replicator_lane_busy_seconds").map(|f| (
+                f.kind.as_str(),
+                f.unit.as_deref(),
+                f.samples.len()
+            )),
+            Some(("counter", Some("seconds"), 2)),
+            "{text}"
+        );
         let gz = [("link", "guangzhou->shanghai")];
         assert_eq!(
             e.value("ezone_replicator_slot_retained_wal_bytes", &gz),

@@ -13,6 +13,7 @@
 
 mod common;
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -147,6 +148,13 @@ async fn lanes_commit_in_source_order_and_exactly_once_through_kills() {
         lanes.parse::<u32>().unwrap_or(0) > 1,
         "only {lanes} lane(s) committed"
     );
+    // The per-lane metrics agree: four lanes, more than one with commits.
+    assert_eq!(stats.lane_count.load(Ordering::Relaxed), 4);
+    let busy = stats.lanes[..4]
+        .iter()
+        .filter(|l| l.batches.load(Ordering::Relaxed) > 0)
+        .count();
+    assert!(busy > 1, "the lane metrics show {busy} lane(s) with commits");
     let _ = stop_tx.send(true);
     task.await.expect("join").expect("clean end");
 }

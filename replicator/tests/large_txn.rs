@@ -5,7 +5,7 @@
 //!
 //! - a large UPDATE and a large INSERT arrive whole and equal to the
 //!   source, and nothing of a large transaction is visible at the target
-//!   before its commit there;
+//!   before its commit there; one that aborts at the source leaves nothing;
 //! - a link stopped in the middle of one (its target transaction open, some
 //!   parts applied) leaves nothing at the target, and the restarted link
 //!   applies the transaction exactly once (no duplicate insert conflicts,
@@ -69,9 +69,23 @@ async fn large_transactions_arrive_whole_and_only_at_their_commit() {
         "INSERT INTO items SELECT g, 'row ' || g FROM generate_series(1, 30000) g",
     )
     .await;
+    // A large transaction that aborts at the source: nothing of it may
+    // arrive (the source decodes it, spilling to its disk, and drops it at
+    // the abort; the link never sees it).
+    q(
+        &a,
+        "BEGIN; INSERT INTO items SELECT g, 'aborted' FROM generate_series(100001, 130000) g; ROLLBACK",
+    )
+    .await;
     q(&a, "INSERT INTO items VALUES (-2, 'after')").await;
     let want = q(&a, CHECKSUM).await;
     until_within(&b, CHECKSUM, &want, Duration::from_secs(90)).await;
+    assert_eq!(
+        q(&b, "SELECT count(*) FROM items WHERE v = 'aborted'").await,
+        "0",
+        "rows of a transaction the source rolled back reached the target"
+    );
+    assert_eq!(stats.large_txns.load(Ordering::Relaxed), 1);
 
     // A large UPDATE, while the target is watched: it is never half there.
     // One target row is locked so the link stops part-way through, its

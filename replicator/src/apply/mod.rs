@@ -108,6 +108,8 @@ pub struct Applier {
     /// over several lanes ([`crate::lanes`]): it commits only after the
     /// batch before it has.
     turn: Option<Turn>,
+    /// Which of its link's lanes this is (for the per-lane metrics).
+    lane: usize,
     conn: tokio::task::JoinHandle<()>,
 }
 
@@ -154,6 +156,7 @@ impl Applier {
             tables: HashMap::new(),
             statements: HashMap::new(),
             turn: None,
+            lane: 0,
             conn,
         };
         a.client
@@ -204,6 +207,17 @@ impl Applier {
             .client
             .batch_execute("SELECT pg_replication_origin_session_reset()")
             .await;
+    }
+
+    /// This applier is lane `lane` of its link.
+    pub fn on_lane(mut self, lane: usize) -> Applier {
+        self.lane = lane;
+        self
+    }
+
+    /// Which of its link's lanes this is.
+    pub fn lane(&self) -> usize {
+        self.lane
     }
 
     /// Sets this applier's place in its link's commit order for the next
