@@ -71,10 +71,15 @@ enum Command {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     logging::init(cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // The replicator sizes its runtime by its config (`worker_threads`,
+    // one by default: see its docs); everything else takes one thread a core.
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Command::Replicator(args) = &cli.command {
+        if let Some(n) = cmd::replicator::worker_threads(args) {
+            builder.worker_threads(n);
+        }
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -154,7 +154,10 @@ async fn lanes_commit_in_source_order_and_exactly_once_through_kills() {
         .iter()
         .filter(|l| l.batches.load(Ordering::Relaxed) > 0)
         .count();
-    assert!(busy > 1, "the lane metrics show {busy} lane(s) with commits");
+    assert!(
+        busy > 1,
+        "the lane metrics show {busy} lane(s) with commits"
+    );
     let _ = stop_tx.send(true);
     task.await.expect("join").expect("clean end");
 }

@@ -89,6 +89,8 @@ pub struct RunPlace<'a> {
     pub ezone_bin: &'a Path,
     /// ezone's lanes (`apply_workers`).
     pub apply_workers: usize,
+    /// The replicator's runtime threads (`worker_threads`).
+    pub worker_threads: usize,
 }
 
 /// A process whose CPU counts as the consumer's.
@@ -171,10 +173,12 @@ impl Consumer {
                 let text = format!(
                     "site = {dst:?}\ntables = {tables:?}\npublication = {PUBLICATION:?}\n\
                      target_dsn = {target_dsn:?}\napply_workers = {workers}\n\
+                     worker_threads = {threads}\n\
                      [topology]\nfile = {file:?}\n\
                      [admin]\nlisten = \"127.0.0.1:0\"\n[sources.{src}]\ndsn = {source:?}\n",
                     tables = TABLES,
                     workers = at.apply_workers,
+                    threads = at.worker_threads,
                     file = topology.display().to_string(),
                     source = at.source_dsn,
                 );

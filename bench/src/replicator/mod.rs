@@ -192,6 +192,10 @@ pub struct ReplicatorBench {
     /// replicator's `apply_workers` [default: the replicator's default].
     #[arg(long)]
     pub apply_workers: Option<usize>,
+    /// Threads of the replicator's runtime: its `worker_threads` [default:
+    /// the replicator's default].
+    #[arg(long)]
+    pub worker_threads: Option<usize>,
     /// Print a JSON object instead of the tables.
     #[arg(long)]
     pub json: bool,
@@ -214,6 +218,8 @@ pub struct Params {
     tls: bool,
     /// ezone's lanes (`apply_workers`).
     apply_workers: usize,
+    /// The replicator's runtime threads (`worker_threads`).
+    worker_threads: usize,
     /// Both clusters preload pglogical (it is one of the systems), for
     /// every system's runs alike.
     pglogical_loaded: bool,
@@ -270,6 +276,17 @@ impl Params {
             None if pglogical.is_some() => vec![System::Ezone, System::Native, System::Pglogical],
             None => vec![System::Ezone, System::Native],
         };
+        let worker_threads = a
+            .worker_threads
+            .unwrap_or(ezone_replicator::config::defaults::WORKER_THREADS);
+        if worker_threads == 0
+            || worker_threads > ezone_replicator::config::defaults::MAX_WORKER_THREADS
+        {
+            bail!(
+                "--worker-threads {worker_threads}: use 1 to {}",
+                ezone_replicator::config::defaults::MAX_WORKER_THREADS
+            );
+        }
         if a.variants.is_empty() || systems.is_empty() {
             bail!("--variants and --systems each need at least one value");
         }
@@ -298,6 +315,7 @@ impl Params {
             rows_per_txn: ROWS_PER_TXN,
             tls: !a.plain_tcp,
             apply_workers,
+            worker_threads,
             pglogical_loaded,
             wan_rtt: a.wan_rtt,
             variants,
@@ -582,6 +600,7 @@ async fn one_run(
         dir: ctx.dir.path(),
         ezone_bin: &ctx.ezone_bin,
         apply_workers: ctx.params.apply_workers,
+        worker_threads: ctx.params.worker_threads,
     };
     let mut consumer = Consumer::prepare(system, &at).await?;
 
@@ -875,6 +894,11 @@ fn tables(r: &Report) -> String {
         } else {
             "plain TCP (--plain-tcp)"
         }
+    );
+    let _ = writeln!(
+        out,
+        "ezone replicator: apply_workers = {}, worker_threads = {}",
+        p.apply_workers, p.worker_threads
     );
     let _ = writeln!(out);
     let _ = writeln!(

@@ -18,11 +18,20 @@ pub struct ReplicatorArgs {
     config: PathBuf,
 }
 
-pub async fn run(args: ReplicatorArgs) -> anyhow::Result<()> {
+/// The config's `worker_threads`, to size the runtime before it starts;
+/// `None` if the config does not load (then [`run`] reports why).
+pub fn worker_threads(args: &ReplicatorArgs) -> Option<usize> {
+    load(args).ok().map(|c| c.worker_threads)
+}
+
+fn load(args: &ReplicatorArgs) -> anyhow::Result<ReplicatorConfig> {
     let text = std::fs::read_to_string(&args.config)
         .with_context(|| format!("cannot read replicator config {}", args.config.display()))?;
-    let cfg = ReplicatorConfig::from_toml(&text)
-        .with_context(|| format!("in {}", args.config.display()))?;
+    ReplicatorConfig::from_toml(&text).with_context(|| format!("in {}", args.config.display()))
+}
+
+pub async fn run(args: ReplicatorArgs) -> anyhow::Result<()> {
+    let cfg = load(&args)?;
     // Failpoints from FAILPOINTS (the chaos suite's tests plant a bug with
     // them; unset, nothing changes).
     // FAILPOINTS=... (a build with the `failpoints` feature only).
