@@ -36,12 +36,11 @@ enum Expect<'s> {
 /// reconnects); anything else rolls back, and the caller sends the batch
 /// down the careful path, which applies in source order and reports the
 /// error if it is real.
-async fn fall_back(
-    tx: tokio_postgres::Transaction<'_>,
-    link: &str,
-    err: ApplyError,
-) -> Result<(), ApplyError> {
+async fn fall_back(client: &Client, link: &str, err: ApplyError) -> Result<(), ApplyError> {
     if err.is_transient() {
+        // Ended here too, though the link drops the connection after any
+        // error: a deadlock or lock timeout leaves it open.
+        let _ = client.batch_execute("ROLLBACK").await;
         return Err(err);
     }
     tracing::debug!(link, error = %err, "Fast path failed; applying the batch one change at a time.");
@@ -50,7 +49,8 @@ async fn fall_back(
         | ApplyError::Definite { target, .. }
         | ApplyError::Shape { target, .. } => target.clone(),
     };
-    tx.rollback()
+    client
+        .batch_execute("ROLLBACK")
         .await
         .map_err(|e| classify(&target, "ROLLBACK", e))
 }
@@ -209,24 +209,35 @@ impl Applier {
         let target = self.target.clone();
         let mut cache = self.take_statements();
         let mut turn = self.turn.take();
-        let tx = self
-            .client
-            .transaction()
-            .await
-            .map_err(|e| classify(&target, "BEGIN", e))?;
         let setup = origin_setup(&last.commit);
-        let ran = run_steps(tx.client(), &mut cache, &target, &steps, Some(&setup)).await;
+        // BEGIN goes out with the statements, not a round trip ahead of
+        // them: `join` polls it first, and a request is sent at its first
+        // poll, so the server runs it first. It fails only with the
+        // connection, and then so does everything after it. Every way out
+        // below ends the transaction (COMMIT or ROLLBACK) or returns an
+        // error, after which the link drops this connection.
+        let (began, ran) = futures::future::join(
+            self.client.batch_execute("BEGIN"),
+            run_steps(&self.client, &mut cache, &target, &steps, Some(&setup)),
+        )
+        .await;
+        self.statements = cache;
+        began.map_err(|e| classify(&target, "BEGIN", e))?;
         let outcome = match ran {
             Ok(o) => o,
             Err(e) => {
-                self.statements = cache;
+                let _ = self.client.batch_execute("ROLLBACK").await;
                 return Err(e);
             }
         };
         let applied = match outcome {
             Steps::Applied => {
-                wait_turn(&mut turn, &target).await?;
-                tx.commit()
+                if let Err(e) = wait_turn(&mut turn, &target).await {
+                    let _ = self.client.batch_execute("ROLLBACK").await;
+                    return Err(e);
+                }
+                self.client
+                    .batch_execute("COMMIT")
                     .await
                     .map_err(|e| classify(&target, "COMMIT", e))?;
                 turn_done(turn.take());
@@ -240,17 +251,17 @@ impl Applier {
             }
             Steps::Conflict => {
                 // A conflict: undo and take the careful path.
-                tx.rollback()
+                self.client
+                    .batch_execute("ROLLBACK")
                     .await
                     .map_err(|e| classify(&target, "ROLLBACK", e))?;
                 None
             }
             Steps::Failed(err) => {
-                fall_back(tx, &self.link, err).await?;
+                fall_back(&self.client, &self.link, err).await?;
                 None
             }
         };
-        self.statements = cache;
         // Not committed here: the careful path takes the turn.
         self.turn = turn;
         Ok(applied)
