@@ -117,9 +117,22 @@ impl Proc {
     /// CPU ticks used so far, or `None` if the process is gone (its time
     /// went with it: a restart inside the window).
     pub fn ticks(&self) -> Option<u64> {
-        let alive = proc_stat(self.pid)
-            .is_some_and(|s| s.start_time == self.start_time && !matches!(s.state, 'Z' | 'X'));
-        alive.then(|| cpu::tree_ticks(self.pid))
+        self.alive().then(|| cpu::tree_ticks(self.pid))
+    }
+
+    /// The process's peak resident set so far (`VmHWM`), in KiB; `None` if
+    /// it is gone. A Postgres process's counts the shared buffers it touched.
+    pub fn peak_rss_kib(&self) -> Option<u64> {
+        if !self.alive() {
+            return None;
+        }
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).ok()?;
+        parse_vm_hwm(&status)
+    }
+
+    fn alive(&self) -> bool {
+        proc_stat(self.pid)
+            .is_some_and(|s| s.start_time == self.start_time && !matches!(s.state, 'Z' | 'X'))
     }
 }
 
@@ -584,6 +597,14 @@ async fn slot_pid(at: &RunPlace<'_>, slot: &str) -> anyhow::Result<Option<u32>> 
     parse_pid(&out)
 }
 
+/// `VmHWM` in KiB from a `/proc/PID/status` text.
+fn parse_vm_hwm(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
 /// A pid from psql's output: empty (no row) is `None`.
 /// Every pid in psql's output, one a line.
 fn parse_pids(out: &str) -> anyhow::Result<Vec<u32>> {
@@ -646,5 +667,13 @@ mod tests {
         assert_eq!(parse_pid("\n").ok().flatten(), None);
         assert_eq!(parse_pid("4242\n").ok().flatten(), Some(4242));
         assert!(parse_pid("abc").is_err());
+    }
+
+    #[test]
+    fn peak_rss_from_status() {
+        let status =
+            "Name:\tezone\nVmPeak:\t  900000 kB\nVmHWM:\t   14236 kB\nVmRSS:\t   12000 kB\n";
+        assert_eq!(parse_vm_hwm(status), Some(14236));
+        assert_eq!(parse_vm_hwm("Name:\tx\n"), None);
     }
 }

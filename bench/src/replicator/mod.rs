@@ -45,6 +45,8 @@
 //!    has a sample per transaction, not one per polling interval, and no
 //!    polling sawtooth. p50/p99/max/mean over all of them, and the consumer's
 //!    CPU over the phase (until an end mark is applied) per 10k rows.
+//!    Each process's peak resident set (`VmHWM`) is read at the end of
+//!    each phase: a Postgres process's counts the shared buffers it touched.
 //! 3. Both phases **direct** (the consumer dials the source's port) and
 //!    across the **WAN** (`--wan-rtt`, half each way, through the in-process
 //!    fault proxy). Only the consumer's source connection crosses it; the
@@ -362,6 +364,9 @@ pub struct ProcCpu {
     role: &'static str,
     pid: u32,
     seconds: Option<f64>,
+    /// The process's peak resident set at the end of the window (its
+    /// lifetime peak so far), MB.
+    peak_rss_mb: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -802,6 +807,7 @@ fn cpu_report(
         .map(|(p, (b, a))| ProcCpu {
             role: p.role,
             pid: p.pid,
+            peak_rss_mb: p.peak_rss_kib().map(|k| k as f64 / 1024.0),
             seconds: match (b, a) {
                 (Some(b), Some(a)) => Some(a.saturating_sub(*b) as f64 / tps),
                 _ => None,
@@ -978,7 +984,10 @@ fn tables(r: &Report) -> String {
         );
     }
     let _ = writeln!(out);
-    let _ = writeln!(out, "CPU by process (seconds, drain / steady):");
+    let _ = writeln!(
+        out,
+        "CPU by process (seconds, drain / steady) and its peak RSS at the end (MB; a Postgres process's includes the shared buffers it touched):"
+    );
     for run in &r.runs {
         let parts: Vec<String> = run
             .drain
@@ -986,7 +995,15 @@ fn tables(r: &Report) -> String {
             .by_process
             .iter()
             .zip(&run.steady.cpu.by_process)
-            .map(|(d, s)| format!("{} {} / {}", d.role, opt(d.seconds, 2), opt(s.seconds, 2)))
+            .map(|(d, s)| {
+                format!(
+                    "{} {} / {}, {} MB",
+                    d.role,
+                    opt(d.seconds, 2),
+                    opt(s.seconds, 2),
+                    opt(s.peak_rss_mb, 0)
+                )
+            })
             .collect();
         let batches = match run.drain.batches {
             Some(b) if b > 0 => format!(
