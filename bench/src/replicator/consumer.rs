@@ -418,16 +418,7 @@ impl Consumer {
                         .await
                         .context("stopping ezone replicator")?;
                 }
-                let deadline = tokio::time::Instant::now() + SLOT_RELEASE_WITHIN;
-                while slot_pid(at, &slot).await?.is_some() {
-                    if tokio::time::Instant::now() >= deadline {
-                        bail!(
-                            "slot {slot} is still in use {}s after the replicator stopped",
-                            SLOT_RELEASE_WITHIN.as_secs()
-                        );
-                    }
-                    tokio::time::sleep(POLL).await;
-                }
+                wait_slot_free(at, &slot, "the replicator stopped").await?;
                 sql(
                     at.source,
                     at.db,
@@ -571,11 +562,22 @@ async fn disable_pglogical(
         &format!("SELECT pglogical.alter_subscription_disable('{subscription}', true)"),
     )
     .await?;
+    wait_slot_free(
+        at,
+        slot,
+        &format!("pglogical subscription {subscription} was disabled"),
+    )
+    .await
+}
+
+/// Waits until no walsender holds `slot` (`after` says what should have
+/// freed it, for the error).
+async fn wait_slot_free(at: &RunPlace<'_>, slot: &str, after: &str) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + SLOT_RELEASE_WITHIN;
     while slot_pid(at, slot).await?.is_some() {
         if tokio::time::Instant::now() >= deadline {
             bail!(
-                "slot {slot} is still in use {}s after pglogical subscription {subscription} was disabled",
+                "slot {slot} is still in use {}s after {after}",
                 SLOT_RELEASE_WITHIN.as_secs()
             );
         }

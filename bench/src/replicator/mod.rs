@@ -261,34 +261,25 @@ impl Params {
         if a.accounts == 0 {
             bail!("--accounts must be at least 1");
         }
-        let apply_workers = a
-            .apply_workers
-            .unwrap_or(ezone_replicator::config::defaults::APPLY_WORKERS);
-        if apply_workers == 0
-            || apply_workers > ezone_replicator::config::defaults::MAX_APPLY_WORKERS
-        {
-            bail!(
-                "--apply-workers {apply_workers}: use 1 to {}",
-                ezone_replicator::config::defaults::MAX_APPLY_WORKERS
-            );
-        }
+        use ezone_replicator::config::defaults;
+        let apply_workers = one_to(
+            "apply-workers",
+            a.apply_workers,
+            defaults::APPLY_WORKERS,
+            defaults::MAX_APPLY_WORKERS,
+        )?;
+        let worker_threads = one_to(
+            "worker-threads",
+            a.worker_threads,
+            defaults::WORKER_THREADS,
+            defaults::MAX_WORKER_THREADS,
+        )?;
         let pglogical = pglogical_library();
         let systems = match &a.systems {
             Some(s) => s.clone(),
             None if pglogical.is_some() => vec![System::Ezone, System::Native, System::Pglogical],
             None => vec![System::Ezone, System::Native],
         };
-        let worker_threads = a
-            .worker_threads
-            .unwrap_or(ezone_replicator::config::defaults::WORKER_THREADS);
-        if worker_threads == 0
-            || worker_threads > ezone_replicator::config::defaults::MAX_WORKER_THREADS
-        {
-            bail!(
-                "--worker-threads {worker_threads}: use 1 to {}",
-                ezone_replicator::config::defaults::MAX_WORKER_THREADS
-            );
-        }
         if a.variants.is_empty() || systems.is_empty() {
             bail!("--variants and --systems each need at least one value");
         }
@@ -331,6 +322,15 @@ impl Params {
             Variant::Wan => format!("wan {}ms", fmt_num(self.wan_rtt_ms)),
         }
     }
+}
+
+/// `--flag`'s value (or `default`), which must be 1 to `max`.
+fn one_to(flag: &str, value: Option<usize>, default: usize, max: usize) -> anyhow::Result<usize> {
+    let v = value.unwrap_or(default);
+    if v == 0 || v > max {
+        bail!("--{flag} {v}: use 1 to {max}");
+    }
+    Ok(v)
 }
 
 /// pglogical's server library for the Postgres the bench runs, if installed.
