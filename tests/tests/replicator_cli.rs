@@ -19,8 +19,24 @@ const DB: &str = "ezone";
 
 struct Replicator {
     /// Killed when dropped.
-    _proc: Configured,
+    proc: Configured,
     admin: std::net::SocketAddr,
+}
+
+impl Replicator {
+    /// The process's async runtime workers: tokio (1.5x) names each
+    /// `tokio-rt-worker` (its blocking threads have another name).
+    fn runtime_workers(&self) -> usize {
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", self.proc.child.id()))
+            .expect("the replicator's threads");
+        tasks
+            .flatten()
+            .filter(|t| {
+                std::fs::read_to_string(t.path().join("comm"))
+                    .is_ok_and(|c| c.trim() == "tokio-rt-worker")
+            })
+            .count()
+    }
 }
 
 fn replicator(lab: &Lab, site: &str) -> Replicator {
@@ -57,7 +73,7 @@ fn replicator_with(lab: &Lab, site: &str, extra: &str) -> Replicator {
         proc.ready
     );
     let admin = proc.addr("admin").expect("admin address");
-    Replicator { _proc: proc, admin }
+    Replicator { proc, admin }
 }
 
 /// The topology of beijing and shanghai (the lab's Postgres as their DSNs)
@@ -130,8 +146,11 @@ async fn replicators_converge_through_kill_and_partition() {
     );
     beijing_and_shanghai(&lab).await;
     let bj = replicator(&lab, "beijing");
-    let sh = replicator(&lab, "shanghai");
+    let sh = replicator_with(&lab, "shanghai", "worker_threads = 3");
     wait_slots([a, b]).await;
+    // The runtime is as big as the config says: one thread by default.
+    assert_eq!(bj.runtime_workers(), 1);
+    assert_eq!(sh.runtime_workers(), 3);
 
     // The admin endpoints: alive, ready once its link streams, and a lag
     // bound a caught-up link meets.
