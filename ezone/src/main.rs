@@ -72,12 +72,15 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     logging::init(cli.log_format);
     // The replicator sizes its runtime by its config (`worker_threads`,
-    // one by default: see its docs); everything else takes one thread a core.
+    // one by default: see its docs), so its config is read first;
+    // everything else takes one thread a core.
     let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Command::Replicator(args) = &cli.command {
-        if let Some(n) = cmd::replicator::worker_threads(args) {
-            builder.worker_threads(n);
-        }
+    let replicator_cfg = match &cli.command {
+        Command::Replicator(args) => Some(cmd::replicator::load(args)),
+        _ => None,
+    };
+    if let Some(Ok(cfg)) = &replicator_cfg {
+        builder.worker_threads(cfg.worker_threads);
     }
     let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
@@ -89,7 +92,10 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Router(c) => cmd::router::run(c).await,
-            Command::Replicator(c) => cmd::replicator::run(c).await,
+            Command::Replicator(args) => match replicator_cfg {
+                Some(cfg) => cmd::replicator::run(cfg?).await,
+                None => cmd::replicator::run(cmd::replicator::load(&args)?).await,
+            },
             Command::Failover(c) => cmd::failover::run(c).await,
             Command::Status(c) => cmd::status::run(c).await,
             Command::Demo(c) => cmd::demo::run(c).await,

@@ -267,6 +267,22 @@ pub enum LinkError {
 }
 
 impl LinkError {
+    /// Wraps link `link`'s apply errors (for `map_err`).
+    fn apply(link: &str) -> impl Fn(ApplyError) -> LinkError + Copy + '_ {
+        move |source| LinkError::Apply {
+            link: link.to_string(),
+            source,
+        }
+    }
+
+    /// Wraps link `link`'s source errors (for `map_err`).
+    fn source(link: &str) -> impl Fn(SourceError) -> LinkError + Copy + '_ {
+        move |source| LinkError::Source {
+            link: link.to_string(),
+            source,
+        }
+    }
+
     /// Transient errors restart the link; definite ones stop it.
     pub fn is_transient(&self) -> bool {
         match self {
@@ -380,11 +396,11 @@ pub async fn ensure_source(cfg: &LinkConfig) -> Result<(), LinkError> {
         if !slot {
             let mut rc = ReplicationConn::connect(&cfg.source)
                 .await
-                .map_err(|source| LinkError::Source { link: cfg.name.clone(), source })?;
+                .map_err(LinkError::source(&cfg.name))?;
             let info = rc
                 .create_logical_slot(&cfg.slot, false, true)
                 .await
-                .map_err(|source| LinkError::Source { link: cfg.name.clone(), source })?;
+                .map_err(LinkError::source(&cfg.name))?;
             // A new slot: seed the target from the slot's own snapshot, so
             // that the copy and the stream meet exactly at its consistent
             // point. `rc` stays open and idle until the copy is done: the
@@ -392,11 +408,11 @@ pub async fn ensure_source(cfg: &LinkConfig) -> Result<(), LinkError> {
             if let Some(snapshot) = &info.snapshot_name {
                 let mut applier = Applier::connect(&cfg.target_dsn, &cfg.name, &cfg.origin)
                     .await
-                    .map_err(|source| LinkError::Apply { link: cfg.name.clone(), source })?;
+                    .map_err(LinkError::apply(&cfg.name))?;
                 let progress = applier
                     .progress()
                     .await
-                    .map_err(|source| LinkError::Apply { link: cfg.name.clone(), source })?;
+                    .map_err(LinkError::apply(&cfg.name))?;
                 if progress == Lsn(0) {
                     let seeded = applier
                         .seed(&cfg.source_dsn, snapshot, &cfg.tables, info.consistent_point)
@@ -411,7 +427,7 @@ pub async fn ensure_source(cfg: &LinkConfig) -> Result<(), LinkError> {
                             if let Err(e) = rc.drop_slot(&cfg.slot, false).await {
                                 tracing::error!(link = %cfg.name, slot = %cfg.slot, error = %crate::chain(&e), "Could not drop the slot of a failed seed: drop it by hand before restarting.");
                             }
-                            return Err(LinkError::Apply { link: cfg.name.clone(), source });
+                            return Err(LinkError::apply(&cfg.name)(source));
                         }
                     };
                     match rows {
@@ -441,14 +457,8 @@ pub async fn run_once(
     stop: &mut watch::Receiver<bool>,
 ) -> Result<(), LinkError> {
     let link = cfg.name.as_str();
-    let apply_err = |source| LinkError::Apply {
-        link: link.to_string(),
-        source,
-    };
-    let source_err = |source| LinkError::Source {
-        link: link.to_string(),
-        source,
-    };
+    let apply_err = LinkError::apply(link);
+    let source_err = LinkError::source(link);
     // The target (its lanes and progress) and the source's replication
     // connection at once: over a WAN, the source's round trips are the long
     // ones.
@@ -720,14 +730,8 @@ async fn apply_large(
     stop: &mut watch::Receiver<bool>,
 ) -> Result<Option<Flushed>, LinkError> {
     let link = cfg.name.as_str();
-    let apply_err = |source| LinkError::Apply {
-        link: link.to_string(),
-        source,
-    };
-    let source_err = |source| LinkError::Source {
-        link: link.to_string(),
-        source,
-    };
+    let apply_err = LinkError::apply(link);
+    let source_err = LinkError::source(link);
     let replayed = assembler.open_origin().is_some();
     tracing::info!(
         link,

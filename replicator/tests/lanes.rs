@@ -17,10 +17,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{q, until_within, DB};
+use common::{q, until_within, Running, DB};
 use ezone_chaos::postgres::PgCluster;
-use ezone_replicator::link::{ensure_source, run, LinkConfig, LinkStats};
-use tokio::sync::watch;
+use ezone_replicator::link::{ensure_source, LinkConfig, LinkStats};
 
 const ACCOUNTS: i64 = 100_000;
 const OPENING: i64 = 1000;
@@ -102,8 +101,7 @@ async fn lanes_commit_in_source_order_and_exactly_once_through_kills() {
     let stats = Arc::new(LinkStats::default());
     let mut runs: u64 = 0;
     loop {
-        let (stop_tx, stop) = watch::channel(false);
-        let task = tokio::spawn(run(cfg.clone(), stats.clone(), stop));
+        let running = Running::start(cfg.clone(), stats.clone());
         for _ in 0..3 {
             tokio::time::sleep(Duration::from_millis(60 + (runs * 41) % 120)).await;
             assert_eq!(
@@ -112,19 +110,15 @@ async fn lanes_commit_in_source_order_and_exactly_once_through_kills() {
                 "the target holds a gap in the audit or money that is not all there"
             );
         }
-        // kill -9 equivalent for the in-process link: abort the task
-        // wherever it is, lanes mid-batch and mid-commit included.
-        task.abort();
-        let _ = task.await;
-        drop(stop_tx);
+        // Lanes mid-batch and mid-commit included.
+        running.kill().await;
         runs += 1;
         if writer.is_finished() && runs >= min_runs {
             break;
         }
     }
     let written = writer.await.expect("writer");
-    let (stop_tx, stop) = watch::channel(false);
-    let task = tokio::spawn(run(cfg, stats.clone(), stop));
+    let running = Running::start(cfg, stats.clone());
     let want = q(&a, CHECKSUM).await;
     until_within(&b, CHECKSUM, &want, Duration::from_secs(90)).await;
     assert_eq!(
@@ -158,6 +152,5 @@ async fn lanes_commit_in_source_order_and_exactly_once_through_kills() {
         busy > 1,
         "the lane metrics show {busy} lane(s) with commits"
     );
-    let _ = stop_tx.send(true);
-    task.await.expect("join").expect("clean end");
+    running.stop().await;
 }

@@ -19,10 +19,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{q, until, until_within, DB};
+use common::{q, until, until_within, Running, DB};
 use ezone_chaos::postgres::PgCluster;
-use ezone_replicator::link::{ensure_source, run, LinkConfig, LinkStats};
-use tokio::sync::watch;
+use ezone_replicator::link::{ensure_source, LinkConfig, LinkStats};
 
 /// 256 KiB: a few thousand changes of a small row.
 const SMALL_LIMIT: usize = 256 * 1024;
@@ -59,8 +58,7 @@ async fn large_transactions_arrive_whole_and_only_at_their_commit() {
     let cfg = link(&a, &b, SMALL_LIMIT);
     ensure_source(&cfg).await.expect("source");
     let stats = Arc::new(LinkStats::default());
-    let (stop_tx, stop) = watch::channel(false);
-    let task = tokio::spawn(run(cfg, stats.clone(), stop));
+    let running = Running::start(cfg, stats.clone());
 
     // A large INSERT, small transactions around it.
     q(&a, "INSERT INTO items VALUES (-1, 'before')").await;
@@ -123,8 +121,7 @@ async fn large_transactions_arrive_whole_and_only_at_their_commit() {
         q(&b, "SELECT count(*) FROM ezone_replication.conflicts").await,
         "0"
     );
-    let _ = stop_tx.send(true);
-    task.await.expect("join").expect("clean stop");
+    running.stop().await;
 }
 
 #[tokio::test]
@@ -133,8 +130,7 @@ async fn a_link_stopped_inside_a_large_transaction_applies_it_once_after() {
     let cfg = link(&a, &b, SMALL_LIMIT);
     ensure_source(&cfg).await.expect("source");
     let stats = Arc::new(LinkStats::default());
-    let (stop_tx, stop) = watch::channel(false);
-    let task = tokio::spawn(run(cfg.clone(), stats.clone(), stop));
+    let running = Running::start(cfg.clone(), stats.clone());
     q(&a, "INSERT INTO items VALUES (0, 'first')").await;
     until(&b, "SELECT count(*) FROM items", "1").await;
 
@@ -158,21 +154,16 @@ async fn a_link_stopped_inside_a_large_transaction_applies_it_once_after() {
         Duration::from_secs(60),
     )
     .await;
-    let _ = stop_tx.send(true);
+    running.ask_to_stop();
     // The link waits on the lock, so the stop is seen once the lock goes:
     // rolling the holder back frees the key, the link's statement goes on,
     // then it sees the stop before the Commit (or commits first: both are
     // exactly once; the row count below tells).
     lock.batch_execute("ROLLBACK").await.expect("release");
-    tokio::time::timeout(Duration::from_secs(60), task)
-        .await
-        .expect("the link stops")
-        .expect("join")
-        .expect("clean stop");
+    running.stopped().await;
 
     // Restarted: the transaction arrives exactly once.
-    let (stop_tx, stop) = watch::channel(false);
-    let task = tokio::spawn(run(cfg, stats.clone(), stop));
+    let running = Running::start(cfg, stats.clone());
     let want = q(&a, CHECKSUM).await;
     until_within(&b, CHECKSUM, &want, Duration::from_secs(90)).await;
     assert_eq!(q(&b, "SELECT count(*) FROM items").await, "20001");
@@ -181,8 +172,7 @@ async fn a_link_stopped_inside_a_large_transaction_applies_it_once_after() {
         "0",
         "a row of the large transaction was applied twice"
     );
-    let _ = stop_tx.send(true);
-    task.await.expect("join").expect("clean stop");
+    running.stop().await;
 }
 
 #[tokio::test]
@@ -203,8 +193,7 @@ async fn memory_stays_bounded_while_a_large_update_crosses() {
     let cfg = link(&a, &b, 1024 * 1024);
     ensure_source(&cfg).await.expect("source");
     let stats = Arc::new(LinkStats::default());
-    let (stop_tx, stop) = watch::channel(false);
-    let task = tokio::spawn(run(cfg, stats.clone(), stop));
+    let running = Running::start(cfg, stats.clone());
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // Reset the peak (Linux: "5" to clear_refs), then let the UPDATE cross.
@@ -235,6 +224,5 @@ async fn memory_stays_bounded_while_a_large_update_crosses() {
         "peak RSS grew by {grew_mib} MiB while a {rows}-row UPDATE crossed: the transaction was held whole"
     );
     assert_eq!(stats.large_txns.load(Ordering::Relaxed), 1);
-    let _ = stop_tx.send(true);
-    task.await.expect("join").expect("clean stop");
+    running.stop().await;
 }

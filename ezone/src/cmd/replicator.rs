@@ -18,20 +18,15 @@ pub struct ReplicatorArgs {
     config: PathBuf,
 }
 
-/// The config's `worker_threads`, to size the runtime before it starts;
-/// `None` if the config does not load (then [`run`] reports why).
-pub fn worker_threads(args: &ReplicatorArgs) -> Option<usize> {
-    load(args).ok().map(|c| c.worker_threads)
-}
-
-fn load(args: &ReplicatorArgs) -> anyhow::Result<ReplicatorConfig> {
+/// Reads and checks the config. `main` reads it before the runtime starts,
+/// since its `worker_threads` sizes the runtime.
+pub fn load(args: &ReplicatorArgs) -> anyhow::Result<ReplicatorConfig> {
     let text = std::fs::read_to_string(&args.config)
         .with_context(|| format!("cannot read replicator config {}", args.config.display()))?;
     ReplicatorConfig::from_toml(&text).with_context(|| format!("in {}", args.config.display()))
 }
 
-pub async fn run(args: ReplicatorArgs) -> anyhow::Result<()> {
-    let cfg = load(&args)?;
+pub async fn run(cfg: ReplicatorConfig) -> anyhow::Result<()> {
     // Failpoints from FAILPOINTS (the chaos suite's tests plant a bug with
     // them; unset, nothing changes).
     // FAILPOINTS=... (a build with the `failpoints` feature only).

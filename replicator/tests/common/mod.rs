@@ -2,12 +2,15 @@
 //! uses some of them).
 #![allow(dead_code)]
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use ezone_chaos::postgres::PgCluster;
 use ezone_replicator::config::defaults;
-use ezone_replicator::link::LinkConfig;
+use ezone_replicator::link::{run, LinkConfig, LinkError, LinkStats};
 use ezone_replicator::walsender::SourceConfig;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 /// The database every test creates at each site.
 pub const DB: &str = "ezone";
@@ -63,5 +66,50 @@ pub fn beijing_to_shanghai(from: &PgCluster, to: &PgCluster, tables: &[&str]) ->
         apply_workers: defaults::APPLY_WORKERS,
         large_transaction_bytes: defaults::LARGE_TRANSACTION_BYTES,
         tables: tables.iter().map(|t| t.to_string()).collect(),
+    }
+}
+
+/// A link running in a task of the test (`link::run`), with its stop
+/// switch.
+pub struct Running {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<Result<(), LinkError>>,
+}
+
+impl Running {
+    /// Starts `cfg`, counting into `stats` (the caller keeps a handle to
+    /// read them, and may hand the same one to a later run).
+    pub fn start(cfg: LinkConfig, stats: Arc<LinkStats>) -> Running {
+        let (stop, rx) = watch::channel(false);
+        Running {
+            stop,
+            task: tokio::spawn(run(cfg, stats, rx)),
+        }
+    }
+
+    /// Asks the link to stop (it sees it between transactions).
+    pub fn ask_to_stop(&self) {
+        let _ = self.stop.send(true);
+    }
+
+    /// Waits until the link has stopped: cleanly, within a minute.
+    pub async fn stopped(self) {
+        tokio::time::timeout(Duration::from_secs(60), self.task)
+            .await
+            .expect("the link stops")
+            .expect("join")
+            .expect("clean stop");
+    }
+
+    /// Asks the link to stop and waits until it has.
+    pub async fn stop(self) {
+        self.ask_to_stop();
+        self.stopped().await;
+    }
+
+    /// kill -9 for an in-process link: the task is aborted wherever it is.
+    pub async fn kill(self) {
+        self.task.abort();
+        let _ = self.task.await;
     }
 }
