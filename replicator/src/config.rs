@@ -24,8 +24,14 @@ pub mod defaults {
     /// this is applied as it arrives, in chunks inside one open target
     /// transaction, instead of being held whole (see `link`'s module docs):
     /// a link's memory stays bounded whatever size the source's
-    /// transactions are. 64 MiB is about 60,000 changes of a small row.
-    pub const LARGE_TRANSACTION_BYTES: usize = 64 * 1024 * 1024;
+    /// transactions are. 16 MiB is about 65,000 changes of a small row.
+    /// A transaction held whole is also applied whole, and the statements
+    /// that apply it take about twice what it does: measured (2026-12-04),
+    /// a 200,000-row UPDATE held whole (estimated 48 MiB) raised the peak
+    /// memory by 140 MiB, so the peak is about 3x this per link. At 64 MiB
+    /// (the earlier default) a 2,000,000-row UPDATE took the replicator to
+    /// 215 MB.
+    pub const LARGE_TRANSACTION_BYTES: usize = 16 * 1024 * 1024;
     /// Target connections each link applies over (`apply_workers`): batches
     /// that touch disjoint rows run side by side, and commit in source order
     /// (`lanes.rs`). One by default: measured on 2026-12-04 with `ezone
@@ -51,6 +57,24 @@ pub mod defaults {
     pub const MAX_WORKER_THREADS: usize = 64;
     /// The least `large_transaction_bytes` accepted.
     pub const MIN_LARGE_TRANSACTION_BYTES: usize = 64 * 1024;
+    /// Ask each source to stream transactions that outgrow its
+    /// `logical_decoding_work_mem` before their commit (`streaming`). Off
+    /// by default: measured with `ezone bench replicator --large-rows
+    /// 2000000` (2026-12-04, 2 cores, TLS), a 2,000,000-row UPDATE was
+    /// applied at the target 14.2 s after the source's commit without
+    /// streaming (the link applies it while the source sends it) and 20.9 s
+    /// with it (the link applies it from its spool once the commit
+    /// arrives, and the stream was still catching up with the source);
+    /// native logical replication took 17.6 / 17.8 s. On, the source does
+    /// not spill the transaction to its own disk (311 MB there without
+    /// streaming): the replicator's host keeps it instead.
+    pub const STREAMING: bool = false;
+
+    /// Where streamed transactions wait for their commit (`spool_dir`):
+    /// the system's temporary directory (`TMPDIR`, else `/tmp`).
+    pub fn spool_dir() -> std::path::PathBuf {
+        std::env::temp_dir()
+    }
 }
 
 /// The whole file.
@@ -102,6 +126,16 @@ pub struct ReplicatorConfig {
     /// ([`defaults::LARGE_TRANSACTION_BYTES`]).
     #[serde(default = "d_large_transaction_bytes")]
     pub large_transaction_bytes: usize,
+    /// Have each source stream a transaction larger than its
+    /// `logical_decoding_work_mem` before its commit (protocol version 2,
+    /// Postgres 14 and later), kept in `spool_dir` until it commits
+    /// ([`defaults::STREAMING`]).
+    #[serde(default = "d_streaming")]
+    pub streaming: bool,
+    /// The directory streamed transactions wait in (in unnamed files,
+    /// gone with the process) ([`defaults::spool_dir`]).
+    #[serde(default)]
+    pub spool_dir: Option<std::path::PathBuf>,
     /// Target connections each link applies over
     /// ([`defaults::APPLY_WORKERS`]); 1 applies one batch at a time.
     #[serde(default = "d_apply_workers")]
@@ -110,6 +144,10 @@ pub struct ReplicatorConfig {
     /// ([`defaults::WORKER_THREADS`]).
     #[serde(default = "d_worker_threads")]
     pub worker_threads: usize,
+}
+
+fn d_streaming() -> bool {
+    defaults::STREAMING
 }
 
 fn d_worker_threads() -> usize {
@@ -167,6 +205,13 @@ fn err(field: &str, problem: impl Into<String>) -> ConfigError {
 }
 
 impl ReplicatorConfig {
+    /// The spool directory of each link when `streaming` is on, else `None`
+    /// ([`crate::link::LinkConfig::streaming`]).
+    pub fn link_streaming(&self) -> Option<std::path::PathBuf> {
+        self.streaming
+            .then(|| self.spool_dir.clone().unwrap_or_else(defaults::spool_dir))
+    }
+
     pub fn from_toml(text: &str) -> Result<ReplicatorConfig, ConfigError> {
         let c: ReplicatorConfig = toml::from_str(text).map_err(|e| err("(file)", e.to_string()))?;
         c.validate()?;
@@ -215,6 +260,27 @@ impl ReplicatorConfig {
                     defaults::LARGE_TRANSACTION_BYTES
                 ),
             ));
+        }
+        if let Some(dir) = &self.spool_dir {
+            if !dir.is_absolute() {
+                return Err(err(
+                    "spool_dir",
+                    format!(
+                        "{} is not an absolute path: give the directory from the root",
+                        dir.display()
+                    ),
+                ));
+            }
+            if !dir.is_dir() {
+                return Err(err(
+                    "spool_dir",
+                    format!(
+                        "{} is not a directory here: create it (writable by the replicator) or \
+                         leave spool_dir out for the system's temporary directory",
+                        dir.display()
+                    ),
+                ));
+            }
         }
         for (i, t) in self.tables.iter().enumerate() {
             let ok = !t.is_empty()
@@ -340,6 +406,34 @@ mod tests {
             let e = at(bad).unwrap_err();
             assert_eq!(e.field, "worker_threads", "{bad}");
             assert!(e.problem.contains("between 1 and 64"), "{}", e.problem);
+        }
+    }
+
+    #[test]
+    fn streaming_is_off_unless_asked_for_and_spools_in_the_temporary_directory() {
+        let c = ReplicatorConfig::from_toml(MIN).unwrap();
+        assert_eq!(c.link_streaming(), None, "off by default");
+        let with = |line: &str| {
+            ReplicatorConfig::from_toml(&MIN.replace("[topology]", &format!("{line}\n[topology]")))
+        };
+        assert_eq!(
+            with("streaming = true").unwrap().link_streaming(),
+            Some(std::env::temp_dir())
+        );
+        let dir = std::env::temp_dir();
+        let c = with(&format!(
+            "streaming = true\nspool_dir = {:?}",
+            dir.display().to_string()
+        ))
+        .unwrap();
+        assert_eq!(c.link_streaming(), Some(dir));
+        for (bad, why) in [
+            ("spool_dir = \"spool\"", "absolute"),
+            ("spool_dir = \"/no/such/ezone/spool\"", "not a directory"),
+        ] {
+            let e = with(bad).unwrap_err();
+            assert_eq!(e.field, "spool_dir", "{bad}");
+            assert!(e.problem.contains(why), "{}", e.problem);
         }
     }
 

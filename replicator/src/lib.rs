@@ -39,6 +39,7 @@ pub mod repair;
 pub mod service;
 pub mod site_ops;
 pub mod site_report;
+pub mod spool;
 pub mod sql;
 pub mod txn;
 pub mod walsender;

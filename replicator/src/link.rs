@@ -31,7 +31,8 @@ use tokio_postgres::types::Type;
 use crate::apply::{Applier, ApplyError, Ownership, Turn};
 use crate::confirm::ConfirmTracker;
 use crate::lsn::Lsn;
-use crate::pgoutput::{self, DecodeError};
+use crate::pgoutput::{self, DecodeError, LogicalMessage};
+use crate::spool::{Outcome, Replay, Spool, SpoolError};
 use crate::txn::{AssembleError, Assembler, Event, SourceTxn};
 use crate::walsender::{ReplicationConn, SourceConfig, SourceError, StreamEvent};
 use futures::stream::FuturesOrdered;
@@ -63,6 +64,12 @@ pub struct LinkConfig {
     /// bytes is applied as it arrives, not held whole
     /// ([`crate::config::defaults::LARGE_TRANSACTION_BYTES`]).
     pub large_transaction_bytes: usize,
+    /// `Some(dir)`: the source streams a transaction that outgrows its
+    /// `logical_decoding_work_mem` before its commit (protocol version 2),
+    /// and the link keeps it in unnamed files in `dir` until then
+    /// ([`crate::spool`]); `None`: the source sends each transaction at its
+    /// commit (version 1), holding a large one in its own memory and disk.
+    pub streaming: Option<std::path::PathBuf>,
 }
 
 /// Counters for metrics and tests.
@@ -77,6 +84,13 @@ pub struct LinkStats {
     /// Source transactions too large to hold whole, applied as they arrived
     /// ([`LinkConfig::large_transaction_bytes`]).
     pub large_txns: AtomicU64,
+    /// Source transactions streamed before their commit
+    /// ([`LinkConfig::streaming`]) that committed, and that aborted.
+    pub streamed_txns: AtomicU64,
+    pub streamed_aborts: AtomicU64,
+    /// Bytes of streamed transactions kept on disk now, waiting for their
+    /// commit.
+    pub spooled_bytes: AtomicU64,
     pub conflicts: AtomicU64,
     pub markers: AtomicU64,
     pub restarts: AtomicU64,
@@ -254,6 +268,12 @@ pub enum LinkError {
         #[source]
         source: AssembleError,
     },
+    #[error("link {link}: a transaction streamed before its commit: {source}")]
+    Spool {
+        link: String,
+        #[source]
+        source: SpoolError,
+    },
     #[error("link {link}: setting up the source: {detail}")]
     Setup { link: String, detail: String },
     /// A table the link replicates has no primary key at the source: it
@@ -283,12 +303,21 @@ impl LinkError {
         }
     }
 
+    /// Wraps link `link`'s spool errors (for `map_err`).
+    fn spool(link: &str) -> impl Fn(SpoolError) -> LinkError + Copy + '_ {
+        move |source| LinkError::Spool {
+            link: link.to_string(),
+            source,
+        }
+    }
+
     /// Transient errors restart the link; definite ones stop it.
     pub fn is_transient(&self) -> bool {
         match self {
             LinkError::Source { source, .. } => source.is_transient(),
             LinkError::Apply { source, .. } => source.is_transient(),
             LinkError::Setup { .. } => true,
+            LinkError::Spool { source, .. } => source.is_transient(),
             LinkError::Decode { .. }
             | LinkError::Assemble { .. }
             | LinkError::NoSourceKey { .. } => false,
@@ -489,6 +518,7 @@ pub async fn run_once(
             start,
             std::slice::from_ref(&cfg.publication),
             true,
+            cfg.streaming.is_some(),
         )
         .await
         .map_err(source_err)?;
@@ -497,6 +527,12 @@ pub async fn run_once(
     stats.lane_count.store(lane_count as u64, Ordering::Relaxed);
     tracing::info!(link, start = %start, lanes = lane_count, "Link streaming.");
     let mut assembler = Assembler::new();
+    // Transactions the source streams before their commit, kept aside
+    // until then (only asked for with `streaming`; a version 1 stream
+    // never frames a block).
+    let mut spool = Spool::new(cfg.streaming.as_deref());
+    // What an earlier stream had kept went with it.
+    stats.spooled_bytes.store(0, Ordering::Relaxed);
     // Consecutive transactions already received are applied together in one
     // target transaction (see `Applier::apply_batch`): a busy source's many
     // small transactions cost one BEGIN/COMMIT per batch, not each. Batches
@@ -613,7 +649,14 @@ pub async fn run_once(
         match ev {
             StreamEvent::XLogData { data, wal_end, .. } => {
                 LinkStats::raise(&stats.source_wal_end, wal_end.0);
-                let event = assemble(link, &mut assembler, &data)?;
+                // A streamed transaction's commit gives it back to read
+                // (`replay`): whole into the assembler, or as far as
+                // `large_transaction_bytes` and the rest as it is applied.
+                let (event, mut replay) = if spool.takes(&data) {
+                    spooled(cfg, stats, &mut spool, &mut assembler, &data)?
+                } else {
+                    (assemble(link, &mut assembler, &data)?, None)
+                };
                 if let Some(Event::Txn(txn)) = event {
                     batch.push(txn);
                     confirm.received();
@@ -638,9 +681,12 @@ pub async fn run_once(
                         unreachable!("every lane is free once nothing is in flight");
                     };
                     let began = Instant::now();
+                    let feed = match replay.as_mut() {
+                        Some(r) => Feed::Replay(r),
+                        None => Feed::Stream(&mut stream),
+                    };
                     let done =
-                        apply_large(cfg, &mut a, &mut stream, &mut assembler, own, stats, stop)
-                            .await;
+                        apply_large(cfg, &mut a, feed, &mut assembler, own, stats, stop).await;
                     if matches!(done, Ok(Some(_))) {
                         stats.lane(a.lane()).committed(began);
                     }
@@ -663,7 +709,11 @@ pub async fn run_once(
                 // what is being applied) is applied, and the source may free
                 // that WAL. Never inside a transaction: its commit is not
                 // applied yet.
-                if let Some(to) = confirm.keepalive(wal_end, assembler.in_transaction()) {
+                // Nor inside a block of a streamed transaction (what came
+                // before the block is sent, but be as strict as inside a
+                // transaction).
+                let inside = assembler.in_transaction() || spool.in_block();
+                if let Some(to) = confirm.keepalive(wal_end, inside) {
                     caught_up(stats, &mut stream, to);
                 }
             }
@@ -702,10 +752,89 @@ fn assemble(
         link: link.to_string(),
         source,
     })?;
+    push(link, assembler, msg)
+}
+
+/// Feeds one decoded message to `assembler`.
+fn push(
+    link: &str,
+    assembler: &mut Assembler,
+    msg: LogicalMessage,
+) -> Result<Option<Event>, LinkError> {
     assembler.push(msg).map_err(|source| LinkError::Assemble {
         link: link.to_string(),
         source,
     })
+}
+
+/// Hands one message of a streamed block (or its framing) to `spool`: the
+/// event of a streamed transaction that committed and is small enough to
+/// be read back whole, or its [`Replay`] with `assembler` holding it open
+/// once it is not.
+fn spooled(
+    cfg: &LinkConfig,
+    stats: &LinkStats,
+    spool: &mut Spool,
+    assembler: &mut Assembler,
+    data: &[u8],
+) -> Result<(Option<Event>, Option<Replay>), LinkError> {
+    let link = cfg.name.as_str();
+    let outcome = spool.push(data).map_err(LinkError::spool(link));
+    stats.spooled_bytes.store(spool.bytes(), Ordering::Relaxed);
+    match outcome? {
+        Outcome::Kept => Ok((None, None)),
+        Outcome::Aborted { whole, .. } => {
+            if whole {
+                stats.streamed_aborts.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok((None, None))
+        }
+        Outcome::Committed(mut r) => {
+            stats.streamed_txns.fetch_add(1, Ordering::Relaxed);
+            match replay_into(link, assembler, &mut r, cfg.large_transaction_bytes)? {
+                Some(event) => Ok((Some(event), None)),
+                None => Ok((None, Some(r))),
+            }
+        }
+    }
+}
+
+/// Reads a committed streamed transaction back into `assembler`: its whole
+/// event, or `None` once its changes outgrow `large` (the assembler then
+/// holds it open, and the rest is read from `replay` as it is applied).
+fn replay_into(
+    link: &str,
+    assembler: &mut Assembler,
+    replay: &mut Replay,
+    large: usize,
+) -> Result<Option<Event>, LinkError> {
+    loop {
+        let Some(msg) = replay.next_message().map_err(LinkError::spool(link))? else {
+            return Err(replay_without_commit(link));
+        };
+        if let Some(event) = push(link, assembler, msg)? {
+            return Ok(Some(event));
+        }
+        if assembler.open_bytes() > large {
+            return Ok(None);
+        }
+    }
+}
+
+/// A replay ends with its Commit (which makes the event), so this cannot
+/// happen; a definite error if it does.
+fn replay_without_commit(link: &str) -> LinkError {
+    LinkError::Spool {
+        link: link.to_string(),
+        source: SpoolError::Framing("a streamed transaction read back without its commit".into()),
+    }
+}
+
+/// Where a large transaction's messages come from: the stream (sent at its
+/// commit), or a streamed transaction read back from the spool.
+enum Feed<'s> {
+    Stream(&'s mut crate::walsender::ReplicationStream),
+    Replay(&'s mut Replay),
 }
 
 /// Applies the open source transaction, too large to hold whole
@@ -723,7 +852,7 @@ fn assemble(
 async fn apply_large(
     cfg: &LinkConfig,
     applier: &mut Applier,
-    stream: &mut crate::walsender::ReplicationStream,
+    mut feed: Feed<'_>,
     assembler: &mut Assembler,
     own: &Ownership,
     stats: &LinkStats,
@@ -756,37 +885,56 @@ async fn apply_large(
         }
         // Read on until another part's worth is there, or the Commit.
         let txn = loop {
-            let ev = tokio::select! {
-                // A stop first: the open target transaction is dropped and
-                // the transaction sent again after a restart.
-                biased;
-                _ = stop.wait_for(|s| *s) => return Ok(None),
-                ev = stream.next() => ev.map_err(source_err)?,
-            };
-            let Some(ev) = ev else {
-                return Err(stream_ended(cfg, stream, "streaming a large transaction"));
-            };
-            stats.heard_from_source();
-            match ev {
-                StreamEvent::XLogData { data, wal_end, .. } => {
-                    LinkStats::raise(&stats.source_wal_end, wal_end.0);
-                    match assemble(link, assembler, &data)? {
-                        Some(Event::Txn(txn)) => break Some(txn),
-                        // Not inside a transaction's changes; nothing to do
-                        // with one, as in the main loop.
-                        Some(Event::Message(_)) => {}
-                        None => {
-                            if assembler.open_changes() >= MAX_BATCH_ROWS
-                                || assembler.open_bytes() >= cfg.large_transaction_bytes
-                            {
-                                break None;
-                            }
+            let msg = match &mut feed {
+                Feed::Stream(stream) => {
+                    let ev = tokio::select! {
+                        // A stop first: the open target transaction is
+                        // dropped and the transaction sent again after a
+                        // restart.
+                        biased;
+                        _ = stop.wait_for(|s| *s) => return Ok(None),
+                        ev = stream.next() => ev.map_err(source_err)?,
+                    };
+                    let Some(ev) = ev else {
+                        return Err(stream_ended(cfg, stream, "streaming a large transaction"));
+                    };
+                    stats.heard_from_source();
+                    match ev {
+                        StreamEvent::XLogData { data, wal_end, .. } => {
+                            LinkStats::raise(&stats.source_wal_end, wal_end.0);
+                            pgoutput::decode(&data).map_err(|source| LinkError::Decode {
+                                link: link.to_string(),
+                                source,
+                            })?
+                        }
+                        // Inside a transaction: nothing to confirm.
+                        StreamEvent::Keepalive { wal_end, .. } => {
+                            LinkStats::raise(&stats.source_wal_end, wal_end.0);
+                            continue;
                         }
                     }
                 }
-                // Inside a transaction: nothing to confirm.
-                StreamEvent::Keepalive { wal_end, .. } => {
-                    LinkStats::raise(&stats.source_wal_end, wal_end.0);
+                Feed::Replay(replay) => {
+                    if *stop.borrow() {
+                        return Ok(None);
+                    }
+                    match replay.next_message().map_err(LinkError::spool(link))? {
+                        Some(msg) => msg,
+                        None => return Err(replay_without_commit(link)),
+                    }
+                }
+            };
+            match push(link, assembler, msg)? {
+                Some(Event::Txn(txn)) => break Some(txn),
+                // Not inside a transaction's changes; nothing to do
+                // with one, as in the main loop.
+                Some(Event::Message(_)) => {}
+                None => {
+                    if assembler.open_changes() >= MAX_BATCH_ROWS
+                        || assembler.open_bytes() >= cfg.large_transaction_bytes
+                    {
+                        break None;
+                    }
                 }
             }
         };

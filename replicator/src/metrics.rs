@@ -99,6 +99,22 @@ fn defs() -> Vec<Def> {
             |s| Value::Count(s.large_txns.load(Ordering::Relaxed)),
         ),
         counter(
+            "streamed_transactions",
+            "Source transactions streamed before their commit (streaming) that committed and were applied (or skipped by loop prevention)",
+            |s| Value::Count(s.streamed_txns.load(Ordering::Relaxed)),
+        ),
+        counter(
+            "streamed_aborts",
+            "Source transactions streamed before their commit that aborted at the source (what was kept of them is dropped)",
+            |s| Value::Count(s.streamed_aborts.load(Ordering::Relaxed)),
+        ),
+        gauge(
+            "spooled",
+            Some(Unit::Bytes),
+            "Bytes of streamed source transactions kept in spool_dir, waiting for their commit",
+            |s| Value::Int(i64::try_from(s.spooled_bytes.load(Ordering::Relaxed)).unwrap_or(i64::MAX)),
+        ),
+        counter(
             "conflicts",
             "Conflicts recorded at the target (ezone_replication.conflicts)",
             |s| Value::Count(s.conflicts.load(Ordering::Relaxed)),
@@ -321,6 +337,9 @@ mod tests {
         a.heard_from_source();
         a.lane_count.store(2, Ordering::Relaxed);
         a.held_back_batches.store(5, Ordering::Relaxed);
+        a.streamed_txns.store(9, Ordering::Relaxed);
+        a.streamed_aborts.store(2, Ordering::Relaxed);
+        a.spooled_bytes.store(4096, Ordering::Relaxed);
         a.lanes[0].batches.store(6, Ordering::Relaxed);
         a.lanes[0].busy_us.store(1_500_000, Ordering::Relaxed);
         a.lanes[1].batches.store(1, Ordering::Relaxed);
@@ -352,6 +371,9 @@ mod tests {
             ("ezone_replicator_streaming", 1.0),
             ("ezone_replicator_lanes", 2.0),
             ("ezone_replicator_held_back_batches_total", 5.0),
+            ("ezone_replicator_streamed_transactions_total", 9.0),
+            ("ezone_replicator_streamed_aborts_total", 2.0),
+            ("ezone_replicator_spooled_bytes", 4096.0),
         ] {
             assert_eq!(e.value(name, &ab), Some(want), "{name}:\n{text}");
         }

@@ -297,6 +297,7 @@ impl LinkFactory {
             origin: origin_name(name),
             apply_workers: cfg.apply_workers,
             large_transaction_bytes: cfg.large_transaction_bytes,
+            streaming: cfg.link_streaming(),
             tables: cfg.tables.clone(),
         };
         let own = Ownership {

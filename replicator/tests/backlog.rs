@@ -68,6 +68,7 @@ async fn a_backlog_drained_through_many_aborts_lands_exactly_once() {
         origin: "ezone_from_beijing".into(),
         apply_workers: ezone_replicator::config::defaults::APPLY_WORKERS,
         large_transaction_bytes: ezone_replicator::config::defaults::LARGE_TRANSACTION_BYTES,
+        streaming: None,
         tables: vec![
             "public.accounts".into(),
             "public.branches".into(),

@@ -30,6 +30,7 @@ fn link(name: &str, from: &PgCluster, to: &PgCluster, from_site: &str) -> LinkCo
         origin: format!("ezone_from_{from_site}"),
         apply_workers: ezone_replicator::config::defaults::APPLY_WORKERS,
         large_transaction_bytes: ezone_replicator::config::defaults::LARGE_TRANSACTION_BYTES,
+        streaming: None,
         tables: vec!["public.orders".into()],
     }
 }

@@ -38,6 +38,7 @@ fn link(from: &PgCluster, from_site: &str, to: &PgCluster, to_site: &str) -> Lin
         origin: origin_name(from_site),
         apply_workers: ezone_replicator::config::defaults::APPLY_WORKERS,
         large_transaction_bytes: ezone_replicator::config::defaults::LARGE_TRANSACTION_BYTES,
+        streaming: None,
         tables: TABLES.iter().map(|t| t.to_string()).collect(),
     }
 }

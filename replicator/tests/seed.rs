@@ -24,6 +24,7 @@ fn link(from: &PgCluster, to: &PgCluster) -> LinkConfig {
         origin: "ezone_from_beijing".into(),
         apply_workers: ezone_replicator::config::defaults::APPLY_WORKERS,
         large_transaction_bytes: ezone_replicator::config::defaults::LARGE_TRANSACTION_BYTES,
+        streaming: None,
         tables: vec!["public.orders".into()],
     }
 }

@@ -64,6 +64,7 @@ async fn links_out_of_one_source_starting_together_share_the_publication() {
                 apply_workers: ezone_replicator::config::defaults::APPLY_WORKERS,
                 large_transaction_bytes:
                     ezone_replicator::config::defaults::LARGE_TRANSACTION_BYTES,
+                streaming: None,
                 tables: vec!["public.orders".into()],
             }
         };

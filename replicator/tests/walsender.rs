@@ -198,7 +198,13 @@ async fn streams_changes_and_messages_from_an_exported_snapshot() {
     );
 
     let mut stream = conn
-        .start_logical("ws_stream", slot.consistent_point, &publications(), true)
+        .start_logical(
+            "ws_stream",
+            slot.consistent_point,
+            &publications(),
+            true,
+            false,
+        )
         .await
         .expect("START_REPLICATION");
     psql(&pg, "INSERT INTO t VALUES (4, 'x'), (5, 'y')").await;
@@ -246,7 +252,7 @@ async fn confirmed_position_advances_and_never_goes_back() {
     assert_eq!(slot.snapshot_name, None);
     let initial = confirmed_flush(&pg, "ws_confirm").await;
     let mut stream = conn
-        .start_logical("ws_confirm", Lsn::INVALID, &publications(), false)
+        .start_logical("ws_confirm", Lsn::INVALID, &publications(), false, false)
         .await
         .unwrap();
 
@@ -316,7 +322,7 @@ async fn keepalives_keep_an_idle_stream_alive() {
         .await
         .unwrap();
     let mut stream = conn
-        .start_logical("ws_keepalive", Lsn::INVALID, &publications(), false)
+        .start_logical("ws_keepalive", Lsn::INVALID, &publications(), false, false)
         .await
         .unwrap();
 
@@ -464,7 +470,7 @@ async fn errors_are_definite_or_transient() {
     // A missing slot: definite, and the message names it.
     let conn = connect(&config).await;
     let err = conn
-        .start_logical("no_such_slot", Lsn::INVALID, &publications(), false)
+        .start_logical("no_such_slot", Lsn::INVALID, &publications(), false, false)
         .await
         .expect_err("the slot does not exist");
     assert_eq!(err.sqlstate(), Some("42704"), "{err}");
@@ -527,7 +533,13 @@ async fn errors_are_definite_or_transient() {
         .await
         .unwrap();
     let mut stream = conn
-        .start_logical("ws_nopub", Lsn::INVALID, &["nopub".to_owned()], false)
+        .start_logical(
+            "ws_nopub",
+            Lsn::INVALID,
+            &["nopub".to_owned()],
+            false,
+            false,
+        )
         .await
         .unwrap();
     psql(&pg, "INSERT INTO t VALUES (1, 'a')").await;
@@ -557,7 +569,7 @@ async fn errors_are_definite_or_transient() {
         .await
         .expect("DROP_REPLICATION_SLOT WAIT");
     let mut stream = conn
-        .start_logical("ws_errors", Lsn::INVALID, &publications(), false)
+        .start_logical("ws_errors", Lsn::INVALID, &publications(), false, false)
         .await
         .unwrap();
     psql(&pg, "INSERT INTO t VALUES (2, 'b')").await;
@@ -586,7 +598,7 @@ async fn a_silent_server_times_out_as_transient() {
         .await
         .unwrap();
     let mut stream = conn
-        .start_logical("ws_silent", Lsn::INVALID, &publications(), false)
+        .start_logical("ws_silent", Lsn::INVALID, &publications(), false, false)
         .await
         .unwrap();
     // Alive and idle: the status updates ask for replies, so no timeout.

@@ -2,7 +2,9 @@
 //! schedules, with traffic, judged from the sites' data. The quick profile:
 //! three fixed seeds that between them draw every fault kind (at 60 s and
 //! an 8 s quiet period: checked by `the_fixed_seeds_draw_every_kind`), and
-//! one seed drawn per run and printed (`EZONE_CHAOS_SEED` pins it). A
+//! one seed drawn per run and printed (`EZONE_CHAOS_SEED` pins it). Each
+//! run also writes large transactions, streamed before their commit, and
+//! must have committed some. A
 //! failure prints the run's report, whose last line is the replay command.
 //! Many seeds, longer: `make chaos-long` (`ezone chaos sweep`).
 
@@ -61,6 +63,17 @@ fn assert_ok(seed: u64) {
         "seed {seed}:\n{text}"
     );
     assert!(text.contains("replay: ezone chaos run --seed"), "{text}");
+    // Large transactions were streamed under the faults, not only planned.
+    let committed = text
+        .lines()
+        .find_map(|l| l.strip_prefix("large transactions ("))
+        .and_then(|l| l.split("): ").nth(1))
+        .and_then(|l| l.split(' ').next())
+        .and_then(|n| n.parse::<u32>().ok());
+    assert!(
+        committed.is_some_and(|n| n > 0),
+        "seed {seed}: no large transaction committed during the run\n{text}"
+    );
 }
 
 #[test]

@@ -11,7 +11,8 @@
 //!   its applier talks to (found by `application_name`), and its source
 //!   walsender (the slot's `active_pid`).
 //! - **native**: `CREATE SUBSCRIPTION .. WITH (copy_data = false,
-//!   create_slot = true, enabled = false)` at the target, then `ALTER
+//!   create_slot = true, enabled = false, streaming = on|off)` (as ezone's
+//!   `streaming`) at the target, then `ALTER
 //!   SUBSCRIPTION .. ENABLE`. CPU: the apply worker (`pg_stat_subscription`)
 //!   and its source walsender (the slot's `active_pid`). Stopped with
 //!   `DISABLE`, then `DROP SUBSCRIPTION` (which drops the source slot); see
@@ -91,6 +92,8 @@ pub struct RunPlace<'a> {
     pub apply_workers: usize,
     /// The replicator's runtime threads (`worker_threads`).
     pub worker_threads: usize,
+    /// ezone's `streaming` and the subscription's (pglogical has none).
+    pub streaming: bool,
 }
 
 /// A process whose CPU counts as the consumer's.
@@ -186,12 +189,13 @@ impl Consumer {
                 let text = format!(
                     "site = {dst:?}\ntables = {tables:?}\npublication = {PUBLICATION:?}\n\
                      target_dsn = {target_dsn:?}\napply_workers = {workers}\n\
-                     worker_threads = {threads}\n\
+                     worker_threads = {threads}\nstreaming = {streaming}\n\
                      [topology]\nfile = {file:?}\n\
                      [admin]\nlisten = \"127.0.0.1:0\"\n[sources.{src}]\ndsn = {source:?}\n",
                     tables = TABLES,
                     workers = at.apply_workers,
                     threads = at.worker_threads,
+                    streaming = at.streaming,
                     file = topology.display().to_string(),
                     source = at.source_dsn,
                 );
@@ -210,8 +214,10 @@ impl Consumer {
                     at.db,
                     &format!(
                         "CREATE SUBSCRIPTION {subscription} CONNECTION '{}' PUBLICATION {PUBLICATION} \
-                         WITH (copy_data = false, create_slot = true, enabled = false)",
-                        at.source_dsn
+                         WITH (copy_data = false, create_slot = true, enabled = false, \
+                         streaming = {})",
+                        at.source_dsn,
+                        if at.streaming { "on" } else { "off" }
                     ),
                 )
                 .await?;
@@ -345,7 +351,7 @@ impl Consumer {
     }
 
     /// The source slot this consumer reads.
-    fn slot(&self) -> String {
+    pub fn slot(&self) -> String {
         match self {
             Consumer::Ezone { slot, .. } => slot.clone(),
             // A subscription's slot is named after it by default.

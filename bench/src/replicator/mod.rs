@@ -47,7 +47,18 @@
 //!    CPU over the phase (until an end mark is applied) per 10k rows.
 //!    Each process's peak resident set (`VmHWM`) is read at the end of
 //!    each phase: a Postgres process's counts the shared buffers it touched.
-//! 3. Both phases **direct** (the consumer dials the source's port) and
+//! 3. **One large transaction.** `bulk` holds `--large-rows` rows at both
+//!    sites from the start (written before the slot exists, so not
+//!    replicated); with the consumer caught up, one transaction updates
+//!    every row and inserts a mark last. *visible s* = the source's COMMIT
+//!    returned → the mark applied at the target (just before the target's
+//!    commit). The source's work for the slot over the phase is read from
+//!    `pg_stat_replication_slots`: bytes spilled to its disk and bytes
+//!    streamed before the commit. With `--streaming on` ezone and the
+//!    subscription both ask for transactions to be streamed before their
+//!    commit (off by default, as both systems' defaults are); pglogical
+//!    cannot.
+//! 4. All phases **direct** (the consumer dials the source's port) and
 //!    across the **WAN** (`--wan-rtt`, half each way, through the in-process
 //!    fault proxy). Only the consumer's source connection crosses it; the
 //!    load is local to the source, the apply local to the target.
@@ -73,8 +84,10 @@
 //!   (checks each row count) and advances its origin with an explicit
 //!   `pg_replication_origin_xact_setup` statement; native does both inside.
 //!   Both use the text protocol of pgoutput (`binary = false`, native's
-//!   default), no streaming of in-progress transactions (native's default
-//!   in 15; these transactions are small anyway).
+//!   default), and the same `--streaming` (the workload's transactions are
+//!   small: only the large transaction is ever streamed). Streamed, native's
+//!   apply worker (Postgres 15) writes it to files and applies it at the
+//!   commit, as ezone does.
 //! - **Startup.** *drain s* includes starting the consumer: exec'ing the
 //!   replicator and reading its topology file, versus the launcher forking
 //!   an apply worker. *start s* shows how much that is; *rows/s (apply)*
@@ -120,8 +133,9 @@ use crate::cpu;
 use consumer::{Consumer, Proc, RunPlace};
 use stats::{parse_integer_lines, per_second, ratio, summarise_lag, LagSummary};
 use workload::{
-    mark_seen_sql, mark_sql, pgbench_script, source_schema_sql, sql, target_schema_sql, Pace,
-    Pgbench, CHECKSUM_SQL, LAG_MICROS_SQL, ROWS_PER_TXN, TARGET_HISTORY_TRIGGER_SQL,
+    bulk_fill_sql, large_txn_sql, mark_seen_sql, mark_sql, pgbench_script, slot_spill_stream_sql,
+    source_schema_sql, sql, target_schema_sql, Pace, Pgbench, CHECKSUM_SQL, LAG_MICROS_SQL,
+    ROWS_PER_TXN, TARGET_HISTORY_TRIGGER_SQL,
 };
 
 pub use consumer::System;
@@ -132,6 +146,8 @@ mod workload;
 
 /// Defaults of a full run (about 2-3 minutes on a 2-core machine).
 const BACKLOG_TXNS: u64 = 20_000;
+const LARGE_ROWS: u64 = 500_000;
+const QUICK_LARGE_ROWS: u64 = 20_000;
 const STEADY: Duration = Duration::from_secs(20);
 /// Defaults of `--quick` (about 30 s).
 const QUICK_BACKLOG_TXNS: u64 = 2_000;
@@ -198,6 +214,15 @@ pub struct ReplicatorBench {
     /// the replicator's default].
     #[arg(long)]
     pub worker_threads: Option<usize>,
+    /// Rows of the one large transaction (an UPDATE of every `bulk` row);
+    /// 0 leaves the phase out [default: 500000; 20000 with --quick].
+    #[arg(long)]
+    pub large_rows: Option<u64>,
+    /// Whether ezone (`streaming`) and the native subscription (`streaming
+    /// = on`) have the source stream large transactions before their commit
+    /// (off: both systems' default).
+    #[arg(long, default_value = "off", value_parser = on_off, action = clap::ArgAction::Set)]
+    pub streaming: bool,
     /// Print a JSON object instead of the tables.
     #[arg(long)]
     pub json: bool,
@@ -220,6 +245,10 @@ pub struct Params {
     tls: bool,
     /// ezone's lanes (`apply_workers`).
     apply_workers: usize,
+    /// Rows of the large transaction (0: no such phase).
+    large_rows: u64,
+    /// Streaming of transactions before their commit, for ezone and native.
+    streaming: bool,
     /// The replicator's runtime threads (`worker_threads`).
     worker_threads: usize,
     /// Both clusters preload pglogical (it is one of the systems), for
@@ -308,6 +337,12 @@ impl Params {
             rows_per_txn: ROWS_PER_TXN,
             tls: !a.plain_tcp,
             apply_workers,
+            large_rows: a.large_rows.unwrap_or(if a.quick {
+                QUICK_LARGE_ROWS
+            } else {
+                LARGE_ROWS
+            }),
+            streaming: a.streaming,
             worker_threads,
             pglogical_loaded,
             wan_rtt: a.wan_rtt,
@@ -321,6 +356,15 @@ impl Params {
             Variant::Direct => "direct".to_string(),
             Variant::Wan => format!("wan {}ms", fmt_num(self.wan_rtt_ms)),
         }
+    }
+}
+
+/// `on` or `off`.
+fn on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        other => Err(format!("{other:?}: use on or off")),
     }
 }
 
@@ -404,6 +448,21 @@ pub struct SteadyReport {
     cpu: CpuReport,
 }
 
+/// The one large transaction, source commit to applied at the target.
+#[derive(Debug, Clone, Serialize)]
+pub struct LargeReport {
+    rows: u64,
+    /// How long the source took to run it (the UPDATE and the commit).
+    source_seconds: f64,
+    /// The source's COMMIT returned → its last row applied at the target.
+    visible_seconds: f64,
+    /// What the source did for the slot meanwhile, bytes: spilled to its
+    /// disk, and streamed before the commit.
+    source_spill_bytes: Option<u64>,
+    source_stream_bytes: Option<u64>,
+    cpu: CpuReport,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct RunReport {
     variant: Variant,
@@ -412,6 +471,7 @@ pub struct RunReport {
     system: System,
     drain: DrainReport,
     steady: SteadyReport,
+    large: Option<LargeReport>,
     /// The target holds exactly the source's rows (checksums) at the end.
     data_identical: bool,
     /// ezone's recorded conflicts (native has none to record).
@@ -430,6 +490,7 @@ pub struct RatioReport {
     lag_p50: Option<f64>,
     lag_p99: Option<f64>,
     steady_cpu_per_10k_rows: Option<f64>,
+    large_visible_seconds: Option<f64>,
 }
 
 /// What `ezone bench replicator` found: every run, and ezone / each baseline per
@@ -593,6 +654,11 @@ async fn one_run(
     }
     sql(source, &db, &source_schema_sql()).await?;
     sql(target, &db, &target_schema_sql()).await?;
+    if p.large_rows > 0 {
+        for pg in [source, target] {
+            sql(pg, &db, &bulk_fill_sql(p.large_rows)).await?;
+        }
+    }
     let at = RunPlace {
         source,
         target,
@@ -606,6 +672,7 @@ async fn one_run(
         ezone_bin: &ctx.ezone_bin,
         apply_workers: ctx.params.apply_workers,
         worker_threads: ctx.params.worker_threads,
+        streaming: ctx.params.streaming,
     };
     let mut consumer = Consumer::prepare(system, &at).await?;
 
@@ -710,7 +777,45 @@ async fn one_run(
         cpu: cpu_report(ctx, &procs, &before, &after, steady_rows),
     };
 
-    // 4. Check, stop, drop.
+    // 4. One large transaction, the consumer caught up.
+    let large = if p.large_rows > 0 {
+        say(&format!("one transaction updating {} rows", p.large_rows));
+        checkpoint(ctx).await?;
+        let slot_numbers = |out: String| -> (Option<u64>, Option<u64>) {
+            let mut it = out.split_whitespace().map(|v| v.parse::<u64>().ok());
+            (it.next().flatten(), it.next().flatten())
+        };
+        let (spill0, stream0) =
+            slot_numbers(sql(source, &db, &slot_spill_stream_sql(&consumer.slot())).await?);
+        let before: Vec<Option<u64>> = procs.iter().map(Proc::ticks).collect();
+        let began = Instant::now();
+        sql(source, &db, &large_txn_sql(4)).await?;
+        let source_seconds = began.elapsed().as_secs_f64();
+        let committed = unix_micros();
+        let seen = wait_mark(
+            &at,
+            &consumer,
+            4,
+            TAIL_WITHIN + Duration::from_secs(p.large_rows / 1000),
+        )
+        .await?;
+        let after: Vec<Option<u64>> = procs.iter().map(Proc::ticks).collect();
+        let (spill1, stream1) =
+            slot_numbers(sql(source, &db, &slot_spill_stream_sql(&consumer.slot())).await?);
+        let diff = |a: Option<u64>, b: Option<u64>| Some(b?.saturating_sub(a?));
+        Some(LargeReport {
+            rows: p.large_rows,
+            source_seconds,
+            visible_seconds: (seen - committed) as f64 / 1e6,
+            source_spill_bytes: diff(spill0, spill1),
+            source_stream_bytes: diff(stream0, stream1),
+            cpu: cpu_report(ctx, &procs, &before, &after, p.large_rows),
+        })
+    } else {
+        None
+    };
+
+    // 5. Check, stop, drop.
     let (a, b) = (
         sql(source, &db, CHECKSUM_SQL).await?,
         sql(target, &db, CHECKSUM_SQL).await?,
@@ -745,6 +850,7 @@ async fn one_run(
         system,
         drain,
         steady,
+        large,
         data_identical,
         conflicts,
     })
@@ -848,6 +954,10 @@ fn ratios(p: &Params, runs: &[RunReport], v: Variant, baseline: System) -> Optio
             n.steady.lag.map(|l| l.p99_ms),
         ),
         steady_cpu_per_10k_rows: ratio(e.steady.cpu.per_10k_rows, n.steady.cpu.per_10k_rows),
+        large_visible_seconds: ratio(
+            e.large.as_ref().map(|l| l.visible_seconds),
+            n.large.as_ref().map(|l| l.visible_seconds),
+        ),
     })
 }
 
@@ -983,6 +1093,50 @@ fn tables(r: &Report) -> String {
                 .map_or_else(|| "-".to_string(), |c| c.to_string()),
         );
     }
+    if r.runs.iter().any(|run| run.large.is_some()) {
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "large transaction: one UPDATE of {} rows (and a mark, last) at the source; visible = its COMMIT returned -> applied at the target; streaming before commit {} for ezone and native",
+            p.large_rows,
+            if p.streaming { "on" } else { "off" }
+        );
+        let _ = writeln!(
+            out,
+            "{:<10} {:<9} {:>8} {:>9} {:>13} {:>12} {:>13} {:>13}",
+            "variant",
+            "system",
+            "source s",
+            "visible s",
+            "CPU s/10k rw",
+            "src spill MB",
+            "src stream MB",
+            "peak RSS MB"
+        );
+        for run in &r.runs {
+            let Some(l) = &run.large else { continue };
+            let mb = |b: Option<u64>| opt(b.map(|b| b as f64 / 1e6), 1);
+            // The consumer's own process: the replicator, or the apply worker.
+            let peak = l
+                .cpu
+                .by_process
+                .iter()
+                .find(|p| p.role != "source walsender" && p.role != "target backend")
+                .and_then(|p| p.peak_rss_mb);
+            let _ = writeln!(
+                out,
+                "{:<10} {:<9} {:>8.2} {:>9.2} {:>13} {:>12} {:>13} {:>13}",
+                run.label,
+                run.system.name(),
+                l.source_seconds,
+                l.visible_seconds,
+                opt(l.cpu.per_10k_rows, 3),
+                mb(l.source_spill_bytes),
+                mb(l.source_stream_bytes),
+                opt(peak, 0),
+            );
+        }
+    }
     let _ = writeln!(out);
     let _ = writeln!(
         out,
@@ -1028,7 +1182,7 @@ fn tables(r: &Report) -> String {
         );
         let _ = writeln!(
             out,
-            "{:<10} {:<9} {:>13} {:>13} {:>14} {:>8} {:>8} {:>15}",
+            "{:<10} {:<9} {:>13} {:>13} {:>14} {:>8} {:>8} {:>15} {:>13}",
             "variant",
             "baseline",
             "drain rows/s",
@@ -1036,12 +1190,13 @@ fn tables(r: &Report) -> String {
             "drain CPU/10k",
             "lag p50",
             "lag p99",
-            "steady CPU/10k"
+            "steady CPU/10k",
+            "large visible"
         );
         for x in &r.ratios {
             let _ = writeln!(
                 out,
-                "{:<10} {:<9} {:>13} {:>13} {:>14} {:>8} {:>8} {:>15}",
+                "{:<10} {:<9} {:>13} {:>13} {:>14} {:>8} {:>8} {:>15} {:>13}",
                 x.label,
                 x.baseline.name(),
                 times(x.drain_rows_per_second),
@@ -1050,6 +1205,7 @@ fn tables(r: &Report) -> String {
                 times(x.lag_p50),
                 times(x.lag_p99),
                 times(x.steady_cpu_per_10k_rows),
+                times(x.large_visible_seconds),
             );
         }
     }

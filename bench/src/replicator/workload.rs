@@ -16,6 +16,9 @@
 //! ezone's applier and Postgres' apply worker use). `bench_mark` has it from
 //! the start; `history` gets it only for the steady phase, so the backlog
 //! drain pays no trigger at all.
+//!
+//! `bulk` is for the last phase: filled at both sites before replication
+//! starts, then updated whole in one transaction.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -33,6 +36,7 @@ pub const TABLES: &[&str] = &[
     "public.branches",
     "public.history",
     "public.bench_mark",
+    "public.bulk",
 ];
 /// Row changes in every workload transaction.
 pub const ROWS_PER_TXN: u64 = 3;
@@ -47,6 +51,7 @@ CREATE TABLE accounts (id bigint PRIMARY KEY, bid int NOT NULL, balance bigint N
 CREATE TABLE branches (id int PRIMARY KEY, balance bigint NOT NULL);
 CREATE TABLE history (id bigserial PRIMARY KEY, aid bigint NOT NULL, bid int NOT NULL, delta int NOT NULL, at timestamptz NOT NULL);
 CREATE TABLE bench_mark (id int PRIMARY KEY, note text NOT NULL);
+CREATE TABLE bulk (id bigint PRIMARY KEY, v text NOT NULL);
 ";
 
 /// The target's timestamps: `seen_at` set when the applying transaction
@@ -77,7 +82,8 @@ pub const LAG_MICROS_SQL: &str = "SELECT (extract(epoch FROM seen_at - at) * 100
 pub const CHECKSUM_SQL: &str = "SELECT \
  (SELECT count(*) || ':' || coalesce(md5(string_agg(id || ',' || bid || ',' || balance || ',' || filler, ';' ORDER BY id)), '') FROM accounts) \
  || ' ' || (SELECT count(*) || ':' || coalesce(md5(string_agg(id || ',' || balance, ';' ORDER BY id)), '') FROM branches) \
- || ' ' || (SELECT count(*) || ':' || coalesce(md5(string_agg(id || ',' || aid || ',' || bid || ',' || delta || ',' || extract(epoch FROM at), ';' ORDER BY id)), '') FROM history)";
+ || ' ' || (SELECT count(*) || ':' || coalesce(md5(string_agg(id || ',' || aid || ',' || bid || ',' || delta || ',' || extract(epoch FROM at), ';' ORDER BY id)), '') FROM history) \
+ || ' ' || (SELECT count(*) || ':' || coalesce(md5(string_agg(id || ',' || v, ';' ORDER BY id)), '') FROM bulk)";
 
 /// Schema at the source: tables, branch rows, the publication.
 pub fn source_schema_sql() -> String {
@@ -109,6 +115,31 @@ UPDATE branches SET balance = balance + :delta WHERE id = :bid;
 INSERT INTO history (aid, bid, delta, at) VALUES (:aid, :bid, :delta, clock_timestamp());
 END;
 "
+    )
+}
+
+/// `bulk`'s rows, written at both sites before the consumer's slot exists
+/// (so they are not replicated): what the large transaction updates.
+pub fn bulk_fill_sql(rows: u64) -> String {
+    format!("INSERT INTO bulk SELECT g, 'row ' || g FROM generate_series(1, {rows}) g")
+}
+
+/// The large transaction: every `bulk` row updated, then mark `mark` as
+/// its last row (so the mark is applied at the target just before the
+/// transaction commits there).
+pub fn large_txn_sql(mark: u32) -> String {
+    format!(
+        "BEGIN; UPDATE bulk SET v = v || ' updated'; {}; COMMIT",
+        mark_sql(mark, "large transaction")
+    )
+}
+
+/// What the source decoded for `slot` so far: bytes spilled to its disk
+/// and bytes streamed before commit (`pg_stat_replication_slots`).
+pub fn slot_spill_stream_sql(slot: &str) -> String {
+    format!(
+        "SELECT spill_bytes || ' ' || stream_bytes FROM pg_stat_replication_slots \
+         WHERE slot_name = '{slot}'"
     )
 }
 

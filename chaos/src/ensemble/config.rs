@@ -109,6 +109,8 @@ pub(crate) struct Routing {
 pub(crate) struct ReplicatorToml {
     pub site: String,
     pub tables: Vec<String>,
+    /// The sources stream large transactions before their commit.
+    pub streaming: bool,
     pub fence: bool,
     pub topology: Topology,
     pub sources: BTreeMap<String, Source>,
@@ -191,6 +193,7 @@ impl ReplicatorToml {
         ReplicatorToml {
             site: site.to_string(),
             tables: vec![ORDERS_TABLE.to_string()],
+            streaming: false,
             fence: true,
             topology,
             sources,

@@ -110,7 +110,23 @@ pub struct EnsembleSpec {
     /// site from an ensemble CA, each router's peer listener behind its WAN
     /// link); off: over plain HTTP with a shared secret. On by default.
     pub peer_tls: bool,
+    /// A second replicated table, [`BULK_TABLE`], for large transactions
+    /// (`ezone chaos run` writes them: `scenario::bulk`); the replicators
+    /// ask for `streaming` and every site's Postgres streams transactions
+    /// over [`BULK_STREAM_AFTER`] of changes before their commit, so that
+    /// the replicators take that path for them. Off by default.
+    pub bulk: bool,
 }
+
+/// The table of [`EnsembleSpec::bulk`], at every site, replicated.
+pub const BULK_TABLE: &str = "public.chaos_bulk";
+/// Creates it (idempotent).
+pub const BULK_TABLE_SQL: &str = "CREATE TABLE IF NOT EXISTS public.chaos_bulk (\
+     batch text NOT NULL, n integer NOT NULL, site text NOT NULL, payload text NOT NULL, \
+     PRIMARY KEY (batch, n))";
+/// Every site's `logical_decoding_work_mem` with [`EnsembleSpec::bulk`]:
+/// Postgres' least, so that a transaction of a few thousand rows is streamed.
+pub const BULK_STREAM_AFTER: &str = "64kB";
 
 /// The ensemble's fence lease: shorter than a deployment's (10 s), so that
 /// a forced failover waits seconds, not tens of them; long enough that a
@@ -137,6 +153,7 @@ impl EnsembleSpec {
             fence_lease_ms: DEFAULT_FENCE_LEASE_MS,
             clock_skew_ms: DEFAULT_CLOCK_SKEW_MS,
             peer_tls: true,
+            bulk: false,
         }
     }
 

@@ -144,6 +144,23 @@ pub(super) async fn install(lab: &Lab, layout: &Layout<'_>) -> Result<(), Ensemb
         .await
     });
     futures::future::try_join_all(installs).await?;
+    if layout.spec.bulk {
+        for site in lab.sites() {
+            let pg = lab.postgres(site)?;
+            let db = pg.database();
+            pg.psql_db(db, super::BULK_TABLE_SQL).await?;
+            // One statement a call: ALTER SYSTEM refuses a transaction block.
+            pg.psql_db(
+                db,
+                &format!(
+                    "ALTER SYSTEM SET logical_decoding_work_mem = '{}'",
+                    super::BULK_STREAM_AFTER
+                ),
+            )
+            .await?;
+            pg.psql_db(db, "SELECT pg_reload_conf()").await?;
+        }
+    }
     Ok(())
 }
 
@@ -303,7 +320,11 @@ pub(super) async fn replicators(
         if layout.spec.replicator_etcd_links {
             topology.etcd = super::topology::add_etcd_links(lab, site).await?;
         }
-        let cfg = ReplicatorToml::new(site, layout.addr(site), topology, sources);
+        let mut cfg = ReplicatorToml::new(site, layout.addr(site), topology, sources);
+        if layout.spec.bulk {
+            cfg.tables.push(super::BULK_TABLE.to_string());
+            cfg.streaming = true;
+        }
         config::write(&l.config_path(), &cfg)?;
         spawned.push((site, Service::spawn(&l)?, cfg));
     }

@@ -25,6 +25,7 @@
 //! Nothing here prints: the callers render progress and results.
 #![cfg(feature = "scenario")]
 
+pub mod bulk;
 mod lag;
 mod traffic;
 

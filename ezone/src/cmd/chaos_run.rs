@@ -7,6 +7,10 @@
 //! and then reads every site's Postgres itself to check the invariants
 //! (`ezone_chaos::check`: every acknowledged write at every site with its
 //! value, sites identical, no shard accepted at two sites in one epoch).
+//! Beside the orders, large transactions are written straight into the
+//! sites' Postgres and streamed before their commit
+//! (`ezone_chaos::scenario::bulk`): each committed one whole at every site,
+//! none seen in part, no rolled-back row anywhere.
 //! The last line says how to replay the run. With `--report DIR`: the
 //! schedule, every fault as applied, the request history (JSON lines) and
 //! the verdict.
@@ -38,6 +42,9 @@ const PATCH_RATIO: f64 = 0.3;
 
 /// Requests in flight at most (an order and its PATCHes hold one).
 const CONCURRENCY: usize = 64;
+
+/// About how often a large transaction is written at one of the sites.
+const BULK_EVERY: Duration = Duration::from_secs(4);
 
 /// `ezone chaos run ...`.
 #[derive(Debug, clap::Args)]
@@ -164,6 +171,7 @@ pub async fn run(a: RunArgs) -> anyhow::Result<()> {
     let ens = scenario::start(&exe, lab, 2, |es| {
         es.replicator_etcd_links = true;
         es.clock_skew_ms = CLOCK_SKEW_BOUND_MS;
+        es.bulk = true;
     })
     .await?;
     let homes_at_start = homes_of(ens.initial_topology());
@@ -173,6 +181,7 @@ pub async fn run(a: RunArgs) -> anyhow::Result<()> {
         // An order keeps its slot through its PATCHes.
         w.concurrency = CONCURRENCY;
     })?;
+    let bulk = scenario::bulk::start(ens.dsns(), a.seed, BULK_EVERY);
     let start = tokio::time::Instant::now();
     let note = |line: String| eprintln!("{line}");
     let applied = inject::apply(&ens, &sched, &exe, start, &note).await;
@@ -186,7 +195,9 @@ pub async fn run(a: RunArgs) -> anyhow::Result<()> {
     let end = (start + a.duration).max(start + heal_at + a.quiet);
     tokio::time::sleep_until(end).await;
     let history = wl.stop().await;
+    let bulk_log = bulk.stop().await;
     let converged = ens.wait_converged(a.converge_within).await;
+    let bulk_report = scenario::bulk::check(&ens.dsns(), &bulk_log, a.converge_within).await;
     // Every epoch a shard had during the run, from the topology store's
     // history (written with each swap), plus the initial topology.
     let mut homes: HomeHistory = homes_at_start;
@@ -229,6 +240,7 @@ pub async fn run(a: RunArgs) -> anyhow::Result<()> {
     }
     verdict.push_str(report.to_string().trim_end());
     verdict.push('\n');
+    verdict.push_str(&bulk_report.to_string());
     // Forced failovers: the writes at risk are the conflicts recorded.
     let writes = chaos_report::answered_writes(&history);
     let mut forced_ok = true;
@@ -270,6 +282,7 @@ pub async fn run(a: RunArgs) -> anyhow::Result<()> {
         verdict.push('\n');
     }
     let ok = report.is_ok()
+        && bulk_report.is_ok()
         && converged.is_ok()
         && heal_problems.is_empty()
         && forced_ok
@@ -301,6 +314,13 @@ pub async fn run(a: RunArgs) -> anyhow::Result<()> {
             violations.push(format!("sites did not converge: {e}"));
         }
         violations.extend(heal_problems.iter().map(|p| format!("heal: {p}")));
+        violations.extend(
+            bulk_report
+                .violations
+                .iter()
+                .take(20)
+                .map(|v| format!("large transactions: {v}")),
+        );
         violations.extend(live.violations());
         if !forced_ok {
             violations.push("a forced failover's at-risk writes differ from its conflicts".into());

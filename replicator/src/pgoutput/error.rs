@@ -9,7 +9,7 @@
 //! same error. A caller must not retry on them; the link stops and reports,
 //! because skipping a message it cannot read would silently drop a change.
 //! [`DecodeError::UnknownMessage`] usually means a protocol option the
-//! replicator did not ask for (streaming, two-phase) is on; the others mean a
+//! replicator did not ask for (two-phase) is on; the others mean a
 //! corrupted stream or a decoder bug.
 
 use std::fmt;
@@ -24,9 +24,10 @@ pub enum DecodeError {
 
     /// The first byte is not a message type this decoder handles.
     #[error(
-        "unsupported message tag {} at offset 0{}: this decoder handles pgoutput protocol \
-         version 1 (B C O R Y I U D T M) and CopyBoth framing (w k); check that streaming \
-         and two_phase are not enabled on the replication connection",
+        "unsupported message tag {} at offset 0{}: this decoder handles pgoutput's \
+         transaction messages (B C O R Y I U D T M), protocol version 2's streamed blocks \
+         (S E c A, in pgoutput::stream) and CopyBoth framing (w k); check that two_phase is \
+         not enabled on the replication connection",
         ShowByte(*.0),
         tag_hint(*.0)
     )]

@@ -1,10 +1,12 @@
-//! Decoder for the `pgoutput` logical replication protocol, version 1.
+//! Decoder for the `pgoutput` logical replication protocol, versions 1 and 2
+//! (version 2's streamed blocks are [`stream`]'s).
 //!
 //! # Where these bytes come from
 //!
 //! The source side of a link opens a replication connection, runs
-//! `START_REPLICATION SLOT s LOGICAL <lsn> (proto_version '1',
-//! publication_names '...', messages 'true')` and receives a CopyBoth stream.
+//! `START_REPLICATION SLOT s LOGICAL <lsn> (proto_version '2',
+//! publication_names '...', messages 'true', streaming 'on')` (or version 1,
+//! without streaming) and receives a CopyBoth stream.
 //! Each CopyData frame from the server is either a keepalive or an XLogData
 //! frame ([`copy`] decodes both); the payload of an XLogData frame is exactly
 //! one pgoutput message, decoded here by [`decode`]. The authority for the
@@ -48,9 +50,11 @@
 //! - A Message (`pg_logical_emit_message`) with the `ezone` prefix marks a cut
 //!   in the source's WAL for planned switchover. Its content is raw bytes and
 //!   need not be UTF-8; the prefix must be.
-//! - In protocol version 1 data messages carry no xid (the xid fields exist only
-//!   in version 2 streaming), and this decoder refuses streaming and two-phase
-//!   messages with [`DecodeError::UnknownMessage`] rather than guessing.
+//! - Outside a streamed block data messages carry no xid (in both versions);
+//!   inside one ([`stream`]) each carries its (sub)transaction's xid after the
+//!   tag. [`decode`] refuses the streaming framing and two-phase messages with
+//!   [`DecodeError::UnknownMessage`] rather than guessing: the link routes a
+//!   block to [`stream`] and the spool before anything is decoded here.
 //!
 //! Names (namespaces, relations, columns, types, origin, message prefix) are
 //! decoded as UTF-8 `String`s; invalid UTF-8 is a [`DecodeError`]. An empty
@@ -62,6 +66,7 @@
 pub mod copy;
 mod error;
 mod reader;
+pub mod stream;
 mod timestamp;
 pub mod tuple;
 
@@ -350,21 +355,30 @@ impl LogicalMessage {
 /// XLogData frame. The buffer must hold exactly one message.
 pub fn decode(buf: &[u8]) -> Result<LogicalMessage, DecodeError> {
     let mut r = Reader::new(buf);
-    let tag = match r.u8("message tag") {
-        Ok(tag) => tag,
-        Err(_) => return Err(DecodeError::Empty),
-    };
+    let tag = read_tag(&mut r)?;
+    decode_body(tag, r)
+}
+
+/// The one-byte message tag every message starts with.
+fn read_tag(r: &mut Reader<'_>) -> Result<u8, DecodeError> {
+    r.u8("message tag").map_err(|_| DecodeError::Empty)
+}
+
+/// Decodes what follows the tag (and, inside a stream block, the xid): the
+/// same layout in both protocol versions.
+fn decode_body(tag: u8, mut r: Reader<'_>) -> Result<LogicalMessage, DecodeError> {
+    let r = &mut r;
     let message = match tag {
-        b'B' => LogicalMessage::Begin(read_begin(&mut r)?),
-        b'C' => LogicalMessage::Commit(read_commit(&mut r)?),
-        b'O' => LogicalMessage::Origin(read_origin(&mut r)?),
-        b'R' => LogicalMessage::Relation(read_relation(&mut r)?),
-        b'Y' => LogicalMessage::Type(read_type(&mut r)?),
-        b'I' => LogicalMessage::Insert(read_insert(&mut r)?),
-        b'U' => LogicalMessage::Update(read_update(&mut r)?),
-        b'D' => LogicalMessage::Delete(read_delete(&mut r)?),
-        b'T' => LogicalMessage::Truncate(read_truncate(&mut r)?),
-        b'M' => LogicalMessage::Message(read_message(&mut r)?),
+        b'B' => LogicalMessage::Begin(read_begin(r)?),
+        b'C' => LogicalMessage::Commit(read_commit(r)?),
+        b'O' => LogicalMessage::Origin(read_origin(r)?),
+        b'R' => LogicalMessage::Relation(read_relation(r)?),
+        b'Y' => LogicalMessage::Type(read_type(r)?),
+        b'I' => LogicalMessage::Insert(read_insert(r)?),
+        b'U' => LogicalMessage::Update(read_update(r)?),
+        b'D' => LogicalMessage::Delete(read_delete(r)?),
+        b'T' => LogicalMessage::Truncate(read_truncate(r)?),
+        b'M' => LogicalMessage::Message(read_message(r)?),
         other => return Err(DecodeError::UnknownMessage(other)),
     };
     r.finish(message.kind())?;

@@ -164,10 +164,11 @@ impl ReplicationConn {
         start: Lsn,
         publications: &[String],
         messages: bool,
+        streaming: bool,
     ) -> Result<ReplicationStream, SourceError> {
         const DURING: &str = "START_REPLICATION";
         validate_slot_name(slot)?;
-        let sql = start_logical_command(slot, start, publications, messages)?;
+        let sql = start_logical_command(slot, start, publications, messages, streaming)?;
         self.send_query(&sql, DURING)
             .await
             .map_err(|e| e.with_slot(slot))?;
@@ -277,6 +278,7 @@ pub(crate) fn start_logical_command(
     start: Lsn,
     publications: &[String],
     messages: bool,
+    streaming: bool,
 ) -> Result<String, SourceError> {
     if publications.is_empty() {
         return Err(SourceError::Config {
@@ -303,9 +305,16 @@ pub(crate) fn start_logical_command(
         .map(|p| quote_ident(p))
         .collect::<Vec<_>>()
         .join(",");
+    // Version 2 adds the streaming of transactions before their commit
+    // (Postgres 14 and later); version 1 is all older servers speak.
+    let (version, streaming) = if streaming {
+        ("2", ", streaming 'on'")
+    } else {
+        ("1", "")
+    };
     Ok(format!(
-        "START_REPLICATION SLOT {} LOGICAL {start} (proto_version '1', publication_names {}, \
-         messages '{messages}')",
+        "START_REPLICATION SLOT {} LOGICAL {start} (proto_version '{version}', publication_names {}, \
+         messages '{messages}'{streaming})",
         quote_ident(slot),
         quote_literal(&names),
     ))
@@ -384,20 +393,25 @@ mod tests {
         );
         let pubs = vec!["p1".to_owned(), "we\"ird, 'name'".to_owned()];
         assert_eq!(
-            start_logical_command("s1", Lsn(0x1_0000_00A0), &pubs, true).unwrap(),
+            start_logical_command("s1", Lsn(0x1_0000_00A0), &pubs, true, false).unwrap(),
             "START_REPLICATION SLOT \"s1\" LOGICAL 1/A0 (proto_version '1', publication_names \
              '\"p1\",\"we\"\"ird, ''name''\"', messages 'true')"
+        );
+        assert_eq!(
+            start_logical_command("s1", Lsn(0), &pubs[..1], false, true).unwrap(),
+            "START_REPLICATION SLOT \"s1\" LOGICAL 0/0 (proto_version '2', publication_names \
+             '\"p1\"', messages 'false', streaming 'on')"
         );
     }
 
     #[test]
     fn publications_are_checked() {
         assert!(matches!(
-            start_logical_command("s", Lsn(0), &[], false),
+            start_logical_command("s", Lsn(0), &[], false, true),
             Err(SourceError::Config { .. })
         ));
         assert!(matches!(
-            start_logical_command("s", Lsn(0), &[String::new()], false),
+            start_logical_command("s", Lsn(0), &[String::new()], false, false),
             Err(SourceError::Config { .. })
         ));
     }

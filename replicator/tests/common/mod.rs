@@ -65,6 +65,7 @@ pub fn beijing_to_shanghai(from: &PgCluster, to: &PgCluster, tables: &[&str]) ->
         origin: "ezone_from_beijing".into(),
         apply_workers: defaults::APPLY_WORKERS,
         large_transaction_bytes: defaults::LARGE_TRANSACTION_BYTES,
+        streaming: None,
         tables: tables.iter().map(|t| t.to_string()).collect(),
     }
 }

@@ -1,0 +1,354 @@
+//! Transactions the source streams before their commit (protocol version 2,
+//! `streaming 'on'`), against real Postgres 15 whose
+//! `logical_decoding_work_mem` is set to its least (64 kB), so that a
+//! transaction of a few thousand rows is streamed in blocks. Judged from
+//! the rows at both sites:
+//!
+//! - a streamed transaction arrives whole at its commit, and only then,
+//!   while small transactions committed meanwhile cross before it; the
+//!   rows of a subtransaction rolled back to its savepoint never arrive, and
+//!   a table first described inside such a subtransaction is still known
+//!   to the rows after it;
+//! - one that aborts at the source leaves nothing at the target;
+//! - one replayed at the source from another site (it has an origin) is
+//!   not applied (loop prevention);
+//! - a link killed while such a transaction is half streamed, and again
+//!   while it is being applied, applies it exactly once after restarts;
+//! - the process's peak memory while a 200,000-row UPDATE is streamed and
+//!   applied stays far below what holding it takes.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{q, until, until_within, Running, DB};
+use ezone_chaos::postgres::PgCluster;
+use ezone_replicator::link::{ensure_source, LinkConfig, LinkStats};
+
+/// The table's rows in key order, as one checksum.
+const CHECKSUM: &str =
+    "SELECT count(*) || ':' || coalesce(md5(string_agg(id || '=' || v, ',' ORDER BY id)), '') FROM items";
+
+/// Two sites whose source streams any transaction over 64 kB of changes.
+async fn two_sites() -> (PgCluster, PgCluster) {
+    let (a, b) =
+        common::two_sites_with("CREATE TABLE items (id bigint PRIMARY KEY, v text NOT NULL)").await;
+    q(&a, "ALTER SYSTEM SET logical_decoding_work_mem = '64kB'").await;
+    q(&a, "SELECT pg_reload_conf()").await;
+    (a, b)
+}
+
+fn link(from: &PgCluster, to: &PgCluster) -> LinkConfig {
+    LinkConfig {
+        streaming: Some(ezone_replicator::config::defaults::spool_dir()),
+        ..common::beijing_to_shanghai(from, to, &["public.items"])
+    }
+}
+
+/// A connection to `pg` of the test's own, for a transaction held open.
+async fn session(pg: &PgCluster) -> tokio_postgres::Client {
+    ezone_pg::connect_spawned(&pg.dsn(DB))
+        .await
+        .expect("connect")
+}
+
+#[tokio::test]
+async fn a_streamed_transaction_arrives_whole_at_its_commit_and_others_pass_it() {
+    let (a, b) = two_sites().await;
+    let cfg = link(&a, &b);
+    ensure_source(&cfg).await.expect("source");
+    let stats = Arc::new(LinkStats::default());
+    let running = Running::start(cfg, stats.clone());
+
+    // A large transaction held open at the source, with a savepoint rolled
+    // back inside, and more after it.
+    let big = session(&a).await;
+    big.batch_execute(
+        "BEGIN;
+         INSERT INTO items SELECT g, 'big ' || g FROM generate_series(1, 20000) g;
+         SAVEPOINT s1;
+         INSERT INTO items SELECT g, 'rolled back' FROM generate_series(20001, 25000) g;
+         SAVEPOINT s2;
+         INSERT INTO items SELECT g, 'rolled back' FROM generate_series(25001, 26000) g;
+         ROLLBACK TO SAVEPOINT s1;
+         SAVEPOINT s3;
+         INSERT INTO items SELECT g, 'kept savepoint ' || g FROM generate_series(30001, 33000) g;
+         RELEASE SAVEPOINT s3;",
+    )
+    .await
+    .expect("the large transaction so far");
+    // The source streams it while it is open: blocks arrive and are kept.
+    until_within(
+        &a,
+        "SELECT stream_txns > 0 FROM pg_stat_replication_slots WHERE slot_name = 'ezone_to_shanghai'",
+        "t",
+        Duration::from_secs(60),
+    )
+    .await;
+    // Small transactions committed meanwhile cross before it.
+    q(
+        &a,
+        "INSERT INTO items VALUES (-1, 'small, while the big one is open')",
+    )
+    .await;
+    until(&b, "SELECT count(*) FROM items WHERE id = -1", "1").await;
+    assert_eq!(
+        q(&b, "SELECT count(*) FROM items WHERE id > 0").await,
+        "0",
+        "rows of a transaction not yet committed at the source reached the target"
+    );
+    big.batch_execute(
+        "INSERT INTO items SELECT g, 'big, after ' || g FROM generate_series(40001, 42000) g; COMMIT",
+    )
+    .await
+    .expect("commit");
+    q(&a, "INSERT INTO items VALUES (-2, 'small, after')").await;
+    let want = q(&a, CHECKSUM).await;
+    until_within(&b, CHECKSUM, &want, Duration::from_secs(90)).await;
+    assert_eq!(
+        q(&b, "SELECT count(*) FROM items WHERE v = 'rolled back'").await,
+        "0"
+    );
+    assert_eq!(
+        q(&b, "SELECT count(*) FROM items WHERE id > 0").await,
+        "25000"
+    );
+    assert_eq!(stats.streamed_txns.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.spooled_bytes.load(Ordering::Relaxed), 0);
+    assert_eq!(
+        q(&b, "SELECT count(*) FROM ezone_replication.conflicts").await,
+        "0"
+    );
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn a_relation_first_described_in_a_rolled_back_savepoint_still_serves() {
+    let (a, b) = two_sites().await;
+    let cfg = link(&a, &b);
+    ensure_source(&cfg).await.expect("source");
+    let stats = Arc::new(LinkStats::default());
+    let running = Running::start(cfg, stats.clone());
+    // The stream has described no relation yet: the first changes of
+    // `items` it streams, and so its Relation, are in a savepoint that is
+    // then rolled back, and cut out of the spool with it. The rows after
+    // need the Relation again: the source forgets what it described in a
+    // transaction at any Stream Abort (pgoutput's `cleanup_rel_sync_cache`)
+    // and sends it again; were that to change, this fails.
+    q(
+        &a,
+        "BEGIN;
+         SAVEPOINT s;
+         INSERT INTO items SELECT g, 'rolled back' FROM generate_series(1, 20000) g;
+         ROLLBACK TO SAVEPOINT s;
+         INSERT INTO items SELECT g, 'kept ' || g FROM generate_series(20001, 30000) g;
+         COMMIT;",
+    )
+    .await;
+    let want = q(&a, CHECKSUM).await;
+    until_within(&b, CHECKSUM, &want, Duration::from_secs(60)).await;
+    assert_eq!(q(&b, "SELECT count(*) FROM items").await, "10000");
+    assert_eq!(stats.streamed_txns.load(Ordering::Relaxed), 1);
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn a_streamed_transaction_that_aborts_leaves_nothing() {
+    let (a, b) = two_sites().await;
+    let cfg = link(&a, &b);
+    ensure_source(&cfg).await.expect("source");
+    let stats = Arc::new(LinkStats::default());
+    let running = Running::start(cfg, stats.clone());
+    let big = session(&a).await;
+    big.batch_execute(
+        "BEGIN; INSERT INTO items SELECT g, 'aborted' FROM generate_series(1, 30000) g",
+    )
+    .await
+    .expect("open");
+    until_within(
+        &a,
+        "SELECT stream_txns > 0 FROM pg_stat_replication_slots WHERE slot_name = 'ezone_to_shanghai'",
+        "t",
+        Duration::from_secs(60),
+    )
+    .await;
+    big.batch_execute("ROLLBACK").await.expect("abort");
+    q(&a, "INSERT INTO items VALUES (-1, 'after')").await;
+    until(&b, "SELECT count(*) FROM items", "1").await;
+    assert_eq!(
+        q(&b, "SELECT count(*) FROM items WHERE v = 'aborted'").await,
+        "0"
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while stats.streamed_aborts.load(Ordering::Relaxed) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no Stream Abort counted"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(stats.streamed_txns.load(Ordering::Relaxed), 0);
+    assert_eq!(stats.spooled_bytes.load(Ordering::Relaxed), 0);
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn a_streamed_transaction_with_an_origin_is_not_applied() {
+    let (a, b) = two_sites().await;
+    let cfg = link(&a, &b);
+    ensure_source(&cfg).await.expect("source");
+    let stats = Arc::new(LinkStats::default());
+    let running = Running::start(cfg, stats.clone());
+    // As a replicator at beijing applying shanghai's changes would.
+    q(
+        &a,
+        "SELECT pg_replication_origin_create('ezone_from_shanghai')",
+    )
+    .await;
+    q(
+        &a,
+        "SELECT pg_replication_origin_session_setup('ezone_from_shanghai');
+         INSERT INTO items SELECT g, 'from shanghai' FROM generate_series(1, 20000) g;",
+    )
+    .await;
+    // A later transaction of another session relies on the Relation the
+    // skipped one carried (the source counts it as sent).
+    q(&a, "INSERT INTO items VALUES (-1, 'local')").await;
+    until(&b, "SELECT count(*) FROM items", "1").await;
+    assert_eq!(stats.streamed_txns.load(Ordering::Relaxed), 1);
+    assert!(stats.skipped_origin_txns.load(Ordering::Relaxed) >= 1);
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn a_link_killed_mid_stream_applies_the_transaction_exactly_once() {
+    let (a, b) = two_sites().await;
+    let cfg = link(&a, &b);
+    ensure_source(&cfg).await.expect("source");
+    let stats = Arc::new(LinkStats::default());
+    let running = Running::start(cfg.clone(), stats.clone());
+    q(&a, "INSERT INTO items VALUES (0, 'first')").await;
+    until(&b, "SELECT count(*) FROM items", "1").await;
+
+    // Killed while blocks of an open transaction are kept, and a small
+    // transaction committed after them has been applied.
+    let big = session(&a).await;
+    big.batch_execute(
+        "BEGIN; INSERT INTO items SELECT g, 'row ' || g FROM generate_series(1, 20000) g",
+    )
+    .await
+    .expect("open");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while stats.spooled_bytes.load(Ordering::Relaxed) == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "nothing spooled");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    q(&a, "INSERT INTO items VALUES (-1, 'small')").await;
+    until(&b, "SELECT count(*) FROM items", "2").await;
+    running.kill().await;
+
+    // Restarted: streamed again from its start. Then killed again while
+    // its commit is being applied (a target row held makes it wait).
+    let running = Running::start(cfg.clone(), stats.clone());
+    let hold = session(&b).await;
+    hold.batch_execute("BEGIN; INSERT INTO items VALUES (19000, 'held by the target')")
+        .await
+        .expect("hold a key");
+    big.batch_execute(
+        "INSERT INTO items SELECT g, 'row ' || g FROM generate_series(20001, 21000) g; COMMIT",
+    )
+    .await
+    .expect("commit");
+    until_within(
+        &b,
+        "SELECT count(*) > 0 FROM pg_stat_activity WHERE wait_event_type = 'Lock'",
+        "t",
+        Duration::from_secs(60),
+    )
+    .await;
+    running.kill().await;
+    hold.batch_execute("ROLLBACK").await.expect("release");
+    assert_eq!(q(&b, "SELECT count(*) FROM items").await, "2");
+
+    let running = Running::start(cfg, stats.clone());
+    let want = q(&a, CHECKSUM).await;
+    until_within(&b, CHECKSUM, &want, Duration::from_secs(90)).await;
+    assert_eq!(q(&b, "SELECT count(*) FROM items").await, "21002");
+    assert_eq!(
+        q(&b, "SELECT count(*) FROM ezone_replication.conflicts").await,
+        "0",
+        "a row of the streamed transaction was applied twice"
+    );
+    assert!(stats.streamed_txns.load(Ordering::Relaxed) >= 1);
+    running.stop().await;
+}
+
+/// A memory figure of this process from `/proc/self/status`, in KiB.
+fn status_kib(field: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("{field} in /proc/self/status"))
+}
+
+#[tokio::test]
+async fn memory_stays_bounded_while_a_large_update_is_streamed() {
+    // `EZONE_LARGE_TXN_ROWS` runs it bigger, by hand.
+    const DEFAULT_ROWS: u64 = 200_000;
+    let rows: u64 = std::env::var("EZONE_LARGE_TXN_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(DEFAULT_ROWS);
+    let (a, b) = two_sites().await;
+    let fill = format!("INSERT INTO items SELECT g, 'row ' || g FROM generate_series(1, {rows}) g");
+    q(&a, &fill).await;
+    q(&b, &fill).await;
+    let cfg = LinkConfig {
+        large_transaction_bytes: 1024 * 1024,
+        ..link(&a, &b)
+    };
+    ensure_source(&cfg).await.expect("source");
+    let stats = Arc::new(LinkStats::default());
+    let running = Running::start(cfg, stats.clone());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    std::fs::write("/proc/self/clear_refs", "5").expect("reset VmHWM");
+    let before = status_kib("VmRSS");
+    q(&a, "UPDATE items SET v = v || ' updated'").await;
+    let committed = std::time::Instant::now();
+    until_within(
+        &b,
+        &format!("SELECT v LIKE '% updated' FROM items WHERE id = {rows}"),
+        "t",
+        Duration::from_secs(600),
+    )
+    .await;
+    let took = committed.elapsed();
+    let want = q(&a, CHECKSUM).await;
+    until_within(&b, CHECKSUM, &want, Duration::from_secs(60)).await;
+    let grew_mib = status_kib("VmHWM").saturating_sub(before) / 1024;
+    eprintln!(
+        "peak RSS grew by {grew_mib} MiB while {rows} updated rows were streamed; at the target \
+         {took:?} after the source's commit"
+    );
+    assert!(
+        grew_mib < 64,
+        "peak RSS grew by {grew_mib} MiB while a {rows}-row UPDATE was streamed"
+    );
+    assert_eq!(stats.streamed_txns.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.large_txns.load(Ordering::Relaxed), 1);
+    assert_eq!(
+        q(
+            &a,
+            "SELECT spill_txns FROM pg_stat_replication_slots WHERE slot_name = 'ezone_to_shanghai'"
+        )
+        .await,
+        "0",
+        "the source spilled the transaction to its own disk instead of streaming it"
+    );
+    running.stop().await;
+}
