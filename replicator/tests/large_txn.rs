@@ -33,23 +33,10 @@ fn link(from: &PgCluster, to: &PgCluster, limit: usize) -> LinkConfig {
     }
 }
 
-/// The table's rows in key order, as one checksum.
-const CHECKSUM: &str =
-    "SELECT count(*) || ':' || coalesce(md5(string_agg(id || '=' || v, ',' ORDER BY id)), '') FROM items";
+use common::ITEMS_CHECKSUM as CHECKSUM;
 
 async fn two_sites() -> (PgCluster, PgCluster) {
-    common::two_sites_with("CREATE TABLE items (id bigint PRIMARY KEY, v text NOT NULL)").await
-}
-
-/// A memory figure of this process from `/proc/self/status`, in KiB:
-/// `VmHWM` (the peak resident set) or `VmRSS` (the current one).
-fn status_kib(field: &str) -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("{field} in /proc/self/status"))
+    common::two_sites_with(common::ITEMS_SQL).await
 }
 
 #[tokio::test]
@@ -179,49 +166,18 @@ async fn a_link_stopped_inside_a_large_transaction_applies_it_once_after() {
 async fn memory_stays_bounded_while_a_large_update_crosses() {
     // `EZONE_LARGE_TXN_ROWS` runs it bigger, by hand (the assertion holds
     // for any size; the time it took is printed).
-    const DEFAULT_ROWS: u64 = 200_000;
-    let rows: u64 = std::env::var("EZONE_LARGE_TXN_ROWS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(DEFAULT_ROWS);
     let (a, b) = two_sites().await;
-    // Filled before the link starts (the slot is made after): only the
-    // UPDATE crosses.
-    let fill = format!("INSERT INTO items SELECT g, 'row ' || g FROM generate_series(1, {rows}) g");
-    q(&a, &fill).await;
-    q(&b, &fill).await;
-    let cfg = link(&a, &b, 1024 * 1024);
-    ensure_source(&cfg).await.expect("source");
     let stats = Arc::new(LinkStats::default());
-    let running = Running::start(cfg, stats.clone());
-    tokio::time::sleep(Duration::from_millis(500)).await;
-
-    // Reset the peak (Linux: "5" to clear_refs), then let the UPDATE cross.
-    std::fs::write("/proc/self/clear_refs", "5").expect("reset VmHWM");
-    let before = status_kib("VmRSS");
-    q(&a, "UPDATE items SET v = v || ' updated'").await;
-    let committed = std::time::Instant::now();
-    // One row shows the whole transaction (it commits at once there).
-    until_within(
-        &b,
-        &format!("SELECT v LIKE '% updated' FROM items WHERE id = {rows}"),
-        "t",
-        Duration::from_secs(600),
-    )
-    .await;
-    let took = committed.elapsed();
-    let want = q(&a, CHECKSUM).await;
-    until_within(&b, CHECKSUM, &want, Duration::from_secs(60)).await;
-    let grew_mib = status_kib("VmHWM").saturating_sub(before) / 1024;
+    let (seen, running) =
+        common::large_update(&a, &b, link(&a, &b, 1024 * 1024), stats.clone()).await;
     // Held whole, 200,000 decoded changes (old and new rows) take some
-    // 200 MB here; in parts, one part and the stream's buffer.
-    eprintln!(
-        "peak RSS grew by {grew_mib} MiB while {rows} updated rows crossed; at the target \
-         {took:?} after the source's commit"
-    );
+    // 140 MiB here with the statements that apply them; in parts, one part
+    // and the stream's buffer.
     assert!(
-        grew_mib < 64,
-        "peak RSS grew by {grew_mib} MiB while a {rows}-row UPDATE crossed: the transaction was held whole"
+        seen.grew_mib < 64,
+        "peak RSS grew by {} MiB while a {}-row UPDATE crossed: the transaction was held whole",
+        seen.grew_mib,
+        seen.rows
     );
     assert_eq!(stats.large_txns.load(Ordering::Relaxed), 1);
     running.stop().await;

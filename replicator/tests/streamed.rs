@@ -27,14 +27,11 @@ use common::{q, until, until_within, Running, DB};
 use ezone_chaos::postgres::PgCluster;
 use ezone_replicator::link::{ensure_source, LinkConfig, LinkStats};
 
-/// The table's rows in key order, as one checksum.
-const CHECKSUM: &str =
-    "SELECT count(*) || ':' || coalesce(md5(string_agg(id || '=' || v, ',' ORDER BY id)), '') FROM items";
+use common::ITEMS_CHECKSUM as CHECKSUM;
 
 /// Two sites whose source streams any transaction over 64 kB of changes.
 async fn two_sites() -> (PgCluster, PgCluster) {
-    let (a, b) =
-        common::two_sites_with("CREATE TABLE items (id bigint PRIMARY KEY, v text NOT NULL)").await;
+    let (a, b) = common::two_sites_with(common::ITEMS_SQL).await;
     q(&a, "ALTER SYSTEM SET logical_decoding_work_mem = '64kB'").await;
     q(&a, "SELECT pg_reload_conf()").await;
     (a, b)
@@ -47,6 +44,36 @@ fn link(from: &PgCluster, to: &PgCluster) -> LinkConfig {
     }
 }
 
+/// Two sites and the streaming link between them, running.
+async fn started() -> (PgCluster, PgCluster, LinkConfig, Arc<LinkStats>, Running) {
+    let (a, b) = two_sites().await;
+    let cfg = link(&a, &b);
+    ensure_source(&cfg).await.expect("source");
+    let stats = Arc::new(LinkStats::default());
+    let running = Running::start(cfg.clone(), stats.clone());
+    (a, b, cfg, stats, running)
+}
+
+/// Waits until the source has streamed a transaction before its commit.
+async fn source_streamed(a: &PgCluster) {
+    until_within(
+        a,
+        "SELECT stream_txns > 0 FROM pg_stat_replication_slots WHERE slot_name = 'ezone_to_shanghai'",
+        "t",
+        Duration::from_secs(60),
+    )
+    .await;
+}
+
+/// Waits (up to a minute) until `counter` is above zero.
+async fn until_counted(counter: &std::sync::atomic::AtomicU64, what: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while counter.load(Ordering::Relaxed) == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A connection to `pg` of the test's own, for a transaction held open.
 async fn session(pg: &PgCluster) -> tokio_postgres::Client {
     ezone_pg::connect_spawned(&pg.dsn(DB))
@@ -56,11 +83,7 @@ async fn session(pg: &PgCluster) -> tokio_postgres::Client {
 
 #[tokio::test]
 async fn a_streamed_transaction_arrives_whole_at_its_commit_and_others_pass_it() {
-    let (a, b) = two_sites().await;
-    let cfg = link(&a, &b);
-    ensure_source(&cfg).await.expect("source");
-    let stats = Arc::new(LinkStats::default());
-    let running = Running::start(cfg, stats.clone());
+    let (a, b, _, stats, running) = started().await;
 
     // A large transaction held open at the source, with a savepoint rolled
     // back inside, and more after it.
@@ -80,13 +103,7 @@ async fn a_streamed_transaction_arrives_whole_at_its_commit_and_others_pass_it()
     .await
     .expect("the large transaction so far");
     // The source streams it while it is open: blocks arrive and are kept.
-    until_within(
-        &a,
-        "SELECT stream_txns > 0 FROM pg_stat_replication_slots WHERE slot_name = 'ezone_to_shanghai'",
-        "t",
-        Duration::from_secs(60),
-    )
-    .await;
+    source_streamed(&a).await;
     // Small transactions committed meanwhile cross before it.
     q(
         &a,
@@ -126,11 +143,7 @@ async fn a_streamed_transaction_arrives_whole_at_its_commit_and_others_pass_it()
 
 #[tokio::test]
 async fn a_relation_first_described_in_a_rolled_back_savepoint_still_serves() {
-    let (a, b) = two_sites().await;
-    let cfg = link(&a, &b);
-    ensure_source(&cfg).await.expect("source");
-    let stats = Arc::new(LinkStats::default());
-    let running = Running::start(cfg, stats.clone());
+    let (a, b, _, stats, running) = started().await;
     // The stream has described no relation yet: the first changes of
     // `items` it streams, and so its Relation, are in a savepoint that is
     // then rolled back, and cut out of the spool with it. The rows after
@@ -156,24 +169,14 @@ async fn a_relation_first_described_in_a_rolled_back_savepoint_still_serves() {
 
 #[tokio::test]
 async fn a_streamed_transaction_that_aborts_leaves_nothing() {
-    let (a, b) = two_sites().await;
-    let cfg = link(&a, &b);
-    ensure_source(&cfg).await.expect("source");
-    let stats = Arc::new(LinkStats::default());
-    let running = Running::start(cfg, stats.clone());
+    let (a, b, _, stats, running) = started().await;
     let big = session(&a).await;
     big.batch_execute(
         "BEGIN; INSERT INTO items SELECT g, 'aborted' FROM generate_series(1, 30000) g",
     )
     .await
     .expect("open");
-    until_within(
-        &a,
-        "SELECT stream_txns > 0 FROM pg_stat_replication_slots WHERE slot_name = 'ezone_to_shanghai'",
-        "t",
-        Duration::from_secs(60),
-    )
-    .await;
+    source_streamed(&a).await;
     big.batch_execute("ROLLBACK").await.expect("abort");
     q(&a, "INSERT INTO items VALUES (-1, 'after')").await;
     until(&b, "SELECT count(*) FROM items", "1").await;
@@ -181,14 +184,7 @@ async fn a_streamed_transaction_that_aborts_leaves_nothing() {
         q(&b, "SELECT count(*) FROM items WHERE v = 'aborted'").await,
         "0"
     );
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while stats.streamed_aborts.load(Ordering::Relaxed) == 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no Stream Abort counted"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_counted(&stats.streamed_aborts, "no Stream Abort counted").await;
     assert_eq!(stats.streamed_txns.load(Ordering::Relaxed), 0);
     assert_eq!(stats.spooled_bytes.load(Ordering::Relaxed), 0);
     running.stop().await;
@@ -196,11 +192,7 @@ async fn a_streamed_transaction_that_aborts_leaves_nothing() {
 
 #[tokio::test]
 async fn a_streamed_transaction_with_an_origin_is_not_applied() {
-    let (a, b) = two_sites().await;
-    let cfg = link(&a, &b);
-    ensure_source(&cfg).await.expect("source");
-    let stats = Arc::new(LinkStats::default());
-    let running = Running::start(cfg, stats.clone());
+    let (a, b, _, stats, running) = started().await;
     // As a replicator at beijing applying shanghai's changes would.
     q(
         &a,
@@ -224,11 +216,7 @@ async fn a_streamed_transaction_with_an_origin_is_not_applied() {
 
 #[tokio::test]
 async fn a_link_killed_mid_stream_applies_the_transaction_exactly_once() {
-    let (a, b) = two_sites().await;
-    let cfg = link(&a, &b);
-    ensure_source(&cfg).await.expect("source");
-    let stats = Arc::new(LinkStats::default());
-    let running = Running::start(cfg.clone(), stats.clone());
+    let (a, b, cfg, stats, running) = started().await;
     q(&a, "INSERT INTO items VALUES (0, 'first')").await;
     until(&b, "SELECT count(*) FROM items", "1").await;
 
@@ -240,11 +228,7 @@ async fn a_link_killed_mid_stream_applies_the_transaction_exactly_once() {
     )
     .await
     .expect("open");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while stats.spooled_bytes.load(Ordering::Relaxed) == 0 {
-        assert!(tokio::time::Instant::now() < deadline, "nothing spooled");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_counted(&stats.spooled_bytes, "nothing spooled").await;
     q(&a, "INSERT INTO items VALUES (-1, 'small')").await;
     until(&b, "SELECT count(*) FROM items", "2").await;
     running.kill().await;
@@ -285,59 +269,21 @@ async fn a_link_killed_mid_stream_applies_the_transaction_exactly_once() {
     running.stop().await;
 }
 
-/// A memory figure of this process from `/proc/self/status`, in KiB.
-fn status_kib(field: &str) -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("{field} in /proc/self/status"))
-}
-
 #[tokio::test]
 async fn memory_stays_bounded_while_a_large_update_is_streamed() {
     // `EZONE_LARGE_TXN_ROWS` runs it bigger, by hand.
-    const DEFAULT_ROWS: u64 = 200_000;
-    let rows: u64 = std::env::var("EZONE_LARGE_TXN_ROWS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(DEFAULT_ROWS);
     let (a, b) = two_sites().await;
-    let fill = format!("INSERT INTO items SELECT g, 'row ' || g FROM generate_series(1, {rows}) g");
-    q(&a, &fill).await;
-    q(&b, &fill).await;
     let cfg = LinkConfig {
         large_transaction_bytes: 1024 * 1024,
         ..link(&a, &b)
     };
-    ensure_source(&cfg).await.expect("source");
     let stats = Arc::new(LinkStats::default());
-    let running = Running::start(cfg, stats.clone());
-    tokio::time::sleep(Duration::from_millis(500)).await;
-
-    std::fs::write("/proc/self/clear_refs", "5").expect("reset VmHWM");
-    let before = status_kib("VmRSS");
-    q(&a, "UPDATE items SET v = v || ' updated'").await;
-    let committed = std::time::Instant::now();
-    until_within(
-        &b,
-        &format!("SELECT v LIKE '% updated' FROM items WHERE id = {rows}"),
-        "t",
-        Duration::from_secs(600),
-    )
-    .await;
-    let took = committed.elapsed();
-    let want = q(&a, CHECKSUM).await;
-    until_within(&b, CHECKSUM, &want, Duration::from_secs(60)).await;
-    let grew_mib = status_kib("VmHWM").saturating_sub(before) / 1024;
-    eprintln!(
-        "peak RSS grew by {grew_mib} MiB while {rows} updated rows were streamed; at the target \
-         {took:?} after the source's commit"
-    );
+    let (seen, running) = common::large_update(&a, &b, cfg, stats.clone()).await;
     assert!(
-        grew_mib < 64,
-        "peak RSS grew by {grew_mib} MiB while a {rows}-row UPDATE was streamed"
+        seen.grew_mib < 64,
+        "peak RSS grew by {} MiB while a {}-row UPDATE was streamed",
+        seen.grew_mib,
+        seen.rows
     );
     assert_eq!(stats.streamed_txns.load(Ordering::Relaxed), 1);
     assert_eq!(stats.large_txns.load(Ordering::Relaxed), 1);

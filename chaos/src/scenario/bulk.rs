@@ -361,40 +361,30 @@ pub fn judge(log: &BulkLog, by_site: &BTreeMap<String, Result<SiteBatches, Strin
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        match &b.fate {
+        let site = &b.site;
+        let (right, said) = match &b.fate {
             Fate::Committed => {
                 r.committed += 1;
-                if !whole_everywhere {
-                    r.violations.push(format!(
-                        "batch {} committed at {}, not whole everywhere: {}",
-                        b.id,
-                        b.site,
-                        show()
-                    ));
-                }
+                (
+                    whole_everywhere,
+                    format!("committed at {site}, not whole everywhere"),
+                )
             }
             Fate::RolledBack => {
                 r.rolled_back += 1;
-                if !nowhere {
-                    r.violations.push(format!(
-                        "batch {} rolled back at {}, yet found: {}",
-                        b.id,
-                        b.site,
-                        show()
-                    ));
-                }
+                (nowhere, format!("rolled back at {site}, yet found"))
             }
             Fate::InDoubt(why) => {
                 r.in_doubt += 1;
-                if !whole_everywhere && !nowhere {
-                    r.violations.push(format!(
-                        "batch {} in doubt at {} ({why}), in part or at some sites only: {}",
-                        b.id,
-                        b.site,
-                        show()
-                    ));
-                }
+                (
+                    whole_everywhere || nowhere,
+                    format!("in doubt at {site} ({why}), in part or at some sites only"),
+                )
             }
+        };
+        if !right {
+            r.violations
+                .push(format!("batch {} {said}: {}", b.id, show()));
         }
     }
     for (site, batches) in &sites {

@@ -114,3 +114,83 @@ impl Running {
         let _ = self.task.await;
     }
 }
+
+/// The large-transaction tests' table at both sites.
+pub const ITEMS_SQL: &str = "CREATE TABLE items (id bigint PRIMARY KEY, v text NOT NULL)";
+
+/// `items`' rows in key order, as one checksum.
+pub const ITEMS_CHECKSUM: &str =
+    "SELECT count(*) || ':' || coalesce(md5(string_agg(id || '=' || v, ',' ORDER BY id)), '') FROM items";
+
+/// A memory figure of this process from `/proc/self/status`, in KiB:
+/// `VmHWM` (the peak resident set) or `VmRSS` (the current one).
+pub fn status_kib(field: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("{field} in /proc/self/status"))
+}
+
+/// What [`large_update`] saw.
+pub struct LargeUpdate {
+    pub rows: u64,
+    /// How far this process's peak RSS rose above its RSS before.
+    pub grew_mib: u64,
+    /// From the source's commit until the last row was updated at the target.
+    pub took: Duration,
+}
+
+/// `items` filled at both sites with `EZONE_LARGE_TXN_ROWS` rows (default
+/// 200,000) before link `cfg` starts (its slot is made after: only the
+/// UPDATE crosses), then every row updated in one transaction at `a`, until
+/// `b` equals `a`. The link is left running.
+pub async fn large_update(
+    a: &PgCluster,
+    b: &PgCluster,
+    cfg: LinkConfig,
+    stats: Arc<LinkStats>,
+) -> (LargeUpdate, Running) {
+    let rows: u64 = std::env::var("EZONE_LARGE_TXN_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200_000);
+    let fill = format!("INSERT INTO items SELECT g, 'row ' || g FROM generate_series(1, {rows}) g");
+    q(a, &fill).await;
+    q(b, &fill).await;
+    ezone_replicator::link::ensure_source(&cfg)
+        .await
+        .expect("source");
+    let running = Running::start(cfg, stats);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Reset the peak (Linux: "5" to clear_refs), then let the UPDATE cross.
+    std::fs::write("/proc/self/clear_refs", "5").expect("reset VmHWM");
+    let before = status_kib("VmRSS");
+    q(a, "UPDATE items SET v = v || ' updated'").await;
+    let committed = std::time::Instant::now();
+    // One row shows the whole transaction (it commits at once there).
+    until_within(
+        b,
+        &format!("SELECT v LIKE '% updated' FROM items WHERE id = {rows}"),
+        "t",
+        Duration::from_secs(600),
+    )
+    .await;
+    let took = committed.elapsed();
+    let want = q(a, ITEMS_CHECKSUM).await;
+    until_within(b, ITEMS_CHECKSUM, &want, Duration::from_secs(60)).await;
+    let grew_mib = status_kib("VmHWM").saturating_sub(before) / 1024;
+    eprintln!(
+        "peak RSS grew by {grew_mib} MiB while {rows} updated rows crossed; at the target \
+         {took:?} after the source's commit"
+    );
+    (
+        LargeUpdate {
+            rows,
+            grew_mib,
+            took,
+        },
+        running,
+    )
+}
