@@ -195,6 +195,16 @@ impl LinkStats {
             .store(monotonic_ms(), Ordering::Relaxed);
     }
 
+    /// The source spoke on the stream `ago` (read by the stream's task
+    /// while the link was busy elsewhere).
+    fn heard_from_source_ago(&self, ago: Duration) {
+        let ago = u64::try_from(ago.as_millis()).unwrap_or(u64::MAX);
+        Self::raise(
+            &self.source_heard_ms,
+            monotonic_ms().saturating_sub(ago).max(1),
+        );
+    }
+
     /// How long ago the source last spoke on the stream (`None`: never).
     pub fn source_silence(&self) -> Option<Duration> {
         match self.source_heard_ms.load(Ordering::Relaxed) {
@@ -682,7 +692,10 @@ pub async fn run_once(
                     };
                     let began = Instant::now();
                     let feed = match replay.as_mut() {
-                        Some(r) => Feed::Replay(r),
+                        Some(replay) => Feed::Replay {
+                            replay,
+                            stream: &stream,
+                        },
                         None => Feed::Stream(&mut stream),
                     };
                     let done =
@@ -834,7 +847,12 @@ fn replay_without_commit(link: &str) -> LinkError {
 /// commit), or a streamed transaction read back from the spool.
 enum Feed<'s> {
     Stream(&'s mut crate::walsender::ReplicationStream),
-    Replay(&'s mut Replay),
+    /// The stream is not read meanwhile; its task keeps answering the
+    /// source, and says when it last heard from it (`/readyz`).
+    Replay {
+        replay: &'s mut Replay,
+        stream: &'s crate::walsender::ReplicationStream,
+    },
 }
 
 /// Applies the open source transaction, too large to hold whole
@@ -914,10 +932,11 @@ async fn apply_large(
                         }
                     }
                 }
-                Feed::Replay(replay) => {
+                Feed::Replay { replay, stream } => {
                     if *stop.borrow() {
                         return Ok(None);
                     }
+                    stats.heard_from_source_ago(stream.silence());
                     match replay.next_message().map_err(LinkError::spool(link))? {
                         Some(msg) => msg,
                         None => return Err(replay_without_commit(link)),

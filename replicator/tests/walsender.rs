@@ -328,6 +328,13 @@ async fn keepalives_keep_an_idle_stream_alive() {
 
     // No traffic, and nobody calling next(), for 4 x wal_sender_timeout.
     sleep(Duration::from_secs(4)).await;
+    // The stream's task heard the server's pings meanwhile (every half
+    // timeout), though the caller read none of them.
+    assert!(
+        stream.silence() < Duration::from_millis(1500),
+        "silent for {:?}",
+        stream.silence()
+    );
 
     let alive = psql(
         &pg,

@@ -40,6 +40,7 @@
 //! Dropping the stream stops the task and closes the connection; the
 //! server then releases the slot (the slot keeps its confirmed position).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
@@ -115,6 +116,11 @@ pub struct ReplicationStream {
     events: mpsc::Receiver<Item>,
     commands: mpsc::Sender<Command>,
     progress: Arc<Mutex<Progress>>,
+    /// When the I/O task last received a frame, in ms after `born`: the
+    /// caller may be busy elsewhere (applying a transaction it read
+    /// earlier) while the task keeps hearing from the server.
+    heard: Arc<AtomicU64>,
+    born: Instant,
     state: State,
     task: AbortOnDrop,
 }
@@ -135,7 +141,10 @@ impl ReplicationStream {
         let progress = Arc::new(Mutex::new(Progress::default()));
         let server = session.server.clone();
         let now = Instant::now();
+        let heard = Arc::new(AtomicU64::new(0));
         let pump = Pump {
+            heard: heard.clone(),
+            born: now,
             session,
             slot: slot.clone(),
             next_status: now + settings.status_interval,
@@ -152,9 +161,18 @@ impl ReplicationStream {
             events,
             commands,
             progress,
+            heard,
+            born: now,
             state: State::Open,
             task: AbortOnDrop(task),
         }
+    }
+
+    /// How long since the server last sent anything on the stream (WAL
+    /// or a keepalive), whether or not the caller has read it yet.
+    pub fn silence(&self) -> std::time::Duration {
+        let heard = std::time::Duration::from_millis(self.heard.load(Ordering::Relaxed));
+        self.born.elapsed().saturating_sub(heard)
     }
 
     /// The next message from the server.
@@ -279,6 +297,9 @@ struct Pump {
     commands: mpsc::Receiver<Command>,
     /// When the last frame arrived.
     last_received: Instant,
+    /// The same, in ms after `born`, for [`ReplicationStream::silence`].
+    heard: Arc<AtomicU64>,
+    born: Instant,
     /// When the next periodic status update is due.
     next_status: Instant,
 }
@@ -384,6 +405,9 @@ impl Pump {
                     }
                 };
                 self.last_received = Instant::now();
+                let ms = self.last_received.duration_since(self.born).as_millis();
+                self.heard
+                    .store(u64::try_from(ms).unwrap_or(u64::MAX), Ordering::Relaxed);
                 match self.on_frame(frame).await? {
                     Step::Event(event) => {
                         permit.send(Ok(Some(event)));
