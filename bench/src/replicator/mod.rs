@@ -1140,22 +1140,27 @@ fn tables(r: &Report) -> String {
     let _ = writeln!(out);
     let _ = writeln!(
         out,
-        "CPU by process (seconds, drain / steady) and its peak RSS at the end (MB; a Postgres process's includes the shared buffers it touched):"
+        "CPU by process (seconds, drain / steady / large transaction) and its peak RSS at the end (MB; a Postgres process's includes the shared buffers it touched):"
     );
     for run in &r.runs {
+        let large = run.large.as_ref().map(|l| &l.cpu.by_process);
         let parts: Vec<String> = run
             .drain
             .cpu
             .by_process
             .iter()
             .zip(&run.steady.cpu.by_process)
-            .map(|(d, s)| {
+            .enumerate()
+            .map(|(i, (d, s))| {
+                // The last phase's reading holds the run's peak.
+                let l = large.and_then(|l| l.get(i));
                 format!(
-                    "{} {} / {}, {} MB",
+                    "{} {} / {} / {}, {} MB",
                     d.role,
                     opt(d.seconds, 2),
                     opt(s.seconds, 2),
-                    opt(s.peak_rss_mb, 0)
+                    l.map_or_else(|| "-".to_string(), |l| opt(l.seconds, 2)),
+                    opt(l.map_or(s.peak_rss_mb, |l| l.peak_rss_mb), 0)
                 )
             })
             .collect();
