@@ -1219,3 +1219,33 @@ fn tables(r: &Report) -> String {
         out,"not comparable one to one: native (and pglogical) apply inside the target server, native with synchronous_commit=off; ezone applies over SQL from its own process (its target backend's CPU is counted on its side) with synchronous_commit=on; fsync=off and autovacuum=off on both clusters; see `ezone bench replicator --help` and the module docs");
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        bench: ReplicatorBench,
+    }
+
+    fn params(args: &[&str]) -> Result<Params, String> {
+        let cli = Cli::try_parse_from(std::iter::once("bench").chain(args.iter().copied()))
+            .map_err(|e| e.to_string())?;
+        Params::from_args(&cli.bench).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_large_transaction_phase_and_streaming_flags() {
+        let p = params(&[]).unwrap();
+        assert_eq!((p.large_rows, p.streaming), (LARGE_ROWS, false));
+        let p = params(&["--quick", "--streaming", "on"]).unwrap();
+        assert_eq!((p.large_rows, p.streaming), (QUICK_LARGE_ROWS, true));
+        let p = params(&["--streaming", "off", "--large-rows", "0"]).unwrap();
+        assert_eq!((p.large_rows, p.streaming), (0, false));
+        let e = params(&["--streaming", "true"]).unwrap_err();
+        assert!(e.contains("use on or off"), "{e}");
+    }
+}
