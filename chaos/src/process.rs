@@ -719,6 +719,20 @@ fn parse_stat(text: &str) -> Option<ProcStat> {
     })
 }
 
+/// A `kB` figure of `/proc/PID/status` (`VmHWM`, the peak resident set;
+/// `VmRSS`, the current one), in KiB; `None` if there is no such process
+/// or field.
+pub fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    parse_status_kib(&text, field)
+}
+
+fn parse_status_kib(text: &str, field: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
 /// Whether `pid` is a live (non-zombie) process, and if `start_time` is
 /// given, the same process that was recorded.
 pub fn pid_alive(pid: u32, start_time: Option<u64>) -> bool {
@@ -1014,6 +1028,16 @@ fn arm_pre_exec(cmd: &mut Command, supervision: Supervision) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn memory_figures_from_status() {
+        let status =
+            "Name:\tezone\nVmPeak:\t  900000 kB\nVmHWM:\t   14236 kB\nVmRSS:\t   12000 kB\n";
+        assert_eq!(super::parse_status_kib(status, "VmHWM"), Some(14236));
+        assert_eq!(super::parse_status_kib(status, "VmRSS"), Some(12000));
+        assert_eq!(super::parse_status_kib("Name:\tx\n", "VmHWM"), None);
+        assert!(super::proc_status_kib(std::process::id(), "VmRSS").is_some_and(|k| k > 0));
+    }
+
     use super::*;
 
     #[test]

@@ -92,10 +92,12 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Router(c) => cmd::router::run(c).await,
-            Command::Replicator(args) => match replicator_cfg {
-                Some(cfg) => cmd::replicator::run(cfg?).await,
-                None => cmd::replicator::run(cmd::replicator::load(&args)?).await,
-            },
+            Command::Replicator(_) => {
+                let Some(cfg) = replicator_cfg else {
+                    unreachable!("the replicator's config is read above for this command");
+                };
+                cmd::replicator::run(cfg?).await
+            }
             Command::Failover(c) => cmd::failover::run(c).await,
             Command::Status(c) => cmd::status::run(c).await,
             Command::Demo(c) => cmd::demo::run(c).await,

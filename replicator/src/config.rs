@@ -204,6 +204,23 @@ fn err(field: &str, problem: impl Into<String>) -> ConfigError {
     }
 }
 
+/// `field` must be 1 to `max`.
+fn one_to(
+    field: &str,
+    value: usize,
+    max: usize,
+    default: usize,
+    what: &str,
+) -> Result<(), ConfigError> {
+    if value == 0 || value > max {
+        return Err(err(
+            field,
+            format!("{value} is not between 1 and {max}: {what} (the default is {default})"),
+        ));
+    }
+    Ok(())
+}
+
 impl ReplicatorConfig {
     /// The spool directory of each link when `streaming` is on, else `None`
     /// ([`crate::link::LinkConfig::streaming`]).
@@ -225,30 +242,20 @@ impl ReplicatorConfig {
         if self.tables.is_empty() {
             return Err(err("tables", "no tables: list the tables to replicate"));
         }
-        if self.apply_workers == 0 || self.apply_workers > defaults::MAX_APPLY_WORKERS {
-            return Err(err(
-                "apply_workers",
-                format!(
-                    "{} is not between 1 and {}: the target connections each link applies over \
-                     (the default is {})",
-                    self.apply_workers,
-                    defaults::MAX_APPLY_WORKERS,
-                    defaults::APPLY_WORKERS
-                ),
-            ));
-        }
-        if self.worker_threads == 0 || self.worker_threads > defaults::MAX_WORKER_THREADS {
-            return Err(err(
-                "worker_threads",
-                format!(
-                    "{} is not between 1 and {}: the threads of the replicator's runtime \
-                     (the default is {})",
-                    self.worker_threads,
-                    defaults::MAX_WORKER_THREADS,
-                    defaults::WORKER_THREADS
-                ),
-            ));
-        }
+        one_to(
+            "apply_workers",
+            self.apply_workers,
+            defaults::MAX_APPLY_WORKERS,
+            defaults::APPLY_WORKERS,
+            "the target connections each link applies over",
+        )?;
+        one_to(
+            "worker_threads",
+            self.worker_threads,
+            defaults::MAX_WORKER_THREADS,
+            defaults::WORKER_THREADS,
+            "the threads of the replicator's runtime",
+        )?;
         if self.large_transaction_bytes < defaults::MIN_LARGE_TRANSACTION_BYTES {
             return Err(err(
                 "large_transaction_bytes",

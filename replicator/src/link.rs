@@ -796,7 +796,7 @@ fn spooled(
     stats.spooled_bytes.store(spool.bytes(), Ordering::Relaxed);
     match outcome? {
         Outcome::Kept => Ok((None, None)),
-        Outcome::Aborted { whole, .. } => {
+        Outcome::Aborted { whole } => {
             if whole {
                 stats.streamed_aborts.fetch_add(1, Ordering::Relaxed);
             }
@@ -822,24 +822,13 @@ fn replay_into(
     large: usize,
 ) -> Result<Option<Event>, LinkError> {
     loop {
-        let Some(msg) = replay.next_message().map_err(LinkError::spool(link))? else {
-            return Err(replay_without_commit(link));
-        };
+        let msg = replay.next_message().map_err(LinkError::spool(link))?;
         if let Some(event) = push(link, assembler, msg)? {
             return Ok(Some(event));
         }
         if assembler.open_bytes() > large {
             return Ok(None);
         }
-    }
-}
-
-/// A replay ends with its Commit (which makes the event), so this cannot
-/// happen; a definite error if it does.
-fn replay_without_commit(link: &str) -> LinkError {
-    LinkError::Spool {
-        link: link.to_string(),
-        source: SpoolError::Framing("a streamed transaction read back without its commit".into()),
     }
 }
 
@@ -903,7 +892,7 @@ async fn apply_large(
         }
         // Read on until another part's worth is there, or the Commit.
         let txn = loop {
-            let msg = match &mut feed {
+            let event = match &mut feed {
                 Feed::Stream(stream) => {
                     let ev = tokio::select! {
                         // A stop first: the open target transaction is
@@ -920,10 +909,7 @@ async fn apply_large(
                     match ev {
                         StreamEvent::XLogData { data, wal_end, .. } => {
                             LinkStats::raise(&stats.source_wal_end, wal_end.0);
-                            pgoutput::decode(&data).map_err(|source| LinkError::Decode {
-                                link: link.to_string(),
-                                source,
-                            })?
+                            assemble(link, assembler, &data)?
                         }
                         // Inside a transaction: nothing to confirm.
                         StreamEvent::Keepalive { wal_end, .. } => {
@@ -937,13 +923,11 @@ async fn apply_large(
                         return Ok(None);
                     }
                     stats.heard_from_source_ago(stream.silence());
-                    match replay.next_message().map_err(LinkError::spool(link))? {
-                        Some(msg) => msg,
-                        None => return Err(replay_without_commit(link)),
-                    }
+                    let msg = replay.next_message().map_err(LinkError::spool(link))?;
+                    push(link, assembler, msg)?
                 }
             };
-            match push(link, assembler, msg)? {
+            match event {
                 Some(Event::Txn(txn)) => break Some(txn),
                 // Not inside a transaction's changes; nothing to do
                 // with one, as in the main loop.

@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use ezone_chaos::postgres::PgCluster;
-use ezone_chaos::process::{proc_stat, ChildProcess, ProcessSpec};
+use ezone_chaos::process::{pid_alive, proc_stat, proc_status_kib, ChildProcess, ProcessSpec};
 use ezone_replicator::config::{origin_name, slot_name};
 use ezone_topology::starter::starter;
 use ezone_topology::{FileStore, TopologyStore};
@@ -129,13 +129,11 @@ impl Proc {
         if !self.alive() {
             return None;
         }
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).ok()?;
-        parse_vm_hwm(&status)
+        proc_status_kib(self.pid, "VmHWM")
     }
 
     fn alive(&self) -> bool {
-        proc_stat(self.pid)
-            .is_some_and(|s| s.start_time == self.start_time && !matches!(s.state, 'Z' | 'X'))
+        pid_alive(self.pid, Some(self.start_time))
     }
 }
 
@@ -605,14 +603,6 @@ async fn slot_pid(at: &RunPlace<'_>, slot: &str) -> anyhow::Result<Option<u32>> 
     parse_pid(&out)
 }
 
-/// `VmHWM` in KiB from a `/proc/PID/status` text.
-fn parse_vm_hwm(status: &str) -> Option<u64> {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-}
-
 /// A pid from psql's output: empty (no row) is `None`.
 /// Every pid in psql's output, one a line.
 fn parse_pids(out: &str) -> anyhow::Result<Vec<u32>> {
@@ -675,13 +665,5 @@ mod tests {
         assert_eq!(parse_pid("\n").ok().flatten(), None);
         assert_eq!(parse_pid("4242\n").ok().flatten(), Some(4242));
         assert!(parse_pid("abc").is_err());
-    }
-
-    #[test]
-    fn peak_rss_from_status() {
-        let status =
-            "Name:\tezone\nVmPeak:\t  900000 kB\nVmHWM:\t   14236 kB\nVmRSS:\t   12000 kB\n";
-        assert_eq!(parse_vm_hwm(status), Some(14236));
-        assert_eq!(parse_vm_hwm("Name:\tx\n"), None);
     }
 }

@@ -116,11 +116,10 @@ pub struct ReplicationStream {
     events: mpsc::Receiver<Item>,
     commands: mpsc::Sender<Command>,
     progress: Arc<Mutex<Progress>>,
-    /// When the I/O task last received a frame, in ms after `born`: the
-    /// caller may be busy elsewhere (applying a transaction it read
-    /// earlier) while the task keeps hearing from the server.
-    heard: Arc<AtomicU64>,
-    born: Instant,
+    /// When the I/O task last received a frame: the caller may be busy
+    /// elsewhere (applying a transaction it read earlier) while the task
+    /// keeps hearing from the server.
+    heard: Arc<Heard>,
     state: State,
     task: AbortOnDrop,
 }
@@ -141,17 +140,18 @@ impl ReplicationStream {
         let progress = Arc::new(Mutex::new(Progress::default()));
         let server = session.server.clone();
         let now = Instant::now();
-        let heard = Arc::new(AtomicU64::new(0));
+        let heard = Arc::new(Heard {
+            born: now,
+            ms: AtomicU64::new(0),
+        });
         let pump = Pump {
             heard: heard.clone(),
-            born: now,
             session,
             slot: slot.clone(),
             next_status: now + settings.status_interval,
             settings,
             progress: progress.clone(),
             commands: commands_rx,
-            last_received: now,
         };
         let span = tracing::info_span!("walsender_stream", server = %server, slot = %slot);
         let task = tokio::spawn(pump.run(events_tx).instrument(span));
@@ -162,7 +162,6 @@ impl ReplicationStream {
             commands,
             progress,
             heard,
-            born: now,
             state: State::Open,
             task: AbortOnDrop(task),
         }
@@ -171,8 +170,7 @@ impl ReplicationStream {
     /// How long since the server last sent anything on the stream (WAL
     /// or a keepalive), whether or not the caller has read it yet.
     pub fn silence(&self) -> std::time::Duration {
-        let heard = std::time::Duration::from_millis(self.heard.load(Ordering::Relaxed));
-        self.born.elapsed().saturating_sub(heard)
+        self.heard.last().elapsed()
     }
 
     /// The next message from the server.
@@ -288,6 +286,27 @@ fn lock(progress: &Mutex<Progress>) -> MutexGuard<'_, Progress> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// When a stream's I/O task last received a frame, readable from the
+/// caller's side without a lock.
+#[derive(Debug)]
+struct Heard {
+    born: Instant,
+    /// Milliseconds after `born`.
+    ms: AtomicU64,
+}
+
+impl Heard {
+    fn record(&self, at: Instant) {
+        let ms = at.duration_since(self.born).as_millis();
+        self.ms
+            .store(u64::try_from(ms).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    fn last(&self) -> Instant {
+        self.born + std::time::Duration::from_millis(self.ms.load(Ordering::Relaxed))
+    }
+}
+
 /// The I/O task's state.
 struct Pump {
     session: Session,
@@ -295,11 +314,8 @@ struct Pump {
     settings: StreamSettings,
     progress: Arc<Mutex<Progress>>,
     commands: mpsc::Receiver<Command>,
-    /// When the last frame arrived.
-    last_received: Instant,
-    /// The same, in ms after `born`, for [`ReplicationStream::silence`].
-    heard: Arc<AtomicU64>,
-    born: Instant,
+    /// When the last frame arrived (at first, when the stream started).
+    heard: Arc<Heard>,
     /// When the next periodic status update is due.
     next_status: Instant,
 }
@@ -376,7 +392,7 @@ impl Pump {
                     Some(frame) => frame,
                     None => {
                         let quiet_limit =
-                            self.last_received.max(waiting_since) + self.settings.receive_timeout;
+                            self.heard.last().max(waiting_since) + self.settings.receive_timeout;
                         tokio::select! {
                             biased;
                             command = self.commands.recv() => {
@@ -404,10 +420,7 @@ impl Pump {
                         }
                     }
                 };
-                self.last_received = Instant::now();
-                let ms = self.last_received.duration_since(self.born).as_millis();
-                self.heard
-                    .store(u64::try_from(ms).unwrap_or(u64::MAX), Ordering::Relaxed);
+                self.heard.record(Instant::now());
                 match self.on_frame(frame).await? {
                     Step::Event(event) => {
                         permit.send(Ok(Some(event)));
@@ -510,7 +523,7 @@ impl Pump {
     /// server has been quiet that long, so a live server always says
     /// something within `receive_timeout`.
     async fn periodic_status(&mut self) -> Result<(), SourceError> {
-        let quiet = self.last_received.elapsed() >= self.settings.status_interval;
+        let quiet = self.heard.last().elapsed() >= self.settings.status_interval;
         self.send_status(quiet).await
     }
 

@@ -122,14 +122,10 @@ pub const ITEMS_SQL: &str = "CREATE TABLE items (id bigint PRIMARY KEY, v text N
 pub const ITEMS_CHECKSUM: &str =
     "SELECT count(*) || ':' || coalesce(md5(string_agg(id || '=' || v, ',' ORDER BY id)), '') FROM items";
 
-/// A memory figure of this process from `/proc/self/status`, in KiB:
-/// `VmHWM` (the peak resident set) or `VmRSS` (the current one).
+/// A memory figure of this process, in KiB: `VmHWM` (the peak resident
+/// set) or `VmRSS` (the current one).
 pub fn status_kib(field: &str) -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    ezone_chaos::process::proc_status_kib(std::process::id(), field)
         .unwrap_or_else(|| panic!("{field} in /proc/self/status"))
 }
 
