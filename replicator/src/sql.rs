@@ -163,6 +163,37 @@ fn where_key(
     Ok(parts.join(" AND "))
 }
 
+/// Appends `v` to `out` as an SQL literal of type `unknown`: `NULL`, or an
+/// escape string `E'...'` with every backslash and quote doubled, so the
+/// server reads back exactly `v` whatever `standard_conforming_strings`
+/// says (a plain `'...'` reads backslashes differently when it is off).
+/// Safe in a UTF-8 session: no byte of a multi-byte UTF-8 character is a
+/// quote or a backslash. `false` (and `out` unchanged) if `v` holds a NUL,
+/// which a query message cannot carry (it ends the message's text) and no
+/// Postgres text value holds: the caller sends it as a parameter instead.
+pub fn push_literal(out: &mut String, v: Option<&str>) -> bool {
+    let Some(v) = v else {
+        out.push_str("NULL");
+        return true;
+    };
+    if v.contains('\0') {
+        return false;
+    }
+    out.reserve(v.len() + 3);
+    out.push_str("E'");
+    // Each quote and backslash written twice (both ASCII: `i` is on a
+    // character boundary).
+    let mut rest = v;
+    while let Some(i) = rest.find(['\'', '\\']) {
+        out.push_str(&rest[..=i]);
+        out.push_str(&rest[i..=i]);
+        rest = &rest[i + 1..];
+    }
+    out.push_str(rest);
+    out.push('\'');
+    true
+}
+
 /// `INSERT ... ON CONFLICT DO NOTHING`: a row that already exists is a
 /// conflict for the caller to record (0 rows affected), never an overwrite.
 pub fn insert(t: &TableInfo, rel: &Relation, new: &TupleData) -> Result<Statement, ShapeError> {
@@ -400,6 +431,17 @@ mod tests {
     use super::*;
     use crate::pgoutput::{RelationColumn, ReplicaIdentity};
     use bytes::Bytes;
+
+    #[test]
+    fn a_literal_doubles_quotes_and_backslashes_and_refuses_a_nul() {
+        let mut out = String::from("x ");
+        assert!(push_literal(&mut out, Some(r"a'b\c''")));
+        assert!(push_literal(&mut out, None));
+        assert!(push_literal(&mut out, Some("")));
+        assert_eq!(out, r"x E'a''b\\c'''''NULLE''");
+        assert!(!push_literal(&mut out, Some("a\0b")));
+        assert_eq!(out, r"x E'a''b\\c'''''NULLE''", "unchanged");
+    }
 
     fn rel() -> Relation {
         Relation {

@@ -413,6 +413,8 @@ impl Target {
 struct Outcome {
     fast_path_statements: u64,
     conflicts: u64,
+    /// One-by-one transactions the fast path sent as one query message.
+    one_message: u64,
     /// Both refused the changes (an update of a key onto a key the target
     /// has: a unique violation, which stops a link).
     refused: bool,
@@ -430,10 +432,14 @@ async fn compare(
     let before = grouped.state().await;
     let applied = grouped.applier.apply_batch(txns, &own).await;
     let mut conflicts = 0;
+    let mut one_message = 0;
     let mut refused = None;
     for t in one_by_one(txns) {
         match single.applier.apply(&t, &own).await {
-            Ok(a) => conflicts += a.conflicts,
+            Ok(a) => {
+                conflicts += a.conflicts;
+                one_message += u64::from(a.one_message);
+            }
             Err(e) => {
                 refused = Some(e);
                 break;
@@ -452,6 +458,7 @@ async fn compare(
             return Ok(Outcome {
                 fast_path_statements: 0,
                 conflicts,
+                one_message,
                 refused: true,
             });
         }
@@ -471,6 +478,7 @@ async fn compare(
     Ok(Outcome {
         fast_path_statements: applied.fast_path_statements,
         conflicts,
+        one_message,
         refused: false,
     })
 }
@@ -491,6 +499,7 @@ fn a_grouped_batch_writes_what_one_change_at_a_time_writes() {
     let targets = std::sync::Mutex::new((grouped, single));
     let fast = std::sync::atomic::AtomicU64::new(0);
     let with_conflicts = std::sync::atomic::AtomicU64::new(0);
+    let one_message = std::sync::atomic::AtomicU64::new(0);
     let next_lsn = std::sync::atomic::AtomicU64::new(0x1000);
     let cases = if std::env::var_os("EZONE_CHAOS_LONG").is_some() {
         1024
@@ -526,6 +535,7 @@ fn a_grouped_batch_writes_what_one_change_at_a_time_writes() {
         if out.fast_path_statements > 0 {
             fast.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
+        one_message.fetch_add(out.one_message, std::sync::atomic::Ordering::Relaxed);
         if out.conflicts > 0 || out.refused {
             with_conflicts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         } else {
@@ -542,9 +552,11 @@ fn a_grouped_batch_writes_what_one_change_at_a_time_writes() {
         panic!("{e}");
     }
     let (fast, with_conflicts) = (fast.into_inner(), with_conflicts.into_inner());
+    let one_message = one_message.into_inner();
     assert!(
-        fast > 0 && with_conflicts > 0,
-        "both paths exercised: {fast} fast, {with_conflicts} with conflicts"
+        fast > 0 && with_conflicts > 0 && one_message > 0,
+        "every path exercised: {fast} fast, {with_conflicts} with conflicts, \
+         {one_message} one-by-one transactions sent as one message"
     );
     drop(targets);
     drop(pg);
@@ -590,4 +602,134 @@ fn a_pgbench_backlog_takes_a_handful_of_statements() {
             ops.len()
         );
     });
+}
+
+/// Text a source may send, written into the query message of a small batch
+/// (`replicator/src/apply/one_message.rs`) as escape literals: whatever it
+/// holds (quotes, backslashes, statement separators, dollar quotes, any
+/// Unicode), it arrives byte for byte, in its row and nowhere else.
+/// Checked by reading the rows back with bound parameters.
+#[test]
+fn hostile_text_arrives_byte_for_byte_through_one_message() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (pg, target) = rt.block_on(async {
+        let pg = PgCluster::start("fast-path-text").await.expect("pg");
+        let target = target(&pg, "texts").await;
+        // One row per key, written by the cases below; the other tables
+        // must stay as they are: one row in `pairs` (what the hostile texts
+        // below try to delete), none elsewhere.
+        target.reset(&BTreeSet::from([(1, 0)])).await;
+        (pg, target)
+    });
+    let target = std::sync::Mutex::new(target);
+    let next = std::sync::atomic::AtomicU64::new(0);
+    let hostile = proptest::sample::select(vec![
+        "'",
+        "''",
+        "\\",
+        "\\'",
+        "E'",
+        "'); DELETE FROM pairs; --",
+        "'; COMMIT; DELETE FROM pairs; SELECT '",
+        "$$",
+        "$q$ ' $q$",
+        ";",
+        "\\x41",
+        "\n",
+        "\u{feff}",
+        "用户",
+        "🚚",
+        "\"",
+        "NULL",
+    ]);
+    let piece = prop_oneof![hostile.prop_map(str::to_string), any::<String>()];
+    let text = proptest::collection::vec(piece, 0..6).prop_map(|ps| ps.concat().replace('\0', ""));
+    let mut runner = TestRunner::new(Config {
+        cases: 96,
+        max_shrink_iters: 64,
+        ..Config::default()
+    });
+    let result = runner.run(&(text.clone(), text), |(a, b)| {
+        let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let k = (n % 200) as u8;
+        let mut guard = target.lock().expect("lock");
+        let t = &mut *guard;
+        rt.block_on(async {
+            let own = Ownership::for_link("source->target");
+            let id = k.to_string();
+            // Insert (or update) `a` into `txt`, then update it to `b`.
+            let exists: i64 = t
+                .client
+                .query_one(
+                    "SELECT count(*) FROM items WHERE id = $1::text::bigint",
+                    &[&id],
+                )
+                .await
+                .expect("count")
+                .get(0);
+            let mut values = vec![Some(id.clone())];
+            values.extend(std::iter::repeat_n(None, TABLES[0].cols.len() - 1));
+            values[7] = Some(a.clone());
+            values[9] = Some(b.clone());
+            let first = if exists == 0 {
+                Change::Insert {
+                    rel: relation(0),
+                    new: tuple(&values),
+                }
+            } else {
+                Change::Update {
+                    rel: relation(0),
+                    old: None,
+                    new: tuple(&values),
+                }
+            };
+            values[7] = Some(b.clone());
+            values[9] = Some(a.clone());
+            let second = Change::Update {
+                rel: relation(0),
+                old: None,
+                new: tuple(&values),
+            };
+            let lsn = 0x9000_0000 + n * 200;
+            for (i, ch) in [first, second].into_iter().enumerate() {
+                let txn = &transactions(vec![ch], &[], lsn + 100 * i as u64)[0];
+                let applied = t.applier.apply(txn, &own).await.expect("applied");
+                prop_assert_eq!(applied.conflicts, 0);
+                prop_assert!(applied.one_message, "the batch was not sent as one message");
+            }
+            let row = t
+                .client
+                .query_one(
+                    "SELECT txt = $2 AND big = $3, txt, big FROM items WHERE id = $1::text::bigint",
+                    &[&id, &b, &a],
+                )
+                .await
+                .expect("row");
+            let (same, txt, big): (bool, String, String) = (row.get(0), row.get(1), row.get(2));
+            prop_assert!(same, "wrote {:?} / {:?}, read {:?} / {:?}", b, a, txt, big);
+            let others: i64 = t
+                .client
+                .query_one(
+                    "SELECT (SELECT count(*) FROM pairs WHERE a = 0) - 1 \
+                     + (SELECT count(*) FROM pairs) - 1 + (SELECT count(*) FROM audited) \
+                     + (SELECT count(*) FROM keys_only) + (SELECT count(*) FROM items WHERE \
+                     id <> $1::text::bigint AND id > $2::text::bigint)",
+                    &[&id, &n.min(200).to_string()],
+                )
+                .await
+                .expect("others")
+                .get(0);
+            prop_assert_eq!(others, 0, "a row outside the case's own was written");
+            Ok(())
+        })
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+    drop(target);
+    drop(pg);
 }

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use common::{q, until};
 use ezone_chaos::postgres::PgCluster;
+use ezone_replicator::apply::Applier;
 use ezone_replicator::link::{ensure_source, run, LinkConfig, LinkStats};
 use tokio::sync::watch;
 
@@ -415,4 +416,36 @@ async fn a_conflicting_insert_set_leaves_no_error_in_the_targets_log() {
     );
     let _ = stop_tx.send(true);
     task.await.expect("join").expect("clean stop");
+}
+
+/// The link confirms a batch to its source once the target's COMMIT
+/// returns, so that commit must be durable: a target database set to
+/// commit asynchronously (`synchronous_commit = off`) does not do so for
+/// the link's apply session, and a stronger setting is left as it is.
+#[tokio::test]
+async fn an_asynchronous_target_still_commits_applies_durably() {
+    let pg = PgCluster::start("shanghai").await.expect("pg");
+    for (db, setting, want) in [
+        ("relaxed", "off", "local"),
+        ("strict", "remote_apply", "remote_apply"),
+        ("plain", "on", "on"),
+    ] {
+        pg.psql(&format!("CREATE DATABASE {db}"))
+            .await
+            .expect("create database");
+        pg.psql(&format!(
+            "ALTER DATABASE {db} SET synchronous_commit = {setting}"
+        ))
+        .await
+        .expect("alter database");
+        let applier = Applier::connect(&pg.dsn(db), "beijing->shanghai", &format!("ezone_{db}"))
+            .await
+            .expect("applier");
+        let got = applier
+            .session_setting("synchronous_commit")
+            .await
+            .expect("setting");
+        assert_eq!(got, want, "database {db} set to {setting}");
+        applier.close().await;
+    }
 }

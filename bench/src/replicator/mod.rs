@@ -36,7 +36,12 @@
 //!    start with the consumer, so their totals at the end are the drain's):
 //!    ezone = the replicator process + the target backend its applier talks
 //!    to + its source walsender; native = the apply worker + its source
-//!    walsender. Reported per 10k rows.
+//!    walsender. Reported per 10k rows. Then *stream rows/s*: the same
+//!    backlog read by `pg_recvlogical` into `/dev/null` from a slot of its
+//!    own, made before the backlog ([`ceiling`]): what the source's stream
+//!    allows, which no consumer's drain can beat; *stream bound* in the
+//!    ratios is that over the baseline's drain, the largest drain ratio any
+//!    consumer could show here.
 //! 2. **Steady lag.** With the consumer caught up, pgbench offers `--rate`
 //!    transactions/s for `--duration`. Each history row carries the source's
 //!    `clock_timestamp()` taken just before its commit; the target's trigger
@@ -130,6 +135,7 @@ use ezone_chaos::proxy::{Direction, FaultProxy, LinkSpec, Toxics};
 use serde::Serialize;
 
 use crate::cpu;
+use ceiling::{Ceiling, StreamOnly};
 use consumer::{Consumer, Proc, RunPlace};
 use stats::{parse_integer_lines, per_second, ratio, summarise_lag, LagSummary};
 use workload::{
@@ -140,6 +146,7 @@ use workload::{
 
 pub use consumer::System;
 
+mod ceiling;
 mod consumer;
 mod stats;
 mod workload;
@@ -433,6 +440,9 @@ pub struct DrainReport {
     /// Target transactions ezone used for the drain (`None` for native).
     batches: Option<u64>,
     cpu: CpuReport,
+    /// The same backlog read by a reader that discards it: what the
+    /// source's stream allows ([`ceiling`]).
+    stream_only: StreamOnly,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -485,6 +495,10 @@ pub struct RatioReport {
     /// What ezone is divided by.
     baseline: System,
     drain_rows_per_second: Option<f64>,
+    /// The stream alone over the baseline's drain, both from the
+    /// baseline's run: the most any consumer's drain could be, as a
+    /// multiple of the baseline's, on this machine.
+    stream_bound: Option<f64>,
     apply_rows_per_second: Option<f64>,
     drain_cpu_per_10k_rows: Option<f64>,
     lag_p50: Option<f64>,
@@ -675,6 +689,7 @@ async fn one_run(
         streaming: ctx.params.streaming,
     };
     let mut consumer = Consumer::prepare(system, &at).await?;
+    let ceiling = Ceiling::prepare(&at).await?;
 
     // 1. Backlog, with nothing consuming the slot.
     say(&format!(
@@ -697,6 +712,7 @@ async fn one_run(
         .await?;
     let written_seconds = began.elapsed().as_secs_f64();
     sql(source, &db, &mark_sql(2, "backlog end")).await?;
+    let end_lsn = sql(source, &db, "SELECT pg_current_wal_lsn()").await?;
     let wal = sql(
         source,
         &db,
@@ -725,6 +741,10 @@ async fn one_run(
     let secs = |a: i64, b: i64| (b - a) as f64 / 1e6;
     let (seconds, apply_seconds) = (secs(t0, last), secs(first, last));
     let batches = consumer.batches(&at).await?;
+    say("reading the same backlog with pg_recvlogical into /dev/null");
+    let stream_only = ceiling
+        .measure(&at, &end_lsn, rows, ctx.ticks_per_second)
+        .await?;
     let drain = DrainReport {
         txns: backlog.processed,
         rows,
@@ -738,6 +758,7 @@ async fn one_run(
         apply_rows_per_second: per_second(rows, apply_seconds),
         batches,
         cpu: cpu_report(ctx, &procs, &vec![Some(0); procs.len()], &drain_ticks, rows),
+        stream_only,
     };
 
     // 3. Steady load with the consumer running and caught up.
@@ -943,6 +964,7 @@ fn ratios(p: &Params, runs: &[RunReport], v: Variant, baseline: System) -> Optio
         label: p.variant_label(v),
         baseline,
         drain_rows_per_second: ratio(e.drain.rows_per_second, n.drain.rows_per_second),
+        stream_bound: ratio(n.drain.stream_only.rows_per_second, n.drain.rows_per_second),
         apply_rows_per_second: ratio(e.drain.apply_rows_per_second, n.drain.apply_rows_per_second),
         drain_cpu_per_10k_rows: ratio(e.drain.cpu.per_10k_rows, n.drain.cpu.per_10k_rows),
         lag_p50: ratio(
@@ -1026,7 +1048,7 @@ fn tables(r: &Report) -> String {
     );
     let _ = writeln!(
         out,
-        "{:<10} {:<9} {:>8} {:>8} {:>8} {:>8} {:>12} {:>13} {:>13} {:>6}",
+        "{:<10} {:<9} {:>8} {:>8} {:>8} {:>8} {:>12} {:>13} {:>13} {:>13} {:>6}",
         "variant",
         "system",
         "drain s",
@@ -1036,13 +1058,14 @@ fn tables(r: &Report) -> String {
         "rows/s apply",
         "CPU s/10k rw",
         "of which wals",
+        "stream rows/s",
         "data"
     );
     for run in &r.runs {
         let d = &run.drain;
         let _ = writeln!(
             out,
-            "{:<10} {:<9} {:>8.2} {:>8.2} {:>8} {:>8} {:>12} {:>13} {:>13} {:>6}",
+            "{:<10} {:<9} {:>8.2} {:>8.2} {:>8} {:>8} {:>12} {:>13} {:>13} {:>13} {:>6}",
             run.label,
             run.system.name(),
             d.seconds,
@@ -1052,6 +1075,7 @@ fn tables(r: &Report) -> String {
             opt(d.apply_rows_per_second, 0),
             opt(d.cpu.per_10k_rows, 3),
             opt(d.cpu.walsender_per_10k_rows, 3),
+            opt(d.stream_only.rows_per_second, 0),
             if run.data_identical { "ok" } else { "DIFF" },
         );
     }
@@ -1171,9 +1195,13 @@ fn tables(r: &Report) -> String {
             ),
             _ => String::new(),
         };
+        let stream = format!(
+            "; the backlog to pg_recvlogical: walsender {} s",
+            opt(run.drain.stream_only.walsender_cpu_seconds, 2)
+        );
         let _ = writeln!(
             out,
-            "  {:<10} {:<9} {}{batches}",
+            "  {:<10} {:<9} {}{batches}{stream}",
             run.label,
             run.system.name(),
             parts.join(", ")
@@ -1183,14 +1211,15 @@ fn tables(r: &Report) -> String {
         let _ = writeln!(out);
         let _ = writeln!(
             out,
-            "ezone / baseline (throughput: higher is better for ezone; lag and CPU: lower is better)"
+            "ezone / baseline (throughput: higher is better for ezone; lag and CPU: lower is better; stream bound: the stream alone / the baseline's drain, the most any consumer's drain ratio could be here)"
         );
         let _ = writeln!(
             out,
-            "{:<10} {:<9} {:>13} {:>13} {:>14} {:>8} {:>8} {:>15} {:>13}",
+            "{:<10} {:<9} {:>13} {:>13} {:>13} {:>14} {:>8} {:>8} {:>15} {:>13}",
             "variant",
             "baseline",
             "drain rows/s",
+            "stream bound",
             "apply rows/s",
             "drain CPU/10k",
             "lag p50",
@@ -1201,10 +1230,11 @@ fn tables(r: &Report) -> String {
         for x in &r.ratios {
             let _ = writeln!(
                 out,
-                "{:<10} {:<9} {:>13} {:>13} {:>14} {:>8} {:>8} {:>15} {:>13}",
+                "{:<10} {:<9} {:>13} {:>13} {:>13} {:>14} {:>8} {:>8} {:>15} {:>13}",
                 x.label,
                 x.baseline.name(),
                 times(x.drain_rows_per_second),
+                times(x.stream_bound),
                 times(x.apply_rows_per_second),
                 times(x.drain_cpu_per_10k_rows),
                 times(x.lag_p50),

@@ -13,6 +13,7 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::Client;
 
 use super::error::{classify, ApplyError};
+use super::one_message;
 use super::ownership::Ownership;
 use super::statements::{params, prepare, prepare_set, RESET_PLANNER_SQL, SET_PLANNER_SQL};
 use super::turn::{turn_done, wait_turn};
@@ -216,13 +217,27 @@ impl Applier {
         // connection, and then so does everything after it. Every way out
         // below ends the transaction (COMMIT or ROLLBACK) or returns an
         // error, after which the link drops this connection.
-        let (began, ran) = futures::future::join(
-            self.client.batch_execute("BEGIN"),
-            run_steps(&self.client, &mut cache, &target, &steps, Some(&setup)),
-        )
-        .await;
+        let one_message = one_message::eligible(&steps);
+        let sent_as_one = one_message.is_some();
+        let ran = match one_message {
+            // A batch of row statements (a steady load's): one message.
+            Some(rows) => {
+                let setup = (setup.0.as_str(), setup.1);
+                one_message::run(&self.client, &mut self.named, &target, &rows, setup).await
+            }
+            None => {
+                let (began, ran) = futures::future::join(
+                    self.client.batch_execute("BEGIN"),
+                    run_steps(&self.client, &mut cache, &target, &steps, Some(&setup)),
+                )
+                .await;
+                match began {
+                    Ok(()) => ran,
+                    Err(e) => Err(classify(&target, "BEGIN", e)),
+                }
+            }
+        };
         self.statements = cache;
-        began.map_err(|e| classify(&target, "BEGIN", e))?;
         let outcome = match ran {
             Ok(o) => o,
             Err(e) => {
@@ -247,6 +262,7 @@ impl Applier {
                     conflicts: 0,
                     markers: Vec::new(),
                     fast_path_statements: steps.len() as u64,
+                    one_message: sent_as_one,
                 })
             }
             Steps::Conflict => {

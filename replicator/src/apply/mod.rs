@@ -44,6 +44,7 @@
 mod careful;
 mod error;
 mod fast;
+mod one_message;
 mod ownership;
 mod record;
 mod schema;
@@ -89,6 +90,9 @@ pub struct Applied {
     /// and lone rows, see [`crate::plan`]); 0 when the careful path applied
     /// the batch one change at a time.
     pub fast_path_statements: u64,
+    /// The fast path sent the batch as one query message
+    /// ([`one_message`]), the way a steady load's small batches go.
+    pub one_message: bool,
 }
 
 /// Advances the link's origin in the apply transaction.
@@ -104,6 +108,9 @@ pub struct Applier {
     /// Prepared statements by SQL text: one round trip per row instead of
     /// two (parse + execute). Bounded by [`MAX_CACHED_STATEMENTS`].
     statements: HashMap<String, tokio_postgres::Statement>,
+    /// Row statements prepared by name, for a batch sent as one message
+    /// ([`one_message`]).
+    named: one_message::Named,
     /// This batch's place in the link's commit order, when the link applies
     /// over several lanes ([`crate::lanes`]): it commits only after the
     /// batch before it has.
@@ -155,6 +162,7 @@ impl Applier {
             origin: origin.to_string(),
             tables: HashMap::new(),
             statements: HashMap::new(),
+            named: one_message::Named::default(),
             turn: None,
             lane: 0,
             conn,
@@ -173,6 +181,19 @@ impl Applier {
                     e,
                 )
             })?;
+        // The link confirms a batch to its source once its COMMIT has
+        // returned (crate::confirm), and the source may then drop that WAL:
+        // a commit that returned must be on the target's disk. So a target
+        // (server, database or role) that commits asynchronously does not
+        // do so for this session: `local` is the least that flushes before
+        // answering, and every other setting does already.
+        a.client
+            .batch_execute(
+                "SELECT set_config('synchronous_commit', 'local', false) \
+                 WHERE current_setting('synchronous_commit') = 'off'",
+            )
+            .await
+            .map_err(|e| classify(&a.target, "setting synchronous_commit", e))?;
         a.client
             .execute(
                 "SELECT pg_replication_origin_create($1) WHERE NOT EXISTS \
@@ -186,6 +207,17 @@ impl Applier {
             .await
             .map_err(|e| classify(&a.target, "setting up the replication origin session (is another replicator applying this link?)", e))?;
         Ok(a)
+    }
+
+    /// The value of the setting `name` in this applier's session (as
+    /// `current_setting`), for diagnostics.
+    pub async fn session_setting(&self, name: &str) -> Result<String, ApplyError> {
+        let row = self
+            .client
+            .query_one("SELECT current_setting($1)", &[&name])
+            .await
+            .map_err(|e| classify(&self.target, "reading a setting", e))?;
+        Ok(row.get(0))
     }
 
     /// The statement cache, taken out for a transaction (which borrows the

@@ -66,6 +66,7 @@ impl Applier {
                             conflicts: 0,
                             markers: Vec::new(),
                             fast_path_statements: steps.len() as u64,
+                            one_message: false,
                         })
                     }
                     Ok(Steps::Failed(err)) if err.is_transient() => {
