@@ -74,6 +74,12 @@ use crate::txn::Change;
 /// new one (each array is one bind parameter, at most 1 GB in Postgres).
 pub const MAX_SET_ROWS: usize = 5_000;
 
+/// The fewest rows of an insert set written by COPY rather than by
+/// [`sql::insert_set_sql`] ([`sql::copy_sql`]: faster per row, but a row
+/// that exists fails it with an error in the target's log, so only for the
+/// sets of a backlog or a bulk load, where that is rare).
+pub const COPY_MIN_ROWS: usize = 1_000;
+
 /// One statement of a plan, in execution order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Step<'a> {
@@ -92,6 +98,10 @@ pub enum StepStatement<'a> {
     /// Many changes of one table and shape: it must touch
     /// [`SetStatement::rows`] rows.
     Set(SetStatement<'a>),
+    /// Many inserts of one table and shape, at least [`COPY_MIN_ROWS`]:
+    /// `COPY ... FROM STDIN` of the arrays' rows, which must write every
+    /// one ([`SetStatement::sql`] is the COPY).
+    Copy(SetStatement<'a>),
 }
 
 /// Plans `changes` (in source order, each with its target table). `None`:
@@ -363,7 +373,9 @@ impl<'a> Planner<'a> {
                         self.steps.push(single(rows[0].0, rows[0].1, t)?);
                     }
                     Group::Set { shape, rows, .. } => {
+                        let copy = shape.kind == Kind::Insert && rows.len() >= COPY_MIN_ROWS;
                         let sql = match shape.kind {
+                            Kind::Insert if copy => sql::copy_sql(t, &shape.cols),
                             Kind::Insert => sql::insert_set_sql(t, &shape.cols),
                             Kind::Update => sql::update_set_sql(t, &shape.cols, &tp.key),
                             Kind::Delete => sql::delete_set_sql(t, &tp.key),
@@ -379,12 +391,17 @@ impl<'a> Planner<'a> {
                                 a.push(v);
                             }
                         }
+                        let set = SetStatement {
+                            sql,
+                            arrays,
+                            rows: n,
+                        };
                         self.steps.push(Step {
-                            statement: StepStatement::Set(SetStatement {
-                                sql,
-                                arrays,
-                                rows: n,
-                            }),
+                            statement: if copy {
+                                StepStatement::Copy(set)
+                            } else {
+                                StepStatement::Set(set)
+                            },
                             changes,
                         });
                     }
@@ -483,7 +500,7 @@ mod tests {
                 StepStatement::Row(st) => {
                     format!("row {} {:?}", st.sql.split(' ').next().unwrap(), s.changes)
                 }
-                StepStatement::Set(st) => {
+                StepStatement::Set(st) | StepStatement::Copy(st) => {
                     assert_eq!(st.rows, s.changes.len());
                     for a in &st.arrays {
                         assert_eq!(a.len(), st.rows, "{}", st.sql);
@@ -724,6 +741,25 @@ mod tests {
         assert_eq!(steps.len(), 2);
         assert_eq!(steps[0].changes.len(), MAX_SET_ROWS);
         assert_eq!(steps[1].changes.len(), 3);
+        // The large set by COPY, the small one by INSERT.
+        assert!(
+            matches!(&steps[0].statement, StepStatement::Copy(st) if st.sql.starts_with("COPY "))
+        );
+        assert!(
+            matches!(&steps[1].statement, StepStatement::Set(st) if st.sql.starts_with("INSERT "))
+        );
+        let few: Vec<Change> = ids[..COPY_MIN_ROWS - 1]
+            .iter()
+            .map(|i| ins(&t, &[i, "a"]))
+            .collect();
+        let steps = run(&few, &[&ti]).expect("planned");
+        assert!(matches!(
+            &steps[..],
+            [Step {
+                statement: StepStatement::Set(_),
+                ..
+            }]
+        ));
     }
 
     // --- The plan against applying every change in order, on a model. ---
@@ -915,7 +951,7 @@ mod tests {
                 // A set statement's rows have distinct keys: each is found
                 // (or inserted) on its own. (Postgres would count a key
                 // given twice once.)
-                if matches!(step.statement, StepStatement::Set(_)) {
+                if matches!(step.statement, StepStatement::Set(_) | StepStatement::Copy(_)) {
                     let keys: std::collections::BTreeSet<_> = step.changes.iter().map(|&i| {
                         let ch = &changes[i];
                         let image = match ch {

@@ -196,6 +196,9 @@ pub fn push_literal(out: &mut String, v: Option<&str>) -> bool {
 
 /// `INSERT ... ON CONFLICT DO NOTHING`: a row that already exists is a
 /// conflict for the caller to record (0 rows affected), never an overwrite.
+/// `OVERRIDING SYSTEM VALUE`: an identity column `GENERATED ALWAYS` takes
+/// the source's value, as it would from native replication (without it
+/// Postgres refuses the value; on a table without one it changes nothing).
 pub fn insert(t: &TableInfo, rel: &Relation, new: &TupleData) -> Result<Statement, ShapeError> {
     check_arity(t, rel, new)?;
     let cols = mapping(rel, t)?;
@@ -212,7 +215,7 @@ pub fn insert(t: &TableInfo, rel: &Relation, new: &TupleData) -> Result<Statemen
     }
     Ok(Statement {
         sql: format!(
-            "INSERT INTO {} ({}) VALUES ({}) ON CONFLICT DO NOTHING",
+            "INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE VALUES ({}) ON CONFLICT DO NOTHING",
             t.qualified,
             names.join(", "),
             values.join(", ")
@@ -223,7 +226,9 @@ pub fn insert(t: &TableInfo, rel: &Relation, new: &TupleData) -> Result<Statemen
 
 /// `UPDATE ... SET changed columns WHERE key`: unchanged TOASTed columns are
 /// left out. The row is found by the old key if the key changed, else by the
-/// new row's key.
+/// new row's key. A key column the update does not change is not written
+/// again (the WHERE already holds its value), unless it is all there is to
+/// write: an identity key `GENERATED ALWAYS` can only be set to DEFAULT.
 pub fn update(
     t: &TableInfo,
     rel: &Relation,
@@ -232,10 +237,29 @@ pub fn update(
 ) -> Result<Statement, ShapeError> {
     check_arity(t, rel, new)?;
     let cols = mapping(rel, t)?;
+    let image = match old {
+        Some(o) => {
+            check_arity(t, rel, o.tuple())?;
+            o.tuple()
+        }
+        None => new,
+    };
+    // Written: a value sent, and for a key column, a new one.
+    let unchanged_key =
+        |i: usize, col: &ColumnInfo, v: &ColumnValue| col.key && image.columns.get(i) == Some(v);
+    let written = |i: usize, col: &ColumnInfo, v: &ColumnValue| {
+        !(v.is_unchanged_toast() || unchanged_key(i, col, v))
+    };
+    let only_key = !cols
+        .iter()
+        .zip(&new.columns)
+        .enumerate()
+        .any(|(i, (col, v))| written(i, col, v));
     let mut params = Vec::new();
     let mut sets = Vec::new();
-    for (col, v) in cols.iter().zip(&new.columns) {
-        if v.is_unchanged_toast() {
+    for (i, (col, v)) in cols.iter().zip(&new.columns).enumerate() {
+        let keep = written(i, col, v) || (only_key && col.key);
+        if !keep {
             continue;
         }
         params.push(text(t, col, v)?);
@@ -246,13 +270,6 @@ pub fn update(
             col.type_name
         ));
     }
-    let image = match old {
-        Some(o) => {
-            check_arity(t, rel, o.tuple())?;
-            o.tuple()
-        }
-        None => new,
-    };
     let cond = where_key(t, &cols, image, &mut params)?;
     Ok(Statement {
         sql: format!(
@@ -335,11 +352,56 @@ pub fn insert_set_sql(t: &TableInfo, cols: &[usize]) -> String {
         .map(|(i, &c)| unnest_cast(t, i + 1, c))
         .collect();
     format!(
-        "INSERT INTO {} ({}) SELECT {} ON CONFLICT DO NOTHING",
+        "INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE SELECT {} ON CONFLICT DO NOTHING",
         t.qualified,
         names.join(", "),
         values.join(", ")
     )
+}
+
+/// Many rows of [`insert`] by `COPY t (cols) FROM STDIN` (text format, rows
+/// from [`push_copy_row`]): for an insert set of at least
+/// [`crate::plan::COPY_MIN_ROWS`] rows, which Postgres then writes in
+/// multi-row batches (about 3x faster than [`insert_set_sql`] for 200k rows
+/// in 5,000-row sets, measured 2026-12-05). A row that exists fails the
+/// COPY with a unique violation (COPY has no `ON CONFLICT`): the batch goes
+/// the careful way as it would after the set's short count, with one error
+/// in the target's log. Identity columns take the source's values, as
+/// [`insert`]'s `OVERRIDING SYSTEM VALUE` has them.
+pub fn copy_sql(t: &TableInfo, cols: &[usize]) -> String {
+    let names: Vec<String> = cols
+        .iter()
+        .map(|&c| quote_ident(&t.columns[c].name))
+        .collect();
+    format!("COPY {} ({}) FROM STDIN", t.qualified, names.join(", "))
+}
+
+/// Appends row `row` of the column arrays `arrays` to `out` in COPY's text
+/// format: values split by tabs, the row ended by a newline, NULL as `\N`,
+/// and a backslash, tab, newline or carriage return in a value escaped
+/// with a backslash, so that COPY hands the type's input function exactly
+/// the text pgoutput sent.
+pub fn push_copy_row(out: &mut Vec<u8>, arrays: &[Vec<Option<Cow<'_, str>>>], row: usize) {
+    for (i, a) in arrays.iter().enumerate() {
+        if i > 0 {
+            out.push(b'\t');
+        }
+        match a.get(row).and_then(|v| v.as_deref()) {
+            None => out.extend_from_slice(b"\\N"),
+            Some(v) => {
+                for &b in v.as_bytes() {
+                    match b {
+                        b'\\' => out.extend_from_slice(b"\\\\"),
+                        b'\t' => out.extend_from_slice(b"\\t"),
+                        b'\n' => out.extend_from_slice(b"\\n"),
+                        b'\r' => out.extend_from_slice(b"\\r"),
+                        b => out.push(b),
+                    }
+                }
+            }
+        }
+    }
+    out.push(b'\n');
 }
 
 /// Many rows of [`update`] by an unchanged key: `UPDATE t AS r SET col =
@@ -518,7 +580,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             st.sql,
-            "INSERT INTO \"public\".\"orders\" (\"id\", \"note\", \"big\") VALUES ($1::text::bigint, $2::text::text, $3::text::text) ON CONFLICT DO NOTHING"
+            "INSERT INTO \"public\".\"orders\" (\"id\", \"note\", \"big\") OVERRIDING SYSTEM VALUE VALUES ($1::text::bigint, $2::text::text, $3::text::text) ON CONFLICT DO NOTHING"
         );
         assert_eq!(st.params, vec![Some("7".into()), None, Some("x".into())]);
     }
@@ -529,14 +591,42 @@ mod tests {
             columns: vec![t("7"), t("hi"), ColumnValue::UnchangedToast],
         };
         let st = update(&table(), &rel(), None, &new).unwrap();
+        // The key is not written again: the WHERE holds it.
         assert_eq!(
             st.sql,
-            "UPDATE \"public\".\"orders\" SET \"id\" = $1::text::bigint, \"note\" = $2::text::text WHERE \"id\" = $3::text::bigint"
+            "UPDATE \"public\".\"orders\" SET \"note\" = $1::text::text WHERE \"id\" = $2::text::bigint"
         );
+        assert_eq!(st.params, vec![Some("hi".into()), Some("7".into())]);
+        // Nothing but the key to write: the key, so the row must be found.
+        let new = TupleData {
+            columns: vec![
+                t("7"),
+                ColumnValue::UnchangedToast,
+                ColumnValue::UnchangedToast,
+            ],
+        };
+        let st = update(&table(), &rel(), None, &new).unwrap();
         assert_eq!(
-            st.params,
-            vec![Some("7".into()), Some("hi".into()), Some("7".into())]
+            st.sql,
+            "UPDATE \"public\".\"orders\" SET \"id\" = $1::text::bigint WHERE \"id\" = $2::text::bigint"
         );
+    }
+
+    #[test]
+    fn copy_rows_escape_what_copy_would_read_otherwise() {
+        let t = table();
+        assert_eq!(
+            copy_sql(&t, &[0, 2]),
+            "COPY \"public\".\"orders\" (\"id\", \"big\") FROM STDIN"
+        );
+        let arrays: Vec<Vec<Option<Cow<'_, str>>>> = vec![
+            vec![Some("1".into()), Some("2".into())],
+            vec![Some("a\tb\\c\nd\re \\N".into()), None],
+        ];
+        let mut out = Vec::new();
+        push_copy_row(&mut out, &arrays, 0);
+        push_copy_row(&mut out, &arrays, 1);
+        assert_eq!(out, b"1\ta\\tb\\\\c\\nd\\re \\\\N\n2\t\\N\n".to_vec());
     }
 
     #[test]
@@ -598,7 +688,7 @@ mod tests {
         assert_eq!(
             insert_set_sql(&t, &[0, 1, 2]),
             "INSERT INTO \"public\".\"orders\" (\"id\", \"note\", \"big\") \
-             SELECT unnest($1::text[])::bigint, unnest($2::text[])::text, unnest($3::text[])::text \
+             OVERRIDING SYSTEM VALUE SELECT unnest($1::text[])::bigint, unnest($2::text[])::text, unnest($3::text[])::text \
              ON CONFLICT DO NOTHING"
         );
         // The set columns' arrays first, then the key's.

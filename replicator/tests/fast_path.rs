@@ -733,3 +733,52 @@ fn hostile_text_arrives_byte_for_byte_through_one_message() {
     drop(target);
     drop(pg);
 }
+
+/// An insert set of at least `COPY_MIN_ROWS` rows goes by COPY (rows of
+/// every column type, quotes, backslashes, tabs and NULLs in them) and
+/// lands as one change at a time would; when a row already exists at the
+/// target the COPY fails, and the batch goes the careful way and records
+/// the same conflict as one change at a time does.
+#[test]
+fn a_large_insert_set_goes_by_copy_and_lands_as_one_change_at_a_time() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let pg = PgCluster::start("fast-path-copy").await.expect("pg");
+        let mut grouped = target(&pg, "grouped").await;
+        let mut single = target(&pg, "single").await;
+        let n = ezone_replicator::plan::COPY_MIN_ROWS + 200;
+        let inserts: Vec<Change> = (0..n)
+            .map(|i| {
+                let mut values = row(0, (i % 250) as u8, (i % 8) as u8);
+                values[0] = Some((1000 + i).to_string());
+                if i % 3 == 0 {
+                    values[7] = Some(format!("tab\there\\ and\nnewline {i} \\N"));
+                }
+                Change::Insert {
+                    rel: relation(0),
+                    new: tuple(&values),
+                }
+            })
+            .collect();
+        let txns = transactions(inserts.clone(), &[], 0x20_0000);
+        let clean = compare(&mut grouped, &mut single, &BTreeSet::new(), &txns)
+            .await
+            .expect("same result");
+        assert_eq!((clean.conflicts, clean.fast_path_statements), (0, 1));
+        // One of the rows (key 5) is at the targets already.
+        let mut taken = inserts;
+        if let Change::Insert { new, .. } = &mut taken[6] {
+            new.columns[0] = ColumnValue::Text("5".to_string().into());
+        }
+        let txns = transactions(taken, &[], 0x30_0000);
+        let start = BTreeSet::from([(0, 5)]);
+        let out = compare(&mut grouped, &mut single, &start, &txns)
+            .await
+            .expect("same result");
+        assert_eq!(out.conflicts, 1);
+    });
+}

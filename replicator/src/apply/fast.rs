@@ -8,14 +8,16 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use futures::future::Either;
-use futures::FutureExt;
+use futures::{Future, FutureExt, SinkExt};
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::Client;
 
 use super::error::{classify, ApplyError};
 use super::one_message;
 use super::ownership::Ownership;
-use super::statements::{params, prepare, prepare_set, RESET_PLANNER_SQL, SET_PLANNER_SQL};
+use super::statements::{
+    params, prepare, prepare_copy, prepare_set, RESET_PLANNER_SQL, SET_PLANNER_SQL,
+};
 use super::turn::{turn_done, wait_turn};
 use super::{origin_setup, Applied, Applier, ORIGIN_SETUP_SQL};
 use crate::conflict::{self, Found};
@@ -56,6 +58,29 @@ async fn fall_back(client: &Client, link: &str, err: ApplyError) -> Result<(), A
         .map_err(|e| classify(&target, "ROLLBACK", e))
 }
 
+/// A statement of the pipeline, running: how many rows it touched.
+type Running<'c> =
+    std::pin::Pin<Box<dyn Future<Output = Result<u64, tokio_postgres::Error>> + Send + 'c>>;
+
+/// Runs the prepared `COPY ... FROM STDIN` of `st` with its rows (COPY's
+/// text format, [`crate::sql::push_copy_row`]): how many it wrote. In a
+/// pipeline like any statement: the connection sends it, and its data,
+/// after the requests before it and before those after it.
+async fn copy_rows(
+    c: &Client,
+    copy: &tokio_postgres::Statement,
+    st: &crate::sql::SetStatement<'_>,
+) -> Result<u64, tokio_postgres::Error> {
+    let mut data = Vec::with_capacity(st.rows * 16 * st.arrays.len().max(1));
+    for row in 0..st.rows {
+        crate::sql::push_copy_row(&mut data, &st.arrays, row);
+    }
+    let sink = c.copy_in::<_, bytes::Bytes>(copy).await?;
+    futures::pin_mut!(sink);
+    sink.as_mut().send(bytes::Bytes::from(data)).await?;
+    sink.finish().await
+}
+
 /// How the fast path's statements went.
 pub(super) enum Steps {
     /// Every statement touched exactly its rows.
@@ -82,6 +107,7 @@ pub(super) async fn run_steps(
         let prepared = match &step.statement {
             StepStatement::Row(st) => prepare(c, cache, st).await,
             StepStatement::Set(st) => prepare_set(c, cache, st).await,
+            StepStatement::Copy(st) => prepare_copy(c, cache, &st.sql).await,
         };
         if let Err(e) = prepared {
             return Ok(Steps::Failed(classify(target, "preparing a statement", e)));
@@ -114,28 +140,29 @@ pub(super) async fn run_steps(
         .map(|step| match &step.statement {
             StepStatement::Row(st) => params(st),
             StepStatement::Set(st) => st.arrays.iter().map(|a| a as &(dyn ToSql + Sync)).collect(),
+            StepStatement::Copy(_) => Vec::new(),
         })
         .collect();
     // Every statement, in order, each with what it must touch; set
     // statements run with the planner settings they need, and only they.
-    let mut futures = Vec::with_capacity(steps.len() + 2);
+    let mut futures: Vec<Running<'_>> = Vec::with_capacity(steps.len() + 2);
     let mut expect = Vec::with_capacity(steps.len() + 2);
     let mut set_planner = false;
     for (step, p) in steps.iter().zip(&param_refs) {
         let (sql, want) = match &step.statement {
             StepStatement::Row(st) => (&st.sql, None),
-            StepStatement::Set(st) => (&st.sql, Some(st.rows as u64)),
+            StepStatement::Set(st) | StepStatement::Copy(st) => (&st.sql, Some(st.rows as u64)),
         };
-        if want.is_some() != set_planner {
+        let copy = matches!(step.statement, StepStatement::Copy(_));
+        // A COPY plans nothing: the settings stay as they are around it.
+        if want.is_some() != set_planner && !copy {
             set_planner = want.is_some();
             let settings = if set_planner {
                 SET_PLANNER_SQL
             } else {
                 RESET_PLANNER_SQL
             };
-            futures.push(Either::Right(
-                c.batch_execute(settings).map(|r| r.map(|()| 0)),
-            ));
+            futures.push(Box::pin(c.batch_execute(settings).map(|r| r.map(|()| 0))));
             expect.push(Expect::Settings);
         }
         let Some(prepared) = cache.get(sql) else {
@@ -144,7 +171,10 @@ pub(super) async fn run_steps(
                 detail: format!("the statement `{sql}` was not prepared"),
             }));
         };
-        futures.push(Either::Left(c.execute(prepared, p)));
+        match &step.statement {
+            StepStatement::Copy(st) => futures.push(Box::pin(copy_rows(c, prepared, st))),
+            _ => futures.push(Box::pin(c.execute(prepared, p))),
+        }
         expect.push(match want {
             None => Expect::Row(sql),
             Some(n) => Expect::Set(sql, n),

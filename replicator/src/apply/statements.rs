@@ -63,6 +63,15 @@ pub(super) async fn prepare_set(
     prepare_typed(tx, cache, &st.sql, Type::TEXT_ARRAY, st.arrays.len()).await
 }
 
+/// As [`prepare`], for a `COPY ... FROM STDIN` (no parameters).
+pub(super) async fn prepare_copy(
+    tx: &Client,
+    cache: &mut HashMap<String, tokio_postgres::Statement>,
+    sql: &str,
+) -> Result<tokio_postgres::Statement, tokio_postgres::Error> {
+    prepare_typed(tx, cache, sql, Type::TEXT, 0).await
+}
+
 async fn prepare_typed(
     tx: &Client,
     cache: &mut HashMap<String, tokio_postgres::Statement>,
