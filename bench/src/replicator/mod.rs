@@ -55,7 +55,8 @@
 //! 3. **One large transaction.** `bulk` holds `--large-rows` rows at both
 //!    sites from the start (written before the slot exists, so not
 //!    replicated); with the consumer caught up, one transaction updates
-//!    every row and inserts a mark last. *visible s* = the source's COMMIT
+//!    every row (or, `--large-op insert`, inserts as many new ones: a bulk
+//!    load) and inserts a mark last. *visible s* = the source's COMMIT
 //!    returned → the mark applied at the target (just before the target's
 //!    commit). The source's work for the slot over the phase is read from
 //!    `pg_stat_replication_slots`: bytes spilled to its disk and bytes
@@ -140,8 +141,8 @@ use consumer::{Consumer, Proc, RunPlace};
 use stats::{parse_integer_lines, per_second, ratio, summarise_lag, LagSummary};
 use workload::{
     bulk_fill_sql, large_txn_sql, mark_seen_sql, mark_sql, pgbench_script, slot_spill_stream_sql,
-    source_schema_sql, sql, target_schema_sql, Pace, Pgbench, CHECKSUM_SQL, LAG_MICROS_SQL,
-    ROWS_PER_TXN, TARGET_HISTORY_TRIGGER_SQL,
+    source_schema_sql, sql, target_schema_sql, LargeOp, Pace, Pgbench, CHECKSUM_SQL,
+    LAG_MICROS_SQL, ROWS_PER_TXN, TARGET_HISTORY_TRIGGER_SQL,
 };
 
 pub use consumer::System;
@@ -225,6 +226,10 @@ pub struct ReplicatorBench {
     /// 0 leaves the phase out [default: 500000; 20000 with --quick].
     #[arg(long)]
     pub large_rows: Option<u64>,
+    /// What the large transaction does: update every `bulk` row, or insert
+    /// as many new ones.
+    #[arg(long, value_enum, default_value = "update")]
+    pub large_op: LargeOp,
     /// Whether ezone (`streaming`) and the native subscription (`streaming
     /// = on`) have the source stream large transactions before their commit
     /// (off: both systems' default).
@@ -254,6 +259,8 @@ pub struct Params {
     apply_workers: usize,
     /// Rows of the large transaction (0: no such phase).
     large_rows: u64,
+    /// What it does with them.
+    large_op: LargeOp,
     /// Streaming of transactions before their commit, for ezone and native.
     streaming: bool,
     /// The replicator's runtime threads (`worker_threads`).
@@ -349,6 +356,7 @@ impl Params {
             } else {
                 LARGE_ROWS
             }),
+            large_op: a.large_op,
             streaming: a.streaming,
             worker_threads,
             pglogical_loaded,
@@ -800,7 +808,11 @@ async fn one_run(
 
     // 4. One large transaction, the consumer caught up.
     let large = if p.large_rows > 0 {
-        say(&format!("one transaction updating {} rows", p.large_rows));
+        let verb = match p.large_op {
+            LargeOp::Update => "updating",
+            LargeOp::Insert => "inserting",
+        };
+        say(&format!("one transaction {verb} {} rows", p.large_rows));
         checkpoint(ctx).await?;
         let slot_numbers = |out: String| -> (Option<u64>, Option<u64>) {
             let mut it = out.split_whitespace().map(|v| v.parse::<u64>().ok());
@@ -810,7 +822,7 @@ async fn one_run(
             slot_numbers(sql(source, &db, &slot_spill_stream_sql(&consumer.slot())).await?);
         let before: Vec<Option<u64>> = procs.iter().map(Proc::ticks).collect();
         let began = Instant::now();
-        sql(source, &db, &large_txn_sql(4)).await?;
+        sql(source, &db, &large_txn_sql(p.large_op, p.large_rows, 4)).await?;
         let source_seconds = began.elapsed().as_secs_f64();
         let committed = unix_micros();
         let seen = wait_mark(
@@ -1121,7 +1133,11 @@ fn tables(r: &Report) -> String {
         let _ = writeln!(out);
         let _ = writeln!(
             out,
-            "large transaction: one UPDATE of {} rows (and a mark, last) at the source; visible = its COMMIT returned -> applied at the target; streaming before commit {} for ezone and native",
+            "large transaction: one {} of {} rows (and a mark, last) at the source; visible = its COMMIT returned -> applied at the target; streaming before commit {} for ezone and native",
+            match p.large_op {
+                LargeOp::Update => "UPDATE",
+                LargeOp::Insert => "INSERT",
+            },
             p.large_rows,
             if p.streaming { "on" } else { "off" }
         );

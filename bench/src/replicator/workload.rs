@@ -124,12 +124,30 @@ pub fn bulk_fill_sql(rows: u64) -> String {
     format!("INSERT INTO bulk SELECT g, 'row ' || g FROM generate_series(1, {rows}) g")
 }
 
-/// The large transaction: every `bulk` row updated, then mark `mark` as
-/// its last row (so the mark is applied at the target just before the
-/// transaction commits there).
-pub fn large_txn_sql(mark: u32) -> String {
+/// What the large transaction does to `bulk`'s `rows` rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LargeOp {
+    /// Every row updated.
+    Update,
+    /// As many new rows inserted (a bulk load).
+    Insert,
+}
+
+/// The large transaction: every `bulk` row updated (or as many new ones
+/// inserted), then mark `mark` as its last row (so the mark is applied at
+/// the target just before the transaction commits there).
+pub fn large_txn_sql(op: LargeOp, rows: u64, mark: u32) -> String {
+    let change = match op {
+        LargeOp::Update => "UPDATE bulk SET v = v || ' updated'".to_string(),
+        LargeOp::Insert => format!(
+            "INSERT INTO bulk SELECT g, 'new ' || g FROM generate_series({}, {}) g",
+            rows + 1,
+            2 * rows
+        ),
+    };
     format!(
-        "BEGIN; UPDATE bulk SET v = v || ' updated'; {}; COMMIT",
+        "BEGIN; {change}; {}; COMMIT",
         mark_sql(mark, "large transaction")
     )
 }
