@@ -362,8 +362,8 @@ pub fn insert_set_sql(t: &TableInfo, cols: &[usize]) -> String {
 /// Many rows of [`insert`] by `COPY t (cols) FROM STDIN` (text format, rows
 /// from [`push_copy_row`]): for an insert set of at least
 /// [`crate::plan::COPY_MIN_ROWS`] rows, which Postgres then writes in
-/// multi-row batches (about 3x faster than [`insert_set_sql`] for 200k rows
-/// in 5,000-row sets, measured 2026-12-05). A row that exists fails the
+/// multi-row batches (a 500,000-row insert cost the target half the CPU of
+/// [`insert_set_sql`]'s, docs/bench/replicator.md). A row that exists fails the
 /// COPY with a unique violation (COPY has no `ON CONFLICT`): the batch goes
 /// the careful way as it would after the set's short count, with one error
 /// in the target's log. Identity columns take the source's values, as
