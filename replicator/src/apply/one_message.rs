@@ -45,9 +45,18 @@ pub(super) struct Named {
 }
 
 impl Named {
+    /// Before a batch of `n` statements is named: if naming them could take
+    /// the cache past [`MAX_CACHED_STATEMENTS`], every name is forgotten
+    /// and returned, to be dropped at the server (the cache stays bounded
+    /// at both ends). Never while a batch is being named, so none of its
+    /// own names is dropped before it is sent.
+    fn make_room(&mut self, n: usize) -> Option<Vec<String>> {
+        (self.names.len() + n > MAX_CACHED_STATEMENTS)
+            .then(|| self.names.drain().map(|(_, name)| name).collect())
+    }
+
     /// The name of `sql` with `params` text parameters on `c`, preparing it
-    /// on first use. Past [`MAX_CACHED_STATEMENTS`] every name is dropped
-    /// at the server first, so the cache stays bounded at both ends.
+    /// on first use.
     async fn name(
         &mut self,
         c: &Client,
@@ -57,17 +66,6 @@ impl Named {
     ) -> Result<String, ApplyError> {
         if let Some(n) = self.names.get(sql) {
             return Ok(n.clone());
-        }
-        if self.names.len() >= MAX_CACHED_STATEMENTS {
-            let drop: String = self
-                .names
-                .values()
-                .map(|n| format!("DEALLOCATE {n};"))
-                .collect();
-            c.batch_execute(&drop)
-                .await
-                .map_err(|e| classify(target, "dropping prepared statements", e))?;
-            self.names.clear();
         }
         self.next += 1;
         let name = format!("ezone_q{}", self.next);
@@ -144,6 +142,16 @@ pub(super) async fn run(
     rows: &[&crate::sql::Statement],
     setup: (&str, SystemTime),
 ) -> Result<Steps, ApplyError> {
+    if let Some(names) = named.make_room(rows.len() + 1) {
+        let drop: String = names.iter().map(|n| format!("DEALLOCATE {n};")).collect();
+        if let Err(e) = c.batch_execute(&drop).await {
+            return Ok(Steps::Failed(classify(
+                target,
+                "dropping prepared statements",
+                e,
+            )));
+        }
+    }
     let origin = match named.name(c, target, ORIGIN_SETUP_TEXT_SQL, 2).await {
         Ok(n) => n,
         Err(e) => return Ok(Steps::Failed(e)),
@@ -241,6 +249,23 @@ mod tests {
                  EXECUTE ezone_q2(E'8', NULL)"
             )
         );
+    }
+
+    #[test]
+    fn room_is_made_before_a_batch_is_named_never_during_it() {
+        let mut named = Named::default();
+        for i in 0..MAX_CACHED_STATEMENTS - 1 {
+            named
+                .names
+                .insert(format!("sql {i}"), format!("ezone_q{i}"));
+        }
+        // A batch of one statement (and the origin's) fits.
+        assert_eq!(named.make_room(1), None);
+        // Of two it might not: every name goes first.
+        let dropped = named.make_room(2).expect("room made");
+        assert_eq!(dropped.len(), MAX_CACHED_STATEMENTS - 1);
+        assert!(named.names.is_empty());
+        assert_eq!(named.make_room(2), None);
     }
 
     #[test]
