@@ -333,6 +333,16 @@ fn one_by_one(txns: &[SourceTxn]) -> Vec<SourceTxn> {
         .collect()
 }
 
+/// The tests' runtime: they drive real Postgres from a proptest runner,
+/// which is synchronous.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
 struct Target {
     client: tokio_postgres::Client,
     applier: Applier,
@@ -485,11 +495,7 @@ async fn compare(
 
 #[test]
 fn a_grouped_batch_writes_what_one_change_at_a_time_writes() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = runtime();
     let (pg, grouped, single) = rt.block_on(async {
         let pg = PgCluster::start("fast-path").await.expect("pg");
         let grouped = target(&pg, "grouped").await;
@@ -567,11 +573,7 @@ fn a_grouped_batch_writes_what_one_change_at_a_time_writes() {
 /// lands as one change at a time would land it.
 #[test]
 fn a_pgbench_backlog_takes_a_handful_of_statements() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = runtime();
     rt.block_on(async {
         let pg = PgCluster::start("fast-path-bench").await.expect("pg");
         let mut grouped = target(&pg, "grouped").await;
@@ -611,11 +613,7 @@ fn a_pgbench_backlog_takes_a_handful_of_statements() {
 /// Checked by reading the rows back with bound parameters.
 #[test]
 fn hostile_text_arrives_byte_for_byte_through_one_message() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = runtime();
     let (pg, target) = rt.block_on(async {
         let pg = PgCluster::start("fast-path-text").await.expect("pg");
         let target = target(&pg, "texts").await;
@@ -741,11 +739,7 @@ fn hostile_text_arrives_byte_for_byte_through_one_message() {
 /// the same conflict as one change at a time does.
 #[test]
 fn a_large_insert_set_goes_by_copy_and_lands_as_one_change_at_a_time() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = runtime();
     rt.block_on(async {
         let pg = PgCluster::start("fast-path-copy").await.expect("pg");
         let mut grouped = target(&pg, "grouped").await;
