@@ -606,6 +606,40 @@ fn a_pgbench_backlog_takes_a_handful_of_statements() {
     });
 }
 
+/// Text a source may send, made to break whatever writes it into a
+/// message: SQL quoting and statement separators, COPY's escapes and
+/// end-of-data marker, control characters, any Unicode (no NUL: no
+/// Postgres text holds one).
+fn hostile_text() -> impl Strategy<Value = String> + Clone {
+    let hostile = proptest::sample::select(vec![
+        "'",
+        "''",
+        "\\",
+        "\\'",
+        "E'",
+        "'); DELETE FROM pairs; --",
+        "'; COMMIT; DELETE FROM pairs; SELECT '",
+        "$$",
+        "$q$ ' $q$",
+        ";",
+        "\\x41",
+        "\n",
+        "\r",
+        "\t",
+        "\\.",
+        "\n\\.\n",
+        "\\N",
+        "\u{b}\u{c}\u{8}",
+        "\u{feff}",
+        "用户",
+        "🚚",
+        "\"",
+        "NULL",
+    ]);
+    let piece = prop_oneof![hostile.prop_map(str::to_string), any::<String>()];
+    proptest::collection::vec(piece, 0..6).prop_map(|ps| ps.concat().replace('\0', ""))
+}
+
 /// Text a source may send, written into the query message of a small batch
 /// (`replicator/src/apply/one_message.rs`) as escape literals: whatever it
 /// holds (quotes, backslashes, statement separators, dollar quotes, any
@@ -625,27 +659,7 @@ fn hostile_text_arrives_byte_for_byte_through_one_message() {
     });
     let target = std::sync::Mutex::new(target);
     let next = std::sync::atomic::AtomicU64::new(0);
-    let hostile = proptest::sample::select(vec![
-        "'",
-        "''",
-        "\\",
-        "\\'",
-        "E'",
-        "'); DELETE FROM pairs; --",
-        "'; COMMIT; DELETE FROM pairs; SELECT '",
-        "$$",
-        "$q$ ' $q$",
-        ";",
-        "\\x41",
-        "\n",
-        "\u{feff}",
-        "用户",
-        "🚚",
-        "\"",
-        "NULL",
-    ]);
-    let piece = prop_oneof![hostile.prop_map(str::to_string), any::<String>()];
-    let text = proptest::collection::vec(piece, 0..6).prop_map(|ps| ps.concat().replace('\0', ""));
+    let text = hostile_text();
     let mut runner = TestRunner::new(Config {
         cases: 96,
         max_shrink_iters: 64,
@@ -775,4 +789,75 @@ fn a_large_insert_set_goes_by_copy_and_lands_as_one_change_at_a_time() {
             .expect("same result");
         assert_eq!(out.conflicts, 1);
     });
+}
+
+/// The same hostile text through COPY: insert sets of `COPY_MIN_ROWS` rows
+/// with random text go by COPY (none falls back to the careful path) and
+/// every value arrives byte for byte, checked against the values bound as
+/// parameters.
+#[test]
+fn hostile_text_arrives_byte_for_byte_through_copy() {
+    let rt = runtime();
+    let (pg, target) = rt.block_on(async {
+        let pg = PgCluster::start("fast-path-copy-text").await.expect("pg");
+        let target = target(&pg, "copied").await;
+        target.reset(&BTreeSet::new()).await;
+        (pg, target)
+    });
+    let target = std::sync::Mutex::new(target);
+    let next = std::sync::atomic::AtomicU64::new(0);
+    let n = ezone_replicator::plan::COPY_MIN_ROWS;
+    let mut runner = TestRunner::new(Config {
+        cases: 8,
+        max_shrink_iters: 16,
+        ..Config::default()
+    });
+    let texts = proptest::collection::vec(hostile_text(), n);
+    let result = runner.run(&texts, |texts| {
+        let case = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut guard = target.lock().expect("lock");
+        let t = &mut *guard;
+        rt.block_on(async {
+            let own = Ownership::for_link("source->target");
+            let first = case * n as u64;
+            let ids: Vec<String> = (0..n as u64).map(|i| (first + i).to_string()).collect();
+            let inserts: Vec<Change> = ids
+                .iter()
+                .zip(&texts)
+                .map(|(id, txt)| {
+                    let mut values = vec![None; TABLES[0].cols.len()];
+                    values[0] = Some(id.clone());
+                    values[7] = Some(txt.clone());
+                    Change::Insert {
+                        rel: relation(0),
+                        new: tuple(&values),
+                    }
+                })
+                .collect();
+            let txns = transactions(inserts, &[], 0xA000_0000 + case * 0x1000);
+            let applied = t.applier.apply_batch(&txns, &own).await.expect("applied");
+            prop_assert_eq!(
+                (applied.conflicts, applied.fast_path_statements),
+                (0, 1),
+                "not one COPY"
+            );
+            let same: i64 = t
+                .client
+                .query_one(
+                    "SELECT count(*) FROM unnest($1::text[], $2::text[]) AS e(id, txt) \
+                     JOIN items i ON i.id = e.id::bigint WHERE i.txt = e.txt",
+                    &[&ids, &texts],
+                )
+                .await
+                .expect("compare")
+                .get(0);
+            prop_assert_eq!(same, n as i64, "rows that arrived as sent");
+            Ok(())
+        })
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+    drop(target);
+    drop(pg);
 }
