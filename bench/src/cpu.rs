@@ -60,6 +60,42 @@ pub fn tree_ticks(root: u32) -> u64 {
         .sum()
 }
 
+/// Context switches (voluntary and not) of one process's threads so far:
+/// each is a time it went to sleep or was put off the CPU, and a wake-up
+/// after it. 0 if it is gone.
+fn process_switches(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
+        .map(|status| parse_switches(&status))
+        .sum()
+}
+
+/// `voluntary_ctxt_switches` + `nonvoluntary_ctxt_switches` of a
+/// `/proc/.../status` text.
+fn parse_switches(status: &str) -> u64 {
+    status
+        .lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            matches!(k, "voluntary_ctxt_switches" | "nonvoluntary_ctxt_switches")
+                .then(|| v.trim().parse::<u64>().ok())
+                .flatten()
+        })
+        .sum()
+}
+
+/// Context switches so far of `root`'s threads and its live descendants'.
+pub fn tree_switches(root: u32) -> u64 {
+    std::iter::once(root)
+        .chain(descendants(root))
+        .map(process_switches)
+        .sum()
+}
+
 /// Seconds of CPU per 10 000 requests, from a tick difference.
 pub fn seconds_per_10k(ticks: u64, ticks_per_second: u64, requests: u64) -> Option<f64> {
     if requests == 0 || ticks_per_second == 0 {
@@ -71,6 +107,14 @@ pub fn seconds_per_10k(ticks: u64, ticks_per_second: u64, requests: u64) -> Opti
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counts_both_kinds_of_context_switch() {
+        let status = "Name:\tezone\nvoluntary_ctxt_switches:\t120\n\
+                      nonvoluntary_ctxt_switches:\t7\nThreads:\t3\n";
+        assert_eq!(parse_switches(status), 127);
+        assert_eq!(parse_switches("Name:\tx\n"), 0);
+    }
 
     #[test]
     fn parses_utime_and_stime() {

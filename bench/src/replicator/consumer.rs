@@ -96,6 +96,13 @@ pub struct RunPlace<'a> {
     pub streaming: bool,
 }
 
+/// What a process has used so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Sample {
+    pub ticks: u64,
+    pub switches: u64,
+}
+
 /// A process whose CPU counts as the consumer's.
 #[derive(Debug, Clone, Serialize)]
 pub struct Proc {
@@ -117,10 +124,14 @@ impl Proc {
         })
     }
 
-    /// CPU ticks used so far, or `None` if the process is gone (its time
-    /// went with it: a restart inside the window).
-    pub fn ticks(&self) -> Option<u64> {
-        self.alive().then(|| cpu::tree_ticks(self.pid))
+    /// CPU ticks used and context switches made so far, or `None` if the
+    /// process is gone (its counts went with it: a restart inside the
+    /// window).
+    pub fn sample(&self) -> Option<Sample> {
+        self.alive().then(|| Sample {
+            ticks: cpu::tree_ticks(self.pid),
+            switches: cpu::tree_switches(self.pid),
+        })
     }
 
     /// The process's peak resident set so far (`VmHWM`), in KiB; `None` if

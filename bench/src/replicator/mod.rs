@@ -137,7 +137,7 @@ use serde::Serialize;
 
 use crate::cpu;
 use ceiling::{Ceiling, StreamOnly};
-use consumer::{Consumer, Proc, RunPlace};
+use consumer::{Consumer, Proc, RunPlace, Sample};
 use stats::{parse_integer_lines, per_second, ratio, summarise_lag, LagSummary};
 use workload::{
     bulk_fill_sql, large_txn_sql, mark_seen_sql, mark_sql, pgbench_script, slot_spill_stream_sql,
@@ -423,6 +423,9 @@ pub struct ProcCpu {
     role: &'static str,
     pid: u32,
     seconds: Option<f64>,
+    /// Its context switches in the window (each a sleep or a preemption,
+    /// and a wake-up after it).
+    switches: Option<u64>,
     /// The process's peak resident set at the end of the window (its
     /// lifetime peak so far), MB.
     peak_rss_mb: Option<f64>,
@@ -743,7 +746,7 @@ async fn one_run(
     let procs = consumer.processes(&at).await?;
     let drain_within = Duration::from_secs(300 + backlog.processed / 50);
     let last = wait_mark(&at, &consumer, 2, drain_within).await?;
-    let drain_ticks: Vec<Option<u64>> = procs.iter().map(Proc::ticks).collect();
+    let drain_ticks: Vec<Option<Sample>> = procs.iter().map(Proc::sample).collect();
     let first = wait_mark(&at, &consumer, 1, TAIL_WITHIN).await?;
     let rows = backlog.processed * ROWS_PER_TXN;
     let secs = |a: i64, b: i64| (b - a) as f64 / 1e6;
@@ -765,7 +768,13 @@ async fn one_run(
         rows_per_second: per_second(rows, seconds),
         apply_rows_per_second: per_second(rows, apply_seconds),
         batches,
-        cpu: cpu_report(ctx, &procs, &vec![Some(0); procs.len()], &drain_ticks, rows),
+        cpu: cpu_report(
+            ctx,
+            &procs,
+            &vec![Some(Sample::default()); procs.len()],
+            &drain_ticks,
+            rows,
+        ),
         stream_only,
     };
 
@@ -776,7 +785,7 @@ async fn one_run(
     ));
     sql(target, &db, TARGET_HISTORY_TRIGGER_SQL).await?;
     checkpoint(ctx).await?;
-    let before: Vec<Option<u64>> = procs.iter().map(Proc::ticks).collect();
+    let before: Vec<Option<Sample>> = procs.iter().map(Proc::sample).collect();
     let steady = ctx
         .pgbench
         .run(
@@ -790,7 +799,7 @@ async fn one_run(
         .await?;
     sql(source, &db, &mark_sql(3, "steady end")).await?;
     wait_mark(&at, &consumer, 3, TAIL_WITHIN).await?;
-    let after: Vec<Option<u64>> = procs.iter().map(Proc::ticks).collect();
+    let after: Vec<Option<Sample>> = procs.iter().map(Proc::sample).collect();
     let lag_out = sql(target, &db, LAG_MICROS_SQL).await?;
     let lag = summarise_lag(
         &parse_integer_lines(&lag_out).map_err(|e| anyhow::anyhow!("reading lag samples: {e}"))?,
@@ -820,7 +829,7 @@ async fn one_run(
         };
         let (spill0, stream0) =
             slot_numbers(sql(source, &db, &slot_spill_stream_sql(&consumer.slot())).await?);
-        let before: Vec<Option<u64>> = procs.iter().map(Proc::ticks).collect();
+        let before: Vec<Option<Sample>> = procs.iter().map(Proc::sample).collect();
         let began = Instant::now();
         sql(source, &db, &large_txn_sql(p.large_op, p.large_rows, 4)).await?;
         let source_seconds = began.elapsed().as_secs_f64();
@@ -832,7 +841,7 @@ async fn one_run(
             TAIL_WITHIN + Duration::from_secs(p.large_rows / 1000),
         )
         .await?;
-        let after: Vec<Option<u64>> = procs.iter().map(Proc::ticks).collect();
+        let after: Vec<Option<Sample>> = procs.iter().map(Proc::sample).collect();
         let (spill1, stream1) =
             slot_numbers(sql(source, &db, &slot_spill_stream_sql(&consumer.slot())).await?);
         let diff = |a: Option<u64>, b: Option<u64>| Some(b?.saturating_sub(a?));
@@ -935,8 +944,8 @@ fn unix_micros() -> i64 {
 fn cpu_report(
     ctx: &Ctx,
     procs: &[Proc],
-    before: &[Option<u64>],
-    after: &[Option<u64>],
+    before: &[Option<Sample>],
+    after: &[Option<Sample>],
     rows: u64,
 ) -> CpuReport {
     let tps = ctx.ticks_per_second.max(1) as f64;
@@ -948,7 +957,11 @@ fn cpu_report(
             pid: p.pid,
             peak_rss_mb: p.peak_rss_kib().map(|k| k as f64 / 1024.0),
             seconds: match (b, a) {
-                (Some(b), Some(a)) => Some(a.saturating_sub(*b) as f64 / tps),
+                (Some(b), Some(a)) => Some(a.ticks.saturating_sub(b.ticks) as f64 / tps),
+                _ => None,
+            },
+            switches: match (b, a) {
+                (Some(b), Some(a)) => Some(a.switches.saturating_sub(b.switches)),
                 _ => None,
             },
         })
@@ -1180,7 +1193,7 @@ fn tables(r: &Report) -> String {
     let _ = writeln!(out);
     let _ = writeln!(
         out,
-        "CPU by process (seconds, drain / steady / large transaction) and its peak RSS at the end (MB; a Postgres process's includes the shared buffers it touched):"
+        "CPU by process (seconds, drain / steady / large transaction), its context switches per transaction of the steady load (each a sleep and a wake-up, or a preemption) and its peak RSS at the end (MB; a Postgres process's includes the shared buffers it touched):"
     );
     for run in &r.runs {
         let large = run.large.as_ref().map(|l| &l.cpu.by_process);
@@ -1194,12 +1207,17 @@ fn tables(r: &Report) -> String {
             .map(|(i, (d, s))| {
                 // The last phase's reading holds the run's peak.
                 let l = large.and_then(|l| l.get(i));
+                let per_txn = s
+                    .switches
+                    .filter(|_| run.steady.txns > 0)
+                    .map(|n| n as f64 / run.steady.txns as f64);
                 format!(
-                    "{} {} / {} / {}, {} MB",
+                    "{} {} / {} / {}, {} switches/txn, {} MB",
                     d.role,
                     opt(d.seconds, 2),
                     opt(s.seconds, 2),
                     l.map_or_else(|| "-".to_string(), |l| opt(l.seconds, 2)),
+                    opt(per_txn, 1),
                     opt(l.map_or(s.peak_rss_mb, |l| l.peak_rss_mb), 0)
                 )
             })
