@@ -12,8 +12,10 @@
 //! ```
 //!
 //! answered in one flush (the server sends its replies when the message is
-//! done), then `COMMIT` as before once the counts are checked. The row
-//! statements are the same SQL as the extended way's, prepared once per
+//! done), then `COMMIT` as before once the counts are checked (a statement
+//! that touched no row is a conflict, and the batch is rolled back and goes
+//! the careful way). The origin's advance (`ezone_q1` above) and the row
+//! statements, the same SQL as the extended way's, are prepared once per
 //! connection under a name with `PREPARE` (a statement tokio-postgres
 //! prepares has a name the client does not expose); the values go as escape
 //! literals ([`crate::sql::push_literal`]), which the statement casts from
