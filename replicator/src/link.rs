@@ -978,7 +978,6 @@ fn merge(into: &mut crate::apply::Applied, part: crate::apply::Applied) {
     into.conflicts += part.conflicts;
     into.markers.extend(part.markers);
     into.fast_path_statements += part.fast_path_statements;
-    into.one_message |= part.one_message;
 }
 
 /// What the link waited for while batches were being applied.

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{q, until, until_within, DB};
+use common::{assert_no_conflicts, q, until, until_within, DB};
 use ezone_chaos::postgres::PgCluster;
 use ezone_replicator::link::{run, LinkConfig, LinkStats};
 use ezone_replicator::walsender::SourceConfig;
@@ -137,10 +137,7 @@ async fn both_directions_converge_without_echo() {
     // Nothing echoed: every applied transaction came back as skipped, none
     // applied twice, no conflicts anywhere.
     for pg in [&a, &b] {
-        assert_eq!(
-            q(pg, "SELECT count(*) FROM ezone_replication.conflicts").await,
-            "0"
-        );
+        assert_no_conflicts(pg).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(ab.conflicts.load(Ordering::Relaxed), 0);
@@ -211,10 +208,7 @@ async fn killed_mid_stream_many_times_no_gap_no_duplicate() {
     .await;
     // No duplicate (a re-applied insert would be a recorded conflict) and no
     // gap (ids 0..rows all present).
-    assert_eq!(
-        q(&b, "SELECT count(*) FROM ezone_replication.conflicts").await,
-        "0"
-    );
+    assert_no_conflicts(&b).await;
     assert_eq!(
         q(
             &b,
@@ -259,10 +253,7 @@ async fn source_and_target_crashes_converge() {
     q(&a, &write(100)).await;
     converge(&a, &b).await;
     assert_eq!(q(&b, "SELECT count(*) FROM orders").await, "400");
-    assert_eq!(
-        q(&b, "SELECT count(*) FROM ezone_replication.conflicts").await,
-        "0"
-    );
+    assert_no_conflicts(&b).await;
     assert!(
         stats.restarts.load(Ordering::Relaxed) >= 2,
         "the link restarted after each crash"

@@ -16,9 +16,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use serde::Serialize;
 
-use super::consumer::RunPlace;
+use super::consumer::{create_slot, slot_pid, Proc, RunPlace};
 use super::workload::{sql, PUBLICATION};
-use crate::cpu;
 
 /// How long the reader may take before the bench gives up on it.
 const WITHIN: Duration = Duration::from_secs(600);
@@ -46,12 +45,7 @@ impl Ceiling {
     /// Makes the reader's slot at the source: call before the backlog.
     pub async fn prepare(at: &RunPlace<'_>) -> anyhow::Result<Ceiling> {
         let slot = format!("ceiling_run{}", at.run);
-        sql(
-            at.source,
-            at.db,
-            &format!("SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput')"),
-        )
-        .await?;
+        create_slot(at, &slot).await?;
         Ok(Ceiling { slot })
     }
 
@@ -101,7 +95,7 @@ impl Ceiling {
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
-        let mut walsender: Option<u32> = None;
+        let mut walsender: Option<Proc> = None;
         let mut ticks: Option<u64> = None;
         let status = loop {
             if let Some(status) = child.try_wait().context("waiting for pg_recvlogical")? {
@@ -113,14 +107,14 @@ impl Ceiling {
                     humantime::format_duration(WITHIN)
                 );
             }
-            match walsender {
-                Some(pid) => {
-                    let t = cpu::tree_ticks(pid);
-                    if t > 0 {
-                        ticks = Some(t);
+            match &walsender {
+                Some(p) => ticks = p.sample().map(|s| s.ticks).or(ticks),
+                None => {
+                    walsender = match slot_pid(at, &self.slot).await? {
+                        Some(pid) => Proc::new("stream walsender", pid).ok(),
+                        None => None,
                     }
                 }
-                None => walsender = active_pid(at, &self.slot).await,
             }
             tokio::time::sleep(SAMPLE).await;
         };
@@ -138,18 +132,4 @@ impl Ceiling {
             walsender_cpu_seconds: ticks.map(|t| t as f64 / ticks_per_second as f64),
         })
     }
-}
-
-/// The walsender serving `slot`, once it is active.
-async fn active_pid(at: &RunPlace<'_>, slot: &str) -> Option<u32> {
-    sql(
-        at.source,
-        at.db,
-        &format!(
-            "SELECT active_pid FROM pg_replication_slots WHERE slot_name = '{slot}' AND active"
-        ),
-    )
-    .await
-    .ok()
-    .and_then(|s| s.trim().parse().ok())
 }

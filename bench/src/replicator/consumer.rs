@@ -114,7 +114,7 @@ pub struct Proc {
 }
 
 impl Proc {
-    fn new(role: &'static str, pid: u32) -> anyhow::Result<Proc> {
+    pub(super) fn new(role: &'static str, pid: u32) -> anyhow::Result<Proc> {
         let stat = proc_stat(pid)
             .with_context(|| format!("{role} (pid {pid}) is gone before it could be measured"))?;
         Ok(Proc {
@@ -173,12 +173,7 @@ impl Consumer {
             System::Ezone => {
                 let (src, dst) = (format!("src{}", at.run), format!("dst{}", at.run));
                 let slot = slot_name(&dst);
-                sql(
-                    at.source,
-                    at.db,
-                    &format!("SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput')"),
-                )
-                .await?;
+                create_slot(at, &slot).await?;
                 let target_dsn = format!(
                     "{} application_name={EZONE_APPLY_APP}",
                     at.target.dsn(at.db)
@@ -601,8 +596,19 @@ async fn wait_slot_free(at: &RunPlace<'_>, slot: &str, after: &str) -> anyhow::R
     Ok(())
 }
 
+/// Creates the logical slot `slot` (`pgoutput`) at the source.
+pub(super) async fn create_slot(at: &RunPlace<'_>, slot: &str) -> anyhow::Result<()> {
+    sql(
+        at.source,
+        at.db,
+        &format!("SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput')"),
+    )
+    .await
+    .map(drop)
+}
+
 /// The pid of the walsender holding `slot`, if it is held.
-async fn slot_pid(at: &RunPlace<'_>, slot: &str) -> anyhow::Result<Option<u32>> {
+pub(super) async fn slot_pid(at: &RunPlace<'_>, slot: &str) -> anyhow::Result<Option<u32>> {
     let out = sql(
         at.source,
         at.db,

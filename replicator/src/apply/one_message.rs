@@ -81,7 +81,9 @@ impl Named {
 }
 
 /// The rows of `steps` if every step is a row statement whose values a
-/// query message can carry; `None`: the extended way.
+/// query message can carry; `None`: the extended way. (A row statement
+/// always has parameters, its key's values at least; `PREPARE` of one
+/// without any would need another form.)
 pub(super) fn eligible<'s>(steps: &'s [Step<'_>]) -> Option<Vec<&'s crate::sql::Statement>> {
     steps
         .iter()

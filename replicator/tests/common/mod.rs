@@ -122,6 +122,22 @@ pub const ITEMS_SQL: &str = "CREATE TABLE items (id bigint PRIMARY KEY, v text N
 pub const ITEMS_CHECKSUM: &str =
     "SELECT count(*) || ':' || coalesce(md5(string_agg(id || '=' || v, ',' ORDER BY id)), '') FROM items";
 
+/// Waits (up to `within`) until `b`'s `items` are `a`'s.
+pub async fn items_converge(a: &PgCluster, b: &PgCluster, within: Duration) {
+    let want = q(a, ITEMS_CHECKSUM).await;
+    until_within(b, ITEMS_CHECKSUM, &want, within).await;
+}
+
+/// `pg` recorded no conflict.
+pub async fn assert_no_conflicts(pg: &PgCluster) {
+    assert_eq!(
+        q(pg, "SELECT count(*) FROM ezone_replication.conflicts").await,
+        "0",
+        "conflicts recorded at {}",
+        pg.name()
+    );
+}
+
 /// A memory figure of this process, in KiB: `VmHWM` (the peak resident
 /// set) or `VmRSS` (the current one).
 pub fn status_kib(field: &str) -> u64 {
@@ -174,8 +190,7 @@ pub async fn large_update(
     )
     .await;
     let took = committed.elapsed();
-    let want = q(a, ITEMS_CHECKSUM).await;
-    until_within(b, ITEMS_CHECKSUM, &want, Duration::from_secs(60)).await;
+    items_converge(a, b, Duration::from_secs(60)).await;
     let grew_mib = status_kib("VmHWM").saturating_sub(before) / 1024;
     eprintln!(
         "peak RSS grew by {grew_mib} MiB while {rows} updated rows crossed; at the target \
