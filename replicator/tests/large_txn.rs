@@ -19,7 +19,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{assert_no_conflicts, items_converge, q, until, until_within, Running, DB};
+use common::{assert_no_conflicts, items_converge, q, until, until_a_lock_wait, Running, DB};
 use ezone_chaos::postgres::PgCluster;
 use ezone_replicator::link::{ensure_source, LinkConfig, LinkStats};
 
@@ -81,13 +81,7 @@ async fn large_transactions_arrive_whole_and_only_at_their_commit() {
     q(&a, "UPDATE items SET v = v || ' updated' WHERE id > 0").await;
     // Parts before the locked row are applied, not committed: the link's
     // transaction waits on the lock.
-    until_within(
-        &b,
-        "SELECT count(*) > 0 FROM pg_stat_activity WHERE wait_event_type = 'Lock'",
-        "t",
-        Duration::from_secs(60),
-    )
-    .await;
+    until_a_lock_wait(&b).await;
     assert_eq!(
         q(&b, "SELECT count(*) FROM items WHERE v LIKE '% updated'").await,
         "0",
@@ -127,13 +121,7 @@ async fn a_link_stopped_inside_a_large_transaction_applies_it_once_after() {
         "INSERT INTO items SELECT g, 'row ' || g FROM generate_series(1, 20000) g",
     )
     .await;
-    until_within(
-        &b,
-        "SELECT count(*) > 0 FROM pg_stat_activity WHERE wait_event_type = 'Lock'",
-        "t",
-        Duration::from_secs(60),
-    )
-    .await;
+    until_a_lock_wait(&b).await;
     running.ask_to_stop();
     // The link waits on the lock, so the stop is seen once the lock goes:
     // rolling the holder back frees the key, the link's statement goes on,

@@ -23,7 +23,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{assert_no_conflicts, items_converge, q, until, until_within, Running, DB};
+use common::{
+    assert_no_conflicts, items_converge, q, until, until_a_lock_wait, until_within, Running, DB,
+};
 use ezone_chaos::postgres::PgCluster;
 use ezone_replicator::link::{ensure_source, LinkConfig, LinkStats};
 
@@ -238,13 +240,7 @@ async fn a_link_killed_mid_stream_applies_the_transaction_exactly_once() {
     )
     .await
     .expect("commit");
-    until_within(
-        &b,
-        "SELECT count(*) > 0 FROM pg_stat_activity WHERE wait_event_type = 'Lock'",
-        "t",
-        Duration::from_secs(60),
-    )
-    .await;
+    until_a_lock_wait(&b).await;
     running.kill().await;
     hold.batch_execute("ROLLBACK").await.expect("release");
     assert_eq!(q(&b, "SELECT count(*) FROM items").await, "2");

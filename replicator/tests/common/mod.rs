@@ -128,6 +128,18 @@ pub async fn items_converge(a: &PgCluster, b: &PgCluster, within: Duration) {
     until_within(b, ITEMS_CHECKSUM, &want, within).await;
 }
 
+/// Waits until a session of `pg` waits on a lock (the link's apply, held
+/// by a row the test locked).
+pub async fn until_a_lock_wait(pg: &PgCluster) {
+    until_within(
+        pg,
+        "SELECT count(*) > 0 FROM pg_stat_activity WHERE wait_event_type = 'Lock'",
+        "t",
+        Duration::from_secs(60),
+    )
+    .await;
+}
+
 /// `pg` recorded no conflict.
 pub async fn assert_no_conflicts(pg: &PgCluster) {
     assert_eq!(
