@@ -34,13 +34,23 @@ pub mod defaults {
     pub const LARGE_TRANSACTION_BYTES: usize = 16 * 1024 * 1024;
     /// Target connections each link applies over (`apply_workers`): batches
     /// that touch disjoint rows run side by side, and commit in source order
-    /// (`lanes.rs`). One by default: measured on 2026-12-04 with `ezone
-    /// bench replicator` (pgbench's TPC-B-like writes, whose every
-    /// transaction updates a hot branch row), two lanes drained a backlog at
-    /// 0.40x native against 0.52x with one, since such batches always meet
-    /// and only got smaller. Raise it for workloads whose batches touch
-    /// disjoint rows.
-    pub const APPLY_WORKERS: usize = 1;
+    /// (`lanes.rs`). `auto` by default: a link starts with one lane and adds
+    /// one while batches wait for a lane with rows nothing in flight touches
+    /// and the lane added raises the rows applied a second
+    /// (`lanes/sizing.rs`), up to [`AUTO_APPLY_WORKERS_MAX`] or a quarter of
+    /// the target's free connections. A fixed count was the only choice
+    /// before 2026-12-05, with one lane the default: measured on 2026-12-04
+    /// with `ezone bench replicator` (pgbench's TPC-B-like writes, whose
+    /// every transaction updates a hot branch row), two lanes drained a
+    /// backlog at 0.40x native against 0.52x with one, since such batches
+    /// always meet and only got smaller; `auto` stays at one lane there.
+    pub const APPLY_WORKERS: super::ApplyWorkers = super::ApplyWorkers::Auto;
+    /// The most lanes `auto` opens for one link.
+    pub const AUTO_APPLY_WORKERS_MAX: usize = 8;
+    /// `auto` opens at most this share of the target's free connections
+    /// (`max_connections` less the reserved ones and those in use when the
+    /// link starts) for one link: the applications need the rest.
+    pub const AUTO_SHARE_OF_FREE_CONNECTIONS: usize = 4;
     /// The most `apply_workers` accepted.
     pub const MAX_APPLY_WORKERS: usize = 32;
     /// Threads of the replicator process's async runtime
@@ -136,10 +146,10 @@ pub struct ReplicatorConfig {
     /// gone with the process) ([`defaults::spool_dir`]).
     #[serde(default)]
     pub spool_dir: Option<std::path::PathBuf>,
-    /// Target connections each link applies over
+    /// Target connections each link applies over: `"auto"` or a count
     /// ([`defaults::APPLY_WORKERS`]); 1 applies one batch at a time.
     #[serde(default = "d_apply_workers")]
-    pub apply_workers: usize,
+    pub apply_workers: ApplyWorkers,
     /// Threads of the process's async runtime
     /// ([`defaults::WORKER_THREADS`]).
     #[serde(default = "d_worker_threads")]
@@ -154,7 +164,7 @@ fn d_worker_threads() -> usize {
     defaults::WORKER_THREADS
 }
 
-fn d_apply_workers() -> usize {
+fn d_apply_workers() -> ApplyWorkers {
     defaults::APPLY_WORKERS
 }
 
@@ -209,7 +219,7 @@ fn one_to(
     field: &str,
     value: usize,
     max: usize,
-    default: usize,
+    default: impl std::fmt::Display,
     what: &str,
 ) -> Result<(), ConfigError> {
     if value == 0 || value > max {
@@ -219,6 +229,74 @@ fn one_to(
         ));
     }
     Ok(())
+}
+
+/// How many target connections (lanes) a link applies over
+/// ([`defaults::APPLY_WORKERS`]): in the file, `"auto"` or a count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "RawApplyWorkers")]
+pub enum ApplyWorkers {
+    /// One lane to start, more while they pay (`lanes/sizing.rs`).
+    Auto,
+    /// Always this many.
+    Fixed(usize),
+}
+
+impl std::fmt::Display for ApplyWorkers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ApplyWorkers::Auto => f.write_str("auto"),
+            ApplyWorkers::Fixed(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+impl std::str::FromStr for ApplyWorkers {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.trim().eq_ignore_ascii_case("auto") {
+            return Ok(ApplyWorkers::Auto);
+        }
+        s.trim()
+            .parse::<usize>()
+            .map(ApplyWorkers::Fixed)
+            .map_err(|_| format!("{s:?} is neither \"auto\" nor a count of target connections"))
+    }
+}
+
+/// As in the file: `"auto"` or the count (for reports).
+impl serde::Serialize for ApplyWorkers {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            ApplyWorkers::Auto => s.serialize_str("auto"),
+            ApplyWorkers::Fixed(n) => s.serialize_u64(*n as u64),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawApplyWorkers {
+    Count(i64),
+    Word(String),
+    /// Anything else, refused by name.
+    Other(toml::Value),
+}
+
+impl TryFrom<RawApplyWorkers> for ApplyWorkers {
+    type Error = String;
+    fn try_from(raw: RawApplyWorkers) -> Result<Self, Self::Error> {
+        match raw {
+            // Zero and too many are `validate`'s to refuse, with the range.
+            RawApplyWorkers::Count(n) => usize::try_from(n)
+                .map(ApplyWorkers::Fixed)
+                .map_err(|_| format!("apply_workers = {n}: give \"auto\" or a count from 1")),
+            RawApplyWorkers::Word(w) => w.parse(),
+            RawApplyWorkers::Other(v) => Err(format!(
+                "apply_workers = {v}: give \"auto\" or a count of target connections"
+            )),
+        }
+    }
 }
 
 impl ReplicatorConfig {
@@ -242,13 +320,15 @@ impl ReplicatorConfig {
         if self.tables.is_empty() {
             return Err(err("tables", "no tables: list the tables to replicate"));
         }
-        one_to(
-            "apply_workers",
-            self.apply_workers,
-            defaults::MAX_APPLY_WORKERS,
-            defaults::APPLY_WORKERS,
-            "the target connections each link applies over",
-        )?;
+        if let ApplyWorkers::Fixed(n) = self.apply_workers {
+            one_to(
+                "apply_workers",
+                n,
+                defaults::MAX_APPLY_WORKERS,
+                "\"auto\"",
+                "the target connections each link applies over",
+            )?;
+        }
         one_to(
             "worker_threads",
             self.worker_threads,
@@ -414,6 +494,32 @@ mod tests {
             assert_eq!(e.field, "worker_threads", "{bad}");
             assert!(e.problem.contains("between 1 and 64"), "{}", e.problem);
         }
+    }
+
+    #[test]
+    fn apply_workers_are_auto_unless_counted() {
+        let c = ReplicatorConfig::from_toml(MIN).unwrap();
+        assert_eq!(c.apply_workers, ApplyWorkers::Auto);
+        let at = |v: &str| {
+            ReplicatorConfig::from_toml(
+                &MIN.replace("[topology]", &format!("apply_workers = {v}\n[topology]")),
+            )
+        };
+        assert_eq!(at("\"auto\"").unwrap().apply_workers, ApplyWorkers::Auto);
+        assert_eq!(at("\"AUTO\"").unwrap().apply_workers, ApplyWorkers::Auto);
+        assert_eq!(at("4").unwrap().apply_workers, ApplyWorkers::Fixed(4));
+        for bad in ["0", "33"] {
+            let e = at(bad).unwrap_err();
+            assert_eq!(e.field, "apply_workers", "{bad}");
+            assert!(e.problem.contains("between 1 and 32"), "{}", e.problem);
+            assert!(e.problem.contains("\"auto\""), "{}", e.problem);
+        }
+        for bad in ["-1", "\"many\"", "1.5"] {
+            let e = at(bad).unwrap_err();
+            assert!(e.problem.contains("auto"), "{bad}: {}", e.problem);
+        }
+        assert_eq!("3".parse(), Ok(ApplyWorkers::Fixed(3)));
+        assert_eq!(ApplyWorkers::Auto.to_string(), "auto");
     }
 
     #[test]

@@ -29,7 +29,10 @@ use tokio::sync::{oneshot, watch};
 use tokio_postgres::types::Type;
 
 use crate::apply::{Applier, ApplyError, Ownership, Turn};
+use crate::config::defaults::MAX_APPLY_WORKERS;
+use crate::config::ApplyWorkers;
 use crate::confirm::ConfirmTracker;
+use crate::lanes::sizing::{Sizer, Start};
 use crate::lsn::Lsn;
 use crate::pgoutput::{self, DecodeError, LogicalMessage};
 use crate::spool::{Outcome, Replay, Spool, SpoolError};
@@ -57,9 +60,9 @@ pub struct LinkConfig {
     pub origin: String,
     /// Tables to replicate (`schema.table` or `table`).
     pub tables: Vec<String>,
-    /// Target connections the link applies over ([`crate::lanes`]); 1:
-    /// one batch at a time.
-    pub apply_workers: usize,
+    /// Target connections the link applies over ([`crate::lanes`]): a
+    /// count (1: one batch at a time) or `auto` ([`crate::lanes::sizing`]).
+    pub apply_workers: crate::config::ApplyWorkers,
     /// A source transaction whose decoded changes take more than this many
     /// bytes is applied as it arrives, not held whole
     /// ([`crate::config::defaults::LARGE_TRANSACTION_BYTES`]).
@@ -501,7 +504,10 @@ pub async fn run_once(
     // The target (its lanes and progress) and the source's replication
     // connection at once: over a WAN, the source's round trips are the long
     // ones.
-    let lane_count = cfg.apply_workers.max(1);
+    let (lane_count, auto) = match cfg.apply_workers {
+        ApplyWorkers::Fixed(n) => (n.clamp(1, MAX_APPLY_WORKERS), false),
+        ApplyWorkers::Auto => (1, true),
+    };
     let ((idle, start), conn) = tokio::try_join!(
         async {
             let appliers = futures::future::try_join_all((0..lane_count).map(|lane| {
@@ -555,18 +561,41 @@ pub async fn run_once(
     // `in_flight` in that order. What is confirmed to the source, and when,
     // is `confirm`'s to say (`confirm.rs`): a batch once committed, a
     // keepalive once all before it is.
+    let sizer = if auto {
+        // At most a share of the target's free connections: the
+        // applications need the rest.
+        let free = idle[0].free_connections().await.map_err(apply_err)?;
+        let ceiling = crate::lanes::sizing::ceiling(free);
+        tracing::info!(link, ceiling, free, "Apply lanes: auto, from one.");
+        Some(Sizer::new(ceiling, Instant::now()))
+    } else {
+        None
+    };
+    let mut used = [false; MAX_APPLY_WORKERS];
+    for lane in used.iter_mut().take(lane_count) {
+        *lane = true;
+    }
     let mut lanes = Lanes {
         idle,
         in_flight: FuturesOrdered::new(),
         footprints: crate::lanes::InFlight::default(),
         last_commit: None,
+        limit: lane_count,
+        used,
+        sizer,
+        opening: None,
+        known: None,
     };
     let mut confirm = ConfirmTracker::new();
     let mut batch = Pending {
-        track_rows: lane_count > 1,
+        // With one lane for good, no batch ever runs beside another.
+        track_rows: lane_count > 1 || auto,
         ..Pending::default()
     };
     loop {
+        if lanes.sizer.is_some() {
+            lanes.resize(cfg, stats);
+        }
         let ev = if !lanes.in_flight.is_empty() {
             let step = if batch.is_full() {
                 // Enough waiting: let the target catch up before reading on.
@@ -1006,6 +1035,13 @@ struct Pending {
     rows: usize,
     /// It found a lane free but touched rows of a batch in flight.
     held_back: bool,
+    /// It found every lane busy while its rows met none of the batches in
+    /// flight: another lane would have started it.
+    wanted_lane: bool,
+    /// It found every lane busy.
+    waited: bool,
+    /// How far `footprint` was checked against the batches in flight.
+    checked: crate::lanes::Checked,
 }
 
 impl Pending {
@@ -1047,6 +1083,20 @@ struct Lanes<'a> {
     footprints: crate::lanes::InFlight,
     /// Fires when the youngest batch in flight has committed.
     last_commit: Option<oneshot::Receiver<()>>,
+    /// The most batches in flight at once: the lanes the link applies over
+    /// now (more may be open for a moment after `auto` gave one back: each
+    /// closes as its batch lands).
+    limit: usize,
+    /// Which lane numbers (and so origins) have an open connection.
+    used: [bool; MAX_APPLY_WORKERS],
+    /// `auto`: what decides `limit` ([`crate::lanes::sizing`]).
+    sizer: Option<Sizer>,
+    /// A lane being opened (`auto`): its number and its connection, once
+    /// made.
+    opening: Option<(usize, oneshot::Receiver<Result<Applier, ApplyError>>)>,
+    /// While a lane is opened: the table shapes the others read, for it to
+    /// start with.
+    known: Option<crate::apply::KnownTables>,
 }
 
 impl<'a> Lanes<'a> {
@@ -1063,26 +1113,154 @@ impl<'a> Lanes<'a> {
         if batch.txns.is_empty() {
             return false;
         }
-        if !self.footprints.may_start(&batch.footprint) {
-            batch.held_back |= !self.idle.is_empty();
+        let free = self.in_flight.len() < self.limit && !self.idle.is_empty();
+        if !self
+            .footprints
+            .may_start_from(&batch.footprint, &mut batch.checked)
+        {
+            batch.held_back |= free;
+            batch.waited |= !free;
+            return false;
+        }
+        if !free {
+            batch.wanted_lane = true;
             return false;
         }
         let Some(mut a) = self.idle.pop() else {
             return false;
         };
+        if let Some(sizer) = self.sizer.as_mut() {
+            sizer.started(Start {
+                rows: batch.rows as u64,
+                wanted_lane: batch.wanted_lane,
+                waited: batch.waited,
+                held_back: batch.held_back,
+            });
+        }
+        batch.wanted_lane = false;
+        batch.waited = false;
         let (done, committed) = oneshot::channel();
         a.set_turn(Turn::new(self.last_commit.replace(committed), done));
         self.footprints
             .started(std::mem::take(&mut batch.footprint));
+        batch.checked = crate::lanes::Checked::default();
         confirm.started(batch.txns.last().map(|t| t.commit.end_lsn));
         self.in_flight.push_back(start_batch(a, own, stats, batch));
         true
     }
 
-    /// A batch came out of `in_flight` (committed or not): its lane is free.
+    /// A batch came out of `in_flight` (committed or not): its lane is free,
+    /// or closed if `auto` gave a lane back since it started.
     fn landed(&mut self, a: Applier) {
         self.footprints.committed();
-        self.idle.push(a);
+        if self.opening.is_some() {
+            self.known = Some(a.known_tables());
+        }
+        if self.idle.len() + self.in_flight.len() >= self.limit && a.lane() != 0 {
+            self.close(a);
+        } else {
+            self.idle.push(a);
+        }
+    }
+
+    /// Closes a lane `auto` gave back. Lane 0 (the link's own origin)
+    /// always stays.
+    fn close(&mut self, a: Applier) {
+        if let Some(used) = self.used.get_mut(a.lane()) {
+            *used = false;
+        }
+        // Its origin session released before the connection goes, so the
+        // lane can open again at once.
+        tokio::spawn(a.close());
+    }
+
+    /// `auto`: opens or closes lanes if the sizer decides it is time. A lane
+    /// opened is a new target connection with its own origin, connected in
+    /// a task of its own (across a WAN that takes several round trips, which
+    /// the link does not wait for); the lane counts from when it is there,
+    /// and nothing else is decided meanwhile.
+    fn resize(&mut self, cfg: &LinkConfig, stats: &LinkStats) {
+        let Some(sizer) = self.sizer.as_mut() else {
+            return;
+        };
+        let link = cfg.name.as_str();
+        if let Some((lane, rx)) = self.opening.as_mut() {
+            let lane = *lane;
+            let opened = match rx.try_recv() {
+                Err(oneshot::error::TryRecvError::Empty) => return,
+                Ok(Ok(a)) => Ok(a),
+                Ok(Err(e)) => Err(crate::chain(&e)),
+                Err(oneshot::error::TryRecvError::Closed) => {
+                    Err("the task opening it ended".to_string())
+                }
+            };
+            self.opening = None;
+            let known = self.known.take();
+            match opened.map(|mut a| {
+                if let Some(known) = known {
+                    a.adopt_tables(known);
+                }
+                a
+            }) {
+                Ok(a) => {
+                    self.idle.push(a.on_lane(lane));
+                    self.limit = sizer.lanes();
+                    sizer.resized(Instant::now());
+                    stats.lane_count.store(self.limit as u64, Ordering::Relaxed);
+                    tracing::info!(link, lanes = self.limit, "Apply lane opened.");
+                }
+                Err(error) => {
+                    self.used[lane] = false;
+                    sizer.grow_failed(Instant::now());
+                    tracing::warn!(
+                        link,
+                        lane,
+                        error,
+                        "Could not open another apply lane; the link goes on with the lanes it has and tries later."
+                    );
+                }
+            }
+            return;
+        }
+        let Some(decided) = sizer.tick(Instant::now()) else {
+            return;
+        };
+        tracing::info!(
+            link,
+            from = self.limit,
+            to = decided.to,
+            why = decided.why.as_str(),
+            "Apply lanes resizing."
+        );
+        if decided.to > self.idle.len() + self.in_flight.len() {
+            let Some(lane) = self.used.iter().position(|u| !u) else {
+                sizer.grow_failed(Instant::now());
+                return;
+            };
+            // Taken now, so no other lane gets its origin.
+            self.used[lane] = true;
+            let (tx, rx) = oneshot::channel();
+            let (dsn, name) = (cfg.target_dsn.clone(), cfg.name.clone());
+            let origin = crate::config::lane_origin(&cfg.origin, lane);
+            tokio::spawn(async move {
+                let _ = tx.send(Applier::connect(&dsn, &name, &origin).await);
+            });
+            self.opening = Some((lane, rx));
+            self.known = self.idle.first().map(Applier::known_tables);
+            return;
+        }
+        sizer.resized(Instant::now());
+        self.limit = decided.to;
+        // Lanes over the limit close: the free ones now, the busy ones as
+        // their batches land. Lane 0 (the link's own origin) stays.
+        while self.idle.len() + self.in_flight.len() > self.limit {
+            let Some(i) = self.idle.iter().position(|a| a.lane() != 0) else {
+                break;
+            };
+            let a = self.idle.swap_remove(i);
+            self.close(a);
+        }
+        stats.lane_count.store(self.limit as u64, Ordering::Relaxed);
     }
 }
 

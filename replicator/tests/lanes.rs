@@ -26,7 +26,7 @@ const OPENING: i64 = 1000;
 
 fn link(from: &PgCluster, to: &PgCluster) -> LinkConfig {
     LinkConfig {
-        apply_workers: 4,
+        apply_workers: ezone_replicator::config::ApplyWorkers::Fixed(4),
         ..common::beijing_to_shanghai(from, to, &["public.accounts", "public.audit"])
     }
 }

@@ -34,7 +34,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use ezone_chaos::postgres::PgCluster;
 use ezone_chaos::process::{pid_alive, proc_stat, proc_status_kib, ChildProcess, ProcessSpec};
-use ezone_replicator::config::{origin_name, slot_name};
+use ezone_replicator::config::{origin_name, slot_name, ApplyWorkers};
 use ezone_topology::starter::starter;
 use ezone_topology::{FileStore, TopologyStore};
 use serde::Serialize;
@@ -83,13 +83,16 @@ pub struct RunPlace<'a> {
     pub db: &'a str,
     /// The source as the consumer reaches it (direct, or across the WAN).
     pub source_dsn: String,
+    /// The target as ezone's replicator reaches it (direct, or across the
+    /// WAN in `far-target`).
+    pub target_dsn: String,
     /// Unique per run: site, slot, origin and subscription names use it.
     pub run: usize,
     /// The bench's temp dir (configs, logs).
     pub dir: &'a Path,
     pub ezone_bin: &'a Path,
     /// ezone's lanes (`apply_workers`).
-    pub apply_workers: usize,
+    pub apply_workers: ApplyWorkers,
     /// The replicator's runtime threads (`worker_threads`).
     pub worker_threads: usize,
     /// ezone's `streaming` and the subscription's (pglogical has none).
@@ -174,10 +177,7 @@ impl Consumer {
                 let (src, dst) = (format!("src{}", at.run), format!("dst{}", at.run));
                 let slot = slot_name(&dst);
                 create_slot(at, &slot).await?;
-                let target_dsn = format!(
-                    "{} application_name={EZONE_APPLY_APP}",
-                    at.target.dsn(at.db)
-                );
+                let target_dsn = format!("{} application_name={EZONE_APPLY_APP}", at.target_dsn);
                 let mut t = starter(&[&src, &dst], 1);
                 for (site, dsn) in [(&src, &at.source_dsn), (&dst, &target_dsn)] {
                     if let Some(s) = t.sites.get_mut(site.as_str()) {
@@ -192,12 +192,12 @@ impl Consumer {
                 let config = at.dir.join(format!("replicator-{}.toml", at.run));
                 let text = format!(
                     "site = {dst:?}\ntables = {tables:?}\npublication = {PUBLICATION:?}\n\
-                     target_dsn = {target_dsn:?}\napply_workers = {workers}\n\
+                     target_dsn = {target_dsn:?}\napply_workers = {workers:?}\n\
                      worker_threads = {threads}\nstreaming = {streaming}\n\
                      [topology]\nfile = {file:?}\n\
                      [admin]\nlisten = \"127.0.0.1:0\"\n[sources.{src}]\ndsn = {source:?}\n",
                     tables = TABLES,
-                    workers = at.apply_workers,
+                    workers = at.apply_workers.to_string(),
                     threads = at.worker_threads,
                     streaming = at.streaming,
                     file = topology.display().to_string(),
@@ -337,7 +337,11 @@ impl Consumer {
         };
         let applies = parse_pids(&sql(at.target, at.db, &apply_sql).await?)?;
         let lanes = match self {
-            Consumer::Ezone { .. } => at.apply_workers,
+            // `auto` starts with one lane.
+            Consumer::Ezone { .. } => match at.apply_workers {
+                ApplyWorkers::Fixed(n) => n,
+                ApplyWorkers::Auto => 1,
+            },
             Consumer::Native { .. } | Consumer::Pglogical { .. } => 1,
         };
         let Some(walsender) = walsender.filter(|_| applies.len() >= lanes) else {
@@ -352,6 +356,38 @@ impl Consumer {
         }
         procs.push(Proc::new("source walsender", walsender)?);
         Ok(Some(procs))
+    }
+
+    /// ezone's target backends not in `known` yet: lanes its link opened
+    /// since (`apply_workers = "auto"`). Empty for the other systems, whose
+    /// apply side is one process for the whole run.
+    pub async fn new_lanes(&self, at: &RunPlace<'_>, known: &[Proc]) -> anyhow::Result<Vec<Proc>> {
+        if !matches!(self, Consumer::Ezone { .. }) {
+            return Ok(Vec::new());
+        }
+        let pids = parse_pids(
+            &sql(
+                at.target,
+                at.db,
+                &format!(
+                    "SELECT pid FROM pg_stat_activity WHERE application_name = '{EZONE_APPLY_APP}' \
+                     AND datname = '{}'",
+                    at.db
+                ),
+            )
+            .await?,
+        )?;
+        let mut found = Vec::new();
+        for pid in pids {
+            if known.iter().any(|p| p.pid == pid && p.alive()) {
+                continue;
+            }
+            // Gone already (a lane given back at once): nothing to sample.
+            if let Ok(p) = Proc::new("target backend", pid) {
+                found.push(p);
+            }
+        }
+        Ok(found)
     }
 
     /// The source slot this consumer reads.
@@ -439,7 +475,12 @@ impl Consumer {
                 sql(
                     at.target,
                     at.db,
-                    &format!("SELECT pg_replication_origin_drop('{origin}')"),
+                    // The link's origin and its other lanes' (`origin#i`):
+                    // origins are the cluster's, not the run database's.
+                    &format!(
+                        "SELECT pg_replication_origin_drop(roname) FROM pg_replication_origin \
+                         WHERE roname = '{origin}' OR roname LIKE '{origin}#%'"
+                    ),
                 )
                 .await?;
                 Ok(())

@@ -67,7 +67,15 @@
 //! 4. All phases **direct** (the consumer dials the source's port) and
 //!    across the **WAN** (`--wan-rtt`, half each way, through the in-process
 //!    fault proxy). Only the consumer's source connection crosses it; the
-//!    load is local to the source, the apply local to the target.
+//!    load is local to the source, the apply local to the target. With
+//!    `--variants far-target` ezone's replicator sits beside the source
+//!    instead and its target connections cross the WAN (every batch's round
+//!    trips pay it: what apply lanes overlap); the subscriptions, which
+//!    apply inside the target, read the source across it as in `wan`.
+//!
+//! `--skip-branch-update` drops the workload's update of one of 10 branch
+//! rows (as pgbench's `-N`), so that transactions on different accounts
+//! touch disjoint rows.
 //!
 //! At the end of each run the three tables are compared by checksum (every
 //! replicated column) at both sites: the *data* column says whether the
@@ -133,6 +141,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context};
 use ezone_chaos::postgres::PgCluster;
 use ezone_chaos::proxy::{Direction, FaultProxy, LinkSpec, Toxics};
+use ezone_replicator::config::ApplyWorkers;
 use serde::Serialize;
 
 use crate::cpu;
@@ -140,9 +149,9 @@ use ceiling::{Ceiling, StreamOnly};
 use consumer::{Consumer, Proc, RunPlace, Sample};
 use stats::{parse_integer_lines, per_second, ratio, summarise_lag, LagSummary};
 use workload::{
-    bulk_fill_sql, large_txn_sql, mark_seen_sql, mark_sql, pgbench_script, slot_spill_stream_sql,
-    source_schema_sql, sql, target_schema_sql, LargeOp, Pace, Pgbench, CHECKSUM_SQL,
-    LAG_MICROS_SQL, ROWS_PER_TXN, TARGET_HISTORY_TRIGGER_SQL,
+    bulk_fill_sql, large_txn_sql, mark_seen_sql, mark_sql, pgbench_script, rows_per_txn,
+    slot_spill_stream_sql, source_schema_sql, sql, target_schema_sql, LargeOp, Pace, Pgbench,
+    CHECKSUM_SQL, LAG_MICROS_SQL, TARGET_HISTORY_TRIGGER_SQL,
 };
 
 pub use consumer::System;
@@ -174,6 +183,11 @@ pub enum Variant {
     Direct,
     /// Through the fault proxy with `--wan-rtt` (half each way).
     Wan,
+    /// ezone's replicator beside the source, its target across the WAN
+    /// (`--wan-rtt`): each batch's round trips to the target cross it.
+    /// Postgres' subscription and pglogical apply inside the target, so for
+    /// them the source is across the WAN, as in `wan`.
+    FarTarget,
 }
 
 /// `ezone bench replicator`'s options.
@@ -215,9 +229,10 @@ pub struct ReplicatorBench {
     #[arg(long)]
     pub plain_tcp: bool,
     /// Target connections (lanes) ezone's link applies over: the
-    /// replicator's `apply_workers` [default: the replicator's default].
+    /// replicator's `apply_workers`, `auto` or a count [default: the
+    /// replicator's default].
     #[arg(long)]
-    pub apply_workers: Option<usize>,
+    pub apply_workers: Option<ApplyWorkers>,
     /// Threads of the replicator's runtime: its `worker_threads` [default:
     /// the replicator's default].
     #[arg(long)]
@@ -235,6 +250,12 @@ pub struct ReplicatorBench {
     /// (off: both systems' default).
     #[arg(long, default_value = "off", value_parser = on_off, action = clap::ArgAction::Set)]
     pub streaming: bool,
+    /// The workload without its update of one of 10 branch rows (as
+    /// pgbench's `-N`): an account upsert and a history insert, so batches
+    /// of transactions on different accounts touch disjoint rows (what
+    /// ezone's apply lanes need).
+    #[arg(long)]
+    pub skip_branch_update: bool,
     /// Print a JSON object instead of the tables.
     #[arg(long)]
     pub json: bool,
@@ -253,10 +274,12 @@ pub struct Params {
     clients: u32,
     accounts: u64,
     rows_per_txn: u64,
+    /// The workload without its branch update (pgbench's `-N`).
+    skip_branch_update: bool,
     /// Every connection over TLS (verify-full), or plain TCP.
     tls: bool,
     /// ezone's lanes (`apply_workers`).
-    apply_workers: usize,
+    apply_workers: ApplyWorkers,
     /// Rows of the large transaction (0: no such phase).
     large_rows: u64,
     /// What it does with them.
@@ -305,12 +328,15 @@ impl Params {
             bail!("--accounts must be at least 1");
         }
         use ezone_replicator::config::defaults;
-        let apply_workers = one_to(
-            "apply-workers",
-            a.apply_workers,
-            defaults::APPLY_WORKERS,
-            defaults::MAX_APPLY_WORKERS,
-        )?;
+        let apply_workers = a.apply_workers.unwrap_or(defaults::APPLY_WORKERS);
+        if let ApplyWorkers::Fixed(n) = apply_workers {
+            one_to(
+                "apply-workers",
+                Some(n),
+                n.max(1),
+                defaults::MAX_APPLY_WORKERS,
+            )?;
+        }
         let worker_threads = one_to(
             "worker-threads",
             a.worker_threads,
@@ -334,7 +360,7 @@ impl Params {
                  (`scripts/install-deps.sh --bench` as root does), or leave it out of --systems"
             );
         }
-        if a.variants.contains(&Variant::Wan) && a.wan_rtt.is_zero() {
+        if a.variants.iter().any(|v| *v != Variant::Direct) && a.wan_rtt.is_zero() {
             bail!("--wan-rtt 0s: give the WAN a round trip, or run --variants direct");
         }
         let mut variants = a.variants.clone();
@@ -348,7 +374,8 @@ impl Params {
             wan_rtt_ms: a.wan_rtt.as_secs_f64() * 1000.0,
             clients: a.clients,
             accounts: a.accounts,
-            rows_per_txn: ROWS_PER_TXN,
+            rows_per_txn: rows_per_txn(a.skip_branch_update),
+            skip_branch_update: a.skip_branch_update,
             tls: !a.plain_tcp,
             apply_workers,
             large_rows: a.large_rows.unwrap_or(if a.quick {
@@ -370,6 +397,7 @@ impl Params {
         match v {
             Variant::Direct => "direct".to_string(),
             Variant::Wan => format!("wan {}ms", fmt_num(self.wan_rtt_ms)),
+            Variant::FarTarget => format!("far target {}ms", fmt_num(self.wan_rtt_ms)),
         }
     }
 }
@@ -536,6 +564,8 @@ struct Ctx {
     // Field order is drop order: the proxy before the clusters it points at.
     proxy: FaultProxy,
     wan_addr: SocketAddr,
+    /// The target across the WAN (ezone's replicator in `far-target`).
+    far_target_addr: SocketAddr,
     source: PgCluster,
     target: PgCluster,
     pgbench: Pgbench,
@@ -579,29 +609,38 @@ pub async fn run(args: &ReplicatorBench) -> anyhow::Result<Report> {
     }
     let version = sql(&source, "postgres", "SHOW server_version").await?;
     let proxy = FaultProxy::new();
-    let link = proxy
-        .add_link(LinkSpec {
-            name: "source->target".to_string(),
-            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            upstream: source.addr(),
-            upstream_toxics: Toxics::default(),
-            downstream_toxics: Toxics::default(),
-        })
-        .await
-        .context("starting the WAN fault proxy")?;
-    let half = params.wan_rtt / 2;
-    for d in [Direction::Upstream, Direction::Downstream] {
-        link.set_toxics(
-            d,
-            Toxics {
-                latency: half,
-                ..Toxics::default()
-            },
-        );
+    // The WAN in front of the source (`wan`, and the subscriptions in
+    // `far-target`), and in front of the target (ezone in `far-target`).
+    let mut wan = Vec::new();
+    for (name, upstream) in [("to source", source.addr()), ("to target", target.addr())] {
+        let link = proxy
+            .add_link(LinkSpec {
+                name: name.to_string(),
+                listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+                upstream,
+                upstream_toxics: Toxics::default(),
+                downstream_toxics: Toxics::default(),
+            })
+            .await
+            .context("starting the WAN fault proxy")?;
+        let half = params.wan_rtt / 2;
+        for d in [Direction::Upstream, Direction::Downstream] {
+            link.set_toxics(
+                d,
+                Toxics {
+                    latency: half,
+                    ..Toxics::default()
+                },
+            );
+        }
+        wan.push(link.listen_addr());
     }
     let script = dir.path().join("workload.sql");
-    std::fs::write(&script, pgbench_script(params.accounts))
-        .with_context(|| format!("writing {}", script.display()))?;
+    std::fs::write(
+        &script,
+        pgbench_script(params.accounts, params.skip_branch_update),
+    )
+    .with_context(|| format!("writing {}", script.display()))?;
     let pgbench = Pgbench {
         bin: source.bin_dir().join("pgbench"),
         dir: dir.path().to_path_buf(),
@@ -618,7 +657,8 @@ pub async fn run(args: &ReplicatorBench) -> anyhow::Result<Report> {
     }
     let ctx = Ctx {
         params: params.clone(),
-        wan_addr: link.listen_addr(),
+        wan_addr: wan[0],
+        far_target_addr: wan[1],
         proxy,
         source,
         target,
@@ -688,9 +728,13 @@ async fn one_run(
         source,
         target,
         db: &db,
-        source_dsn: match variant {
-            Variant::Direct => source.dsn(&db),
-            Variant::Wan => source.dsn_at(ctx.wan_addr, &db),
+        source_dsn: match (variant, system) {
+            (Variant::Direct, _) | (Variant::FarTarget, System::Ezone) => source.dsn(&db),
+            (Variant::Wan, _) | (Variant::FarTarget, _) => source.dsn_at(ctx.wan_addr, &db),
+        },
+        target_dsn: match (variant, system) {
+            (Variant::FarTarget, System::Ezone) => target.dsn_at(ctx.far_target_addr, &db),
+            _ => target.dsn(&db),
         },
         run,
         dir: ctx.dir.path(),
@@ -743,12 +787,16 @@ async fn one_run(
     say("draining the backlog");
     let t0 = unix_micros();
     consumer.start(&at).await?;
-    let procs = consumer.processes(&at).await?;
+    let mut procs = consumer.processes(&at).await?;
     let drain_within = Duration::from_secs(300 + backlog.processed / 50);
     let last = wait_mark(&at, &consumer, 2, drain_within).await?;
+    // Lanes opened during the drain started with the consumer's run: all
+    // their CPU is the drain's.
+    let mut drain_start = vec![Some(Sample::default()); procs.len()];
+    with_new_lanes(&consumer, &at, &mut procs, &mut drain_start).await?;
     let drain_ticks: Vec<Option<Sample>> = procs.iter().map(Proc::sample).collect();
     let first = wait_mark(&at, &consumer, 1, TAIL_WITHIN).await?;
-    let rows = backlog.processed * ROWS_PER_TXN;
+    let rows = backlog.processed * p.rows_per_txn;
     let secs = |a: i64, b: i64| (b - a) as f64 / 1e6;
     let (seconds, apply_seconds) = (secs(t0, last), secs(first, last));
     let batches = consumer.batches(&at).await?;
@@ -768,13 +816,7 @@ async fn one_run(
         rows_per_second: per_second(rows, seconds),
         apply_rows_per_second: per_second(rows, apply_seconds),
         batches,
-        cpu: cpu_report(
-            ctx,
-            &procs,
-            &vec![Some(Sample::default()); procs.len()],
-            &drain_ticks,
-            rows,
-        ),
+        cpu: cpu_report(ctx, &procs, &drain_start, &drain_ticks, rows),
         stream_only,
     };
 
@@ -785,7 +827,8 @@ async fn one_run(
     ));
     sql(target, &db, TARGET_HISTORY_TRIGGER_SQL).await?;
     checkpoint(ctx).await?;
-    let before: Vec<Option<Sample>> = procs.iter().map(Proc::sample).collect();
+    with_new_lanes(&consumer, &at, &mut procs, &mut Vec::new()).await?;
+    let mut before: Vec<Option<Sample>> = procs.iter().map(Proc::sample).collect();
     let steady = ctx
         .pgbench
         .run(
@@ -799,12 +842,13 @@ async fn one_run(
         .await?;
     sql(source, &db, &mark_sql(3, "steady end")).await?;
     wait_mark(&at, &consumer, 3, TAIL_WITHIN).await?;
+    with_new_lanes(&consumer, &at, &mut procs, &mut before).await?;
     let after: Vec<Option<Sample>> = procs.iter().map(Proc::sample).collect();
     let lag_out = sql(target, &db, LAG_MICROS_SQL).await?;
     let lag = summarise_lag(
         &parse_integer_lines(&lag_out).map_err(|e| anyhow::anyhow!("reading lag samples: {e}"))?,
     );
-    let steady_rows = steady.processed * ROWS_PER_TXN;
+    let steady_rows = steady.processed * p.rows_per_txn;
     let steady = SteadyReport {
         offered_tps: p.rate,
         seconds: p.steady_seconds,
@@ -829,7 +873,8 @@ async fn one_run(
         };
         let (spill0, stream0) =
             slot_numbers(sql(source, &db, &slot_spill_stream_sql(&consumer.slot())).await?);
-        let before: Vec<Option<Sample>> = procs.iter().map(Proc::sample).collect();
+        with_new_lanes(&consumer, &at, &mut procs, &mut Vec::new()).await?;
+        let mut before: Vec<Option<Sample>> = procs.iter().map(Proc::sample).collect();
         let began = Instant::now();
         sql(source, &db, &large_txn_sql(p.large_op, p.large_rows, 4)).await?;
         let source_seconds = began.elapsed().as_secs_f64();
@@ -841,6 +886,7 @@ async fn one_run(
             TAIL_WITHIN + Duration::from_secs(p.large_rows / 1000),
         )
         .await?;
+        with_new_lanes(&consumer, &at, &mut procs, &mut before).await?;
         let after: Vec<Option<Sample>> = procs.iter().map(Proc::sample).collect();
         let (spill1, stream1) =
             slot_numbers(sql(source, &db, &slot_spill_stream_sql(&consumer.slot())).await?);
@@ -887,7 +933,7 @@ async fn one_run(
         label,
         added_rtt_ms: match variant {
             Variant::Direct => 0.0,
-            Variant::Wan => p.wan_rtt_ms,
+            Variant::Wan | Variant::FarTarget => p.wan_rtt_ms,
         },
         system,
         drain,
@@ -939,6 +985,24 @@ fn unix_micros() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+}
+
+/// Adds the lanes ezone's link opened since `procs` was read (with
+/// `apply_workers = "auto"`), each starting from zero in `from` (they
+/// started after `from` was sampled, as `procs` was read again at the
+/// phase's start). A lane given back during a phase takes its counts with
+/// it: that process's CPU, and so the phase's, is then unknown, not short.
+async fn with_new_lanes(
+    consumer: &Consumer,
+    at: &RunPlace<'_>,
+    procs: &mut Vec<Proc>,
+    from: &mut Vec<Option<Sample>>,
+) -> anyhow::Result<()> {
+    for p in consumer.new_lanes(at, procs).await? {
+        procs.push(p);
+        from.push(Some(Sample::default()));
+    }
+    Ok(())
 }
 
 fn cpu_report(
@@ -1049,8 +1113,13 @@ fn tables(r: &Report) -> String {
     );
     let _ = writeln!(
         out,
-        "workload: pgbench, {} clients; each transaction = account upsert + branch update + history insert ({} rows); {}",
+        "workload: pgbench, {} clients; each transaction = account upsert + {}history insert ({} rows); {}",
         p.clients,
+        if p.skip_branch_update {
+            ""
+        } else {
+            "branch update + "
+        },
         p.rows_per_txn,
         if p.tls {
             "every connection over TLS (verify-full)"

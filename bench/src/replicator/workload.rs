@@ -103,9 +103,12 @@ fn branches_sql() -> String {
     format!("INSERT INTO branches SELECT g, 0 FROM generate_series(1, {BRANCHES}) g;")
 }
 
-/// The pgbench script of one workload transaction over `accounts` keys.
-pub fn pgbench_script(accounts: u64) -> String {
-    format!(
+/// The pgbench script of one workload transaction over `accounts` keys;
+/// without the branch update if `skip_branch` (as pgbench's `-N`): then
+/// [`ROWS_PER_TXN`] less one rows a transaction, and no row every
+/// transaction touches.
+pub fn pgbench_script(accounts: u64, skip_branch: bool) -> String {
+    let script = format!(
         "\\set aid random(1, {accounts})
 \\set bid random(1, {BRANCHES})
 \\set delta random(-5000, 5000)
@@ -115,7 +118,25 @@ UPDATE branches SET balance = balance + :delta WHERE id = :bid;
 INSERT INTO history (aid, bid, delta, at) VALUES (:aid, :bid, :delta, clock_timestamp());
 END;
 "
-    )
+    );
+    if skip_branch {
+        script
+            .lines()
+            .filter(|l| !l.starts_with("UPDATE branches"))
+            .map(|l| format!("{l}\n"))
+            .collect()
+    } else {
+        script
+    }
+}
+
+/// Row changes a workload transaction makes.
+pub fn rows_per_txn(skip_branch: bool) -> u64 {
+    if skip_branch {
+        ROWS_PER_TXN - 1
+    } else {
+        ROWS_PER_TXN
+    }
 }
 
 /// `bulk`'s rows, written at both sites before the consumer's slot exists
@@ -306,14 +327,18 @@ mod tests {
         }
         assert!(src.contains("CREATE PUBLICATION bench_pub FOR TABLE public.accounts, "));
         // Every script statement is one of the three row changes.
-        let script = pgbench_script(1000);
-        assert_eq!(
-            script
-                .lines()
-                .filter(|l| l.starts_with("INSERT") || l.starts_with("UPDATE"))
-                .count() as u64,
-            ROWS_PER_TXN
-        );
-        assert!(script.contains("random(1, 1000)"));
+        for skip in [false, true] {
+            let script = pgbench_script(1000, skip);
+            assert_eq!(
+                script
+                    .lines()
+                    .filter(|l| l.starts_with("INSERT") || l.starts_with("UPDATE"))
+                    .count() as u64,
+                rows_per_txn(skip)
+            );
+            assert!(script.contains("random(1, 1000)"));
+            assert_eq!(script.contains("UPDATE branches"), !skip);
+            assert!(script.ends_with("END;\n"));
+        }
     }
 }

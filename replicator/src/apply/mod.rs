@@ -98,6 +98,10 @@ pub struct Applied {
 /// Advances the link's origin in the apply transaction.
 const ORIGIN_SETUP_SQL: &str = "SELECT pg_replication_origin_xact_setup($1::text::pg_lsn, $2)";
 
+/// Table shapes one lane read, handed to another ([`Applier::known_tables`]).
+#[derive(Debug, Clone, Default)]
+pub struct KnownTables(HashMap<(String, String), Arc<TableInfo>>);
+
 /// A connection to the target, set up for one link.
 pub struct Applier {
     client: Client,
@@ -217,6 +221,36 @@ impl Applier {
             .query_one("SELECT current_setting($1)", &[&name])
             .await
             .map_err(|e| classify(&self.target, "reading a setting", e))?;
+        Ok(row.get(0))
+    }
+
+    /// The target's table shapes this applier has read, for a new lane of
+    /// the same link to start with (each shape is two queries, round trips
+    /// a new lane's first batch would otherwise pay while every batch after
+    /// it waits for its commit).
+    pub fn known_tables(&self) -> KnownTables {
+        KnownTables(self.tables.clone())
+    }
+
+    /// Starts from shapes another lane of the link read ([`Applier::known_tables`]).
+    pub fn adopt_tables(&mut self, known: KnownTables) {
+        for (key, table) in known.0 {
+            self.tables.entry(key).or_insert(table);
+        }
+    }
+
+    /// Connections the target has free for clients now: `max_connections`
+    /// less the reserved ones and the client backends open (walsenders and
+    /// background workers have their own limits).
+    pub async fn free_connections(&self) -> Result<i64, ApplyError> {
+        let row = self
+            .client
+            .query_one(
+                "SELECT current_setting('max_connections')::bigint                  - current_setting('superuser_reserved_connections')::bigint                  - (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')",
+                &[],
+            )
+            .await
+            .map_err(|e| classify(&self.target, "reading the free connections", e))?;
         Ok(row.get(0))
     }
 
