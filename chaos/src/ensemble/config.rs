@@ -111,6 +111,10 @@ pub(crate) struct ReplicatorToml {
     pub tables: Vec<String>,
     /// The sources stream large transactions before their commit.
     pub streaming: bool,
+    /// `"auto"` or a count, as the replicator reads it; left out: its
+    /// default.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub apply_workers: Option<String>,
     pub fence: bool,
     pub topology: Topology,
     pub sources: BTreeMap<String, Source>,
@@ -194,6 +198,7 @@ impl ReplicatorToml {
             site: site.to_string(),
             tables: vec![ORDERS_TABLE.to_string()],
             streaming: false,
+            apply_workers: None,
             fence: true,
             topology,
             sources,

@@ -116,6 +116,9 @@ pub struct EnsembleSpec {
     /// over [`BULK_STREAM_AFTER`] of changes before their commit, so that
     /// the replicators take that path for them. Off by default.
     pub bulk: bool,
+    /// The replicators' `apply_workers` (`"auto"` or a count); `None`: the
+    /// replicator's default.
+    pub apply_workers: Option<String>,
 }
 
 /// The table of [`EnsembleSpec::bulk`], at every site, replicated.
@@ -154,6 +157,7 @@ impl EnsembleSpec {
             clock_skew_ms: DEFAULT_CLOCK_SKEW_MS,
             peer_tls: true,
             bulk: false,
+            apply_workers: None,
         }
     }
 

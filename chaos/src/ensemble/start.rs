@@ -325,6 +325,7 @@ pub(super) async fn replicators(
             cfg.tables.push(super::BULK_TABLE.to_string());
             cfg.streaming = true;
         }
+        cfg.apply_workers = layout.spec.apply_workers.clone();
         config::write(&l.config_path(), &cfg)?;
         spawned.push((site, Service::spawn(&l)?, cfg));
     }

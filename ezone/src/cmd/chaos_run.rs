@@ -86,13 +86,19 @@ pub struct RunArgs {
     /// proxy (needs root and iproute2).
     #[arg(long)]
     netns: bool,
+    /// The replicators' `apply_workers`: `auto` or a count of target
+    /// connections per link (a fixed count above one puts batches on
+    /// several lanes under every fault) [default: the replicator's
+    /// default].
+    #[arg(long)]
+    apply_workers: Option<ezone_replicator::config::ApplyWorkers>,
 }
 
 impl RunArgs {
     /// The command line that replays this run.
     fn replay(&self, faults: &[FaultKind]) -> String {
         format!(
-            "ezone chaos run --seed {} --duration {}s --sites {} --faults {} --rate {} --quiet {}s{}",
+            "ezone chaos run --seed {} --duration {}s --sites {} --faults {} --rate {} --quiet {}s{}{}",
             self.seed,
             self.duration.as_secs(),
             self.sites,
@@ -103,7 +109,10 @@ impl RunArgs {
                 .join(","),
             self.rate,
             self.quiet.as_secs(),
-            if self.netns { " --netns" } else { "" }
+            if self.netns { " --netns" } else { "" },
+            self.apply_workers
+                .map(|w| format!(" --apply-workers {w}"))
+                .unwrap_or_default()
         )
     }
 }
@@ -172,6 +181,7 @@ pub async fn run(a: RunArgs) -> anyhow::Result<()> {
         es.replicator_etcd_links = true;
         es.clock_skew_ms = CLOCK_SKEW_BOUND_MS;
         es.bulk = true;
+        es.apply_workers = a.apply_workers.map(|w| w.to_string());
     })
     .await?;
     let homes_at_start = homes_of(ens.initial_topology());
