@@ -1156,15 +1156,24 @@ impl<'a> Lanes<'a> {
         if self.opening.is_some() {
             self.known = Some(a.known_tables());
         }
-        if self.idle.len() + self.in_flight.len() >= self.limit && a.lane() != 0 {
+        self.idle.push(a);
+        self.trim();
+    }
+
+    /// Closes free lanes while more are open than `limit` (after `auto`
+    /// gave lanes back; the busy ones close as their batches land). Lane 0
+    /// (the link's own origin) stays.
+    fn trim(&mut self) {
+        while self.idle.len() + self.in_flight.len() > self.limit {
+            let Some(i) = self.idle.iter().position(|a| a.lane() != 0) else {
+                break;
+            };
+            let a = self.idle.swap_remove(i);
             self.close(a);
-        } else {
-            self.idle.push(a);
         }
     }
 
-    /// Closes a lane `auto` gave back. Lane 0 (the link's own origin)
-    /// always stays.
+    /// Closes a lane `auto` gave back.
     fn close(&mut self, a: Applier) {
         if let Some(used) = self.used.get_mut(a.lane()) {
             *used = false;
@@ -1251,15 +1260,7 @@ impl<'a> Lanes<'a> {
         }
         sizer.resized(Instant::now());
         self.limit = decided.to;
-        // Lanes over the limit close: the free ones now, the busy ones as
-        // their batches land. Lane 0 (the link's own origin) stays.
-        while self.idle.len() + self.in_flight.len() > self.limit {
-            let Some(i) = self.idle.iter().position(|a| a.lane() != 0) else {
-                break;
-            };
-            let a = self.idle.swap_remove(i);
-            self.close(a);
-        }
+        self.trim();
         stats.lane_count.store(self.limit as u64, Ordering::Relaxed);
     }
 }
