@@ -132,6 +132,10 @@ pub struct LinkStats {
     /// rows of a batch in flight ([`crate::lanes`]): more lanes would not
     /// have helped them.
     pub held_back_batches: AtomicU64,
+    /// Lanes `auto` opened or gave back ([`crate::lanes::sizing`]): a count
+    /// that climbs between two reads of `lane_count` is a link trying lanes
+    /// that do not pay (the log says why each time).
+    pub lane_changes: AtomicU64,
 }
 
 /// One apply lane's numbers ([`crate::lanes`]).
@@ -1216,6 +1220,7 @@ impl<'a> Lanes<'a> {
                     self.limit = sizer.lanes();
                     sizer.resized(Instant::now());
                     stats.lane_count.store(self.limit as u64, Ordering::Relaxed);
+                    stats.lane_changes.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(link, lanes = self.limit, "Apply lane opened.");
                 }
                 Err(error) => {
@@ -1261,6 +1266,7 @@ impl<'a> Lanes<'a> {
         sizer.resized(Instant::now());
         self.limit = decided.to;
         self.trim();
+        stats.lane_changes.fetch_add(1, Ordering::Relaxed);
         stats.lane_count.store(self.limit as u64, Ordering::Relaxed);
     }
 }

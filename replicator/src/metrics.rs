@@ -176,6 +176,11 @@ fn defs() -> Vec<Def> {
             |s| Value::Int(i64::try_from(s.lane_count.load(Ordering::Relaxed)).unwrap_or(i64::MAX)),
         ),
         counter(
+            "lane_changes",
+            "Lanes apply_workers = \"auto\" opened or gave back (the log says why each time): climbing while the lanes gauge stands still is a link trying lanes that do not pay",
+            |s| Value::Count(s.lane_changes.load(Ordering::Relaxed)),
+        ),
+        counter(
             "held_back_batches",
             "Batches that found a lane free but waited because they touch rows of a batch in flight (more lanes would not have helped them)",
             |s| Value::Count(s.held_back_batches.load(Ordering::Relaxed)),
@@ -249,10 +254,14 @@ impl Collector for Links {
             let kind = MetricType::Counter;
             let mut family = encoder.encode_descriptor(d.name, d.help, d.unit.as_ref(), kind)?;
             for (link, stats) in &links {
-                let count = usize::try_from(stats.lane_count.load(Ordering::Relaxed))
-                    .unwrap_or(usize::MAX)
-                    .min(stats.lanes.len());
-                for (i, lane) in stats.lanes[..count].iter().enumerate() {
+                // The lanes open now and every lane that ever held a batch
+                // (`auto` opens and gives lanes back; a counter stays).
+                let count =
+                    usize::try_from(stats.lane_count.load(Ordering::Relaxed)).unwrap_or(usize::MAX);
+                for (i, lane) in stats.lanes.iter().enumerate() {
+                    if i >= count && lane.batches.load(Ordering::Relaxed) == 0 {
+                        continue;
+                    }
                     let index = i.to_string();
                     let labels: LaneLabel = [("link", link.as_str()), ("lane", index.as_str())];
                     let mut sample = family.encode_family(&labels)?;
@@ -337,6 +346,9 @@ mod tests {
         a.heard_from_source();
         a.lane_count.store(2, Ordering::Relaxed);
         a.held_back_batches.store(5, Ordering::Relaxed);
+        a.lane_changes.store(3, Ordering::Relaxed);
+        // A lane `auto` gave back, past the two open now.
+        a.lanes[3].batches.store(4, Ordering::Relaxed);
         a.streamed_txns.store(9, Ordering::Relaxed);
         a.streamed_aborts.store(2, Ordering::Relaxed);
         a.spooled_bytes.store(4096, Ordering::Relaxed);
@@ -371,14 +383,16 @@ mod tests {
             ("ezone_replicator_streaming", 1.0),
             ("ezone_replicator_lanes", 2.0),
             ("ezone_replicator_held_back_batches_total", 5.0),
+            ("ezone_replicator_lane_changes_total", 3.0),
             ("ezone_replicator_streamed_transactions_total", 9.0),
             ("ezone_replicator_streamed_aborts_total", 2.0),
             ("ezone_replicator_spooled_bytes", 4096.0),
         ] {
             assert_eq!(e.value(name, &ab), Some(want), "{name}:\n{text}");
         }
-        // Per lane: as many lanes as the link has; none before it streams.
-        for (lane, batches, busy) in [("0", 6.0, 1.5), ("1", 1.0, 0.0)] {
+        // Per lane: the lanes the link has and any that ever held a batch;
+        // none before it streams.
+        for (lane, batches, busy) in [("0", 6.0, 1.5), ("1", 1.0, 0.0), ("3", 4.0, 0.0)] {
             let l = [("link", "beijing->shanghai"), ("lane", lane)];
             assert_eq!(
                 e.value("ezone_replicator_lane_applied_batches_total", &l),
@@ -397,7 +411,7 @@ mod tests {
                 f.unit.as_deref(),
                 f.samples.len()
             )),
-            Some(("counter", Some("seconds"), 2)),
+            Some(("counter", Some("seconds"), 3)),
             "{text}"
         );
         let gz = [("link", "guangzhou->shanghai")];
