@@ -84,6 +84,21 @@ async fn write(pg: &PgCluster, first: i64, n: i64, hot: bool) {
     .await;
 }
 
+/// Two sites with [`SCHEMA`], the target behind the proxy, the link's slot
+/// made and a backlog of `n` transactions at the source ([`write`]).
+async fn far_link_with_backlog(
+    n: i64,
+    hot: bool,
+) -> (PgCluster, PgCluster, FaultProxy, LinkConfig) {
+    let (a, b) = common::two_sites_with(SCHEMA).await;
+    let proxy = FaultProxy::new();
+    let target = far_target(&proxy, &b).await;
+    let cfg = auto_link(&a, &b, target);
+    ensure_source(&cfg).await.expect("source");
+    write(&a, 1, n, hot).await;
+    (a, b, proxy, cfg)
+}
+
 /// The most lanes the link had, sampled until `done` answers true.
 async fn watch_lanes(stats: &LinkStats, until: impl Fn() -> bool) -> u64 {
     let mut most = 0;
@@ -96,16 +111,7 @@ async fn watch_lanes(stats: &LinkStats, until: impl Fn() -> bool) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auto_opens_lanes_for_disjoint_rows_and_stays_exact_through_a_kill() {
-    let a = PgCluster::start("beijing").await.expect("pg");
-    let b = PgCluster::start("shanghai").await.expect("pg");
-    for pg in [&a, &b] {
-        q(pg, SCHEMA).await;
-    }
-    let proxy = FaultProxy::new();
-    let target = far_target(&proxy, &b).await;
-    let cfg = auto_link(&a, &b, target);
-    ensure_source(&cfg).await.expect("source");
-    write(&a, 1, 30_000, false).await;
+    let (a, b, proxy, cfg) = far_link_with_backlog(30_000, false).await;
 
     let stats = Arc::new(LinkStats::default());
     let began = Instant::now();
@@ -156,16 +162,7 @@ async fn auto_opens_lanes_for_disjoint_rows_and_stays_exact_through_a_kill() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auto_keeps_one_lane_when_every_transaction_touches_a_hot_row() {
-    let a = PgCluster::start("beijing").await.expect("pg");
-    let b = PgCluster::start("shanghai").await.expect("pg");
-    for pg in [&a, &b] {
-        q(pg, SCHEMA).await;
-    }
-    let proxy = FaultProxy::new();
-    let target = far_target(&proxy, &b).await;
-    let cfg = auto_link(&a, &b, target);
-    ensure_source(&cfg).await.expect("source");
-    write(&a, 1, 15_000, true).await;
+    let (a, b, proxy, cfg) = far_link_with_backlog(15_000, true).await;
 
     let stats = Arc::new(LinkStats::default());
     let link = Running::start(cfg, stats.clone());
