@@ -4,8 +4,10 @@
 //!
 //! - transactions on disjoint rows: the link opens more lanes (lane 1
 //!   commits batches), is killed while it has them, restarts (with one lane
-//!   again, its other lanes' origins behind its progress), and the target
-//!   ends equal to the source with nothing applied twice;
+//!   again, its other lanes' origins behind its progress) and opens lanes
+//!   again, gives them back once the load is a trickle (the target's
+//!   connections through the proxy fall to one), and the target ends equal
+//!   to the source with nothing applied twice;
 //! - every transaction updating one hot row: no batch could ever run beside
 //!   another, and the link never opens a second lane.
 //!
@@ -22,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use common::{assert_no_conflicts, items_converge, q, until_within, Running, DB};
 use ezone_chaos::postgres::PgCluster;
-use ezone_chaos::proxy::{Direction, FaultProxy, LinkSpec, Toxics};
+use ezone_chaos::proxy::{Direction, FaultProxy, LinkHandle, LinkSpec, Toxics};
 use ezone_replicator::config::ApplyWorkers;
 use ezone_replicator::link::{ensure_source, LinkConfig, LinkStats};
 
@@ -30,7 +32,7 @@ use ezone_replicator::link::{ensure_source, LinkConfig, LinkStats};
 const ONE_WAY: Duration = Duration::from_millis(50);
 
 /// The target behind a proxy adding [`ONE_WAY`] each way.
-async fn far_target(proxy: &FaultProxy, to: &PgCluster) -> SocketAddr {
+async fn far_target(proxy: &FaultProxy, to: &PgCluster) -> LinkHandle {
     let link = proxy
         .add_link(LinkSpec {
             name: "link->target".to_string(),
@@ -50,7 +52,7 @@ async fn far_target(proxy: &FaultProxy, to: &PgCluster) -> SocketAddr {
             },
         );
     }
-    link.listen_addr()
+    link
 }
 
 fn auto_link(from: &PgCluster, to: &PgCluster, target: SocketAddr) -> LinkConfig {
@@ -89,14 +91,14 @@ async fn write(pg: &PgCluster, first: i64, n: i64, hot: bool) {
 async fn far_link_with_backlog(
     n: i64,
     hot: bool,
-) -> (PgCluster, PgCluster, FaultProxy, LinkConfig) {
+) -> (PgCluster, PgCluster, FaultProxy, LinkHandle, LinkConfig) {
     let (a, b) = common::two_sites_with(SCHEMA).await;
     let proxy = FaultProxy::new();
     let target = far_target(&proxy, &b).await;
-    let cfg = auto_link(&a, &b, target);
+    let cfg = auto_link(&a, &b, target.listen_addr());
     ensure_source(&cfg).await.expect("source");
     write(&a, 1, n, hot).await;
-    (a, b, proxy, cfg)
+    (a, b, proxy, target, cfg)
 }
 
 /// The most lanes the link had, sampled until `done` answers true.
@@ -111,7 +113,7 @@ async fn watch_lanes(stats: &LinkStats, until: impl Fn() -> bool) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auto_opens_lanes_for_disjoint_rows_and_stays_exact_through_a_kill() {
-    let (a, b, proxy, cfg) = far_link_with_backlog(30_000, false).await;
+    let (a, b, proxy, target, cfg) = far_link_with_backlog(30_000, false).await;
 
     let stats = Arc::new(LinkStats::default());
     let began = Instant::now();
@@ -139,8 +141,50 @@ async fn auto_opens_lanes_for_disjoint_rows_and_stays_exact_through_a_kill() {
 
     // More at the source; the link restarts (one lane again) and goes on.
     write(&a, 30_001, 10_000, false).await;
+    let lane_1_before = stats.lane(1).batches.load(Ordering::Relaxed);
     let link = Running::start(cfg.clone(), stats.clone());
     items_converge(&a, &b, Duration::from_secs(120)).await;
+    assert!(
+        stats.lane(1).batches.load(Ordering::Relaxed) > lane_1_before,
+        "the restarted link opened a second lane for the rest of the backlog"
+    );
+
+    // The backlog is gone; a trickle of single transactions finds a lane
+    // free every time, so lanes go back (a lane on trial at once, a kept
+    // one after 30 quiet windows): the target sees the link's connection
+    // for lane 0 only (counted by the proxy in front of it, whatever the
+    // link believes).
+    let trickle = {
+        let dsn = a.dsn(DB);
+        tokio::spawn(async move {
+            let (client, conn) = ezone_pg::connect(&dsn).await.expect("connect");
+            tokio::spawn(conn);
+            loop {
+                client
+                    .batch_execute("UPDATE hot SET n = n + 1 WHERE id = 1")
+                    .await
+                    .expect("trickle");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
+    let quiet_from = Instant::now();
+    let deadline = quiet_from + Duration::from_secs(150);
+    while target.stats().connections_open > 1 {
+        assert!(
+            Instant::now() < deadline,
+            "lanes still open after {:?} of trickle: {} connections at the target",
+            quiet_from.elapsed(),
+            target.stats().connections_open
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!(
+        "lanes given back after {:.1} s of trickle",
+        quiet_from.elapsed().as_secs_f64()
+    );
+    trickle.abort();
+    assert_eq!(stats.lane_count.load(Ordering::Relaxed), 1);
     link.stop().await;
     eprintln!(
         "40,000 transactions over {:?} each way in {:.1} s",
@@ -162,7 +206,7 @@ async fn auto_opens_lanes_for_disjoint_rows_and_stays_exact_through_a_kill() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auto_keeps_one_lane_when_every_transaction_touches_a_hot_row() {
-    let (a, b, proxy, cfg) = far_link_with_backlog(15_000, true).await;
+    let (a, b, proxy, _target, cfg) = far_link_with_backlog(15_000, true).await;
 
     let stats = Arc::new(LinkStats::default());
     let link = Running::start(cfg, stats.clone());
