@@ -24,7 +24,7 @@
 
 pub mod sizing;
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hash, Hasher};
 
 use crate::pgoutput::{ColumnValue, Relation, TupleData};
@@ -77,12 +77,14 @@ impl Footprint {
         self.rows.push(h.finish());
     }
 
-    /// Whether this batch and `other` touch a common row.
+    /// Whether this batch and `other` touch a common row (the rule
+    /// [`InFlight`] keeps, pairwise: for the tests).
+    #[cfg(test)]
     pub fn meets(&self, other: &Footprint) -> bool {
         if self.barrier || other.barrier {
             return true;
         }
-        let mine: HashSet<u64> = self.rows.iter().copied().collect();
+        let mine: std::collections::HashSet<u64> = self.rows.iter().copied().collect();
         other.rows.iter().any(|r| mine.contains(r))
     }
 

@@ -172,7 +172,7 @@ fn defs() -> Vec<Def> {
         gauge(
             "lanes",
             None,
-            "Target connections the link applies over (its apply_workers; 0 before it first streams)",
+            "Target connections the link applies over now (its apply_workers, or what auto chose; 0 before it first streams)",
             |s| Value::Int(i64::try_from(s.lane_count.load(Ordering::Relaxed)).unwrap_or(i64::MAX)),
         ),
         counter(

@@ -309,14 +309,7 @@ impl Consumer {
         let (apply_role, apply_sql) = match self {
             // Every lane's backend (the replicator's target connections
             // carry the application name).
-            Consumer::Ezone { .. } => (
-                "target backend",
-                format!(
-                    "SELECT pid FROM pg_stat_activity WHERE application_name = '{EZONE_APPLY_APP}' \
-                     AND datname = '{}' ORDER BY backend_start DESC",
-                    at.db
-                ),
-            ),
+            Consumer::Ezone { .. } => ("target backend", ezone_backends_sql(at.db)),
             Consumer::Native { subscription } => (
                 "apply worker",
                 format!(
@@ -365,18 +358,7 @@ impl Consumer {
         if !matches!(self, Consumer::Ezone { .. }) {
             return Ok(Vec::new());
         }
-        let pids = parse_pids(
-            &sql(
-                at.target,
-                at.db,
-                &format!(
-                    "SELECT pid FROM pg_stat_activity WHERE application_name = '{EZONE_APPLY_APP}' \
-                     AND datname = '{}'",
-                    at.db
-                ),
-            )
-            .await?,
-        )?;
+        let pids = parse_pids(&sql(at.target, at.db, &ezone_backends_sql(at.db)).await?)?;
         let mut found = Vec::new();
         for pid in pids {
             if known.iter().any(|p| p.pid == pid && p.alive()) {
@@ -635,6 +617,15 @@ async fn wait_slot_free(at: &RunPlace<'_>, slot: &str, after: &str) -> anyhow::R
         tokio::time::sleep(POLL).await;
     }
     Ok(())
+}
+
+/// SQL: the pids of ezone's target backends (every lane's connection
+/// carries the application name) in the run's database `db`, newest first.
+fn ezone_backends_sql(db: &str) -> String {
+    format!(
+        "SELECT pid FROM pg_stat_activity WHERE application_name = '{EZONE_APPLY_APP}' \
+         AND datname = '{db}' ORDER BY backend_start DESC"
+    )
 }
 
 /// Creates the logical slot `slot` (`pgoutput`) at the source.

@@ -330,12 +330,12 @@ impl Params {
         use ezone_replicator::config::defaults;
         let apply_workers = a.apply_workers.unwrap_or(defaults::APPLY_WORKERS);
         if let ApplyWorkers::Fixed(n) = apply_workers {
-            one_to(
-                "apply-workers",
-                Some(n),
-                n.max(1),
-                defaults::MAX_APPLY_WORKERS,
-            )?;
+            if n == 0 || n > defaults::MAX_APPLY_WORKERS {
+                bail!(
+                    "--apply-workers {n}: use auto or 1 to {}",
+                    defaults::MAX_APPLY_WORKERS
+                );
+            }
         }
         let worker_threads = one_to(
             "worker-threads",
@@ -827,7 +827,7 @@ async fn one_run(
     ));
     sql(target, &db, TARGET_HISTORY_TRIGGER_SQL).await?;
     checkpoint(ctx).await?;
-    with_new_lanes(&consumer, &at, &mut procs, &mut Vec::new()).await?;
+    procs.extend(consumer.new_lanes(&at, &procs).await?);
     let mut before: Vec<Option<Sample>> = procs.iter().map(Proc::sample).collect();
     let steady = ctx
         .pgbench
@@ -873,7 +873,7 @@ async fn one_run(
         };
         let (spill0, stream0) =
             slot_numbers(sql(source, &db, &slot_spill_stream_sql(&consumer.slot())).await?);
-        with_new_lanes(&consumer, &at, &mut procs, &mut Vec::new()).await?;
+        procs.extend(consumer.new_lanes(&at, &procs).await?);
         let mut before: Vec<Option<Sample>> = procs.iter().map(Proc::sample).collect();
         let began = Instant::now();
         sql(source, &db, &large_txn_sql(p.large_op, p.large_rows, 4)).await?;
@@ -987,11 +987,11 @@ fn unix_micros() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
 }
 
-/// Adds the lanes ezone's link opened since `procs` was read (with
-/// `apply_workers = "auto"`), each starting from zero in `from` (they
-/// started after `from` was sampled, as `procs` was read again at the
-/// phase's start). A lane given back during a phase takes its counts with
-/// it: that process's CPU, and so the phase's, is then unknown, not short.
+/// At a phase's end: adds the lanes ezone's link opened during it (with
+/// `apply_workers = "auto"`), each starting from zero in `from` (the
+/// phase's starting samples: `procs` was read again at its start). A lane
+/// given back during a phase takes its counts with it: that process's CPU,
+/// and so the phase's, is then unknown, not short.
 async fn with_new_lanes(
     consumer: &Consumer,
     at: &RunPlace<'_>,

@@ -246,7 +246,9 @@ impl Applier {
         let row = self
             .client
             .query_one(
-                "SELECT current_setting('max_connections')::bigint                  - current_setting('superuser_reserved_connections')::bigint                  - (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')",
+                "SELECT current_setting('max_connections')::bigint \
+                 - current_setting('superuser_reserved_connections')::bigint \
+                 - (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')",
                 &[],
             )
             .await

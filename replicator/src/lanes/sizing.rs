@@ -175,10 +175,6 @@ impl Sizer {
         self.lanes
     }
 
-    pub fn ceiling(&self) -> usize {
-        self.ceiling
-    }
-
     /// The link has carried out the last decision (a lane opened takes a
     /// connection, which can take a while across a WAN): the window that
     /// judges it starts now, without that wait.
